@@ -1,0 +1,3 @@
+"""pcci: the Parallel Computing Communication Interface."""
+
+__version__ = "2.0.0.dev0"

@@ -1,0 +1,209 @@
+"""
+The master's REST API (Klein), with the routes of PCCI 1.x.
+
+It reads and changes the L{ClusterState}; it never touches a connection.
+Every answer is JSON, errors included: C{{"message": ...}} with a status
+that says what went wrong.  See C{docs/api.md}.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from pcci.state import ClusterState, Pool, SubmitError, rfc3339
+
+log = Logger()
+
+#: Longest request body accepted, in bytes.
+MAX_BODY = 1024 * 1024
+
+#: Longest command accepted, in characters (it must fit one wire frame).
+MAX_COMMAND = 64 * 1024
+
+#: Longest long poll, in seconds.
+MAX_WAIT = 60.0
+
+
+class APIError(Exception):
+    """An error answered as C{{"message": ...}} with an HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(request: IRequest, body: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode("utf-8") + b"\n"
+
+
+def _read_json(request: IRequest, required: bool = True) -> Any:
+    """
+    The request's JSON body, or None when it has none and none is required.
+
+    @raise APIError: 413, 415 or 400 naming the problem.
+    """
+    body = request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise APIError(413, f"request body over {MAX_BODY} bytes")
+    if not body.strip():
+        if required:
+            raise APIError(400, "a JSON body is required")
+        return None
+    content_type = request.getHeader(b"content-type")
+    if content_type is not None:
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media != b"application/json":
+            raise APIError(
+                415, "send the body as JSON with Content-Type: application/json"
+            )
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise APIError(400, f"invalid JSON: {e}") from None
+
+
+def _string_list(value: Any, what: str) -> list[str]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(item, str) and item for item in value)
+    ):
+        raise APIError(400, f"{what} must be a non-empty list of worker names")
+    return value
+
+
+def _wait_seconds(request: IRequest) -> float:
+    raw = request.args.get(b"wait", [b"0"])[0]
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise APIError(400, "wait must be a number of seconds") from None
+    if not seconds >= 0:  # also refuses NaN
+        raise APIError(400, "wait must be a number of seconds")
+    return min(seconds, MAX_WAIT)
+
+
+class MasterAPI:
+    """The REST routes, over one L{ClusterState}."""
+
+    app = Klein()
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+
+    def _pool(self, pool_id: str) -> Pool:
+        pool = self.state.pools.get(pool_id)
+        if pool is None:
+            raise APIError(404, f"no pool {pool_id} (unknown, or expired)")
+        return pool
+
+    @app.route("/job", methods=["POST"])
+    def submit(self, request: IRequest) -> bytes:
+        body = _read_json(request)
+        if not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object")
+        cmd = body.get("cmd")
+        if not isinstance(cmd, str) or not cmd.strip():
+            raise APIError(400, "cmd must be a non-empty string")
+        if len(cmd) > MAX_COMMAND:
+            raise APIError(400, f"cmd is over {MAX_COMMAND} characters")
+        try:
+            shlex.split(cmd)
+        except ValueError as e:
+            raise APIError(400, f"cmd cannot be parsed: {e}") from None
+        workers = _string_list(body.get("workers"), "workers")
+        try:
+            pool = self.state.submit(cmd, workers)
+        except SubmitError as e:
+            raise APIError(400, str(e)) from None
+        return _json(
+            request,
+            {"pool_id": pool.id, "message": f"pool started on {len(pool.jobs)} workers"},
+        )
+
+    def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
+        pool = self._pool(pool_id)
+        return self.state.wait(pool, _wait_seconds(request))
+
+    @app.route("/pool/<string:pool_id>", methods=["GET"])
+    def pool_as_list(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
+        """PCCI 1.x's answer: a list holding the pool."""
+        d = self._waited(request, pool_id)
+        return d.addCallback(lambda pool: _json(request, [pool.to_json()]))
+
+    @app.route("/pools/<string:pool_id>", methods=["GET"])
+    def pool(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
+        d = self._waited(request, pool_id)
+        return d.addCallback(lambda pool: _json(request, pool.to_json()))
+
+    @app.route("/pools", methods=["GET"])
+    def pools(self, request: IRequest) -> bytes:
+        return _json(request, [pool.to_json() for pool in self.state.pools.values()])
+
+    @app.route("/workers", methods=["GET"])
+    def workers(self, request: IRequest) -> bytes:
+        return _json(
+            request,
+            [
+                {
+                    "id": link.name,
+                    "address": link.address,
+                    "connected_at": rfc3339(link.connected_at),
+                    "jobs_running": self.state.running_jobs(link.name),
+                }
+                for link in self.state.workers.values()
+            ],
+        )
+
+    @app.route("/kill/<string:pool_id>", methods=["PUT"])
+    def kill(self, request: IRequest, pool_id: str) -> bytes:
+        self._pool(pool_id)
+        body = _read_json(request, required=False)
+        workers = None
+        if isinstance(body, dict) and body.get("workers") is not None:
+            workers = _string_list(body["workers"], "workers")
+        elif body is not None and not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object")
+        try:
+            asked = self.state.kill(pool_id, workers)
+        except SubmitError as e:
+            raise APIError(400, str(e)) from None
+        return _json(
+            request,
+            {"pool_id": pool_id, "workers": asked, "message": f"kill sent to {len(asked)} jobs"},
+        )
+
+    # Errors: specific first, then routing errors, then anything unexpected.
+
+    @app.handle_errors(APIError)
+    def api_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        return _json(request, {"message": error.message}, error.status)
+
+    @app.handle_errors(NotFound, MethodNotAllowed, HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            request.setHeader(b"Allow", ", ".join(error.valid_methods).encode())
+        message = {
+            404: "no such route",
+            405: f"method {request.method.decode()} not allowed here",
+        }.get(error.code, error.description or error.name)
+        return _json(request, {"message": message}, error.code)
+
+    @app.handle_errors
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("error answering {uri}", failure, uri=request.uri)
+        return _json(request, {"message": "internal error, logged by the master"}, 500)

@@ -1,0 +1,158 @@
+"""
+The long-running services the twistd plugins compose: the worker port and
+a worker's dial-out to its master.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from pcci.worker import WorkerFactory
+
+log = Logger()
+
+#: Reconnection delays: quick after a blip, at most 30 s apart, forever.
+RETRY_POLICY = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
+
+
+class ListeningService(Service):
+    """
+    Listens on a server endpoint, tells who asks which port it got, and stops
+    the daemon when it cannot listen (a master without its ports is useless).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        factory: Factory,
+        what: str,
+    ) -> None:
+        self.reactor = reactor
+        self.what = what
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._waiting: list[Deferred[IListeningPort]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+
+        def listening(port: IListeningPort) -> None:
+            self.port = port
+            log.info("listening for {what} on {address}", what=self.what, address=port.getHost())
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                waiter.callback(port)
+
+        def failed(failure: Any) -> None:
+            log.failure("cannot listen for {what}", failure, what=self.what)
+            self.reactor.stop()
+
+        d.addCallbacks(listening, failed)
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class WorkerService(MultiService):
+    """
+    A worker: keeps a connection to its master, reconnecting with backoff
+    forever, and kills its running jobs when it stops.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamClientEndpoint,
+        name: str,
+        kill_grace: float,
+        on_dismissed: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.factory = WorkerFactory(
+            reactor, name, kill_grace, on_dismissed or self._dismissed
+        )
+        self.client = ClientService(endpoint, self.factory, retryPolicy=RETRY_POLICY)
+        self.client.setServiceParent(self)
+        self.kill_grace = kill_grace
+        self.reactor = reactor
+
+    def _dismissed(self, reason: str) -> None:
+        self.client.stopService()
+
+    def stopService(self) -> Deferred[None]:
+        d = self.factory.kill_all()
+        # Never hang shutdown on a process that will not die.
+        d.addTimeout(self.kill_grace + 5, self.reactor)
+        d.addErrback(lambda f: log.failure("jobs still running at shutdown", f))
+        d.addCallback(lambda _: MultiService.stopService(self))
+        return d
+
+
+def local_client_endpoint(reactor: Any, port: IListeningPort) -> IStreamClientEndpoint:
+    """A client endpoint that reaches C{port} from this machine."""
+    address = port.getHost()
+    if isinstance(address, UNIXAddress):
+        return UNIXClientEndpoint(reactor, address.name)
+    if isinstance(address, IPv6Address):
+        host = "::1" if address.host == "::" else address.host
+        return TCP6ClientEndpoint(reactor, host, address.port)
+    if isinstance(address, IPv4Address):
+        host = "127.0.0.1" if address.host == "0.0.0.0" else address.host
+        return TCP4ClientEndpoint(reactor, host, address.port)
+    raise ValueError(f"cannot dial {address} for the local worker")
+
+
+class LocalWorkerService(MultiService):
+    """A worker in the master's own process, dialing the master's worker port."""
+
+    def __init__(
+        self, reactor: Any, workers_port: ListeningService, name: str, kill_grace: float
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.workers_port = workers_port
+        self.name = name
+        self.kill_grace = kill_grace
+        self.worker: WorkerService | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.workers_port.when_listening().addCallback(self._start_worker)
+
+    def _start_worker(self, port: IListeningPort) -> None:
+        if not self.running:
+            return
+        endpoint = local_client_endpoint(self.reactor, port)
+        self.worker = WorkerService(self.reactor, endpoint, self.name, self.kill_grace)
+        self.worker.setServiceParent(self)

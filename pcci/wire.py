@@ -1,0 +1,147 @@
+"""
+The wire protocol between workers and the master.
+
+Each frame is one JSON object in UTF-8 followed by the terminator ``EOM``.
+The encoder escapes every ``E`` of an ``EOM`` that occurs inside a JSON
+string as ``\\u0045``, so the terminator can never occur inside a frame and
+any text, ``EOM`` included, round-trips exactly.  See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+PROTOCOL_VERSION = 1
+TERMINATOR = b"EOM"
+
+#: Longest frame accepted, terminator excluded.  Output chunks and commands
+#: are bounded well below it, so only a broken or hostile peer reaches it.
+MAX_FRAME = 1024 * 1024
+
+#: Characters of output carried by one ``output`` frame at most.  JSON
+#: escaping can grow a character to six bytes, still far below MAX_FRAME.
+OUTPUT_CHUNK = 32 * 1024
+
+#: Message codes each side accepts, with the fields each one must carry.
+WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "hello": {"name": str, "version": int},
+    "started": {"pool": str, "pid": int},
+    "output": {"pool": str, "data": str},
+    "ended": {"pool": str, "status": int},
+}
+MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "welcome": {"version": int},
+    "run": {"pool": str, "cmd": str},
+    "kill": {"pool": str},
+    "bye": {"reason": str, "reconnect": bool},
+}
+
+
+class ProtocolError(Exception):
+    """A frame that breaks the protocol: the connection that sent it is closed."""
+
+
+class FrameTooLong(ProtocolError):
+    """A frame over L{MAX_FRAME}."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """
+    Encode one message as a frame, terminator included.
+
+    @raise FrameTooLong: if the frame would exceed L{MAX_FRAME}.
+    """
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    # "EOM" can only occur inside a JSON string (keys and values alike), where
+    # an escaped "E" means the same thing.
+    data = text.replace("EOM", "\\u0045OM").encode("utf-8")
+    if len(data) > MAX_FRAME:
+        raise FrameTooLong(f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
+    return data + TERMINATOR
+
+
+def decode(
+    frame: bytes, schema: dict[str, dict[str, type | tuple[type, ...]]]
+) -> dict[str, Any]:
+    """
+    Decode and check one frame (terminator removed) against C{schema}.
+
+    @raise ProtocolError: if the frame is not a JSON object with a known
+        C{code} and the fields of that code with the right types.
+    """
+    try:
+        message = json.loads(frame.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"not a JSON frame: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("frame is not a JSON object")
+    code = message.get("code")
+    fields = schema.get(code) if isinstance(code, str) else None
+    if fields is None:
+        raise ProtocolError(f"unknown message code {code!r}")
+    for field, kind in fields.items():
+        value = message.get(field)
+        # bool is an int in Python; a protocol int is never a JSON boolean.
+        if not isinstance(value, kind) or (
+            kind is int and isinstance(value, bool)
+        ):
+            raise ProtocolError(f"{code!r} needs {field!r} of type {kind}")
+    return message
+
+
+class FramedJSONProtocol(LineReceiver):
+    """
+    Frames, parses and dispatches messages to C{handle_<code>} methods.
+
+    Subclasses set C{accepts} to the schema of what the peer may send.  Any
+    bad frame closes this one connection, logged with the peer's address.
+    """
+
+    delimiter = TERMINATOR
+    MAX_LENGTH = MAX_FRAME
+    accepts: dict[str, dict[str, type | tuple[type, ...]]] = {}
+    log = Logger()
+
+    def sendMessage(self, code: str, **fields: Any) -> None:
+        if self.transport is None:
+            return
+        self.transport.write(encode({"code": code, **fields}))
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = decode(line, self.accepts)
+        except ProtocolError as e:
+            self.protocolViolation(str(e))
+            return
+        handler: Callable[[dict[str, Any]], None] = getattr(
+            self, "handle_" + message["code"]
+        )
+        handler(message)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.protocolViolation(f"frame longer than {self.MAX_LENGTH} bytes")
+
+    def protocolViolation(self, why: str) -> None:
+        """Log a broken frame and drop the connection that sent it."""
+        self.log.warn(
+            "closing connection from {peer}: {why}",
+            peer=peer_address(self.transport),
+            why=why,
+        )
+        self.clearLineBuffer()
+        self.transport.abortConnection()
+
+
+def peer_address(transport: Any) -> str:
+    """The peer of C{transport} as C{host:port}, for logs and the REST API."""
+    try:
+        address = transport.getPeer()
+    except Exception:
+        return "?"
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)

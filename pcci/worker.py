@@ -1,0 +1,183 @@
+"""
+The worker's side of the wire protocol: run what the master asks, report back.
+
+A worker's jobs belong to its connection: when the connection drops, the
+master has already failed them, so the worker kills them rather than leave
+processes nobody will hear from.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pcci.process import JobProcess
+from pcci.wire import (
+    MASTER_MESSAGES,
+    PROTOCOL_VERSION,
+    FramedJSONProtocol,
+    peer_address,
+)
+
+
+def default_name() -> str:
+    """A worker is named after its host unless told otherwise."""
+    return socket.gethostname()
+
+
+@implementer(IPushProducer)
+class MasterConnection(FramedJSONProtocol):
+    """
+    The worker's connection to its master.
+
+    It is also the producer of what it writes: when the master reads slower
+    than jobs print, reading from the jobs' pipes pauses, so memory stays
+    bounded and no output is lost.
+    """
+
+    accepts = MASTER_MESSAGES
+    log = Logger()
+    factory: WorkerFactory
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobProcess] = {}
+        self._paused = False
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.sendMessage(
+            "hello",
+            name=self.factory.name,
+            version=PROTOCOL_VERSION,
+            hostname=socket.gethostname(),
+        )
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.jobs:
+            self.log.warn(
+                "connection to master lost: killing {count} running jobs",
+                count=len(self.jobs),
+            )
+        for job in list(self.jobs.values()):
+            job.kill()
+
+    # Messages from the master
+
+    def handle_welcome(self, message: dict[str, Any]) -> None:
+        self.log.info(
+            "worker {name} joined master at {peer}",
+            name=self.factory.name,
+            peer=peer_address(self.transport),
+        )
+
+    def handle_bye(self, message: dict[str, Any]) -> None:
+        self.log.error(
+            "master closed this connection: {reason}", reason=message["reason"]
+        )
+        if not message["reconnect"]:
+            self.factory.dismissed(message["reason"])
+        self.transport.loseConnection()
+
+    def handle_run(self, message: dict[str, Any]) -> None:
+        pool_id, cmd = message["pool"], message["cmd"]
+        if pool_id in self.jobs:
+            self.log.warn("pool {pool} is already running here", pool=pool_id)
+            return
+        self.log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
+        job = JobProcess(
+            self.factory.reactor,
+            cmd,
+            on_started=lambda pid: self.sendMessage("started", pool=pool_id, pid=pid),
+            on_output=lambda data: self.sendMessage("output", pool=pool_id, data=data),
+            on_ended=lambda status: self._job_ended(pool_id, job, status),
+            kill_grace=self.factory.kill_grace,
+        )
+        self.jobs[pool_id] = job
+        self.factory.jobs.add(job)
+        if self._paused:
+            job.pause()
+        job.start()
+
+    def handle_kill(self, message: dict[str, Any]) -> None:
+        job = self.jobs.get(message["pool"])
+        if job is not None:
+            self.log.info("pool {pool}: killing {cmd}", pool=message["pool"], cmd=job.cmd)
+            job.kill()
+
+    def _job_ended(self, pool_id: str, job: JobProcess, status: int) -> None:
+        self.jobs.pop(pool_id, None)
+        self.sendMessage("ended", pool=pool_id, status=status)
+        self.factory.job_ended(job)
+
+    # IPushProducer, for the transport to the master
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        for job in self.jobs.values():
+            job.pause()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        for job in self.jobs.values():
+            job.resume()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class WorkerFactory(Factory):
+    """
+    A worker's settings and its current connection to the master.
+
+    @ivar on_dismissed: called with the master's reason when the master asks
+        this worker never to reconnect (another worker took its name).
+    """
+
+    protocol = MasterConnection
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        kill_grace: float = 5.0,
+        on_dismissed: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.reactor = reactor
+        self.name = name
+        self.kill_grace = kill_grace
+        self.on_dismissed = on_dismissed
+        #: Every job still running, including those of a lost connection
+        #: that are being killed.
+        self.jobs: set[JobProcess] = set()
+        self._idle: list[Deferred[None]] = []
+
+    def dismissed(self, reason: str) -> None:
+        self.log.error(
+            "worker {name} will not reconnect: {reason}", name=self.name, reason=reason
+        )
+        self.on_dismissed(reason)
+
+    def job_ended(self, job: JobProcess) -> None:
+        self.jobs.discard(job)
+        if not self.jobs:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def kill_all(self) -> Deferred[None]:
+        """Kill every running job; fire when all have ended."""
+        if not self.jobs:
+            return succeed(None)
+        for job in list(self.jobs):
+            job.kill()
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d

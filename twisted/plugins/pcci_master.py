@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+pcciMaster = ServiceMaker(
+    "pcci-master",
+    "pcci.master_tap",
+    "Run a pcci master: REST API and worker port.",
+    "pcci-master",
+)

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+pcciWorker = ServiceMaker(
+    "pcci-worker",
+    "pcci.worker_tap",
+    "Run a pcci worker that runs the master's commands.",
+    "pcci-worker",
+)
