@@ -49,8 +49,20 @@ class _GroupLeaderProcess(_process.Process):
     first wins; both ask for the same thing), so the group is certain.
     """
 
+    #: The child's pid, kept after Twisted clears C{pid} on reaping it.
+    spawned_pid: int
+
     def _trySpawnInsteadOfFork(self, *args: Any, **kwargs: Any) -> bool:
         return False
+
+    def _fork(self, *args: Any, **kwargs: Any) -> None:
+        super()._fork(*args, **kwargs)
+        # In the parent, before Twisted may reap a child that exited at once.
+        self.spawned_pid = self.pid
+        try:
+            os.setpgid(self.pid, self.pid)
+        except OSError:
+            pass  # the child already exec'ed, after its own setpgid
 
     def _setupChild(self, *args: Any, **kwargs: Any) -> None:
         os.setpgid(0, 0)
@@ -153,12 +165,13 @@ class JobProcess:
         self._kill_call: IDelayedCall | None = None
         self._transport: Any = None
         self.pid: int | None = None
-        self.pgid: int | None = None
         self.status: int | None = None
         self.exited = False
         self.ended = False
         self.killing = False
         self._paused = False
+        #: Processes of this job seen while killing it, by pid.
+        self._known: dict[int, psutil.Process] = {}
 
     def start(self) -> None:
         """Spawn the command; a command that cannot start ends with 127."""
@@ -181,16 +194,9 @@ class JobProcess:
         except OSError as e:
             self._not_started(f"{argv[0]}: cannot start: {e}")
             return
-        self.pid = self._transport.pid
-        try:
-            os.setpgid(self.pid, self.pid)
-        except OSError:
-            pass  # the child already exec'ed, after its own setpgid
-        try:
-            if os.getpgid(self.pid) == self.pid:
-                self.pgid = self.pid
-        except OSError:
-            pass  # already gone: the group is moot
+        # The child ran setpgid(0, 0) before exec, or died trying: the job
+        # leads a process group of its own whose id is its pid.
+        self.pid = self._transport.spawned_pid
         if self._paused:
             self._transport.pauseProducing()
         self._on_started(self.pid)
@@ -285,21 +291,28 @@ class JobProcess:
         )
 
     def _signal_tree(self, signum: int) -> None:
+        """
+        List the job's processes first (the leader's descendants can only be
+        found while it lives), then signal them and the group.
+        """
         if signum == signal.SIGKILL:
             self._kill_call = None
-        pgid = self.pgid
-        if pgid is None or pgid == os.getpgrp():
-            # Never signal a group we did not create.
-            if not self.exited:
-                _send(self._transport.signalProcess, signum)
-            return
-        if not self.exited:
-            # The leader is not reaped, so the group id is still ours.
-            _send(os.killpg, pgid, signum)
         leader = None if self.exited else self.pid
-        d = self._list_processes(leader, pgid)
-        d.addCallback(_signal_all, signum)
+        d = self._list_processes(leader, self.pid)
+        d.addCallback(self._signal_found, signum)
         d.addErrback(lambda f: log.failure("cannot list job processes", f))
+
+    def _signal_found(self, processes: Iterable[psutil.Process], signum: int) -> None:
+        for proc in processes:
+            self._known.setdefault(proc.pid, proc)
+        if not self.exited and self.pid != os.getpgrp():
+            # The leader is not reaped, so the group id is still ours.
+            _send(os.killpg, self.pid, signum)
+        for proc in self._known.values():
+            try:
+                proc.send_signal(signum)  # psutil checks the pid was not reused
+            except psutil.Error:
+                pass
 
     def stop(self) -> None:
         """Cancel pending timers: the worker is shutting down."""
@@ -313,11 +326,3 @@ def _send(function: Callable[..., Any], *args: Any) -> None:
         function(*args)
     except (OSError, _process.ProcessExitedAlready):
         pass
-
-
-def _signal_all(processes: Iterable[psutil.Process], signum: int) -> None:
-    for proc in processes:
-        try:
-            proc.send_signal(signum)
-        except psutil.Error:
-            pass

@@ -59,14 +59,13 @@ class OutputBuffer:
     """
     A job's output, capped at C{limit} bytes of UTF-8.
 
-    Past the cap it keeps the first and the last half and counts what was
-    dropped between them, so both how a command started and how it ended
+    Past the cap it keeps the beginning (up to half the cap) and the end,
+    and counts what was dropped between them, so both how a command started and how it ended
     stay visible.
     """
 
     def __init__(self, limit: int) -> None:
-        self._head_limit = limit // 2
-        self._tail_limit = limit - self._head_limit
+        self._limit = limit
         self._head: list[str] = []
         self._head_size = 0
         self._tail: deque[tuple[str, int]] = deque()
@@ -75,15 +74,16 @@ class OutputBuffer:
 
     def append(self, text: str) -> None:
         size = len(text.encode("utf-8"))
-        if not self._tail and self._head_size + size <= self._head_limit:
+        if not self._tail and self._head_size + size <= self._limit // 2:
             self._head.append(text)
             self._head_size += size
             return
         self._tail.append((text, size))
         self._tail_size += size
-        while self._tail_size > self._tail_limit:
+        tail_limit = self._limit - self._head_size
+        while self._tail_size > tail_limit:
             oldest, oldest_size = self._tail.popleft()
-            excess = self._tail_size - self._tail_limit
+            excess = self._tail_size - tail_limit
             self._tail_size -= oldest_size
             if excess >= oldest_size:
                 self.dropped += oldest_size

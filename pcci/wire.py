@@ -120,7 +120,11 @@ class FramedJSONProtocol(LineReceiver):
         handler: Callable[[dict[str, Any]], None] = getattr(
             self, "handle_" + message["code"]
         )
-        handler(message)
+        try:
+            handler(message)
+        except Exception:
+            # A bug in one handler must not cost the connection and its jobs.
+            self.log.failure("error handling {code!r} frame", code=message["code"])
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.protocolViolation(f"frame longer than {self.MAX_LENGTH} bytes")

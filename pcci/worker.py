@@ -176,6 +176,7 @@ class WorkerFactory(Factory):
         """Kill every running job; fire when all have ended."""
         if not self.jobs:
             return succeed(None)
+        self.log.info("killing {count} running jobs", count=len(self.jobs))
         for job in list(self.jobs):
             job.kill()
         d: Deferred[None] = Deferred()

@@ -1,0 +1,190 @@
+"""
+Real pcci daemons on loopback for the end-to-end tests.
+
+Every daemon is a real C{twistd} process started from the installed package
+(so plugin discovery is exercised too) and ended by its pid.  Waiting is
+polling against a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+DEADLINE = 20.0
+
+#: The twistd of the environment running the tests, where pcci is installed.
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(check: Callable[[], T], timeout: float = DEADLINE, what: str = "") -> T:
+    """Call C{check} until it returns something true, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(0.02)
+
+
+class Daemon:
+    """One twistd process."""
+
+    def __init__(self, directory: Path, name: str, plugin: str, *args: str) -> None:
+        self.name = name
+        self.log = directory / f"{name}.log"
+        command = [
+            TWISTD, "--nodaemon", "--pidfile=",
+            f"--logfile={self.log}", plugin, *args,
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=directory, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Cluster:
+    """A master and its workers, with a small REST client."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.api_port = free_port()
+        self.worker_port = free_port()
+        self.daemons: list[Daemon] = []
+        self.master: Daemon | None = None
+
+    def start_master(self, *args: str) -> Daemon:
+        self.master = self._start(
+            "master", "pcci-master",
+            "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
+            "--listen", f"tcp:{self.worker_port}:interface=127.0.0.1", *args,
+        )
+        poll(lambda: self.up(), what="the master's API")
+        return self.master
+
+    def start_worker(self, name: str, *args: str, wait: bool = True) -> Daemon:
+        daemon = self._start(
+            f"worker-{name}-{len(self.daemons)}", "pcci-worker",
+            "--master", f"tcp:127.0.0.1:{self.worker_port}", "--name", name, *args,
+        )
+        if wait:
+            self.wait_for_workers(name)
+        return daemon
+
+    def _start(self, name: str, plugin: str, *args: str) -> Daemon:
+        daemon = Daemon(self.directory, name, plugin, *args)
+        self.daemons.append(daemon)
+        return daemon
+
+    def stop(self) -> None:
+        for daemon in reversed(self.daemons):
+            daemon.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {d.name}\n{d.log_text()}" for d in self.daemons)
+
+    # REST
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 90) -> tuple[int, Any]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def up(self) -> bool:
+        try:
+            return self.request("GET", "/workers", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def workers(self) -> list[str]:
+        try:
+            return [w["id"] for w in self.request("GET", "/workers", timeout=2)[1]]
+        except OSError:
+            return []
+
+    def wait_for_workers(self, *names: str) -> None:
+        poll(lambda: set(names) <= set(self.workers()), what=f"workers {names}")
+
+    def submit(self, cmd: str, workers: list[str]) -> str:
+        code, body = self.request("POST", "/job", {"cmd": cmd, "workers": workers})
+        assert code == 200, body
+        return body["pool_id"]
+
+    def wait_pool(self, pool_id: str, timeout: float = DEADLINE) -> dict:
+        """The pool once finished, long-polling up to C{timeout} seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            code, pool = self.request("GET", f"/pools/{pool_id}?wait={min(left, 60):.2f}")
+            assert code == 200, pool
+            if pool["status"] is not None:
+                return pool
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"pool {pool_id} still running: {pool}")
+
+    def run(self, cmd: str, workers: list[str], timeout: float = DEADLINE) -> dict:
+        return self.wait_pool(self.submit(cmd, workers), timeout)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose command line contains C{marker}."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc.pid)
+    return found

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from cluster import Cluster, processes_with
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A master with two workers, w1 and w2, shared by a module's tests."""
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        c.start_master()
+        c.start_worker("w1", "--kill-grace", "1")
+        c.start_worker("w2", "--kill-grace", "1")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster for a test that stops or restarts daemons."""
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def marker(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A unique number for `sleep` commands; its processes are killed after the test."""
+    value = f"{1000 + (abs(hash(request.node.nodeid)) % 9000)}.{os.getpid() % 1000}"
+    yield value
+    for pid in processes_with(f"sleep {value}"):
+        os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,26 @@
+"""Test doubles shared by the unit tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class FakeLink:
+    """A worker connection that records what the state asked of it."""
+
+    name: str
+    address: str = "192.0.2.1:5000"
+    connected_at: float = 0.0
+    runs: list[tuple[str, str]] = field(default_factory=list)
+    kills: list[str] = field(default_factory=list)
+    dismissed: list[str] = field(default_factory=list)
+
+    def run_job(self, pool_id: str, cmd: str) -> None:
+        self.runs.append((pool_id, cmd))
+
+    def kill_job(self, pool_id: str) -> None:
+        self.kills.append(pool_id)
+
+    def dismiss(self, reason: str) -> None:
+        self.dismissed.append(reason)

@@ -1,0 +1,210 @@
+"""The REST routes, through treq's StubTreq."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from fakes import FakeLink
+from pcci.api import MAX_BODY, MAX_COMMAND, MasterAPI
+from pcci.state import ClusterState
+
+URL = "http://master"
+JSON = {"Content-Type": ["application/json"]}
+
+
+class Client:
+    """A StubTreq over a master with workers a and b, answering synchronously."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.state = ClusterState(self.clock, retention=60)
+        self.links = {name: FakeLink(name) for name in ("a", "b")}
+        for link in self.links.values():
+            self.state.add_worker(link)
+        self.stub = StubTreq(MasterAPI(self.state).app.resource())
+
+    def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        kwargs.setdefault("headers", JSON)
+        d = self.stub.request(method, URL + path, data=body, **kwargs)
+        return self.result(d)
+
+    def result(self, d: Any) -> Any:
+        self.stub.flush()
+        results: list = []
+        d.addBoth(results.append)
+        self.stub.flush()
+        (response,) = results
+        body = self.result_of(response.content())
+        return response.code, response.headers, json.loads(body)
+
+    def result_of(self, d: Any) -> Any:
+        results: list = []
+        d.addBoth(results.append)
+        self.stub.flush()
+        return results[0]
+
+    def submit(self, cmd: str = "uname -a", workers: list[str] | None = None) -> str:
+        code, _, body = self.request("POST", "/job", {"cmd": cmd, "workers": workers or ["a", "b"]})
+        assert code == 200, body
+        return body["pool_id"]
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+def test_submit_and_read_a_pool(client: Client) -> None:
+    pool_id = client.submit("echo hi", ["a"])
+    assert client.links["a"].runs == [(pool_id, "echo hi")]
+    client.state.job_output("a", pool_id, "hi\n")
+    client.state.job_ended("a", pool_id, 0)
+    code, headers, body = client.request("GET", f"/pool/{pool_id}")
+    assert code == 200
+    assert headers.getRawHeaders("content-type") == ["application/json"]
+    assert isinstance(body, list) and body[0]["id"] == pool_id
+    assert body[0]["jobs"][0]["result"] == "hi\n"
+    code, _, single = client.request("GET", f"/pools/{pool_id}")
+    assert single == body[0]
+    code, _, every = client.request("GET", "/pools")
+    assert [p["id"] for p in every] == [pool_id]
+
+
+def test_workers(client: Client) -> None:
+    client.submit("sleep 5", ["a"])
+    code, _, body = client.request("GET", "/workers")
+    assert code == 200
+    assert [(w["id"], w["jobs_running"]) for w in body] == [("a", 1), ("b", 0)]
+    assert body[0]["address"] == "192.0.2.1:5000"
+    assert body[0]["connected_at"] == "1970-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b"{", "invalid JSON"),
+        (b"", "JSON body is required"),
+        (b"[]", "JSON object"),
+        ({"workers": ["a"]}, "cmd"),
+        ({"cmd": "", "workers": ["a"]}, "cmd"),
+        ({"cmd": "   ", "workers": ["a"]}, "cmd"),
+        ({"cmd": 5, "workers": ["a"]}, "cmd"),
+        ({"cmd": "echo 'unbalanced", "workers": ["a"]}, "parsed"),
+        ({"cmd": "x" * (MAX_COMMAND + 1), "workers": ["a"]}, "cmd"),
+        ({"cmd": "true"}, "workers"),
+        ({"cmd": "true", "workers": []}, "workers"),
+        ({"cmd": "true", "workers": "a"}, "workers"),
+        ({"cmd": "true", "workers": ["a", 3]}, "workers"),
+        ({"cmd": "true", "workers": ["a", "ghost"]}, "ghost"),
+    ],
+)
+def test_bad_submissions_are_400_and_create_nothing(
+    client: Client, body: Any, expected: str
+) -> None:
+    code, _, answer = client.request("POST", "/job", body)
+    assert code == 400
+    assert expected in answer["message"]
+    assert client.state.pools == {}
+    assert client.links["a"].runs == []
+
+
+def test_wrong_content_type_is_415(client: Client) -> None:
+    code, _, answer = client.request(
+        "POST", "/job", {"cmd": "true", "workers": ["a"]},
+        headers={"Content-Type": ["application/x-www-form-urlencoded"]},
+    )
+    assert code == 415 and "application/json" in answer["message"]
+
+
+def test_body_over_the_limit_is_413(client: Client) -> None:
+    code, _, answer = client.request("POST", "/job", b" " * (MAX_BODY + 1))
+    assert code == 413 and "message" in answer
+
+
+def test_unknown_route_and_wrong_method(client: Client) -> None:
+    code, _, answer = client.request("GET", "/nowhere")
+    assert code == 404 and "message" in answer
+    code, headers, answer = client.request("DELETE", "/pools")
+    assert code == 405 and "DELETE" in answer["message"]
+    assert "GET" in headers.getRawHeaders("allow")[0]
+
+
+def test_unknown_pool_is_404(client: Client) -> None:
+    for method, path in [("GET", "/pool/x"), ("GET", "/pools/x"), ("PUT", "/kill/x")]:
+        code, _, answer = client.request(method, path)
+        assert code == 404 and "x" in answer["message"]
+
+
+def test_expired_pool_is_404(client: Client) -> None:
+    pool_id = client.submit("true", ["a"])
+    client.state.job_ended("a", pool_id, 0)
+    client.state.job_ended("b", pool_id, 0)
+    client.clock.advance(60)
+    code, _, _ = client.request("GET", f"/pool/{pool_id}")
+    assert code == 404
+
+
+def test_kill_all_workers_or_the_named_ones(client: Client) -> None:
+    pool_id = client.submit("sleep 100")
+    code, _, body = client.request("PUT", f"/kill/{pool_id}", {"workers": ["b"]})
+    assert code == 200 and body["workers"] == ["b"]
+    assert client.links["a"].kills == [] and client.links["b"].kills == [pool_id]
+    code, _, body = client.request("PUT", f"/kill/{pool_id}")
+    assert body["workers"] == ["a", "b"]
+    code, _, body = client.request("PUT", f"/kill/{pool_id}", {"workers": ["zed"]})
+    assert code == 400 and "zed" in body["message"]
+
+
+def test_long_poll_answers_when_the_pool_ends(client: Client) -> None:
+    pool_id = client.submit("sleep 1", ["a"])
+    d = client.stub.get(f"{URL}/pool/{pool_id}?wait=30")
+    client.stub.flush()
+    fired: list = []
+    d.addBoth(fired.append)
+    client.clock.advance(5)
+    client.stub.flush()
+    assert fired == []
+    client.state.job_ended("a", pool_id, 0)
+    client.stub.flush()
+    (response,) = fired
+    body = json.loads(client.result_of(response.content()))
+    assert body[0]["status"] == 0
+
+
+def test_long_poll_is_capped_and_answers_the_running_pool(client: Client) -> None:
+    pool_id = client.submit("sleep 1000", ["a"])
+    d = client.stub.get(f"{URL}/pools/{pool_id}?wait=3600")
+    client.stub.flush()
+    fired: list = []
+    d.addBoth(fired.append)
+    client.clock.advance(59.9)
+    client.stub.flush()
+    assert fired == []
+    client.clock.advance(0.1)
+    client.stub.flush()
+    body = json.loads(client.result_of(fired[0].content()))
+    assert body["status"] is None
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "nan"])
+def test_bad_wait_is_400(client: Client, wait: str) -> None:
+    pool_id = client.submit("true", ["a"])
+    code, _, answer = client.request("GET", f"/pool/{pool_id}?wait={wait}")
+    assert code == 400 and "wait" in answer["message"]
+
+
+def test_unexpected_errors_are_json_500(client: Client, monkeypatch) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(client.state, "submit", broken)
+    code, _, answer = client.request("POST", "/job", {"cmd": "true", "workers": ["a"]})
+    assert code == 500
+    assert "boom" not in answer["message"]

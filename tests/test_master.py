@@ -1,0 +1,152 @@
+"""The master's side of the wire protocol, over StringTransport."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from pcci.master import HELLO_TIMEOUT, WorkerPortFactory
+from pcci.state import ClusterState
+from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
+
+
+def frames(transport: StringTransport) -> list[dict]:
+    data = transport.value()
+    transport.clear()
+    return [json.loads(f) for f in data.split(TERMINATOR) if f]
+
+
+def connect(state: ClusterState, clock: Clock, port: int = 5000):
+    factory = WorkerPortFactory(state, clock)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", port))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", port))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def hello(name: str = "node1", version: int = PROTOCOL_VERSION) -> bytes:
+    return encode({"code": "hello", "name": name, "version": version})
+
+
+def setup():
+    clock = Clock()
+    return ClusterState(clock), clock
+
+
+def test_hello_registers_the_worker_and_is_welcomed() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    assert state.workers["node1"] is protocol
+    assert protocol.address == "192.0.2.1:5000"
+    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION}]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_job_from_submit_to_end() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    frames(transport)
+    pool = state.submit("echo EOM", ["node1"])
+    assert frames(transport) == [{"code": "run", "pool": pool.id, "cmd": "echo EOM"}]
+    protocol.dataReceived(
+        encode({"code": "started", "pool": pool.id, "pid": 99})
+        + encode({"code": "output", "pool": pool.id, "data": "EOM\n"})
+        + encode({"code": "ended", "pool": pool.id, "status": 0})
+    )
+    job = pool.jobs["node1"]
+    assert (job.pid, job.output.text(), job.status, pool.status) == (99, "EOM\n", 0, 0)
+    state.kill(pool.id)
+    assert frames(transport) == []  # nothing left to kill
+
+
+def test_kill_is_sent_to_the_worker() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    pool = state.submit("sleep 9", ["node1"])
+    frames(transport)
+    state.kill(pool.id)
+    assert frames(transport) == [{"code": "kill", "pool": pool.id}]
+
+
+def test_connection_lost_fails_running_jobs() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    pool = state.submit("sleep 9", ["node1"])
+    protocol.connectionLost(None)
+    assert "node1" not in state.workers
+    assert pool.status == 1
+
+
+def test_duplicate_name_dismisses_the_old_connection() -> None:
+    state, clock = setup()
+    old, old_transport = connect(state, clock, 1)
+    old.dataReceived(hello())
+    frames(old_transport)
+    new, new_transport = connect(state, clock, 2)
+    new.dataReceived(hello())
+    assert state.workers["node1"] is new
+    (bye,) = frames(old_transport)
+    assert bye["code"] == "bye" and bye["reconnect"] is False
+    assert "192.0.2.1:2" in bye["reason"]
+    assert old_transport.disconnecting
+    old.connectionLost(None)
+    assert state.workers["node1"] is new
+    # Late reports from the replaced connection are ignored.
+    pool = state.submit("x", ["node1"])
+    old.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
+    assert pool.status is None
+
+
+def test_silent_connection_is_dropped() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    clock.advance(HELLO_TIMEOUT)
+    assert transport.disconnected or transport.disconnecting
+
+
+def test_job_message_before_hello_is_a_violation() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(encode({"code": "ended", "pool": "p", "status": 0}))
+    assert transport.disconnecting
+    protocol.connectionLost(None)
+    assert clock.getDelayedCalls() == []
+
+
+def test_second_hello_and_bad_names_are_violations() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello() + hello())
+    assert transport.disconnecting
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello(name="bad name\n"))
+    assert transport.disconnecting
+    assert list(state.workers) == ["node1"]
+
+
+def test_other_protocol_version_is_told_not_to_reconnect() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello(version=PROTOCOL_VERSION + 1))
+    (bye,) = frames(transport)
+    assert bye["code"] == "bye" and bye["reconnect"] is False
+    assert transport.disconnecting
+    assert state.workers == {}
+
+
+def test_garbage_drops_only_that_connection() -> None:
+    state, clock = setup()
+    good, good_transport = connect(state, clock, 1)
+    good.dataReceived(hello("good"))
+    bad, bad_transport = connect(state, clock, 2)
+    bad.dataReceived(b"GET / HTTP/1.1\r\n\r\nEOM")
+    assert bad_transport.disconnecting
+    assert not good_transport.disconnecting
+    assert list(state.workers) == ["good"]

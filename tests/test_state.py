@@ -1,0 +1,207 @@
+"""The master's state, driven by a Clock."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+
+from fakes import FakeLink
+from pcci.state import STATUS_LOST, ClusterState, OutputBuffer, SubmitError, rfc3339
+
+
+def cluster(*names: str, **kwargs) -> tuple[ClusterState, Clock, dict[str, FakeLink]]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    state = ClusterState(clock, **kwargs)
+    links = {name: FakeLink(name) for name in names}
+    for link in links.values():
+        state.add_worker(link)
+    return state, clock, links
+
+
+def test_submit_runs_the_command_on_each_named_worker() -> None:
+    state, _, links = cluster("a", "b", "c")
+    pool = state.submit("uname -a", ["a", "b", "a"])
+    assert links["a"].runs == [(pool.id, "uname -a")]
+    assert links["b"].runs == [(pool.id, "uname -a")]
+    assert links["c"].runs == []
+    assert list(pool.jobs) == ["a", "b"]
+    assert pool.status is None
+    assert state.running_jobs("a") == 1
+
+
+def test_submit_to_unknown_worker_creates_nothing() -> None:
+    state, _, links = cluster("a")
+    with pytest.raises(SubmitError, match="ghost"):
+        state.submit("true", ["a", "ghost"])
+    assert state.pools == {}
+    assert links["a"].runs == []
+
+
+@pytest.mark.parametrize(
+    "statuses, expected", [([0, 0], 0), ([0, 1], 1), ([2, 0], 1), ([0, 137], 1)]
+)
+def test_pool_status(statuses: list[int], expected: int) -> None:
+    state, _, _ = cluster("a", "b")
+    pool = state.submit("x", ["a", "b"])
+    state.job_ended("a", pool.id, statuses[0])
+    assert pool.status is None
+    state.job_ended("b", pool.id, statuses[1])
+    assert pool.status == expected
+
+
+def test_job_fields_and_times() -> None:
+    state, clock, _ = cluster("a")
+    pool = state.submit("echo hi", ["a"])
+    state.job_started("a", pool.id, 4242)
+    state.job_output("a", pool.id, "hi\n")
+    state.job_output("a", pool.id, "there\n")
+    clock.advance(1.5)
+    state.job_ended("a", pool.id, 0)
+    job = pool.to_json()["jobs"][0]
+    assert job == {
+        "pool": pool.id,
+        "worker_id": "a",
+        "cmd": "echo hi",
+        "pid": 4242,
+        "status": 0,
+        "result": "hi\nthere\n",
+        "time_to_calc": 1500,
+        "started_at": "2023-11-14T22:13:20.000Z",
+        "ended_at": "2023-11-14T22:13:21.500Z",
+    }
+    assert pool.to_json()["ended_at"] == job["ended_at"]
+
+
+def test_reports_for_unknown_pools_are_ignored() -> None:
+    state, _, _ = cluster("a")
+    state.job_started("a", "nope", 1)
+    state.job_output("a", "nope", "x")
+    state.job_ended("a", "nope", 0)
+    state.job_ended("ghost", "nope", 0)
+    assert state.pools == {}
+
+
+def test_finished_pools_are_dropped_after_retention() -> None:
+    state, clock, _ = cluster("a", retention=10)
+    done = state.submit("x", ["a"])
+    running = state.submit("y", ["a"])
+    clock.advance(5)
+    state.job_ended("a", done.id, 0)
+    clock.advance(9.9)
+    assert done.id in state.pools
+    clock.advance(0.1)
+    assert done.id not in state.pools
+    clock.advance(10_000)
+    assert running.id in state.pools  # running pools are never dropped
+
+
+def test_worker_lost_fails_its_running_jobs() -> None:
+    state, _, links = cluster("a", "b")
+    pool = state.submit("sleep 100", ["a", "b"])
+    state.job_ended("b", pool.id, 0)
+    state.remove_worker(links["a"], "disconnected")
+    job = pool.jobs["a"]
+    assert job.status == STATUS_LOST
+    assert "worker disconnected" in job.output.text()
+    assert pool.status == 1
+    assert "a" not in state.workers
+
+
+def test_new_connection_under_a_name_replaces_the_old_one() -> None:
+    state, _, links = cluster("a")
+    pool = state.submit("sleep 100", ["a"])
+    newcomer = FakeLink("a", address="192.0.2.9:1")
+    state.add_worker(newcomer)
+    assert state.workers["a"] is newcomer
+    assert links["a"].dismissed and "192.0.2.9:1" in links["a"].dismissed[0]
+    assert pool.jobs["a"].status == STATUS_LOST
+    # The old connection closing later changes nothing.
+    state.remove_worker(links["a"], "disconnected")
+    assert state.workers["a"] is newcomer
+
+
+def test_kill_asks_only_running_jobs() -> None:
+    state, _, links = cluster("a", "b")
+    pool = state.submit("sleep 100", ["a", "b"])
+    state.job_ended("b", pool.id, 0)
+    assert state.kill(pool.id) == ["a"]
+    assert links["a"].kills == [pool.id]
+    assert links["b"].kills == []
+
+
+def test_kill_named_workers() -> None:
+    state, _, links = cluster("a", "b")
+    pool = state.submit("sleep 100", ["a", "b"])
+    assert state.kill(pool.id, ["b"]) == ["b"]
+    assert links["a"].kills == []
+    with pytest.raises(SubmitError, match="c"):
+        state.kill(pool.id, ["c"])
+    with pytest.raises(KeyError):
+        state.kill("nope")
+
+
+def test_wait_fires_when_the_pool_finishes() -> None:
+    state, clock, _ = cluster("a")
+    pool = state.submit("x", ["a"])
+    results: list = []
+    state.wait(pool, 30).addCallback(results.append)
+    clock.advance(10)
+    assert results == []
+    state.job_ended("a", pool.id, 0)
+    assert results == [pool]
+    assert clock.getDelayedCalls() == [state._expiries[pool.id]]
+
+
+def test_wait_times_out_with_the_running_pool() -> None:
+    state, clock, _ = cluster("a")
+    pool = state.submit("x", ["a"])
+    results: list = []
+    state.wait(pool, 30).addCallback(results.append)
+    clock.advance(30)
+    assert results == [pool] and pool.status is None
+    assert pool.waiters == []
+
+
+def test_cancelled_wait_leaves_nothing_behind() -> None:
+    state, clock, _ = cluster("a")
+    pool = state.submit("x", ["a"])
+    d = state.wait(pool, 30)
+    d.addErrback(lambda f: f.trap(CancelledError))
+    d.cancel()
+    assert pool.waiters == []
+    assert clock.getDelayedCalls() == []
+
+
+def test_rfc3339() -> None:
+    assert rfc3339(None) is None
+    assert rfc3339(0.25) == "1970-01-01T00:00:00.250Z"
+
+
+class TestOutputBuffer:
+    def test_under_the_cap_everything_is_kept(self) -> None:
+        out = OutputBuffer(100)
+        for piece in ["a" * 40, "b" * 40, "c" * 20]:
+            out.append(piece)
+        assert out.text() == "a" * 40 + "b" * 40 + "c" * 20
+        assert out.dropped == 0
+
+    def test_over_the_cap_head_and_tail_are_kept(self) -> None:
+        out = OutputBuffer(100)
+        text = "".join(f"{i:04d}" for i in range(1000))  # 4000 bytes
+        for start in range(0, len(text), 7):
+            out.append(text[start : start + 7])
+        kept = out.text()
+        head, marker, tail = kept.partition("\n[pcci: 3900 bytes of output dropped]\n")
+        assert marker
+        assert text.startswith(head) and 0 < len(head.encode()) <= 50
+        assert text.endswith(tail) and len(head) + len(tail) == 100
+        assert len(head) + len(tail) + out.dropped == len(text)
+
+    def test_multibyte_characters_are_never_cut(self) -> None:
+        out = OutputBuffer(11)
+        out.append("é" * 20)  # 40 bytes: the 11th byte kept would cut an é
+        assert "\ufffd" not in out.text()
+        assert out.text().rpartition("]\n")[2] == "é" * 5
+        assert out.dropped == 30
