@@ -45,6 +45,7 @@ class WorkerConnection(FramedJSONProtocol):
         self._hello_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         self.address = peer_address(self.transport)
         self._hello_call = self.clock.callLater(HELLO_TIMEOUT, self._no_hello)
 

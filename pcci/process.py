@@ -10,6 +10,7 @@ and output batching.
 from __future__ import annotations
 
 import codecs
+import fcntl
 import os
 import shlex
 import shutil
@@ -42,31 +43,78 @@ FLUSH_DELAY = 0.02
 
 class _GroupLeaderProcess(_process.Process):
     """
-    A child process made the leader of a new process group before it execs.
+    A child process that leads a new process group from before it execs.
 
-    Twisted's C{posix_spawnp} fast path cannot do that, so this always forks:
-    the child calls C{setpgid(0, 0)} and the parent does too (whichever runs
-    first wins; both ask for the same thing), so the group is certain.
+    Spawned with C{posix_spawnp(setpgroup=0)}, the fast path Twisted uses
+    itself; where that cannot be used, Twisted forks and the child calls
+    C{setpgid(0, 0)} before it execs.  Either way the group is certain.
     """
 
     #: The child's pid, kept after Twisted clears C{pid} on reaping it.
     spawned_pid: int
 
-    def _trySpawnInsteadOfFork(self, *args: Any, **kwargs: Any) -> bool:
-        return False
+    def _trySpawnInsteadOfFork(
+        self,
+        path: str | None,
+        uid: int | None,
+        gid: int | None,
+        executable: str,
+        args: list[str],
+        environment: dict[str, str],
+        kwargs: dict[str, Any],
+    ) -> bool:
+        if path is not None or uid is not None or gid is not None:
+            return False
+        try:
+            file_actions = _spawn_file_actions(kwargs["fdmap"])
+        except (AttributeError, KeyError, TypeError):
+            return False  # Twisted's internals changed: fork instead
+        # Restore what this process ignores (SIGPIPE, for one) to the default.
+        ignored = [
+            signum
+            for signum in range(1, signal.NSIG)
+            if signal.getsignal(signum) == signal.SIG_IGN
+        ]
+        self.pid = os.posix_spawnp(
+            executable,
+            args,
+            environment,
+            file_actions=file_actions,
+            setsigdef=ignored,
+            setpgroup=0,
+        )
+        self.status = -1
+        return True
+
+    def _setupChild(self, *args: Any, **kwargs: Any) -> None:
+        os.setpgid(0, 0)
+        super()._setupChild(*args, **kwargs)
 
     def _fork(self, *args: Any, **kwargs: Any) -> None:
         super()._fork(*args, **kwargs)
         # In the parent, before Twisted may reap a child that exited at once.
         self.spawned_pid = self.pid
         try:
+            # Also from this side, so the group exists before we may signal it.
             os.setpgid(self.pid, self.pid)
         except OSError:
-            pass  # the child already exec'ed, after its own setpgid
+            pass  # the child already exec'ed, in its group
 
-    def _setupChild(self, *args: Any, **kwargs: Any) -> None:
-        os.setpgid(0, 0)
-        super()._setupChild(*args, **kwargs)
+
+def _spawn_file_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:
+    """
+    posix_spawn file actions giving the child the pipes of C{fdmap} (child
+    fd to parent fd) and closing the rest, with Twisted's own planner.
+    """
+    fd_state = []
+    for fd in _process._listOpenFDs():
+        try:
+            fd_state.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+        except OSError:
+            continue
+    return _process._getFileActions(
+        fd_state, fdmap, doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2
+    )
 
 
 def exit_status(reason: Failure) -> int:

@@ -106,6 +106,15 @@ class FramedJSONProtocol(LineReceiver):
     accepts: dict[str, dict[str, type | tuple[type, ...]]] = {}
     log = Logger()
 
+    def connectionMade(self) -> None:
+        # Frames are small and latency matters: do not wait to fill packets.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not a TCP socket after all (TLS over unix, say)
+
     def sendMessage(self, code: str, **fields: Any) -> None:
         if self.transport is None:
             return

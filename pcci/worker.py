@@ -51,6 +51,7 @@ class MasterConnection(FramedJSONProtocol):
         self._paused = False
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         self.transport.registerProducer(self, True)
         self.sendMessage(
             "hello",

@@ -9,6 +9,7 @@ import json
 import signal
 import socket
 import socket as _socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,6 +65,17 @@ def test_output_over_one_megabyte_arrives_intact(cluster: Cluster) -> None:
     assert len(expected) > 1_900_000
     for job in pool["jobs"]:
         assert job["result"] == expected
+
+
+def test_job_leads_its_own_process_group_with_default_signals(cluster: Cluster) -> None:
+    pool = cluster.run(
+        f"{sys.executable} -c 'import os; print(os.getpid() == os.getpgid(0) != os.getpgid(os.getppid()))'",
+        ["w1"],
+    )
+    assert only_job(pool)["result"] == "True\n"
+    # SIGPIPE is back to its default in jobs: `yes` dies quietly of it.
+    pool = cluster.run("sh -c 'yes | head -n 1'", ["w1"])
+    assert only_job(pool)["result"] == "y\n"
 
 
 def test_invalid_utf8_is_replaced_not_fatal(cluster: Cluster) -> None:

@@ -1,0 +1,143 @@
+"""
+Measure pcci on this machine: start a master and two workers on loopback
+and print, from one run:
+
+- the latency of a one-job `true` pool (POST, then GET ?wait) as p50/p95,
+  and as a ratio to a local `subprocess.run(["true"])`;
+- pools per second with 20 concurrent clients, checking none is lost;
+- output throughput of `seq 1 2000000` through worker and master;
+- the master's memory (RSS) after all that.
+
+Run it from the repository with pcci installed:  python bench/bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
+
+
+class Client:
+    """One keep-alive HTTP connection to the master."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        data = None if body is None else json.dumps(body)
+        self.connection.request(method, path, data, {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    def run(self, cmd: str, worker: str) -> dict:
+        status, answer = self.call("POST", "/job", {"cmd": cmd, "workers": [worker]})
+        assert status == 200, answer
+        while True:
+            status, pool = self.call("GET", f"/pools/{answer['pool_id']}?wait=60")
+            assert status == 200, pool
+            if pool["status"] is not None:
+                return pool
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def latency(client: Client, count: int) -> None:
+    for _ in range(20):  # warm up both sides
+        client.run("true", "w1")
+        subprocess.run(["true"])
+    pool_times, local_times = [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        subprocess.run(["true"])
+        local_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pool = client.run("true", "w1")
+        pool_times.append(time.perf_counter() - started)
+        assert pool["status"] == 0
+    local = statistics.median(local_times)
+    p50, p95 = statistics.median(pool_times), percentile(pool_times, 0.95)
+    print(f"latency of a `true` pool on one worker ({count} runs):")
+    print(f"  p50 {p50 * 1000:.2f} ms, p95 {p95 * 1000:.2f} ms")
+    print(f"  local subprocess.run(['true']) p50 {local * 1000:.2f} ms")
+    print(f"  ratio p50 / local p50: {p50 / local:.2f}x")
+
+
+def throughput_of_pools(port: int, clients: int, per_client: int) -> None:
+    ids: list[str] = []
+    failures: list[object] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        client = Client(port)
+        for i in range(per_client):
+            pool = client.run("true", "w1" if (n + i) % 2 else "w2")
+            with lock:
+                ids.append(pool["id"])
+                if pool["status"] != 0:
+                    failures.append(pool)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    total = clients * per_client
+    print(f"pools with {clients} concurrent clients ({total} pools, POST + wait each):")
+    print(f"  {total / elapsed:.0f} pools/s; {len(set(ids))} unique ids of {total};"
+          f" {len(failures)} failed")
+
+
+def throughput_of_output(client: Client, lines: int) -> None:
+    expected = sum(len(f"{i}\n") for i in range(1, lines + 1))
+    started = time.perf_counter()
+    pool = client.run(f"seq 1 {lines}", "w1")
+    elapsed = time.perf_counter() - started
+    result = pool["jobs"][0]["result"]
+    print(f"output of `seq 1 {lines}` ({expected / 1e6:.1f} MB) through worker and master:")
+    print(f"  {expected / 1e6 / elapsed:.1f} MB/s; kept {len(result) / 1e6:.1f} MB"
+          " (the rest is dropped by --max-output)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=300, help="latency samples")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--pools", type=int, default=1000, help="pools for the pools/s figure")
+    parser.add_argument("--lines", type=int, default=2_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        cluster = Cluster(Path(directory))
+        try:
+            cluster.start_master("--retention", "5")
+            cluster.start_worker("w1")
+            cluster.start_worker("w2")
+            master = psutil.Process(cluster.master.pid)
+            client = Client(cluster.api_port)
+            latency(client, args.runs)
+            throughput_of_pools(cluster.api_port, args.clients, args.pools // args.clients)
+            throughput_of_output(client, args.lines)
+            print(f"master RSS at the end: {master.memory_info().rss / 2**20:.0f} MiB")
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
