@@ -17,20 +17,33 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from pcci.state import ClusterState, Pool, SubmitError, rfc3339
+from pcci.auth import APIToken, find_token
+from pcci.openapi import openapi_document
+from pcci.state import ClusterState, Pool, SubmitError, TooManyPools, rfc3339
 
 log = Logger()
 
-#: Longest request body accepted, in bytes.
+#: Longest request body accepted by default, in bytes.
 MAX_BODY = 1024 * 1024
 
-#: Longest command accepted, in characters (it must fit one wire frame).
+#: Longest command accepted by default, in characters.
 MAX_COMMAND = 64 * 1024
+
+#: The most a command may be: escaped six bytes a character at worst, a
+#: command must still fit one wire frame.
+COMMAND_CEILING = 128 * 1024
+
+#: Most workers in one pool, by default.
+MAX_WORKERS = 1024
 
 #: Longest long poll, in seconds.
 MAX_WAIT = 60.0
+
+#: Methods a read-only token may use.
+READ_METHODS = (b"GET", b"HEAD")
 
 
 class APIError(Exception):
@@ -48,15 +61,15 @@ def _json(request: IRequest, body: Any, status: int = 200) -> bytes:
     return json.dumps(body).encode("utf-8") + b"\n"
 
 
-def _read_json(request: IRequest, required: bool = True) -> Any:
+def _read_json(request: IRequest, max_body: int, required: bool = True) -> Any:
     """
     The request's JSON body, or None when it has none and none is required.
 
     @raise APIError: 413, 415 or 400 naming the problem.
     """
-    body = request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise APIError(413, f"request body over {MAX_BODY} bytes")
+    body = request.content.read(max_body + 1)
+    if len(body) > max_body:
+        raise APIError(413, f"request body over {max_body} bytes")
     if not body.strip():
         if required:
             raise APIError(400, "a JSON body is required")
@@ -74,13 +87,15 @@ def _read_json(request: IRequest, required: bool = True) -> Any:
         raise APIError(400, f"invalid JSON: {e}") from None
 
 
-def _string_list(value: Any, what: str) -> list[str]:
+def _string_list(value: Any, what: str, most: int) -> list[str]:
     if (
         not isinstance(value, list)
         or not value
         or not all(isinstance(item, str) and item for item in value)
     ):
         raise APIError(400, f"{what} must be a non-empty list of worker names")
+    if len(value) > most:
+        raise APIError(400, f"{what} names more than {most} workers")
     return value
 
 
@@ -100,8 +115,33 @@ class MasterAPI:
 
     app = Klein()
 
-    def __init__(self, state: ClusterState) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        max_body: int = MAX_BODY,
+        max_command: int = MAX_COMMAND,
+        max_workers: int = MAX_WORKERS,
+    ) -> None:
         self.state = state
+        self.max_body = max_body
+        self.max_command = min(max_command, COMMAND_CEILING)
+        self.max_workers = max_workers
+
+    def resource(self, tokens: list[APIToken] | None) -> IResource:
+        """The API as a web resource; with C{tokens}, only for their bearers."""
+        resource = self.app.resource()
+        if tokens is None:
+            return resource
+        return TokenGuard(resource, tokens)
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        """For load balancers and monitoring: needs no token, tells nothing."""
+        return _json(request, {"status": "ok"})
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        return _json(request, openapi_document())
 
     def _pool(self, pool_id: str) -> Pool:
         pool = self.state.pools.get(pool_id)
@@ -111,23 +151,27 @@ class MasterAPI:
 
     @app.route("/job", methods=["POST"])
     def submit(self, request: IRequest) -> bytes:
-        body = _read_json(request)
+        body = _read_json(request, self.max_body)
         if not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object")
         cmd = body.get("cmd")
         if not isinstance(cmd, str) or not cmd.strip():
             raise APIError(400, "cmd must be a non-empty string")
-        if len(cmd) > MAX_COMMAND:
-            raise APIError(400, f"cmd is over {MAX_COMMAND} characters")
+        if len(cmd) > self.max_command:
+            raise APIError(400, f"cmd is over {self.max_command} characters")
+        if "\x00" in cmd:
+            raise APIError(400, "cmd cannot hold a NUL character")
         try:
             shlex.split(cmd)
         except ValueError as e:
             raise APIError(400, f"cmd cannot be parsed: {e}") from None
-        workers = _string_list(body.get("workers"), "workers")
+        workers = _string_list(body.get("workers"), "workers", self.max_workers)
         try:
             pool = self.state.submit(cmd, workers)
         except SubmitError as e:
             raise APIError(400, str(e)) from None
+        except TooManyPools as e:
+            raise APIError(503, f"{e}: try again when some have finished") from None
         return _json(
             request,
             {"pool_id": pool.id, "message": f"pool started on {len(pool.jobs)} workers"},
@@ -170,10 +214,10 @@ class MasterAPI:
     @app.route("/kill/<string:pool_id>", methods=["PUT"])
     def kill(self, request: IRequest, pool_id: str) -> bytes:
         self._pool(pool_id)
-        body = _read_json(request, required=False)
+        body = _read_json(request, self.max_body, required=False)
         workers = None
         if isinstance(body, dict) and body.get("workers") is not None:
-            workers = _string_list(body["workers"], "workers")
+            workers = _string_list(body["workers"], "workers", self.max_workers)
         elif body is not None and not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object")
         try:
@@ -207,3 +251,39 @@ class MasterAPI:
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("error answering {uri}", failure, uri=request.uri)
         return _json(request, {"message": "internal error, logged by the master"}, 500)
+
+
+class TokenGuard(Resource):
+    """
+    Lets through the requests that carry a valid C{Authorization: Bearer}
+    token: 401 without one, 403 for a read-only token on a write.  Only
+    C{/health} needs no token.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: IResource, tokens: list[APIToken]) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.tokens = tokens
+
+    def render(self, request: IRequest) -> Any:
+        if request.path != b"/health":
+            token = self._token(request)
+            if token is None:
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="pcci"')
+                return _json(
+                    request,
+                    {"message": "a valid token is required: Authorization: Bearer <token>"},
+                    401,
+                )
+            if token.read_only and request.method not in READ_METHODS:
+                return _json(request, {"message": "this token is read-only"}, 403)
+        return self.wrapped.render(request)
+
+    def _token(self, request: IRequest) -> APIToken | None:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, presented = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not presented.strip():
+            return None
+        return find_token(self.tokens, presented.strip())

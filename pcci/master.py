@@ -10,16 +10,21 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pcci.auth import check_proof, new_nonce, proof
 from pcci.state import ClusterState
 from pcci.wire import (
+    MAX_FRAME,
     PROTOCOL_VERSION,
     WORKER_MESSAGES,
     FramedJSONProtocol,
     peer_address,
 )
 
-#: Seconds a new connection has to say hello before it is dropped.
-HELLO_TIMEOUT = 30.0
+#: Seconds a new connection has to complete the handshake before it is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+
+#: Longest nonce accepted from a worker.
+MAX_NONCE = 128
 
 #: Worker names: what a hostname or a label holds, nothing that needs quoting.
 VALID_NAME = re.compile(r"[A-Za-z0-9_.@:-]{1,255}\Z")
@@ -29,44 +34,66 @@ class WorkerConnection(FramedJSONProtocol):
     """
     A connected worker, as the master sees it.
 
-    Until its C{hello} it is nobody; after, it reports job events to the
-    L{ClusterState} and carries the state's requests to the worker.
+    Until the handshake is done it is nobody: with a cluster secret, the
+    master proves it holds the secret in its C{challenge} and the worker
+    proves it in its C{auth}, over fresh nonces from both sides.  Once
+    registered, it reports job events to the L{ClusterState} and carries the
+    state's requests to the worker.
     """
 
     accepts = WORKER_MESSAGES
     log = Logger()
 
-    def __init__(self, state: ClusterState, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        clock: IReactorTime,
+        secret: bytes | None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_frame: int = MAX_FRAME,
+    ) -> None:
         self.state = state
         self.clock = clock
+        self.secret = secret
+        self.handshake_timeout = handshake_timeout
+        self.MAX_LENGTH = max_frame
         self.name: str | None = None
         self.address = "?"
         self.connected_at = 0.0
-        self._hello_call: IDelayedCall | None = None
+        self._handshake_call: IDelayedCall | None = None
+        self._claimed_name: str | None = None
+        self._worker_nonce = ""
+        self._master_nonce = ""
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.address = peer_address(self.transport)
-        self._hello_call = self.clock.callLater(HELLO_TIMEOUT, self._no_hello)
+        self._handshake_call = self.clock.callLater(
+            self.handshake_timeout, self._handshake_timed_out
+        )
 
-    def _no_hello(self) -> None:
-        self._hello_call = None
-        self.protocolViolation(f"no hello within {HELLO_TIMEOUT:g} seconds")
+    def _handshake_timed_out(self) -> None:
+        self._handshake_call = None
+        self.protocolViolation(
+            f"no handshake within {self.handshake_timeout:g} seconds"
+        )
+
+    def _cancel_handshake_timeout(self) -> None:
+        if self._handshake_call is not None and self._handshake_call.active():
+            self._handshake_call.cancel()
+        self._handshake_call = None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._hello_call is not None and self._hello_call.active():
-            self._hello_call.cancel()
+        self._cancel_handshake_timeout()
         if self.name is not None:
             self.state.remove_worker(self, "disconnected")
 
     # Messages from the worker
 
     def handle_hello(self, message: dict[str, Any]) -> None:
-        if self.name is not None:
+        if self._claimed_name is not None:
             self.protocolViolation("a second hello")
             return
-        if self._hello_call is not None and self._hello_call.active():
-            self._hello_call.cancel()
         version = message["version"]
         if version != PROTOCOL_VERSION:
             self.log.warn(
@@ -86,7 +113,51 @@ class WorkerConnection(FramedJSONProtocol):
         if not VALID_NAME.match(name):
             self.protocolViolation(f"invalid worker name {name!r}")
             return
-        self.name = name
+        self._claimed_name = name
+        if self.secret is None:
+            self._register()
+            return
+        self._worker_nonce = message["nonce"]
+        if not 16 <= len(self._worker_nonce) <= MAX_NONCE:
+            self.protocolViolation("a hello without a proper nonce")
+            return
+        self._master_nonce = new_nonce()
+        self.sendMessage(
+            "challenge",
+            nonce=self._master_nonce,
+            proof=proof(
+                self.secret, "master", name, self._master_nonce, self._worker_nonce
+            ),
+        )
+
+    def handle_auth(self, message: dict[str, Any]) -> None:
+        if self.secret is None or self._claimed_name is None or self.name is not None:
+            self.protocolViolation("an auth out of place")
+            return
+        if not check_proof(
+            self.secret,
+            "worker",
+            self._claimed_name,
+            self._worker_nonce,
+            self._master_nonce,
+            message["proof"],
+        ):
+            self.log.warn(
+                "worker {name} at {peer} failed to prove it holds the cluster"
+                " secret: connection closed",
+                name=self._claimed_name,
+                peer=self.address,
+            )
+            self.sendMessage(
+                "bye", reason="authentication failed: wrong cluster secret", reconnect=True
+            )
+            self.transport.loseConnection()
+            return
+        self._register()
+
+    def _register(self) -> None:
+        self._cancel_handshake_timeout()
+        self.name = self._claimed_name
         self.connected_at = self.clock.seconds()
         self.state.add_worker(self)
         self.sendMessage("welcome", version=PROTOCOL_VERSION)
@@ -94,7 +165,7 @@ class WorkerConnection(FramedJSONProtocol):
     def _current(self) -> bool:
         """True for a worker that said hello and was not replaced since."""
         if self.name is None:
-            self.protocolViolation("a job message before hello")
+            self.protocolViolation("a job message before the handshake")
             return False
         return self.state.workers.get(self.name) is self
 
@@ -126,11 +197,23 @@ class WorkerConnection(FramedJSONProtocol):
 class WorkerPortFactory(Factory):
     """Builds a L{WorkerConnection} for each connection on the worker port."""
 
-    def __init__(self, state: ClusterState, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        clock: IReactorTime,
+        secret: bytes | None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_frame: int = MAX_FRAME,
+    ) -> None:
         self.state = state
         self.clock = clock
+        self.secret = secret
+        self.handshake_timeout = handshake_timeout
+        self.max_frame = max_frame
 
     def buildProtocol(self, addr: IAddress) -> WorkerConnection:
-        protocol = WorkerConnection(self.state, self.clock)
+        protocol = WorkerConnection(
+            self.state, self.clock, self.secret, self.handshake_timeout, self.max_frame
+        )
         protocol.factory = self
         return protocol

@@ -5,6 +5,7 @@ a worker's dial-out to its master.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -17,12 +18,14 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from pcci.worker import WorkerFactory
 
@@ -84,6 +87,39 @@ class ListeningService(Service):
         return None
 
 
+class ConnectionLimit(WrappingFactory):
+    """Closes at once a connection beyond C{limit} open from one address."""
+
+    def __init__(self, wrapped: Factory, limit: int) -> None:
+        super().__init__(wrapped)
+        self.limit = limit
+        self.per_address: Counter[str] = Counter()
+        self._addresses: dict[ProtocolWrapper, str] = {}
+
+    def buildProtocol(self, addr: IAddress) -> ProtocolWrapper | None:
+        host = getattr(addr, "host", None)
+        if host is not None and self.per_address[host] >= self.limit:
+            log.warn(
+                "refused a connection from {host}: it holds {limit} already",
+                host=host,
+                limit=self.limit,
+            )
+            return None
+        protocol = super().buildProtocol(addr)
+        if host is not None and protocol is not None:
+            self.per_address[host] += 1
+            self._addresses[protocol] = host
+        return protocol
+
+    def unregisterProtocol(self, protocol: ProtocolWrapper) -> None:
+        super().unregisterProtocol(protocol)
+        host = self._addresses.pop(protocol, None)
+        if host is not None:
+            self.per_address[host] -= 1
+            if not self.per_address[host]:
+                del self.per_address[host]
+
+
 class WorkerService(MultiService):
     """
     A worker: keeps a connection to its master, reconnecting with backoff
@@ -95,12 +131,13 @@ class WorkerService(MultiService):
         reactor: Any,
         endpoint: IStreamClientEndpoint,
         name: str,
+        secret: bytes | None,
         kill_grace: float,
         on_dismissed: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.factory = WorkerFactory(
-            reactor, name, kill_grace, on_dismissed or self._dismissed
+            reactor, name, secret, kill_grace, on_dismissed or self._dismissed
         )
         self.client = ClientService(endpoint, self.factory, retryPolicy=RETRY_POLICY)
         self.client.setServiceParent(self)
@@ -137,12 +174,18 @@ class LocalWorkerService(MultiService):
     """A worker in the master's own process, dialing the master's worker port."""
 
     def __init__(
-        self, reactor: Any, workers_port: ListeningService, name: str, kill_grace: float
+        self,
+        reactor: Any,
+        workers_port: ListeningService,
+        name: str,
+        secret: bytes | None,
+        kill_grace: float,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.workers_port = workers_port
         self.name = name
+        self.secret = secret
         self.kill_grace = kill_grace
         self.worker: WorkerService | None = None
 
@@ -154,5 +197,7 @@ class LocalWorkerService(MultiService):
         if not self.running:
             return
         endpoint = local_client_endpoint(self.reactor, port)
-        self.worker = WorkerService(self.reactor, endpoint, self.name, self.kill_grace)
+        self.worker = WorkerService(
+            self.reactor, endpoint, self.name, self.secret, self.kill_grace
+        )
         self.worker.setServiceParent(self)

@@ -23,6 +23,7 @@ log = Logger()
 
 DEFAULT_RETENTION = 300.0
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
+DEFAULT_MAX_POOLS = 10_000
 
 #: Status of a job whose end pcci could not observe (its worker was lost).
 STATUS_LOST = -1
@@ -53,6 +54,10 @@ class WorkerLink(Protocol):
 
 class SubmitError(ValueError):
     """A pool request that cannot be carried out; nothing was created."""
+
+
+class TooManyPools(Exception):
+    """Every pool kept is still running and there is no room for another."""
 
 
 class OutputBuffer:
@@ -173,11 +178,13 @@ class ClusterState:
         clock: IReactorTime,
         retention: float = DEFAULT_RETENTION,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        max_pools: int = DEFAULT_MAX_POOLS,
         new_id: Callable[[], str] | None = None,
     ) -> None:
         self.clock = clock
         self.retention = retention
         self.max_output = max_output
+        self.max_pools = max_pools
         self._new_id = new_id or UUID7Generator()
         self.workers: dict[str, WorkerLink] = {}
         self.pools: dict[str, Pool] = {}
@@ -230,6 +237,7 @@ class ClusterState:
             raise SubmitError(
                 "unknown or disconnected workers: " + ", ".join(unknown)
             )
+        self._make_room()
         now = self.clock.seconds()
         pool = Pool(id=self._new_id(), cmd=cmd, started_at=now)
         for name in names:
@@ -246,6 +254,17 @@ class ClusterState:
         for name in names:
             self.workers[name].run_job(pool.id, cmd)
         return pool
+
+    def _make_room(self) -> None:
+        """Drop the oldest finished pool if a new one would exceed C{max_pools}."""
+        if len(self.pools) < self.max_pools:
+            return
+        for pool in self.pools.values():
+            if pool.finished:
+                self._expiries.pop(pool.id).cancel()
+                del self.pools[pool.id]
+                return
+        raise TooManyPools(f"{len(self.pools)} pools are running, the most kept")
 
     def kill(self, pool_id: str, workers: Iterable[str] | None = None) -> list[str]:
         """

@@ -18,9 +18,14 @@ from twisted.protocols.basic import LineReceiver
 PROTOCOL_VERSION = 1
 TERMINATOR = b"EOM"
 
-#: Longest frame accepted, terminator excluded.  Output chunks and commands
-#: are bounded well below it, so only a broken or hostile peer reaches it.
+#: Longest frame sent, and accepted by default (terminator excluded).
+#: Output chunks and commands are bounded well below it, so only a broken
+#: or hostile peer reaches it.
 MAX_FRAME = 1024 * 1024
+
+#: The least a daemon may be configured to accept: an output chunk at its
+#: worst escaping, with room to spare.
+MIN_FRAME = 256 * 1024
 
 #: Characters of output carried by one ``output`` frame at most.  JSON
 #: escaping can grow a character to six bytes, still far below MAX_FRAME.
@@ -28,12 +33,14 @@ OUTPUT_CHUNK = 32 * 1024
 
 #: Message codes each side accepts, with the fields each one must carry.
 WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "hello": {"name": str, "version": int},
+    "hello": {"name": str, "version": int, "nonce": str},
+    "auth": {"proof": str},
     "started": {"pool": str, "pid": int},
     "output": {"pool": str, "data": str},
     "ended": {"pool": str, "status": int},
 }
 MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "challenge": {"nonce": str, "proof": str},
     "welcome": {"version": int},
     "run": {"pool": str, "cmd": str},
     "kill": {"pool": str},

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pcci.auth import check_proof, new_nonce, proof
 from pcci.process import JobProcess
 from pcci.wire import (
     MASTER_MESSAGES,
@@ -49,6 +50,11 @@ class MasterConnection(FramedJSONProtocol):
     def __init__(self) -> None:
         self.jobs: dict[str, JobProcess] = {}
         self._paused = False
+        self._nonce = new_nonce()
+        #: The master proved it holds the cluster secret.
+        self._master_proven = False
+        #: The handshake is over: commands are accepted.
+        self._ready = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -57,6 +63,7 @@ class MasterConnection(FramedJSONProtocol):
             "hello",
             name=self.factory.name,
             version=PROTOCOL_VERSION,
+            nonce=self._nonce,
             hostname=socket.gethostname(),
         )
 
@@ -71,7 +78,48 @@ class MasterConnection(FramedJSONProtocol):
 
     # Messages from the master
 
+    def handle_challenge(self, message: dict[str, Any]) -> None:
+        secret = self.factory.secret
+        peer = peer_address(self.transport)
+        if secret is None:
+            self.log.error(
+                "the master at {peer} requires a cluster secret: start this worker"
+                " with --secret-file",
+                peer=peer,
+            )
+            self.transport.loseConnection()
+            return
+        if self._master_proven or not check_proof(
+            secret,
+            "master",
+            self.factory.name,
+            message["nonce"],
+            self._nonce,
+            message["proof"],
+        ):
+            self.log.error(
+                "the master at {peer} failed to prove it holds the cluster secret:"
+                " refusing its commands",
+                peer=peer,
+            )
+            self.transport.abortConnection()
+            return
+        self._master_proven = True
+        self.sendMessage(
+            "auth",
+            proof=proof(secret, "worker", self.factory.name, self._nonce, message["nonce"]),
+        )
+
     def handle_welcome(self, message: dict[str, Any]) -> None:
+        if self.factory.secret is not None and not self._master_proven:
+            self.log.error(
+                "the master at {peer} did not prove it holds the cluster secret:"
+                " refusing its commands",
+                peer=peer_address(self.transport),
+            )
+            self.transport.abortConnection()
+            return
+        self._ready = True
         self.log.info(
             "worker {name} joined master at {peer}",
             name=self.factory.name,
@@ -86,7 +134,14 @@ class MasterConnection(FramedJSONProtocol):
             self.factory.dismissed(message["reason"])
         self.transport.loseConnection()
 
+    def _handshake_done(self) -> bool:
+        if not self._ready:
+            self.protocolViolation("a command before the handshake")
+        return self._ready
+
     def handle_run(self, message: dict[str, Any]) -> None:
+        if not self._handshake_done():
+            return
         pool_id, cmd = message["pool"], message["cmd"]
         if pool_id in self.jobs:
             self.log.warn("pool {pool} is already running here", pool=pool_id)
@@ -107,6 +162,8 @@ class MasterConnection(FramedJSONProtocol):
         job.start()
 
     def handle_kill(self, message: dict[str, Any]) -> None:
+        if not self._handshake_done():
+            return
         job = self.jobs.get(message["pool"])
         if job is not None:
             self.log.info("pool {pool}: killing {cmd}", pool=message["pool"], cmd=job.cmd)
@@ -135,8 +192,10 @@ class MasterConnection(FramedJSONProtocol):
 
 class WorkerFactory(Factory):
     """
-    A worker's settings and its current connection to the master.
+    A worker's settings, and the jobs of its connections to the master.
 
+    @ivar secret: the cluster secret, or None to join a master that runs
+        with C{--no-auth} (and trust whichever master answers).
     @ivar on_dismissed: called with the master's reason when the master asks
         this worker never to reconnect (another worker took its name).
     """
@@ -148,11 +207,13 @@ class WorkerFactory(Factory):
         self,
         reactor: Any,
         name: str,
+        secret: bytes | None,
         kill_grace: float = 5.0,
         on_dismissed: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.reactor = reactor
         self.name = name
+        self.secret = secret
         self.kill_grace = kill_grace
         self.on_dismissed = on_dismissed
         #: Every job still running, including those of a lost connection

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
+from pcci import auth
 from pcci.options import seconds
 from pcci.services import WorkerService
 from pcci.worker import default_name
@@ -15,16 +17,40 @@ from pcci.worker import default_name
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = "Run a pcci worker: keep a connection to the master and run its jobs."
+    longdesc = (
+        "Run a pcci worker: keep a connection to the master and run its jobs. "
+        "It needs the cluster secret of the master (its <state-dir>/cluster-secret)."
+    )
+    optFlags = [
+        ["no-auth", None, "Join a master started with --no-auth, trusting whichever master answers."],
+    ]
     optParameters = [
         ["master", None, "tcp:localhost:7000", "Client endpoint of the master's worker port."],
         ["name", None, None, "Name of this worker (default: the hostname)."],
+        ["secret-file", None, None, "The cluster secret (default: ~/.pcci/cluster-secret, if there)."],
         ["kill-grace", None, 5.0, "Seconds from SIGTERM to SIGKILL when a job is killed.", seconds],
     ]
 
     def postOptions(self) -> None:
         if not self["name"]:
             self["name"] = default_name()
+        self.secret: bytes | None = None
+        if self["no-auth"]:
+            return
+        path = self["secret-file"]
+        if path is None:
+            default = Path(auth.DEFAULT_STATE_DIR, auth.CLUSTER_SECRET_FILE).expanduser()
+            if not default.exists():
+                raise usage.UsageError(
+                    "a worker needs the cluster secret: --secret-file PATH (a copy of"
+                    " the master's <state-dir>/cluster-secret), or --no-auth to join a"
+                    " master started with --no-auth"
+                )
+            path = str(default)
+        try:
+            self.secret = auth.read_secret(path)
+        except auth.AuthConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -39,6 +65,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor,
         clientFromString(reactor, options["master"]),
         options["name"],
+        options.secret,
         options["kill-grace"],
         on_dismissed=dismissed,
     )

@@ -88,28 +88,45 @@ class Daemon:
 
 
 class Cluster:
-    """A master and its workers, with a small REST client."""
+    """
+    A master and its workers, with a small REST client.
 
-    def __init__(self, directory: Path) -> None:
+    Authentication is on, as by default: the master keeps its secrets in
+    C{state/} of the directory, the client sends its API token and workers
+    get C{--secret-file}.  With C{auth=False} everything runs C{--no-auth}.
+    """
+
+    def __init__(self, directory: Path, auth: bool = True) -> None:
         self.directory = directory
+        self.auth = auth
+        self.state_dir = directory / "state"
         self.api_port = free_port()
         self.worker_port = free_port()
         self.daemons: list[Daemon] = []
         self.master: Daemon | None = None
+        self.token: str | None = None
+
+    @property
+    def secret_file(self) -> Path:
+        return self.state_dir / "cluster-secret"
 
     def start_master(self, *args: str) -> Daemon:
+        auth = ["--state-dir", str(self.state_dir)] if self.auth else ["--no-auth"]
         self.master = self._start(
             "master", "pcci-master",
             "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
-            "--listen", f"tcp:{self.worker_port}:interface=127.0.0.1", *args,
+            "--listen", f"tcp:{self.worker_port}:interface=127.0.0.1", *auth, *args,
         )
         poll(lambda: self.up(), what="the master's API")
+        if self.auth:
+            self.token = (self.state_dir / "api-token").read_text().strip()
         return self.master
 
     def start_worker(self, name: str, *args: str, wait: bool = True) -> Daemon:
+        auth = ["--secret-file", str(self.secret_file)] if self.auth else ["--no-auth"]
         daemon = self._start(
             f"worker-{name}-{len(self.daemons)}", "pcci-worker",
-            "--master", f"tcp:127.0.0.1:{self.worker_port}", "--name", name, *args,
+            "--master", f"tcp:127.0.0.1:{self.worker_port}", "--name", name, *auth, *args,
         )
         if wait:
             self.wait_for_workers(name)
@@ -130,11 +147,15 @@ class Cluster:
     # REST
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 90) -> tuple[int, Any]:
+                headers: dict[str, str] | None = None, timeout: float = 90,
+                token: str | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        sent = {"Content-Type": "application/json"}
+        if token or self.token:
+            sent["Authorization"] = f"Bearer {token or self.token}"
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.api_port}{path}", data=data, method=method,
-            headers={"Content-Type": "application/json", **(headers or {})},
+            headers={**sent, **(headers or {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -144,7 +165,7 @@ class Cluster:
 
     def up(self) -> bool:
         try:
-            return self.request("GET", "/workers", timeout=2)[0] == 200
+            return self.request("GET", "/health", timeout=2)[0] == 200
         except OSError:
             return False
 

@@ -11,27 +11,44 @@ from twisted.internet.task import Clock
 
 from fakes import FakeLink
 from pcci.api import MAX_BODY, MAX_COMMAND, MasterAPI
+from pcci.auth import APIToken
 from pcci.state import ClusterState
 
 URL = "http://master"
 JSON = {"Content-Type": ["application/json"]}
 
 
-class Client:
-    """A StubTreq over a master with workers a and b, answering synchronously."""
+TOKEN = "t" * 32
+READER = "r" * 32
 
-    def __init__(self) -> None:
+
+class Client:
+    """
+    A StubTreq over a master with workers a and b, answering synchronously.
+    With C{tokens}, the API wants them, and the client sends C{TOKEN}.
+    """
+
+    def __init__(self, tokens: bool = False, **limits: Any) -> None:
         self.clock = Clock()
-        self.state = ClusterState(self.clock, retention=60)
+        self.state = ClusterState(self.clock, retention=60, max_pools=limits.pop("max_pools", 100))
         self.links = {name: FakeLink(name) for name in ("a", "b")}
         for link in self.links.values():
             self.state.add_worker(link)
-        self.stub = StubTreq(MasterAPI(self.state).app.resource())
+        api = MasterAPI(self.state, **limits)
+        self.headers = dict(JSON)
+        if tokens:
+            self.headers["Authorization"] = [f"Bearer {TOKEN}"]
+            resource = api.resource(
+                [APIToken(TOKEN.encode(), False), APIToken(READER.encode(), True)]
+            )
+        else:
+            resource = api.resource(None)
+        self.stub = StubTreq(resource)
 
     def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
         if body is not None and not isinstance(body, bytes):
             body = json.dumps(body).encode()
-        kwargs.setdefault("headers", JSON)
+        kwargs.setdefault("headers", self.headers)
         d = self.stub.request(method, URL + path, data=body, **kwargs)
         return self.result(d)
 
@@ -208,3 +225,60 @@ def test_unexpected_errors_are_json_500(client: Client, monkeypatch) -> None:
     code, _, answer = client.request("POST", "/job", {"cmd": "true", "workers": ["a"]})
     assert code == 500
     assert "boom" not in answer["message"]
+
+
+def test_health_and_openapi(client: Client) -> None:
+    assert client.request("GET", "/health")[2] == {"status": "ok"}
+    code, _, document = client.request("GET", "/openapi.json")
+    assert code == 200 and document["openapi"].startswith("3.")
+    assert {"/job", "/pool/{pool_id}", "/pools", "/workers", "/kill/{pool_id}"} <= set(document["paths"])
+
+
+def test_too_many_workers_in_a_pool() -> None:
+    client = Client(max_workers=1)
+    code, _, answer = client.request("POST", "/job", {"cmd": "true", "workers": ["a", "b"]})
+    assert code == 400 and "more than 1" in answer["message"]
+
+
+def test_full_of_running_pools_is_503() -> None:
+    client = Client(max_pools=1)
+    client.submit("sleep 9", ["a"])
+    code, _, answer = client.request("POST", "/job", {"cmd": "true", "workers": ["a"]})
+    assert code == 503 and "running" in answer["message"]
+
+
+class TestTokens:
+    def test_a_valid_token_passes(self) -> None:
+        client = Client(tokens=True)
+        assert client.request("GET", "/workers")[0] == 200
+        client.submit("true", ["a"])
+
+    @pytest.mark.parametrize(
+        "authorization", [None, "Bearer", "Bearer nope", f"Basic {TOKEN}", f"Bearer {TOKEN}x"]
+    )
+    def test_no_or_wrong_token_is_401(self, authorization: str | None) -> None:
+        client = Client(tokens=True)
+        headers = dict(JSON)
+        if authorization:
+            headers["Authorization"] = [authorization]
+        for method, path in [("GET", "/workers"), ("POST", "/job"), ("GET", "/nowhere")]:
+            code, response_headers, answer = client.request(method, path, {}, headers=headers)
+            assert code == 401 and "token" in answer["message"]
+            assert response_headers.getRawHeaders("www-authenticate") == ['Bearer realm="pcci"']
+        assert client.state.pools == {}
+
+    def test_read_only_token_reads_but_cannot_write(self) -> None:
+        client = Client(tokens=True)
+        pool_id = client.submit("sleep 9", ["a"])
+        reader = {**JSON, "Authorization": [f"Bearer {READER}"]}
+        assert client.request("GET", f"/pools/{pool_id}", headers=reader)[0] == 200
+        code, _, answer = client.request("PUT", f"/kill/{pool_id}", headers=reader)
+        assert code == 403 and "read-only" in answer["message"]
+        code, _, _ = client.request("POST", "/job", {"cmd": "true", "workers": ["a"]}, headers=reader)
+        assert code == 403
+        assert client.links["a"].kills == [] and len(client.state.pools) == 1
+
+    def test_health_needs_no_token(self) -> None:
+        client = Client(tokens=True)
+        code, _, answer = client.request("GET", "/health", headers=JSON)
+        assert (code, answer) == (200, {"status": "ok"})

@@ -8,7 +8,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from pcci.master import HELLO_TIMEOUT, WorkerPortFactory
+from pcci.auth import check_proof, proof
+from pcci.master import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.state import ClusterState
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
@@ -19,16 +20,16 @@ def frames(transport: StringTransport) -> list[dict]:
     return [json.loads(f) for f in data.split(TERMINATOR) if f]
 
 
-def connect(state: ClusterState, clock: Clock, port: int = 5000):
-    factory = WorkerPortFactory(state, clock)
+def connect(state: ClusterState, clock: Clock, port: int = 5000, secret: bytes | None = None):
+    factory = WorkerPortFactory(state, clock, secret)
     protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", port))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", port))
     protocol.makeConnection(transport)
     return protocol, transport
 
 
-def hello(name: str = "node1", version: int = PROTOCOL_VERSION) -> bytes:
-    return encode({"code": "hello", "name": name, "version": version})
+def hello(name: str = "node1", version: int = PROTOCOL_VERSION, nonce: str = "n" * 32) -> bytes:
+    return encode({"code": "hello", "name": name, "version": version, "nonce": nonce})
 
 
 def setup():
@@ -107,7 +108,7 @@ def test_duplicate_name_dismisses_the_old_connection() -> None:
 def test_silent_connection_is_dropped() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
-    clock.advance(HELLO_TIMEOUT)
+    clock.advance(HANDSHAKE_TIMEOUT)
     assert transport.disconnected or transport.disconnecting
 
 
@@ -150,3 +151,76 @@ def test_garbage_drops_only_that_connection() -> None:
     assert bad_transport.disconnecting
     assert not good_transport.disconnecting
     assert list(state.workers) == ["good"]
+
+
+SECRET = b"s" * 32
+
+
+def authenticated_hello(protocol, transport, name: str = "node1", secret: bytes = SECRET):
+    """Run the worker's half of the handshake; return the master's frames."""
+    worker_nonce = "w" * 32
+    protocol.dataReceived(hello(name, nonce=worker_nonce))
+    (challenge,) = frames(transport)
+    assert challenge["code"] == "challenge"
+    assert check_proof(SECRET, "master", name, challenge["nonce"], worker_nonce, challenge["proof"])
+    answer = proof(secret, "worker", name, worker_nonce, challenge["nonce"])
+    protocol.dataReceived(encode({"code": "auth", "proof": answer}))
+    return frames(transport), answer
+
+
+class TestHandshake:
+    def test_mutual_proofs_register_the_worker(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock, secret=SECRET)
+        answers, _ = authenticated_hello(protocol, transport)
+        assert answers == [{"code": "welcome", "version": PROTOCOL_VERSION}]
+        assert state.workers["node1"] is protocol
+        assert clock.getDelayedCalls() == []
+
+    def test_wrong_secret_is_refused(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock, secret=SECRET)
+        answers, _ = authenticated_hello(protocol, transport, secret=b"x" * 32)
+        assert [a["code"] for a in answers] == ["bye"]
+        assert "authentication failed" in answers[0]["reason"]
+        assert transport.disconnecting
+        assert state.workers == {}
+
+    def test_replayed_auth_is_refused(self) -> None:
+        """A proof recorded from one connection is worth nothing on the next."""
+        state, clock = setup()
+        first, first_transport = connect(state, clock, secret=SECRET)
+        _, recorded = authenticated_hello(first, first_transport)
+        replay, transport = connect(state, clock, port=6000, secret=SECRET)
+        replay.dataReceived(hello(nonce="w" * 32))
+        frames(transport)
+        replay.dataReceived(encode({"code": "auth", "proof": recorded}))
+        assert [f["code"] for f in frames(transport)] == ["bye"]
+        assert state.workers["node1"] is first
+
+    def test_job_messages_before_auth_are_violations(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock, secret=SECRET)
+        protocol.dataReceived(hello())
+        protocol.dataReceived(encode({"code": "started", "pool": "p", "pid": 1}))
+        assert transport.disconnecting
+        assert state.workers == {}
+
+    def test_auth_without_hello_is_a_violation(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock, secret=SECRET)
+        protocol.dataReceived(encode({"code": "auth", "proof": "0" * 64}))
+        assert transport.disconnecting
+
+    def test_hello_without_a_real_nonce_is_a_violation(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock, secret=SECRET)
+        protocol.dataReceived(hello(nonce=""))
+        assert transport.disconnecting
+
+    def test_a_silent_half_handshake_times_out(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock, secret=SECRET)
+        protocol.dataReceived(hello())
+        clock.advance(HANDSHAKE_TIMEOUT)
+        assert transport.disconnecting

@@ -7,7 +7,14 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
 from fakes import FakeLink
-from pcci.state import STATUS_LOST, ClusterState, OutputBuffer, SubmitError, rfc3339
+from pcci.state import (
+    STATUS_LOST,
+    ClusterState,
+    OutputBuffer,
+    SubmitError,
+    TooManyPools,
+    rfc3339,
+)
 
 
 def cluster(*names: str, **kwargs) -> tuple[ClusterState, Clock, dict[str, FakeLink]]:
@@ -95,6 +102,18 @@ def test_finished_pools_are_dropped_after_retention() -> None:
     assert done.id not in state.pools
     clock.advance(10_000)
     assert running.id in state.pools  # running pools are never dropped
+
+
+def test_past_max_pools_the_oldest_finished_pool_is_dropped() -> None:
+    state, _, _ = cluster("a", max_pools=2)
+    old = state.submit("x", ["a"])
+    running = state.submit("y", ["a"])
+    state.job_ended("a", old.id, 0)
+    newest = state.submit("z", ["a"])
+    assert list(state.pools) == [running.id, newest.id]
+    with pytest.raises(TooManyPools):
+        state.submit("w", ["a"])  # both kept pools still run
+    assert list(state.pools) == [running.id, newest.id]
 
 
 def test_worker_lost_fails_its_running_jobs() -> None:

@@ -7,6 +7,7 @@ import json
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from pcci.auth import check_proof, proof
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 from pcci.worker import WorkerFactory
 
@@ -17,18 +18,92 @@ def frames(transport: StringTransport) -> list[dict]:
     return [json.loads(f) for f in data.split(TERMINATOR) if f]
 
 
-def connect(**kwargs):
-    factory = WorkerFactory(reactor=None, name="pi1", **kwargs)
+SECRET = b"s" * 32
+
+
+def connect(secret: bytes | None = None, welcome: bool = True, **kwargs):
+    """A worker connected to a master that runs --no-auth, welcomed unless told."""
+    factory = WorkerFactory(reactor=None, name="pi1", secret=secret, **kwargs)
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
     transport = StringTransport()
     protocol.makeConnection(transport)
+    if welcome:
+        protocol.dataReceived(encode({"code": "welcome", "version": PROTOCOL_VERSION}))
     return factory, protocol, transport
 
 
+def challenge(protocol, hello: dict, secret: bytes = SECRET) -> None:
+    master_nonce = "m" * 32
+    protocol.dataReceived(
+        encode(
+            {
+                "code": "challenge",
+                "nonce": master_nonce,
+                "proof": proof(secret, "master", "pi1", master_nonce, hello["nonce"]),
+            }
+        )
+    )
+
+
+class TestHandshake:
+    def test_worker_proves_itself_to_a_master_that_did(self) -> None:
+        _, protocol, transport = connect(SECRET, welcome=False)
+        (hello,) = frames(transport)
+        challenge(protocol, hello)
+        (auth,) = frames(transport)
+        assert auth["code"] == "auth"
+        assert check_proof(SECRET, "worker", "pi1", hello["nonce"], "m" * 32, auth["proof"])
+        protocol.dataReceived(encode({"code": "welcome", "version": PROTOCOL_VERSION}))
+        protocol.dataReceived(encode({"code": "run", "pool": "p1", "cmd": "echo 'open"}))
+        assert [f["code"] for f in frames(transport)] == ["output", "ended"]
+
+    def test_master_with_the_wrong_secret_is_refused(self) -> None:
+        _, protocol, transport = connect(SECRET, welcome=False)
+        (hello,) = frames(transport)
+        challenge(protocol, hello, secret=b"x" * 32)
+        assert frames(transport) == []  # no proof of ours for a stranger
+        assert transport.disconnecting
+
+    def test_master_that_skips_its_proof_is_refused(self) -> None:
+        _, protocol, transport = connect(SECRET, welcome=False)
+        frames(transport)
+        protocol.dataReceived(
+            encode({"code": "welcome", "version": PROTOCOL_VERSION})
+            + encode({"code": "run", "pool": "p1", "cmd": "touch /tmp/pwned"})
+        )
+        assert transport.disconnecting
+        assert frames(transport) == []
+
+    def test_replayed_challenge_is_refused(self) -> None:
+        """A master proof recorded on one connection fails on the next."""
+        _, first, first_transport = connect(SECRET, welcome=False)
+        (hello,) = frames(first_transport)
+        challenge(first, hello)
+        _, replay, transport = connect(SECRET, welcome=False)
+        frames(transport)
+        challenge(replay, hello)  # proof over the first connection's nonce
+        assert transport.disconnecting
+        assert frames(transport) == []
+
+    def test_commands_before_the_handshake_are_refused(self) -> None:
+        _, protocol, transport = connect(welcome=False)
+        frames(transport)
+        protocol.dataReceived(encode({"code": "run", "pool": "p1", "cmd": "true"}))
+        assert transport.disconnecting
+        assert frames(transport) == []
+
+    def test_worker_without_secret_leaves_a_master_that_wants_one(self) -> None:
+        _, protocol, transport = connect(None, welcome=False)
+        (hello,) = frames(transport)
+        challenge(protocol, hello)
+        assert frames(transport) == []
+        assert transport.disconnecting
+
+
 def test_hello_names_the_worker_and_the_protocol_version() -> None:
-    _, _, transport = connect()
+    _, _, transport = connect(welcome=False)
     (hello,) = frames(transport)
-    assert hello["code"] == "hello"
+    assert hello["code"] == "hello" and len(hello["nonce"]) >= 32
     assert (hello["name"], hello["version"]) == ("pi1", PROTOCOL_VERSION)
     assert transport.producer is not None  # output is flow-controlled
 

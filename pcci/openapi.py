@@ -1,0 +1,238 @@
+"""The OpenAPI 3 description of the REST API, served at C{/openapi.json}."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pcci import __version__
+
+
+def _nullable(kind: str, **more: Any) -> dict[str, Any]:
+    return {"type": kind, "nullable": True, **more}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_POOL_ID = {
+    "name": "pool_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the pool's id, as POST /job answered it",
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "minimum": 0, "maximum": 60},
+    "description": "seconds to wait for the pool to finish before answering (at most 60)",
+}
+_UNAUTHORIZED = _error("no token, or not a valid one")
+_FORBIDDEN = _error("a read-only token on a route that changes something")
+_WORKERS_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    pool_route = {
+        "parameters": [_POOL_ID, _WAIT],
+        "responses": {
+            "400": _error("a bad wait value"),
+            "401": _UNAUTHORIZED,
+            "404": _error("an unknown or expired pool"),
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "pcci",
+            "version": __version__,
+            "description": "Run one command on many machines. See docs/api.md.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "Liveness, for load balancers; needs no token",
+                    "security": [],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                                "required": ["status"],
+                            }
+                        )
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _ok({"type": "object"}), "401": _UNAUTHORIZED},
+                }
+            },
+            "/job": {
+                "post": {
+                    "summary": "Start a pool: one command on a list of workers",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("PoolRequest")}},
+                    },
+                    "responses": {
+                        "200": _ok(_ref("PoolStarted")),
+                        "400": _error("a bad body, or workers not connected"),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "413": _error("a body over the size limit"),
+                        "415": _error("a body not sent as application/json"),
+                        "503": _error("too many pools running"),
+                    },
+                }
+            },
+            "/pool/{pool_id}": {
+                "get": {
+                    "summary": "A pool, in a one-element list (PCCI 1.x's shape)",
+                    **pool_route,
+                    "responses": {
+                        "200": _ok({"type": "array", "items": _ref("Pool"), "minItems": 1, "maxItems": 1}),
+                        **pool_route["responses"],
+                    },
+                }
+            },
+            "/pools/{pool_id}": {
+                "get": {
+                    "summary": "A pool",
+                    **pool_route,
+                    "responses": {"200": _ok(_ref("Pool")), **pool_route["responses"]},
+                }
+            },
+            "/pools": {
+                "get": {
+                    "summary": "Every running and retained pool, oldest first",
+                    "responses": {
+                        "200": _ok({"type": "array", "items": _ref("Pool")}),
+                        "401": _UNAUTHORIZED,
+                    },
+                }
+            },
+            "/workers": {
+                "get": {
+                    "summary": "Connected workers",
+                    "responses": {
+                        "200": _ok({"type": "array", "items": _ref("Worker")}),
+                        "401": _UNAUTHORIZED,
+                    },
+                }
+            },
+            "/kill/{pool_id}": {
+                "put": {
+                    "summary": "Kill a pool's running jobs, on all or some of its workers",
+                    "parameters": [_POOL_ID],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("KillRequest")}},
+                    },
+                    "responses": {
+                        "200": _ok(_ref("KillSent")),
+                        "400": _error("a bad body, or workers not in the pool"),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "404": _error("an unknown or expired pool"),
+                        "413": _error("a body over the size limit"),
+                        "415": _error("a body not sent as application/json"),
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"message": {"type": "string"}},
+                    "required": ["message"],
+                },
+                "PoolRequest": {
+                    "type": "object",
+                    "properties": {
+                        "cmd": {"type": "string", "minLength": 1},
+                        "workers": _WORKERS_LIST,
+                    },
+                    "required": ["cmd", "workers"],
+                },
+                "PoolStarted": {
+                    "type": "object",
+                    "properties": {"pool_id": {"type": "string"}, "message": {"type": "string"}},
+                    "required": ["pool_id", "message"],
+                },
+                "KillRequest": {
+                    "type": "object",
+                    "properties": {"workers": _WORKERS_LIST},
+                },
+                "KillSent": {
+                    "type": "object",
+                    "properties": {
+                        "pool_id": {"type": "string"},
+                        "workers": {"type": "array", "items": {"type": "string"}},
+                        "message": {"type": "string"},
+                    },
+                    "required": ["pool_id", "workers", "message"],
+                },
+                "Pool": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "cmd": {"type": "string"},
+                        "status": _nullable("integer", enum=[0, 1, None]),
+                        "jobs": {"type": "array", "items": _ref("Job")},
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "ended_at": _nullable("string", format="date-time"),
+                    },
+                    "required": ["id", "cmd", "status", "jobs", "started_at", "ended_at"],
+                },
+                "Job": {
+                    "type": "object",
+                    "properties": {
+                        "pool": {"type": "string"},
+                        "worker_id": {"type": "string"},
+                        "cmd": {"type": "string"},
+                        "pid": _nullable("integer"),
+                        "status": _nullable("integer"),
+                        "result": {"type": "string"},
+                        "time_to_calc": _nullable("integer", minimum=0),
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "ended_at": _nullable("string", format="date-time"),
+                    },
+                    "required": [
+                        "pool", "worker_id", "cmd", "pid", "status", "result",
+                        "time_to_calc", "started_at", "ended_at",
+                    ],
+                },
+                "Worker": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "address": {"type": "string"},
+                        "connected_at": {"type": "string", "format": "date-time"},
+                        "jobs_running": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["id", "address", "connected_at", "jobs_running"],
+                },
+            },
+        },
+    }
