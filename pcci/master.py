@@ -87,6 +87,13 @@ class WorkerConnection(FramedJSONProtocol):
         self._cancel_handshake_timeout()
         if self.name is not None:
             self.state.remove_worker(self, "disconnected")
+        elif self._claimed_name is not None:
+            self.log.warn(
+                "worker {name} at {peer} left during the handshake: does it hold"
+                " this cluster's secret?",
+                name=self._claimed_name,
+                peer=self.address,
+            )
 
     # Messages from the worker
 

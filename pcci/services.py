@@ -139,7 +139,14 @@ class WorkerService(MultiService):
         self.factory = WorkerFactory(
             reactor, name, secret, kill_grace, on_dismissed or self._dismissed
         )
-        self.client = ClientService(endpoint, self.factory, retryPolicy=RETRY_POLICY)
+        # A connection counts as made once the master welcomed this worker:
+        # failed handshakes back off like failed connects.
+        self.client = ClientService(
+            endpoint,
+            self.factory,
+            retryPolicy=RETRY_POLICY,
+            prepareConnection=lambda connection: connection.joined,
+        )
         self.client.setServiceParent(self)
         self.kill_grace = kill_grace
         self.reactor = reactor
@@ -152,8 +159,13 @@ class WorkerService(MultiService):
         # Never hang shutdown on a process that will not die.
         d.addTimeout(self.kill_grace + 5, self.reactor)
         d.addErrback(lambda f: log.failure("jobs still running at shutdown", f))
+        d.addCallback(lambda _: self._disconnect())
         d.addCallback(lambda _: MultiService.stopService(self))
         return d
+
+    def _disconnect(self) -> None:
+        if self.factory.connection is not None:
+            self.factory.connection.close()
 
 
 def local_client_endpoint(reactor: Any, port: IListeningPort) -> IStreamClientEndpoint:

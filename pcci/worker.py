@@ -28,6 +28,10 @@ from pcci.wire import (
 )
 
 
+class JoinFailed(Exception):
+    """The connection closed before the master welcomed this worker."""
+
+
 def default_name() -> str:
     """A worker is named after its host unless told otherwise."""
     return socket.gethostname()
@@ -55,9 +59,12 @@ class MasterConnection(FramedJSONProtocol):
         self._master_proven = False
         #: The handshake is over: commands are accepted.
         self._ready = False
+        #: Fires when the master welcomes this worker; fails if it never does.
+        self.joined: Deferred[MasterConnection] = Deferred()
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.factory.connection = self
         self.transport.registerProducer(self, True)
         self.sendMessage(
             "hello",
@@ -68,6 +75,14 @@ class MasterConnection(FramedJSONProtocol):
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self._ready:
+            self.log.warn(
+                "could not join the master: {why}",
+                why=reason.getErrorMessage() if reason else "connection closed",
+            )
+            self.joined.errback(JoinFailed("connection closed during the handshake"))
+        if self.factory.connection is self:
+            self.factory.connection = None
         if self.jobs:
             self.log.warn(
                 "connection to master lost: killing {count} running jobs",
@@ -87,7 +102,7 @@ class MasterConnection(FramedJSONProtocol):
                 " with --secret-file",
                 peer=peer,
             )
-            self.transport.loseConnection()
+            self.close()
             return
         if self._master_proven or not check_proof(
             secret,
@@ -120,6 +135,7 @@ class MasterConnection(FramedJSONProtocol):
             self.transport.abortConnection()
             return
         self._ready = True
+        self.joined.callback(self)
         self.log.info(
             "worker {name} joined master at {peer}",
             name=self.factory.name,
@@ -132,6 +148,14 @@ class MasterConnection(FramedJSONProtocol):
         )
         if not message["reconnect"]:
             self.factory.dismissed(message["reason"])
+        self.close()
+
+    def close(self) -> None:
+        """
+        Close the connection.  The producer goes first: over TLS, a
+        transport with a producer registered waits for it before closing.
+        """
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _handshake_done(self) -> bool:
@@ -219,6 +243,7 @@ class WorkerFactory(Factory):
         #: Every job still running, including those of a lost connection
         #: that are being killed.
         self.jobs: set[JobProcess] = set()
+        self.connection: MasterConnection | None = None
         self._idle: list[Deferred[None]] = []
 
     def dismissed(self, reason: str) -> None:

@@ -97,6 +97,7 @@ class Cluster:
     """
 
     def __init__(self, directory: Path, auth: bool = True) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.auth = auth
         self.state_dir = directory / "state"
