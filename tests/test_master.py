@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 
 from pcci.auth import check_proof, proof
 from pcci.master import HANDSHAKE_TIMEOUT, WorkerPortFactory
@@ -224,3 +227,28 @@ class TestHandshake:
         protocol.dataReceived(hello())
         clock.advance(HANDSHAKE_TIMEOUT)
         assert transport.disconnecting
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=8), st.booleans())
+def test_any_bytes_at_any_split_never_raise(garbage: bytes, cuts: list[int], secret: bool) -> None:
+    """Whatever a peer sends, the connection copes or closes; the state is sound."""
+    failures: list[dict] = []
+
+    def observer(event: dict) -> None:
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        state, clock = setup()
+        protocol, transport = connect(state, clock, secret=SECRET if secret else None)
+        stream = hello() + garbage
+        points = sorted({0, len(stream), *[c for c in cuts if c < len(stream)]})
+        for start, end in zip(points, points[1:]):
+            protocol.dataReceived(stream[start:end])  # must not raise
+        protocol.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert failures == []  # no handler hit an unexpected error either
+    assert state.workers == {}
