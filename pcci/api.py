@@ -21,8 +21,9 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pcci.auth import APIToken, find_token
+from pcci.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.openapi import openapi_document
-from pcci.state import ClusterState, Pool, SubmitError, TooManyPools, rfc3339
+from pcci.state import ClusterState, Pool, SubmitError, TooManyPools
 
 log = Logger()
 
@@ -126,6 +127,7 @@ class MasterAPI:
         self.max_body = max_body
         self.max_command = min(max_command, COMMAND_CEILING)
         self.max_workers = max_workers
+        self.metrics = MasterMetrics(state)
 
     def resource(self, tokens: list[APIToken] | None) -> IResource:
         """The API as a web resource; with C{tokens}, only for their bearers."""
@@ -198,18 +200,33 @@ class MasterAPI:
 
     @app.route("/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
+        """Connected workers; with C{?all=true}, also those seen and now offline."""
+        every = request.args.get(b"all", [b"false"])[0].lower()
+        if every not in (b"true", b"false", b"1", b"0"):
+            raise APIError(400, "all must be true or false")
+        records = self.state.records.values()
+        if every in (b"false", b"0"):
+            records = [r for r in records if r.online]
         return _json(
             request,
-            [
-                {
-                    "id": link.name,
-                    "address": link.address,
-                    "connected_at": rfc3339(link.connected_at),
-                    "jobs_running": self.state.running_jobs(link.name),
-                }
-                for link in self.state.workers.values()
-            ],
+            [r.to_json(self.state.running_jobs(r.name)) for r in records],
         )
+
+    @app.route("/workers/<string:name>", methods=["GET"])
+    def worker(self, request: IRequest, name: str) -> bytes:
+        """One worker, its latest figures and their history."""
+        record = self.state.records.get(name)
+        if record is None:
+            raise APIError(404, f"no worker {name} has been seen")
+        body = record.to_json(self.state.running_jobs(name))
+        body["history"] = record.history.columns()
+        return _json(request, body)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_text(self, request: IRequest) -> bytes:
+        """Prometheus text format."""
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode())
+        return self.metrics.render()
 
     @app.route("/kill/<string:pool_id>", methods=["PUT"])
     def kill(self, request: IRequest, pool_id: str) -> bytes:

@@ -13,7 +13,9 @@ from twisted.python.failure import Failure
 from pcci.auth import check_proof, new_nonce, proof
 from pcci.state import ClusterState
 from pcci.wire import (
+    HEARTBEAT_RANGE,
     MAX_FRAME,
+    MISSED_HEARTBEATS,
     PROTOCOL_VERSION,
     WORKER_MESSAGES,
     FramedJSONProtocol,
@@ -60,6 +62,9 @@ class WorkerConnection(FramedJSONProtocol):
         self.name: str | None = None
         self.address = "?"
         self.connected_at = 0.0
+        self.heartbeat = 0.0
+        self._last_frame = 0.0
+        self._watchdog: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
         self._claimed_name: str | None = None
         self._worker_nonce = ""
@@ -85,6 +90,8 @@ class WorkerConnection(FramedJSONProtocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._cancel_handshake_timeout()
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
         if self.name is not None:
             self.state.remove_worker(self, "disconnected")
         elif self._claimed_name is not None:
@@ -120,6 +127,11 @@ class WorkerConnection(FramedJSONProtocol):
         if not VALID_NAME.match(name):
             self.protocolViolation(f"invalid worker name {name!r}")
             return
+        low, high = HEARTBEAT_RANGE
+        if not low <= message["heartbeat"] <= high:
+            self.protocolViolation(f"a heartbeat interval out of [{low}, {high}]")
+            return
+        self.heartbeat = float(message["heartbeat"])
         self._claimed_name = name
         if self.secret is None:
             self._register()
@@ -165,9 +177,38 @@ class WorkerConnection(FramedJSONProtocol):
     def _register(self) -> None:
         self._cancel_handshake_timeout()
         self.name = self._claimed_name
-        self.connected_at = self.clock.seconds()
+        self.connected_at = self._last_frame = self.clock.seconds()
         self.state.add_worker(self)
         self.sendMessage("welcome", version=PROTOCOL_VERSION)
+        self._watchdog = self.clock.callLater(
+            MISSED_HEARTBEATS * self.heartbeat, self._check_alive
+        )
+
+    # Lost-worker detection: a half-open connection never reports its end.
+
+    def frame_received(self) -> None:
+        self._last_frame = self.clock.seconds()
+
+    def _check_alive(self) -> None:
+        silent = self.clock.seconds() - self._last_frame
+        limit = MISSED_HEARTBEATS * self.heartbeat
+        if silent < limit:
+            self._watchdog = self.clock.callLater(limit - silent, self._check_alive)
+            return
+        self._watchdog = None
+        self.log.warn(
+            "worker {name} at {peer} silent for {silent:.1f} s: declared lost",
+            name=self.name,
+            peer=self.address,
+            silent=silent,
+        )
+        self.state.remove_worker(self, f"lost: silent for {silent:.1f} s")
+        self.transport.abortConnection()
+
+    def handle_heartbeat(self, message: dict[str, Any]) -> None:
+        if self._current():
+            self.state.heartbeat(self.name, message["figures"])
+            self.sendMessage("pong")
 
     def _current(self) -> bool:
         """True for a worker that said hello and was not replaced since."""

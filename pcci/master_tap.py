@@ -17,7 +17,13 @@ from pcci.api import COMMAND_CEILING, MAX_BODY, MAX_COMMAND, MAX_WORKERS, Master
 from pcci.master import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.options import positive_int, seconds
 from pcci.services import ConnectionLimit, ListeningService, LocalWorkerService
-from pcci.state import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_POOLS, DEFAULT_RETENTION, ClusterState
+from pcci.state import (
+    DEFAULT_HISTORY,
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_POOLS,
+    DEFAULT_RETENTION,
+    ClusterState,
+)
 from pcci.wire import MAX_FRAME, MIN_FRAME
 from pcci.worker import default_name
 
@@ -47,6 +53,7 @@ class Options(usage.Options):
         ["api-token-file", None, None, "API tokens, one a line ('TOKEN' or 'TOKEN read'), instead of <state-dir>/api-token."],
         ["retention", None, DEFAULT_RETENTION, "Seconds a finished pool stays queryable.", seconds],
         ["max-output", None, DEFAULT_MAX_OUTPUT, "Bytes of output kept per job.", positive_int],
+        ["history", None, DEFAULT_HISTORY, "Seconds of health figures kept per worker.", seconds],
         ["max-pools", None, DEFAULT_MAX_POOLS, "Pools kept; past it the oldest finished is dropped.", positive_int],
         ["max-body", None, MAX_BODY, "Bytes of a request body.", positive_int],
         ["max-command", None, MAX_COMMAND, f"Characters of a command (at most {COMMAND_CEILING}).", positive_int],
@@ -121,6 +128,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         retention=options["retention"],
         max_output=options["max-output"],
         max_pools=options["max-pools"],
+        history=options["history"],
     )
     master = MultiService()
     _StopState(state).setServiceParent(master)

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from pcci import __version__
+from pcci.health import FIGURES
 
 
 def _nullable(kind: str, **more: Any) -> dict[str, Any]:
@@ -44,6 +45,21 @@ _WAIT = {
 _UNAUTHORIZED = _error("no token, or not a valid one")
 _FORBIDDEN = _error("a read-only token on a route that changes something")
 _WORKERS_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+
+
+def _worker_schema(**more: Any) -> dict[str, Any]:
+    properties = {
+        "id": {"type": "string"},
+        "address": {"type": "string"},
+        "connected_at": {"type": "string", "format": "date-time"},
+        "jobs_running": {"type": "integer", "minimum": 0},
+        "online": {"type": "boolean"},
+        "last_seen": {"type": "string", "format": "date-time"},
+        "heartbeat_seconds": {"type": "number"},
+        "health": {"allOf": [_ref("Health")], "nullable": True},
+        **more,
+    }
+    return {"type": "object", "properties": properties, "required": list(properties)}
 
 
 @cache
@@ -132,9 +148,44 @@ def openapi_document() -> dict[str, Any]:
             },
             "/workers": {
                 "get": {
-                    "summary": "Connected workers",
+                    "summary": "Connected workers, with their latest health figures",
+                    "parameters": [
+                        {
+                            "name": "all",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+                            "description": "also list workers seen before and now offline",
+                        }
+                    ],
                     "responses": {
                         "200": _ok({"type": "array", "items": _ref("Worker")}),
+                        "400": _error("a bad value of all"),
+                        "401": _UNAUTHORIZED,
+                    },
+                }
+            },
+            "/workers/{name}": {
+                "get": {
+                    "summary": "A worker, its latest health figures and their history",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _ok(_ref("WorkerWithHistory")),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("no worker of that name has been seen"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics, in the text exposition format",
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
                         "401": _UNAUTHORIZED,
                     },
                 }
@@ -223,15 +274,21 @@ def openapi_document() -> dict[str, Any]:
                         "time_to_calc", "started_at", "ended_at",
                     ],
                 },
-                "Worker": {
+                "Worker": _worker_schema(),
+                "WorkerWithHistory": _worker_schema(
+                    history={
+                        "type": "object",
+                        "description": "oldest first: one list per figure, and time (Unix seconds)",
+                        "additionalProperties": {
+                            "type": "array",
+                            "items": _nullable("number"),
+                        },
+                    }
+                ),
+                "Health": {
                     "type": "object",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "address": {"type": "string"},
-                        "connected_at": {"type": "string", "format": "date-time"},
-                        "jobs_running": {"type": "integer", "minimum": 0},
-                    },
-                    "required": ["id", "address", "connected_at", "jobs_running"],
+                    "properties": {name: _nullable("number") for name in FIGURES},
+                    "required": list(FIGURES),
                 },
             },
         },

@@ -27,7 +27,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from pcci.worker import WorkerFactory
+from pcci.health import start_cpu_sampling
+from pcci.worker import DEFAULT_HEARTBEAT, WorkerFactory
 
 log = Logger()
 
@@ -134,10 +135,18 @@ class WorkerService(MultiService):
         secret: bytes | None,
         kill_grace: float,
         on_dismissed: Callable[[str], None] | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        disk: str = "/",
     ) -> None:
         super().__init__()
         self.factory = WorkerFactory(
-            reactor, name, secret, kill_grace, on_dismissed or self._dismissed
+            reactor,
+            name,
+            secret,
+            kill_grace,
+            on_dismissed or self._dismissed,
+            heartbeat=heartbeat,
+            disk=disk,
         )
         # A connection counts as made once the master welcomed this worker:
         # failed handshakes back off like failed connects.
@@ -153,6 +162,10 @@ class WorkerService(MultiService):
 
     def _dismissed(self, reason: str) -> None:
         self.client.stopService()
+
+    def startService(self) -> None:
+        start_cpu_sampling()
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         d = self.factory.kill_all()

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from pcci.health import HealthHistory, clean_figures
 from pcci.ids import UUID7Generator
 
 log = Logger()
@@ -24,6 +25,7 @@ log = Logger()
 DEFAULT_RETENTION = 300.0
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
 DEFAULT_MAX_POOLS = 10_000
+DEFAULT_HISTORY = 3600.0
 
 #: Status of a job whose end pcci could not observe (its worker was lost).
 STATUS_LOST = -1
@@ -43,6 +45,8 @@ class WorkerLink(Protocol):
     name: str
     address: str
     connected_at: float
+    #: Seconds between the worker's heartbeats.
+    heartbeat: float
 
     def run_job(self, pool_id: str, cmd: str) -> None: ...
 
@@ -105,6 +109,32 @@ class OutputBuffer:
         if self.dropped:
             marker = f"\n[pcci: {self.dropped} bytes of output dropped]\n"
         return "".join(self._head) + marker + "".join(t for t, _ in self._tail)
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    """What the master knows of a worker it has seen, online or not."""
+
+    name: str
+    address: str
+    connected_at: float
+    heartbeat: float
+    history: HealthHistory
+    online: bool = True
+    last_seen: float = 0.0
+    figures: dict[str, float | None] | None = None
+
+    def to_json(self, jobs_running: int) -> dict[str, Any]:
+        return {
+            "id": self.name,
+            "address": self.address,
+            "connected_at": rfc3339(self.connected_at),
+            "jobs_running": jobs_running,
+            "online": self.online,
+            "last_seen": rfc3339(self.last_seen),
+            "heartbeat_seconds": self.heartbeat,
+            "health": self.figures,
+        }
 
 
 @dataclass(eq=False)
@@ -179,14 +209,21 @@ class ClusterState:
         retention: float = DEFAULT_RETENTION,
         max_output: int = DEFAULT_MAX_OUTPUT,
         max_pools: int = DEFAULT_MAX_POOLS,
+        history: float = DEFAULT_HISTORY,
         new_id: Callable[[], str] | None = None,
     ) -> None:
         self.clock = clock
         self.retention = retention
         self.max_output = max_output
         self.max_pools = max_pools
+        self.history = history
         self._new_id = new_id or UUID7Generator()
         self.workers: dict[str, WorkerLink] = {}
+        #: Every worker seen since the master started, by name.
+        self.records: dict[str, WorkerRecord] = {}
+        #: Called with each job, and each pool, as it ends (for metrics).
+        self.job_end_hooks: list[Callable[[Job], None]] = []
+        self.pool_end_hooks: list[Callable[[Pool], None]] = []
         self.pools: dict[str, Pool] = {}
         self._running: dict[str, dict[str, Job]] = {}
         self._expiries: dict[str, IDelayedCall] = {}
@@ -210,6 +247,15 @@ class ClusterState:
             )
         self.workers[link.name] = link
         self._running.setdefault(link.name, {})
+        record = self.records.get(link.name)
+        if record is None or record.heartbeat != link.heartbeat:
+            size = int(self.history // link.heartbeat) if link.heartbeat > 0 else 1
+            record = WorkerRecord(
+                link.name, link.address, link.connected_at, link.heartbeat, HealthHistory(size)
+            )
+            self.records[link.name] = record
+        record.address, record.connected_at = link.address, link.connected_at
+        record.online, record.last_seen = True, self.clock.seconds()
         log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
 
     def remove_worker(self, link: WorkerLink, reason: str) -> None:
@@ -217,6 +263,7 @@ class ClusterState:
         if self.workers.get(link.name) is not link:
             return
         del self.workers[link.name]
+        self.records[link.name].online = False
         log.info("worker {name} left: {reason}", name=link.name, reason=reason)
         for job in list(self._running.pop(link.name, {}).values()):
             job.output.append(f"\npcci: job lost: worker {reason}\n")
@@ -224,6 +271,16 @@ class ClusterState:
 
     def running_jobs(self, worker: str) -> int:
         return len(self._running.get(worker, ()))
+
+    def heartbeat(self, worker: str, figures: dict[str, Any]) -> None:
+        """Keep a worker's latest figures, and add them to its history."""
+        record = self.records.get(worker)
+        if record is None or not record.online:
+            return
+        now = self.clock.seconds()
+        record.figures = clean_figures(figures)
+        record.last_seen = now
+        record.history.add(now, record.figures)
 
     # Pools
 
@@ -338,9 +395,13 @@ class ClusterState:
     def _end_job(self, job: Job, status: int) -> None:
         job.status = status
         job.ended_at = self.clock.seconds()
+        for hook in self.job_end_hooks:
+            hook(job)
         pool = self.pools[job.pool_id]
         if not pool.finished:
             return
+        for pool_hook in self.pool_end_hooks:
+            pool_hook(pool)
         pool.ended_at = job.ended_at
         log.info(
             "pool {pool} ended with status {status}", pool=pool.id, status=pool.status

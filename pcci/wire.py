@@ -31,10 +31,17 @@ MIN_FRAME = 256 * 1024
 #: escaping can grow a character to six bytes, still far below MAX_FRAME.
 OUTPUT_CHUNK = 32 * 1024
 
+#: A peer silent for this many heartbeat intervals is lost.
+MISSED_HEARTBEATS = 3
+
+#: Heartbeat intervals a worker may ask for, in seconds.
+HEARTBEAT_RANGE = (0.05, 3600.0)
+
 #: Message codes each side accepts, with the fields each one must carry.
 WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "hello": {"name": str, "version": int, "nonce": str},
+    "hello": {"name": str, "version": int, "nonce": str, "heartbeat": (int, float)},
     "auth": {"proof": str},
+    "heartbeat": {"figures": dict},
     "started": {"pool": str, "pid": int},
     "output": {"pool": str, "data": str},
     "ended": {"pool": str, "status": int},
@@ -44,6 +51,7 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "welcome": {"version": int},
     "run": {"pool": str, "cmd": str},
     "kill": {"pool": str},
+    "pong": {},
     "bye": {"reason": str, "reconnect": bool},
 }
 
@@ -92,9 +100,9 @@ def decode(
         raise ProtocolError(f"unknown message code {code!r}")
     for field, kind in fields.items():
         value = message.get(field)
-        # bool is an int in Python; a protocol int is never a JSON boolean.
+        # bool is an int in Python; a protocol number is never a JSON boolean.
         if not isinstance(value, kind) or (
-            kind is int and isinstance(value, bool)
+            kind is not bool and isinstance(value, bool)
         ):
             raise ProtocolError(f"{code!r} needs {field!r} of type {kind}")
     return message
@@ -128,6 +136,7 @@ class FramedJSONProtocol(LineReceiver):
         self.transport.write(encode({"code": code, **fields}))
 
     def lineReceived(self, line: bytes) -> None:
+        self.frame_received()
         try:
             message = decode(line, self.accepts)
         except ProtocolError as e:
@@ -141,6 +150,9 @@ class FramedJSONProtocol(LineReceiver):
         except Exception:
             # A bug in one handler must not cost the connection and its jobs.
             self.log.failure("error handling {code!r} frame", code=message["code"])
+
+    def frame_received(self) -> None:
+        """Called for every frame, before it is parsed: the peer is alive."""
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.protocolViolation(f"frame longer than {self.MAX_LENGTH} bytes")

@@ -14,18 +14,26 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pcci.auth import check_proof, new_nonce, proof
+from pcci.health import collect_figures
 from pcci.process import JobProcess
 from pcci.wire import (
     MASTER_MESSAGES,
+    MISSED_HEARTBEATS,
     PROTOCOL_VERSION,
     FramedJSONProtocol,
     peer_address,
 )
+
+
+#: Seconds between heartbeats, by default.
+DEFAULT_HEARTBEAT = 5.0
 
 
 class JoinFailed(Exception):
@@ -55,6 +63,9 @@ class MasterConnection(FramedJSONProtocol):
         self.jobs: dict[str, JobProcess] = {}
         self._paused = False
         self._nonce = new_nonce()
+        self._last_frame = 0.0
+        self._beat: LoopingCall | None = None
+        self._collecting = False
         #: The master proved it holds the cluster secret.
         self._master_proven = False
         #: The handshake is over: commands are accepted.
@@ -65,16 +76,20 @@ class MasterConnection(FramedJSONProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.connection = self
+        self._last_frame = self.factory.reactor.seconds()
         self.transport.registerProducer(self, True)
         self.sendMessage(
             "hello",
             name=self.factory.name,
             version=PROTOCOL_VERSION,
             nonce=self._nonce,
+            heartbeat=self.factory.heartbeat,
             hostname=socket.gethostname(),
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._beat is not None and self._beat.running:
+            self._beat.stop()
         if not self._ready:
             self.log.warn(
                 "could not join the master: {why}",
@@ -136,6 +151,9 @@ class MasterConnection(FramedJSONProtocol):
             return
         self._ready = True
         self.joined.callback(self)
+        self._beat = LoopingCall(self._heartbeat)
+        self._beat.clock = self.factory.reactor
+        self._beat.start(self.factory.heartbeat, now=True)
         self.log.info(
             "worker {name} joined master at {peer}",
             name=self.factory.name,
@@ -157,6 +175,34 @@ class MasterConnection(FramedJSONProtocol):
         """
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    # Heartbeats both ways: figures go out, any frame back proves the master lives.
+
+    def frame_received(self) -> None:
+        self._last_frame = self.factory.reactor.seconds()
+
+    def handle_pong(self, message: dict[str, Any]) -> None:
+        pass
+
+    def _heartbeat(self) -> None:
+        silent = self.factory.reactor.seconds() - self._last_frame
+        if silent >= MISSED_HEARTBEATS * self.factory.heartbeat:
+            self.log.warn(
+                "master silent for {silent:.1f} s: reconnecting", silent=silent
+            )
+            self.transport.abortConnection()
+            return
+        if self._collecting:
+            return  # the last measurement is still stuck (a hung disk?)
+        self._collecting = True
+        d = self.factory.collect(self.factory.disk, len(self.jobs))
+
+        def send(figures: dict[str, Any]) -> None:
+            self.sendMessage("heartbeat", figures=figures)
+
+        d.addCallback(send)
+        d.addErrback(lambda f: self.log.failure("cannot measure this machine", f))
+        d.addBoth(lambda _: setattr(self, "_collecting", False))
 
     def _handshake_done(self) -> bool:
         if not self._ready:
@@ -234,10 +280,18 @@ class WorkerFactory(Factory):
         secret: bytes | None,
         kill_grace: float = 5.0,
         on_dismissed: Callable[[str], None] = lambda reason: None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        disk: str = "/",
+        collect: Callable[[str, int], Deferred[dict[str, Any]]] | None = None,
     ) -> None:
         self.reactor = reactor
         self.name = name
         self.secret = secret
+        self.heartbeat = heartbeat
+        self.disk = disk
+        self.collect = collect or (
+            lambda disk, jobs: deferToThread(collect_figures, disk, jobs)
+        )
         self.kill_grace = kill_grace
         self.on_dismissed = on_dismissed
         #: Every job still running, including those of a lost connection

@@ -12,7 +12,8 @@ from twisted.python import usage
 from pcci import auth
 from pcci.options import seconds
 from pcci.services import WorkerService
-from pcci.worker import default_name
+from pcci.wire import HEARTBEAT_RANGE
+from pcci.worker import DEFAULT_HEARTBEAT, default_name
 
 
 class Options(usage.Options):
@@ -29,9 +30,14 @@ class Options(usage.Options):
         ["name", None, None, "Name of this worker (default: the hostname)."],
         ["secret-file", None, None, "The cluster secret (default: ~/.pcci/cluster-secret, if there)."],
         ["kill-grace", None, 5.0, "Seconds from SIGTERM to SIGKILL when a job is killed.", seconds],
+        ["heartbeat", None, DEFAULT_HEARTBEAT, "Seconds between heartbeats (health figures) to the master.", seconds],
+        ["disk", None, "/", "The filesystem whose use heartbeats report."],
     ]
 
     def postOptions(self) -> None:
+        low, high = HEARTBEAT_RANGE
+        if not low <= self["heartbeat"] <= high:
+            raise usage.UsageError(f"--heartbeat is between {low} and {high} seconds")
         if not self["name"]:
             self["name"] = default_name()
         self.secret: bytes | None = None
@@ -68,4 +74,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options.secret,
         options["kill-grace"],
         on_dismissed=dismissed,
+        heartbeat=options["heartbeat"],
+        disk=options["disk"],
     )

@@ -12,6 +12,7 @@ class FakeLink:
     name: str
     address: str = "192.0.2.1:5000"
     connected_at: float = 0.0
+    heartbeat: float = 5.0
     runs: list[tuple[str, str]] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)
     dismissed: list[str] = field(default_factory=list)

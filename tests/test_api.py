@@ -282,3 +282,64 @@ class TestTokens:
         client = Client(tokens=True)
         code, _, answer = client.request("GET", "/health", headers=JSON)
         assert (code, answer) == (200, {"status": "ok"})
+
+
+class TestHealth:
+    FIGURES = {"cpu_ratio": 0.5, "load_1m": 1.5, "memory_used_bytes": 2048, "temperature_celsius": None}
+
+    def test_workers_carry_their_latest_figures(self, client: Client) -> None:
+        client.clock.advance(10)
+        client.state.heartbeat("a", self.FIGURES)
+        code, _, body = client.request("GET", "/workers")
+        a = body[0]
+        assert (a["online"], a["last_seen"], a["heartbeat_seconds"]) == (True, "1970-01-01T00:00:10.000Z", 5.0)
+        assert a["health"]["cpu_ratio"] == 0.5 and a["health"]["temperature_celsius"] is None
+        assert body[1]["health"] is None  # b never sent a heartbeat
+
+    def test_offline_workers_only_with_all(self, client: Client) -> None:
+        client.state.remove_worker(client.links["b"], "disconnected")
+        assert [w["id"] for w in client.request("GET", "/workers")[2]] == ["a"]
+        code, _, every = client.request("GET", "/workers?all=true")
+        assert [(w["id"], w["online"]) for w in every] == [("a", True), ("b", False)]
+        assert client.request("GET", "/workers?all=maybe")[0] == 400
+
+    def test_one_worker_with_its_history(self, client: Client) -> None:
+        for second in (1, 2):
+            client.clock.advance(1)
+            client.state.heartbeat("a", {**self.FIGURES, "cpu_ratio": second / 10})
+        code, _, a = client.request("GET", "/workers/a")
+        assert code == 200 and a["id"] == "a"
+        assert a["history"]["time"] == [1.0, 2.0]
+        assert a["history"]["cpu_ratio"] == [0.1, 0.2]
+        assert a["history"]["temperature_celsius"] == [None, None]
+        assert client.request("GET", "/workers/nobody")[0] == 404
+
+    def test_metrics(self, client: Client) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        client.state.heartbeat("a", self.FIGURES)
+        done = client.submit("true", ["a", "b"])
+        client.clock.advance(0.2)
+        client.state.job_ended("a", done, 0)
+        client.state.job_ended("b", done, 2)
+        client.submit("sleep 9", ["a"])
+        response = client.result_of(client.stub.get(f"{URL}/metrics"))
+        assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
+        text = client.result_of(response.text())
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("pcci_worker_up", (("worker", "a"),))] == 1
+        assert samples[("pcci_worker_cpu_usage_ratio", (("worker", "a"),))] == 0.5
+        assert samples[("pcci_worker_load_average", (("period", "1m"), ("worker", "a")))] == 1.5
+        assert ("pcci_worker_temperature_celsius", (("worker", "a"),)) not in samples
+        assert samples[("pcci_pools_total", (("outcome", "failure"),))] == 1
+        assert samples[("pcci_jobs_total", (("outcome", "success"),))] == 1
+        assert samples[("pcci_jobs_total", (("outcome", "failure"),))] == 1
+        assert samples[("pcci_job_duration_seconds_count", ())] == 2
+        assert samples[("pcci_job_duration_seconds_bucket", (("le", "0.25"),))] == 2
+        assert samples[("pcci_pools_running", ())] == 1
+        assert samples[("pcci_pools_retained", ())] == 1
+        assert samples[("pcci_workers_connected", ())] == 2

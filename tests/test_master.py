@@ -31,8 +31,12 @@ def connect(state: ClusterState, clock: Clock, port: int = 5000, secret: bytes |
     return protocol, transport
 
 
-def hello(name: str = "node1", version: int = PROTOCOL_VERSION, nonce: str = "n" * 32) -> bytes:
-    return encode({"code": "hello", "name": name, "version": version, "nonce": nonce})
+def hello(
+    name: str = "node1", version: int = PROTOCOL_VERSION, nonce: str = "n" * 32, heartbeat: float = 5
+) -> bytes:
+    return encode(
+        {"code": "hello", "name": name, "version": version, "nonce": nonce, "heartbeat": heartbeat}
+    )
 
 
 def setup():
@@ -47,7 +51,7 @@ def test_hello_registers_the_worker_and_is_welcomed() -> None:
     assert state.workers["node1"] is protocol
     assert protocol.address == "192.0.2.1:5000"
     assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION}]
-    assert clock.getDelayedCalls() == []
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [15]  # the watchdog
 
 
 def test_a_job_from_submit_to_end() -> None:
@@ -178,7 +182,6 @@ class TestHandshake:
         answers, _ = authenticated_hello(protocol, transport)
         assert answers == [{"code": "welcome", "version": PROTOCOL_VERSION}]
         assert state.workers["node1"] is protocol
-        assert clock.getDelayedCalls() == []
 
     def test_wrong_secret_is_refused(self) -> None:
         state, clock = setup()
@@ -252,3 +255,49 @@ def test_any_bytes_at_any_split_never_raise(garbage: bytes, cuts: list[int], sec
         globalLogPublisher.removeObserver(observer)
     assert failures == []  # no handler hit an unexpected error either
     assert state.workers == {}
+
+
+
+class TestHeartbeats:
+    FIGURES = {"cpu_ratio": 0.25, "memory_used_bytes": 1024, "temperature_celsius": None}
+
+    def heartbeat(self) -> bytes:
+        return encode({"code": "heartbeat", "figures": self.FIGURES})
+
+    def test_figures_are_kept_and_answered(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock)
+        protocol.dataReceived(hello(heartbeat=1))
+        frames(transport)
+        clock.advance(1)
+        protocol.dataReceived(self.heartbeat())
+        assert frames(transport) == [{"code": "pong"}]
+        record = state.records["node1"]
+        assert record.figures["cpu_ratio"] == 0.25
+        assert record.figures["temperature_celsius"] is None
+        assert record.figures["load_1m"] is None  # not sent: unknown
+        assert record.last_seen == 1
+        assert len(record.history) == 1
+
+    def test_silent_worker_is_lost_after_three_intervals(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock)
+        protocol.dataReceived(hello(heartbeat=1))
+        pool = state.submit("sleep 100", ["node1"])
+        for _ in range(5):  # a living worker is never lost
+            clock.advance(1)
+            protocol.dataReceived(self.heartbeat())
+        clock.advance(2.9)
+        assert "node1" in state.workers and not transport.disconnecting
+        clock.advance(0.1)
+        assert "node1" not in state.workers
+        assert state.records["node1"].online is False
+        assert pool.jobs["node1"].status == -1
+        assert "silent for 3.0 s" in pool.jobs["node1"].output.text()
+        assert transport.disconnected  # aborted: a half-open socket never closes
+
+    def test_absurd_heartbeat_interval_is_a_violation(self) -> None:
+        state, clock = setup()
+        protocol, transport = connect(state, clock)
+        protocol.dataReceived(hello(heartbeat=0))
+        assert transport.disconnecting and state.workers == {}

@@ -156,7 +156,8 @@ def test_worker_runs_nothing_for_a_master_that_skips_its_proof(tmp_path: Path) -
 
 def test_replayed_handshake_is_refused(secure: Cluster) -> None:
     secret = secure.secret_file.read_text().strip().encode()
-    hello = {"code": "hello", "name": "replayer", "version": PROTOCOL_VERSION, "nonce": "r" * 32}
+    hello = {"code": "hello", "name": "replayer", "version": PROTOCOL_VERSION, "nonce": "r" * 32,
+             "heartbeat": 5}
     with socket.create_connection(("127.0.0.1", secure.worker_port), timeout=10) as sock:
         sock.sendall(encode(hello))
         (challenge,) = read_frames(sock, 1)

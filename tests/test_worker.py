@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from pcci.auth import check_proof, proof
@@ -23,7 +25,8 @@ SECRET = b"s" * 32
 
 def connect(secret: bytes | None = None, welcome: bool = True, **kwargs):
     """A worker connected to a master that runs --no-auth, welcomed unless told."""
-    factory = WorkerFactory(reactor=None, name="pi1", secret=secret, **kwargs)
+    kwargs.setdefault("collect", lambda disk, jobs: succeed({"jobs_running": jobs}))
+    factory = WorkerFactory(reactor=Clock(), name="pi1", secret=secret, heartbeat=1, **kwargs)
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -55,7 +58,7 @@ class TestHandshake:
         assert check_proof(SECRET, "worker", "pi1", hello["nonce"], "m" * 32, auth["proof"])
         protocol.dataReceived(encode({"code": "welcome", "version": PROTOCOL_VERSION}))
         protocol.dataReceived(encode({"code": "run", "pool": "p1", "cmd": "echo 'open"}))
-        assert [f["code"] for f in frames(transport)] == ["output", "ended"]
+        assert [f["code"] for f in frames(transport)] == ["heartbeat", "output", "ended"]
 
     def test_master_with_the_wrong_secret_is_refused(self) -> None:
         _, protocol, transport = connect(SECRET, welcome=False)
@@ -163,3 +166,42 @@ def test_kill_all_with_no_jobs_is_done_at_once() -> None:
     fired: list = []
     factory.kill_all().addCallback(fired.append)
     assert fired == [None]
+
+
+
+class TestHeartbeats:
+    def test_figures_go_out_every_interval_from_the_welcome(self) -> None:
+        factory, protocol, transport = connect(welcome=False)
+        clock = factory.reactor
+        frames(transport)
+        clock.advance(5)
+        assert frames(transport) == []  # nothing before the handshake
+        protocol.dataReceived(encode({"code": "welcome", "version": PROTOCOL_VERSION}))
+        assert frames(transport) == [{"code": "heartbeat", "figures": {"jobs_running": 0}}]
+        for _ in range(2):
+            clock.advance(1)
+            protocol.dataReceived(encode({"code": "pong"}))
+            assert [f["code"] for f in frames(transport)] == ["heartbeat"]
+
+    def test_silent_master_is_left_after_three_intervals(self) -> None:
+        factory, protocol, transport = connect()
+        clock = factory.reactor
+        clock.advance(2)
+        assert not transport.disconnecting
+        clock.advance(1)
+        assert transport.disconnected  # aborted; the ClientService reconnects
+
+    def test_a_stuck_measurement_is_not_piled_up(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        stuck: list[Deferred] = []
+
+        def collect(disk: str, jobs: int) -> Deferred:
+            stuck.append(Deferred())
+            return stuck[-1]
+
+        factory, protocol, transport = connect(collect=collect)
+        for _ in range(2):
+            factory.reactor.advance(1)
+            protocol.dataReceived(encode({"code": "pong"}))
+        assert len(stuck) == 1
