@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from fakes import FakeLink
 from pcci.api import MAX_BODY, MAX_COMMAND, MasterAPI
 from pcci.auth import APIToken
+from pcci.health import FIGURES
 from pcci.state import ClusterState
 
 URL = "http://master"
@@ -343,3 +344,26 @@ class TestHealth:
         assert samples[("pcci_pools_running", ())] == 1
         assert samples[("pcci_pools_retained", ())] == 1
         assert samples[("pcci_workers_connected", ())] == 2
+
+
+def test_grafana_dashboard_queries_only_exported_metrics(client: Client) -> None:
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "examples" / "grafana-dashboard.json").read_text()
+    )
+    client.state.heartbeat("a", {name: 1.0 for name in FIGURES})
+    pool_id = client.submit("true", ["a"])
+    client.state.job_ended("a", pool_id, 0)
+    client.state.job_ended("b", pool_id, 0)
+    exported = client.result_of(client.result_of(client.stub.get(f"{URL}/metrics")).text())
+    names = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"pcci_\w+", target["expr"])
+    }
+    assert {"pcci_worker_up", "pcci_worker_temperature_celsius", "pcci_worker_cpu_usage_ratio"} <= names
+    for name in names:
+        assert re.search(rf"^{name}[{{ ]", exported, re.M), name
