@@ -46,19 +46,13 @@ class WorkerConnection(FramedJSONProtocol):
     accepts = WORKER_MESSAGES
     log = Logger()
 
-    def __init__(
-        self,
-        state: ClusterState,
-        clock: IReactorTime,
-        secret: bytes | None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        max_frame: int = MAX_FRAME,
-    ) -> None:
-        self.state = state
-        self.clock = clock
-        self.secret = secret
-        self.handshake_timeout = handshake_timeout
-        self.MAX_LENGTH = max_frame
+    def __init__(self, factory: WorkerPortFactory) -> None:
+        self.factory = factory
+        self.state = factory.state
+        self.clock = factory.clock
+        self.secret = factory.secret
+        self.handshake_timeout = factory.handshake_timeout
+        self.MAX_LENGTH = factory.max_frame
         self.name: str | None = None
         self.address = "?"
         self.connected_at = 0.0
@@ -243,7 +237,10 @@ class WorkerConnection(FramedJSONProtocol):
 
 
 class WorkerPortFactory(Factory):
-    """Builds a L{WorkerConnection} for each connection on the worker port."""
+    """
+    The worker port's settings; builds a L{WorkerConnection} for each
+    connection.
+    """
 
     def __init__(
         self,
@@ -260,8 +257,4 @@ class WorkerPortFactory(Factory):
         self.max_frame = max_frame
 
     def buildProtocol(self, addr: IAddress) -> WorkerConnection:
-        protocol = WorkerConnection(
-            self.state, self.clock, self.secret, self.handshake_timeout, self.max_frame
-        )
-        protocol.factory = self
-        return protocol
+        return WorkerConnection(self)
