@@ -1,0 +1,64 @@
+"""
+JobProcess on a real reactor, in a child Python (the tests' own process has
+no running reactor): both ways of spawning make the job a group leader.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import json, sys
+from twisted.internet import reactor
+from pcci import process
+
+if sys.argv[1] == "fork":
+    def refuse(fdmap):
+        raise AttributeError("pretend Twisted's internals changed")
+    process._spawn_file_actions = refuse
+
+COMMANDS = [
+    sys.executable + " -c 'import os; print(os.getpgid(0) == os.getpid())'",
+    "sh -c 'yes | head -n 1'",  # with SIGPIPE ignored, yes would complain
+]
+reports = []
+
+def run(index=0):
+    if index == len(COMMANDS):
+        reactor.stop()
+        return
+    report = {"output": ""}
+    reports.append(report)
+
+    def ended(status):
+        report["status"] = status
+        reactor.callLater(0, run, index + 1)
+
+    process.JobProcess(
+        reactor,
+        COMMANDS[index],
+        on_started=lambda pid: report.setdefault("pid", pid),
+        on_output=lambda text: report.update(output=report["output"] + text),
+        on_ended=ended,
+    ).start()
+
+reactor.callWhenRunning(run)
+reactor.run()
+print(json.dumps(reports))
+"""
+
+
+@pytest.mark.parametrize("path", ["posix_spawn", "fork"])
+def test_job_leads_its_group_with_sigpipe_restored(path: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, path], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    group, pipe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert group["status"] == 0 and group["pid"] > 0
+    assert group["output"] == "True\n"
+    assert (pipe["status"], pipe["output"]) == (0, "y\n")
