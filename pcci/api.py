@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pcci.auth import APIToken, find_token
@@ -268,6 +269,45 @@ class MasterAPI:
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("error answering {uri}", failure, uri=request.uri)
         return _json(request, {"message": "internal error, logged by the master"}, 500)
+
+
+def bounded_request(max_body: int) -> type[Request]:
+    """
+    A request class that refuses a body over C{max_body} bytes as it arrives:
+    413 and the connection closed, before any of it is stored or a token is
+    even checked.  (Twisted would otherwise spool any body to a file.)
+    """
+
+    class BoundedRequest(Request):
+        _received = 0
+        _refused = False
+
+        def gotLength(self, length: int | None) -> None:
+            super().gotLength(length)
+            if length is not None and length > max_body:
+                self._refuse()
+
+        def handleContentChunk(self, data: bytes) -> None:
+            if self._refused:
+                return
+            self._received += len(data)
+            if self._received > max_body:
+                self._refuse()
+                return
+            super().handleContentChunk(data)
+
+        def _refuse(self) -> None:
+            self._refused = True
+            body = json.dumps({"message": f"request body over {max_body} bytes"}).encode()
+            self.channel.transport.write(
+                b"HTTP/1.1 413 Content Too Large\r\n"
+                b"Content-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s\n"
+                % (len(body) + 1, body)
+            )
+            self.channel.transport.loseConnection()
+
+    return BoundedRequest
 
 
 class TokenGuard(Resource):

@@ -13,7 +13,14 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from pcci import auth
-from pcci.api import COMMAND_CEILING, MAX_BODY, MAX_COMMAND, MAX_WORKERS, MasterAPI
+from pcci.api import (
+    COMMAND_CEILING,
+    MAX_BODY,
+    MAX_COMMAND,
+    MAX_WORKERS,
+    MasterAPI,
+    bounded_request,
+)
 from pcci.master import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.options import positive_int, seconds
 from pcci.services import ConnectionLimit, ListeningService, LocalWorkerService
@@ -155,7 +162,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_command=options["max-command"],
         max_workers=options["max-workers"],
     )
-    site = Site(api.resource(options.tokens), timeout=options["http-timeout"])
+    site = Site(
+        api.resource(options.tokens),
+        requestFactory=bounded_request(options["max-body"]),
+        timeout=options["http-timeout"],
+    )
     ListeningService(
         reactor,
         serverFromString(reactor, options["api"]),

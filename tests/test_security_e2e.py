@@ -187,6 +187,16 @@ def test_limits(tmp_path: Path) -> None:
         cluster.start_worker("w1")
         code, body = cluster.request("POST", "/job", raw=b'{"cmd": "' + b"x" * 300 + b'"}')
         assert code == 413 and "200 bytes" in body["message"]
+        # A huge declared body is refused at once, unread, even without a token.
+        with socket.create_connection(("127.0.0.1", cluster.api_port), timeout=10) as sock:
+            sock.sendall(b"POST /job HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n{")
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 413") and b"200 bytes" in answer
+        # So is a chunked body once it grows past the limit.
+        with socket.create_connection(("127.0.0.1", cluster.api_port), timeout=10) as sock:
+            sock.sendall(b"POST /job HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            sock.sendall(b"%x\r\n%s\r\n" % (150, b"y" * 150) * 2)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 413")
         code, body = cluster.request("POST", "/job", {"cmd": "echo " + "y" * 50, "workers": ["w1"]})
         assert code == 400 and "50 characters" in body["message"]
         held = [socket.create_connection(("127.0.0.1", cluster.api_port)) for _ in range(2)]
