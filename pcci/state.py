@@ -27,6 +27,10 @@ DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
 DEFAULT_MAX_POOLS = 10_000
 DEFAULT_HISTORY = 3600.0
 
+#: Most heartbeats kept per worker, whatever its interval: 3,600 rows of
+#: twelve doubles are 340 KiB.
+MAX_HISTORY_ROWS = 3600
+
 #: Status of a job whose end pcci could not observe (its worker was lost).
 STATUS_LOST = -1
 
@@ -249,7 +253,7 @@ class ClusterState:
         self._running.setdefault(link.name, {})
         record = self.records.get(link.name)
         if record is None or record.heartbeat != link.heartbeat:
-            size = int(self.history // link.heartbeat) if link.heartbeat > 0 else 1
+            size = min(MAX_HISTORY_ROWS, int(self.history // link.heartbeat) + 1)
             record = WorkerRecord(
                 link.name, link.address, link.connected_at, link.heartbeat, HealthHistory(size)
             )

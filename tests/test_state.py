@@ -224,3 +224,27 @@ class TestOutputBuffer:
         assert "\ufffd" not in out.text()
         assert out.text().rpartition("]\n")[2] == "é" * 5
         assert out.dropped == 30
+
+
+def test_history_covers_the_period_within_a_bound() -> None:
+    state, _, _ = cluster(history=60)
+    state.add_worker(FakeLink("slow", heartbeat=5))
+    state.add_worker(FakeLink("fast", heartbeat=0.05))
+    assert state.records["slow"].history.size == 13
+    assert state.records["fast"].history.size == 1200
+    state, _, _ = cluster(history=3600)
+    state.add_worker(FakeLink("fast", heartbeat=0.05))
+    assert state.records["fast"].history.size == 3600  # not 72,000
+
+
+def test_records_outlive_connections() -> None:
+    state, clock, links = cluster("a")
+    clock.advance(7)
+    state.heartbeat("a", {"cpu_ratio": 0.5})
+    state.remove_worker(links["a"], "disconnected")
+    record = state.records["a"]
+    assert (record.online, record.figures["cpu_ratio"], len(record.history)) == (False, 0.5, 1)
+    state.heartbeat("a", {"cpu_ratio": 0.9})  # a late frame changes nothing
+    assert record.figures["cpu_ratio"] == 0.5
+    state.add_worker(FakeLink("a", address="192.0.2.7:9"))
+    assert state.records["a"] is record and record.online and record.address == "192.0.2.7:9"
