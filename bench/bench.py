@@ -33,12 +33,13 @@ from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness
 class Client:
     """One keep-alive HTTP connection to the master."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
         data = None if body is None else json.dumps(body)
-        self.connection.request(method, path, data, {"Content-Type": "application/json"})
+        self.connection.request(method, path, data, self.headers)
         response = self.connection.getresponse()
         return response.status, json.loads(response.read())
 
@@ -78,13 +79,13 @@ def latency(client: Client, count: int) -> None:
     print(f"  ratio p50 / local p50: {p50 / local:.2f}x")
 
 
-def throughput_of_pools(port: int, clients: int, per_client: int) -> None:
+def throughput_of_pools(port: int, token: str, clients: int, per_client: int) -> None:
     ids: list[str] = []
     failures: list[object] = []
     lock = threading.Lock()
 
     def work(n: int) -> None:
-        client = Client(port)
+        client = Client(port, token)
         for i in range(per_client):
             pool = client.run("true", "w1" if (n + i) % 2 else "w2")
             with lock:
@@ -130,9 +131,11 @@ def main() -> None:
             cluster.start_worker("w1")
             cluster.start_worker("w2")
             master = psutil.Process(cluster.master.pid)
-            client = Client(cluster.api_port)
+            client = Client(cluster.api_port, cluster.token)
             latency(client, args.runs)
-            throughput_of_pools(cluster.api_port, args.clients, args.pools // args.clients)
+            throughput_of_pools(
+                cluster.api_port, cluster.token, args.clients, args.pools // args.clients
+            )
             throughput_of_output(client, args.lines)
             print(f"master RSS at the end: {master.memory_info().rss / 2**20:.0f} MiB")
         finally:
