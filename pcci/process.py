@@ -319,7 +319,7 @@ class JobProcess:
         self.ended = True
         if self.status is None:
             self.status = exit_status(reason)
-        for stderr, decoder in self._decoders.items():
+        for decoder in self._decoders.values():
             tail = decoder.decode(b"", final=True)
             if tail:
                 self._pending.append(tail)

@@ -5,10 +5,8 @@ process trees.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
-import socket as _socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,7 +155,7 @@ def test_bad_rest_bodies(cluster: Cluster) -> None:
 
 def test_garbage_and_oversized_frames_drop_only_that_connection(cluster: Cluster) -> None:
     for payload in [b"\x00\xffgarbage" + TERMINATOR, b"{" * (MAX_FRAME + 100)]:
-        with _socket.create_connection(("127.0.0.1", cluster.worker_port), timeout=10) as s:
+        with socket.create_connection(("127.0.0.1", cluster.worker_port), timeout=10) as s:
             try:
                 s.sendall(payload)
             except OSError:
