@@ -5,6 +5,7 @@ a worker's dial-out to its master.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any, Callable
 
@@ -34,6 +35,12 @@ log = Logger()
 
 #: Reconnection delays: quick after a blip, at most 30 s apart, forever.
 RETRY_POLICY = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
+
+
+def stop_with_error(reactor: Any) -> None:
+    """Stop the daemon, cleanly, and exit with status 1 so supervisors see it."""
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    reactor.callWhenRunning(reactor.stop)
 
 
 class ListeningService(Service):
@@ -68,8 +75,12 @@ class ListeningService(Service):
                 waiter.callback(port)
 
         def failed(failure: Any) -> None:
-            log.failure("cannot listen for {what}", failure, what=self.what)
-            self.reactor.stop()
+            log.critical(
+                "cannot listen for {what}: {why}",
+                what=self.what,
+                why=failure.getErrorMessage(),
+            )
+            stop_with_error(self.reactor)
 
         d.addCallbacks(listening, failed)
 

@@ -279,3 +279,16 @@ def test_plugins_are_discovered() -> None:
 
     names = {plugin.tapname for plugin in getPlugins(IServiceMaker)}
     assert {"pcci-master", "pcci-worker"} <= names
+
+
+def test_master_exits_with_an_error_when_its_port_is_taken(own_cluster: Cluster) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", own_cluster.api_port))
+        squatter.listen()
+        master = own_cluster._start(
+            "master", "pcci-master", "--no-auth",
+            "--api", f"tcp:{own_cluster.api_port}:interface=127.0.0.1",
+            "--listen", f"tcp:{own_cluster.worker_port}:interface=127.0.0.1",
+        )
+        assert master.process.wait(20) == 1
+    assert "cannot listen for the REST API" in master.log_text()
