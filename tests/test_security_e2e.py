@@ -282,7 +282,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(tmp_path: Path) 
                 "--max-examples", "100", "--workers", "2", "--request-timeout", "10",
                 "--no-color",
             ],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
         )
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         assert "Traceback" not in cluster.master.log_text()
