@@ -165,6 +165,10 @@ class MasterAPI:
         if "\x00" in cmd:
             raise APIError(400, "cmd cannot hold a NUL character")
         try:
+            cmd.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "cmd must be valid Unicode text (no lone surrogates)") from None
+        try:
             shlex.split(cmd)
         except ValueError as e:
             raise APIError(400, f"cmd cannot be parsed: {e}") from None

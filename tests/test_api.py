@@ -115,6 +115,8 @@ def test_workers(client: Client) -> None:
         ({"cmd": "   ", "workers": ["a"]}, "cmd"),
         ({"cmd": 5, "workers": ["a"]}, "cmd"),
         ({"cmd": "echo 'unbalanced", "workers": ["a"]}, "parsed"),
+        (b'{"cmd": "echo \\ud800", "workers": ["a"]}', "Unicode"),
+        ({"cmd": "echo \x00", "workers": ["a"]}, "NUL"),
         ({"cmd": "x" * (MAX_COMMAND + 1), "workers": ["a"]}, "cmd"),
         ({"cmd": "true"}, "workers"),
         ({"cmd": "true", "workers": []}, "workers"),
