@@ -205,3 +205,23 @@ class TestHeartbeats:
             factory.reactor.advance(1)
             protocol.dataReceived(encode({"code": "pong"}))
         assert len(stuck) == 1
+
+
+def test_a_full_connection_pauses_every_job() -> None:
+    """Output is flow-controlled: nothing is dropped, nothing piles up."""
+    _, protocol, transport = connect()
+
+    class Job:
+        paused = False
+
+        def pause(self) -> None:
+            self.paused = True
+
+        def resume(self) -> None:
+            self.paused = False
+
+    protocol.jobs = {"p1": Job(), "p2": Job()}
+    transport.producer.pauseProducing()
+    assert all(job.paused for job in protocol.jobs.values())
+    transport.producer.resumeProducing()
+    assert not any(job.paused for job in protocol.jobs.values())
