@@ -182,35 +182,38 @@ def test_kill_all_workers_or_the_named_ones(client: Client) -> None:
     assert code == 400 and "zed" in body["message"]
 
 
+def long_poll(client: Client, path: str) -> tuple[list, Any]:
+    """Start a GET that may be held; return what it answered so far, and a reader."""
+    fired: list = []
+    client.stub.get(f"{URL}{path}", headers=client.headers).addBoth(fired.append)
+    client.stub.flush()
+
+    def body() -> Any:
+        client.stub.flush()
+        (response,) = fired
+        return json.loads(client.result_of(response.content()))
+
+    return fired, body
+
+
 def test_long_poll_answers_when_the_pool_ends(client: Client) -> None:
     pool_id = client.submit("sleep 1", ["a"])
-    d = client.stub.get(f"{URL}/pool/{pool_id}?wait=30")
-    client.stub.flush()
-    fired: list = []
-    d.addBoth(fired.append)
+    fired, body = long_poll(client, f"/pool/{pool_id}?wait=30")
     client.clock.advance(5)
     client.stub.flush()
     assert fired == []
     client.state.job_ended("a", pool_id, 0)
-    client.stub.flush()
-    (response,) = fired
-    body = json.loads(client.result_of(response.content()))
-    assert body[0]["status"] == 0
+    assert body()[0]["status"] == 0
 
 
 def test_long_poll_is_capped_and_answers_the_running_pool(client: Client) -> None:
     pool_id = client.submit("sleep 1000", ["a"])
-    d = client.stub.get(f"{URL}/pools/{pool_id}?wait=3600")
-    client.stub.flush()
-    fired: list = []
-    d.addBoth(fired.append)
+    fired, body = long_poll(client, f"/pools/{pool_id}?wait=3600")
     client.clock.advance(59.9)
     client.stub.flush()
     assert fired == []
     client.clock.advance(0.1)
-    client.stub.flush()
-    body = json.loads(client.result_of(fired[0].content()))
-    assert body["status"] is None
+    assert body()["status"] is None
 
 
 @pytest.mark.parametrize("wait", ["soon", "-1", "nan"])
