@@ -234,6 +234,12 @@ class WorkerConnection(FramedJSONProtocol):
     def dismiss(self, reason: str) -> None:
         self.sendMessage("bye", reason=reason, reconnect=False)
         self.transport.loseConnection()
+        # A half-open ghost never acknowledges the close: do not keep it forever.
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = self.clock.callLater(
+            MISSED_HEARTBEATS * self.heartbeat, self.transport.abortConnection
+        )
 
 
 class WorkerPortFactory(Factory):

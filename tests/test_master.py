@@ -104,6 +104,10 @@ def test_duplicate_name_dismisses_the_old_connection() -> None:
     assert bye["code"] == "bye" and bye["reconnect"] is False
     assert "192.0.2.1:2" in bye["reason"]
     assert old_transport.disconnecting
+    for _ in range(3):  # a half-open ghost never closes by itself
+        clock.advance(5)
+        new.dataReceived(encode({"code": "heartbeat", "figures": {}}))
+    assert old_transport.disconnected
     old.connectionLost(None)
     assert state.workers["node1"] is new
     # Late reports from the replaced connection are ignored.
