@@ -275,39 +275,67 @@ class MasterAPI:
         return _json(request, {"message": "internal error, logged by the master"}, 500)
 
 
-def bounded_request(max_body: int) -> type[Request]:
+def bounded_request(max_body: int, receive_timeout: float) -> type[Request]:
     """
-    A request class that refuses a body over C{max_body} bytes as it arrives:
-    413 and the connection closed, before any of it is stored or a token is
-    even checked.  (Twisted would otherwise spool any body to a file.)
+    A request class that refuses, as they arrive, a body over C{max_body}
+    bytes (413) and a request not received whole within C{receive_timeout}
+    seconds of its first line (408, against clients that trickle bytes to
+    hold a connection).  Either way the connection is closed before any of
+    the body is stored or a token is even checked: Twisted would otherwise
+    spool any body to a file.
     """
 
     class BoundedRequest(Request):
         _received = 0
         _refused = False
 
+        def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(channel, *args, **kwargs)
+            self._deadline = channel.callLater(receive_timeout, self._too_slow)
+
         def gotLength(self, length: int | None) -> None:
             super().gotLength(length)
             if length is not None and length > max_body:
-                self._refuse()
+                self._too_large()
 
         def handleContentChunk(self, data: bytes) -> None:
             if self._refused:
                 return
             self._received += len(data)
             if self._received > max_body:
-                self._refuse()
+                self._too_large()
                 return
             super().handleContentChunk(data)
 
-        def _refuse(self) -> None:
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+            self._stop_deadline()
+            super().requestReceived(command, path, version)
+
+        def connectionLost(self, reason: Failure) -> None:
+            self._stop_deadline()
+            super().connectionLost(reason)
+
+        def _stop_deadline(self) -> None:
+            if self._deadline.active():
+                self._deadline.cancel()
+
+        def _too_large(self) -> None:
+            self._refuse(b"413 Content Too Large", f"request body over {max_body} bytes")
+
+        def _too_slow(self) -> None:
+            self._refuse(
+                b"408 Request Timeout",
+                f"the request did not arrive whole within {receive_timeout:g} seconds",
+            )
+
+        def _refuse(self, status: bytes, message: str) -> None:
             self._refused = True
-            body = json.dumps({"message": f"request body over {max_body} bytes"}).encode()
+            self._stop_deadline()
+            body = json.dumps({"message": message}).encode() + b"\n"
             self.channel.transport.write(
-                b"HTTP/1.1 413 Content Too Large\r\n"
-                b"Content-Type: application/json\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s\n"
-                % (len(body) + 1, body)
+                b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (status, len(body), body)
             )
             self.channel.transport.loseConnection()
 

@@ -67,7 +67,7 @@ class Options(usage.Options):
         ["max-workers", None, MAX_WORKERS, "Workers in one pool.", positive_int],
         ["max-frame", None, MAX_FRAME, f"Bytes of a frame from a worker (at least {MIN_FRAME}).", positive_int],
         ["max-connections", None, MAX_CONNECTIONS, "Connections from one address, on each port.", positive_int],
-        ["http-timeout", None, HTTP_TIMEOUT, "Seconds before a silent HTTP connection is closed.", seconds],
+        ["http-timeout", None, HTTP_TIMEOUT, "Seconds before a silent HTTP connection is closed, and for a request to arrive whole.", seconds],
         ["handshake-timeout", None, HANDSHAKE_TIMEOUT, "Seconds a worker has to complete its handshake.", seconds],
         ["kill-grace", None, 5.0, "Local worker: seconds from SIGTERM to SIGKILL.", seconds],
     ]
@@ -164,7 +164,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     site = Site(
         api.resource(options.tokens),
-        requestFactory=bounded_request(options["max-body"]),
+        requestFactory=bounded_request(options["max-body"], options["http-timeout"]),
         timeout=options["http-timeout"],
     )
     ListeningService(

@@ -8,7 +8,9 @@ import json
 import socket
 import subprocess
 import sys
+import select
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -183,7 +185,8 @@ def test_silent_connection_is_dropped(secure: Cluster) -> None:
 def test_limits(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     try:
-        cluster.start_master("--max-body", "200", "--max-command", "50", "--max-connections", "2")
+        cluster.start_master("--max-body", "200", "--max-command", "50", "--max-connections", "2",
+                             "--http-timeout", "1")
         cluster.start_worker("w1")
         code, body = cluster.request("POST", "/job", raw=b'{"cmd": "' + b"x" * 300 + b'"}')
         assert code == 413 and "200 bytes" in body["message"]
@@ -197,6 +200,14 @@ def test_limits(tmp_path: Path) -> None:
             sock.sendall(b"POST /job HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
             sock.sendall(b"%x\r\n%s\r\n" % (150, b"y" * 150) * 2)
             assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+        # A client that trickles its request, to hold the connection, is cut off.
+        with socket.create_connection(("127.0.0.1", cluster.api_port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            deadline = time.monotonic() + 10
+            while not select.select([sock], [], [], 0.2)[0] and time.monotonic() < deadline:
+                sock.sendall(b"X-Slow: 1\r\n")  # never idle, never done
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 408") and b"within 1 seconds" in answer
         code, body = cluster.request("POST", "/job", {"cmd": "echo " + "y" * 50, "workers": ["w1"]})
         assert code == 400 and "50 characters" in body["message"]
         held = [socket.create_connection(("127.0.0.1", cluster.api_port)) for _ in range(2)]
