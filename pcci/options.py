@@ -15,7 +15,3 @@ def positive_int(value: str) -> int:
     if number <= 0:
         raise ValueError(f"{value} is not a positive number")
     return number
-
-
-seconds.coerceDoc = "Seconds."  # type: ignore[attr-defined]
-positive_int.coerceDoc = "Bytes."  # type: ignore[attr-defined]
