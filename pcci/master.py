@@ -164,6 +164,7 @@ class WorkerConnection(FramedJSONProtocol):
             self.sendMessage(
                 "bye", reason="authentication failed: wrong cluster secret", reconnect=True
             )
+            self._claimed_name = None  # logged already: connectionLost need not
             self.transport.loseConnection()
             return
         self._register()

@@ -73,8 +73,8 @@ class OutputBuffer:
     A job's output, capped at C{limit} bytes of UTF-8.
 
     Past the cap it keeps the beginning (up to half the cap) and the end,
-    and counts what was dropped between them, so both how a command started and how it ended
-    stay visible.
+    and counts what was dropped between them, so both how a command started
+    and how it ended stay visible.
     """
 
     def __init__(self, limit: int) -> None:
