@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
 
 from pcci.auth import read_secret  # noqa: E402
-from pcci.worker import WorkerFactory  # noqa: E402
+from pcci.worker.connection import WorkerFactory  # noqa: E402
 
 FIGURES = {
     "cpu_ratio": 0.12,

@@ -31,11 +31,29 @@ MIN_FRAME = 256 * 1024
 #: escaping can grow a character to six bytes, still far below MAX_FRAME.
 OUTPUT_CHUNK = 32 * 1024
 
+#: Exit status of a job whose command could not be started, as in a shell.
+NOT_STARTED = 127
+
 #: A peer silent for this many heartbeat intervals is lost.
 MISSED_HEARTBEATS = 3
 
 #: Heartbeat intervals a worker may ask for, in seconds.
 HEARTBEAT_RANGE = (0.05, 3600.0)
+
+#: The figures a heartbeat carries, in base units, in this order everywhere.
+FIGURES = (
+    "cpu_ratio",  # 0..1, all cores, since the previous heartbeat
+    "load_1m",
+    "load_5m",
+    "load_15m",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "disk_used_bytes",
+    "disk_total_bytes",
+    "temperature_celsius",  # the hottest sensor; None where there is none
+    "uptime_seconds",
+    "jobs_running",
+)
 
 #: Message codes each side accepts, with the fields each one must carry.
 WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {

@@ -10,10 +10,10 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from fakes import FakeLink
-from pcci.api import MAX_BODY, MAX_COMMAND, MasterAPI
+from pcci.master.api import MAX_BODY, MAX_COMMAND, MasterAPI
 from pcci.auth import APIToken
-from pcci.health import FIGURES
-from pcci.state import ClusterState
+from pcci.wire import FIGURES
+from pcci.master.state import ClusterState
 
 URL = "http://master"
 JSON = {"Content-Type": ["application/json"]}

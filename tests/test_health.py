@@ -8,8 +8,10 @@ from collections import namedtuple
 import psutil
 import pytest
 
-from pcci import health
-from pcci.health import FIGURES, HealthHistory, clean_figures, collect_figures
+from pcci.worker import health
+from pcci.master.history import HealthHistory, clean_figures
+from pcci.wire import FIGURES
+from pcci.worker.health import collect_figures
 
 
 def test_figures_have_every_name_in_base_units() -> None:

@@ -12,8 +12,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from pcci.auth import check_proof, proof
-from pcci.master import HANDSHAKE_TIMEOUT, WorkerPortFactory
-from pcci.state import ClusterState
+from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from pcci.master.state import ClusterState
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
 

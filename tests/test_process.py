@@ -14,7 +14,7 @@ import pytest
 SCRIPT = """
 import json, sys
 from twisted.internet import reactor
-from pcci import process
+from pcci.worker import process
 
 if sys.argv[1] == "fork":
     def refuse(fdmap):

@@ -7,7 +7,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
 from fakes import FakeLink
-from pcci.state import (
+from pcci.master.state import (
     STATUS_LOST,
     ClusterState,
     OutputBuffer,

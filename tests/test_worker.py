@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 
 from pcci.auth import check_proof, proof
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
-from pcci.worker import WorkerFactory
+from pcci.worker.connection import WorkerFactory
 
 
 def frames(transport: StringTransport) -> list[dict]:

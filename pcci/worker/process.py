@@ -26,12 +26,9 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pcci.wire import OUTPUT_CHUNK
+from pcci.wire import NOT_STARTED, OUTPUT_CHUNK
 
 log = Logger()
-
-#: Exit status of a job whose command could not be started, as in a shell.
-NOT_STARTED = 127
 
 #: Seconds to wait for the output pipes to close after the command exited
 #: (a background grandchild may hold them open forever).

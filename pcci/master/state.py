@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from pcci.health import HealthHistory, clean_figures
+from pcci.master.history import HealthHistory, clean_figures
 from pcci.ids import UUID7Generator
 
 log = Logger()
@@ -404,8 +404,6 @@ class ClusterState:
         pool = self.pools[job.pool_id]
         if not pool.finished:
             return
-        for pool_hook in self.pool_end_hooks:
-            pool_hook(pool)
         pool.ended_at = job.ended_at
         log.info(
             "pool {pool} ended with status {status}", pool=pool.id, status=pool.status
@@ -413,6 +411,8 @@ class ClusterState:
         self._expiries[pool.id] = self.clock.callLater(
             self.retention, self._expire, pool.id
         )
+        for pool_hook in self.pool_end_hooks:
+            pool_hook(pool)
         waiters, pool.waiters = pool.waiters, []
         for d in waiters:
             d.callback(pool)

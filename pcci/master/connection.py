@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pcci.auth import check_proof, new_nonce, proof
-from pcci.state import ClusterState
+from pcci.master.state import ClusterState
 from pcci.wire import (
     HEARTBEAT_RANGE,
     MAX_FRAME,

@@ -11,9 +11,9 @@ from twisted.python import usage
 
 from pcci import auth
 from pcci.options import seconds
-from pcci.services import WorkerService
+from pcci.worker.service import WorkerService
 from pcci.wire import HEARTBEAT_RANGE
-from pcci.worker import DEFAULT_HEARTBEAT, default_name
+from pcci.worker.connection import DEFAULT_HEARTBEAT, default_name
 
 
 class Options(usage.Options):

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pcci.process import NOT_STARTED
-from pcci.state import STATUS_LOST, ClusterState, Job, Pool
+from pcci.master.state import STATUS_LOST, ClusterState, Job, Pool
+from pcci.wire import NOT_STARTED
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

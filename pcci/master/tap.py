@@ -13,18 +13,18 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from pcci import auth
-from pcci.api import (
+from pcci.master.api import (
     COMMAND_CEILING,
     MAX_BODY,
     MAX_COMMAND,
     MAX_WORKERS,
     MasterAPI,
-    bounded_request,
 )
-from pcci.master import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from pcci.master.guards import bounded_request
+from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.options import positive_int, seconds
-from pcci.services import ConnectionLimit, ListeningService, LocalWorkerService
-from pcci.state import (
+from pcci.master.services import ConnectionLimit, ListeningService, LocalWorkerService
+from pcci.master.state import (
     DEFAULT_HISTORY,
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_POOLS,
@@ -32,7 +32,7 @@ from pcci.state import (
     ClusterState,
 )
 from pcci.wire import MAX_FRAME, MIN_FRAME
-from pcci.worker import default_name
+from pcci.worker.connection import default_name
 
 log = Logger()
 

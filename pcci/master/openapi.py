@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from pcci import __version__
-from pcci.health import FIGURES
+from pcci.wire import FIGURES
 
 
 def _nullable(kind: str, **more: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """
-The long-running services the twistd plugins compose: the worker port and
-a worker's dial-out to its master.
+The master's long-running services: its listening ports, the per-address
+connection limit, and the worker it may run in its own process.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import os
 from collections import Counter
 from typing import Any, Callable
 
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
@@ -28,14 +27,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from pcci.health import start_cpu_sampling
-from pcci.worker import DEFAULT_HEARTBEAT, WorkerFactory
+from pcci.worker.service import WorkerService
 
 log = Logger()
-
-#: Reconnection delays: quick after a blip, at most 30 s apart, forever.
-RETRY_POLICY = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
-
 
 def stop_with_error(reactor: Any) -> None:
     """Stop the daemon, cleanly, and exit with status 1 so supervisors see it."""
@@ -130,66 +124,6 @@ class ConnectionLimit(WrappingFactory):
             self.per_address[host] -= 1
             if not self.per_address[host]:
                 del self.per_address[host]
-
-
-class WorkerService(MultiService):
-    """
-    A worker: keeps a connection to its master, reconnecting with backoff
-    forever, and kills its running jobs when it stops.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        endpoint: IStreamClientEndpoint,
-        name: str,
-        secret: bytes | None,
-        kill_grace: float,
-        on_dismissed: Callable[[str], None] | None = None,
-        heartbeat: float = DEFAULT_HEARTBEAT,
-        disk: str = "/",
-    ) -> None:
-        super().__init__()
-        self.factory = WorkerFactory(
-            reactor,
-            name,
-            secret,
-            kill_grace,
-            on_dismissed or self._dismissed,
-            heartbeat=heartbeat,
-            disk=disk,
-        )
-        # A connection counts as made once the master welcomed this worker:
-        # failed handshakes back off like failed connects.
-        self.client = ClientService(
-            endpoint,
-            self.factory,
-            retryPolicy=RETRY_POLICY,
-            prepareConnection=lambda connection: connection.joined,
-        )
-        self.client.setServiceParent(self)
-        self.kill_grace = kill_grace
-        self.reactor = reactor
-
-    def _dismissed(self, reason: str) -> None:
-        self.client.stopService()
-
-    def startService(self) -> None:
-        start_cpu_sampling()
-        super().startService()
-
-    def stopService(self) -> Deferred[None]:
-        d = self.factory.kill_all()
-        # Never hang shutdown on a process that will not die.
-        d.addTimeout(self.kill_grace + 5, self.reactor)
-        d.addErrback(lambda f: log.failure("jobs still running at shutdown", f))
-        d.addCallback(lambda _: self._disconnect())
-        d.addCallback(lambda _: MultiService.stopService(self))
-        return d
-
-    def _disconnect(self) -> None:
-        if self.factory.connection is not None:
-            self.factory.connection.close()
 
 
 def local_client_endpoint(reactor: Any, port: IListeningPort) -> IStreamClientEndpoint:

@@ -21,8 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pcci.auth import check_proof, new_nonce, proof
-from pcci.health import collect_figures
-from pcci.process import JobProcess
+from pcci.worker.health import collect_figures
+from pcci.worker.process import JobProcess
 from pcci.wire import (
     MASTER_MESSAGES,
     MISSED_HEARTBEATS,
