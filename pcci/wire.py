@@ -10,12 +10,13 @@ any text, ``EOM`` included, round-trips exactly.  See ``docs/protocol.md``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 TERMINATOR = b"EOM"
 
 #: Longest frame sent, and accepted by default (terminator excluded).
@@ -31,8 +32,23 @@ MIN_FRAME = 256 * 1024
 #: escaping can grow a character to six bytes, still far below MAX_FRAME.
 OUTPUT_CHUNK = 32 * 1024
 
+#: Worker names: what a hostname or a label holds, nothing that needs quoting.
+VALID_NAME = re.compile(r"[A-Za-z0-9_.@:-]{1,255}\Z")
+NAME_RULE = "1 to 255 letters, digits and any of _ . @ : -"
+
 #: Exit status of a job whose command could not be started, as in a shell.
 NOT_STARTED = 127
+
+#: Why a job ended, when it was not simply its command exiting: the
+#: C{reason} of an C{ended} message.
+END_KILLED = "killed"
+END_TIMED_OUT = "timed_out"
+END_NOT_STARTED = "not_started"
+END_CANCELLED = "cancelled"
+END_REASONS = (END_KILLED, END_TIMED_OUT, END_NOT_STARTED, END_CANCELLED)
+
+#: The streams of C{output} messages.
+STREAMS = ("stdout", "stderr")
 
 #: A peer silent for this many heartbeat intervals is lost.
 MISSED_HEARTBEATS = 3
@@ -61,7 +77,7 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "auth": {"proof": str},
     "heartbeat": {"figures": dict},
     "started": {"pool": str, "pid": int},
-    "output": {"pool": str, "data": str},
+    "output": {"pool": str, "data": str, "stream": str},
     "ended": {"pool": str, "status": int},
 }
 MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -110,6 +126,8 @@ def decode(
         message = json.loads(frame.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"not a JSON frame: {e}") from None
+    except RecursionError:
+        raise ProtocolError("a JSON frame nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")
     code = message.get("code")

@@ -63,7 +63,7 @@ def test_a_job_from_submit_to_end() -> None:
     assert frames(transport) == [{"code": "run", "pool": pool.id, "cmd": "echo EOM"}]
     protocol.dataReceived(
         encode({"code": "started", "pool": pool.id, "pid": 99})
-        + encode({"code": "output", "pool": pool.id, "data": "EOM\n"})
+        + encode({"code": "output", "pool": pool.id, "data": "EOM\n", "stream": "stdout"})
         + encode({"code": "ended", "pool": pool.id, "status": 0})
     )
     job = pool.jobs["node1"]

@@ -34,7 +34,7 @@ def run(index=0):
     report = {"output": ""}
     reports.append(report)
 
-    def ended(status):
+    def ended(status, reason):
         report["status"] = status
         reactor.callLater(0, run, index + 1)
 
@@ -42,7 +42,7 @@ def run(index=0):
         reactor,
         COMMANDS[index],
         on_started=lambda pid: report.setdefault("pid", pid),
-        on_output=lambda text: report.update(output=report["output"] + text),
+        on_output=lambda text, stream: report.update(output=report["output"] + text),
         on_ended=ended,
     ).start()
 

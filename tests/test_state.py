@@ -61,7 +61,10 @@ def test_pool_status(statuses: list[int], expected: int) -> None:
 def test_job_fields_and_times() -> None:
     state, clock, _ = cluster("a")
     pool = state.submit("echo hi", ["a"])
+    assert pool.jobs["a"].to_json()["state"] == "pending"
+    clock.advance(0.5)
     state.job_started("a", pool.id, 4242)
+    assert pool.jobs["a"].to_json()["state"] == "running"
     state.job_output("a", pool.id, "hi\n")
     state.job_output("a", pool.id, "there\n")
     clock.advance(1.5)
@@ -73,10 +76,11 @@ def test_job_fields_and_times() -> None:
         "cmd": "echo hi",
         "pid": 4242,
         "status": 0,
+        "state": "ok",
         "result": "hi\nthere\n",
         "time_to_calc": 1500,
-        "started_at": "2023-11-14T22:13:20.000Z",
-        "ended_at": "2023-11-14T22:13:21.500Z",
+        "started_at": "2023-11-14T22:13:20.500Z",
+        "ended_at": "2023-11-14T22:13:22.000Z",
     }
     assert pool.to_json()["ended_at"] == job["ended_at"]
 

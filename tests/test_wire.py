@@ -40,7 +40,7 @@ def connected() -> tuple[Recorder, StringTransport]:
 
 
 def test_terminator_never_inside_a_frame() -> None:
-    frame = encode({"code": "output", "pool": "EOM", "data": "EOMEOM\\EOM"})
+    frame = encode({"code": "output", "pool": "EOM", "data": "EOMEOM\\EOM", "stream": "stdout"})
     assert frame.endswith(TERMINATOR)
     assert TERMINATOR not in frame[: -len(TERMINATOR)]
     assert decode(frame[:-3], WORKER_MESSAGES)["data"] == "EOMEOM\\EOM"
@@ -48,7 +48,7 @@ def test_terminator_never_inside_a_frame() -> None:
 
 @given(st.text(), st.text())
 def test_any_text_round_trips(pool: str, data: str) -> None:
-    message = {"code": "output", "pool": pool, "data": data}
+    message = {"code": "output", "pool": pool, "data": data, "stream": "stdout"}
     frame = encode(message)
     assert frame.count(TERMINATOR) == 1
     assert decode(frame[: -len(TERMINATOR)], WORKER_MESSAGES) == message
@@ -58,7 +58,7 @@ def test_any_text_round_trips(pool: str, data: str) -> None:
 @given(st.lists(st.text(max_size=200), max_size=8), st.data())
 def test_frames_survive_any_split(outputs: list[str], data: st.DataObject) -> None:
     """TCP may cut the stream anywhere: every message still arrives intact."""
-    messages = [{"code": "output", "pool": "p", "data": text} for text in outputs]
+    messages = [{"code": "output", "pool": "p", "data": text, "stream": "stderr"} for text in outputs]
     stream = b"".join(encode(m) for m in messages)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     protocol, transport = connected()
@@ -93,7 +93,7 @@ def test_garbage_never_raises(garbage: bytes) -> None:
 )
 def test_bad_frame_closes_the_connection(frame: bytes) -> None:
     protocol, transport = connected()
-    protocol.dataReceived(frame + TERMINATOR + encode({"code": "output", "pool": "p", "data": "after"}))
+    protocol.dataReceived(frame + TERMINATOR + encode({"code": "output", "pool": "p", "data": "after", "stream": "stdout"}))
     assert transport.disconnecting
     assert protocol.received == []
 

@@ -117,7 +117,7 @@ def test_unparseable_command_ends_at_once_with_127() -> None:
     protocol.dataReceived(encode({"code": "run", "pool": "p1", "cmd": "echo 'open"}))
     output, ended = frames(transport)
     assert output["code"] == "output" and "cannot parse command" in output["data"]
-    assert ended == {"code": "ended", "pool": "p1", "status": 127}
+    assert ended == {"code": "ended", "pool": "p1", "status": 127, "reason": "not_started"}
     assert protocol.jobs == {} and factory.jobs == set()
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
@@ -11,12 +10,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pcci.auth import check_proof, new_nonce, proof
+from pcci.clock import StallWatch
 from pcci.master.state import ClusterState
 from pcci.wire import (
+    END_REASONS,
     HEARTBEAT_RANGE,
     MAX_FRAME,
     MISSED_HEARTBEATS,
     PROTOCOL_VERSION,
+    STREAMS,
+    VALID_NAME,
     WORKER_MESSAGES,
     FramedJSONProtocol,
     peer_address,
@@ -27,9 +30,6 @@ HANDSHAKE_TIMEOUT = 10.0
 
 #: Longest nonce accepted from a worker.
 MAX_NONCE = 128
-
-#: Worker names: what a hostname or a label holds, nothing that needs quoting.
-VALID_NAME = re.compile(r"[A-Za-z0-9_.@:-]{1,255}\Z")
 
 
 class WorkerConnection(FramedJSONProtocol):
@@ -55,7 +55,6 @@ class WorkerConnection(FramedJSONProtocol):
         self.MAX_LENGTH = factory.max_frame
         self.name: str | None = None
         self.address = "?"
-        self.connected_at = 0.0
         self.heartbeat = 0.0
         self._last_frame = 0.0
         self._watchdog: IDelayedCall | None = None
@@ -172,7 +171,8 @@ class WorkerConnection(FramedJSONProtocol):
     def _register(self) -> None:
         self._cancel_handshake_timeout()
         self.name = self._claimed_name
-        self.connected_at = self._last_frame = self.clock.seconds()
+        self._last_frame = self.clock.seconds()
+        self.factory.joined(self)
         self.state.add_worker(self)
         self.sendMessage("welcome", version=PROTOCOL_VERSION)
         self._watchdog = self.clock.callLater(
@@ -185,7 +185,8 @@ class WorkerConnection(FramedJSONProtocol):
         self._last_frame = self.clock.seconds()
 
     def _check_alive(self) -> None:
-        silent = self.clock.seconds() - self._last_frame
+        # Silence while this master stood still is not the worker's.
+        silent = self.clock.seconds() - self.factory.stall.quiet_since(self._last_frame)
         limit = MISSED_HEARTBEATS * self.heartbeat
         if silent < limit:
             self._watchdog = self.clock.callLater(limit - silent, self._check_alive)
@@ -217,12 +218,19 @@ class WorkerConnection(FramedJSONProtocol):
             self.state.job_started(self.name, message["pool"], message["pid"])
 
     def handle_output(self, message: dict[str, Any]) -> None:
-        if self._current():
-            self.state.job_output(self.name, message["pool"], message["data"])
+        if message["stream"] not in STREAMS:
+            self.protocolViolation(f"unknown stream {message['stream']!r}")
+        elif self._current():
+            self.state.job_output(
+                self.name, message["pool"], message["data"], message["stream"]
+            )
 
     def handle_ended(self, message: dict[str, Any]) -> None:
-        if self._current():
-            self.state.job_ended(self.name, message["pool"], message["status"])
+        reason = message.get("reason")
+        if reason is not None and reason not in END_REASONS:
+            self.protocolViolation(f"unknown end reason {reason!r}")
+        elif self._current():
+            self.state.job_ended(self.name, message["pool"], message["status"], reason)
 
     # Requests from the state (WorkerLink)
 
@@ -256,12 +264,25 @@ class WorkerPortFactory(Factory):
         secret: bytes | None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_frame: int = MAX_FRAME,
+        on_joined: Callable[[WorkerConnection], None] = lambda connection: None,
     ) -> None:
         self.state = state
         self.clock = clock
         self.secret = secret
         self.handshake_timeout = handshake_timeout
         self.max_frame = max_frame
+        self.stall = StallWatch(clock)
+        self._on_joined = on_joined
+
+    def startFactory(self) -> None:
+        self.stall.start()
+
+    def stopFactory(self) -> None:
+        self.stall.stop()
+
+    def joined(self, connection: WorkerConnection) -> None:
+        """A worker proved itself: it no longer counts as a stranger."""
+        self._on_joined(connection)
 
     def buildProtocol(self, addr: IAddress) -> WorkerConnection:
         return WorkerConnection(self)

@@ -1,7 +1,7 @@
 """
 The guards in front of the REST API: the bearer-token check, and a request
-class that refuses bodies too large or requests too slow before they cost
-anything.
+class that refuses bodies too large before they cost anything (the
+connection limits and request deadlines are in L{pcci.master.limits}).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
@@ -26,23 +25,18 @@ def json_error(request: IRequest, status: int, message: str) -> bytes:
     return json.dumps({"message": message}).encode("utf-8") + b"\n"
 
 
-def bounded_request(max_body: int, receive_timeout: float) -> type[Request]:
+def bounded_request(max_body: int) -> type[Request]:
     """
-    A request class that refuses, as they arrive, a body over C{max_body}
-    bytes (413) and a request not received whole within C{receive_timeout}
-    seconds of its first line (408, against clients that trickle bytes to
-    hold a connection).  Either way the connection is closed before any of
-    the body is stored or a token is even checked: Twisted would otherwise
-    spool any body to a file.
+    A request class that refuses, as it arrives, a body over C{max_body}
+    bytes (413): the connection is closed before any of the body is stored
+    or a token is even checked (Twisted would otherwise spool any body to a
+    file).  It tells its connection (a L{GuardedConnection}) when it arrived
+    whole and when its answer is sent, for the request deadline.
     """
 
     class BoundedRequest(Request):
         _received = 0
         _refused = False
-
-        def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
-            super().__init__(channel, *args, **kwargs)
-            self._deadline = channel.callLater(receive_timeout, self._too_slow)
 
         def gotLength(self, length: int | None) -> None:
             super().gotLength(length)
@@ -59,34 +53,21 @@ def bounded_request(max_body: int, receive_timeout: float) -> type[Request]:
             super().handleContentChunk(data)
 
         def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-            self._stop_deadline()
+            connection = getattr(self.channel, "transport", None)
+            arrived = getattr(connection, "request_arrived", None)
+            done = getattr(connection, "request_done", None)
+            if arrived is not None and done is not None:
+                arrived()
+                self.notifyFinish().addBoth(lambda _: done())
             super().requestReceived(command, path, version)
 
-        def connectionLost(self, reason: Failure) -> None:
-            self._stop_deadline()
-            super().connectionLost(reason)
-
-        def _stop_deadline(self) -> None:
-            if self._deadline.active():
-                self._deadline.cancel()
-
         def _too_large(self) -> None:
-            self._refuse(b"413 Content Too Large", f"request body over {max_body} bytes")
-
-        def _too_slow(self) -> None:
-            self._refuse(
-                b"408 Request Timeout",
-                f"the request did not arrive whole within {receive_timeout:g} seconds",
-            )
-
-        def _refuse(self, status: bytes, message: str) -> None:
             self._refused = True
-            self._stop_deadline()
-            body = json.dumps({"message": message}).encode() + b"\n"
+            body = json.dumps({"message": f"request body over {max_body} bytes"}).encode()
+            body += b"\n"
             self.channel.transport.write(
-                b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (status, len(body), body)
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
             )
             self.channel.transport.loseConnection()
 

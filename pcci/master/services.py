@@ -1,13 +1,12 @@
 """
-The master's long-running services: its listening ports, the per-address
-connection limit, and the worker it may run in its own process.
+The master's long-running services: its listening ports and the worker it
+may run in its own process.
 """
 
 from __future__ import annotations
 
-import os
-from collections import Counter
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -18,24 +17,17 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import (
-    IAddress,
     IListeningPort,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
+from pcci.daemon import stop_with_error
 from pcci.worker.service import WorkerService
 
 log = Logger()
-
-def stop_with_error(reactor: Any) -> None:
-    """Stop the daemon, cleanly, and exit with status 1 so supervisors see it."""
-    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-    reactor.callWhenRunning(reactor.stop)
-
 
 class ListeningService(Service):
     """
@@ -93,39 +85,6 @@ class ListeningService(Service):
         return None
 
 
-class ConnectionLimit(WrappingFactory):
-    """Closes at once a connection beyond C{limit} open from one address."""
-
-    def __init__(self, wrapped: Factory, limit: int) -> None:
-        super().__init__(wrapped)
-        self.limit = limit
-        self.per_address: Counter[str] = Counter()
-        self._addresses: dict[ProtocolWrapper, str] = {}
-
-    def buildProtocol(self, addr: IAddress) -> ProtocolWrapper | None:
-        host = getattr(addr, "host", None)
-        if host is not None and self.per_address[host] >= self.limit:
-            log.warn(
-                "refused a connection from {host}: it holds {limit} already",
-                host=host,
-                limit=self.limit,
-            )
-            return None
-        protocol = super().buildProtocol(addr)
-        if host is not None and protocol is not None:
-            self.per_address[host] += 1
-            self._addresses[protocol] = host
-        return protocol
-
-    def unregisterProtocol(self, protocol: ProtocolWrapper) -> None:
-        super().unregisterProtocol(protocol)
-        host = self._addresses.pop(protocol, None)
-        if host is not None:
-            self.per_address[host] -= 1
-            if not self.per_address[host]:
-                del self.per_address[host]
-
-
 def local_client_endpoint(reactor: Any, port: IListeningPort) -> IStreamClientEndpoint:
     """A client endpoint that reaches C{port} from this machine."""
     address = port.getHost()
@@ -150,6 +109,8 @@ class LocalWorkerService(MultiService):
         name: str,
         secret: bytes | None,
         kill_grace: float,
+        max_jobs: int | None = None,
+        journal: Path | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -157,6 +118,8 @@ class LocalWorkerService(MultiService):
         self.name = name
         self.secret = secret
         self.kill_grace = kill_grace
+        self.max_jobs = max_jobs
+        self.journal = journal
         self.worker: WorkerService | None = None
 
     def startService(self) -> None:
@@ -168,6 +131,12 @@ class LocalWorkerService(MultiService):
             return
         endpoint = local_client_endpoint(self.reactor, port)
         self.worker = WorkerService(
-            self.reactor, endpoint, self.name, self.secret, self.kill_grace
+            self.reactor,
+            endpoint,
+            self.name,
+            self.secret,
+            self.kill_grace,
+            max_jobs=self.max_jobs,
+            journal=self.journal,
         )
         self.worker.setServiceParent(self)

@@ -4,28 +4,38 @@ The master's state: connected workers, pools and their jobs.
 One L{ClusterState} holds it all.  The wire protocol reports to it what
 workers say; the REST API reads it and asks it to start and kill pools.
 Neither touches the other.
+
+Two clocks: timers and durations use the state's C{clock} (the reactor,
+on monotonic time), while the times shown to people come from C{wall}.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from pcci.master.history import HealthHistory, clean_figures
 from pcci.ids import UUID7Generator
+from pcci.master.history import HealthHistory, clean_figures
+from pcci.master.output import (
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_OUTPUT_TOTAL,
+    MIN_SQUEEZED,
+    OutputBuffer,
+)
+from pcci.wire import END_CANCELLED, END_REASONS
 
 log = Logger()
 
 DEFAULT_RETENTION = 300.0
-DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
 DEFAULT_MAX_POOLS = 10_000
 DEFAULT_HISTORY = 3600.0
+DEFAULT_FORGET_AFTER = 7 * 24 * 3600.0
 
 #: Most heartbeats kept per worker, whatever its interval: 3,600 rows of
 #: twelve doubles are 340 KiB.
@@ -33,6 +43,21 @@ MAX_HISTORY_ROWS = 3600
 
 #: Status of a job whose end pcci could not observe (its worker was lost).
 STATUS_LOST = -1
+
+#: Status of a job that never started (its pool was killed first).
+STATUS_CANCELLED = -2
+
+#: A job's state, in words: what happened to it.
+PENDING = "pending"
+RUNNING = "running"
+OK = "ok"
+FAILED = "failed"
+KILLED = "killed"
+TIMED_OUT = "timed_out"
+LOST = "lost"
+NOT_STARTED = "not_started"
+CANCELLED = "cancelled"
+JOB_STATES = (PENDING, RUNNING, OK, FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
 
 
 def rfc3339(seconds: float | None) -> str | None:
@@ -48,7 +73,6 @@ class WorkerLink(Protocol):
 
     name: str
     address: str
-    connected_at: float
     #: Seconds between the worker's heartbeats.
     heartbeat: float
 
@@ -66,53 +90,6 @@ class SubmitError(ValueError):
 
 class TooManyPools(Exception):
     """Every pool kept is still running and there is no room for another."""
-
-
-class OutputBuffer:
-    """
-    A job's output, capped at C{limit} bytes of UTF-8.
-
-    Past the cap it keeps the beginning (up to half the cap) and the end,
-    and counts what was dropped between them, so both how a command started
-    and how it ended stay visible.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._head: list[str] = []
-        self._head_size = 0
-        self._tail: deque[tuple[str, int]] = deque()
-        self._tail_size = 0
-        self.dropped = 0
-
-    def append(self, text: str) -> None:
-        size = len(text.encode("utf-8"))
-        if not self._tail and self._head_size + size <= self._limit // 2:
-            self._head.append(text)
-            self._head_size += size
-            return
-        self._tail.append((text, size))
-        self._tail_size += size
-        tail_limit = self._limit - self._head_size
-        while self._tail_size > tail_limit:
-            oldest, oldest_size = self._tail.popleft()
-            excess = self._tail_size - tail_limit
-            self._tail_size -= oldest_size
-            if excess >= oldest_size:
-                self.dropped += oldest_size
-                continue
-            # Keep the end of the oldest piece; drop a cut character whole.
-            kept = oldest.encode("utf-8")[excess:].decode("utf-8", "ignore")
-            kept_size = len(kept.encode("utf-8"))
-            self.dropped += oldest_size - kept_size
-            self._tail.appendleft((kept, kept_size))
-            self._tail_size += kept_size
-
-    def text(self) -> str:
-        marker = ""
-        if self.dropped:
-            marker = f"\n[pcci: {self.dropped} bytes of output dropped]\n"
-        return "".join(self._head) + marker + "".join(t for t, _ in self._tail)
 
 
 @dataclass(eq=False)
@@ -148,27 +125,32 @@ class Job:
     pool_id: str
     worker_id: str
     cmd: str
-    started_at: float
     output: OutputBuffer
     pid: int | None = None
     status: int | None = None
+    state: str = PENDING
+    #: Wall-clock times, for people.
+    started_at: float | None = None
     ended_at: float | None = None
+    #: Seconds from start to end, on the monotonic clock.
+    duration: float | None = None
+    _started_clock: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        time_to_calc = None
-        if self.ended_at is not None:
-            time_to_calc = round((self.ended_at - self.started_at) * 1000)
-        return {
+    def to_json(self, results: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "pool": self.pool_id,
             "worker_id": self.worker_id,
             "cmd": self.cmd,
             "pid": self.pid,
             "status": self.status,
-            "result": self.output.text(),
-            "time_to_calc": time_to_calc,
+            "state": self.state,
+            "time_to_calc": None if self.duration is None else round(self.duration * 1000),
             "started_at": rfc3339(self.started_at),
             "ended_at": rfc3339(self.ended_at),
         }
+        if results:
+            body["result"] = self.output.text()
+        return body
 
 
 @dataclass(eq=False)
@@ -193,12 +175,24 @@ class Pool:
             return None
         return 0 if all(job.status == 0 for job in self.jobs.values()) else 1
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def state(self) -> str:
+        """C{running}, then C{ok} when every job is ok, else C{failed}."""
+        if not self.finished:
+            return RUNNING
+        return OK if all(job.state == OK for job in self.jobs.values()) else FAILED
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(job.state for job in self.jobs.values()))
+
+    def to_json(self, results: bool = True) -> dict[str, Any]:
         return {
             "id": self.id,
             "cmd": self.cmd,
             "status": self.status,
-            "jobs": [job.to_json() for job in self.jobs.values()],
+            "state": self.state,
+            "counts": self.counts(),
+            "jobs": [job.to_json(results) for job in self.jobs.values()],
             "started_at": rfc3339(self.started_at),
             "ended_at": rfc3339(self.ended_at),
         }
@@ -215,22 +209,35 @@ class ClusterState:
         max_pools: int = DEFAULT_MAX_POOLS,
         history: float = DEFAULT_HISTORY,
         new_id: Callable[[], str] | None = None,
+        wall: Callable[[], float] | None = None,
+        max_output_total: int = DEFAULT_MAX_OUTPUT_TOTAL,
+        forget_after: float = DEFAULT_FORGET_AFTER,
     ) -> None:
         self.clock = clock
+        #: Wall-clock time for what people read; the clock's own in tests.
+        self.wall = wall or clock.seconds
         self.retention = retention
         self.max_output = max_output
+        self.max_output_total = max_output_total
         self.max_pools = max_pools
         self.history = history
-        self._new_id = new_id or UUID7Generator()
+        self.forget_after = forget_after
+        self._new_id = new_id or UUID7Generator(lambda: int(self.wall() * 1000))
         self.workers: dict[str, WorkerLink] = {}
-        #: Every worker seen since the master started, by name.
+        #: Every worker seen and not yet forgotten, by name.
         self.records: dict[str, WorkerRecord] = {}
         #: Called with each job, and each pool, as it ends (for metrics).
         self.job_end_hooks: list[Callable[[Job], None]] = []
         self.pool_end_hooks: list[Callable[[Pool], None]] = []
+        #: Pools by id, oldest first.
         self.pools: dict[str, Pool] = {}
+        #: Bytes of output held in memory, over every job.
+        self.output_total = 0
         self._running: dict[str, dict[str, Job]] = {}
         self._expiries: dict[str, IDelayedCall] = {}
+        self._forgets: dict[str, IDelayedCall] = {}
+        #: Finished pools whose output is still held, in the order they ended.
+        self._held: deque[Pool] = deque()
 
     # Workers
 
@@ -251,15 +258,17 @@ class ClusterState:
             )
         self.workers[link.name] = link
         self._running.setdefault(link.name, {})
+        forget = self._forgets.pop(link.name, None)
+        if forget is not None and forget.active():
+            forget.cancel()
+        now = self.wall()
         record = self.records.get(link.name)
         if record is None or record.heartbeat != link.heartbeat:
             size = min(MAX_HISTORY_ROWS, int(self.history // link.heartbeat) + 1)
-            record = WorkerRecord(
-                link.name, link.address, link.connected_at, link.heartbeat, HealthHistory(size)
-            )
+            record = WorkerRecord(link.name, link.address, now, link.heartbeat, HealthHistory(size))
             self.records[link.name] = record
-        record.address, record.connected_at = link.address, link.connected_at
-        record.online, record.last_seen = True, self.clock.seconds()
+        record.address, record.connected_at = link.address, now
+        record.online, record.last_seen = True, now
         log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
 
     def remove_worker(self, link: WorkerLink, reason: str) -> None:
@@ -268,10 +277,19 @@ class ClusterState:
             return
         del self.workers[link.name]
         self.records[link.name].online = False
+        self._forgets[link.name] = self.clock.callLater(
+            self.forget_after, self._forget, link.name
+        )
         log.info("worker {name} left: {reason}", name=link.name, reason=reason)
         for job in list(self._running.pop(link.name, {}).values()):
-            job.output.append(f"\npcci: job lost: worker {reason}\n")
-            self._end_job(job, STATUS_LOST)
+            job.output.append(f"\npcci: job lost: worker {reason}\n", "stderr")
+            self._end_job(job, STATUS_LOST, LOST)
+
+    def _forget(self, name: str) -> None:
+        """An offline worker unseen for C{forget_after}: its record goes."""
+        del self._forgets[name]
+        self.records.pop(name, None)
+        log.info("forgot worker {name}: offline since long", name=name)
 
     def running_jobs(self, worker: str) -> int:
         return len(self._running.get(worker, ()))
@@ -281,7 +299,7 @@ class ClusterState:
         record = self.records.get(worker)
         if record is None or not record.online:
             return
-        now = self.clock.seconds()
+        now = self.wall()
         record.figures = clean_figures(figures)
         record.last_seen = now
         record.history.add(now, record.figures)
@@ -299,10 +317,9 @@ class ClusterState:
                 "unknown or disconnected workers: " + ", ".join(unknown)
             )
         self._make_room()
-        now = self.clock.seconds()
-        pool = Pool(id=self._new_id(), cmd=cmd, started_at=now)
+        pool = Pool(id=self._new_id(), cmd=cmd, started_at=self.wall())
         for name in names:
-            job = Job(pool.id, name, cmd, now, OutputBuffer(self.max_output))
+            job = Job(pool.id, name, cmd, OutputBuffer(self.max_output, self._resized))
             pool.jobs[name] = job
             self._running[name][pool.id] = job
         self.pools[pool.id] = pool
@@ -323,9 +340,32 @@ class ClusterState:
         for pool in self.pools.values():
             if pool.finished:
                 self._expiries.pop(pool.id).cancel()
-                del self.pools[pool.id]
+                self._drop(pool.id)
                 return
         raise TooManyPools(f"{len(self.pools)} pools are running, the most kept")
+
+    def list_pools(
+        self,
+        before: str | None = None,
+        state: str | None = None,
+        worker: str | None = None,
+        cmd: str | None = None,
+    ) -> Iterator[Pool]:
+        """
+        Pools newest first, older than the pool id C{before} (ids sort by
+        time), in C{state} (running, ok, failed), with a job on C{worker},
+        whose command holds C{cmd}.
+        """
+        for pool in reversed(self.pools.values()):
+            if before is not None and pool.id >= before:
+                continue
+            if state is not None and pool.state != state:
+                continue
+            if worker is not None and worker not in pool.jobs:
+                continue
+            if cmd is not None and cmd not in pool.cmd:
+                continue
+            yield pool
 
     def kill(self, pool_id: str, workers: Iterable[str] | None = None) -> list[str]:
         """
@@ -383,22 +423,43 @@ class ClusterState:
 
     def job_started(self, worker: str, pool_id: str, pid: int) -> None:
         job = self._running.get(worker, {}).get(pool_id)
-        if job is not None:
+        if job is not None and job.state == PENDING:
             job.pid = pid
+            job.state = RUNNING
+            job.started_at = self.wall()
+            job._started_clock = self.clock.seconds()
 
-    def job_output(self, worker: str, pool_id: str, data: str) -> None:
+    def job_output(
+        self, worker: str, pool_id: str, data: str, stream: str = "stdout"
+    ) -> None:
         job = self._running.get(worker, {}).get(pool_id)
         if job is not None:
-            job.output.append(data)
+            job.output.append(data, stream)
+            if self.output_total > self.max_output_total:
+                self._reclaim_output()
 
-    def job_ended(self, worker: str, pool_id: str, status: int) -> None:
+    def job_ended(
+        self, worker: str, pool_id: str, status: int, reason: str | None = None
+    ) -> None:
         job = self._running.get(worker, {}).pop(pool_id, None)
-        if job is not None:
-            self._end_job(job, status)
+        if job is None:
+            return
+        if reason not in END_REASONS:
+            state = OK if status == 0 else FAILED
+        else:
+            state = reason
+        if state == END_CANCELLED:
+            status = STATUS_CANCELLED
+        self._end_job(job, status, state)
 
-    def _end_job(self, job: Job, status: int) -> None:
+    def _end_job(self, job: Job, status: int, state: str) -> None:
         job.status = status
-        job.ended_at = self.clock.seconds()
+        job.state = state
+        job.ended_at = self.wall()
+        if job._started_clock is None:  # it never ran
+            job.started_at, job.duration = job.ended_at, 0.0
+        else:
+            job.duration = max(0.0, self.clock.seconds() - job._started_clock)
         for hook in self.job_end_hooks:
             hook(job)
         pool = self.pools[job.pool_id]
@@ -411,6 +472,7 @@ class ClusterState:
         self._expiries[pool.id] = self.clock.callLater(
             self.retention, self._expire, pool.id
         )
+        self._held.append(pool)
         for pool_hook in self.pool_end_hooks:
             pool_hook(pool)
         waiters, pool.waiters = pool.waiters, []
@@ -419,10 +481,50 @@ class ClusterState:
 
     def _expire(self, pool_id: str) -> None:
         del self._expiries[pool_id]
-        del self.pools[pool_id]
+        self._drop(pool_id)
+
+    def _drop(self, pool_id: str) -> None:
+        pool = self.pools.pop(pool_id)
+        for job in pool.jobs.values():
+            job.output.release()
+
+    # The total output budget
+
+    def _resized(self, delta: int) -> None:
+        self.output_total += delta
+
+    def _reclaim_output(self) -> None:
+        """
+        Over the total budget: drop the output of finished pools, oldest
+        first, then squeeze the largest running jobs' output, until the
+        master holds at most nine tenths of the budget.
+        """
+        goal = self.max_output_total * 9 // 10
+        while self.output_total > goal and self._held:
+            pool = self._held.popleft()
+            if self.pools.get(pool.id) is pool:
+                for job in pool.jobs.values():
+                    job.output.release()
+        if self.output_total <= goal:
+            return
+        running = sorted(
+            (job for jobs in self._running.values() for job in jobs.values()),
+            key=lambda job: job.output.size,
+            reverse=True,
+        )
+        for job in running:
+            if self.output_total <= goal or job.output.size <= MIN_SQUEEZED:
+                break
+            job.output.shrink(max(MIN_SQUEEZED, job.output.size // 2))
+        log.warn(
+            "output over the {budget}-byte budget: older output dropped",
+            budget=self.max_output_total,
+        )
 
     def stop(self) -> None:
-        """Cancel retention timers: the master is shutting down."""
-        for call in self._expiries.values():
-            call.cancel()
+        """Cancel timers: the master is shutting down."""
+        for call in (*self._expiries.values(), *self._forgets.values()):
+            if call.active():
+                call.cancel()
         self._expiries.clear()
+        self._forgets.clear()

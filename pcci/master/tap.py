@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -12,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
-from pcci import auth
+from pcci import auth, daemon
 from pcci.master.api import (
     COMMAND_CEILING,
     MAX_BODY,
@@ -20,17 +22,19 @@ from pcci.master.api import (
     MAX_WORKERS,
     MasterAPI,
 )
-from pcci.master.guards import bounded_request
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
-from pcci.options import positive_int, seconds
-from pcci.master.services import ConnectionLimit, ListeningService, LocalWorkerService
+from pcci.master.guards import bounded_request
+from pcci.master.limits import ConnectionBudget, ConnectionLimit
+from pcci.master.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
+from pcci.master.services import ListeningService, LocalWorkerService
 from pcci.master.state import (
+    DEFAULT_FORGET_AFTER,
     DEFAULT_HISTORY,
-    DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_POOLS,
     DEFAULT_RETENTION,
     ClusterState,
 )
+from pcci.options import positive_int, seconds
 from pcci.wire import MAX_FRAME, MIN_FRAME
 from pcci.worker.connection import default_name
 
@@ -39,7 +43,8 @@ log = Logger()
 #: Seconds an HTTP connection may stay silent; above the longest long poll.
 HTTP_TIMEOUT = 75.0
 
-#: Connections one address may hold open on each port.
+#: Connections one address may hold open on each port before they prove
+#: anything.
 MAX_CONNECTIONS = 64
 
 
@@ -60,13 +65,16 @@ class Options(usage.Options):
         ["api-token-file", None, None, "API tokens, one a line ('TOKEN' or 'TOKEN read'), instead of <state-dir>/api-token."],
         ["retention", None, DEFAULT_RETENTION, "Seconds a finished pool stays queryable.", seconds],
         ["max-output", None, DEFAULT_MAX_OUTPUT, "Bytes of output kept per job.", positive_int],
+        ["max-output-total", None, DEFAULT_MAX_OUTPUT_TOTAL, "Bytes of output kept in memory over all jobs.", positive_int],
+        ["forget-after", None, DEFAULT_FORGET_AFTER, "Seconds an offline worker is remembered.", seconds],
         ["history", None, DEFAULT_HISTORY, "Seconds of health figures kept per worker.", seconds],
         ["max-pools", None, DEFAULT_MAX_POOLS, "Pools kept; past it the oldest finished is dropped.", positive_int],
         ["max-body", None, MAX_BODY, "Bytes of a request body.", positive_int],
         ["max-command", None, MAX_COMMAND, f"Characters of a command (at most {COMMAND_CEILING}).", positive_int],
         ["max-workers", None, MAX_WORKERS, "Workers in one pool.", positive_int],
-        ["max-frame", None, MAX_FRAME, f"Bytes of a frame from a worker (at least {MIN_FRAME}).", positive_int],
-        ["max-connections", None, MAX_CONNECTIONS, "Connections from one address, on each port.", positive_int],
+        ["max-frame", None, MAX_FRAME, f"Bytes of a frame from a worker ({MIN_FRAME} to {MAX_FRAME}).", positive_int],
+        ["max-connections", None, MAX_CONNECTIONS, "Connections from one address, on each port, until they prove themselves.", positive_int],
+        ["max-jobs", None, None, "Local worker: jobs run at once (default: 4 per CPU).", positive_int],
         ["http-timeout", None, HTTP_TIMEOUT, "Seconds before a silent HTTP connection is closed, and for a request to arrive whole.", seconds],
         ["handshake-timeout", None, HANDSHAKE_TIMEOUT, "Seconds a worker has to complete its handshake.", seconds],
         ["kill-grace", None, 5.0, "Local worker: seconds from SIGTERM to SIGKILL.", seconds],
@@ -75,8 +83,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["max-command"] > COMMAND_CEILING:
             raise usage.UsageError(f"--max-command is at most {COMMAND_CEILING}")
-        if self["max-frame"] < MIN_FRAME:
-            raise usage.UsageError(f"--max-frame is at least {MIN_FRAME}")
+        if not MIN_FRAME <= self["max-frame"] <= MAX_FRAME:
+            raise usage.UsageError(
+                f"--max-frame is between {MIN_FRAME} and {MAX_FRAME}: workers never"
+                f" send frames over {MAX_FRAME}"
+            )
         if self["local-worker"] and not self["listen"].startswith(("tcp", "unix")):
             raise usage.UsageError(
                 "--local-worker dials a tcp: or unix: --listen; over TLS, run"
@@ -84,10 +95,11 @@ class Options(usage.Options):
             )
         self.secret: bytes | None = None
         self.tokens: list[auth.APIToken] | None = None
+        self.state_dir = Path(self["state-dir"]).expanduser()
         if self["no-auth"]:
             return
         try:
-            state_dir = auth.ensure_state_dir(self["state-dir"])
+            state_dir = self.state_dir = auth.ensure_state_dir(self["state-dir"])
             self.secret_file = state_dir / auth.CLUSTER_SECRET_FILE
             self.secret = auth.read_secret(self.secret_file)
             self.token_file = self["api-token-file"] or str(state_dir / auth.API_TOKEN_FILE)
@@ -118,41 +130,57 @@ def _announce(options: Options, port: IListeningPort) -> None:
     else:
         log.info("API token in {file}", file=options.token_file)
         join = f" --secret-file <a copy of {options.secret_file}>"
-    where = port.getHost()
-    address = f"tcp:{socket.gethostname()}:{where.port}" if hasattr(where, "port") else options["listen"]
     log.info(
         "workers join with: twistd -n pcci-worker --master {address}{join}",
-        address=address,
+        address=join_endpoint(options["listen"], port),
         join=join,
     )
+
+
+def join_endpoint(listen: str, port: IListeningPort) -> str:
+    """The client endpoint a worker on another machine dials to reach C{port}."""
+    where = port.getHost()
+    if not hasattr(where, "port"):
+        return listen  # a unix socket: the same path
+    address = f"{socket.gethostname()}:{where.port}"
+    if listen.split(":", 1)[0] in ("ssl", "tls"):
+        return f"tls:{address}:trustRoots=<directory of your CA certificate>"
+    return f"tcp:{address}"
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
+    daemon.prepare(reactor)
     state = ClusterState(
         reactor,
         retention=options["retention"],
         max_output=options["max-output"],
+        max_output_total=options["max-output-total"],
         max_pools=options["max-pools"],
         history=options["history"],
+        forget_after=options["forget-after"],
+        wall=time.time,
     )
     master = MultiService()
     _StopState(state).setServiceParent(master)
-    workers_port = ListeningService(
-        reactor,
-        serverFromString(reactor, options["listen"]),
-        ConnectionLimit(
-            WorkerPortFactory(
-                state,
-                reactor,
-                options.secret,
-                handshake_timeout=options["handshake-timeout"],
-                max_frame=options["max-frame"],
-            ),
-            options["max-connections"],
+    budget = ConnectionBudget.for_file_limit(daemon.file_limit())
+    worker_limit = ConnectionLimit(
+        WorkerPortFactory(
+            state,
+            reactor,
+            options.secret,
+            handshake_timeout=options["handshake-timeout"],
+            max_frame=options["max-frame"],
+            on_joined=lambda connection: worker_limit.prove(connection.transport),
         ),
+        options["max-connections"],
+        reactor,
+        budget,
         "workers",
+    )
+    workers_port = ListeningService(
+        reactor, serverFromString(reactor, options["listen"]), worker_limit, "workers"
     )
     workers_port.setServiceParent(master)
     workers_port.when_listening().addCallback(lambda port: _announce(options, port))
@@ -164,17 +192,30 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     site = Site(
         api.resource(options.tokens),
-        requestFactory=bounded_request(options["max-body"], options["http-timeout"]),
+        requestFactory=bounded_request(options["max-body"]),
         timeout=options["http-timeout"],
     )
     ListeningService(
         reactor,
         serverFromString(reactor, options["api"]),
-        ConnectionLimit(site, options["max-connections"]),
+        ConnectionLimit(
+            site,
+            options["max-connections"],
+            reactor,
+            budget,
+            "api",
+            receive_timeout=options["http-timeout"],
+        ),
         "the REST API",
     ).setServiceParent(master)
     if options["local-worker"]:
         LocalWorkerService(
-            reactor, workers_port, default_name(), options.secret, options["kill-grace"]
+            reactor,
+            workers_port,
+            default_name(),
+            options.secret,
+            options["kill-grace"],
+            max_jobs=options["max-jobs"],
+            journal=options.state_dir / f"worker-{default_name()}.jobs.json",
         ).setServiceParent(master)
     return master

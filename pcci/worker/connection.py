@@ -3,12 +3,15 @@ The worker's side of the wire protocol: run what the master asks, report back.
 
 A worker's jobs belong to its connection: when the connection drops, the
 master has already failed them, so the worker kills them rather than leave
-processes nobody will hear from.
+processes nobody will hear from.  At most C{max_jobs} run at once; the
+others wait their turn, in order.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -21,8 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pcci.auth import check_proof, new_nonce, proof
-from pcci.worker.health import collect_figures
-from pcci.worker.process import JobProcess
+from pcci.clock import StallWatch
 from pcci.wire import (
     MASTER_MESSAGES,
     MISSED_HEARTBEATS,
@@ -30,10 +32,18 @@ from pcci.wire import (
     FramedJSONProtocol,
     peer_address,
 )
+from pcci.worker.health import collect_figures
+from pcci.worker.journal import JobJournal
+from pcci.worker.process import JobProcess
 
 
 #: Seconds between heartbeats, by default.
 DEFAULT_HEARTBEAT = 5.0
+
+
+def default_max_jobs() -> int:
+    """Jobs a worker runs at once by default: four per CPU."""
+    return 4 * (os.cpu_count() or 1)
 
 
 class JoinFailed(Exception):
@@ -185,7 +195,9 @@ class MasterConnection(FramedJSONProtocol):
         pass
 
     def _heartbeat(self) -> None:
-        silent = self.factory.reactor.seconds() - self._last_frame
+        # Silence while this worker stood still is not the master's.
+        since = self.factory.stall.quiet_since(self._last_frame)
+        silent = self.factory.reactor.seconds() - since
         if silent >= MISSED_HEARTBEATS * self.factory.heartbeat:
             self.log.warn(
                 "master silent for {silent:.1f} s: reconnecting", silent=silent
@@ -195,7 +207,7 @@ class MasterConnection(FramedJSONProtocol):
         if self._collecting:
             return  # the last measurement is still stuck (a hung disk?)
         self._collecting = True
-        d = self.factory.collect(self.factory.disk, len(self.jobs))
+        d = self.factory.collect(self.factory.disk, len(self.factory.jobs))
 
         def send(figures: dict[str, Any]) -> None:
             self.sendMessage("heartbeat", figures=figures)
@@ -217,19 +229,26 @@ class MasterConnection(FramedJSONProtocol):
             self.log.warn("pool {pool} is already running here", pool=pool_id)
             return
         self.log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
+
+        def started(pid: int) -> None:
+            self.factory.job_started(job)
+            self.sendMessage("started", pool=pool_id, pid=pid)
+
         job = JobProcess(
             self.factory.reactor,
             cmd,
-            on_started=lambda pid: self.sendMessage("started", pool=pool_id, pid=pid),
-            on_output=lambda data: self.sendMessage("output", pool=pool_id, data=data),
-            on_ended=lambda status: self._job_ended(pool_id, job, status),
+            on_started=started,
+            on_output=lambda data, stream: self.sendMessage(
+                "output", pool=pool_id, data=data, stream=stream
+            ),
+            on_ended=lambda status, reason: self._job_ended(pool_id, job, status, reason),
             kill_grace=self.factory.kill_grace,
+            marker=f"{self.factory.name}/{pool_id}",
         )
         self.jobs[pool_id] = job
-        self.factory.jobs.add(job)
         if self._paused:
             job.pause()
-        job.start()
+        self.factory.enqueue(job)
 
     def handle_kill(self, message: dict[str, Any]) -> None:
         if not self._handshake_done():
@@ -239,9 +258,14 @@ class MasterConnection(FramedJSONProtocol):
             self.log.info("pool {pool}: killing {cmd}", pool=message["pool"], cmd=job.cmd)
             job.kill()
 
-    def _job_ended(self, pool_id: str, job: JobProcess, status: int) -> None:
+    def _job_ended(
+        self, pool_id: str, job: JobProcess, status: int, reason: str | None
+    ) -> None:
         self.jobs.pop(pool_id, None)
-        self.sendMessage("ended", pool=pool_id, status=status)
+        if reason is None:
+            self.sendMessage("ended", pool=pool_id, status=status)
+        else:
+            self.sendMessage("ended", pool=pool_id, status=status, reason=reason)
         self.factory.job_ended(job)
 
     # IPushProducer, for the transport to the master
@@ -283,6 +307,8 @@ class WorkerFactory(Factory):
         heartbeat: float = DEFAULT_HEARTBEAT,
         disk: str = "/",
         collect: Callable[[str, int], Deferred[dict[str, Any]]] | None = None,
+        max_jobs: int | None = None,
+        journal: JobJournal | None = None,
     ) -> None:
         self.reactor = reactor
         self.name = name
@@ -294,11 +320,22 @@ class WorkerFactory(Factory):
         )
         self.kill_grace = kill_grace
         self.on_dismissed = on_dismissed
-        #: Every job still running, including those of a lost connection
-        #: that are being killed.
+        self.max_jobs = max_jobs or default_max_jobs()
+        self.journal = journal
+        self.stall = StallWatch(reactor)
+        #: Every job started and not ended, including those of a lost
+        #: connection that are being killed.
         self.jobs: set[JobProcess] = set()
+        #: Jobs waiting for a free slot, in the order they came.
+        self.queue: deque[JobProcess] = deque()
         self.connection: MasterConnection | None = None
         self._idle: list[Deferred[None]] = []
+
+    def startFactory(self) -> None:
+        self.stall.start()
+
+    def stopFactory(self) -> None:
+        self.stall.stop()
 
     def dismissed(self, reason: str) -> None:
         self.log.error(
@@ -306,15 +343,38 @@ class WorkerFactory(Factory):
         )
         self.on_dismissed(reason)
 
+    def enqueue(self, job: JobProcess) -> None:
+        """Start C{job} now if a slot is free, else when one frees up."""
+        self.queue.append(job)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        while self.queue and len(self.jobs) < self.max_jobs:
+            job = self.queue.popleft()
+            if job.ended:
+                continue  # cancelled while it waited
+            self.jobs.add(job)
+            job.start()
+
+    def job_started(self, job: JobProcess) -> None:
+        if self.journal is not None and job.pid is not None:
+            self.journal.add(job.pid, job.marker)
+
     def job_ended(self, job: JobProcess) -> None:
         self.jobs.discard(job)
-        if not self.jobs:
+        if self.journal is not None and job.pid is not None:
+            self.journal.remove(job.pid)
+        self._start_queued()
+        if not self.jobs and not self.queue:
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)
 
     def kill_all(self) -> Deferred[None]:
-        """Kill every running job; fire when all have ended."""
+        """Cancel every waiting job, kill every running one; fire when all have ended."""
+        queued, self.queue = list(self.queue), deque()
+        for job in queued:
+            job.cancel()
         if not self.jobs:
             return succeed(None)
         self.log.info("killing {count} running jobs", count=len(self.jobs))

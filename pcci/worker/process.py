@@ -3,8 +3,14 @@ Running one job's command on a worker: spawning, output, and killing its tree.
 
 The L{JobProtocol} only decodes and forwards; L{JobProcess} holds the policy,
 as Buildbot's worker does: the process group, TERM then KILL after a grace
-period, a drain timeout for pipes that a background grandchild keeps open,
-and output batching.
+period, a backup timer if the end never comes, a drain timeout for pipes
+that a background grandchild keeps open, and output batching.
+
+A job is its whole tree: the processes of its group, the leader's
+descendants, and every process carrying its marker in the environment
+(C{PCCI_JOB}), which finds the daemonised ones that the worker, a child
+subreaper on Linux, inherits.  What is left of the tree when the command
+has exited is killed: a job leaves nothing running behind it.
 """
 
 from __future__ import annotations
@@ -19,14 +25,21 @@ from typing import Any, Callable, Iterable
 
 import psutil
 from twisted.internet import process as _process
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pcci.wire import NOT_STARTED, OUTPUT_CHUNK
+from pcci.wire import (
+    END_CANCELLED,
+    END_KILLED,
+    END_NOT_STARTED,
+    NOT_STARTED,
+    OUTPUT_CHUNK,
+)
+from pcci.worker.reaper import MARKER, marked_processes, marker_of, reap_orphans, worker_children
 
 log = Logger()
 
@@ -36,6 +49,24 @@ DRAIN_TIMEOUT = 2.0
 
 #: Seconds to gather output before sending what is there.
 FLUSH_DELAY = 0.02
+
+#: Seconds between looks at whether a finished job's leftovers are gone.
+LEFTOVER_POLL = 0.05
+
+#: Seconds after SIGKILL before a job whose end never came is ended anyway
+#: (a process stuck in the kernel, or pipes held by one).
+BACKUP_TIMEOUT = 10.0
+
+#: The private hooks of Twisted's process support that pcci relies on to
+#: make every job a group leader.  Checked at import: a Twisted that lacks
+#: them would leave jobs in the worker's own group.
+_TWISTED_HOOKS = ("_trySpawnInsteadOfFork", "_setupChild", "_fork")
+for _hook in _TWISTED_HOOKS:
+    if not hasattr(_process.Process, _hook):  # pragma: no cover
+        raise ImportError(
+            f"this Twisted lacks twisted.internet.process.Process.{_hook}: install"
+            " a Twisted version pcci supports (see setup.cfg)"
+        )
 
 
 class _GroupLeaderProcess(_process.Process):
@@ -122,10 +153,11 @@ def exit_status(reason: Failure) -> int:
     return getattr(value, "exitCode", None) or 0
 
 
-def job_processes(leader: int | None, pgid: int) -> list[psutil.Process]:
+def job_processes(leader: int | None, pgid: int, marker: str) -> list[psutil.Process]:
     """
-    Every live process of a job: its process group, and the leader's
-    descendants that left the group.  Reads /proc; run it in a thread.
+    Every live process of a job: its process group, the leader's
+    descendants that left the group, and the worker's descendants that
+    carry the job's C{marker}.  Reads /proc; run it in a thread.
     """
     found: dict[int, psutil.Process] = {}
     if leader is not None:
@@ -142,8 +174,21 @@ def job_processes(leader: int | None, pgid: int) -> list[psutil.Process]:
                 found.setdefault(proc.pid, proc)
         except OSError:
             continue
+    for proc in marked_processes(marker):
+        found.setdefault(proc.pid, proc)
     found.pop(os.getpid(), None)
     return list(found.values())
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in the process group C{pgid}."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class JobProtocol(ProcessProtocol):
@@ -153,10 +198,10 @@ class JobProtocol(ProcessProtocol):
         self.job = job
 
     def outReceived(self, data: bytes) -> None:
-        self.job.output_received(data, stderr=False)
+        self.job.output_received(data, "stdout")
 
     def errReceived(self, data: bytes) -> None:
-        self.job.output_received(data, stderr=True)
+        self.job.output_received(data, "stderr")
 
     def processExited(self, reason: Failure) -> None:
         self.job.process_exited(reason)
@@ -170,9 +215,13 @@ class JobProcess:
     One command run as the leader of its own process group.
 
     Reports through three callbacks: C{on_started(pid)} as soon as the
-    process exists, C{on_output(text)} with chunks of at most
+    process exists, C{on_output(text, stream)} with chunks of at most
     L{OUTPUT_CHUNK} characters (stdout and stderr in arrival order, decoded
-    as UTF-8 with replacement), and C{on_ended(status)} exactly once.
+    as UTF-8 with replacement), and C{on_ended(status, reason)} exactly
+    once, C{reason} saying why when it was not just the command exiting.
+
+    Its standard input is C{stdin}, then closed: a command that reads it
+    never waits for a terminal that is not there.
     """
 
     def __init__(
@@ -181,14 +230,19 @@ class JobProcess:
         cmd: str,
         *,
         on_started: Callable[[int], None],
-        on_output: Callable[[str], None],
-        on_ended: Callable[[int], None],
+        on_output: Callable[[str, str], None],
+        on_ended: Callable[[int, str | None], None],
         kill_grace: float = 5.0,
         env: dict[str, str] | None = None,
+        marker: str = "",
+        stdin: bytes = b"",
         drain_timeout: float = DRAIN_TIMEOUT,
         list_processes: Callable[
-            [int | None, int], Deferred[list[psutil.Process]]
-        ] = lambda leader, pgid: deferToThread(job_processes, leader, pgid),
+            [int | None, int, str], Deferred[list[psutil.Process]]
+        ] = lambda leader, pgid, marker: deferToThread(
+            job_processes, leader, pgid, marker
+        ),
+        has_leftovers: Callable[[int, str], bool] | None = None,
     ) -> None:
         self._reactor = reactor
         self.cmd = cmd
@@ -197,29 +251,40 @@ class JobProcess:
         self._on_ended = on_ended
         self._kill_grace = kill_grace
         self._env = dict(os.environ if env is None else env)
+        self.marker = marker
+        if marker:
+            self._env[MARKER] = marker
+        self._stdin = stdin
         self._drain_timeout = drain_timeout
         self._list_processes = list_processes
+        self._has_leftovers = has_leftovers or leftovers_of
         self._decoders = {
-            False: codecs.getincrementaldecoder("utf-8")(errors="replace"),
-            True: codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            stream: codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for stream in ("stdout", "stderr")
         }
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, str]] = []
         self._pending_size = 0
         self._flush_call: IDelayedCall | None = None
         self._drain_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
+        self._backup_call: IDelayedCall | None = None
+        self._poll_call: IDelayedCall | None = None
         self._transport: Any = None
         self.pid: int | None = None
         self.status: int | None = None
+        self.started = False
         self.exited = False
         self.ended = False
         self.killing = False
+        #: Why this job is being killed, for its end: killed, timed_out.
+        self.kill_reason: str | None = None
         self._paused = False
         #: Processes of this job seen while killing it, by pid.
         self._known: dict[int, psutil.Process] = {}
 
     def start(self) -> None:
         """Spawn the command; a command that cannot start ends with 127."""
+        self.started = True
         try:
             argv = shlex.split(self.cmd)
         except ValueError as e:
@@ -242,6 +307,9 @@ class JobProcess:
         # The child ran setpgid(0, 0) before exec, or died trying: the job
         # leads a process group of its own whose id is its pid.
         self.pid = self._transport.spawned_pid
+        if self._stdin:
+            self._transport.write(self._stdin)
+        self._transport.closeStdin()
         if self._paused:
             self._transport.pauseProducing()
         self._on_started(self.pid)
@@ -249,15 +317,22 @@ class JobProcess:
     def _not_started(self, reason: str) -> None:
         self.ended = True
         self.status = NOT_STARTED
-        self._on_output(f"pcci: {reason}\n")
-        self._on_ended(NOT_STARTED)
+        self._on_output(f"pcci: {reason}\n", "stderr")
+        self._on_ended(NOT_STARTED, END_NOT_STARTED)
+
+    def cancel(self) -> None:
+        """End a job that was never started."""
+        if self.started or self.ended:
+            return
+        self.ended = True
+        self._on_ended(-1, END_CANCELLED)
 
     # Output
 
-    def output_received(self, data: bytes, stderr: bool) -> None:
-        text = self._decoders[stderr].decode(data)
+    def output_received(self, data: bytes, stream: str) -> None:
+        text = self._decoders[stream].decode(data)
         if text:
-            self._pending.append(text)
+            self._pending.append((stream, text))
             self._pending_size += len(text)
         if self._pending_size >= OUTPUT_CHUNK:
             self._flush()
@@ -268,13 +343,18 @@ class JobProcess:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        if not self._pending:
-            return
-        text = "".join(self._pending)
-        self._pending = []
-        self._pending_size = 0
-        for start in range(0, len(text), OUTPUT_CHUNK):
-            self._on_output(text[start : start + OUTPUT_CHUNK])
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        # Consecutive pieces of one stream travel together.
+        runs: list[tuple[str, list[str]]] = []
+        for stream, text in pending:
+            if runs and runs[-1][0] == stream:
+                runs[-1][1].append(text)
+            else:
+                runs.append((stream, [text]))
+        for stream, texts in runs:
+            text = "".join(texts)
+            for start in range(0, len(text), OUTPUT_CHUNK):
+                self._on_output(text[start : start + OUTPUT_CHUNK], stream)
 
     def pause(self) -> None:
         """Stop reading output: the connection to the master is full."""
@@ -301,8 +381,8 @@ class JobProcess:
         self._drain_call = None
         self.output_received(
             b"\npcci: the command exited but a background process still holds"
-            b" its output; output after this point is not collected\n",
-            stderr=True,
+            b" its output: it is killed with the job\n",
+            "stderr",
         )
         for fd in (1, 2):
             self._transport.closeChildFD(fd)
@@ -310,42 +390,100 @@ class JobProcess:
     def process_ended(self, reason: Failure) -> None:
         if self.ended:
             return
-        if self._drain_call is not None and self._drain_call.active():
-            self._drain_call.cancel()
+        self._cancel(self._drain_call)
         self._drain_call = None
-        self.ended = True
         if self.status is None:
             self.status = exit_status(reason)
-        for decoder in self._decoders.values():
+        for stream, decoder in self._decoders.items():
             tail = decoder.decode(b"", final=True)
             if tail:
-                self._pending.append(tail)
+                self._pending.append((stream, tail))
         self._flush()
-        self._on_ended(self.status)
+        if self.killing or not self._has_leftovers(self.pid, self.marker):
+            self._end()
+            return
+        # The command is gone but part of its tree lives on: kill it, and
+        # end the job once it is gone (or its grace is over).
+        self.output_received(
+            b"\npcci: killing the processes the command left running\n", "stderr"
+        )
+        self._flush()
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        self.killing = True
+        self._signal_tree(signal.SIGTERM).addBoth(lambda _: self._watch_leftovers())
+        self._kill_call = self._reactor.callLater(self._kill_grace, self._last_kill)
+
+    def _watch_leftovers(self) -> None:
+        """End the job as soon as the last of its leftovers is gone."""
+        self._poll_call = None
+        if self.ended:
+            return
+        if not self._has_leftovers(self.pid, self.marker):
+            self._end()
+            return
+        self._poll_call = self._reactor.callLater(LEFTOVER_POLL, self._watch_leftovers)
+
+    def _last_kill(self) -> None:
+        self._kill_call = None
+        self._signal_tree(signal.SIGKILL).addBoth(lambda _: self._end())
+
+    def _end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        for call in (self._kill_call, self._backup_call, self._flush_call, self._poll_call):
+            self._cancel(call)
+        self._kill_call = self._backup_call = self._poll_call = None
+        self._flush()
+        self._on_ended(self.status if self.status is not None else -1, self.kill_reason)
 
     # Killing
 
-    def kill(self) -> None:
+    def kill(self, reason: str = END_KILLED) -> None:
         """SIGTERM the whole tree now and SIGKILL whatever is left after the grace."""
-        if self.pid is None or self.killing:
+        if not self.started:
+            self.cancel()
+            return
+        if self.pid is None or self.killing or self.ended:
             return
         self.killing = True
+        self.kill_reason = reason
         self._signal_tree(signal.SIGTERM)
-        self._kill_call = self._reactor.callLater(
-            self._kill_grace, self._signal_tree, signal.SIGKILL
-        )
+        self._kill_call = self._reactor.callLater(self._kill_grace, self._sigkill)
 
-    def _signal_tree(self, signum: int) -> None:
+    def _sigkill(self) -> None:
+        self._kill_call = None
+        self._signal_tree(signal.SIGKILL)
+        # Should the end never come (a process stuck in the kernel), end anyway.
+        self._backup_call = self._reactor.callLater(BACKUP_TIMEOUT, self._give_up)
+
+    def _give_up(self) -> None:
+        self._backup_call = None
+        log.warn(
+            "job {cmd!r} did not end {timeout} s after SIGKILL: ending it anyway",
+            cmd=self.cmd,
+            timeout=BACKUP_TIMEOUT,
+        )
+        if self.status is None:
+            self.status = 128 + signal.SIGKILL
+        if self._transport is not None:
+            for fd in (0, 1, 2):
+                self._transport.closeChildFD(fd)
+        self._end()
+
+    def _signal_tree(self, signum: int) -> Deferred[None]:
         """
         List the job's processes first (the leader's descendants can only be
         found while it lives), then signal them and the group.
         """
-        if signum == signal.SIGKILL:
-            self._kill_call = None
         leader = None if self.exited else self.pid
-        d = self._list_processes(leader, self.pid)
+        assert self.pid is not None
+        d = self._list_processes(leader, self.pid, self.marker)
         d.addCallback(self._signal_found, signum)
         d.addErrback(lambda f: log.failure("cannot list job processes", f))
+        return d
 
     def _signal_found(self, processes: Iterable[psutil.Process], signum: int) -> None:
         for proc in processes:
@@ -361,9 +499,33 @@ class JobProcess:
 
     def stop(self) -> None:
         """Cancel pending timers: the worker is shutting down."""
-        for call in (self._flush_call, self._drain_call, self._kill_call):
-            if call is not None and call.active():
-                call.cancel()
+        for call in (
+            self._flush_call,
+            self._drain_call,
+            self._kill_call,
+            self._backup_call,
+            self._poll_call,
+        ):
+            self._cancel(call)
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+
+def leftovers_of(pgid: int | None, marker: str) -> bool:
+    """
+    Whether a job whose command ended left processes behind: its group still
+    has members, or a child the worker inherited carries its marker.  Cheap
+    enough to ask at every job's end.
+    """
+    reap_orphans()
+    if pgid is not None and pgid != os.getpgrp() and group_alive(pgid):
+        return True
+    if not marker:
+        return False
+    return any(marker_of(pid) == marker for pid in worker_children())
 
 
 def _send(function: Callable[..., Any], *args: Any) -> None:

@@ -5,26 +5,35 @@ backoff forever, and kills its running jobs when it stops.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from pcci.worker.connection import DEFAULT_HEARTBEAT, WorkerFactory
 from pcci.worker.health import start_cpu_sampling
+from pcci.worker.journal import JobJournal, kill_leftovers
+from pcci.worker.reaper import become_subreaper, reap_orphans
 
 log = Logger()
 
 #: Reconnection delays: quick after a blip, at most 30 s apart, forever.
 RETRY_POLICY = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
 
+#: Seconds between reaping the exited processes this worker inherited.
+REAP_INTERVAL = 2.0
+
 
 class WorkerService(MultiService):
     """
-    A worker: keeps a connection to its master, reconnecting with backoff
+    A worker: kills what its last run left behind (from its job journal),
+    then keeps a connection to its master, reconnecting with backoff
     forever, and kills its running jobs when it stops.
     """
 
@@ -38,6 +47,8 @@ class WorkerService(MultiService):
         on_dismissed: Callable[[str], None] | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         disk: str = "/",
+        max_jobs: int | None = None,
+        journal: Path | None = None,
     ) -> None:
         super().__init__()
         self.factory = WorkerFactory(
@@ -48,6 +59,8 @@ class WorkerService(MultiService):
             on_dismissed or self._dismissed,
             heartbeat=heartbeat,
             disk=disk,
+            max_jobs=max_jobs,
+            journal=None if journal is None else JobJournal(journal),
         )
         # A connection counts as made once the master welcomed this worker:
         # failed handshakes back off like failed connects.
@@ -57,9 +70,10 @@ class WorkerService(MultiService):
             retryPolicy=RETRY_POLICY,
             prepareConnection=lambda connection: connection.joined,
         )
-        self.client.setServiceParent(self)
         self.kill_grace = kill_grace
         self.reactor = reactor
+        self._reaper = LoopingCall(reap_orphans)
+        self._reaper.clock = reactor
 
     def _dismissed(self, reason: str) -> None:
         self.client.stopService()
@@ -67,8 +81,25 @@ class WorkerService(MultiService):
     def startService(self) -> None:
         start_cpu_sampling()
         super().startService()
+        if become_subreaper():
+            self._reaper.start(REAP_INTERVAL, now=False)
+        journal = self.factory.journal
+        if journal is None:
+            self._connect()
+            return
+        d = deferToThread(
+            kill_leftovers, journal.path, f"{self.factory.name}/", self.kill_grace
+        )
+        d.addErrback(lambda f: log.failure("cannot clean up after the last run", f))
+        d.addCallback(lambda _: self._connect())
+
+    def _connect(self) -> None:
+        if self.running and self.client.parent is None:
+            self.client.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:
+        if self._reaper.running:
+            self._reaper.stop()
         d = self.factory.kill_all()
         # Never hang shutdown on a process that will not die.
         d.addTimeout(self.kill_grace + 5, self.reactor)

@@ -9,11 +9,11 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
-from pcci import auth
-from pcci.options import seconds
-from pcci.worker.service import WorkerService
-from pcci.wire import HEARTBEAT_RANGE
+from pcci import auth, daemon
+from pcci.options import positive_int, seconds
+from pcci.wire import HEARTBEAT_RANGE, NAME_RULE, VALID_NAME
 from pcci.worker.connection import DEFAULT_HEARTBEAT, default_name
+from pcci.worker.service import WorkerService
 
 
 class Options(usage.Options):
@@ -32,6 +32,8 @@ class Options(usage.Options):
         ["kill-grace", None, 5.0, "Seconds from SIGTERM to SIGKILL when a job is killed.", seconds],
         ["heartbeat", None, DEFAULT_HEARTBEAT, "Seconds between heartbeats (health figures) to the master.", seconds],
         ["disk", None, "/", "The filesystem whose use heartbeats report."],
+        ["max-jobs", None, None, "Jobs run at once; the rest wait in order (default: 4 per CPU).", positive_int],
+        ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where this worker keeps its journal of running jobs."],
     ]
 
     def postOptions(self) -> None:
@@ -40,6 +42,17 @@ class Options(usage.Options):
             raise usage.UsageError(f"--heartbeat is between {low} and {high} seconds")
         if not self["name"]:
             self["name"] = default_name()
+        if not VALID_NAME.match(self["name"]):
+            raise usage.UsageError(
+                f"invalid worker name {self['name']!r}: a name is {NAME_RULE}"
+                + ("" if self["name"] != default_name() else "; choose one with --name")
+            )
+        state_dir = Path(self["state-dir"]).expanduser()
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"cannot use --state-dir {state_dir}: {e}") from None
+        self.journal = state_dir / f"worker-{self['name']}.jobs.json"
         self.secret: bytes | None = None
         if self["no-auth"]:
             return
@@ -62,6 +75,7 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
+    daemon.prepare(reactor)
 
     def dismissed(reason: str) -> None:
         # Another worker holds this name: stop for good instead of flapping.
@@ -76,4 +90,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         on_dismissed=dismissed,
         heartbeat=options["heartbeat"],
         disk=options["disk"],
+        max_jobs=options["max-jobs"],
+        journal=options.journal,
     )

@@ -1,0 +1,124 @@
+"""
+Jobs' output as the master keeps it: per job, capped with its beginning and
+end kept; over all jobs, a budget that bounds the master's memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterator, NamedTuple
+
+#: Output kept per job, by default.
+DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
+
+#: Output kept over all jobs in memory, by default.
+DEFAULT_MAX_OUTPUT_TOTAL = 512 * 1024 * 1024
+
+#: A running job's output is never squeezed below this by the total budget.
+MIN_SQUEEZED = 64 * 1024
+
+
+class Chunk(NamedTuple):
+    """A piece of output, as it arrived."""
+
+    text: str
+    size: int  # bytes of UTF-8
+    stream: str  # "stdout" or "stderr"
+
+
+def utf8_size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+class OutputBuffer:
+    """
+    A job's output, capped at C{limit} bytes of UTF-8.
+
+    Past the cap it keeps the beginning (up to half the cap) and the end,
+    and counts what was dropped between them, so both how a command started
+    and how it ended stay visible.  C{on_resize} hears every change of the
+    bytes held, for the master's total budget.
+    """
+
+    def __init__(
+        self, limit: int, on_resize: Callable[[int], None] = lambda delta: None
+    ) -> None:
+        self.limit = limit
+        self._on_resize = on_resize
+        self._head: list[Chunk] = []
+        self._head_size = 0
+        self._tail: deque[Chunk] = deque()
+        self._tail_size = 0
+        self.dropped = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of output held."""
+        return self._head_size + self._tail_size
+
+    def append(self, text: str, stream: str = "stdout") -> None:
+        before = self.size
+        chunk = Chunk(text, utf8_size(text), stream)
+        if not self._tail and self._head_size + chunk.size <= self.limit // 2:
+            self._head.append(chunk)
+            self._head_size += chunk.size
+        else:
+            self._tail.append(chunk)
+            self._tail_size += chunk.size
+            self._trim_tail()
+        self._on_resize(self.size - before)
+
+    def shrink(self, limit: int) -> None:
+        """Hold at most C{limit} bytes from now on, dropping from the middle."""
+        if limit >= self.limit:
+            return
+        before = self.size
+        self.limit = limit
+        while self._head_size > limit // 2:
+            last = self._head.pop()
+            self._head_size -= last.size
+            self._tail.appendleft(last)
+            self._tail_size += last.size
+        self._trim_tail()
+        self._on_resize(self.size - before)
+
+    def _trim_tail(self) -> None:
+        tail_limit = self.limit - self._head_size
+        while self._tail_size > tail_limit:
+            oldest = self._tail.popleft()
+            excess = self._tail_size - tail_limit
+            self._tail_size -= oldest.size
+            if excess >= oldest.size:
+                self.dropped += oldest.size
+                continue
+            # Keep the end of the oldest piece; drop a cut character whole.
+            kept = oldest.text.encode("utf-8")[excess:].decode("utf-8", "ignore")
+            kept_size = utf8_size(kept)
+            self.dropped += oldest.size - kept_size
+            self._tail.appendleft(Chunk(kept, kept_size, oldest.stream))
+            self._tail_size += kept_size
+
+    def release(self) -> None:
+        """Give the bytes back to the budget: this output is forgotten."""
+        self._on_resize(-self.size)
+        self.dropped += self.size
+        self._head, self._tail = [], deque()
+        self._head_size = self._tail_size = 0
+
+    def marker(self) -> str:
+        return f"\n[pcci: {self.dropped} bytes of output dropped]\n"
+
+    def chunks(self) -> Iterator[Chunk | int]:
+        """The chunks kept in order, with the count of bytes dropped between."""
+        yield from self._head
+        if self.dropped:
+            yield self.dropped
+        yield from self._tail
+
+    def text(self) -> str:
+        marker = self.marker() if self.dropped else ""
+        return (
+            "".join(c.text for c in self._head)
+            + marker
+            + "".join(c.text for c in self._tail)
+        )

@@ -1,0 +1,152 @@
+"""
+The worker's journal of the jobs it runs, kept on disk so that a worker
+that died without cleaning up (SIGKILL, the OOM killer) kills at its next
+start what it had left running.
+
+Each entry is a job's process group with its leader's start time, so a pid
+reused by a stranger is never killed, and the job's marker, which finds the
+processes that left the group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from pcci.worker.reaper import marked_processes
+
+log = Logger()
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write C{text} to C{path} through a temporary file and a rename."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+class JobJournal:
+    """
+    The jobs running now, written to C{path} a moment after each change
+    (in a thread, one write at a time, coalescing changes made meanwhile).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        write: Callable[[Path, str], Deferred[None]] = lambda path, text: deferToThread(
+            write_atomically, path, text
+        ),
+    ) -> None:
+        self.path = path
+        self._write = write
+        self.entries: dict[int, dict[str, Any]] = {}
+        self._writing = False
+        self._dirty = False
+
+    def add(self, pgid: int, marker: str) -> None:
+        self.entries[pgid] = {"pgid": pgid, "started": start_time(pgid), "marker": marker}
+        self._changed()
+
+    def remove(self, pgid: int) -> None:
+        if self.entries.pop(pgid, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        self._dirty = True
+        if not self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._dirty = False
+        self._writing = True
+        text = json.dumps({"jobs": list(self.entries.values())})
+        d = self._write(self.path, text)
+        d.addErrback(
+            lambda f: log.warn(
+                "cannot write the job journal {path}: {why}",
+                path=str(self.path),
+                why=f.getErrorMessage(),
+            )
+        )
+
+        def written(_: Any) -> None:
+            self._writing = False
+            if self._dirty:
+                self._flush()
+
+        d.addBoth(written)
+
+
+def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
+    """
+    Kill what a previous run of this worker left running, as its journal at
+    C{path} and the marker prefix tell: TERM, then KILL after C{grace}.
+    Blocks: run it in a thread, at start.
+
+    @return: how many processes were signalled.
+    """
+    victims: dict[int, psutil.Process] = {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["jobs"]
+    except FileNotFoundError:
+        entries = []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warn("ignoring an unreadable job journal {path}: {why}", path=str(path), why=e)
+        entries = []
+    for entry in entries:
+        try:
+            pgid, started = int(entry["pgid"]), entry.get("started")
+        except (KeyError, TypeError, ValueError):
+            continue
+        now_started = start_time(pgid)
+        if now_started is not None and started is not None and now_started != started:
+            continue  # the pid was reused by a stranger: not ours
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) == pgid:
+                    victims[proc.pid] = proc
+            except OSError:
+                continue
+    for proc in marked_processes(marker_prefix, prefix=True):
+        victims[proc.pid] = proc
+    victims.pop(os.getpid(), None)
+    if victims:
+        log.warn(
+            "killing {count} processes left running by this worker's last run",
+            count=len(victims),
+        )
+    for proc in victims.values():
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    path.unlink(missing_ok=True)
+    return len(victims)

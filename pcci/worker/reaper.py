@@ -1,0 +1,116 @@
+"""
+The worker as the reaper of its jobs' escaped processes.
+
+On Linux the worker makes itself a child subreaper: a process that
+daemonises out of a job (double fork, C{setsid}) is reparented to the worker
+instead of to init, so it can still be found, killed and reaped.  Every
+process of a job carries the job's marker in its environment, which tells
+whose it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+
+import psutil
+from twisted.internet import process as _process
+from twisted.logger import Logger
+
+log = Logger()
+
+#: The environment variable that marks every process of a job.
+MARKER = "PCCI_JOB"
+
+#: prctl(2) option of Linux 3.4 and later.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper; False where that cannot be done."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as e:
+        log.warn("cannot become a child subreaper ({why}): a job's daemonised"
+                 " processes may escape a kill", why=e)
+        return False
+    return True
+
+
+def worker_children() -> list[int]:
+    """The pids of this process's children, read from /proc where it can be."""
+    pids: list[int] = []
+    files = glob.glob(f"/proc/{os.getpid()}/task/*/children")
+    if not files:
+        try:
+            return [child.pid for child in psutil.Process().children()]
+        except psutil.Error:
+            return []
+    for path in files:
+        try:
+            with open(path) as f:
+                pids.extend(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def reap_orphans() -> int:
+    """
+    Reap the children this process inherited and that have exited: the
+    ones Twisted did not spawn, which it never waits for.
+
+    @return: how many were reaped.
+    """
+    reaped = 0
+    known = _process.reapProcessHandlers
+    for pid in worker_children():
+        if pid in known:
+            continue
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        reaped += done == pid
+    return reaped
+
+
+def marker_of(pid: int) -> str | None:
+    """The job marker in a process's environment, if it can be read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return None
+    prefix = MARKER.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode("utf-8", "replace")
+    return None
+
+
+def marked_processes(marker: str, prefix: bool = False) -> list[psutil.Process]:
+    """
+    Live processes of this user whose job marker is C{marker} (or starts
+    with it, with C{prefix}).  Scans /proc: run it in a thread.
+    """
+    if not marker:
+        return []
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        value = marker_of(proc.pid)
+        if value is None:
+            continue
+        if value == marker or (prefix and value.startswith(marker)):
+            found.append(proc)
+    return found
