@@ -14,6 +14,8 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from pcci.files import write_atomically
+
 log = Logger()
 
 API_TOKEN_FILE = "api-token"
@@ -29,7 +31,11 @@ class AuthConfigError(Exception):
 
 
 def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
-    """Create the state directory (mode 0700) and its secrets (0600) if absent."""
+    """
+    Create the state directory (mode 0700) and its secrets (0600) where
+    absent, or empty (a first start that was interrupted).  Secrets are
+    written whole or not at all.
+    """
     state_dir = Path(path).expanduser()
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
@@ -39,11 +45,13 @@ def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
     ):
         file = state_dir / name
         try:
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(make() + "\n")
+            if file.read_text(encoding="utf-8").strip():
+                continue
+        except FileNotFoundError:
+            pass
+        except (OSError, UnicodeDecodeError) as e:
+            raise AuthConfigError(f"cannot read {file}: {e}") from None
+        write_atomically(file, make() + "\n")
         log.info("created {file}", file=str(file))
     return state_dir
 

@@ -54,19 +54,22 @@ class Client:
         return self.result(d)
 
     def result(self, d: Any) -> Any:
-        self.stub.flush()
-        results: list = []
-        d.addBoth(results.append)
-        self.stub.flush()
-        (response,) = results
-        body = self.result_of(response.content())
+        (response,) = self._settle(d)
+        (body,) = self._settle(response.content())
         return response.code, response.headers, json.loads(body)
 
     def result_of(self, d: Any) -> Any:
+        return self._settle(d)[0]
+
+    def _settle(self, d: Any) -> list:
+        """Pump the in-memory connection until C{d} fires (answers may come in pieces)."""
         results: list = []
         d.addBoth(results.append)
-        self.stub.flush()
-        return results[0]
+        for _ in range(10_000):
+            if results:
+                break
+            self.stub.flush()
+        return results
 
     def submit(self, cmd: str = "uname -a", workers: list[str] | None = None) -> str:
         code, _, body = self.request("POST", "/job", {"cmd": cmd, "workers": workers or ["a", "b"]})
@@ -372,3 +375,32 @@ def test_grafana_dashboard_queries_only_exported_metrics(client: Client) -> None
     assert {"pcci_worker_up", "pcci_worker_temperature_celsius", "pcci_worker_cpu_usage_ratio"} <= names
     for name in names:
         assert re.search(rf"^{name}[{{ ]", exported, re.M), name
+
+
+def test_deeply_nested_json_is_a_json_400(client: Client) -> None:
+    code, _, body = client.request("POST", "/job", b"[" * 100_000 + b"]" * 100_000)
+    assert code == 400 and "nested too deeply" in body["message"]
+
+
+def test_a_path_that_is_not_utf8_is_a_json_400(client: Client) -> None:
+    code, headers, body = client.request("GET", "/pool/%ff")
+    assert code == 400 and "UTF-8" in body["message"]
+    assert headers.getRawHeaders("content-type") == ["application/json"]
+
+
+def test_pools_page_newest_first_with_a_next_link(client: Client) -> None:
+    made = []
+    for i in range(5):
+        client.clock.advance(1)
+        made.append(client.submit(f"echo {i}", ["a"]))
+    code, headers, page = client.request("GET", "/pools?limit=2&results=false")
+    assert code == 200 and [p["id"] for p in page] == made[:2:-1][:2] == [made[4], made[3]]
+    assert "result" not in page[0]["jobs"][0] and page[0]["counts"] == {"pending": 1}
+    (link,) = headers.getRawHeaders("link")
+    assert link.endswith('rel="next"') and f"before={made[3]}" in link
+    code, headers, rest = client.request("GET", link[1 : link.index(">")])
+    assert [p["id"] for p in rest] == [made[2], made[1]]
+    code, _, body = client.request("GET", "/pools?limit=0")
+    assert code == 400 and "limit" in body["message"]
+    code, _, body = client.request("GET", "/pools?state=sleepy")
+    assert code == 400 and "state" in body["message"]

@@ -71,3 +71,14 @@ def test_proofs_bind_role_name_and_both_nonces() -> None:
         assert not auth.check_proof(secret, *args, good)
     assert not auth.check_proof(b"x" * 32, "worker", "pi1", "n1", "n2", good)
     assert not auth.check_proof(secret, "worker", "pi1", "n1", "n2", "\udcff")
+
+
+def test_an_empty_secret_from_an_interrupted_start_is_made_anew(tmp_path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / auth.API_TOKEN_FILE).write_text("")
+    (state / auth.CLUSTER_SECRET_FILE).write_text("\n")
+    auth.ensure_state_dir(state)
+    assert len((state / auth.API_TOKEN_FILE).read_text().strip()) >= 32
+    assert len(auth.read_secret(state / auth.CLUSTER_SECRET_FILE)) >= 32
+    assert [p.name for p in state.iterdir() if p.name.startswith(".")] == []

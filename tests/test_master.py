@@ -305,3 +305,49 @@ class TestHeartbeats:
         protocol, transport = connect(state, clock)
         protocol.dataReceived(hello(heartbeat=0))
         assert transport.disconnecting and state.workers == {}
+
+
+def test_a_master_waking_from_a_stall_does_not_blame_its_workers() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.factory.startFactory()  # the stall watch ticks
+    protocol.dataReceived(hello(heartbeat=1))
+    pool = state.submit("sleep 100", ["node1"])
+    clock.pump([0.5] * 4)
+    protocol.dataReceived(encode({"code": "heartbeat", "figures": {}}))
+    clock.advance(20)  # SIGSTOPped: the watchdog and the watch are overdue together
+    assert "node1" in state.workers and pool.status is None
+    clock.pump([0.5] * 5)  # the worker's queued frames are read now
+    protocol.dataReceived(encode({"code": "heartbeat", "figures": {}}))
+    clock.pump([0.5] * 5)
+    assert "node1" in state.workers
+    clock.pump([0.5] * 6)  # then silence is the worker's own
+    assert "node1" not in state.workers
+    assert pool.jobs["node1"].state == "lost"
+
+
+def test_output_keeps_its_stream_and_an_end_its_reason() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    pool = state.submit("x", ["node1"])
+    protocol.dataReceived(
+        encode({"code": "started", "pool": pool.id, "pid": 7})
+        + encode({"code": "output", "pool": pool.id, "data": "err", "stream": "stderr"})
+        + encode({"code": "ended", "pool": pool.id, "status": 124, "reason": "timed_out"})
+    )
+    job = pool.jobs["node1"]
+    assert [(c.text, c.stream) for c in job.output.chunks()] == [("err", "stderr")]
+    assert (job.status, job.state, pool.counts()) == (124, "timed_out", {"timed_out": 1})
+
+
+def test_an_unknown_stream_or_reason_drops_the_connection() -> None:
+    for bad in (
+        {"code": "output", "pool": "p", "data": "x", "stream": "stdin"},
+        {"code": "ended", "pool": "p", "status": 0, "reason": "bored"},
+    ):
+        state, clock = setup()
+        protocol, transport = connect(state, clock)
+        protocol.dataReceived(hello())
+        protocol.dataReceived(encode(bad))
+        assert transport.disconnecting

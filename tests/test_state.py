@@ -252,3 +252,62 @@ def test_records_outlive_connections() -> None:
     assert record.figures["cpu_ratio"] == 0.5
     state.add_worker(FakeLink("a", address="192.0.2.7:9"))
     assert state.records["a"] is record and record.online and record.address == "192.0.2.7:9"
+
+
+def test_total_output_is_bounded_oldest_finished_first() -> None:
+    state, _, _ = cluster("a", max_output=1000, max_output_total=2500)
+    old = state.submit("x", ["a"])
+    state.job_output("a", old.id, "o" * 1000)
+    state.job_ended("a", old.id, 0)
+    running = state.submit("y", ["a"])
+    state.job_output("a", running.id, "r" * 1000)
+    assert state.output_total == 2000
+    state.job_output("a", running.id, "s" * 600)  # a third job's worth arrives
+    newest = state.submit("z", ["a"])
+    state.job_output("a", newest.id, "n" * 1000)
+    assert state.output_total <= 2500
+    assert "1000 bytes of output dropped" in old.jobs["a"].output.text()
+    assert old.id in state.pools  # the pool stays, its output went
+
+
+def test_running_jobs_are_squeezed_when_nothing_else_is_left() -> None:
+    from pcci.master.output import MIN_SQUEEZED
+
+    state, _, _ = cluster("a", "b", max_output=4 * MIN_SQUEEZED, max_output_total=5 * MIN_SQUEEZED)
+    pool = state.submit("x", ["a", "b"])
+    for _ in range(4):
+        state.job_output("a", pool.id, "a" * MIN_SQUEEZED)
+        state.job_output("b", pool.id, "b" * MIN_SQUEEZED)
+    assert state.output_total <= 5 * MIN_SQUEEZED
+    assert all(job.output.text().endswith(job.worker_id * 100) for job in pool.jobs.values())
+
+
+def test_offline_workers_are_forgotten_after_a_while() -> None:
+    state, clock, links = cluster("a", forget_after=100)
+    state.remove_worker(links["a"], "disconnected")
+    clock.advance(99)
+    assert "a" in state.records
+    state.add_worker(FakeLink("a"))  # back in time: the countdown stops
+    state.remove_worker(state.workers["a"], "disconnected")
+    clock.advance(99)
+    assert "a" in state.records
+    clock.advance(1)
+    assert "a" not in state.records
+
+
+def test_pools_listed_newest_first_with_filters_and_paging() -> None:
+    state, clock, _ = cluster("a", "b")
+    made = []
+    for i in range(6):
+        clock.advance(1)
+        pool = state.submit(f"job {i}", ["a"] if i % 2 else ["a", "b"])
+        made.append(pool)
+    state.job_ended("a", made[1].id, 0)
+    state.job_ended("a", made[3].id, 2)
+    ids = lambda pools: [p.id for p in pools]  # noqa: E731
+    assert ids(state.list_pools()) == ids(reversed(made))
+    assert ids(state.list_pools(before=made[3].id)) == ids([made[2], made[1], made[0]])
+    assert ids(state.list_pools(state="ok")) == [made[1].id]
+    assert ids(state.list_pools(state="failed")) == [made[3].id]
+    assert ids(state.list_pools(worker="b")) == ids([made[4], made[2], made[0]])
+    assert ids(state.list_pools(cmd="job 5")) == [made[5].id]

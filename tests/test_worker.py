@@ -225,3 +225,49 @@ def test_a_full_connection_pauses_every_job() -> None:
     assert all(job.paused for job in protocol.jobs.values())
     transport.producer.resumeProducing()
     assert not any(job.paused for job in protocol.jobs.values())
+
+
+class QueuedJob:
+    """Stands for a JobProcess in the factory's queue."""
+
+    def __init__(self, name: str, started: list[str]) -> None:
+        self.name, self._started = name, started
+        self.ended = False
+        self.pid = None
+
+    def start(self) -> None:
+        self._started.append(self.name)
+
+    def cancel(self) -> None:
+        self.ended = True
+
+    def kill(self) -> None:
+        pass
+
+
+def test_at_most_max_jobs_run_and_the_rest_wait_in_order() -> None:
+    factory = WorkerFactory(reactor=Clock(), name="pi1", secret=None, max_jobs=2)
+    started: list[str] = []
+    jobs = [QueuedJob(f"j{i}", started) for i in range(5)]
+    for queued in jobs:
+        factory.enqueue(queued)
+    assert started == ["j0", "j1"]
+    jobs[3].cancel()  # killed while it waited
+    factory.job_ended(jobs[1])
+    assert started == ["j0", "j1", "j2"]
+    factory.job_ended(jobs[0])
+    assert started == ["j0", "j1", "j2", "j4"]
+    assert len(factory.jobs) == 2 and not factory.queue
+
+
+def test_a_queued_job_is_pending_and_a_kill_cancels_it() -> None:
+    factory, protocol, transport = connect(max_jobs=1)
+    factory.jobs.add(QueuedJob("busy", []))  # the only slot is taken
+    frames(transport)
+    protocol.dataReceived(encode({"code": "run", "pool": "p2", "cmd": "sleep 1000"}))
+    assert frames(transport) == []  # pending: not started, nothing to say
+    protocol.dataReceived(encode({"code": "kill", "pool": "p2"}))
+    assert frames(transport) == [
+        {"code": "ended", "pool": "p2", "status": -1, "reason": "cancelled"}
+    ]
+    assert not factory.queue or all(job.ended for job in factory.queue)

@@ -8,9 +8,11 @@ that says what went wrong.  See C{docs/api.md}.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -25,6 +27,7 @@ from pcci.master.guards import TokenGuard
 from pcci.master.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.master.openapi import openapi_document
 from pcci.master.state import ClusterState, Pool, SubmitError, TooManyPools
+from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
 
 log = Logger()
 
@@ -43,6 +46,13 @@ MAX_WORKERS = 1024
 
 #: Longest long poll, in seconds.
 MAX_WAIT = 60.0
+
+#: Pools in one page of C{GET /pools}: by default, and at most.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+#: What C{GET /pools?state=} may ask for.
+POOL_STATES = ("running", "ok", "failed")
 
 
 class APIError(Exception):
@@ -84,6 +94,8 @@ def _read_json(request: IRequest, max_body: int, required: bool = True) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:
         raise APIError(400, f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, "invalid JSON: nested too deeply") from None
 
 
 def _string_list(value: Any, what: str, most: int) -> list[str]:
@@ -96,6 +108,43 @@ def _string_list(value: Any, what: str, most: int) -> list[str]:
     if len(value) > most:
         raise APIError(400, f"{what} names more than {most} workers")
     return value
+
+
+def _pool_pieces(pool: Pool, results: bool = True) -> Iterator[bytes]:
+    """A pool's JSON in pieces: its fields, then one job a piece."""
+    return json_object_pieces(pool.summary(), "jobs", pool.jobs_json(results))
+
+
+def _text_arg(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, f"{name} must be UTF-8 text") from None
+
+
+def _int_arg(request: IRequest, name: str, default: int, low: int, high: int) -> int:
+    text = _text_arg(request, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise APIError(400, f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise APIError(400, f"{name} must be between {low} and {high}")
+    return value
+
+
+def _bool_arg(request: IRequest, name: str, default: bool) -> bool:
+    text = _text_arg(request, name)
+    if text is None:
+        return default
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise APIError(400, f"{name} must be true or false")
+    return text.lower() in ("true", "1")
 
 
 def _wait_seconds(request: IRequest) -> float:
@@ -129,10 +178,7 @@ class MasterAPI:
 
     def resource(self, tokens: list[APIToken] | None) -> IResource:
         """The API as a web resource; with C{tokens}, only for their bearers."""
-        resource = self.app.resource()
-        if tokens is None:
-            return resource
-        return TokenGuard(resource, tokens)
+        return TokenGuard(self.app.resource(), tokens)
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -189,25 +235,51 @@ class MasterAPI:
     def pool_as_list(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         """PCCI 1.x's answer: a list holding the pool."""
         d = self._waited(request, pool_id)
-        return d.addCallback(lambda pool: _json(request, [pool.to_json()]))
+        return d.addCallback(
+            lambda pool: JSONStream(request, json_list_pieces([_pool_pieces(pool)])).start()
+        )
 
     @app.route("/pools/<string:pool_id>", methods=["GET"])
     def pool(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         d = self._waited(request, pool_id)
-        return d.addCallback(lambda pool: _json(request, pool.to_json()))
+        return d.addCallback(lambda pool: JSONStream(request, _pool_pieces(pool)).start())
 
     @app.route("/pools", methods=["GET"])
-    def pools(self, request: IRequest) -> bytes:
-        return _json(request, [pool.to_json() for pool in self.state.pools.values()])
+    def pools(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Pools newest first, a page at a time (C{limit}, then C{before} the
+        last id seen, also given in a C{Link: rel="next"} header), filtered
+        by C{state}, C{worker} and C{cmd}; C{results=false} leaves outputs out.
+        """
+        limit = _int_arg(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        before = _text_arg(request, "before")
+        state = _text_arg(request, "state")
+        if state is not None and state not in POOL_STATES:
+            raise APIError(400, "state must be one of " + ", ".join(POOL_STATES))
+        results = _bool_arg(request, "results", True)
+        found = self.state.list_pools(
+            before, state, _text_arg(request, "worker"), _text_arg(request, "cmd")
+        )
+        page = list(itertools.islice(found, limit + 1))
+        if len(page) > limit:
+            page = page[:limit]
+            query = {
+                k.decode(): v[0].decode("utf-8", "replace")
+                for k, v in request.args.items()
+                if k != b"before"
+            }
+            query["before"] = page[-1].id
+            request.setHeader(
+                b"Link", f'</pools?{urlencode(query)}>; rel="next"'.encode()
+            )
+        pieces = json_list_pieces(_pool_pieces(pool, results) for pool in page)
+        return JSONStream(request, pieces).start()
 
     @app.route("/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
         """Connected workers; with C{?all=true}, also those seen and now offline."""
-        every = request.args.get(b"all", [b"false"])[0].lower()
-        if every not in (b"true", b"false", b"1", b"0"):
-            raise APIError(400, "all must be true or false")
         records = self.state.records.values()
-        if every in (b"false", b"0"):
+        if not _bool_arg(request, "all", False):
             records = [r for r in records if r.online]
         return _json(
             request,

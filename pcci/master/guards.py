@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -78,18 +79,24 @@ class TokenGuard(Resource):
     """
     Lets through the requests that carry a valid C{Authorization: Bearer}
     token: 401 without one, 403 for a read-only token on a write.  Only
-    C{/health} needs no token.
+    C{/health} needs no token.  With C{tokens} None (C{--no-auth}) everyone
+    passes.  A path that is not UTF-8 once unquoted is a JSON 400 here,
+    before the router answers it in HTML.
     """
 
     isLeaf = True
 
-    def __init__(self, wrapped: IResource, tokens: list[APIToken]) -> None:
+    def __init__(self, wrapped: IResource, tokens: list[APIToken] | None) -> None:
         super().__init__()
         self.wrapped = wrapped
         self.tokens = tokens
 
     def render(self, request: IRequest) -> Any:
-        if request.path != b"/health":
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return json_error(request, 400, "the path is not UTF-8 once unquoted")
+        if self.tokens is not None and request.path != b"/health":
             token = self._token(request)
             if token is None:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="pcci"')
@@ -101,6 +108,7 @@ class TokenGuard(Resource):
         return self.wrapped.render(request)
 
     def _token(self, request: IRequest) -> APIToken | None:
+        assert self.tokens is not None
         header = request.getHeader(b"authorization") or b""
         scheme, _, presented = header.partition(b" ")
         if scheme.lower() != b"bearer" or not presented.strip():

@@ -24,15 +24,15 @@ def clean_figures(raw: dict[str, Any]) -> dict[str, float | None]:
 
 class HealthHistory:
     """
-    The last C{size} heartbeats of one worker, in a fixed ring of doubles
-    (None stored as NaN): 200 workers' hour at one-second resolution fits in
-    about 60 MiB.
+    The last C{size} heartbeats of one worker, in a ring of doubles (None
+    stored as NaN) that grows as it fills: 200 workers' hour at one-second
+    resolution fits in about 60 MiB, and a worker seen once costs a row.
     """
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
         self._width = len(FIGURES) + 1  # the time, then the figures
-        self._rows = array("d", [math.nan]) * (self.size * self._width)
+        self._rows = array("d")
         self._next = 0
         self._count = 0
 
@@ -40,18 +40,23 @@ class HealthHistory:
         return self._count
 
     def add(self, when: float, figures: dict[str, float | None]) -> None:
+        row = [when] + [
+            math.nan if figures.get(name) is None else figures[name]  # type: ignore[misc]
+            for name in FIGURES
+        ]
+        if self._count < self.size:
+            self._rows.extend(row)
+            self._count += 1
+            self._next = self._count % self.size
+            return
         start = self._next * self._width
-        self._rows[start] = when
-        for offset, name in enumerate(FIGURES, 1):
-            value = figures.get(name)
-            self._rows[start + offset] = math.nan if value is None else value
+        self._rows[start : start + self._width] = array("d", row)
         self._next = (self._next + 1) % self.size
-        self._count = min(self._count + 1, self.size)
 
     def columns(self) -> dict[str, list[float | None]]:
         """The history oldest first, one list per figure plus C{time}."""
-        first = (self._next - self._count) % self.size
-        order = [(first + i) % self.size for i in range(self._count)]
+        first = self._next if self._count == self.size else 0
+        order = [(first + i) % self._count for i in range(self._count)]
         result: dict[str, list[float | None]] = {}
         for offset, name in enumerate(("time", *FIGURES)):
             column = [self._rows[row * self._width + offset] for row in order]

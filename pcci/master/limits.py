@@ -171,7 +171,9 @@ class ConnectionLimit(WrappingFactory):
         return protocol
 
     def _evict_idle(self) -> bool:
-        """Close the connection of this port idle the longest, if any is."""
+        """Close the API connection idle the longest, if any is."""
+        if self.kind != "api":
+            return False
         idle = [p for p in self.protocols if p.idle and p.counted]
         if not idle:
             return False

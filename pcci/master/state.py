@@ -185,17 +185,24 @@ class Pool:
     def counts(self) -> dict[str, int]:
         return dict(Counter(job.state for job in self.jobs.values()))
 
-    def to_json(self, results: bool = True) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        """The pool's fields but its jobs."""
         return {
             "id": self.id,
             "cmd": self.cmd,
             "status": self.status,
             "state": self.state,
             "counts": self.counts(),
-            "jobs": [job.to_json(results) for job in self.jobs.values()],
             "started_at": rfc3339(self.started_at),
             "ended_at": rfc3339(self.ended_at),
         }
+
+    def jobs_json(self, results: bool = True) -> Iterator[dict[str, Any]]:
+        """The jobs' JSON, one at a time: a job's output can be megabytes."""
+        return (job.to_json(results) for job in self.jobs.values())
+
+    def to_json(self, results: bool = True) -> dict[str, Any]:
+        return {**self.summary(), "jobs": list(self.jobs_json(results))}
 
 
 class ClusterState:

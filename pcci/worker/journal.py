@@ -21,22 +21,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from pcci.files import write_atomically
 from pcci.worker.reaper import marked_processes
 
 log = Logger()
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write C{text} to C{path} through a temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def start_time(pid: int) -> float | None:

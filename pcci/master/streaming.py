@@ -1,0 +1,92 @@
+"""
+Large JSON answers written in pieces, at the pace the client reads them.
+
+Serialising a page of pools with megabytes of output each in one go would
+stall the reactor and hold the whole answer in memory per reader.  A
+L{JSONStream} is a producer paused by the transport while its buffer is
+full, so a slow or stalled reader costs about one piece of memory, and the
+reactor serialises a piece at a time between its other work.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Iterator
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+
+def json_list_pieces(items: Iterable[Iterator[bytes]]) -> Iterator[bytes]:
+    """A JSON list of items, each given as its own pieces, made lazily."""
+    yield b"["
+    first = True
+    for item in items:
+        if not first:
+            yield b","
+        yield from item
+        first = False
+    yield b"]"
+
+
+def json_object_pieces(
+    head: dict[str, Any], key: str, items: Iterable[Any]
+) -> Iterator[bytes]:
+    """
+    A JSON object: C{head}'s fields, then C{key} holding a list of
+    C{items} encoded one a piece.
+    """
+    text = json.dumps(head).encode("utf-8")
+    yield text[:-1] + (b", " if head else b"") + json.dumps(key).encode() + b": ["
+    first = True
+    for item in items:
+        yield (b"" if first else b",") + json.dumps(item).encode("utf-8")
+        first = False
+    yield b"]}"
+
+
+@implementer(IPushProducer)
+class JSONStream:
+    """
+    Writes C{pieces} to C{request} while the transport takes them: the
+    transport pauses this producer once its buffer is full (one piece past
+    64 KiB at most) and resumes it when the client has read it.
+    """
+
+    def __init__(self, request: IRequest, pieces: Iterator[bytes]) -> None:
+        self.request = request
+        self.pieces = pieces
+        self.paused = False
+        self.done: Deferred[bytes] = Deferred(lambda d: self.stopProducing())
+
+    def start(self) -> Deferred[bytes]:
+        """Begin; fires with C{b""} once everything is written (for Klein to finish)."""
+        self.request.setHeader(b"Content-Type", b"application/json")
+        self.request.registerProducer(self, True)
+        self.resumeProducing()
+        return self.done
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and not self.done.called:
+            piece = next(self.pieces, None)
+            if piece is None:
+                self.request.write(b"\n")
+                self._finish()
+                return
+            self.request.write(piece)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.pieces = iter(())
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.done.called:
+            return
+        self.request.unregisterProducer()
+        self.done.callback(b"")

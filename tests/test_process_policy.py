@@ -1,0 +1,76 @@
+"""JobProcess's timers and its end, driven by a Clock (no process spawned)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.internet.defer import succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from pcci.worker.process import BACKUP_TIMEOUT, JobProcess
+
+
+def job(clock: Clock, leftovers: list[bool] | None = None) -> tuple[JobProcess, list]:
+    ended: list = []
+    left = leftovers if leftovers is not None else [False]
+    process = JobProcess(
+        clock,
+        "sleep 100",
+        on_started=lambda pid: None,
+        on_output=lambda text, stream: ended.append(("output", stream, text)),
+        on_ended=lambda status, reason: ended.append((status, reason)),
+        kill_grace=5,
+        list_processes=lambda leader, pgid, marker: succeed([]),
+        has_leftovers=lambda pgid, marker: left.pop(0) if len(left) > 1 else left[0],
+    )
+    # As if spawned: our own group id is never signalled by killpg.
+    process.started, process.pid = True, os.getpgrp()
+    return process, ended
+
+
+def test_a_killed_job_that_ends_leaves_no_timer_behind() -> None:
+    clock = Clock()
+    process, ended = job(clock)
+    process.kill()
+    assert clock.getDelayedCalls()  # the SIGKILL timer
+    process.process_exited(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    process.process_ended(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    assert ended == [(128 + signal.SIGTERM, "killed")]
+    assert clock.getDelayedCalls() == []
+
+
+def test_an_end_that_never_comes_is_given_up_after_sigkill() -> None:
+    clock = Clock()
+    process, ended = job(clock)
+    process.kill("timed_out")
+    clock.advance(5)  # SIGKILL, and the backup timer
+    assert ended == []
+    clock.advance(BACKUP_TIMEOUT)
+    assert ended == [(128 + signal.SIGKILL, "timed_out")]
+    assert clock.getDelayedCalls() == []
+
+
+def test_leftovers_are_killed_and_the_job_ends_when_they_are_gone() -> None:
+    clock = Clock()
+    process, ended = job(clock, leftovers=[True, True, True, False])
+    process.process_exited(Failure(ProcessDone(0)))
+    process.process_ended(Failure(ProcessDone(0)))
+    assert [e for e in ended if e[0] != "output"] == []
+    clock.pump([0.05] * 5)
+    assert ended[-1] == (0, None)  # the command's own status
+    assert any("left running" in e[2] for e in ended if e[0] == "output")
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_cancelled_job_never_starts() -> None:
+    clock = Clock()
+    ended: list = []
+    process = JobProcess(
+        clock, "true", on_started=lambda pid: None, on_output=lambda t, s: None,
+        on_ended=lambda status, reason: ended.append((status, reason)),
+    )
+    process.kill()
+    assert ended == [(-1, "cancelled")] and process.ended
