@@ -125,6 +125,8 @@ class Cluster:
 
     def start_worker(self, name: str, *args: str, wait: bool = True) -> Daemon:
         auth = ["--secret-file", str(self.secret_file)] if self.auth else ["--no-auth"]
+        if "--state-dir" not in args:
+            args = ("--state-dir", str(self.directory / "worker-state"), *args)
         daemon = self._start(
             f"worker-{name}-{len(self.daemons)}", "pcci-worker",
             "--master", f"tcp:127.0.0.1:{self.worker_port}", "--name", name, *auth, *args,
