@@ -104,6 +104,8 @@ def test_worker_with_a_wrong_secret_never_joins(secure: Cluster, tmp_path: Path)
     assert "left during the handshake" in secure.master.log_text()
     assert secure.workers() == ["w1"]
     impostor.stop()
+    for log in (impostor.log_text(), secure.master.log_text()):
+        assert "Traceback" not in log and "Unhandled" not in log
 
 
 def test_worker_refuses_a_master_with_a_wrong_secret(tmp_path: Path) -> None:
@@ -117,6 +119,8 @@ def test_worker_refuses_a_master_with_a_wrong_secret(tmp_path: Path) -> None:
         poll(lambda: "failed to prove it holds the cluster secret" in worker.log_text())
         assert "refusing its commands" in worker.log_text()
         assert rogue.workers() == []
+        worker.stop()
+        assert "Traceback" not in worker.log_text() and "Unhandled" not in worker.log_text()
     finally:
         rogue.stop()
 

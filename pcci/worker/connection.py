@@ -108,6 +108,7 @@ class MasterConnection(FramedJSONProtocol):
             self.joined.errback(JoinFailed("connection closed during the handshake"))
         if self.factory.connection is self:
             self.factory.connection = None
+        self.factory.on_lost(self)
         if self.jobs:
             self.log.warn(
                 "connection to master lost: killing {count} running jobs",
@@ -215,6 +216,11 @@ class MasterConnection(FramedJSONProtocol):
         d.addCallback(send)
         d.addErrback(lambda f: self.log.failure("cannot measure this machine", f))
         d.addBoth(lambda _: setattr(self, "_collecting", False))
+
+    @property
+    def welcomed(self) -> bool:
+        """The master welcomed this worker on this connection."""
+        return self._ready
 
     def _handshake_done(self) -> bool:
         if not self._ready:
@@ -329,6 +335,8 @@ class WorkerFactory(Factory):
         #: Jobs waiting for a free slot, in the order they came.
         self.queue: deque[JobProcess] = deque()
         self.connection: MasterConnection | None = None
+        #: Called with each connection that closes (the dialer redials).
+        self.on_lost: Callable[[MasterConnection], None] = lambda connection: None
         self._idle: list[Deferred[None]] = []
 
     def startFactory(self) -> None:

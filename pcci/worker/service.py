@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from pcci.worker.connection import DEFAULT_HEARTBEAT, WorkerFactory
+from pcci.worker.dialer import MasterDialer
 from pcci.worker.health import start_cpu_sampling
 from pcci.worker.journal import JobJournal, kill_leftovers
 from pcci.worker.reaper import become_subreaper, reap_orphans
@@ -64,12 +65,7 @@ class WorkerService(MultiService):
         )
         # A connection counts as made once the master welcomed this worker:
         # failed handshakes back off like failed connects.
-        self.client = ClientService(
-            endpoint,
-            self.factory,
-            retryPolicy=RETRY_POLICY,
-            prepareConnection=lambda connection: connection.joined,
-        )
+        self.client = MasterDialer(reactor, endpoint, self.factory, RETRY_POLICY)
         self.kill_grace = kill_grace
         self.reactor = reactor
         self._reaper = LoopingCall(reap_orphans)

@@ -1,0 +1,88 @@
+"""
+Dialing the master, for as long as the worker runs.
+
+Like Twisted's C{ClientService}, but a connection counts as made only once
+the master has welcomed the worker, and a connection that closes during the
+handshake is an ordinary failed attempt: it backs off like a failed connect
+and is logged once, by the connection itself.  (C{ClientService} with a
+C{prepareConnection} raises on such a close.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pcci.worker.connection import JoinFailed, MasterConnection, WorkerFactory
+
+log = Logger()
+
+
+class MasterDialer(Service):
+    """Keeps one connection to the master, redialing after C{retry(attempt)} s."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamClientEndpoint,
+        factory: WorkerFactory,
+        retry: Callable[[int], float],
+    ) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.factory = factory
+        self.retry = retry
+        self._failures = 0
+        self._dialing: Deferred[Any] | None = None
+        self._next: IDelayedCall | None = None
+        factory.on_lost = self._lost
+
+    def startService(self) -> None:
+        super().startService()
+        self._dial()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        if self._dialing is not None:
+            self._dialing.cancel()
+
+    def _dial(self) -> None:
+        self._next = None
+        if not self.running:
+            return
+        d = self._dialing = self.endpoint.connect(self.factory)
+        d.addCallback(lambda connection: connection.joined)
+        d.addCallbacks(self._joined, self._failed)
+
+    def _joined(self, connection: MasterConnection) -> None:
+        self._dialing = None
+        self._failures = 0
+
+    def _failed(self, failure: Failure) -> None:
+        self._dialing = None
+        if not self.running:
+            return
+        # A handshake that failed was logged by its connection already.
+        if self._failures == 0 and not failure.check(JoinFailed):
+            log.info("cannot reach the master: {why}", why=failure.getErrorMessage())
+        self._schedule()
+
+    def _lost(self, connection: MasterConnection) -> None:
+        """A welcomed connection closed: dial again (a handshake's own end is a failure)."""
+        if connection.welcomed and self.running and self._dialing is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._next is not None and self._next.active():
+            return
+        delay = self.retry(self._failures)
+        self._failures += 1
+        self._next = self.reactor.callLater(delay, self._dial)

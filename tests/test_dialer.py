@@ -1,0 +1,70 @@
+"""The worker's redialing, with a Clock and endpoints that fail."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+
+from pcci.worker.connection import JoinFailed, WorkerFactory
+from pcci.worker.dialer import MasterDialer
+
+
+class Endpoint:
+    def __init__(self, outcomes: list) -> None:
+        self.outcomes = outcomes
+        self.calls = 0
+
+    def connect(self, factory):
+        self.calls += 1
+        return self.outcomes.pop(0)() if self.outcomes else fail(ConnectionRefusedError())
+
+
+class Joining:
+    """A connection whose handshake ends as told."""
+
+    def __init__(self) -> None:
+        self.joined: Deferred = Deferred()
+        self.welcomed = False
+
+
+def test_failed_attempts_back_off_and_a_welcome_resets_them() -> None:
+    clock = Clock()
+    joining = Joining()
+    endpoint = Endpoint([
+        lambda: fail(ConnectionRefusedError()),
+        lambda: fail(ConnectionRefusedError()),
+        lambda: _fired(joining),
+    ])
+    factory = WorkerFactory(clock, "pi1", None)
+    delays = []
+    dialer = MasterDialer(clock, endpoint, factory, lambda n: delays.append(n) or 2.0 ** n)
+    dialer.startService()
+    assert endpoint.calls == 1 and delays == [0]
+    clock.advance(1)
+    assert endpoint.calls == 2 and delays == [0, 1]
+    clock.advance(2)
+    assert endpoint.calls == 3
+    joining.welcomed = True
+    joining.joined.callback(joining)
+    factory.on_lost(joining)  # the master went away: redial soon, from the start
+    assert delays == [0, 1, 0]
+    dialer.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_handshake_that_fails_is_a_failed_attempt() -> None:
+    clock = Clock()
+    joining = Joining()
+    factory = WorkerFactory(clock, "pi1", None)
+    dialer = MasterDialer(clock, Endpoint([lambda: _fired(joining)]), factory, lambda n: 5.0)
+    dialer.startService()
+    factory.on_lost(joining)  # closed before the welcome: not a redial of its own
+    joining.joined.errback(JoinFailed("wrong secret"))
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [5.0]
+    dialer.stopService()
+
+
+def _fired(value):
+    d = Deferred()
+    d.callback(value)
+    return d
