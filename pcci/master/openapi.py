@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from pcci import __version__
+from pcci.master.state import JOB_STATES
 from pcci.wire import FIGURES
 
 
@@ -22,6 +23,10 @@ def _error(description: str) -> dict[str, Any]:
 
 def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -139,9 +144,18 @@ def openapi_document() -> dict[str, Any]:
             },
             "/pools": {
                 "get": {
-                    "summary": "Every running and retained pool, oldest first",
+                    "summary": "Pools newest first, a page at a time",
+                    "parameters": [
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "pools in the page (100 by default)"),
+                        _query("before", {"type": "string"}, "only pools older than this pool id"),
+                        _query("state", {"type": "string", "enum": ["running", "ok", "failed"]}, "only pools in this state"),
+                        _query("worker", {"type": "string"}, "only pools with a job on this worker"),
+                        _query("cmd", {"type": "string"}, "only pools whose command holds this text"),
+                        _query("results", {"type": "string", "enum": ["true", "false", "1", "0"]}, "false leaves outputs out"),
+                    ],
                     "responses": {
                         "200": _ok({"type": "array", "items": _ref("Pool")}),
+                        "400": _error("a bad parameter value"),
                         "401": _UNAUTHORIZED,
                     },
                 }
@@ -250,6 +264,8 @@ def openapi_document() -> dict[str, Any]:
                         "id": {"type": "string"},
                         "cmd": {"type": "string"},
                         "status": _nullable("integer", enum=[0, 1, None]),
+                        "state": {"type": "string", "enum": ["running", "ok", "failed"]},
+                        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
                         "jobs": {"type": "array", "items": _ref("Job")},
                         "started_at": {"type": "string", "format": "date-time"},
                         "ended_at": _nullable("string", format="date-time"),
@@ -264,13 +280,14 @@ def openapi_document() -> dict[str, Any]:
                         "cmd": {"type": "string"},
                         "pid": _nullable("integer"),
                         "status": _nullable("integer"),
+                        "state": {"type": "string", "enum": list(JOB_STATES)},
                         "result": {"type": "string"},
                         "time_to_calc": _nullable("integer", minimum=0),
-                        "started_at": {"type": "string", "format": "date-time"},
+                        "started_at": _nullable("string", format="date-time"),
                         "ended_at": _nullable("string", format="date-time"),
                     },
                     "required": [
-                        "pool", "worker_id", "cmd", "pid", "status", "result",
+                        "pool", "worker_id", "cmd", "pid", "status", "state",
                         "time_to_calc", "started_at", "ended_at",
                     ],
                 },

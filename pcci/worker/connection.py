@@ -9,6 +9,7 @@ others wait their turn, in order.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections import deque
@@ -249,7 +250,7 @@ class MasterConnection(FramedJSONProtocol):
             ),
             on_ended=lambda status, reason: self._job_ended(pool_id, job, status, reason),
             kill_grace=self.factory.kill_grace,
-            marker=f"{self.factory.name}/{pool_id}",
+            marker=self.factory.marker_prefix + pool_id,
         )
         self.jobs[pool_id] = job
         if self._paused:
@@ -328,6 +329,11 @@ class WorkerFactory(Factory):
         self.on_dismissed = on_dismissed
         self.max_jobs = max_jobs or default_max_jobs()
         self.journal = journal
+        #: What begins the marker of this worker's jobs: its name and where
+        #: its journal is, so two workers never take each other's jobs.
+        where = str(journal.path) if journal is not None else f"pid {os.getpid()}"
+        digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+        self.marker_prefix = f"{name}@{digest}/"
         self.stall = StallWatch(reactor)
         #: Every job started and not ended, including those of a lost
         #: connection that are being killed.

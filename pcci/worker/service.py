@@ -84,7 +84,7 @@ class WorkerService(MultiService):
             self._connect()
             return
         d = deferToThread(
-            kill_leftovers, journal.path, f"{self.factory.name}/", self.kill_grace
+            kill_leftovers, journal.path, self.factory.marker_prefix, self.kill_grace
         )
         d.addErrback(lambda f: log.failure("cannot clean up after the last run", f))
         d.addCallback(lambda _: self._connect())
