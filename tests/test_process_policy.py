@@ -74,3 +74,31 @@ def test_a_cancelled_job_never_starts() -> None:
     )
     process.kill()
     assert ended == [(-1, "cancelled")] and process.ended
+
+
+def test_a_killed_job_waits_for_its_leftovers_through_sigkill() -> None:
+    clock = Clock()
+    signals: list[int] = []
+    ended: list = []
+    process = JobProcess(
+        clock,
+        "sleep 100",
+        on_started=lambda pid: None,
+        on_output=lambda text, stream: None,
+        on_ended=lambda status, reason: ended.append((status, reason)),
+        kill_grace=5,
+        list_processes=lambda leader, pgid, marker: succeed([]),
+        # A leftover that ignores SIGTERM lives until SIGKILL.
+        has_leftovers=lambda pgid, marker: signal.SIGKILL not in signals,
+    )
+    process.started, process.pid = True, os.getpgrp()
+    process._signal_found = lambda found, signum: signals.append(signum)  # type: ignore[method-assign]
+    process.kill()
+    process.process_exited(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    process.process_ended(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    clock.pump([0.05] * 90)
+    assert ended == [] and signals == [signal.SIGTERM]
+    clock.pump([0.05] * 12)
+    assert signals == [signal.SIGTERM, signal.SIGKILL]
+    assert ended == [(128 + signal.SIGTERM, "killed")]
+    assert clock.getDelayedCalls() == []

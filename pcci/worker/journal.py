@@ -11,7 +11,6 @@ processes that left the group.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from pcci.files import write_atomically
-from pcci.worker.reaper import marked_processes
+from pcci.worker.reaper import find_processes
 
 log = Logger()
 
@@ -95,7 +94,6 @@ def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
 
     @return: how many processes were signalled.
     """
-    victims: dict[int, psutil.Process] = {}
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))["jobs"]
     except FileNotFoundError:
@@ -103,6 +101,7 @@ def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warn("ignoring an unreadable job journal {path}: {why}", path=str(path), why=e)
         entries = []
+    pgids = set()
     for entry in entries:
         try:
             pgid, started = int(entry["pgid"]), entry.get("started")
@@ -111,26 +110,19 @@ def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
         now_started = start_time(pgid)
         if now_started is not None and started is not None and now_started != started:
             continue  # the pid was reused by a stranger: not ours
-        for proc in psutil.process_iter():
-            try:
-                if os.getpgid(proc.pid) == pgid:
-                    victims[proc.pid] = proc
-            except OSError:
-                continue
-    for proc in marked_processes(marker_prefix, prefix=True):
-        victims[proc.pid] = proc
-    victims.pop(os.getpid(), None)
+        pgids.add(pgid)
+    victims = find_processes(pgids, marker_prefix, prefix=True)
     if victims:
         log.warn(
             "killing {count} processes left running by this worker's last run",
             count=len(victims),
         )
-    for proc in victims.values():
+    for proc in victims:
         try:
             proc.send_signal(signal.SIGTERM)
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(list(victims.values()), timeout=grace)
+    _, alive = psutil.wait_procs(victims, timeout=grace)
     for proc in alive:
         try:
             proc.kill()

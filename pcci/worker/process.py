@@ -39,7 +39,7 @@ from pcci.wire import (
     NOT_STARTED,
     OUTPUT_CHUNK,
 )
-from pcci.worker.reaper import MARKER, marked_processes, marker_of, reap_orphans, worker_children
+from pcci.worker.reaper import MARKER, find_processes, marker_of, reap_orphans
 
 log = Logger()
 
@@ -168,13 +168,7 @@ def job_processes(leader: int | None, pgid: int, marker: str) -> list[psutil.Pro
                 found[child.pid] = child
         except psutil.Error:
             pass
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                found.setdefault(proc.pid, proc)
-        except OSError:
-            continue
-    for proc in marked_processes(marker):
+    for proc in find_processes({pgid}, marker):
         found.setdefault(proc.pid, proc)
     found.pop(os.getpid(), None)
     return list(found.values())
@@ -399,35 +393,26 @@ class JobProcess:
             if tail:
                 self._pending.append((stream, tail))
         self._flush()
-        if self.killing or not self._has_leftovers(self.pid, self.marker):
-            self._end()
-            return
-        # The command is gone but part of its tree lives on: kill it, and
-        # end the job once it is gone (or its grace is over).
-        self.output_received(
-            b"\npcci: killing the processes the command left running\n", "stderr"
-        )
-        self._flush()
-        self._kill_leftovers()
-
-    def _kill_leftovers(self) -> None:
-        self.killing = True
-        self._signal_tree(signal.SIGTERM).addBoth(lambda _: self._watch_leftovers())
-        self._kill_call = self._reactor.callLater(self._kill_grace, self._last_kill)
+        self._watch_leftovers()
 
     def _watch_leftovers(self) -> None:
-        """End the job as soon as the last of its leftovers is gone."""
+        """
+        The command is gone: end the job as soon as its tree is gone too.
+        What the command left running is killed like a killed job's tree.
+        """
         self._poll_call = None
         if self.ended:
             return
         if not self._has_leftovers(self.pid, self.marker):
             self._end()
             return
+        if not self.killing:
+            self.output_received(
+                b"\npcci: killing the processes the command left running\n", "stderr"
+            )
+            self._flush()
+            self._start_killing(None)
         self._poll_call = self._reactor.callLater(LEFTOVER_POLL, self._watch_leftovers)
-
-    def _last_kill(self) -> None:
-        self._kill_call = None
-        self._signal_tree(signal.SIGKILL).addBoth(lambda _: self._end())
 
     def _end(self) -> None:
         if self.ended:
@@ -448,6 +433,9 @@ class JobProcess:
             return
         if self.pid is None or self.killing or self.ended:
             return
+        self._start_killing(reason)
+
+    def _start_killing(self, reason: str | None) -> None:
         self.killing = True
         self.kill_reason = reason
         self._signal_tree(signal.SIGTERM)
@@ -520,12 +508,10 @@ def leftovers_of(pgid: int | None, marker: str) -> bool:
     has members, or a child the worker inherited carries its marker.  Cheap
     enough to ask at every job's end.
     """
-    reap_orphans()
+    inherited = reap_orphans()
     if pgid is not None and pgid != os.getpgrp() and group_alive(pgid):
         return True
-    if not marker:
-        return False
-    return any(marker_of(pid) == marker for pid in worker_children())
+    return bool(marker) and any(marker_of(pid) == marker for pid in inherited)
 
 
 def _send(function: Callable[..., Any], *args: Any) -> None:

@@ -62,14 +62,14 @@ def worker_children() -> list[int]:
     return pids
 
 
-def reap_orphans() -> int:
+def reap_orphans() -> list[int]:
     """
     Reap the children this process inherited and that have exited: the
     ones Twisted did not spawn, which it never waits for.
 
-    @return: how many were reaped.
+    @return: the inherited children still alive.
     """
-    reaped = 0
+    alive = []
     known = _process.reapProcessHandlers
     for pid in worker_children():
         if pid in known:
@@ -78,8 +78,9 @@ def reap_orphans() -> int:
             done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             continue
-        reaped += done == pid
-    return reaped
+        if done != pid:
+            alive.append(pid)
+    return alive
 
 
 def marker_of(pid: int) -> str | None:
@@ -96,21 +97,24 @@ def marker_of(pid: int) -> str | None:
     return None
 
 
-def marked_processes(marker: str, prefix: bool = False) -> list[psutil.Process]:
+def find_processes(pgids: set[int], marker: str, prefix: bool = False) -> list[psutil.Process]:
     """
-    Live processes of this user whose job marker is C{marker} (or starts
-    with it, with C{prefix}).  Scans /proc: run it in a thread.
+    Live processes, but this one, that are in one of the process groups
+    C{pgids} or whose job marker is C{marker} (or starts with it, with
+    C{prefix}), in one scan of /proc: run it in a thread.
     """
-    if not marker:
-        return []
     found = []
     me = os.getpid()
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
-        value = marker_of(proc.pid)
-        if value is None:
+        try:
+            in_group = os.getpgid(proc.pid) in pgids
+        except OSError:
             continue
-        if value == marker or (prefix and value.startswith(marker)):
+        value = marker_of(proc.pid) if marker and not in_group else None
+        if in_group or (
+            value is not None and (value == marker or (prefix and value.startswith(marker)))
+        ):
             found.append(proc)
     return found
