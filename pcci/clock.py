@@ -61,7 +61,7 @@ class StallWatch:
         self.clock = clock
         self._last_tick = clock.seconds()
         self._woke_at = float("-inf")
-        self._loop = LoopingCall(self._tick)
+        self._loop = LoopingCall(self._notice_stall)
         self._loop.clock = clock
 
     def start(self) -> None:
@@ -72,9 +72,6 @@ class StallWatch:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
-
-    def _tick(self) -> None:
-        self._notice_stall()
 
     def _notice_stall(self) -> None:
         now = self.clock.seconds()

@@ -26,6 +26,19 @@ def json_error(request: IRequest, status: int, message: str) -> bytes:
     return json.dumps({"message": message}).encode("utf-8") + b"\n"
 
 
+def refuse(transport: Any, status: bytes, message: str) -> None:
+    """
+    Answer C{status} with C{{"message": ...}} straight on the connection and
+    close it: for a request refused before the web server has parsed it.
+    """
+    body = json.dumps({"message": message}).encode() + b"\n"
+    transport.write(
+        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body)
+    )
+    transport.loseConnection()
+
+
 def bounded_request(max_body: int) -> type[Request]:
     """
     A request class that refuses, as it arrives, a body over C{max_body}
@@ -64,13 +77,11 @@ def bounded_request(max_body: int) -> type[Request]:
 
         def _too_large(self) -> None:
             self._refused = True
-            body = json.dumps({"message": f"request body over {max_body} bytes"}).encode()
-            body += b"\n"
-            self.channel.transport.write(
-                b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            refuse(
+                self.channel.transport,
+                b"413 Content Too Large",
+                f"request body over {max_body} bytes",
             )
-            self.channel.transport.loseConnection()
 
     return BoundedRequest
 

@@ -15,7 +15,6 @@ ports away from the workers and the people who need them.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
@@ -23,6 +22,8 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+from pcci.master.guards import refuse
 
 log = Logger()
 
@@ -104,16 +105,11 @@ class GuardedConnection(ProtocolWrapper):
 
     def _too_slow(self) -> None:
         self._deadline = None
-        message = (
-            f"the request did not arrive whole within"
-            f" {self.factory.receive_timeout:g} seconds"
+        refuse(
+            self.transport,
+            b"408 Request Timeout",
+            f"the request did not arrive whole within {self.factory.receive_timeout:g} seconds",
         )
-        body = json.dumps({"message": message}).encode() + b"\n"
-        self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
-        self.transport.loseConnection()
 
 
 class ConnectionLimit(WrappingFactory):
