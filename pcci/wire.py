@@ -90,6 +90,33 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
+#: Optional fields of a C{run} message: how the job runs.
+RUN_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "timeout": (int, float),
+    "env": dict,
+    "cwd": str,
+    "stdin": str,
+}
+
+
+def run_options(message: dict[str, Any]) -> dict[str, Any]:
+    """
+    The job options a C{run} message carries, checked.
+
+    @raise ProtocolError: an option of the wrong type.
+    """
+    options = {k: message[k] for k in RUN_OPTIONS if message.get(k) is not None}
+    for key, value in options.items():
+        if not isinstance(value, RUN_OPTIONS[key]) or isinstance(value, bool):
+            raise ProtocolError(f"run option {key!r} of the wrong type")
+    if "timeout" in options and not options["timeout"] > 0:
+        raise ProtocolError("run option 'timeout' must be over 0")
+    env = options.get("env", {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ProtocolError("run option 'env' must map strings to strings")
+    return options
+
+
 class ProtocolError(Exception):
     """A frame that breaks the protocol: the connection that sent it is closed."""
 

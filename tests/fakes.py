@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(eq=False)
@@ -13,12 +14,16 @@ class FakeLink:
     address: str = "192.0.2.1:5000"
     connected_at: float = 0.0
     heartbeat: float = 5.0
+    labels: dict[str, str] = field(default_factory=dict)
     runs: list[tuple[str, str]] = field(default_factory=list)
+    #: The options of each run, in order.
+    options: list[dict[str, Any]] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)
     dismissed: list[str] = field(default_factory=list)
 
-    def run_job(self, pool_id: str, cmd: str) -> None:
+    def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
         self.runs.append((pool_id, cmd))
+        self.options.append(options)
 
     def kill_job(self, pool_id: str) -> None:
         self.kills.append(pool_id)

@@ -45,11 +45,26 @@ def test_a_killed_job_that_ends_leaves_no_timer_behind() -> None:
 def test_an_end_that_never_comes_is_given_up_after_sigkill() -> None:
     clock = Clock()
     process, ended = job(clock)
-    process.kill("timed_out")
+    process.kill()
     clock.advance(5)  # SIGKILL, and the backup timer
     assert ended == []
     clock.advance(BACKUP_TIMEOUT)
-    assert ended == [(128 + signal.SIGKILL, "timed_out")]
+    assert ended == [(128 + signal.SIGKILL, "killed")]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_timeout_kills_the_job_which_ends_with_124() -> None:
+    clock = Clock()
+    process, ended = job(clock)
+    process.timeout = 30
+    process.start_timeout()
+    clock.advance(29.9)
+    assert ended == []
+    clock.advance(0.1)
+    assert ("output", "stderr", "\npcci: timed out after 30 s: killing the job\n") in ended
+    process.process_exited(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    process.process_ended(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    assert ended[-1] == (124, "timed_out")
     assert clock.getDelayedCalls() == []
 
 

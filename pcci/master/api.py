@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shlex
 from typing import Any, Iterator
 from urllib.parse import urlencode
 
@@ -23,11 +22,14 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pcci.auth import APIToken
+from pcci.master.events import EventStream
 from pcci.master.guards import TokenGuard
+from pcci.master.jobspec import SpecError, parse_submission
 from pcci.master.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.master.openapi import openapi_document
 from pcci.master.state import ClusterState, Pool, SubmitError, TooManyPools
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
+from pcci.master.targets import TargetError, resolve, select
 
 log = Logger()
 
@@ -115,6 +117,29 @@ def _pool_pieces(pool: Pool, results: bool = True) -> Iterator[bytes]:
     return json_object_pieces(pool.summary(), "jobs", pool.jobs_json(results))
 
 
+def _submitted_pieces(pool: Pool, message: str) -> Iterator[bytes]:
+    """C{POST /job?wait}'s answer: the usual fields, and the pool."""
+    yield json.dumps({"pool_id": pool.id, "message": message}).encode()[:-1]
+    yield b', "pool": '
+    yield from _pool_pieces(pool)
+    yield b"}"
+
+
+def _last_event_id(request: IRequest) -> int:
+    """Where an event stream resumes: C{Last-Event-ID}, or C{?after=}."""
+    header = request.getHeader(b"last-event-id")
+    text = header.decode("ascii", "replace") if header is not None else _text_arg(request, "after")
+    if text is None or not text.strip():
+        return 0
+    try:
+        after = int(text)
+    except ValueError:
+        raise APIError(400, "Last-Event-ID (or after) must be an event id") from None
+    if after < 0:
+        raise APIError(400, "Last-Event-ID (or after) must be an event id")
+    return after
+
+
 def _text_arg(request: IRequest, name: str) -> str | None:
     values = request.args.get(name.encode())
     if not values:
@@ -196,35 +221,33 @@ class MasterAPI:
         return pool
 
     @app.route("/job", methods=["POST"])
-    def submit(self, request: IRequest) -> bytes:
+    def submit(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """
+        Start a pool on the workers the body selects; with C{?wait=S}, answer
+        once it has ended or S seconds passed, with the pool.
+        """
+        wait = _wait_seconds(request)
         body = _read_json(request, self.max_body)
-        if not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object")
-        cmd = body.get("cmd")
-        if not isinstance(cmd, str) or not cmd.strip():
-            raise APIError(400, "cmd must be a non-empty string")
-        if len(cmd) > self.max_command:
-            raise APIError(400, f"cmd is over {self.max_command} characters")
-        if "\x00" in cmd:
-            raise APIError(400, "cmd cannot hold a NUL character")
         try:
-            cmd.encode("utf-8")
-        except UnicodeEncodeError:
-            raise APIError(400, "cmd must be valid Unicode text (no lone surrogates)") from None
-        try:
-            shlex.split(cmd)
-        except ValueError as e:
-            raise APIError(400, f"cmd cannot be parsed: {e}") from None
-        workers = _string_list(body.get("workers"), "workers", self.max_workers)
-        try:
-            pool = self.state.submit(cmd, workers)
-        except SubmitError as e:
+            asked = parse_submission(body, self.max_command, self.max_workers)
+            workers = select(
+                asked.workers,
+                asked.labels,
+                asked.exclude,
+                self.state.online_labels(),
+                self.max_workers,
+            )
+            pool = self.state.submit(asked.cmd, workers, asked.options, asked.rollout)
+        except (SpecError, TargetError, SubmitError) as e:
             raise APIError(400, str(e)) from None
         except TooManyPools as e:
             raise APIError(503, f"{e}: try again when some have finished") from None
-        return _json(
-            request,
-            {"pool_id": pool.id, "message": f"pool started on {len(pool.jobs)} workers"},
+        message = f"pool started on {len(pool.jobs)} workers"
+        if not request.args.get(b"wait"):
+            return _json(request, {"pool_id": pool.id, "message": message})
+        d = self.state.wait(pool, wait)
+        return d.addCallback(
+            lambda pool: JSONStream(request, _submitted_pieces(pool, message)).start()
         )
 
     def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
@@ -243,6 +266,13 @@ class MasterAPI:
     def pool(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         d = self._waited(request, pool_id)
         return d.addCallback(lambda pool: JSONStream(request, _pool_pieces(pool)).start())
+
+    @app.route("/pools/<string:pool_id>/events", methods=["GET"])
+    def events(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
+        """The pool's events as server-sent events, from C{Last-Event-ID} on."""
+        pool = self._pool(pool_id)
+        after = _last_event_id(request)
+        return EventStream(request, pool, after, self.state.clock, _pool_pieces).start()
 
     @app.route("/pools", methods=["GET"])
     def pools(self, request: IRequest) -> Deferred[bytes]:
@@ -304,16 +334,23 @@ class MasterAPI:
 
     @app.route("/kill/<string:pool_id>", methods=["PUT"])
     def kill(self, request: IRequest, pool_id: str) -> bytes:
-        self._pool(pool_id)
+        """Kill a pool's jobs: all, or those its C{workers} select."""
+        pool = self._pool(pool_id)
         body = _read_json(request, self.max_body, required=False)
-        workers = None
-        if isinstance(body, dict) and body.get("workers") is not None:
-            workers = _string_list(body["workers"], "workers", self.max_workers)
-        elif body is not None and not isinstance(body, dict):
+        if body is not None and not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object")
+        items = body.get("workers") if body else None
         try:
+            workers = None
+            if items is not None:
+                workers = resolve(
+                    _string_list(items, "workers", self.max_workers),
+                    pool.jobs,
+                    self.max_workers,
+                    missing=f"workers not in pool {pool_id}",
+                )
             asked = self.state.kill(pool_id, workers)
-        except SubmitError as e:
+        except (SubmitError, TargetError) as e:
             raise APIError(400, str(e)) from None
         return _json(
             request,

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from pcci.auth import check_proof, new_nonce, proof
 from pcci.clock import StallWatch
+from pcci.labels import check_labels
 from pcci.master.state import ClusterState
 from pcci.wire import (
     END_REASONS,
@@ -30,7 +31,6 @@ HANDSHAKE_TIMEOUT = 10.0
 
 #: Longest nonce accepted from a worker.
 MAX_NONCE = 128
-
 
 class WorkerConnection(FramedJSONProtocol):
     """
@@ -56,6 +56,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.name: str | None = None
         self.address = "?"
         self.heartbeat = 0.0
+        self.labels: dict[str, str] = {}
         self._last_frame = 0.0
         self._watchdog: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
@@ -123,6 +124,11 @@ class WorkerConnection(FramedJSONProtocol):
         low, high = HEARTBEAT_RANGE
         if not low <= message["heartbeat"] <= high:
             self.protocolViolation(f"a heartbeat interval out of [{low}, {high}]")
+            return
+        try:
+            self.labels = check_labels(message.get("labels"))
+        except ValueError as e:
+            self.protocolViolation(str(e))
             return
         self.heartbeat = float(message["heartbeat"])
         self._claimed_name = name
@@ -234,8 +240,8 @@ class WorkerConnection(FramedJSONProtocol):
 
     # Requests from the state (WorkerLink)
 
-    def run_job(self, pool_id: str, cmd: str) -> None:
-        self.sendMessage("run", pool=pool_id, cmd=cmd)
+    def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
+        self.sendMessage("run", pool=pool_id, cmd=cmd, **options)
 
     def kill_job(self, pool_id: str) -> None:
         self.sendMessage("kill", pool=pool_id)

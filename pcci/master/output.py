@@ -5,6 +5,8 @@ end kept; over all jobs, a budget that bounds the master's memory.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import deque
 from typing import Callable, Iterator, NamedTuple
 
@@ -24,6 +26,16 @@ class Chunk(NamedTuple):
     text: str
     size: int  # bytes of UTF-8
     stream: str  # "stdout" or "stderr"
+    #: Its event id within the pool (see L{pcci.master.events}).
+    event: int = 0
+
+
+class Dropped(NamedTuple):
+    """Where output was dropped, and how many bytes."""
+
+    size: int
+    #: The event id of the first piece dropped.
+    event: int
 
 
 def utf8_size(text: str) -> int:
@@ -50,16 +62,21 @@ class OutputBuffer:
         self._tail: deque[Chunk] = deque()
         self._tail_size = 0
         self.dropped = 0
+        self._dropped_event: int | None = None
 
     @property
     def size(self) -> int:
         """Bytes of output held."""
         return self._head_size + self._tail_size
 
-    def append(self, text: str, stream: str = "stdout") -> None:
+    def append(self, text: str, stream: str = "stdout", event: int = 0) -> None:
         before = self.size
-        chunk = Chunk(text, utf8_size(text), stream)
-        if not self._tail and self._head_size + chunk.size <= self.limit // 2:
+        chunk = Chunk(text, utf8_size(text), stream, event)
+        if (
+            not self._tail
+            and not self.dropped
+            and self._head_size + chunk.size <= self.limit // 2
+        ):
             self._head.append(chunk)
             self._head_size += chunk.size
         else:
@@ -88,6 +105,7 @@ class OutputBuffer:
             oldest = self._tail.popleft()
             excess = self._tail_size - tail_limit
             self._tail_size -= oldest.size
+            self._note_drop(oldest.event)
             if excess >= oldest.size:
                 self.dropped += oldest.size
                 continue
@@ -95,11 +113,17 @@ class OutputBuffer:
             kept = oldest.text.encode("utf-8")[excess:].decode("utf-8", "ignore")
             kept_size = utf8_size(kept)
             self.dropped += oldest.size - kept_size
-            self._tail.appendleft(Chunk(kept, kept_size, oldest.stream))
+            self._tail.appendleft(Chunk(kept, kept_size, oldest.stream, oldest.event))
             self._tail_size += kept_size
+
+    def _note_drop(self, event: int) -> None:
+        if self._dropped_event is None or event < self._dropped_event:
+            self._dropped_event = event
 
     def release(self) -> None:
         """Give the bytes back to the budget: this output is forgotten."""
+        for chunk in itertools.islice(itertools.chain(self._head, self._tail), 1):
+            self._note_drop(chunk.event)
         self._on_resize(-self.size)
         self.dropped += self.size
         self._head, self._tail = [], deque()
@@ -108,12 +132,18 @@ class OutputBuffer:
     def marker(self) -> str:
         return f"\n[pcci: {self.dropped} bytes of output dropped]\n"
 
-    def chunks(self) -> Iterator[Chunk | int]:
-        """The chunks kept in order, with the count of bytes dropped between."""
-        yield from self._head
-        if self.dropped:
-            yield self.dropped
-        yield from self._tail
+    def chunks(self, after: int = -1) -> Iterator[Chunk | Dropped]:
+        """
+        The chunks kept in order, with what was dropped between them; with
+        C{after}, only those whose event id is above it.
+        """
+        key = lambda chunk: chunk.event  # noqa: E731
+        start = bisect.bisect_right(self._head, after, key=key)
+        yield from itertools.islice(self._head, start, None)
+        if self.dropped and (self._dropped_event or 0) > after:
+            yield Dropped(self.dropped, self._dropped_event or 0)
+        start = bisect.bisect_right(self._tail, after, key=key)
+        yield from itertools.islice(self._tail, start, None)
 
     def text(self) -> str:
         marker = self.marker() if self.dropped else ""

@@ -21,7 +21,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pcci.ids import UUID7Generator
+from pcci.master.events import Event, output_data
 from pcci.master.history import HealthHistory, clean_figures
+from pcci.master.jobspec import JobOptions, Rollout
 from pcci.master.output import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_OUTPUT_TOTAL,
@@ -59,6 +61,9 @@ NOT_STARTED = "not_started"
 CANCELLED = "cancelled"
 JOB_STATES = (PENDING, RUNNING, OK, FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
 
+#: Exit status of a job that ran out of time, as GNU timeout's.
+STATUS_TIMED_OUT = 124
+
 
 def rfc3339(seconds: float | None) -> str | None:
     """A POSIX time as RFC 3339 UTC with milliseconds, or None."""
@@ -75,8 +80,10 @@ class WorkerLink(Protocol):
     address: str
     #: Seconds between the worker's heartbeats.
     heartbeat: float
+    #: What the worker says of itself: C{os}, C{arch} and its own labels.
+    labels: dict[str, str]
 
-    def run_job(self, pool_id: str, cmd: str) -> None: ...
+    def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None: ...
 
     def kill_job(self, pool_id: str) -> None: ...
 
@@ -101,6 +108,7 @@ class WorkerRecord:
     connected_at: float
     heartbeat: float
     history: HealthHistory
+    labels: dict[str, str] = field(default_factory=dict)
     online: bool = True
     last_seen: float = 0.0
     figures: dict[str, float | None] | None = None
@@ -114,6 +122,7 @@ class WorkerRecord:
             "online": self.online,
             "last_seen": rfc3339(self.last_seen),
             "heartbeat_seconds": self.heartbeat,
+            "labels": self.labels,
             "health": self.figures,
         }
 
@@ -134,7 +143,23 @@ class Job:
     ended_at: float | None = None
     #: Seconds from start to end, on the monotonic clock.
     duration: float | None = None
+    #: Sent to its worker (a rolling pool holds some back).
+    sent: bool = False
+    #: The ids of its C{started} and C{ended} events; 0 until they happen.
+    started_event: int = 0
+    ended_event: int = 0
     _started_clock: float | None = None
+
+    def started_data(self) -> dict[str, Any]:
+        return {"worker": self.worker_id, "pid": self.pid, "at": rfc3339(self.started_at)}
+
+    def ended_data(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker_id,
+            "status": self.status,
+            "state": self.state,
+            "at": rfc3339(self.ended_at),
+        }
 
     def to_json(self, results: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -162,7 +187,18 @@ class Pool:
     started_at: float
     jobs: dict[str, Job] = field(default_factory=dict)
     ended_at: float | None = None
+    options: JobOptions = field(default_factory=JobOptions)
+    rollout: Rollout = field(default_factory=Rollout)
     waiters: list[Deferred[Pool]] = field(default_factory=list)
+    #: Called with each new event (see L{pcci.master.events}).
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)
+    #: The id of the latest event, and of the C{pool} event once it ended.
+    last_event: int = 0
+    end_event: int = 0
+    #: Jobs not yet sent, in order; jobs that ended other than ok.
+    waiting: deque[Job] = field(default_factory=deque)
+    failures: int = 0
+    timers: list[IDelayedCall] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -187,7 +223,7 @@ class Pool:
 
     def summary(self) -> dict[str, Any]:
         """The pool's fields but its jobs."""
-        return {
+        body = {
             "id": self.id,
             "cmd": self.cmd,
             "status": self.status,
@@ -196,6 +232,23 @@ class Pool:
             "started_at": rfc3339(self.started_at),
             "ended_at": rfc3339(self.ended_at),
         }
+        rollout = self.rollout
+        if rollout.batch is not None or rollout.max_failures is not None:
+            body["batch"] = rollout.batch
+            body["batch_wait"] = rollout.batch_wait
+            body["max_failures"] = rollout.max_failures
+        if self.options.timeout is not None:
+            body["timeout"] = self.options.timeout
+        return body
+
+    def event(self, name: str, data: dict[str, Any]) -> Event:
+        """A new event, numbered: record its id, then L{announce} it."""
+        self.last_event += 1
+        return Event(self.last_event, name, data)
+
+    def announce(self, event: Event) -> None:
+        for listener in list(self.listeners):
+            listener(event)
 
     def jobs_json(self, results: bool = True) -> Iterator[dict[str, Any]]:
         """The jobs' JSON, one at a time: a job's output can be megabytes."""
@@ -275,6 +328,7 @@ class ClusterState:
             record = WorkerRecord(link.name, link.address, now, link.heartbeat, HealthHistory(size))
             self.records[link.name] = record
         record.address, record.connected_at = link.address, now
+        record.labels = dict(link.labels)
         record.online, record.last_seen = True, now
         log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
 
@@ -289,7 +343,7 @@ class ClusterState:
         )
         log.info("worker {name} left: {reason}", name=link.name, reason=reason)
         for job in list(self._running.pop(link.name, {}).values()):
-            job.output.append(f"\npcci: job lost: worker {reason}\n", "stderr")
+            self._add_output(job, f"\npcci: job lost: worker {reason}\n", "stderr")
             self._end_job(job, STATUS_LOST, LOST)
 
     def _forget(self, name: str) -> None:
@@ -300,6 +354,10 @@ class ClusterState:
 
     def running_jobs(self, worker: str) -> int:
         return len(self._running.get(worker, ()))
+
+    def online_labels(self) -> dict[str, dict[str, str]]:
+        """The connected workers, each with its labels."""
+        return {name: link.labels for name, link in self.workers.items()}
 
     def heartbeat(self, worker: str, figures: dict[str, Any]) -> None:
         """Keep a worker's latest figures, and add them to its history."""
@@ -313,8 +371,17 @@ class ClusterState:
 
     # Pools
 
-    def submit(self, cmd: str, workers: Iterable[str]) -> Pool:
-        """Start C{cmd} on each named worker, as one pool."""
+    def submit(
+        self,
+        cmd: str,
+        workers: Iterable[str],
+        options: JobOptions | None = None,
+        rollout: Rollout | None = None,
+    ) -> Pool:
+        """
+        Start C{cmd} on each named worker, as one pool: all at once, or as
+        C{rollout} says.
+        """
         names = list(dict.fromkeys(workers))
         if not names:
             raise SubmitError("workers must name at least one worker")
@@ -324,11 +391,17 @@ class ClusterState:
                 "unknown or disconnected workers: " + ", ".join(unknown)
             )
         self._make_room()
-        pool = Pool(id=self._new_id(), cmd=cmd, started_at=self.wall())
+        pool = Pool(
+            id=self._new_id(),
+            cmd=cmd,
+            started_at=self.wall(),
+            options=options or JobOptions(),
+            rollout=rollout or Rollout(),
+        )
         for name in names:
             job = Job(pool.id, name, cmd, OutputBuffer(self.max_output, self._resized))
             pool.jobs[name] = job
-            self._running[name][pool.id] = job
+            pool.waiting.append(job)
         self.pools[pool.id] = pool
         log.info(
             "pool {pool} started on {workers}: {cmd}",
@@ -336,9 +409,59 @@ class ClusterState:
             workers=", ".join(names),
             cmd=cmd,
         )
-        for name in names:
-            self.workers[name].run_job(pool.id, cmd)
+        self._send(pool, pool.rollout.window(len(names)))
         return pool
+
+    def _send(self, pool: Pool, slots: int) -> None:
+        """Send up to C{slots} of C{pool}'s waiting jobs to their workers."""
+        while slots > 0 and pool.waiting:
+            job = pool.waiting.popleft()
+            link = self.workers.get(job.worker_id)
+            if link is None:
+                self._add_output(
+                    job, f"pcci: job lost: worker {job.worker_id} left before its turn\n", "stderr"
+                )
+                self._end_job(job, STATUS_LOST, LOST)
+                continue
+            job.sent = True
+            self._running[job.worker_id][pool.id] = job
+            link.run_job(pool.id, pool.cmd, pool.options.wire())
+            slots -= 1
+
+    def _next_turn(self, pool: Pool, job: Job) -> None:
+        """A job of a rolling pool ended: count failures, start the next job."""
+        if job.state not in (OK, CANCELLED):
+            pool.failures += 1
+        limit = pool.rollout.max_failures
+        if limit is not None and pool.failures >= limit and pool.waiting:
+            log.info(
+                "pool {pool}: {failures} jobs failed: cancelling the rest",
+                pool=pool.id,
+                failures=pool.failures,
+            )
+            self._halt(pool)
+            return
+        if not job.sent or not pool.waiting:
+            return
+        wait = pool.rollout.batch_wait
+        if wait > 0:
+            pool.timers = [t for t in pool.timers if t.active()]
+            pool.timers.append(self.clock.callLater(wait, self._send, pool, 1))
+        else:
+            self._send(pool, 1)
+
+    def _halt(self, pool: Pool) -> None:
+        """No more jobs of C{pool} start: those held back end cancelled, and
+        those sent but not started are called back."""
+        for timer in pool.timers:
+            if timer.active():
+                timer.cancel()
+        waiting, pool.waiting = list(pool.waiting), deque()
+        for job in waiting:
+            self._end_job(job, STATUS_CANCELLED, CANCELLED)
+        for job in pool.jobs.values():
+            if job.sent and job.state == PENDING and job.worker_id in self.workers:
+                self.workers[job.worker_id].kill_job(pool.id)
 
     def _make_room(self) -> None:
         """Drop the oldest finished pool if a new one would exceed C{max_pools}."""
@@ -391,7 +514,12 @@ class ClusterState:
             )
         asked = []
         for name in names:
-            if pool.jobs[name].status is None and name in self.workers:
+            job = pool.jobs[name]
+            if job in pool.waiting:
+                pool.waiting.remove(job)
+                self._end_job(job, STATUS_CANCELLED, CANCELLED)
+                asked.append(name)
+            elif job.status is None and name in self.workers:
                 self.workers[name].kill_job(pool_id)
                 asked.append(name)
         log.info("pool {pool}: kill asked of {workers}", pool=pool_id, workers=asked)
@@ -435,15 +563,25 @@ class ClusterState:
             job.state = RUNNING
             job.started_at = self.wall()
             job._started_clock = self.clock.seconds()
+            pool = self.pools[pool_id]
+            event = pool.event("started", job.started_data())
+            job.started_event = event.id
+            pool.announce(event)
 
     def job_output(
         self, worker: str, pool_id: str, data: str, stream: str = "stdout"
     ) -> None:
         job = self._running.get(worker, {}).get(pool_id)
         if job is not None:
-            job.output.append(data, stream)
-            if self.output_total > self.max_output_total:
-                self._reclaim_output()
+            self._add_output(job, data, stream)
+
+    def _add_output(self, job: Job, text: str, stream: str) -> None:
+        pool = self.pools[job.pool_id]
+        event = pool.event("output", output_data(job, text, stream))
+        job.output.append(text, stream, event.id)
+        pool.announce(event)
+        if self.output_total > self.max_output_total:
+            self._reclaim_output()
 
     def job_ended(
         self, worker: str, pool_id: str, status: int, reason: str | None = None
@@ -457,6 +595,8 @@ class ClusterState:
             state = reason
         if state == END_CANCELLED:
             status = STATUS_CANCELLED
+        elif state == TIMED_OUT:
+            status = STATUS_TIMED_OUT
         self._end_job(job, status, state)
 
     def _end_job(self, job: Job, status: int, state: str) -> None:
@@ -467,10 +607,14 @@ class ClusterState:
             job.started_at, job.duration = job.ended_at, 0.0
         else:
             job.duration = max(0.0, self.clock.seconds() - job._started_clock)
+        pool = self.pools[job.pool_id]
+        event = pool.event("ended", job.ended_data())
+        job.ended_event = event.id
+        pool.announce(event)
         for hook in self.job_end_hooks:
             hook(job)
-        pool = self.pools[job.pool_id]
-        if not pool.finished:
+        self._next_turn(pool, job)
+        if not pool.finished or pool.end_event:
             return
         pool.ended_at = job.ended_at
         log.info(
@@ -482,6 +626,9 @@ class ClusterState:
         self._held.append(pool)
         for pool_hook in self.pool_end_hooks:
             pool_hook(pool)
+        event = pool.event("pool", {})
+        pool.end_event = event.id
+        pool.announce(event)
         waiters, pool.waiters = pool.waiters, []
         for d in waiters:
             d.callback(pool)
@@ -530,7 +677,8 @@ class ClusterState:
 
     def stop(self) -> None:
         """Cancel timers: the master is shutting down."""
-        for call in (*self._expiries.values(), *self._forgets.values()):
+        timers = [t for pool in self.pools.values() for t in pool.timers]
+        for call in (*self._expiries.values(), *self._forgets.values(), *timers):
             if call.active():
                 call.cancel()
         self._expiries.clear()

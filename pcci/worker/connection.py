@@ -26,12 +26,17 @@ from zope.interface import implementer
 
 from pcci.auth import check_proof, new_nonce, proof
 from pcci.clock import StallWatch
+from pcci.labels import default_labels
 from pcci.wire import (
+    END_NOT_STARTED,
     MASTER_MESSAGES,
     MISSED_HEARTBEATS,
+    NOT_STARTED,
     PROTOCOL_VERSION,
     FramedJSONProtocol,
+    ProtocolError,
     peer_address,
+    run_options,
 )
 from pcci.worker.health import collect_figures
 from pcci.worker.journal import JobJournal
@@ -96,6 +101,7 @@ class MasterConnection(FramedJSONProtocol):
             nonce=self._nonce,
             heartbeat=self.factory.heartbeat,
             hostname=socket.gethostname(),
+            labels=self.factory.labels,
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -235,6 +241,13 @@ class MasterConnection(FramedJSONProtocol):
         if pool_id in self.jobs:
             self.log.warn("pool {pool} is already running here", pool=pool_id)
             return
+        try:
+            options = run_options(message)
+        except ProtocolError as e:
+            # The master checks options: this one is broken, the others' jobs are not.
+            self.sendMessage("output", pool=pool_id, data=f"pcci: {e}\n", stream="stderr")
+            self.sendMessage("ended", pool=pool_id, status=NOT_STARTED, reason=END_NOT_STARTED)
+            return
         self.log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
 
         def started(pid: int) -> None:
@@ -251,6 +264,10 @@ class MasterConnection(FramedJSONProtocol):
             on_ended=lambda status, reason: self._job_ended(pool_id, job, status, reason),
             kill_grace=self.factory.kill_grace,
             marker=self.factory.marker_prefix + pool_id,
+            env={**os.environ, **options.get("env", {})},
+            cwd=options.get("cwd"),
+            stdin=options.get("stdin", "").encode("utf-8"),
+            timeout=options.get("timeout"),
         )
         self.jobs[pool_id] = job
         if self._paused:
@@ -316,6 +333,7 @@ class WorkerFactory(Factory):
         collect: Callable[[str, int], Deferred[dict[str, Any]]] | None = None,
         max_jobs: int | None = None,
         journal: JobJournal | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.reactor = reactor
         self.name = name
@@ -328,6 +346,8 @@ class WorkerFactory(Factory):
         self.kill_grace = kill_grace
         self.on_dismissed = on_dismissed
         self.max_jobs = max_jobs or default_max_jobs()
+        #: What this worker says of itself, for targeting.
+        self.labels = default_labels() if labels is None else labels
         self.journal = journal
         #: What begins the marker of this worker's jobs: its name and where
         #: its journal is, so two workers never take each other's jobs.

@@ -36,6 +36,7 @@ from pcci.wire import (
     END_CANCELLED,
     END_KILLED,
     END_NOT_STARTED,
+    END_TIMED_OUT,
     NOT_STARTED,
     OUTPUT_CHUNK,
 )
@@ -52,6 +53,9 @@ FLUSH_DELAY = 0.02
 
 #: Seconds between looks at whether a finished job's leftovers are gone.
 LEFTOVER_POLL = 0.05
+
+#: Exit status of a job killed for running out of time, as GNU timeout's.
+TIMED_OUT = 124
 
 #: Seconds after SIGKILL before a job whose end never came is ended anyway
 #: (a process stuck in the kernel, or pipes held by one).
@@ -215,7 +219,9 @@ class JobProcess:
     once, C{reason} saying why when it was not just the command exiting.
 
     Its standard input is C{stdin}, then closed: a command that reads it
-    never waits for a terminal that is not there.
+    never waits for a terminal that is not there.  It runs in C{cwd} (the
+    worker's own directory by default) and, given a C{timeout}, is killed
+    when it has run that long, ending with status 124.
     """
 
     def __init__(
@@ -230,6 +236,8 @@ class JobProcess:
         env: dict[str, str] | None = None,
         marker: str = "",
         stdin: bytes = b"",
+        cwd: str | None = None,
+        timeout: float | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
         list_processes: Callable[
             [int | None, int, str], Deferred[list[psutil.Process]]
@@ -249,6 +257,9 @@ class JobProcess:
         if marker:
             self._env[MARKER] = marker
         self._stdin = stdin
+        self.cwd = cwd
+        self.timeout = timeout
+        self._timeout_call: IDelayedCall | None = None
         self._drain_timeout = drain_timeout
         self._list_processes = list_processes
         self._has_leftovers = has_leftovers or leftovers_of
@@ -287,13 +298,25 @@ class JobProcess:
         if not argv:
             self._not_started("empty command")
             return
-        executable = shutil.which(argv[0], path=self._env.get("PATH", os.defpath))
+        if self.cwd is not None:
+            why = None
+            if not os.path.isdir(self.cwd):
+                why = "no such directory"
+            elif not os.access(self.cwd, os.X_OK):
+                why = "permission denied"
+            if why is not None:
+                self._not_started(f"cwd {self.cwd}: {why}")
+                return
+        program = argv[0]
+        if self.cwd is not None and "/" in program:
+            program = os.path.join(self.cwd, program)
+        executable = shutil.which(program, path=self._env.get("PATH", os.defpath))
         if executable is None:
             self._not_started(f"{argv[0]}: command not found")
             return
         try:
             self._transport = _GroupLeaderProcess(
-                self._reactor, executable, argv, self._env, None, JobProtocol(self)
+                self._reactor, executable, argv, self._env, self.cwd, JobProtocol(self)
             )
         except OSError as e:
             self._not_started(f"{argv[0]}: cannot start: {e}")
@@ -306,7 +329,23 @@ class JobProcess:
         self._transport.closeStdin()
         if self._paused:
             self._transport.pauseProducing()
+        self.start_timeout()
         self._on_started(self.pid)
+
+    def start_timeout(self) -> None:
+        """From now on the job has C{timeout} seconds to end."""
+        if self.timeout is not None:
+            self._timeout_call = self._reactor.callLater(self.timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timeout_call = None
+        if self.exited or self.killing:
+            return  # it ended in time; only its leftovers are going
+        self.output_received(
+            b"\npcci: timed out after %g s: killing the job\n" % self.timeout, "stderr"
+        )
+        self._flush()
+        self.kill(END_TIMED_OUT)
 
     def _not_started(self, reason: str) -> None:
         self.ended = True
@@ -418,10 +457,18 @@ class JobProcess:
         if self.ended:
             return
         self.ended = True
-        for call in (self._kill_call, self._backup_call, self._flush_call, self._poll_call):
+        for call in (
+            self._kill_call,
+            self._backup_call,
+            self._flush_call,
+            self._poll_call,
+            self._timeout_call,
+        ):
             self._cancel(call)
-        self._kill_call = self._backup_call = self._poll_call = None
+        self._kill_call = self._backup_call = self._poll_call = self._timeout_call = None
         self._flush()
+        if self.kill_reason == END_TIMED_OUT:
+            self.status = TIMED_OUT
         self._on_ended(self.status if self.status is not None else -1, self.kill_reason)
 
     # Killing
@@ -493,6 +540,7 @@ class JobProcess:
             self._kill_call,
             self._backup_call,
             self._poll_call,
+            self._timeout_call,
         ):
             self._cancel(call)
 

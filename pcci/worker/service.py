@@ -50,6 +50,7 @@ class WorkerService(MultiService):
         disk: str = "/",
         max_jobs: int | None = None,
         journal: Path | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.factory = WorkerFactory(
@@ -62,6 +63,7 @@ class WorkerService(MultiService):
             disk=disk,
             max_jobs=max_jobs,
             journal=None if journal is None else JobJournal(journal),
+            labels=labels,
         )
         # A connection counts as made once the master welcomed this worker:
         # failed handshakes back off like failed connects.

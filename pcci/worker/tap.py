@@ -12,6 +12,7 @@ from twisted.python import usage
 from pcci import auth, daemon
 from pcci.options import positive_int, seconds
 from pcci.wire import HEARTBEAT_RANGE, NAME_RULE, VALID_NAME
+from pcci.labels import default_labels, parse_label
 from pcci.worker.connection import DEFAULT_HEARTBEAT, default_name
 from pcci.worker.service import WorkerService
 
@@ -35,6 +36,18 @@ class Options(usage.Options):
         ["max-jobs", None, None, "Jobs run at once; the rest wait in order (default: 4 per CPU).", positive_int],
         ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where this worker keeps its journal of running jobs."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels = default_labels()
+
+    def opt_label(self, text: str) -> None:
+        """A label for targeting, KEY or KEY=VALUE (repeatable); os= and arch= are automatic."""
+        try:
+            key, value = parse_label(text)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self.labels[key] = value
 
     def postOptions(self) -> None:
         low, high = HEARTBEAT_RANGE
@@ -92,4 +105,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         disk=options["disk"],
         max_jobs=options["max-jobs"],
         journal=options.journal,
+        labels=options.labels,
     )

@@ -1,0 +1,172 @@
+"""
+Which workers a request means: names, node sets, globs and labels.
+
+An item of a request's C{workers} (or C{exclude}) is a worker name, a node
+set with numeric ranges in ClusterShell's syntax (C{pi[01-16]},
+C{rack[1-2]-node[01-04]}), or a glob with C{*} or C{?} (C{pi*}).  Names
+and node sets mean exactly those workers, which must be there; a glob
+means whichever of the candidates match it.  ClusterShell's C{NodeSet}
+expands the ranges; this module only counts them first, so a range of a
+billion names is refused before anything is expanded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Iterable, Mapping
+
+from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetParseError
+
+from pcci.labels import has_labels, parse_label
+from pcci.wire import VALID_NAME
+
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_RANGE = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+)(?:\s*/\s*(\d+))?)?\s*\Z")
+
+
+class TargetError(ValueError):
+    """A request whose targets cannot be resolved; its message says why."""
+
+
+def is_glob(item: str) -> bool:
+    return "*" in item or "?" in item
+
+
+def range_size(item: str) -> int:
+    """
+    How many names the node set C{item} stands for, counted without
+    expanding it.
+
+    @raise TargetError: a bracket that is not a list of numbers and ranges.
+    """
+    size = 1
+    for inside in _BRACKETS.findall(item):
+        count = 0
+        for part in inside.split(","):
+            match = _RANGE.match(part)
+            if match is None:
+                raise TargetError(f"{item!r}: [{inside}] is not a list of numeric ranges")
+            low, high, step = match.groups()
+            if high is None:
+                count += 1
+            elif int(high) < int(low):
+                raise TargetError(f"{item!r}: the range {low}-{high} goes backwards")
+            else:
+                count += (int(high) - int(low)) // int(step or 1) + 1
+        size *= count
+    return size
+
+
+def expand(item: str, most: int) -> list[str]:
+    """
+    The names (or globs) a target item stands for, in order.
+
+    @raise TargetError: a malformed item, or one of more than C{most} names.
+    """
+    if "[" not in item and "]" not in item:
+        return [item]
+    if range_size(item) > most:
+        raise TargetError(f"{item!r} stands for more than {most} workers")
+    try:
+        return list(NodeSet(item, resolver=RESOLVER_NOGROUP))
+    except NodeSetParseError as e:
+        raise TargetError(f"{item!r} is not a node set: {e}") from None
+
+
+def resolve(
+    items: Iterable[str],
+    candidates: Iterable[str],
+    most: int,
+    field: str = "workers",
+    missing: str = "unknown or disconnected workers",
+) -> list[str]:
+    """
+    The names C{items} stand for, in the order given, each once.
+
+    Names (plain or from node sets) must be among C{candidates}; globs match
+    the candidates and must match at least one.
+
+    @raise TargetError: naming the missing workers, the globs that matched
+        nobody, or a malformed item.
+    """
+    known = list(candidates)
+    present = set(known)
+    chosen: dict[str, None] = {}
+    absent: list[str] = []
+    for item in items:
+        for name in expand(item, most):
+            if is_glob(name):
+                matched = [c for c in known if fnmatch.fnmatchcase(c, name)]
+                if not matched:
+                    raise TargetError(f"{field}: {name!r} matches no worker")
+                chosen.update(dict.fromkeys(matched))
+            elif name in present:
+                chosen[name] = None
+            elif not VALID_NAME.match(name):
+                raise TargetError(f"{field}: {name!r} is not a worker name")
+            else:
+                absent.append(name)
+        if len(chosen) > most:
+            raise TargetError(f"{field} names more than {most} workers")
+    if absent:
+        raise TargetError(f"{missing}: " + ", ".join(dict.fromkeys(absent)))
+    return list(chosen)
+
+
+def select(
+    workers: list[str] | None,
+    labels: list[str],
+    exclude: list[str],
+    online: Mapping[str, Mapping[str, str]],
+    most: int,
+) -> list[str]:
+    """
+    The workers of a pool request: those C{workers} name (every online one
+    when C{None}), holding all C{labels}, less C{exclude}.
+
+    @param online: the connected workers and their labels.
+    @raise TargetError: when the request is malformed or selects nobody.
+    """
+    for label in labels:
+        try:
+            parse_label(label)
+        except ValueError as e:
+            raise TargetError(str(e)) from None
+    if workers is None:
+        if not labels:
+            raise TargetError("give workers, labels, or both")
+        chosen = list(online)
+    else:
+        chosen = resolve(workers, online, most)
+    if labels:
+        chosen = [name for name in chosen if has_labels(online[name], labels)]
+    if exclude:
+        # Excluding a worker that is not there is no error: it is excluded.
+        out: set[str] = set()
+        for item in exclude:
+            for name in expand(item, most):
+                if is_glob(name):
+                    out.update(n for n in chosen if fnmatch.fnmatchcase(n, name))
+                else:
+                    out.add(name)
+        chosen = [name for name in chosen if name not in out]
+    if not chosen:
+        raise TargetError(_nobody(workers, labels, exclude))
+    if len(chosen) > most:
+        raise TargetError(f"the request selects {len(chosen)} workers, more than {most}")
+    return chosen
+
+
+def _nobody(workers: list[str] | None, labels: list[str], exclude: list[str]) -> str:
+    parts = []
+    if workers is not None:
+        parts.append("workers " + ", ".join(workers))
+    else:
+        parts.append("the online workers")
+    if labels:
+        parts.append("with labels " + ", ".join(labels))
+    if exclude:
+        parts.append("less " + ", ".join(exclude))
+    return "no worker selected: " + " ".join(parts)
+
