@@ -126,6 +126,27 @@ def test_workers(client: Client) -> None:
         ({"cmd": "true", "workers": "a"}, "workers"),
         ({"cmd": "true", "workers": ["a", 3]}, "workers"),
         ({"cmd": "true", "workers": ["a", "ghost"]}, "ghost"),
+        ({"cmd": "true", "workers": ["a"], "timeout": 0}, "timeout"),
+        ({"cmd": "true", "workers": ["a"], "timeout": "5"}, "timeout"),
+        ({"cmd": "true", "workers": ["a"], "timeout": True}, "timeout"),
+        ({"cmd": "true", "workers": ["a"], "env": ["A=1"]}, "env"),
+        ({"cmd": "true", "workers": ["a"], "env": {"A": 1}}, "env: A"),
+        ({"cmd": "true", "workers": ["a"], "env": {"A": "x\x00"}}, "env: A"),
+        ({"cmd": "true", "workers": ["a"], "env": {"1A": "x"}}, "env"),
+        ({"cmd": "true", "workers": ["a"], "cwd": 3}, "cwd"),
+        ({"cmd": "true", "workers": ["a"], "cwd": "/tmp\x00"}, "cwd"),
+        ({"cmd": "true", "workers": ["a"], "stdin": ["x"]}, "stdin"),
+        ({"cmd": "true", "workers": ["a"], "batch": 0}, "batch"),
+        ({"cmd": "true", "workers": ["a"], "batch": "0%"}, "batch"),
+        ({"cmd": "true", "workers": ["a"], "batch": "101%"}, "batch"),
+        ({"cmd": "true", "workers": ["a"], "batch": 1.5}, "batch"),
+        ({"cmd": "true", "workers": ["a"], "batch_wait": -1}, "batch_wait"),
+        ({"cmd": "true", "workers": ["a"], "max_failures": 0}, "max_failures"),
+        ({"cmd": "true", "workers": ["a"], "labels": "gpu"}, "labels"),
+        ({"cmd": "true", "workers": ["a"], "labels": ["a b"]}, "label"),
+        ({"cmd": "true", "workers": ["a"], "exclude": [1]}, "exclude"),
+        ({"cmd": "true", "workers": ["z*"]}, "matches no worker"),
+        ({"cmd": "true", "workers": ["a"], "exclude": ["a"]}, "no worker selected"),
     ],
 )
 def test_bad_submissions_are_400_and_create_nothing(
@@ -183,6 +204,58 @@ def test_kill_all_workers_or_the_named_ones(client: Client) -> None:
     assert body["workers"] == ["a", "b"]
     code, _, body = client.request("PUT", f"/kill/{pool_id}", {"workers": ["zed"]})
     assert code == 400 and "zed" in body["message"]
+
+
+def test_kill_takes_globs_and_node_sets_among_the_pools_workers(client: Client) -> None:
+    pool_id = client.submit("sleep 100")
+    code, _, body = client.request("PUT", f"/kill/{pool_id}", {"workers": ["*"]})
+    assert body["workers"] == ["a", "b"]
+    code, _, body = client.request("PUT", f"/kill/{pool_id}", {"workers": ["c*"]})
+    assert code == 400 and "matches no worker" in body["message"]
+
+
+def test_submit_with_wait_answers_with_the_ended_pool(client: Client) -> None:
+    fired: list = []
+    d = client.stub.post(
+        URL + "/job?wait=30",
+        data=json.dumps({"cmd": "echo hi", "workers": ["a"]}).encode(),
+        headers=client.headers,
+    )
+    d.addCallback(lambda r: fired.append(r) or r)
+    client.stub.flush()
+    assert fired == []
+    (pool_id, _), = client.links["a"].runs
+    client.state.job_started("a", pool_id, 3)
+    client.state.job_output("a", pool_id, "hi\n")
+    client.state.job_ended("a", pool_id, 0)
+    code, _, body = client.result(d)
+    assert code == 200 and body["pool_id"] == pool_id
+    assert body["message"] == "pool started on 1 workers"
+    assert body["pool"]["state"] == "ok" and body["pool"]["jobs"][0]["result"] == "hi\n"
+
+
+def test_submit_with_wait_answers_after_the_wait_if_still_running(client: Client) -> None:
+    d = client.stub.post(
+        URL + "/job?wait=5",
+        data=json.dumps({"cmd": "sleep 9", "workers": ["a"]}).encode(),
+        headers=client.headers,
+    )
+    client.stub.flush()
+    client.clock.advance(5)
+    code, _, body = client.result(d)
+    assert code == 200 and body["pool"]["state"] == "running"
+    assert body["pool"]["jobs"][0]["state"] == "pending"
+
+
+def test_workers_show_their_labels() -> None:
+    client = Client()
+    client.state.remove_worker(client.links["b"], "gone")
+    client.links["b"].labels = {"os": "linux", "gpu": ""}
+    client.state.add_worker(client.links["b"])
+    _, _, body = client.request("GET", "/workers")
+    assert {w["id"]: w["labels"] for w in body} == {"a": {}, "b": {"os": "linux", "gpu": ""}}
+    code, _, answer = client.request("POST", "/job", {"cmd": "true", "labels": ["gpu"]})
+    assert code == 200 and client.links["b"].runs and not client.links["a"].runs
 
 
 def long_poll(client: Client, path: str) -> tuple[list, Any]:

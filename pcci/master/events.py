@@ -113,6 +113,8 @@ class EventStream:
         self.request.setHeader(b"Cache-Control", b"no-cache")
         self.request.setHeader(b"X-Accel-Buffering", b"no")
         self.request.registerProducer(self, True)
+        # A comment first: the client gets the headers before any event.
+        self._write(b": events of pool %s\n\n" % self.pool.id.encode())
         self.pool.listeners.append(self._heard)
         self._arm_keep_alive()
         self._catch_up()

@@ -198,6 +198,8 @@ class Pool:
     #: Jobs not yet sent, in order; jobs that ended other than ok.
     waiting: deque[Job] = field(default_factory=deque)
     failures: int = 0
+    #: It reached C{max_failures}: no more of its jobs start.
+    halted: bool = False
     timers: list[IDelayedCall] = field(default_factory=list)
 
     @property
@@ -433,7 +435,7 @@ class ClusterState:
         if job.state not in (OK, CANCELLED):
             pool.failures += 1
         limit = pool.rollout.max_failures
-        if limit is not None and pool.failures >= limit and pool.waiting:
+        if limit is not None and pool.failures >= limit and not pool.halted:
             log.info(
                 "pool {pool}: {failures} jobs failed: cancelling the rest",
                 pool=pool.id,
@@ -453,6 +455,7 @@ class ClusterState:
     def _halt(self, pool: Pool) -> None:
         """No more jobs of C{pool} start: those held back end cancelled, and
         those sent but not started are called back."""
+        pool.halted = True
         for timer in pool.timers:
             if timer.active():
                 timer.cancel()
