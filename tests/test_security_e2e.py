@@ -294,7 +294,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(tmp_path: Path) 
                 "--checks", "not_a_server_error,status_code_conformance,"
                 "content_type_conformance,response_schema_conformance",
                 "--phases", "examples,coverage,fuzzing",
-                "--max-examples", "100", "--workers", "2", "--request-timeout", "10",
+                # One worker: hypothesis describing lambdas from two threads trips
+                # a CPython 3.11 ast bug (SystemError) now and then.
+                "--max-examples", "100", "--workers", "1", "--request-timeout", "10",
                 "--no-color",
             ],
             capture_output=True, text=True, timeout=300, cwd=tmp_path,

@@ -49,7 +49,13 @@ _WAIT = {
 }
 _UNAUTHORIZED = _error("no token, or not a valid one")
 _FORBIDDEN = _error("a read-only token on a route that changes something")
-_WORKERS_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+_WORKERS_LIST = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1},
+    "minItems": 1,
+    "description": "worker names, node sets (pi[01-16]) or globs (pi*, matching online workers)",
+}
+_STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 
 def _worker_schema(**more: Any) -> dict[str, Any]:
@@ -61,6 +67,7 @@ def _worker_schema(**more: Any) -> dict[str, Any]:
         "online": {"type": "boolean"},
         "last_seen": {"type": "string", "format": "date-time"},
         "heartbeat_seconds": {"type": "number"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "health": {"allOf": [_ref("Health")], "nullable": True},
         **more,
     }
@@ -109,7 +116,14 @@ def openapi_document() -> dict[str, Any]:
             },
             "/job": {
                 "post": {
-                    "summary": "Start a pool: one command on a list of workers",
+                    "summary": "Start a pool: one command on the workers selected",
+                    "parameters": [
+                        _query(
+                            "wait",
+                            {"type": "number", "minimum": 0, "maximum": 60},
+                            "seconds to wait for the pool to end; the answer then holds it",
+                        )
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("PoolRequest")}},
@@ -140,6 +154,31 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "A pool",
                     **pool_route,
                     "responses": {"200": _ok(_ref("Pool")), **pool_route["responses"]},
+                }
+            },
+            "/pools/{pool_id}/events": {
+                "get": {
+                    "summary": "A pool's events as server-sent events: started, output, dropped, ended, pool",
+                    "parameters": [
+                        _POOL_ID,
+                        _query("after", {"type": "integer", "minimum": 0}, "resume after this event id"),
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0},
+                            "description": "resume after this event id (as EventSource sends it)",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the events, until the pool event; see docs/api.md",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "400": _error("a bad event id"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("an unknown or expired pool"),
+                    },
                 }
             },
             "/pools": {
@@ -237,12 +276,31 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {
                         "cmd": {"type": "string", "minLength": 1},
                         "workers": _WORKERS_LIST,
+                        "labels": {**_STRINGS, "description": "key or key=value: every one must be held"},
+                        "exclude": {**_STRINGS, "description": "names, node sets or globs taken out"},
+                        "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "cwd": {"type": "string", "minLength": 1},
+                        "stdin": {"type": "string"},
+                        "batch": {
+                            "oneOf": [
+                                {"type": "integer", "minimum": 1},
+                                {"type": "string", "pattern": "^([1-9][0-9]?|100)%$"},
+                            ]
+                        },
+                        "batch_wait": {"type": "number", "minimum": 0},
+                        "max_failures": {"type": "integer", "minimum": 1},
                     },
-                    "required": ["cmd", "workers"],
+                    "required": ["cmd"],
+                    "description": "workers, labels, or both, select the workers",
                 },
                 "PoolStarted": {
                     "type": "object",
-                    "properties": {"pool_id": {"type": "string"}, "message": {"type": "string"}},
+                    "properties": {
+                        "pool_id": {"type": "string"},
+                        "message": {"type": "string"},
+                        "pool": _ref("Pool"),
+                    },
                     "required": ["pool_id", "message"],
                 },
                 "KillRequest": {
@@ -269,6 +327,10 @@ def openapi_document() -> dict[str, Any]:
                         "jobs": {"type": "array", "items": _ref("Job")},
                         "started_at": {"type": "string", "format": "date-time"},
                         "ended_at": _nullable("string", format="date-time"),
+                        "timeout": {"type": "number"},
+                        "batch": {"oneOf": [{"type": "integer"}, {"type": "string"}], "nullable": True},
+                        "batch_wait": {"type": "number"},
+                        "max_failures": _nullable("integer"),
                     },
                     "required": ["id", "cmd", "status", "jobs", "started_at", "ended_at"],
                 },
