@@ -2,8 +2,9 @@
 Measure pcci on this machine: start a master and two workers on loopback
 and print, from one run:
 
-- the latency of a one-job `true` pool (POST, then GET ?wait) as p50/p95,
-  and as a ratio to a local `subprocess.run(["true"])`;
+- the latency of a one-job `true` pool, in one round trip (POST /job?wait)
+  and in two (POST, then GET ?wait), as p50/p95 and as ratios to a local
+  `subprocess.run(["true"])` measured alongside;
 - pools per second with 20 concurrent clients, checking none is lost;
 - output throughput of `seq 1 2000000` through worker and master;
 - the master's memory (RSS) after all that.
@@ -43,6 +44,12 @@ class Client:
         response = self.connection.getresponse()
         return response.status, json.loads(response.read())
 
+    def run_waiting(self, cmd: str, worker: str) -> dict:
+        """One round trip: POST /job?wait answers with the ended pool."""
+        status, answer = self.call("POST", "/job?wait=60", {"cmd": cmd, "workers": [worker]})
+        assert status == 200, answer
+        return answer["pool"]
+
     def run(self, cmd: str, worker: str) -> dict:
         status, answer = self.call("POST", "/job", {"cmd": cmd, "workers": [worker]})
         assert status == 200, answer
@@ -61,22 +68,26 @@ def percentile(values: list[float], fraction: float) -> float:
 def latency(client: Client, count: int) -> None:
     for _ in range(20):  # warm up both sides
         client.run("true", "w1")
+        client.run_waiting("true", "w1")
         subprocess.run(["true"])
-    pool_times, local_times = [], []
-    for _ in range(count):
-        started = time.perf_counter()
-        subprocess.run(["true"])
-        local_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        pool = client.run("true", "w1")
-        pool_times.append(time.perf_counter() - started)
-        assert pool["status"] == 0
-    local = statistics.median(local_times)
-    p50, p95 = statistics.median(pool_times), percentile(pool_times, 0.95)
-    print(f"latency of a `true` pool on one worker ({count} runs):")
-    print(f"  p50 {p50 * 1000:.2f} ms, p95 {p95 * 1000:.2f} ms")
+    times: dict[str, list[float]] = {"local": [], "one": [], "two": []}
+    ways = {
+        "local": lambda: subprocess.run(["true"]).returncode,
+        "one": lambda: client.run_waiting("true", "w1")["status"],
+        "two": lambda: client.run("true", "w1")["status"],
+    }
+    for _ in range(count):  # interleaved, so noise falls on all three alike
+        for name, way in ways.items():
+            started = time.perf_counter()
+            assert way() == 0
+            times[name].append(time.perf_counter() - started)
+    local = statistics.median(times["local"])
+    print(f"latency of a `true` pool on one worker ({count} runs each):")
     print(f"  local subprocess.run(['true']) p50 {local * 1000:.2f} ms")
-    print(f"  ratio p50 / local p50: {p50 / local:.2f}x")
+    for name, label in (("one", "POST /job?wait"), ("two", "POST, then GET ?wait")):
+        p50, p95 = statistics.median(times[name]), percentile(times[name], 0.95)
+        print(f"  {label}: p50 {p50 * 1000:.2f} ms, p95 {p95 * 1000:.2f} ms,"
+              f" p50 / local p50 {p50 / local:.2f}x")
 
 
 def throughput_of_pools(port: int, token: str, clients: int, per_client: int) -> None:

@@ -117,3 +117,4 @@ def test_a_killed_job_waits_for_its_leftovers_through_sigkill() -> None:
     assert signals == [signal.SIGTERM, signal.SIGKILL]
     assert ended == [(128 + signal.SIGTERM, "killed")]
     assert clock.getDelayedCalls() == []
+

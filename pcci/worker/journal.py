@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import psutil
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -24,6 +25,10 @@ from pcci.files import write_atomically
 from pcci.worker.reaper import find_processes
 
 log = Logger()
+
+#: Seconds from a change to its write: a job that starts and ends within
+#: it costs no write at all.
+WRITE_DELAY = 0.1
 
 
 def start_time(pid: int) -> float | None:
@@ -35,22 +40,27 @@ def start_time(pid: int) -> float | None:
 
 class JobJournal:
     """
-    The jobs running now, written to C{path} a moment after each change
-    (in a thread, one write at a time, coalescing changes made meanwhile).
+    The jobs running now, written to C{path} L{WRITE_DELAY} after a change
+    (in a thread, one write at a time, coalescing changes made meanwhile,
+    and none when nothing changed since the last write).
     """
 
     def __init__(
         self,
         path: Path,
+        clock: IReactorTime,
         write: Callable[[Path, str], Deferred[None]] = lambda path, text: deferToThread(
             write_atomically, path, text
         ),
     ) -> None:
         self.path = path
+        self._clock = clock
         self._write = write
         self.entries: dict[int, dict[str, Any]] = {}
         self._writing = False
         self._dirty = False
+        self._call: IDelayedCall | None = None
+        self._written = json.dumps({"jobs": []})
 
     def add(self, pgid: int, marker: str) -> None:
         self.entries[pgid] = {"pgid": pgid, "started": start_time(pgid), "marker": marker}
@@ -62,26 +72,33 @@ class JobJournal:
 
     def _changed(self) -> None:
         self._dirty = True
-        if not self._writing:
-            self._flush()
+        if not self._writing and self._call is None:
+            self._call = self._clock.callLater(WRITE_DELAY, self._flush)
 
     def _flush(self) -> None:
+        self._call = None
         self._dirty = False
-        self._writing = True
         text = json.dumps({"jobs": list(self.entries.values())})
+        if text == self._written:
+            return
+        self._writing = True
+        self._written = text
         d = self._write(self.path, text)
-        d.addErrback(
-            lambda f: log.warn(
+
+        def failed(failure: Any) -> None:
+            self._written = ""  # unknown: write the next time
+            log.warn(
                 "cannot write the job journal {path}: {why}",
                 path=str(self.path),
-                why=f.getErrorMessage(),
+                why=failure.getErrorMessage(),
             )
-        )
+
+        d.addErrback(failed)
 
         def written(_: Any) -> None:
             self._writing = False
             if self._dirty:
-                self._flush()
+                self._changed()
 
         d.addBoth(written)
 

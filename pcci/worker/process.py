@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import fcntl
+import functools
 import os
 import shlex
 import shutil
@@ -101,18 +102,12 @@ class _GroupLeaderProcess(_process.Process):
             file_actions = _spawn_file_actions(kwargs["fdmap"])
         except (AttributeError, KeyError, TypeError):
             return False  # Twisted's internals changed: fork instead
-        # Restore what this process ignores (SIGPIPE, for one) to the default.
-        ignored = [
-            signum
-            for signum in range(1, signal.NSIG)
-            if signal.getsignal(signum) == signal.SIG_IGN
-        ]
         self.pid = os.posix_spawnp(
             executable,
             args,
             environment,
             file_actions=file_actions,
-            setsigdef=ignored,
+            setsigdef=_ignored_signals(),
             setpgroup=0,
         )
         self.status = -1
@@ -131,6 +126,19 @@ class _GroupLeaderProcess(_process.Process):
             os.setpgid(self.pid, self.pid)
         except OSError:
             pass  # the child already exec'ed, in its group
+
+
+@functools.cache
+def _ignored_signals() -> list[int]:
+    """
+    The signals this process ignores (SIGPIPE, for one), for a job to get
+    back at their default.  Read once: the worker never ignores more later.
+    """
+    return [
+        signum
+        for signum in range(1, signal.NSIG)
+        if signal.getsignal(signum) == signal.SIG_IGN
+    ]
 
 
 def _spawn_file_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import glob
 import os
 import sys
 
@@ -45,21 +44,22 @@ def become_subreaper() -> bool:
 
 
 def worker_children() -> list[int]:
-    """The pids of this process's children, read from /proc where it can be."""
-    pids: list[int] = []
-    files = glob.glob(f"/proc/{os.getpid()}/task/*/children")
-    if not files:
-        try:
-            return [child.pid for child in psutil.Process().children()]
-        except psutil.Error:
-            return []
-    for path in files:
-        try:
-            with open(path) as f:
-                pids.extend(int(pid) for pid in f.read().split())
-        except (OSError, ValueError):
-            continue
-    return pids
+    """
+    The pids of this process's children, read from /proc where it can be.
+
+    Only the main thread's are read: the reactor spawns jobs from it, and
+    Linux gives a subreaper's inherited orphans to its main thread.
+    """
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    try:
+        return [child.pid for child in psutil.Process().children()]
+    except psutil.Error:
+        return []
 
 
 def reap_orphans() -> list[int]:

@@ -62,7 +62,7 @@ class WorkerService(MultiService):
             heartbeat=heartbeat,
             disk=disk,
             max_jobs=max_jobs,
-            journal=None if journal is None else JobJournal(journal),
+            journal=None if journal is None else JobJournal(journal, reactor),
             labels=labels,
         )
         # A connection counts as made once the master welcomed this worker:
