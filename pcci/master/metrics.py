@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pcci.master.state import STATUS_LOST, ClusterState, Job, Pool
+from pcci.master.state import CANCELLED, STATUS_LOST, TIMED_OUT, ClusterState, Job, Pool
 from pcci.wire import NOT_STARTED
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -35,12 +35,20 @@ WORKER_GAUGES = (
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
+#: The outcomes of C{pcci_jobs_total}.
+JOB_OUTCOMES = (
+    "success", "failure", "signaled", "lost", "not_started", "timed_out", "cancelled",
+)
+
+
 def job_outcome(job: Job) -> str:
     status = job.status
     if status == 0:
         return "success"
     if status == STATUS_LOST:
         return "lost"
+    if job.state in (TIMED_OUT, CANCELLED):
+        return job.state
     if status == NOT_STARTED and job.pid is None:
         return "not_started"
     if status is not None and status > 128:
@@ -115,7 +123,7 @@ class MasterMetrics:
         )
         for outcome in ("success", "failure"):
             self.pools.labels(outcome)
-        for outcome in ("success", "failure", "signaled", "lost", "not_started"):
+        for outcome in JOB_OUTCOMES:
             self.jobs.labels(outcome)
         state.job_end_hooks.append(self._job_ended)
         state.pool_end_hooks.append(self._pool_ended)
