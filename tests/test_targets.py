@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pcci.labels import check_labels, has_labels, parse_label
-from pcci.master.targets import TargetError, range_size, resolve, select
+from pcci.master.targets import TargetError, resolve, select
+from pcci.nodes import fold, range_size, select_among
 
 ONLINE = {
     "pi01": {"os": "linux", "arch": "aarch64"},
@@ -120,3 +121,9 @@ def test_labels_parse_check_and_match() -> None:
             check_labels(bad)
     assert has_labels({"gpu": "", "os": "linux"}, ["gpu", "os=linux"])
     assert not has_labels({"gpu": ""}, ["gpu=a100"])
+
+
+def test_names_fold_into_node_sets_for_people() -> None:
+    assert fold(["pi01", "pi02", "pi03", "pi07", "gpu1"]) == "gpu1,pi[01-03,07]"
+    assert fold([]) == ""
+    assert select_among(["pi[01-02]", "g*"], ["pi01", "pi03", "gpu1"]) == ["pi01", "gpu1"]

@@ -2,77 +2,19 @@
 Which workers a request means: names, node sets, globs and labels.
 
 An item of a request's C{workers} (or C{exclude}) is a worker name, a node
-set with numeric ranges in ClusterShell's syntax (C{pi[01-16]},
-C{rack[1-2]-node[01-04]}), or a glob with C{*} or C{?} (C{pi*}).  Names
-and node sets mean exactly those workers, which must be there; a glob
-means whichever of the candidates match it.  ClusterShell's C{NodeSet}
-expands the ranges; this module only counts them first, so a range of a
-billion names is refused before anything is expanded.
+set or a glob (see L{pcci.nodes}).  Names and node sets mean exactly those
+workers, which must be there; a glob means whichever of the candidates
+match it.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import re
 from typing import Iterable, Mapping
 
-from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetParseError
-
 from pcci.labels import has_labels, parse_label
+from pcci.nodes import TargetError, expand, is_glob
 from pcci.wire import VALID_NAME
-
-_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
-_RANGE = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+)(?:\s*/\s*(\d+))?)?\s*\Z")
-
-
-class TargetError(ValueError):
-    """A request whose targets cannot be resolved; its message says why."""
-
-
-def is_glob(item: str) -> bool:
-    return "*" in item or "?" in item
-
-
-def range_size(item: str) -> int:
-    """
-    How many names the node set C{item} stands for, counted without
-    expanding it.
-
-    @raise TargetError: a bracket that is not a list of numbers and ranges.
-    """
-    size = 1
-    for inside in _BRACKETS.findall(item):
-        count = 0
-        for part in inside.split(","):
-            match = _RANGE.match(part)
-            if match is None:
-                raise TargetError(f"{item!r}: [{inside}] is not a list of numeric ranges")
-            low, high, step = match.groups()
-            if high is None:
-                count += 1
-            elif int(high) < int(low):
-                raise TargetError(f"{item!r}: the range {low}-{high} goes backwards")
-            else:
-                count += (int(high) - int(low)) // int(step or 1) + 1
-        size *= count
-    return size
-
-
-def expand(item: str, most: int) -> list[str]:
-    """
-    The names (or globs) a target item stands for, in order.
-
-    @raise TargetError: a malformed item, or one of more than C{most} names.
-    """
-    if "[" not in item and "]" not in item:
-        return [item]
-    if range_size(item) > most:
-        raise TargetError(f"{item!r} stands for more than {most} workers")
-    try:
-        return list(NodeSet(item, resolver=RESOLVER_NOGROUP))
-    except NodeSetParseError as e:
-        raise TargetError(f"{item!r} is not a node set: {e}") from None
-
 
 def resolve(
     items: Iterable[str],

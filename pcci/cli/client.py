@@ -1,0 +1,191 @@
+"""
+The master's REST API, as the command line calls it: treq on the reactor.
+
+Every failure becomes a L{CLIError} carrying one sentence for a person and
+the exit status it means.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+from urllib.parse import quote, urlencode
+
+import treq
+from twisted.web.iweb import IResponse
+
+#: Exit statuses of the command line's own failures.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+class CLIError(Exception):
+    """A failure told in one line, with the exit status it means."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Event:
+    """One server-sent event."""
+
+    __slots__ = ("id", "name", "data")
+
+    def __init__(self, id: int, name: str, data: Any) -> None:
+        self.id, self.name, self.data = id, name, data
+
+
+class EventParser:
+    """Server-sent events from a byte stream fed in any pieces."""
+
+    def __init__(self, on_event: Callable[[Event], None]) -> None:
+        self._on_event = on_event
+        self._buffer = b""
+        self._fields: dict[str, list[str]] = {}
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            if not line:
+                self._dispatch()
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                self._fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
+
+    def _dispatch(self) -> None:
+        fields, self._fields = self._fields, {}
+        if "data" not in fields:
+            return
+        try:
+            event_id = int(fields.get("id", ["0"])[-1])
+        except ValueError:
+            event_id = 0
+        name = fields.get("event", ["message"])[-1]
+        self._on_event(Event(event_id, name, json.loads("\n".join(fields["data"]))))
+
+
+class MasterClient:
+    """
+    Calls to one master at C{url}, with C{token} when there is one.
+
+    @param http: a treq-like client (C{treq}, an C{HTTPClient}, a C{StubTreq}).
+    @param token_source: where the token came from, for the error that
+        says it was refused.
+    """
+
+    def __init__(
+        self, url: str, token: str | None, http: Any = treq, token_source: str = ""
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.http = http
+        self.token_source = token_source
+
+    def _headers(self) -> dict[bytes, list[bytes]]:
+        headers = {b"Content-Type": [b"application/json"]}
+        if self.token:
+            headers[b"Authorization"] = [b"Bearer " + self.token.encode()]
+        return headers
+
+    async def _request(self, method: str, path: str, body: Any = None, **kw: Any) -> IResponse:
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            return await self.http.request(
+                method, self.url + path, data=data, headers=self._headers(), **kw
+            )
+        except Exception as e:
+            raise CLIError(
+                f"cannot connect to the master at {self.url}: {_reason(e)}."
+                " Is it running? (set the address with --url or PCCI_URL)",
+                EXIT_UNREACHABLE,
+            ) from None
+
+    async def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        """One request; its JSON answer, or a L{CLIError}."""
+        if query:
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        response = await self._request(method, path, body)
+        try:
+            text = await response.content()
+        except Exception as e:
+            raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = None
+        self._check(response.code, answer)
+        return answer
+
+    def _check(self, code: int, answer: Any) -> None:
+        if code < 400:
+            return
+        message = answer.get("message") if isinstance(answer, dict) else None
+        if code == 401:
+            if self.token is None:
+                raise CLIError(
+                    f"the master at {self.url} wants a token: set PCCI_TOKEN, pass"
+                    " --token-file, or run where ~/.pcci/api-token is",
+                    EXIT_UNREACHABLE,
+                )
+            raise CLIError(
+                f"the master at {self.url} refused the token from {self.token_source}"
+                " (tokens are looked for in PCCI_TOKEN, then --token-file, then"
+                " ~/.pcci/api-token)",
+                EXIT_UNREACHABLE,
+            )
+        if code == 403:
+            raise CLIError(
+                f"the token from {self.token_source} may only read: {message}",
+                EXIT_UNREACHABLE,
+            )
+        text = message or f"HTTP {code}"
+        raise CLIError(text, EXIT_USAGE if code < 500 else EXIT_FAILED)
+
+    async def follow(
+        self, pool_id: str, on_event: Callable[[Event], None], after: int = 0
+    ) -> dict[str, Any]:
+        """
+        Read the pool's events from after C{after} until its C{pool} event,
+        resuming where a cut stream stopped; the ended pool.
+        """
+        last: list[Any] = [None]
+        seen = [after]
+
+        def heard(event: Event) -> None:
+            seen[0] = max(seen[0], event.id)
+            if event.name == "pool":
+                last[0] = event.data
+            on_event(event)
+
+        while last[0] is None:
+            path = f"/pools/{quote(pool_id, safe='')}/events?after={seen[0]}"
+            response = await self._request("GET", path, unbuffered=True)
+            if response.code >= 400:
+                text = await response.content()
+                try:
+                    answer = json.loads(text)
+                except ValueError:
+                    answer = None
+                self._check(response.code, answer)
+            parser = EventParser(heard)
+            try:
+                await treq.collect(response, parser.feed)
+            except Exception as e:
+                if last[0] is None:
+                    raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
+        return last[0]
+
+
+def _reason(error: BaseException) -> str:
+    """The root of a Twisted client error, in words."""
+    reasons = getattr(error, "reasons", None)  # ResponseNeverReceived and kin
+    if reasons:
+        return _reason(reasons[0].value)
+    text = str(error).strip() or type(error).__name__
+    return text.rstrip(".")
+

@@ -1,0 +1,340 @@
+"""
+The C{pcci} command's options and subcommands (click).
+
+Start-up time is a feature of a command line: this module imports click
+only, and each subcommand imports what it needs when it runs.  Every
+subcommand is an C{async} function run by L{go}, the one place that runs
+the reactor and turns each known failure into one line on stderr and an
+exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Coroutine, NoReturn
+
+import click
+
+from pcci import __version__
+
+DEFAULT_URL = "http://localhost:8080"
+DEFAULT_TOKEN_FILE = Path("~/.pcci/api-token")
+
+#: Exit status after Ctrl-C, as a shell's.
+EXIT_INTERRUPTED = 130
+
+
+def read_token_file(path: Path) -> str:
+    """The first token of a token file (the master's format: C{TOKEN [read]} a line)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            return words[0]
+    raise click.UsageError(f"no token in {path}")
+
+
+def find_token(token_file: str | None) -> tuple[str | None, str]:
+    """The token and where it came from: PCCI_TOKEN, --token-file, ~/.pcci/api-token."""
+    if os.environ.get("PCCI_TOKEN"):
+        return os.environ["PCCI_TOKEN"].strip(), "PCCI_TOKEN"
+    path = Path(token_file).expanduser() if token_file else DEFAULT_TOKEN_FILE.expanduser()
+    try:
+        return read_token_file(path), str(path)
+    except FileNotFoundError:
+        if token_file:
+            raise click.BadParameter(f"{path} does not exist", param_hint="--token-file")
+        return None, ""
+    except OSError as e:
+        raise click.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="--token-file")
+
+
+@dataclass
+class Config:
+    """What every subcommand needs: where the master is, and the streams."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+    token_source: str = ""
+    ca_file: str | None = None
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+    err: IO[str] = field(default_factory=lambda: sys.stderr)
+    #: A treq-like HTTP client; made for the reactor when None (tests pass a StubTreq).
+    http: Any = None
+    #: Called on Ctrl-C by a command that handles it; None: Ctrl-C ends the command.
+    on_interrupt: Callable[[], None] | None = None
+    color: bool | None = None
+
+    def client(self, reactor: Any) -> Any:
+        from pcci.cli.client import MasterClient
+
+        http = self.http if self.http is not None else make_http(reactor, self.ca_file)
+        return MasterClient(self.url, self.token, http, self.token_source)
+
+    def terminal(self) -> Any:
+        from pcci.cli.render import Terminal
+
+        return Terminal(self.out, self.err, self.color)
+
+
+def make_http(reactor: Any, ca_file: str | None) -> Any:
+    """treq over the reactor; trusting C{ca_file}'s certificate for https, if given."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+    policy = BrowserLikePolicyForHTTPS()
+    if ca_file:
+        from twisted.internet.ssl import Certificate
+
+        try:
+            authority = Certificate.loadPEM(Path(ca_file).read_bytes())
+        except (OSError, Exception) as e:
+            raise click.BadParameter(f"cannot read a certificate from {ca_file}: {e}", param_hint="--ca-file")
+        policy = BrowserLikePolicyForHTTPS(trustRoot=authority)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+Command = Callable[..., Coroutine[Any, Any, int]]
+
+
+def go(command: Command, cfg: Config, *args: Any) -> NoReturn:
+    """
+    Run C{command(reactor, cfg, *args)} on the reactor and exit with its
+    status.  A L{CLIError} is one line on stderr and its status; Ctrl-C
+    calls C{cfg.on_interrupt} when a command set one, else (or the second
+    time) ends the command with status 130.
+    """
+    from twisted.internet import task
+    from twisted.internet.defer import CancelledError, ensureDeferred
+    from twisted.python.failure import Failure
+
+    from pcci.cli.client import CLIError
+
+    def main(reactor: Any) -> Any:
+        d = ensureDeferred(command(reactor, cfg, *args))
+        interrupted: list[bool] = []
+
+        def on_interrupt() -> None:
+            if cfg.on_interrupt is not None and not interrupted:
+                interrupted.append(True)
+                cfg.on_interrupt()
+            else:
+                d.cancel()
+
+        def install() -> None:
+            signal.signal(
+                signal.SIGINT, lambda signum, frame: reactor.callFromThread(on_interrupt)
+            )
+
+        reactor.callWhenRunning(install)
+
+        def finished(status: int) -> NoReturn:
+            raise SystemExit(status)
+
+        def failed(failure: Failure) -> NoReturn:
+            if failure.check(CLIError):
+                cfg.err.write(f"pcci: {failure.value.message}\n")
+                raise SystemExit(failure.value.status)
+            if failure.check(CancelledError):
+                cfg.err.write("pcci: interrupted\n")
+                raise SystemExit(EXIT_INTERRUPTED)
+            if failure.check(click.ClickException):
+                failure.value.show(cfg.err)
+                raise SystemExit(failure.value.exit_code)
+            return failure  # a bug: react prints it
+
+        return d.addCallbacks(finished, failed)
+
+    task.react(main)
+    raise AssertionError("react returned")  # pragma: no cover
+
+
+# The commands.
+
+TARGETS_HELP = "A worker name, a node set (pi[01-16]) or a glob (pi*); repeatable."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="PCCI_URL", default=DEFAULT_URL, show_default=True,
+              help="The master's REST API (also PCCI_URL).")
+@click.option("--token-file", metavar="PATH",
+              help="A file holding the API token, if PCCI_TOKEN is not set"
+                   " (default: ~/.pcci/api-token, when it exists).")
+@click.option("--ca-file", metavar="PATH", type=click.Path(dir_okay=False),
+              help="Trust this CA certificate (PEM) for an https:// master.")
+@click.version_option(__version__, "--version", prog_name="pcci")
+@click.pass_context
+def cli(ctx: click.Context, url: str, token_file: str | None, ca_file: str | None) -> None:
+    """
+    Run commands on many machines through a pcci master.
+
+    \b
+      pcci run -w 'pi[01-16]' -- uname -a
+      pcci workers
+      pcci pools
+    """
+    token, source = find_token(token_file)
+    ctx.obj = Config(url=url, token=token, token_source=source, ca_file=ca_file)
+
+
+def _env(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        env[key] = text
+    return env
+
+
+def _batch(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    text = value.strip()
+    number = text[:-1] if text.endswith("%") else text
+    if not number.isdigit() or int(number) < 1 or (text.endswith("%") and int(number) > 100):
+        raise click.BadParameter("a number of jobs, 1 or more, or N% with N from 1 to 100")
+    return text if text.endswith("%") else int(number)
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP)
+@click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
+              help="KEY or KEY=VALUE: only workers holding it; repeatable.")
+@click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Kill a job that runs longer (it ends timed_out, status 124).")
+@click.option("-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE",
+              help="Set a variable for the command; repeatable.")
+@click.option("--cwd", metavar="DIR", help="The command's working directory on each worker.")
+@click.option("--stdin", "stdin", type=click.File("r", encoding="utf-8"), metavar="FILE|-",
+              help="Give this file (- for this terminal's input) to each job's standard input.")
+@click.option("--batch", callback=_batch, metavar="N|N%",
+              help="Run at most N jobs at once (or N% of the workers).")
+@click.option("--batch-wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Seconds between a job's end and the next start.")
+@click.option("--max-failures", type=click.IntRange(min=1), metavar="N",
+              help="Start no more jobs once N have failed.")
+@click.option("-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it.")
+@click.option("--diff", is_flag=True, help="With --gather: each output as a diff against the most common.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@click.option("--detach", is_flag=True, help="Print the pool id and exit at once.")
+@click.argument("command", nargs=-1, required=True)
+@click.pass_obj
+def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
+    """
+    Run COMMAND on the selected workers, showing output as it comes.
+
+    Each line is prefixed with its worker's name: stdout to stdout, stderr
+    to stderr.  At the end, a summary by state goes to stderr.  The exit
+    status is 0 when every job is ok, else the highest job status (a lost
+    worker counts 255).  Ctrl-C kills the pool.
+
+    \b
+      pcci run -w 'pi[01-16]' -- uname -a
+      pcci run -l gpu -x gpu3 --batch 2 -- nvidia-smi
+      pcci run -w 'web*' -t 30 -b -- sh -c 'df -h | grep sda'
+      pcci run -w build1 --cwd /srv/app -e CI=1 -- make test
+    """
+    from pcci.cli.run import RunRequest, run_pool
+
+    if not options["targets"] and not options["labels"]:
+        raise click.UsageError("choose workers with -w TARGET or -l LABEL")
+    if options["diff"]:
+        options["gather"] = True
+    stdin = options.pop("stdin")
+    request = RunRequest(command=list(command), stdin=None if stdin is None else stdin.read(), **options)
+    go(run_pool, cfg, request)
+
+
+@cli.command()
+@click.option("--all", "every", is_flag=True, help="Also the workers seen before and now offline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the workers as JSON.")
+@click.pass_obj
+def workers(cfg: Config, every: bool, as_json: bool) -> None:
+    """
+    The workers: state, address, health figures, jobs, labels.
+
+    \b
+      pcci workers
+      pcci workers --all --json
+    """
+    from pcci.cli.views import show_workers
+
+    go(show_workers, cfg, every, as_json)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="How many pools, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pools as JSON.")
+@click.pass_obj
+def pools(cfg: Config, limit: int, as_json: bool) -> None:
+    """
+    The latest pools: id, start, states, workers, duration, command.
+
+    \b
+      pcci pools --limit 5
+    """
+    from pcci.cli.views import show_pools
+
+    go(show_pools, cfg, limit, as_json)
+
+
+@cli.command()
+@click.argument("pool")
+@click.option("--json", "as_json", is_flag=True, help="Print the pool as JSON.")
+@click.pass_obj
+def show(cfg: Config, pool: str, as_json: bool) -> None:
+    """
+    One pool: its outputs gathered, and its jobs by state.
+
+    \b
+      pcci show 019a5f3c-...
+    """
+    from pcci.cli.views import show_pool
+
+    go(show_pool, cfg, pool, as_json)
+
+
+@cli.command()
+@click.argument("pool")
+@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help="Only these workers' output. " + TARGETS_HELP)
+@click.option("-f", "--follow", is_flag=True, help="Go on printing output as it comes, until the pool ends.")
+@click.pass_obj
+def logs(cfg: Config, pool: str, targets: tuple[str, ...], follow: bool) -> None:
+    """
+    A pool's output, each line prefixed with its worker's name.
+
+    \b
+      pcci logs 019a5f3c-... -w 'pi0*'
+      pcci run --detach -w '*' -- long-job; pcci logs -f POOL
+    """
+    from pcci.cli.views import show_logs
+
+    go(show_logs, cfg, pool, list(targets), follow)
+
+
+@cli.command()
+@click.argument("pool")
+@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help="Only on these workers. " + TARGETS_HELP)
+@click.pass_obj
+def kill(cfg: Config, pool: str, targets: tuple[str, ...]) -> None:
+    """
+    Kill a pool's jobs (their whole process trees), on all or some workers.
+
+    \b
+      pcci kill 019a5f3c-...
+      pcci kill 019a5f3c-... -w pi03
+    """
+    from pcci.cli.views import kill_pool
+
+    go(kill_pool, cfg, pool, list(targets))
+
+
+def main() -> None:
+    cli(prog_name="pcci")

@@ -1,0 +1,257 @@
+"""
+What the command line shows a person: prefixed output lines, the summary
+by state with folded node sets, gathered outputs, the progress line and
+tables.  Colour only on a terminal; rich draws it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from typing import IO, Any, Iterable
+
+from rich.console import Console
+from rich.control import Control, ControlType
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+from pcci.nodes import fold
+
+#: Colours given to workers' names, in turn.
+PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green")
+
+#: How each job state is told in a summary, and its colour.
+STATE_WORDS = {
+    "ok": ("ok", "green"),
+    "failed": ("failed", "red"),
+    "killed": ("killed", "red"),
+    "timed_out": ("timed out", "red"),
+    "lost": ("lost", "red"),
+    "not_started": ("not started", "red"),
+    "cancelled": ("cancelled", "yellow"),
+    "running": ("running", "blue"),
+    "pending": ("pending", "blue"),
+}
+
+
+def exit_status(pool: dict[str, Any]) -> int:
+    """
+    0 when every job is ok; else the highest status among the others, a
+    lost job counting as 255, clipped to 1..255.
+    """
+    worst = 0
+    for job in pool["jobs"]:
+        if job["state"] == "ok":
+            continue
+        status = 255 if job["state"] == "lost" else (job["status"] or 1)
+        worst = max(worst, min(255, max(1, status)))
+    return worst
+
+
+def _isatty(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class Terminal:
+    """The two output streams, and whether colour and a progress line fit them."""
+
+    def __init__(self, out: IO[str], err: IO[str], color: bool | None = None) -> None:
+        self.out = out
+        self.err = err
+        tty = _isatty(err)
+        self.color = tty if color is None else color
+        self.progress_fits = tty
+        self.console = Console(
+            file=err, force_terminal=self.color, no_color=not self.color, highlight=False
+        )
+        self.out_tty = _isatty(out)
+        self.out_console = Console(
+            file=out,
+            force_terminal=self.color,
+            no_color=not self.color,
+            highlight=False,
+            # Into a pipe or a file, a table's lines are not cut to 80 columns.
+            width=None if self.out_tty else 1000,
+        )
+        self._progress: Text | None = None
+
+    def print_table(self, grid: Table) -> None:
+        """A table on stdout; into a pipe, without the padding at line ends."""
+        if self.out_tty:
+            self.out_console.print(grid)
+            return
+        with self.out_console.capture() as capture:
+            self.out_console.print(grid)
+        self.out.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
+        self.out.flush()
+
+    def paint(self, text: str, style: str) -> str:
+        """C{text} in C{style} as terminal codes, or as it is without colour."""
+        if not self.color:
+            return text
+        return Style.parse(style).render(text, color_system=self.console.color_system)
+
+    # The progress line: one line on stderr, redrawn in place.
+
+    def progress(self, text: Text | None) -> None:
+        if not self.progress_fits:
+            return
+        self._erase()
+        self._progress = text
+        self._draw()
+
+    def _erase(self) -> None:
+        if self._progress is not None:
+            self.console.control(
+                Control.move_to_column(0), Control((ControlType.ERASE_IN_LINE, 2))
+            )
+
+    def _draw(self) -> None:
+        if self._progress is not None:
+            self.console.print(self._progress, end="", no_wrap=True, overflow="ellipsis", crop=True)
+            self.err.flush()
+
+    def write(self, stream: str, text: str) -> None:
+        """Write output text (stdout or stderr), the progress line kept below it."""
+        self._erase()
+        target = self.err if stream == "stderr" else self.out
+        target.write(text)
+        target.flush()
+        self._draw()
+
+    def done(self) -> None:
+        """Remove the progress line for good."""
+        self._erase()
+        self._progress = None
+        self.err.flush()
+
+
+class LinePrinter:
+    """
+    Output as it comes, one line per output line prefixed C{NAME: }, each
+    stream to its own; a line cut by a chunk boundary waits for its end.
+    """
+
+    def __init__(self, terminal: Terminal, names: Iterable[str] = ()) -> None:
+        self.terminal = terminal
+        self._prefixes: dict[str, str] = {}
+        self._partial: dict[tuple[str, str], str] = {}
+        for name in names:
+            self.prefix(name)
+
+    def prefix(self, name: str) -> str:
+        if name not in self._prefixes:
+            color = PALETTE[len(self._prefixes) % len(PALETTE)]
+            self._prefixes[name] = self.terminal.paint(name + ":", color) + " "
+        return self._prefixes[name]
+
+    def feed(self, name: str, stream: str, text: str) -> None:
+        key = (name, stream)
+        text = self._partial.pop(key, "") + text
+        *lines, rest = text.split("\n")
+        if rest:
+            self._partial[key] = rest
+        if lines:
+            prefix = self.prefix(name)
+            self.terminal.write(stream, "".join(f"{prefix}{line}\n" for line in lines))
+
+    def end(self, name: str) -> None:
+        """The job ended: a last line without its newline is written whole."""
+        for stream in ("stdout", "stderr"):
+            rest = self._partial.pop((name, stream), None)
+            if rest is not None:
+                self.terminal.write(stream, f"{self.prefix(name)}{rest}\n")
+
+
+def summary_lines(pool: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """
+    The pool's jobs by outcome: (words, colour, folded names), failures
+    grouped by exit status: C{failed (exit 2): pi03}.
+    """
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for job in pool["jobs"]:
+        words, color = STATE_WORDS.get(job["state"], (job["state"], "red"))
+        if job["state"] == "failed" and job["status"] is not None:
+            status = job["status"]
+            words = f"failed (signal {status - 128})" if status > 128 else f"failed (exit {status})"
+        groups[(words, color)].append(job["worker_id"])
+    order = list(STATE_WORDS)
+
+    def rank(item: tuple[tuple[str, str], list[str]]) -> tuple[int, str]:
+        words = item[0][0]
+        key = "failed" if words.startswith("failed") else words.replace(" ", "_")
+        return (order.index(key) if key in order else len(order), words)
+
+    return [(words, color, fold(names)) for (words, color), names in sorted(groups.items(), key=rank)]
+
+
+def print_summary(terminal: Terminal, pool: dict[str, Any]) -> None:
+    for words, color, names in summary_lines(pool):
+        terminal.err.write(f"{terminal.paint(words + ':', color)} {names}\n")
+    terminal.err.flush()
+
+
+def gather(pool: dict[str, Any]) -> list[tuple[list[str], str]]:
+    """Each distinct output once, with the workers that printed it, most first."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for job in pool["jobs"]:
+        groups[job.get("result", "")].append(job["worker_id"])
+    return sorted(((names, text) for text, names in groups.items()), key=lambda g: -len(g[0]))
+
+
+def print_gathered(terminal: Terminal, pool: dict[str, Any], diff: bool = False) -> None:
+    """clubak's way: a header with the folded set and its count, then the output."""
+    groups = gather(pool)
+    base_names, base = groups[0] if groups else ([], "")
+    out = terminal.out
+    for index, (names, text) in enumerate(groups):
+        header = f"{fold(names)} ({len(names)})"
+        rule = "-" * min(max(len(header), 15), 79)
+        out.write(f"{rule}\n{terminal.paint(header, 'bold cyan')}\n{rule}\n")
+        if diff and index > 0:
+            lines = difflib.unified_diff(
+                base.splitlines(keepends=True),
+                text.splitlines(keepends=True),
+                fromfile=fold(base_names),
+                tofile=fold(names),
+            )
+            for line in lines:
+                out.write(line if line.endswith("\n") else line + "\n")
+        else:
+            out.write(text if not text or text.endswith("\n") else text + "\n")
+    out.flush()
+
+
+def progress_text(pool_size: int, ended: dict[str, str], running: int) -> Text:
+    failed = sum(1 for state in ended.values() if state != "ok")
+    text = Text()
+    text.append(f"{len(ended)}/{pool_size} done", style="bold")
+    if failed:
+        text.append(" · ")
+        text.append(f"{failed} failed", style="red")
+    text.append(f" · {running} running")
+    return text
+
+
+def counts_text(counts: dict[str, int]) -> Text:
+    """A pool's jobs by state, coloured: C{14 ok 1 failed}."""
+    order = list(STATE_WORDS)
+    text = Text()
+    for state, number in sorted(counts.items(), key=lambda kv: (kv[0] not in order, order.index(kv[0]) if kv[0] in order else 0)):
+        words, color = STATE_WORDS.get(state, (state, "red"))
+        if text:
+            text.append(" ")
+        text.append(f"{number} {words}", style=color)
+    return text
+
+
+def table(columns: list[str], rows: list[list[str | Text]]) -> Table:
+    """A plain table; text cells are shown as they are, never as markup."""
+    grid = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
+    return grid

@@ -1,0 +1,125 @@
+"""C{pcci run}: start a pool, show its output as it comes, sum it up."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import ensureDeferred
+
+from pcci.cli.client import Event
+from pcci.cli.main import EXIT_INTERRUPTED, Config
+from pcci.cli.render import (
+    LinePrinter,
+    exit_status,
+    print_gathered,
+    print_summary,
+    progress_text,
+)
+
+
+@dataclass
+class RunRequest:
+    """What C{pcci run} was asked."""
+
+    command: list[str]
+    targets: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    timeout: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    stdin: str | None = None
+    batch: int | str | None = None
+    batch_wait: float | None = None
+    max_failures: int | None = None
+    gather: bool = False
+    diff: bool = False
+    as_json: bool = False
+    detach: bool = False
+
+    def body(self) -> dict[str, Any]:
+        """The C{POST /job} body: the words joined as a shell would read them."""
+        body: dict[str, Any] = {"cmd": shlex.join(self.command)}
+        if self.targets:
+            body["workers"] = list(self.targets)
+        for key in ("labels", "exclude"):
+            if getattr(self, key):
+                body[key] = list(getattr(self, key))
+        if self.env:
+            body["env"] = self.env
+        for key in ("timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures"):
+            if getattr(self, key) is not None:
+                body[key] = getattr(self, key)
+        return body
+
+
+class RunView:
+    """Follows a pool's events: live lines, the progress line, job ends."""
+
+    def __init__(self, cfg: Config, pool: dict[str, Any], live: bool) -> None:
+        self.terminal = cfg.terminal()
+        names = [job["worker_id"] for job in pool["jobs"]]
+        self.size = len(names)
+        self.printer = LinePrinter(self.terminal, names) if live else None
+        self.started: set[str] = set()
+        self.ended: dict[str, str] = {}
+        self._show_progress()
+
+    def event(self, event: Event) -> None:
+        data = event.data
+        if event.name == "output" and self.printer is not None:
+            self.printer.feed(data["worker"], data["stream"], data["data"])
+        elif event.name == "dropped" and self.printer is not None:
+            self.printer.feed(data["worker"], "stderr", f"[pcci: {data['bytes']} bytes of output dropped]\n")
+        elif event.name == "started":
+            self.started.add(data["worker"])
+        elif event.name == "ended":
+            self.ended[data["worker"]] = data["state"]
+            if self.printer is not None:
+                self.printer.end(data["worker"])
+        else:
+            return
+        self._show_progress()
+
+    def _show_progress(self) -> None:
+        running = len(self.started - set(self.ended))
+        self.terminal.progress(progress_text(self.size, self.ended, running))
+
+
+async def run_pool(reactor: Any, cfg: Config, request: RunRequest) -> int:
+    client = cfg.client(reactor)
+    if request.detach:
+        answer = await client.call("POST", "/job", request.body())
+        cfg.out.write(answer["pool_id"] + "\n")
+        return 0
+    # ?wait=0: the answer holds the pool, so its workers are known at once.
+    answer = await client.call("POST", "/job", request.body(), wait=0)
+    pool_id = answer["pool_id"]
+    view = RunView(cfg, answer["pool"], live=not (request.gather or request.as_json))
+    interrupted: list[bool] = []
+
+    def interrupt() -> None:
+        interrupted.append(True)
+        view.terminal.write(
+            "stderr", f"pcci: killing pool {pool_id} (Ctrl-C again to leave it)\n"
+        )
+        killing = ensureDeferred(client.call("PUT", f"/kill/{pool_id}"))
+        killing.addErrback(
+            lambda f: view.terminal.write("stderr", f"pcci: cannot kill the pool: {f.getErrorMessage()}\n")
+        )
+
+    cfg.on_interrupt = interrupt
+    try:
+        pool = await client.follow(pool_id, view.event)
+    finally:
+        view.terminal.done()
+    if request.as_json:
+        cfg.out.write(json.dumps(pool, indent=2) + "\n")
+        return EXIT_INTERRUPTED if interrupted else exit_status(pool)
+    if request.gather:
+        print_gathered(view.terminal, pool, request.diff)
+    print_summary(view.terminal, pool)
+    return EXIT_INTERRUPTED if interrupted else exit_status(pool)

@@ -1,0 +1,177 @@
+"""C{pcci workers}, C{pools}, C{show}, C{logs} and C{kill}: reading and acting on a master."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from pcci.cli.client import Event
+from pcci.cli.main import Config
+from pcci.cli.render import LinePrinter, counts_text, print_gathered, print_summary, table
+from pcci.nodes import TargetError, fold, select_among
+
+
+def _json_out(cfg: Config, value: Any) -> int:
+    cfg.out.write(json.dumps(value, indent=2) + "\n")
+    return 0
+
+
+def _pool_path(pool_id: str) -> str:
+    return "/pools/" + quote(pool_id, safe="")
+
+
+def _ago(stamp: str | None, now: datetime) -> str:
+    if not stamp:
+        return "-"
+    seconds = (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{max(0, seconds):.0f}s ago"
+
+
+def _size(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return "-"  # pragma: no cover
+
+
+def _used(health: dict[str, Any] | None, what: str) -> str:
+    if not health or health.get(f"{what}_total_bytes") is None:
+        return "-"
+    used, total = health[f"{what}_used_bytes"], health[f"{what}_total_bytes"]
+    return f"{_size(used)}/{_size(total)}"
+
+
+def _figure(health: dict[str, Any] | None, key: str, form: str) -> str:
+    value = (health or {}).get(key)
+    return "-" if value is None else form.format(value)
+
+
+async def show_workers(reactor: Any, cfg: Config, every: bool, as_json: bool) -> int:
+    workers = await cfg.client(reactor).call("GET", "/workers", all="true" if every else None)
+    if as_json:
+        return _json_out(cfg, workers)
+    terminal = cfg.terminal()
+    now = datetime.now(timezone.utc)
+    rows = []
+    for w in workers:
+        health = w.get("health")
+        labels = ",".join(k if v == "" else f"{k}={v}" for k, v in sorted(w.get("labels", {}).items()))
+        rows.append([
+            w["id"],
+            "online" if w["online"] else "offline",
+            w["address"],
+            _figure(health, "cpu_ratio", "{:.0%}"),
+            _figure(health, "load_1m", "{:.2f}"),
+            _used(health, "memory"),
+            _used(health, "disk"),
+            _figure(health, "temperature_celsius", "{:.0f}°C"),
+            str(w["jobs_running"]),
+            labels or "-",
+            _ago(w.get("last_seen"), now),
+        ])
+    columns = ["NAME", "STATE", "ADDRESS", "CPU", "LOAD", "MEMORY", "DISK", "TEMP", "JOBS", "LABELS", "LAST SEEN"]
+    terminal.print_table(table(columns, rows))
+    if not workers:
+        cfg.err.write("pcci: no worker is connected\n")
+    return 0
+
+
+def _duration(pool: dict[str, Any]) -> str:
+    if not pool.get("ended_at"):
+        return "running"
+    start = datetime.fromisoformat(pool["started_at"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(pool["ended_at"].replace("Z", "+00:00"))
+    return f"{(end - start).total_seconds():.1f}s"
+
+
+async def show_pools(reactor: Any, cfg: Config, limit: int, as_json: bool) -> int:
+    pools = await cfg.client(reactor).call("GET", "/pools", limit=limit, results="false")
+    if as_json:
+        return _json_out(cfg, pools)
+    terminal = cfg.terminal()
+    now = datetime.now(timezone.utc)
+    rows = [
+        [
+            pool["id"],
+            _ago(pool["started_at"], now),
+            counts_text(pool.get("counts", {})),
+            fold(job["worker_id"] for job in pool["jobs"]),
+            _duration(pool),
+            pool["cmd"],
+        ]
+        for pool in pools
+    ]
+    terminal.print_table(table(["POOL", "STARTED", "JOBS", "WORKERS", "TOOK", "COMMAND"], rows))
+    return 0
+
+
+async def show_pool(reactor: Any, cfg: Config, pool_id: str, as_json: bool) -> int:
+    pool = await cfg.client(reactor).call("GET", _pool_path(pool_id))
+    if as_json:
+        return _json_out(cfg, pool)
+    terminal = cfg.terminal()
+    terminal.out.write(
+        f"pool {pool['id']}: {pool['cmd']}\n"
+        f"started {pool['started_at']}, {_duration(pool)}, {pool['state']}\n"
+    )
+    if pool["jobs"]:
+        print_gathered(terminal, pool)
+    print_summary(terminal, pool)
+    return 0
+
+
+async def show_logs(
+    reactor: Any, cfg: Config, pool_id: str, targets: list[str], follow: bool
+) -> int:
+    client = cfg.client(reactor)
+    pool = await client.call("GET", _pool_path(pool_id), results="false" if follow else None)
+    names = [job["worker_id"] for job in pool["jobs"]]
+    if targets:
+        try:
+            names = select_among(targets, names)
+        except TargetError as e:
+            from pcci.cli.client import EXIT_USAGE, CLIError
+
+            raise CLIError(str(e), EXIT_USAGE) from None
+    wanted = set(names)
+    terminal = cfg.terminal()
+    printer = LinePrinter(terminal, names)
+    if not follow:
+        for job in pool["jobs"]:
+            if job["worker_id"] in wanted:
+                printer.feed(job["worker_id"], "stdout", job.get("result", ""))
+                printer.end(job["worker_id"])
+        return 0
+
+    def heard(event: Event) -> None:
+        data = event.data
+        if data.get("worker") not in wanted:
+            return
+        if event.name == "output":
+            printer.feed(data["worker"], data["stream"], data["data"])
+        elif event.name == "dropped":
+            printer.feed(data["worker"], "stderr", f"[pcci: {data['bytes']} bytes of output dropped]\n")
+        elif event.name == "ended":
+            printer.end(data["worker"])
+
+    await client.follow(pool["id"], heard)
+    return 0
+
+
+async def kill_pool(reactor: Any, cfg: Config, pool_id: str, targets: list[str]) -> int:
+    body = {"workers": targets} if targets else None
+    answer = await cfg.client(reactor).call("PUT", "/kill/" + quote(pool_id, safe=""), body)
+    asked = answer["workers"]
+    if asked:
+        cfg.err.write(f"pcci: kill sent to {len(asked)} jobs: {fold(asked)}\n")
+    else:
+        cfg.err.write("pcci: nothing to kill: the pool's jobs have ended\n")
+    return 0

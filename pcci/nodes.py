@@ -1,0 +1,98 @@
+"""
+Node sets: many worker names in one item, in ClusterShell's syntax.
+
+C{pi[01-16]} and C{rack[1-2]-node[01-04]} stand for ranges of names (zero
+padding kept from the bounds); C{*} and C{?} make an item a glob.
+ClusterShell's C{NodeSet} expands and folds them; this module only counts
+a range first, so one of a billion names is refused before anything is
+expanded.  Shared by the master (targets) and the command line (folding
+names for people).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Iterable
+
+from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetParseError
+
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_RANGE = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+)(?:\s*/\s*(\d+))?)?\s*\Z")
+
+
+class TargetError(ValueError):
+    """Targets that cannot be resolved; its message says why."""
+
+
+def is_glob(item: str) -> bool:
+    return "*" in item or "?" in item
+
+
+def range_size(item: str) -> int:
+    """
+    How many names the node set C{item} stands for, counted without
+    expanding it.
+
+    @raise TargetError: a bracket that is not a list of numbers and ranges.
+    """
+    size = 1
+    for inside in _BRACKETS.findall(item):
+        count = 0
+        for part in inside.split(","):
+            match = _RANGE.match(part)
+            if match is None:
+                raise TargetError(f"{item!r}: [{inside}] is not a list of numeric ranges")
+            low, high, step = match.groups()
+            if high is None:
+                count += 1
+            elif int(high) < int(low):
+                raise TargetError(f"{item!r}: the range {low}-{high} goes backwards")
+            else:
+                count += (int(high) - int(low)) // int(step or 1) + 1
+        size *= count
+    return size
+
+
+def expand(item: str, most: int) -> list[str]:
+    """
+    The names (or globs) a target item stands for, in order.
+
+    @raise TargetError: a malformed item, or one of more than C{most} names.
+    """
+    if "[" not in item and "]" not in item:
+        return [item]
+    if range_size(item) > most:
+        raise TargetError(f"{item!r} stands for more than {most} workers")
+    try:
+        return list(NodeSet(item, resolver=RESOLVER_NOGROUP))
+    except NodeSetParseError as e:
+        raise TargetError(f"{item!r} is not a node set: {e}") from None
+
+
+def fold(names: Iterable[str]) -> str:
+    """Names folded into one node set, for people: C{pi[01-04,07]}."""
+    names = list(names)
+    if not names:
+        return ""
+    try:
+        return str(NodeSet.fromlist(names, resolver=RESOLVER_NOGROUP))
+    except NodeSetParseError:
+        return ",".join(sorted(names))
+
+
+def select_among(items: Iterable[str], names: Iterable[str], most: int = 100_000) -> list[str]:
+    """The C{names} that C{items} (names, node sets, globs) stand for, in order."""
+    wanted: set[str] = set()
+    globs: list[str] = []
+    for item in items:
+        for name in expand(item, most):
+            if is_glob(name):
+                globs.append(name)
+            else:
+                wanted.add(name)
+    return [
+        name
+        for name in names
+        if name in wanted or any(fnmatch.fnmatchcase(name, g) for g in globs)
+    ]
