@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ log = Logger()
 API_TOKEN_FILE = "api-token"
 CLUSTER_SECRET_FILE = "cluster-secret"
 DEFAULT_STATE_DIR = "~/.pcci"
+
+
+#: Token names: what a log line can hold without quoting.
+NAME = re.compile(r"[A-Za-z0-9_.@:-]{1,64}\Z")
 
 
 class AuthConfigError(Exception):
@@ -72,12 +77,19 @@ def read_secret(path: str | os.PathLike[str]) -> bytes:
 class APIToken:
     value: bytes
     read_only: bool
+    #: Who holds it, as pools' C{submitted_by} and the audit log say.
+    name: str = "admin"
+
+    def __repr__(self) -> str:  # never the secret value
+        return f"APIToken(name={self.name!r}, read_only={self.read_only})"
 
 
-def read_tokens(path: str | os.PathLike[str]) -> list[APIToken]:
+def read_tokens(path: str | os.PathLike[str], unnamed: str | None = None) -> list[APIToken]:
     """
     API tokens from a file: one a line, a line may add C{read} to make its
-    token read-only; blank lines and C{#} comments are skipped.
+    token read-only and C{name=NAME} to name who holds it (else it is
+    C{unnamed}, or C{token-N} for N its line); blank lines and C{#}
+    comments are skipped.
     """
     try:
         lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
@@ -88,11 +100,21 @@ def read_tokens(path: str | os.PathLike[str]) -> list[APIToken]:
         words = line.split("#", 1)[0].split()
         if not words:
             continue
-        if len(words) > 2 or (len(words) == 2 and words[1] != "read"):
-            raise AuthConfigError(f"{path}:{number}: expected 'TOKEN' or 'TOKEN read'")
-        if len(words[0]) < 16:
+        value, rest = words[0], words[1:]
+        name = unnamed or f"token-{number}"
+        read_only = False
+        for word in rest:
+            if word == "read":
+                read_only = True
+            elif word.startswith("name=") and NAME.match(word[5:]):
+                name = word[5:]
+            else:
+                raise AuthConfigError(
+                    f"{path}:{number}: expected 'TOKEN [read] [name=NAME]', not {word!r}"
+                )
+        if len(value) < 16:
             raise AuthConfigError(f"{path}:{number}: a token needs 16 characters or more")
-        tokens.append(APIToken(words[0].encode("utf-8"), read_only=len(words) == 2))
+        tokens.append(APIToken(value.encode("utf-8"), read_only, name))
     if not tokens:
         raise AuthConfigError(f"no API token in {path}")
     return tokens

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 TERMINATOR = b"EOM"
 
 #: Longest frame sent, and accepted by default (terminator excluded).
@@ -85,9 +85,34 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "welcome": {"version": int},
     "run": {"pool": str, "cmd": str},
     "kill": {"pool": str},
+    "attach": {"pool": str, "after": int},
+    "ack": {"pool": str},
     "pong": {},
     "bye": {"reason": str, "reconnect": bool},
 }
+
+
+#: Most jobs a hello may list.
+MAX_HELD_JOBS = 100_000
+
+
+def held_jobs(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    The jobs a C{hello} says the worker holds, checked.
+
+    @raise ProtocolError: a list that is not of C{{"pool": str, "ended": bool}}.
+    """
+    jobs = message.get("jobs", [])
+    if not isinstance(jobs, list) or len(jobs) > MAX_HELD_JOBS:
+        raise ProtocolError("hello's jobs must be a list")
+    for job in jobs:
+        if (
+            not isinstance(job, dict)
+            or not isinstance(job.get("pool"), str)
+            or not isinstance(job.get("ended"), bool)
+        ):
+            raise ProtocolError('each of hello\'s jobs must be {"pool": string, "ended": boolean}')
+    return jobs
 
 
 #: Optional fields of a C{run} message: how the job runs.

@@ -112,7 +112,9 @@ class Cluster:
         return self.state_dir / "cluster-secret"
 
     def start_master(self, *args: str) -> Daemon:
-        auth = ["--state-dir", str(self.state_dir)] if self.auth else ["--no-auth"]
+        auth = ["--state-dir", str(self.state_dir)]
+        if not self.auth:
+            auth.append("--no-auth")
         self.master = self._start(
             "master", "pcci-master",
             "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
@@ -120,7 +122,7 @@ class Cluster:
         )
         poll(lambda: self.up(), what="the master's API")
         if self.auth:
-            self.token = (self.state_dir / "api-token").read_text().strip()
+            self.token = (self.state_dir / "api-token").read_text().split()[0]
         return self.master
 
     def start_worker(self, name: str, *args: str, wait: bool = True) -> Daemon:

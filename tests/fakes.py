@@ -15,6 +15,9 @@ class FakeLink:
     connected_at: float = 0.0
     heartbeat: float = 5.0
     labels: dict[str, str] = field(default_factory=dict)
+    held_jobs: list[dict[str, Any]] = field(default_factory=list)
+    attached: list[tuple[str, int]] = field(default_factory=list)
+    acked: list[str] = field(default_factory=list)
     runs: list[tuple[str, str]] = field(default_factory=list)
     #: The options of each run, in order.
     options: list[dict[str, Any]] = field(default_factory=list)
@@ -27,6 +30,12 @@ class FakeLink:
 
     def kill_job(self, pool_id: str) -> None:
         self.kills.append(pool_id)
+
+    def attach_job(self, pool_id: str, after: int) -> None:
+        self.attached.append((pool_id, after))
+
+    def ack_job(self, pool_id: str) -> None:
+        self.acked.append(pool_id)
 
     def dismiss(self, reason: str) -> None:
         self.dismissed.append(reason)

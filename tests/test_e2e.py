@@ -209,15 +209,20 @@ def test_retention(own_cluster: Cluster) -> None:
 
 
 def test_worker_killed_mid_job(own_cluster: Cluster, marker: str) -> None:
-    own_cluster.start_master()
+    own_cluster.start_master("--reconnect-grace", "1")
     doomed = own_cluster.start_worker("doomed")
     own_cluster.start_worker("survivor")
     pool_id = own_cluster.submit(f"sleep {marker}", ["doomed", "survivor"])
     poll(lambda: len(processes_with(f"sleep {marker}")) == 2)
     doomed.signal(signal.SIGKILL)
     poll(lambda: own_cluster.workers() == ["survivor"], what="the doomed worker to leave")
-    job = {j["worker_id"]: j for j in own_cluster.request("GET", f"/pools/{pool_id}")[1]["jobs"]}
-    assert job["doomed"]["status"] == -1
+
+    def jobs() -> dict:
+        return {j["worker_id"]: j for j in own_cluster.request("GET", f"/pools/{pool_id}")[1]["jobs"]}
+
+    assert jobs()["doomed"]["status"] is None  # it may come back within the grace
+    job = poll(lambda: jobs()["doomed"]["status"] is not None and jobs(), what="the grace to end")
+    assert job["doomed"]["status"] == -1 and job["doomed"]["state"] == "lost"
     assert "worker disconnected" in job["doomed"]["result"]
     assert job["survivor"]["status"] is None
     own_cluster.request("PUT", f"/kill/{pool_id}")

@@ -32,10 +32,14 @@ def connect(state: ClusterState, clock: Clock, port: int = 5000, secret: bytes |
 
 
 def hello(
-    name: str = "node1", version: int = PROTOCOL_VERSION, nonce: str = "n" * 32, heartbeat: float = 5
+    name: str = "node1",
+    version: int = PROTOCOL_VERSION,
+    nonce: str = "n" * 32,
+    heartbeat: float = 5,
+    **more: object,
 ) -> bytes:
     return encode(
-        {"code": "hello", "name": name, "version": version, "nonce": nonce, "heartbeat": heartbeat}
+        {"code": "hello", "name": name, "version": version, "nonce": nonce, "heartbeat": heartbeat, **more}
     )
 
 
@@ -68,6 +72,8 @@ def test_a_job_from_submit_to_end() -> None:
     )
     job = pool.jobs["node1"]
     assert (job.pid, job.output.text(), job.status, pool.status) == (99, "EOM\n", 0, 0)
+    # Without a store, the end is acknowledged at once: the worker may forget the job.
+    assert frames(transport) == [{"code": "ack", "pool": pool.id}]
     state.kill(pool.id)
     assert frames(transport) == []  # nothing left to kill
 
@@ -82,14 +88,46 @@ def test_kill_is_sent_to_the_worker() -> None:
     assert frames(transport) == [{"code": "kill", "pool": pool.id}]
 
 
-def test_connection_lost_fails_running_jobs() -> None:
+def test_connection_lost_fails_running_jobs_after_the_grace() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
     pool = state.submit("sleep 9", ["node1"])
     protocol.connectionLost(None)
     assert "node1" not in state.workers
-    assert pool.status == 1
+    clock.advance(state.reconnect_grace - 0.1)
+    assert pool.status is None  # it may come back
+    clock.advance(0.1)
+    assert pool.status == 1 and pool.jobs["node1"].state == "lost"
+
+
+def test_a_worker_back_within_the_grace_carries_on_with_its_jobs() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    kept = state.submit("sleep 9", ["node1"])
+    dropped = state.submit("sleep 9", ["node1"])
+    protocol.dataReceived(encode({"code": "output", "pool": kept.id, "data": "a", "stream": "stdout", "seq": 1}))
+    protocol.connectionLost(None)
+    clock.advance(10)
+    again, transport = connect(state, clock, 2)
+    # It holds one of the two jobs (the other died with a restart), and one the master forgot.
+    jobs = [{"pool": kept.id, "ended": False}, {"pool": "forgotten", "ended": True}]
+    again.dataReceived(hello(jobs=jobs))
+    sent = frames(transport)
+    assert {"code": "attach", "pool": kept.id, "after": 1} in sent
+    assert {"code": "ack", "pool": "forgotten"} in sent
+    assert dropped.jobs["node1"].state == "lost"
+    assert "came back without it" in dropped.jobs["node1"].output.text()
+    # Output it sends again is not kept twice; what is new is.
+    again.dataReceived(
+        encode({"code": "output", "pool": kept.id, "data": "a", "stream": "stdout", "seq": 1})
+        + encode({"code": "output", "pool": kept.id, "data": "b", "stream": "stdout", "seq": 2})
+        + encode({"code": "ended", "pool": kept.id, "status": 0})
+    )
+    assert kept.jobs["node1"].output.text() == "ab" and kept.state == "ok"
+    clock.advance(60)  # no grace timer left to fire
+    assert kept.jobs["node1"].state == "ok"
 
 
 def test_duplicate_name_dismisses_the_old_connection() -> None:
@@ -296,6 +334,7 @@ class TestHeartbeats:
         clock.advance(0.1)
         assert "node1" not in state.workers
         assert state.records["node1"].online is False
+        clock.advance(state.reconnect_grace)
         assert pool.jobs["node1"].status == -1
         assert "silent for 3.0 s" in pool.jobs["node1"].output.text()
         assert transport.disconnected  # aborted: a half-open socket never closes
@@ -323,6 +362,7 @@ def test_a_master_waking_from_a_stall_does_not_blame_its_workers() -> None:
     assert "node1" in state.workers
     clock.pump([0.5] * 6)  # then silence is the worker's own
     assert "node1" not in state.workers
+    clock.advance(state.reconnect_grace)
     assert pool.jobs["node1"].state == "lost"
 
 

@@ -121,10 +121,11 @@ def test_past_max_pools_the_oldest_finished_pool_is_dropped() -> None:
 
 
 def test_worker_lost_fails_its_running_jobs() -> None:
-    state, _, links = cluster("a", "b")
+    state, clock, links = cluster("a", "b")
     pool = state.submit("sleep 100", ["a", "b"])
     state.job_ended("b", pool.id, 0)
     state.remove_worker(links["a"], "disconnected")
+    clock.advance(state.reconnect_grace)
     job = pool.jobs["a"]
     assert job.status == STATUS_LOST
     assert "worker disconnected" in job.output.text()
@@ -271,7 +272,7 @@ def test_total_output_is_bounded_oldest_finished_first() -> None:
 
 
 def test_running_jobs_are_squeezed_when_nothing_else_is_left() -> None:
-    from pcci.master.output import MIN_SQUEEZED
+    from pcci.output import MIN_SQUEEZED
 
     state, _, _ = cluster("a", "b", max_output=4 * MIN_SQUEEZED, max_output_total=5 * MIN_SQUEEZED)
     pool = state.submit("x", ["a", "b"])

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 
 from pcci.auth import check_proof, proof
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
-from pcci.worker.connection import WorkerFactory
+from pcci.worker.connection import HeldJob, WorkerFactory
 
 
 def frames(transport: StringTransport) -> list[dict]:
@@ -118,7 +118,11 @@ def test_unparseable_command_ends_at_once_with_127() -> None:
     output, ended = frames(transport)
     assert output["code"] == "output" and "cannot parse command" in output["data"]
     assert ended == {"code": "ended", "pool": "p1", "status": 127, "reason": "not_started"}
-    assert protocol.jobs == {} and factory.jobs == set()
+    assert factory.jobs == set()
+    # Held until the master acknowledges the end.
+    assert factory.held["p1"].end == (127, "not_started")
+    protocol.dataReceived(encode({"code": "ack", "pool": "p1"}))
+    assert factory.held == {}
 
 
 def test_missing_executable_ends_with_127() -> None:
@@ -209,7 +213,7 @@ class TestHeartbeats:
 
 def test_a_full_connection_pauses_every_job() -> None:
     """Output is flow-controlled: nothing is dropped, nothing piles up."""
-    _, protocol, transport = connect()
+    factory, protocol, transport = connect()
 
     class Job:
         paused = False
@@ -220,11 +224,13 @@ def test_a_full_connection_pauses_every_job() -> None:
         def resume(self) -> None:
             self.paused = False
 
-    protocol.jobs = {"p1": Job(), "p2": Job()}
+    for pool in ("p1", "p2"):
+        factory.held[pool] = HeldJob(pool, 1000)
+        factory.held[pool].process = Job()
     transport.producer.pauseProducing()
-    assert all(job.paused for job in protocol.jobs.values())
+    assert all(held.process.paused for held in factory.held.values())
     transport.producer.resumeProducing()
-    assert not any(job.paused for job in protocol.jobs.values())
+    assert not any(held.process.paused for held in factory.held.values())
 
 
 class QueuedJob:

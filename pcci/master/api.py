@@ -8,7 +8,6 @@ that says what went wrong.  See C{docs/api.md}.
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any, Iterator
 from urllib.parse import urlencode
@@ -32,6 +31,9 @@ from pcci.master.streaming import JSONStream, json_list_pieces, json_object_piec
 from pcci.master.targets import TargetError, resolve, select
 
 log = Logger()
+
+#: Who ran what, and who killed what: one line each.
+audit = Logger(namespace="pcci.audit")
 
 #: Longest request body accepted by default, in bytes.
 MAX_BODY = 1024 * 1024
@@ -125,6 +127,11 @@ def _submitted_pieces(pool: Pool, message: str) -> Iterator[bytes]:
     yield b"}"
 
 
+def _who(request: IRequest) -> str | None:
+    """The name of the token the request came with (None without auth)."""
+    return getattr(request, "token_name", None)
+
+
 def _last_event_id(request: IRequest) -> int:
     """Where an event stream resumes: C{Last-Event-ID}, or C{?after=}."""
     header = request.getHeader(b"last-event-id")
@@ -214,11 +221,13 @@ class MasterAPI:
     def openapi(self, request: IRequest) -> bytes:
         return _json(request, openapi_document())
 
-    def _pool(self, pool_id: str) -> Pool:
-        pool = self.state.pools.get(pool_id)
-        if pool is None:
-            raise APIError(404, f"no pool {pool_id} (unknown, or expired)")
-        return pool
+    def _pool(self, pool_id: str) -> Deferred[Pool]:
+        def found(pool: Pool | None) -> Pool:
+            if pool is None:
+                raise APIError(404, f"no pool {pool_id} (unknown, or expired)")
+            return pool
+
+        return self.state.find(pool_id).addCallback(found)
 
     @app.route("/job", methods=["POST"])
     def submit(self, request: IRequest) -> bytes | Deferred[bytes]:
@@ -237,11 +246,20 @@ class MasterAPI:
                 self.state.online_labels(),
                 self.max_workers,
             )
-            pool = self.state.submit(asked.cmd, workers, asked.options, asked.rollout)
+            pool = self.state.submit(
+                asked.cmd, workers, asked.options, asked.rollout, _who(request)
+            )
         except (SpecError, TargetError, SubmitError) as e:
             raise APIError(400, str(e)) from None
         except TooManyPools as e:
             raise APIError(503, f"{e}: try again when some have finished") from None
+        audit.info(
+            "{who} started pool {pool} on {workers}: {cmd}",
+            who=_who(request) or "anyone (no auth)",
+            pool=pool.id,
+            workers=",".join(pool.jobs),
+            cmd=pool.cmd,
+        )
         message = f"pool started on {len(pool.jobs)} workers"
         if not request.args.get(b"wait"):
             return _json(request, {"pool_id": pool.id, "message": message})
@@ -251,8 +269,8 @@ class MasterAPI:
         )
 
     def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
-        pool = self._pool(pool_id)
-        return self.state.wait(pool, _wait_seconds(request))
+        wait = _wait_seconds(request)
+        return self._pool(pool_id).addCallback(self.state.wait, wait)
 
     @app.route("/pool/<string:pool_id>", methods=["GET"])
     def pool_as_list(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
@@ -270,9 +288,10 @@ class MasterAPI:
     @app.route("/pools/<string:pool_id>/events", methods=["GET"])
     def events(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         """The pool's events as server-sent events, from C{Last-Event-ID} on."""
-        pool = self._pool(pool_id)
         after = _last_event_id(request)
-        return EventStream(request, pool, after, self.state.clock, _pool_pieces).start()
+        return self._pool(pool_id).addCallback(
+            lambda pool: EventStream(request, pool, after, self.state.clock, _pool_pieces).start()
+        )
 
     @app.route("/pools", methods=["GET"])
     def pools(self, request: IRequest) -> Deferred[bytes]:
@@ -287,23 +306,40 @@ class MasterAPI:
         if state is not None and state not in POOL_STATES:
             raise APIError(400, "state must be one of " + ", ".join(POOL_STATES))
         results = _bool_arg(request, "results", True)
-        found = self.state.list_pools(
-            before, state, _text_arg(request, "worker"), _text_arg(request, "cmd")
+        d = self.state.page(
+            before, state, _text_arg(request, "worker"), _text_arg(request, "cmd"), limit + 1
         )
-        page = list(itertools.islice(found, limit + 1))
-        if len(page) > limit:
-            page = page[:limit]
-            query = {
-                k.decode(): v[0].decode("utf-8", "replace")
-                for k, v in request.args.items()
-                if k != b"before"
-            }
-            query["before"] = page[-1].id
-            request.setHeader(
-                b"Link", f'</pools?{urlencode(query)}>; rel="next"'.encode()
+
+        def answer(page: list[Pool | dict[str, Any]]) -> Deferred[bytes]:
+            if len(page) > limit:
+                page = page[:limit]
+                query = {
+                    k.decode(): v[0].decode("utf-8", "replace")
+                    for k, v in request.args.items()
+                    if k != b"before"
+                }
+                last = page[-1]
+                query["before"] = last.id if isinstance(last, Pool) else last["id"]
+                request.setHeader(
+                    b"Link", f'</pools?{urlencode(query)}>; rel="next"'.encode()
+                )
+            pieces = json_list_pieces(self._listed(entry, results) for entry in page)
+            return JSONStream(request, pieces).start()
+
+        return d.addCallback(answer)
+
+    def _listed(self, entry: Pool | dict[str, Any], results: bool) -> Iterator[Any]:
+        """A listed pool's pieces: from memory, or its stored summary, or
+        (with outputs) its record, loaded when the stream gets to it."""
+        if isinstance(entry, Pool):
+            yield from _pool_pieces(entry, results)
+        elif not results:
+            yield json.dumps(entry).encode()
+        else:
+            loading: Deferred[Iterator[bytes]] = self.state.find(entry["id"]).addCallback(
+                lambda pool: _pool_pieces(pool) if pool is not None else iter([json.dumps(entry).encode()])
             )
-        pieces = json_list_pieces(_pool_pieces(pool, results) for pool in page)
-        return JSONStream(request, pieces).start()
+            yield loading
 
     @app.route("/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
@@ -333,10 +369,13 @@ class MasterAPI:
         return self.metrics.render()
 
     @app.route("/kill/<string:pool_id>", methods=["PUT"])
-    def kill(self, request: IRequest, pool_id: str) -> bytes:
+    def kill(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         """Kill a pool's jobs: all, or those its C{workers} select."""
-        pool = self._pool(pool_id)
         body = _read_json(request, self.max_body, required=False)
+        return self._pool(pool_id).addCallback(self._kill, request, body)
+
+    def _kill(self, pool: Pool, request: IRequest, body: Any) -> bytes:
+        pool_id = pool.id
         if body is not None and not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object")
         items = body.get("workers") if body else None
@@ -352,6 +391,12 @@ class MasterAPI:
             asked = self.state.kill(pool_id, workers)
         except (SubmitError, TargetError) as e:
             raise APIError(400, str(e)) from None
+        audit.info(
+            "{who} killed pool {pool} on {workers}",
+            who=_who(request) or "anyone (no auth)",
+            pool=pool_id,
+            workers=",".join(asked) or "(nothing left running)",
+        )
         return _json(
             request,
             {"pool_id": pool_id, "workers": asked, "message": f"kill sent to {len(asked)} jobs"},

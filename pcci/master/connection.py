@@ -23,6 +23,8 @@ from pcci.wire import (
     VALID_NAME,
     WORKER_MESSAGES,
     FramedJSONProtocol,
+    ProtocolError,
+    held_jobs,
     peer_address,
 )
 
@@ -57,6 +59,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.address = "?"
         self.heartbeat = 0.0
         self.labels: dict[str, str] = {}
+        self.held_jobs: list[dict[str, Any]] = []
         self._last_frame = 0.0
         self._watchdog: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
@@ -127,7 +130,8 @@ class WorkerConnection(FramedJSONProtocol):
             return
         try:
             self.labels = check_labels(message.get("labels"))
-        except ValueError as e:
+            self.held_jobs = held_jobs(message)
+        except (ValueError, ProtocolError) as e:
             self.protocolViolation(str(e))
             return
         self.heartbeat = float(message["heartbeat"])
@@ -179,8 +183,9 @@ class WorkerConnection(FramedJSONProtocol):
         self.name = self._claimed_name
         self._last_frame = self.clock.seconds()
         self.factory.joined(self)
-        self.state.add_worker(self)
+        # Welcomed first: adding the worker may send it attach, ack and kill.
         self.sendMessage("welcome", version=PROTOCOL_VERSION)
+        self.state.add_worker(self)
         self._watchdog = self.clock.callLater(
             MISSED_HEARTBEATS * self.heartbeat, self._check_alive
         )
@@ -224,11 +229,14 @@ class WorkerConnection(FramedJSONProtocol):
             self.state.job_started(self.name, message["pool"], message["pid"])
 
     def handle_output(self, message: dict[str, Any]) -> None:
+        seq = message.get("seq")
         if message["stream"] not in STREAMS:
             self.protocolViolation(f"unknown stream {message['stream']!r}")
+        elif seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+            self.protocolViolation("an output seq that is not an integer")
         elif self._current():
             self.state.job_output(
-                self.name, message["pool"], message["data"], message["stream"]
+                self.name, message["pool"], message["data"], message["stream"], seq
             )
 
     def handle_ended(self, message: dict[str, Any]) -> None:
@@ -245,6 +253,12 @@ class WorkerConnection(FramedJSONProtocol):
 
     def kill_job(self, pool_id: str) -> None:
         self.sendMessage("kill", pool=pool_id)
+
+    def attach_job(self, pool_id: str, after: int) -> None:
+        self.sendMessage("attach", pool=pool_id, after=after)
+
+    def ack_job(self, pool_id: str) -> None:
+        self.sendMessage("ack", pool=pool_id)
 
     def dismiss(self, reason: str) -> None:
         self.sendMessage("bye", reason=reason, reconnect=False)

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from pcci.master.output import Chunk
+from pcci.output import Chunk
 
 if TYPE_CHECKING:
     from pcci.master.state import Job, Pool

@@ -116,6 +116,7 @@ class TokenGuard(Resource):
                 )
             if token.read_only and request.method not in READ_METHODS:
                 return json_error(request, 403, "this token is read-only")
+            request.token_name = token.name  # type: ignore[attr-defined]
         return self.wrapped.render(request)
 
     def _token(self, request: IRequest) -> APIToken | None:

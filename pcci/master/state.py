@@ -11,12 +11,14 @@ on monotonic time), while the times shown to people come from C{wall}.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -24,7 +26,8 @@ from pcci.ids import UUID7Generator
 from pcci.master.events import Event, output_data
 from pcci.master.history import HealthHistory, clean_figures
 from pcci.master.jobspec import JobOptions, Rollout
-from pcci.master.output import (
+from pcci.master.store import BatchedWriter, PoolStore, StoredPool
+from pcci.output import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_OUTPUT_TOTAL,
     MIN_SQUEEZED,
@@ -38,6 +41,13 @@ DEFAULT_RETENTION = 300.0
 DEFAULT_MAX_POOLS = 10_000
 DEFAULT_HISTORY = 3600.0
 DEFAULT_FORGET_AFTER = 7 * 24 * 3600.0
+DEFAULT_RECONNECT_GRACE = 30.0
+
+#: Finished pools kept in memory when a store keeps them all.
+DEFAULT_CACHE = 200
+
+#: Seconds between deletions of the store's pools older than the retention.
+EXPIRE_INTERVAL = 60.0
 
 #: Most heartbeats kept per worker, whatever its interval: 3,600 rows of
 #: twelve doubles are 340 KiB.
@@ -82,8 +92,16 @@ class WorkerLink(Protocol):
     heartbeat: float
     #: What the worker says of itself: C{os}, C{arch} and its own labels.
     labels: dict[str, str]
+    #: The jobs its hello said it holds: C{{"pool", "ended"}} each.
+    held_jobs: list[dict[str, Any]]
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None: ...
+
+    def attach_job(self, pool_id: str, after: int) -> None:
+        """Carry on with a held job: send its output past chunk C{after}, then its end."""
+
+    def ack_job(self, pool_id: str) -> None:
+        """The job's end is safe with the master: the worker may forget it."""
 
     def kill_job(self, pool_id: str) -> None: ...
 
@@ -145,6 +163,8 @@ class Job:
     duration: float | None = None
     #: Sent to its worker (a rolling pool holds some back).
     sent: bool = False
+    #: The sequence number of the last output chunk its worker sent.
+    seq: int = 0
     #: The ids of its C{started} and C{ended} events; 0 until they happen.
     started_event: int = 0
     ended_event: int = 0
@@ -160,6 +180,30 @@ class Job:
             "state": self.state,
             "at": rfc3339(self.ended_at),
         }
+
+    def to_record(self) -> dict[str, Any]:
+        """The job as stored; its output only once it has ended."""
+        return {
+            "worker": self.worker_id,
+            "pid": self.pid,
+            "status": self.status,
+            "state": self.state,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration": self.duration,
+            "sent": self.sent,
+            "started_event": self.started_event,
+            "ended_event": self.ended_event,
+            "output": None if self.status is None else self.output.to_record(),
+        }
+
+    @classmethod
+    def from_record(cls, pool_id: str, cmd: str, record: dict[str, Any], output: OutputBuffer) -> Job:
+        job = cls(pool_id, record["worker"], cmd, output)
+        for key in ("pid", "status", "state", "started_at", "ended_at", "duration", "sent",
+                    "started_event", "ended_event"):
+            setattr(job, key, record[key])
+        return job
 
     def to_json(self, results: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -189,6 +233,8 @@ class Pool:
     ended_at: float | None = None
     options: JobOptions = field(default_factory=JobOptions)
     rollout: Rollout = field(default_factory=Rollout)
+    #: The name of the API token that started it.
+    submitted_by: str | None = None
     waiters: list[Deferred[Pool]] = field(default_factory=list)
     #: Called with each new event (see L{pcci.master.events}).
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
@@ -233,6 +279,7 @@ class Pool:
             "counts": self.counts(),
             "started_at": rfc3339(self.started_at),
             "ended_at": rfc3339(self.ended_at),
+            "submitted_by": self.submitted_by,
         }
         rollout = self.rollout
         if rollout.batch is not None or rollout.max_failures is not None:
@@ -259,6 +306,56 @@ class Pool:
     def to_json(self, results: bool = True) -> dict[str, Any]:
         return {**self.summary(), "jobs": list(self.jobs_json(results))}
 
+    def stored(self) -> StoredPool:
+        """The pool as the store keeps it."""
+        return StoredPool(
+            id=self.id,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            state=self.state,
+            cmd=self.cmd,
+            workers=list(self.jobs),
+            summary=self.to_json(results=False),
+            record={
+                "id": self.id,
+                "cmd": self.cmd,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+                "submitted_by": self.submitted_by,
+                "options": dataclasses.asdict(self.options),
+                "rollout": dataclasses.asdict(self.rollout),
+                "last_event": self.last_event,
+                "end_event": self.end_event,
+                "failures": self.failures,
+                "halted": self.halted,
+                "jobs": [job.to_record() for job in self.jobs.values()],
+            },
+        )
+
+    @classmethod
+    def from_record(
+        cls, record: dict[str, Any], make_output: Callable[[dict[str, Any] | None], OutputBuffer]
+    ) -> Pool:
+        pool = cls(
+            id=record["id"],
+            cmd=record["cmd"],
+            started_at=record["started_at"],
+            ended_at=record["ended_at"],
+            options=JobOptions(**record["options"]),
+            rollout=Rollout(**record["rollout"]),
+            submitted_by=record["submitted_by"],
+            last_event=record["last_event"],
+            end_event=record["end_event"],
+            failures=record["failures"],
+            halted=record["halted"],
+        )
+        for job_record in record["jobs"]:
+            job = Job.from_record(pool.id, pool.cmd, job_record, make_output(job_record["output"]))
+            pool.jobs[job.worker_id] = job
+            if not job.sent and job.status is None:
+                pool.waiting.append(job)
+        return pool
+
 
 class ClusterState:
     """Workers by name, pools by id, and the rules that change them."""
@@ -274,6 +371,9 @@ class ClusterState:
         wall: Callable[[], float] | None = None,
         max_output_total: int = DEFAULT_MAX_OUTPUT_TOTAL,
         forget_after: float = DEFAULT_FORGET_AFTER,
+        store: PoolStore | None = None,
+        cache: int = DEFAULT_CACHE,
+        reconnect_grace: float = DEFAULT_RECONNECT_GRACE,
     ) -> None:
         self.clock = clock
         #: Wall-clock time for what people read; the clock's own in tests.
@@ -298,8 +398,19 @@ class ClusterState:
         self._running: dict[str, dict[str, Job]] = {}
         self._expiries: dict[str, IDelayedCall] = {}
         self._forgets: dict[str, IDelayedCall] = {}
+        #: Seconds a disconnected worker's jobs wait for it to come back.
+        self.reconnect_grace = reconnect_grace
+        self._graces: dict[str, IDelayedCall] = {}
         #: Finished pools whose output is still held, in the order they ended.
         self._held: deque[Pool] = deque()
+        #: With a store, memory holds running pools and the latest C{cache}
+        #: finished ones; the store holds them all for C{retention}.
+        self.store = store
+        self.cache = cache
+        self.writer = None if store is None else BatchedWriter(store, clock)
+        self._expirer: IDelayedCall | None = None
+        if store is not None:
+            self._expirer = clock.callLater(EXPIRE_INTERVAL, self._expire_stored)
 
     # Workers
 
@@ -320,9 +431,9 @@ class ClusterState:
             )
         self.workers[link.name] = link
         self._running.setdefault(link.name, {})
-        forget = self._forgets.pop(link.name, None)
-        if forget is not None and forget.active():
-            forget.cancel()
+        for call in (self._forgets.pop(link.name, None), self._graces.pop(link.name, None)):
+            if call is not None and call.active():
+                call.cancel()
         now = self.wall()
         record = self.records.get(link.name)
         if record is None or record.heartbeat != link.heartbeat:
@@ -333,6 +444,30 @@ class ClusterState:
         record.labels = dict(link.labels)
         record.online, record.last_seen = True, now
         log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
+        self._reattach(link)
+
+    def _reattach(self, link: WorkerLink) -> None:
+        """
+        Match the jobs a (re)connected worker holds with those the master
+        thinks it runs: carry on with each held one; a job it no longer
+        holds is lost; one the master no longer knows is let go.
+        """
+        held = {job["pool"]: job for job in link.held_jobs}
+        for pool_id, job in list(self._running[link.name].items()):
+            if pool_id in held:
+                link.attach_job(pool_id, job.seq)
+            else:
+                del self._running[link.name][pool_id]
+                self._add_output(
+                    job, "\npcci: job lost: its worker came back without it (restarted?)\n", "stderr"
+                )
+                self._end_job(job, STATUS_LOST, LOST)
+        for pool_id, job in held.items():
+            if pool_id not in self._running[link.name]:
+                if job.get("ended"):
+                    link.ack_job(pool_id)
+                else:
+                    link.kill_job(pool_id)
 
     def remove_worker(self, link: WorkerLink, reason: str) -> None:
         """Forget a worker whose connection is gone; its running jobs fail."""
@@ -344,9 +479,33 @@ class ClusterState:
             self.forget_after, self._forget, link.name
         )
         log.info("worker {name} left: {reason}", name=link.name, reason=reason)
-        for job in list(self._running.pop(link.name, {}).values()):
+        self._wait_for(link.name, reason)
+
+    def _wait_for(self, name: str, reason: str) -> None:
+        """The worker's running jobs wait C{reconnect_grace} for it to come back."""
+        if not self._running.get(name) or name in self._graces:
+            return
+        if self.reconnect_grace <= 0:
+            self._give_up_on(name, reason)
+            return
+        self._graces[name] = self.clock.callLater(
+            self.reconnect_grace, self._give_up_on, name, reason
+        )
+
+    def _give_up_on(self, name: str, reason: str) -> None:
+        self._graces.pop(name, None)
+        for job in list(self._running.pop(name, {}).values()):
             self._add_output(job, f"\npcci: job lost: worker {reason}\n", "stderr")
             self._end_job(job, STATUS_LOST, LOST)
+
+    def _adopt(self, job: Job) -> None:
+        """A job that runs on its worker since before this master started."""
+        self._running.setdefault(job.worker_id, {})[job.pool_id] = job
+        if job.worker_id not in self.workers:
+            self._wait_for(
+                job.worker_id,
+                f"did not come back within {self.reconnect_grace:g} s of the master's start",
+            )
 
     def _forget(self, name: str) -> None:
         """An offline worker unseen for C{forget_after}: its record goes."""
@@ -379,6 +538,7 @@ class ClusterState:
         workers: Iterable[str],
         options: JobOptions | None = None,
         rollout: Rollout | None = None,
+        submitted_by: str | None = None,
     ) -> Pool:
         """
         Start C{cmd} on each named worker, as one pool: all at once, or as
@@ -399,12 +559,14 @@ class ClusterState:
             started_at=self.wall(),
             options=options or JobOptions(),
             rollout=rollout or Rollout(),
+            submitted_by=submitted_by,
         )
         for name in names:
             job = Job(pool.id, name, cmd, OutputBuffer(self.max_output, self._resized))
             pool.jobs[name] = job
             pool.waiting.append(job)
         self.pools[pool.id] = pool
+        self._persist(pool)
         log.info(
             "pool {pool} started on {workers}: {cmd}",
             pool=pool.id,
@@ -470,6 +632,16 @@ class ClusterState:
         """Drop the oldest finished pool if a new one would exceed C{max_pools}."""
         if len(self.pools) < self.max_pools:
             return
+        if self.store is not None:
+            # The store keeps history: memory only bounds what runs.
+            for pool in list(self._held):
+                if len(self.pools) < self.max_pools:
+                    return
+                self._held.remove(pool)
+                self._let_go(pool)
+            if sum(1 for pool in self.pools.values() if not pool.finished) < self.max_pools:
+                return
+            raise TooManyPools(f"{self.max_pools} pools are running, the most kept")
         for pool in self.pools.values():
             if pool.finished:
                 self._expiries.pop(pool.id).cancel()
@@ -570,13 +742,24 @@ class ClusterState:
             event = pool.event("started", job.started_data())
             job.started_event = event.id
             pool.announce(event)
+            self._persist(pool)
 
     def job_output(
-        self, worker: str, pool_id: str, data: str, stream: str = "stdout"
+        self,
+        worker: str,
+        pool_id: str,
+        data: str,
+        stream: str = "stdout",
+        seq: int | None = None,
     ) -> None:
         job = self._running.get(worker, {}).get(pool_id)
-        if job is not None:
-            self._add_output(job, data, stream)
+        if job is None:
+            return
+        if seq is not None:
+            if seq <= job.seq:
+                return  # sent again after a reconnection: the master has it
+            job.seq = seq
+        self._add_output(job, data, stream)
 
     def _add_output(self, job: Job, text: str, stream: str) -> None:
         pool = self.pools[job.pool_id]
@@ -591,6 +774,7 @@ class ClusterState:
     ) -> None:
         job = self._running.get(worker, {}).pop(pool_id, None)
         if job is None:
+            self._ack(worker, pool_id)  # not ours (any more): let the worker forget it
             return
         if reason not in END_REASONS:
             state = OK if status == 0 else FAILED
@@ -601,15 +785,31 @@ class ClusterState:
         elif state == TIMED_OUT:
             status = STATUS_TIMED_OUT
         self._end_job(job, status, state)
+        self._ack(worker, pool_id)
+
+    def _ack(self, worker: str, pool_id: str) -> None:
+        """Tell the worker a job's end is kept, once the store holds it."""
+
+        def ack(_: Any) -> None:
+            link = self.workers.get(worker)
+            if link is not None:
+                link.ack_job(pool_id)
+
+        if self.writer is None:
+            ack(None)
+        else:
+            self.writer.committed(pool_id).addCallback(ack)
 
     def _end_job(self, job: Job, status: int, state: str) -> None:
         job.status = status
         job.state = state
         job.ended_at = self.wall()
-        if job._started_clock is None:  # it never ran
-            job.started_at, job.duration = job.ended_at, 0.0
-        else:
+        if job._started_clock is not None:
             job.duration = max(0.0, self.clock.seconds() - job._started_clock)
+        elif job.started_at is not None:  # started before this master did
+            job.duration = max(0.0, job.ended_at - job.started_at)
+        else:  # it never ran
+            job.started_at, job.duration = job.ended_at, 0.0
         pool = self.pools[job.pool_id]
         event = pool.event("ended", job.ended_data())
         job.ended_event = event.id
@@ -617,6 +817,7 @@ class ClusterState:
         for hook in self.job_end_hooks:
             hook(job)
         self._next_turn(pool, job)
+        self._persist(pool)
         if not pool.finished or pool.end_event:
             return
         pool.ended_at = job.ended_at
@@ -632,9 +833,103 @@ class ClusterState:
         event = pool.event("pool", {})
         pool.end_event = event.id
         pool.announce(event)
+        self._persist(pool)
         waiters, pool.waiters = pool.waiters, []
         for d in waiters:
             d.callback(pool)
+        if self.store is not None:
+            while len(self._held) > self.cache:
+                self._let_go(self._held.popleft())
+
+    # The store
+
+    def _persist(self, pool: Pool) -> None:
+        if self.writer is not None:
+            self.writer.mark(pool.id, pool.stored)
+
+    def _let_go(self, pool: Pool) -> None:
+        """A finished pool leaves memory once the store holds it."""
+        assert self.writer is not None
+
+        def gone(_: Any) -> None:
+            if self.pools.get(pool.id) is pool and not pool.listeners and not pool.waiters:
+                call = self._expiries.pop(pool.id, None)
+                if call is not None and call.active():
+                    call.cancel()
+                self._drop(pool.id)
+
+        self.writer.committed(pool.id).addCallback(gone)
+
+    def _expire_stored(self) -> None:
+        assert self.store is not None
+        self._expirer = self.clock.callLater(EXPIRE_INTERVAL, self._expire_stored)
+        d = self.store.expire(self.wall() - self.retention)
+        d.addCallback(
+            lambda count: count and log.info("deleted {count} pools past the retention", count=count)
+        )
+        d.addErrback(lambda f: log.error("cannot delete old pools: {why}", why=f.getErrorMessage()))
+
+    def _output_buffer(self, record: dict[str, Any] | None) -> OutputBuffer:
+        if record is None:
+            return OutputBuffer(self.max_output, self._resized)
+        return OutputBuffer.from_record(record, self.max_output, self._resized)
+
+    def find(self, pool_id: str) -> Deferred[Pool | None]:
+        """A pool by id: from memory, else from the store (kept in memory a while)."""
+        pool = self.pools.get(pool_id)
+        if pool is not None or self.store is None:
+            return succeed(pool)
+
+        def loaded(record: dict[str, Any] | None) -> Pool | None:
+            if record is None:
+                return None
+            if pool_id in self.pools:  # loaded meanwhile
+                return self.pools[pool_id]
+            if record["ended_at"] is None:
+                return None  # ended meanwhile, or never ours: not kept in memory
+            if record["ended_at"] < self.wall() - self.retention:
+                return None  # past the retention, not yet deleted
+            found = Pool.from_record(record, self._output_buffer)
+            self.pools[pool_id] = found
+            self._held.append(found)
+            while len(self._held) > self.cache:
+                self._let_go(self._held.popleft())
+            return found
+
+        return self.store.get(pool_id).addCallback(loaded)
+
+    def page(
+        self, before: str | None, state: str | None, worker: str | None, cmd: str | None, limit: int
+    ) -> Deferred[list[Pool | dict[str, Any]]]:
+        """
+        C{limit} pools newest first, filtered: running and cached pools as
+        they are in memory, the others as their stored summaries.
+        """
+        if self.store is None or self.writer is None:
+            return succeed(list(itertools.islice(self.list_pools(before, state, worker, cmd), limit)))
+        store, writer = self.store, self.writer
+        d = writer.flush()
+        since = self.wall() - self.retention
+        d.addCallback(lambda _: store.page(before, state, worker, cmd, limit, since))
+        return d.addCallback(
+            lambda summaries: [self.pools.get(summary["id"], summary) for summary in summaries]
+        )
+
+    def load(self, records: list[dict[str, Any]]) -> int:
+        """Take back the pools that had not ended when the last master stopped."""
+        for record in records:
+            pool = Pool.from_record(record, self._output_buffer)
+            self.pools[pool.id] = pool
+            in_flight = 0
+            for job in pool.jobs.values():
+                if job.sent and job.status is None:
+                    self._adopt(job)
+                    in_flight += 1
+            if pool.waiting and not pool.halted:
+                # Its workers have to come back first.
+                slots = pool.rollout.window(len(pool.jobs)) - in_flight
+                pool.timers.append(self.clock.callLater(self.reconnect_grace, self._send, pool, slots))
+        return len(records)
 
     def _expire(self, pool_id: str) -> None:
         del self._expiries[pool_id]
@@ -681,7 +976,17 @@ class ClusterState:
     def stop(self) -> None:
         """Cancel timers: the master is shutting down."""
         timers = [t for pool in self.pools.values() for t in pool.timers]
-        for call in (*self._expiries.values(), *self._forgets.values(), *timers):
+        if self.writer is not None:
+            self.writer.stop()
+        for call in (
+            *self._expiries.values(),
+            *self._forgets.values(),
+            *self._graces.values(),
+            *timers,
+            self._expirer,
+        ):
+            if call is None:
+                continue
             if call.active():
                 call.cancel()
         self._expiries.clear()

@@ -10,13 +10,17 @@ reactor serialises a piece at a time between its other work.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, Iterable, Iterator
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.iweb import IRequest
+from twisted.logger import Logger
 from zope.interface import implementer
+
+log = Logger()
 
 
 def json_list_pieces(items: Iterable[Iterator[bytes]]) -> Iterator[bytes]:
@@ -53,12 +57,16 @@ class JSONStream:
     Writes C{pieces} to C{request} while the transport takes them: the
     transport pauses this producer once its buffer is full (one piece past
     64 KiB at most) and resumes it when the client has read it.
+
+    A piece may also be a Deferred of more pieces (a pool read from the
+    store): the stream waits for it, then writes those first.
     """
 
-    def __init__(self, request: IRequest, pieces: Iterator[bytes]) -> None:
+    def __init__(self, request: IRequest, pieces: Iterator[Any]) -> None:
         self.request = request
         self.pieces = pieces
         self.paused = False
+        self._loading = False
         self.done: Deferred[bytes] = Deferred(lambda d: self.stopProducing())
 
     def start(self) -> Deferred[bytes]:
@@ -70,13 +78,30 @@ class JSONStream:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while not self.paused and not self.done.called:
+        self._write()
+
+    def _write(self) -> None:
+        while not self.paused and not self._loading and not self.done.called:
             piece = next(self.pieces, None)
             if piece is None:
                 self.request.write(b"\n")
                 self._finish()
                 return
+            if isinstance(piece, Deferred):
+                self._loading = True
+                piece.addCallback(self._loaded).addErrback(self._failed)
+                return
             self.request.write(piece)
+
+    def _loaded(self, more: Iterator[bytes]) -> None:
+        self._loading = False
+        self.pieces = itertools.chain(more, self.pieces)
+        self._write()
+
+    def _failed(self, failure: Any) -> None:
+        log.failure("cannot read a pool for an answer", failure)
+        self.request.loseConnection()  # the answer cannot be completed
+        self._finish()
 
     def pauseProducing(self) -> None:
         self.paused = True

@@ -25,20 +25,24 @@ from pcci.master.api import (
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.guards import bounded_request
 from pcci.master.limits import ConnectionBudget, ConnectionLimit
-from pcci.master.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
+from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
 from pcci.master.services import ListeningService, LocalWorkerService
 from pcci.master.state import (
     DEFAULT_FORGET_AFTER,
     DEFAULT_HISTORY,
     DEFAULT_MAX_POOLS,
-    DEFAULT_RETENTION,
+    DEFAULT_RECONNECT_GRACE,
     ClusterState,
 )
+from pcci.master.store import SQLiteStore, StoreError, open_database
 from pcci.options import positive_int, seconds
 from pcci.wire import MAX_FRAME, MIN_FRAME
 from pcci.worker.connection import default_name
 
 log = Logger()
+
+#: Seconds a finished pool is kept, by default: a week.
+RETENTION = 7 * 24 * 3600.0
 
 #: Seconds an HTTP connection may stay silent; above the longest long poll.
 HTTP_TIMEOUT = 75.0
@@ -63,7 +67,9 @@ class Options(usage.Options):
         ["listen", None, "tcp:7000", "Endpoint workers connect to."],
         ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where the API token and the cluster secret are kept."],
         ["api-token-file", None, None, "API tokens, one a line ('TOKEN' or 'TOKEN read'), instead of <state-dir>/api-token."],
-        ["retention", None, DEFAULT_RETENTION, "Seconds a finished pool stays queryable.", seconds],
+        ["retention", None, RETENTION, "Seconds a finished pool is kept (on disk: see --db).", seconds],
+        ["db", None, None, "The SQLite database of pools (default: <state-dir>/pcci.db; ':memory:' keeps none).", str],
+        ["reconnect-grace", None, DEFAULT_RECONNECT_GRACE, "Seconds a disconnected worker's running jobs wait for it before they are lost.", seconds],
         ["max-output", None, DEFAULT_MAX_OUTPUT, "Bytes of output kept per job.", positive_int],
         ["max-output-total", None, DEFAULT_MAX_OUTPUT_TOTAL, "Bytes of output kept in memory over all jobs.", positive_int],
         ["forget-after", None, DEFAULT_FORGET_AFTER, "Seconds an offline worker is remembered.", seconds],
@@ -79,6 +85,20 @@ class Options(usage.Options):
         ["handshake-timeout", None, HANDSHAKE_TIMEOUT, "Seconds a worker has to complete its handshake.", seconds],
         ["kill-grace", None, 5.0, "Local worker: seconds from SIGTERM to SIGKILL.", seconds],
     ]
+
+    def _open_store(self) -> None:
+        """Open the database now: one that cannot be used stops the start."""
+        path = self["db"] or str(self.state_dir / "pcci.db")
+        if path != ":memory:":
+            try:
+                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(f"cannot use --db {path}: {e}") from None
+        try:
+            self.db = open_database(path)
+        except StoreError as e:
+            raise usage.UsageError(str(e)) from None
+        self.db_path = path
 
     def postOptions(self) -> None:
         if self["max-command"] > COMMAND_CEILING:
@@ -96,6 +116,7 @@ class Options(usage.Options):
         self.secret: bytes | None = None
         self.tokens: list[auth.APIToken] | None = None
         self.state_dir = Path(self["state-dir"]).expanduser()
+        self._open_store()
         if self["no-auth"]:
             return
         try:
@@ -103,20 +124,30 @@ class Options(usage.Options):
             self.secret_file = state_dir / auth.CLUSTER_SECRET_FILE
             self.secret = auth.read_secret(self.secret_file)
             self.token_file = self["api-token-file"] or str(state_dir / auth.API_TOKEN_FILE)
-            self.tokens = auth.read_tokens(self.token_file)
+            # The token the master made itself is the administrator's.
+            self.tokens = auth.read_tokens(
+                self.token_file, unnamed=None if self["api-token-file"] else "admin"
+            )
         except (OSError, auth.AuthConfigError) as e:
             raise usage.UsageError(str(e)) from None
 
 
 class _StopState(Service):
-    """Cancels the state's timers at shutdown."""
+    """At shutdown: cancels the state's timers, writes what waits, closes the store."""
 
     def __init__(self, state: ClusterState) -> None:
         self.state = state
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
         super().stopService()
+        writer, store = self.state.writer, self.state.store
         self.state.stop()
+        if writer is None or store is None:
+            return None
+        d = writer.flush()
+        d.addErrback(lambda f: log.error("pools not written at exit: {why}", why=f.getErrorMessage()))
+        d.addBoth(lambda _: store.close())
+        return d
 
 
 def _announce(options: Options, port: IListeningPort) -> None:
@@ -152,8 +183,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     daemon.prepare(reactor)
+    store = SQLiteStore(options.db, reactor)
     state = ClusterState(
         reactor,
+        store=store,
+        reconnect_grace=options["reconnect-grace"],
         retention=options["retention"],
         max_output=options["max-output"],
         max_output_total=options["max-output-total"],
@@ -162,6 +196,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         forget_after=options["forget-after"],
         wall=time.time,
     )
+    carried = state.load(store.unfinished_now())
+    if carried:
+        log.info("{count} pools were running when the master stopped: their workers"
+                 " may carry on with them", count=carried)
     master = MultiService()
     _StopState(state).setServiceParent(master)
     budget = ConnectionBudget.for_file_limit(daemon.file_limit())

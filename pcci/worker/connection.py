@@ -1,10 +1,12 @@
 """
 The worker's side of the wire protocol: run what the master asks, report back.
 
-A worker's jobs belong to its connection: when the connection drops, the
-master has already failed them, so the worker kills them rather than leave
-processes nobody will hear from.  At most C{max_jobs} run at once; the
-others wait their turn, in order.
+A worker's jobs outlive its connections.  It keeps each job's output
+(capped, its beginning and end) and its end until the master acknowledges
+that end, which it does once it has stored it: when the connection drops,
+the jobs run on, and the next connection's C{hello} lists them so the
+master carries on with each (C{attach}), receiving what it missed.  At
+most C{max_jobs} run at once; the others wait their turn, in order.
 """
 
 from __future__ import annotations
@@ -40,7 +42,30 @@ from pcci.wire import (
 )
 from pcci.worker.health import collect_figures
 from pcci.worker.journal import JobJournal
+from pcci.output import DEFAULT_MAX_OUTPUT, Chunk, OutputBuffer
 from pcci.worker.process import JobProcess
+
+#: Ended jobs kept for a master that has not acknowledged them, at most.
+MAX_UNACKED = 10_000
+
+
+class HeldJob:
+    """A job as the worker holds it: its process, kept output, and end."""
+
+    def __init__(self, pool_id: str, max_output: int) -> None:
+        self.pool_id = pool_id
+        self.process: JobProcess | None = None
+        self.output = OutputBuffer(max_output)
+        #: Chunks of output so far; each chunk's C{event} is its number.
+        self.seq = 0
+        self.pid: int | None = None
+        #: C{(status, reason)} once ended.
+        self.end: tuple[int, str | None] | None = None
+        #: The current connection's master carries on with this job.
+        self.attached = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"pool": self.pool_id, "ended": self.end is not None}
 
 
 #: Seconds between heartbeats, by default.
@@ -76,7 +101,6 @@ class MasterConnection(FramedJSONProtocol):
     factory: WorkerFactory
 
     def __init__(self) -> None:
-        self.jobs: dict[str, JobProcess] = {}
         self._paused = False
         self._nonce = new_nonce()
         self._last_frame = 0.0
@@ -88,6 +112,8 @@ class MasterConnection(FramedJSONProtocol):
         self._ready = False
         #: Fires when the master welcomes this worker; fails if it never does.
         self.joined: Deferred[MasterConnection] = Deferred()
+        #: Fires when the connection is closed, what was written sent.
+        self.closed: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -102,6 +128,7 @@ class MasterConnection(FramedJSONProtocol):
             heartbeat=self.factory.heartbeat,
             hostname=socket.gethostname(),
             labels=self.factory.labels,
+            jobs=[held.describe() for held in self.factory.held.values()],
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -115,14 +142,9 @@ class MasterConnection(FramedJSONProtocol):
             self.joined.errback(JoinFailed("connection closed during the handshake"))
         if self.factory.connection is self:
             self.factory.connection = None
+            self.factory.detached()
         self.factory.on_lost(self)
-        if self.jobs:
-            self.log.warn(
-                "connection to master lost: killing {count} running jobs",
-                count=len(self.jobs),
-            )
-        for job in list(self.jobs.values()):
-            job.kill()
+        self.closed.callback(None)
 
     # Messages from the master
 
@@ -237,8 +259,8 @@ class MasterConnection(FramedJSONProtocol):
     def handle_run(self, message: dict[str, Any]) -> None:
         if not self._handshake_done():
             return
-        pool_id, cmd = message["pool"], message["cmd"]
-        if pool_id in self.jobs:
+        pool_id = message["pool"]
+        if pool_id in self.factory.held:
             self.log.warn("pool {pool} is already running here", pool=pool_id)
             return
         try:
@@ -248,61 +270,33 @@ class MasterConnection(FramedJSONProtocol):
             self.sendMessage("output", pool=pool_id, data=f"pcci: {e}\n", stream="stderr")
             self.sendMessage("ended", pool=pool_id, status=NOT_STARTED, reason=END_NOT_STARTED)
             return
-        self.log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
-
-        def started(pid: int) -> None:
-            self.factory.job_started(job)
-            self.sendMessage("started", pool=pool_id, pid=pid)
-
-        job = JobProcess(
-            self.factory.reactor,
-            cmd,
-            on_started=started,
-            on_output=lambda data, stream: self.sendMessage(
-                "output", pool=pool_id, data=data, stream=stream
-            ),
-            on_ended=lambda status, reason: self._job_ended(pool_id, job, status, reason),
-            kill_grace=self.factory.kill_grace,
-            marker=self.factory.marker_prefix + pool_id,
-            env={**os.environ, **options.get("env", {})},
-            cwd=options.get("cwd"),
-            stdin=options.get("stdin", "").encode("utf-8"),
-            timeout=options.get("timeout"),
-        )
-        self.jobs[pool_id] = job
-        if self._paused:
-            job.pause()
-        self.factory.enqueue(job)
+        self.factory.run(pool_id, message["cmd"], options)
 
     def handle_kill(self, message: dict[str, Any]) -> None:
-        if not self._handshake_done():
-            return
-        job = self.jobs.get(message["pool"])
-        if job is not None:
-            self.log.info("pool {pool}: killing {cmd}", pool=message["pool"], cmd=job.cmd)
-            job.kill()
+        if self._handshake_done():
+            self.factory.kill(message["pool"])
 
-    def _job_ended(
-        self, pool_id: str, job: JobProcess, status: int, reason: str | None
-    ) -> None:
-        self.jobs.pop(pool_id, None)
-        if reason is None:
-            self.sendMessage("ended", pool=pool_id, status=status)
-        else:
-            self.sendMessage("ended", pool=pool_id, status=status, reason=reason)
-        self.factory.job_ended(job)
+    def handle_attach(self, message: dict[str, Any]) -> None:
+        if self._handshake_done():
+            self.factory.attach(message["pool"], message["after"])
+
+    def handle_ack(self, message: dict[str, Any]) -> None:
+        if self._handshake_done():
+            self.factory.acknowledged(message["pool"])
 
     # IPushProducer, for the transport to the master
 
     def pauseProducing(self) -> None:
         self._paused = True
-        for job in self.jobs.values():
-            job.pause()
+        self.factory.pause_jobs()
 
     def resumeProducing(self) -> None:
         self._paused = False
-        for job in self.jobs.values():
-            job.resume()
+        self.factory.resume_jobs()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def stopProducing(self) -> None:
         pass
@@ -334,6 +328,7 @@ class WorkerFactory(Factory):
         max_jobs: int | None = None,
         journal: JobJournal | None = None,
         labels: dict[str, str] | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.reactor = reactor
         self.name = name
@@ -346,6 +341,9 @@ class WorkerFactory(Factory):
         self.kill_grace = kill_grace
         self.on_dismissed = on_dismissed
         self.max_jobs = max_jobs or default_max_jobs()
+        self.max_output = max_output
+        #: Every job not yet let go by the master, by pool id, oldest first.
+        self.held: dict[str, HeldJob] = {}
         #: What this worker says of itself, for targeting.
         self.labels = default_labels() if labels is None else labels
         self.journal = journal
@@ -376,6 +374,121 @@ class WorkerFactory(Factory):
             "worker {name} will not reconnect: {reason}", name=self.name, reason=reason
         )
         self.on_dismissed(reason)
+
+    # Held jobs, across connections
+
+    def _send(self, held: HeldJob, code: str, **fields: Any) -> None:
+        """Tell the master about a job, if a master carries on with it now."""
+        connection = self.connection
+        if held.attached and connection is not None and connection.welcomed:
+            connection.sendMessage(code, pool=held.pool_id, **fields)
+
+    def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
+        self.log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
+        held = HeldJob(pool_id, self.max_output)
+        held.attached = True
+        self.held[pool_id] = held
+
+        def started(pid: int) -> None:
+            held.pid = pid
+            self.job_started(process)
+            self._send(held, "started", pid=pid)
+
+        def output(text: str, stream: str) -> None:
+            held.seq += 1
+            held.output.append(text, stream, held.seq)
+            self._send(held, "output", data=text, stream=stream, seq=held.seq)
+
+        def ended(status: int, reason: str | None) -> None:
+            held.end = (status, reason)
+            held.process = None
+            self._send_end(held)
+            self.job_ended(process)
+            self._bound_unacked()
+
+        process = JobProcess(
+            self.reactor,
+            cmd,
+            on_started=started,
+            on_output=output,
+            on_ended=ended,
+            kill_grace=self.kill_grace,
+            marker=self.marker_prefix + pool_id,
+            env={**os.environ, **options.get("env", {})},
+            cwd=options.get("cwd"),
+            stdin=options.get("stdin", "").encode("utf-8"),
+            timeout=options.get("timeout"),
+        )
+        held.process = process
+        connection = self.connection
+        if connection is not None and connection.paused:
+            process.pause()
+        self.enqueue(process)
+
+    def _send_end(self, held: HeldJob) -> None:
+        assert held.end is not None
+        status, reason = held.end
+        if reason is None:
+            self._send(held, "ended", status=status)
+        else:
+            self._send(held, "ended", status=status, reason=reason)
+
+    def kill(self, pool_id: str) -> None:
+        held = self.held.get(pool_id)
+        if held is not None and held.process is not None:
+            self.log.info("pool {pool}: killing {cmd}", pool=pool_id, cmd=held.process.cmd)
+            held.process.kill()
+
+    def attach(self, pool_id: str, after: int) -> None:
+        """The master carries on with a held job: what it missed, then its end."""
+        held = self.held.get(pool_id)
+        if held is None:
+            return
+        held.attached = True
+        if held.pid is not None:
+            self._send(held, "started", pid=held.pid)
+        for piece in held.output.chunks(after):
+            if isinstance(piece, Chunk):
+                self._send(held, "output", data=piece.text, stream=piece.stream, seq=piece.event)
+            else:
+                note = f"\n[pcci: {piece.size} bytes of output dropped]\n"
+                self._send(held, "output", data=note, stream="stderr", seq=piece.event)
+        if held.end is not None:
+            self._send_end(held)
+
+    def acknowledged(self, pool_id: str) -> None:
+        """The master keeps the job's end: forget it."""
+        held = self.held.get(pool_id)
+        if held is not None and held.end is not None:
+            del self.held[pool_id]
+
+    def detached(self) -> None:
+        """The connection is gone: jobs run on, their output kept for the next."""
+        for held in self.held.values():
+            held.attached = False
+        self.resume_jobs()  # nothing to wait for: output is kept, capped
+        running = sum(1 for held in self.held.values() if held.end is None)
+        if running:
+            self.log.warn(
+                "connection to master lost: {count} jobs run on; their output is kept"
+                " for the master",
+                count=running,
+            )
+
+    def _bound_unacked(self) -> None:
+        ended = [key for key, held in self.held.items() if held.end is not None]
+        for key in ended[: max(0, len(ended) - MAX_UNACKED)]:
+            del self.held[key]
+
+    def pause_jobs(self) -> None:
+        for held in self.held.values():
+            if held.process is not None:
+                held.process.pause()
+
+    def resume_jobs(self) -> None:
+        for held in self.held.values():
+            if held.process is not None:
+                held.process.resume()
 
     def enqueue(self, job: JobProcess) -> None:
         """Start C{job} now if a slot is free, else when one frees up."""

@@ -106,6 +106,13 @@ class WorkerService(MultiService):
         d.addCallback(lambda _: MultiService.stopService(self))
         return d
 
-    def _disconnect(self) -> None:
-        if self.factory.connection is not None:
-            self.factory.connection.close()
+    def _disconnect(self) -> Deferred[None] | None:
+        """Close the connection once what was written (the jobs' ends) is sent."""
+        connection = self.factory.connection
+        if connection is None:
+            return None
+        connection.close()
+        d = connection.closed
+        d.addTimeout(5, self.reactor)
+        d.addErrback(lambda f: None)
+        return d

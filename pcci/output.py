@@ -152,3 +152,32 @@ class OutputBuffer:
             + marker
             + "".join(c.text for c in self._tail)
         )
+
+    # As stored (see pcci.master.store)
+
+    def to_record(self) -> dict[str, object]:
+        return {
+            "head": [[c.event, c.stream, c.text] for c in self._head],
+            "dropped": self.dropped,
+            "dropped_event": self._dropped_event,
+            "tail": [[c.event, c.stream, c.text] for c in self._tail],
+        }
+
+    @classmethod
+    def from_record(
+        cls,
+        record: dict,
+        limit: int,
+        on_resize: Callable[[int], None] = lambda delta: None,
+    ) -> OutputBuffer:
+        buffer = cls(max(limit, 1), on_resize)
+        for event, stream, text in record.get("head", []):
+            buffer._head.append(Chunk(text, utf8_size(text), stream, event))
+        for event, stream, text in record.get("tail", []):
+            buffer._tail.append(Chunk(text, utf8_size(text), stream, event))
+        buffer._head_size = sum(c.size for c in buffer._head)
+        buffer._tail_size = sum(c.size for c in buffer._tail)
+        buffer.dropped = record.get("dropped", 0)
+        buffer._dropped_event = record.get("dropped_event")
+        on_resize(buffer.size)
+        return buffer

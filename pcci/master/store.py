@@ -1,0 +1,381 @@
+"""
+Where the master keeps pools on disk, so a restart forgets nothing.
+
+L{PoolStore} is the seam: what the master's state needs of storage, as
+Deferreds, never blocking the reactor.  L{SQLiteStore} is its one engine:
+the standard library's C{sqlite3} in WAL mode, driven by one thread of its
+own, so every call runs in the order it was made (a read sees every write
+asked before it).  Another engine (PostgreSQL, for several masters sharing
+one history) would implement the same four calls.
+
+A pool is stored as its summary, for listing, and its whole record (jobs,
+their states and kept output, event ids), written again as it changes.
+The state batches its writes: one transaction carries every pool changed
+within a short interval.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+log = Logger()
+
+T = TypeVar("T")
+
+#: The version of the tables below; a database of a newer one is refused.
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pools (
+    id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    state TEXT NOT NULL,
+    cmd TEXT NOT NULL,
+    workers TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pools_ended ON pools (ended_at);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be used: its message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StoredPool:
+    """A pool as written: its fields for queries, its summary and its record."""
+
+    id: str
+    started_at: float
+    ended_at: float | None
+    state: str
+    cmd: str
+    workers: list[str]
+    summary: dict[str, Any]
+    record: dict[str, Any]
+
+
+class PoolStore(Protocol):
+    """What the master needs of storage.  Every call runs after those before it."""
+
+    def save(self, pools: list[StoredPool]) -> Deferred[None]:
+        """Write these pools (new or changed) in one transaction."""
+
+    def unfinished(self) -> Deferred[list[dict[str, Any]]]:
+        """The records of the pools that had not ended, oldest first."""
+
+    def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
+        """A pool's record, or None."""
+
+    def page(
+        self,
+        before: str | None,
+        state: str | None,
+        worker: str | None,
+        cmd: str | None,
+        limit: int,
+        ended_since: float = 0.0,
+    ) -> Deferred[list[dict[str, Any]]]:
+        """
+        Summaries of pools, newest first, filtered as C{GET /pools} says,
+        leaving out those that ended before C{ended_since}.
+        """
+
+    def expire(self, ended_before: float) -> Deferred[int]:
+        """Delete the pools that ended before this time; how many."""
+
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """
+    L{PoolStore} on an SQLite database (see L{open_database}), from one
+    thread of its own.
+    """
+
+    def __init__(self, db: sqlite3.Connection, reactor: Any) -> None:
+        self._reactor = reactor
+        self._db = db
+        self._pool = ThreadPool(1, 1, name="pcci-store")
+        self._pool.start()
+
+    def unfinished_now(self) -> list[dict[str, Any]]:
+        """L{unfinished}, at once: for the master's start, before anything else runs."""
+        return self._unfinished()
+
+    def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(self._reactor, self._pool, work, *args)
+
+    def close(self) -> None:
+        self._pool.stop()
+        self._db.close()
+
+    # Each call below runs in the store's thread.
+
+    def save(self, pools: list[StoredPool]) -> Deferred[None]:
+        return self._run(self._save, pools)
+
+    def _save(self, pools: list[StoredPool]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO pools VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        p.id,
+                        p.started_at,
+                        p.ended_at,
+                        p.state,
+                        p.cmd,
+                        " " + " ".join(p.workers) + " ",
+                        json.dumps(p.summary),
+                        json.dumps(p.record),
+                    )
+                    for p in pools
+                ],
+            )
+
+    def unfinished(self) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self._unfinished)
+
+    def _unfinished(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT record FROM pools WHERE ended_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [json.loads(record) for (record,) in rows]
+
+    def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._run(self._get, pool_id)
+
+    def _get(self, pool_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT record FROM pools WHERE id = ?", (pool_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def page(
+        self,
+        before: str | None,
+        state: str | None,
+        worker: str | None,
+        cmd: str | None,
+        limit: int,
+        ended_since: float = 0.0,
+    ) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self._page, before, state, worker, cmd, limit, ended_since)
+
+    def _page(
+        self,
+        before: str | None,
+        state: str | None,
+        worker: str | None,
+        cmd: str | None,
+        limit: int,
+        ended_since: float,
+    ) -> list[dict[str, Any]]:
+        where: list[str] = ["(ended_at IS NULL OR ended_at >= ?)"]
+        args: list[Any] = [ended_since]
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if worker is not None:
+            where.append("instr(workers, ?) > 0")
+            args.append(f" {worker} ")
+        if cmd is not None:
+            where.append("instr(cmd, ?) > 0")
+            args.append(cmd)
+        query = "SELECT summary FROM pools WHERE " + " AND ".join(where)
+        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [json.loads(summary) for (summary,) in rows]
+
+    def expire(self, ended_before: float) -> Deferred[int]:
+        return self._run(self._expire, ended_before)
+
+    def _expire(self, ended_before: float) -> int:
+        with self._db:
+            cursor = self._db.execute(
+                "DELETE FROM pools WHERE ended_at IS NOT NULL AND ended_at < ?",
+                (ended_before,),
+            )
+        return cursor.rowcount
+
+
+def open_database(path: str) -> sqlite3.Connection:
+    """
+    Open (or create) the database at C{path} and check its schema.
+
+    @raise StoreError: a file that is not a pcci database, one of a newer
+        pcci, or one that cannot be written; nothing is changed then.
+    """
+    if path != ":memory:":
+        parent = Path(path).parent
+        if not parent.is_dir():
+            raise StoreError(f"cannot open the database {path}: {parent} is not a directory")
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the database {path}: {e}") from None
+    try:
+        version = _schema_version(db)
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database {path} was written by a newer pcci (schema {version},"
+                f" this one knows {SCHEMA_VERSION}): upgrade pcci, or start with"
+                " another --db"
+            )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("BEGIN IMMEDIATE")  # fails at once on a read-only file
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        db.execute("COMMIT")
+    except StoreError:
+        db.close()
+        raise
+    except sqlite3.Error as e:
+        db.close()
+        raise StoreError(f"cannot use the database {path}: {e}") from None
+    db.isolation_level = "DEFERRED"
+    return db
+
+
+def _schema_version(db: sqlite3.Connection) -> int | None:
+    """The database's schema version; None for a new, empty one."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return None
+    if "meta" not in tables:
+        raise StoreError(f"{_file(db)} is not a pcci database (it has other tables)")
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise StoreError(f"{_file(db)} has no pcci schema version")
+    return int(row[0])
+
+
+def _file(db: sqlite3.Connection) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return row[2] or ":memory:"
+
+
+#: Seconds changes wait to be written together.
+WRITE_INTERVAL = 0.05
+
+#: Seconds before writing again after a failed write (a full disk, say).
+RETRY_INTERVAL = 1.0
+
+
+class BatchedWriter:
+    """
+    Writes changed pools to a L{PoolStore}, every change made within
+    L{WRITE_INTERVAL} in one transaction; a failed write is logged and
+    tried again until it goes through.  C{committed(key)} fires once the
+    latest change of that key is on disk.
+    """
+
+    def __init__(self, store: PoolStore, clock: Any) -> None:
+        self.store = store
+        self.clock = clock
+        self._changed: dict[str, Callable[[], StoredPool]] = {}
+        self._waiting: dict[str, list[Deferred[None]]] = {}
+        self._in_flight: dict[str, list[Deferred[None]]] = {}
+        self._drained: list[Deferred[None]] = []
+        self._call: Any = None
+        self._writing = False
+        self._failures = 0
+
+    def mark(self, key: str, snapshot: Callable[[], StoredPool]) -> None:
+        """C{key} changed: C{snapshot()} makes its row when it is written."""
+        self._changed[key] = snapshot
+        self._schedule(WRITE_INTERVAL)
+
+    def committed(self, key: str) -> Deferred[None]:
+        """Fires when the latest change of C{key} is written (at once if none waits)."""
+        d: Deferred[None] = Deferred()
+        if key not in self._changed and key not in self._in_flight:
+            d.callback(None)
+        else:
+            self._waiting.setdefault(key, []).append(d)
+        return d
+
+    def pending(self) -> bool:
+        return bool(self._changed) or self._writing
+
+    def _schedule(self, delay: float) -> None:
+        if self._call is None and not self._writing:
+            self._call = self.clock.callLater(delay, self.flush)
+
+    def flush(self) -> Deferred[None]:
+        """Write what changed now; fires when it is written (or failed)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._writing or not self._changed:
+            return self._idle()
+        changed, self._changed = self._changed, {}
+        rows = [snapshot() for snapshot in changed.values()]
+        self._in_flight = {key: self._waiting.pop(key, []) for key in changed}
+        self._writing = True
+        d = self.store.save(rows)
+        d.addCallbacks(self._written, self._failed, errbackArgs=(changed,))
+        return d
+
+    def _idle(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if not self.pending():
+            d.callback(None)
+        else:
+            self._drained.append(d)
+        return d
+
+    def _written(self, _: Any) -> None:
+        self._writing = False
+        self._failures = 0
+        in_flight, self._in_flight = self._in_flight, {}
+        for waiters in in_flight.values():
+            for d in waiters:
+                d.callback(None)
+        if self._changed:
+            self._schedule(WRITE_INTERVAL)
+        else:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def _failed(self, failure: Any, changed: dict[str, Callable[[], StoredPool]]) -> None:
+        self._writing = False
+        self._failures += 1
+        if self._failures in (1, 10) or self._failures % 100 == 0:
+            log.error(
+                "cannot write {count} pools to the store (try {n}): {why}; trying again",
+                count=len(changed),
+                n=self._failures,
+                why=failure.getErrorMessage(),
+            )
+        # Changes made meanwhile are newer: keep them over the failed ones.
+        self._changed = {**changed, **self._changed}
+        for key, waiters in self._in_flight.items():
+            self._waiting.setdefault(key, [])[:0] = waiters
+        self._in_flight = {}
+        self._schedule(RETRY_INTERVAL)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
