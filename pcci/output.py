@@ -129,6 +129,11 @@ class OutputBuffer:
         self._head, self._tail = [], deque()
         self._head_size = self._tail_size = 0
 
+    def detach(self) -> None:
+        """No longer counted in the budget: kept only by whoever still reads it."""
+        self._on_resize(-self.size)
+        self._on_resize = lambda delta: None
+
     def marker(self) -> str:
         return f"\n[pcci: {self.dropped} bytes of output dropped]\n"
 

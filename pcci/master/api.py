@@ -230,7 +230,7 @@ class MasterAPI:
         return self.state.find(pool_id).addCallback(found)
 
     @app.route("/job", methods=["POST"])
-    def submit(self, request: IRequest) -> bytes | Deferred[bytes]:
+    def submit(self, request: IRequest) -> Deferred[bytes]:
         """
         Start a pool on the workers the body selects; with C{?wait=S}, answer
         once it has ended or S seconds passed, with the pool.
@@ -261,9 +261,13 @@ class MasterAPI:
             cmd=pool.cmd,
         )
         message = f"pool started on {len(pool.jobs)} workers"
+        # Answered once stored: a pool id given out survives a crash.
+        d = self.state.stored(pool)
         if not request.args.get(b"wait"):
-            return _json(request, {"pool_id": pool.id, "message": message})
-        d = self.state.wait(pool, wait)
+            return d.addCallback(
+                lambda _: _json(request, {"pool_id": pool.id, "message": message})
+            )
+        d.addCallback(lambda _: self.state.wait(pool, wait))
         return d.addCallback(
             lambda pool: JSONStream(request, _submitted_pieces(pool, message)).start()
         )

@@ -847,6 +847,12 @@ class ClusterState:
         if self.writer is not None:
             self.writer.mark(pool.id, pool.stored)
 
+    def stored(self, pool: Pool) -> Deferred[None]:
+        """Fires once the store holds the pool as it is now (at once without a store)."""
+        if self.writer is None:
+            return succeed(None)
+        return self.writer.committed(pool.id)
+
     def _let_go(self, pool: Pool) -> None:
         """A finished pool leaves memory once the store holds it."""
         assert self.writer is not None
@@ -856,7 +862,9 @@ class ClusterState:
                 call = self._expiries.pop(pool.id, None)
                 if call is not None and call.active():
                     call.cancel()
-                self._drop(pool.id)
+                del self.pools[pool.id]
+                for job in pool.jobs.values():
+                    job.output.detach()  # an answer being written may still read it
 
         self.writer.committed(pool.id).addCallback(gone)
 
@@ -890,10 +898,10 @@ class ClusterState:
             if record["ended_at"] < self.wall() - self.retention:
                 return None  # past the retention, not yet deleted
             found = Pool.from_record(record, self._output_buffer)
+            while self._held and len(self._held) >= self.cache:
+                self._let_go(self._held.popleft())
             self.pools[pool_id] = found
             self._held.append(found)
-            while len(self._held) > self.cache:
-                self._let_go(self._held.popleft())
             return found
 
         return self.store.get(pool_id).addCallback(loaded)

@@ -274,8 +274,9 @@ def _file(db: sqlite3.Connection) -> str:
     return row[2] or ":memory:"
 
 
-#: Seconds changes wait to be written together.
-WRITE_INTERVAL = 0.05
+#: Seconds changes wait to be written together: none past the reactor's
+#: turn; under load, what changes while one write runs goes in the next.
+WRITE_INTERVAL = 0.0
 
 #: Seconds before writing again after a failed write (a full disk, say).
 RETRY_INTERVAL = 1.0
@@ -283,8 +284,8 @@ RETRY_INTERVAL = 1.0
 
 class BatchedWriter:
     """
-    Writes changed pools to a L{PoolStore}, every change made within
-    L{WRITE_INTERVAL} in one transaction; a failed write is logged and
+    Writes changed pools to a L{PoolStore}: every change made while the
+    last write ran, in one transaction; a failed write is logged and
     tried again until it goes through.  C{committed(key)} fires once the
     latest change of that key is on disk.
     """

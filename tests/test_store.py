@@ -1,0 +1,196 @@
+"""The SQLite store, and the state over it: round trips, retention, schema, bad files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from fakes import FakeLink
+from pcci.master.events import pool_events
+from pcci.master.state import ClusterState
+from pcci.master.store import SCHEMA_VERSION, SQLiteStore, StoreError, open_database
+
+
+def test_a_new_database_carries_its_schema_version(tmp_path: Path) -> None:
+    db = open_database(str(tmp_path / "pcci.db"))
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
+    open_database(str(tmp_path / "pcci.db")).close()  # and opens again
+
+
+def test_a_database_of_a_newer_pcci_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "pcci.db"
+    db = open_database(str(path))
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="written by a newer pcci"):
+        open_database(str(path))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [(b"this is not a database at all" * 100, "cannot use the database"), (None, "not a pcci database")],
+)
+def test_a_corrupt_or_foreign_file_is_refused(tmp_path: Path, content: bytes | None, why: str) -> None:
+    path = tmp_path / "pcci.db"
+    if content is None:
+        foreign = sqlite3.connect(path)
+        foreign.execute("CREATE TABLE other (x)")
+        foreign.commit()
+        foreign.close()
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=why):
+        open_database(str(path))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_an_unwritable_directory_is_refused(tmp_path: Path) -> None:  # pragma: no cover
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(StoreError):
+            open_database(str(tmp_path / "pcci.db"))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+class SyncStore(SQLiteStore):
+    """The store with its calls run at once: a unit test has no thread pool running."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def _run(self, work, *args):  # type: ignore[override]
+        from twisted.internet.defer import execute
+
+        return execute(work, *args)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def cluster(store: SyncStore, clock: Clock, **kwargs) -> tuple[ClusterState, FakeLink]:
+    state = ClusterState(clock, store=store, retention=100, **kwargs)
+    link = FakeLink("a")
+    state.add_worker(link)
+    return state, link
+
+
+def result(d):
+    found: list = []
+    d.addBoth(found.append)
+    (value,) = found
+    if hasattr(value, "raiseException"):
+        value.raiseException()
+    return value
+
+
+def test_pools_round_trip_through_the_store(tmp_path: Path) -> None:
+    store = SyncStore(open_database(str(tmp_path / "pcci.db")))
+    clock = Clock()
+    clock.advance(1000)
+    state, link = cluster(store, clock, cache=0)
+    pool = state.submit("echo hi", ["a"], submitted_by="alice")
+    state.job_started("a", pool.id, 42)
+    state.job_output("a", pool.id, "hi\n", "stdout")
+    state.job_output("a", pool.id, "err\n", "stderr")
+    state.job_ended("a", pool.id, 0)
+    before = pool.to_json()
+    clock.advance(0.1)  # the write, then the ack after it
+    assert link.acked == [pool.id]
+    assert pool.id not in state.pools  # memory let it go: the store has it
+    found = result(state.find(pool.id))
+    assert found.to_json() == before
+    assert found.submitted_by == "alice"
+    assert [e.name for e in pool_events(found)] == [
+        "started", "output", "output", "ended",
+    ]
+
+
+def test_finished_pools_past_the_retention_are_deleted(tmp_path: Path) -> None:
+    store = SyncStore(open_database(str(tmp_path / "pcci.db")))
+    clock = Clock()
+    clock.advance(1000)
+    state, _ = cluster(store, clock, cache=0)
+    old = state.submit("true", ["a"])
+    state.job_ended("a", old.id, 0)
+    clock.advance(50)
+    new = state.submit("true", ["a"])
+    state.job_ended("a", new.id, 0)
+    clock.advance(60)  # old ended 110 s ago, new 60 s ago; the sweep runs
+    assert result(state.find(old.id)) is None
+    assert result(state.find(new.id)) is not None
+    rows = store._db.execute("SELECT id FROM pools").fetchall()
+    assert rows == [(new.id,)]
+
+
+def test_running_pools_come_back_with_a_new_master(tmp_path: Path) -> None:
+    path = str(tmp_path / "pcci.db")
+    store = SyncStore(open_database(path))
+    clock = Clock()
+    state, _ = cluster(store, clock)
+    pool = state.submit("sleep 9", ["a"])
+    state.job_started("a", pool.id, 7)
+    clock.advance(0.1)
+    store.close()
+    # A new master on the same file.
+    store = SyncStore(open_database(path))
+    clock = Clock()
+    state = ClusterState(clock, store=store, reconnect_grace=30)
+    assert state.load(store.unfinished_now()) == 1
+    again = state.pools[pool.id]
+    assert again.jobs["a"].state == "running" and again.jobs["a"].pid == 7
+    link = FakeLink("a", held_jobs=[{"pool": pool.id, "ended": False}])
+    state.add_worker(link)
+    assert link.attached == [(pool.id, 0)]  # send everything: this master has no output
+    state.job_output("a", pool.id, "done\n", "stdout", 1)
+    state.job_ended("a", pool.id, 0)
+    assert again.state == "ok" and again.jobs["a"].output.text() == "done\n"
+    clock.advance(30)
+    assert again.jobs["a"].state == "ok"
+
+
+def test_a_job_whose_worker_does_not_come_back_is_lost_after_the_grace(tmp_path: Path) -> None:
+    path = str(tmp_path / "pcci.db")
+    store = SyncStore(open_database(path))
+    state, _ = cluster(store, Clock())
+    pool = state.submit("sleep 9", ["a"])
+    result(state.writer.flush())
+    store.close()
+    store = SyncStore(open_database(path))
+    clock = Clock()
+    state = ClusterState(clock, store=store, reconnect_grace=30)
+    state.load(store.unfinished_now())
+    clock.advance(30)
+    job = state.pools[pool.id].jobs["a"]
+    assert job.state == "lost" and "did not come back" in job.output.text()
+
+
+def test_listing_pages_and_filters_from_the_store(tmp_path: Path) -> None:
+    store = SyncStore(open_database(str(tmp_path / "pcci.db")))
+    clock = Clock()
+    clock.advance(1000)
+    state, _ = cluster(store, clock, cache=5)
+    state.add_worker(FakeLink("b"))
+    ids = []
+    for i in range(30):
+        pool = state.submit(f"job {i}", ["a"] if i % 2 else ["b"])
+        state.job_ended(pool.jobs and next(iter(pool.jobs)), pool.id, i % 3)
+        ids.append(pool.id)
+    page = result(state.page(None, None, None, None, 10))
+    listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
+    assert listed == ids[::-1][:10]
+    # Older than the 11th, ok (status 0: every third), on a (odd ones), with "job" in the command.
+    page = result(state.page(ids[10], "ok", "a", "job", 100))
+    listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
+    assert listed == [ids[9], ids[3]]
