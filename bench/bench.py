@@ -5,7 +5,8 @@ and print, from one run:
 - the latency of a one-job `true` pool, in one round trip (POST /job?wait)
   and in two (POST, then GET ?wait), as p50/p95 and as ratios to a local
   `subprocess.run(["true"])` measured alongside;
-- pools per second with 20 concurrent clients, checking none is lost;
+- pools per second with 20 concurrent clients, checking none is lost, with
+  pools stored on disk (the default) and again with `--db :memory:`;
 - output throughput of `seq 1 2000000` through worker and master;
 - the master's memory (RSS) after all that.
 
@@ -90,7 +91,7 @@ def latency(client: Client, count: int) -> None:
               f" p50 / local p50 {p50 / local:.2f}x")
 
 
-def throughput_of_pools(port: int, token: str, clients: int, per_client: int) -> None:
+def throughput_of_pools(port: int, token: str, clients: int, per_client: int, label: str = "") -> float:
     ids: list[str] = []
     failures: list[object] = []
     lock = threading.Lock()
@@ -112,9 +113,10 @@ def throughput_of_pools(port: int, token: str, clients: int, per_client: int) ->
         thread.join()
     elapsed = time.perf_counter() - started
     total = clients * per_client
-    print(f"pools with {clients} concurrent clients ({total} pools, POST + wait each):")
+    print(f"pools with {clients} concurrent clients ({total} pools, POST + wait each){label}:")
     print(f"  {total / elapsed:.0f} pools/s; {len(set(ids))} unique ids of {total};"
           f" {len(failures)} failed")
+    return total / elapsed
 
 
 def throughput_of_output(client: Client, lines: int) -> None:
@@ -134,21 +136,35 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--pools", type=int, default=1000, help="pools for the pools/s figure")
     parser.add_argument("--lines", type=int, default=2_000_000)
+    parser.add_argument("--master", nargs="*", default=[], help="more options for the first master")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         cluster = Cluster(Path(directory))
         try:
-            cluster.start_master("--retention", "5")
+            cluster.start_master("--retention", "5", *args.master)
             cluster.start_worker("w1")
             cluster.start_worker("w2")
             master = psutil.Process(cluster.master.pid)
             client = Client(cluster.api_port, cluster.token)
             latency(client, args.runs)
-            throughput_of_pools(
-                cluster.api_port, cluster.token, args.clients, args.pools // args.clients
+            stored = throughput_of_pools(
+                cluster.api_port, cluster.token, args.clients, args.pools // args.clients,
+                ", stored in SQLite",
             )
             throughput_of_output(client, args.lines)
             print(f"master RSS at the end: {master.memory_info().rss / 2**20:.0f} MiB")
+        finally:
+            cluster.stop()
+        cluster = Cluster(Path(directory) / "memory")
+        try:
+            cluster.start_master("--retention", "5", "--db", ":memory:")
+            cluster.start_worker("w1")
+            cluster.start_worker("w2")
+            in_memory = throughput_of_pools(
+                cluster.api_port, cluster.token, args.clients, args.pools // args.clients,
+                ", --db :memory:",
+            )
+            print(f"stored / in memory: {stored / in_memory:.2f}")
         finally:
             cluster.stop()
 

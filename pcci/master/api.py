@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -261,15 +261,16 @@ class MasterAPI:
             cmd=pool.cmd,
         )
         message = f"pool started on {len(pool.jobs)} workers"
-        # Answered once stored: a pool id given out survives a crash.
-        d = self.state.stored(pool)
+        # Answered once stored: a pool id given out survives a crash.  (Its
+        # jobs' ends are safe with their workers until the master stores them.)
+        stored = self.state.stored(pool)
         if not request.args.get(b"wait"):
-            return d.addCallback(
+            return stored.addCallback(
                 lambda _: _json(request, {"pool_id": pool.id, "message": message})
             )
-        d.addCallback(lambda _: self.state.wait(pool, wait))
+        d = gatherResults([stored, self.state.wait(pool, wait)], consumeErrors=True)
         return d.addCallback(
-            lambda pool: JSONStream(request, _submitted_pieces(pool, message)).start()
+            lambda _: JSONStream(request, _submitted_pieces(pool, message)).start()
         )
 
     def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:

@@ -742,7 +742,7 @@ class ClusterState:
             event = pool.event("started", job.started_data())
             job.started_event = event.id
             pool.announce(event)
-            self._persist(pool)
+            # Not stored now: after a crash, the worker tells it again.
 
     def job_output(
         self,

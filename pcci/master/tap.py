@@ -66,7 +66,7 @@ class Options(usage.Options):
         ["api", None, "tcp:8080", "Endpoint of the REST API."],
         ["listen", None, "tcp:7000", "Endpoint workers connect to."],
         ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where the API token and the cluster secret are kept."],
-        ["api-token-file", None, None, "API tokens, one a line ('TOKEN' or 'TOKEN read'), instead of <state-dir>/api-token."],
+        ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME]'), instead of <state-dir>/api-token."],
         ["retention", None, RETENTION, "Seconds a finished pool is kept (on disk: see --db).", seconds],
         ["db", None, None, "The SQLite database of pools (default: <state-dir>/pcci.db; ':memory:' keeps none).", str],
         ["reconnect-grace", None, DEFAULT_RECONNECT_GRACE, "Seconds a disconnected worker's running jobs wait for it before they are lost.", seconds],
