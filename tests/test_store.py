@@ -194,3 +194,50 @@ def test_listing_pages_and_filters_from_the_store(tmp_path: Path) -> None:
     page = result(state.page(ids[10], "ok", "a", "job", 100))
     listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
     assert listed == [ids[9], ids[3]]
+
+
+def test_a_failed_write_is_logged_and_tried_again_until_it_goes_through() -> None:
+    from twisted.internet.defer import fail, succeed
+
+    from pcci.master.store import RETRY_INTERVAL, BatchedWriter, StoredPool
+
+    class FullDisk:
+        def __init__(self) -> None:
+            self.failures = 2
+            self.saved: list[list[str]] = []
+
+        def save(self, rows):
+            if self.failures:
+                self.failures -= 1
+                return fail(sqlite3.OperationalError("database or disk is full"))
+            self.saved.append([row.id for row in rows])
+            return succeed(None)
+
+    clock = Clock()
+    store = FullDisk()
+    writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
+    row = StoredPool("p1", 0.0, None, "running", "x", ["a"], {}, {})
+    writer.mark("p1", lambda: row)
+    done: list = []
+    writer.committed("p1").addCallback(done.append)
+    clock.advance(0)
+    assert done == [] and store.saved == []
+    clock.advance(RETRY_INTERVAL)
+    assert done == []
+    writer.mark("p2", lambda: StoredPool("p2", 0.0, None, "running", "x", ["a"], {}, {}))
+    clock.advance(RETRY_INTERVAL)
+    assert store.saved == [["p1", "p2"]] and done == [None]
+
+
+def test_named_tokens() -> None:
+    import tempfile
+
+    from pcci.auth import read_tokens
+
+    with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as f:
+        f.write("a" * 20 + " name=ops\n" + "b" * 20 + " read name=grafana\n" + "c" * 20 + "\n")
+    tokens = read_tokens(f.name)
+    assert [(t.name, t.read_only) for t in tokens] == [("ops", False), ("grafana", True), ("token-3", False)]
+    assert read_tokens(f.name, unnamed="admin")[2].name == "admin"
+    assert "aaaa" not in repr(tokens[0])
+    os.unlink(f.name)
