@@ -960,12 +960,18 @@ class ClusterState:
         master holds at most nine tenths of the budget.
         """
         goal = self.max_output_total * 9 // 10
-        while self.output_total > goal and self._held:
+        freeing = 0  # bytes of pools let go, given back once the store has them
+        while self.output_total - freeing > goal and self._held:
             pool = self._held.popleft()
-            if self.pools.get(pool.id) is pool:
+            if self.pools.get(pool.id) is not pool:
+                continue
+            if self.writer is not None:
+                freeing += sum(job.output.size for job in pool.jobs.values())
+                self._let_go(pool)  # the store keeps it whole
+            else:
                 for job in pool.jobs.values():
                     job.output.release()
-        if self.output_total <= goal:
+        if self.output_total - freeing <= goal:
             return
         running = sorted(
             (job for jobs in self._running.values() for job in jobs.values()),
