@@ -477,3 +477,55 @@ def test_pools_page_newest_first_with_a_next_link(client: Client) -> None:
     assert code == 400 and "limit" in body["message"]
     code, _, body = client.request("GET", "/pools?state=sleepy")
     assert code == 400 and "state" in body["message"]
+
+
+class TestWhoAmI:
+    def test_names_the_token_and_what_it_may_do(self) -> None:
+        client = Client(tokens=True)
+        assert client.request("GET", "/whoami")[2] == {
+            "auth": True, "name": "admin", "read_only": False,
+        }
+        reader = {**JSON, "Authorization": [f"Bearer {READER}"]}
+        assert client.request("GET", "/whoami", headers=reader)[2]["read_only"] is True
+        assert client.request("GET", "/whoami", headers=JSON)[0] == 401
+
+    def test_without_auth(self, client: Client) -> None:
+        assert client.request("GET", "/whoami")[2] == {
+            "auth": False, "name": None, "read_only": False,
+        }
+
+
+class TestDryRun:
+    def test_tells_the_workers_and_starts_nothing(self, client: Client) -> None:
+        code, _, body = client.request(
+            "POST", "/job?dry_run=true", {"cmd": "reboot", "workers": ["*"], "exclude": ["b"]}
+        )
+        assert (code, body) == (200, {"workers": ["a"], "message": "would start on 1 workers"})
+        assert client.state.pools == {}
+        assert client.links["a"].runs == []
+
+    @pytest.mark.parametrize(
+        "body, message",
+        [
+            ({"cmd": "true", "workers": ["nobody"]}, "nobody"),
+            ({"cmd": "", "workers": ["a"]}, "cmd"),
+            ({"cmd": "true", "workers": ["a"], "timeout": -1}, "timeout"),
+        ],
+    )
+    def test_checks_the_whole_body(self, client: Client, body: Any, message: str) -> None:
+        code, _, answer = client.request("POST", "/job?dry_run=1", body)
+        assert code == 400 and message in answer["message"]
+
+    def test_a_read_only_token_cannot_ask(self) -> None:
+        client = Client(tokens=True)
+        reader = {**JSON, "Authorization": [f"Bearer {READER}"]}
+        body = {"cmd": "true", "workers": ["a"]}
+        assert client.request("POST", "/job?dry_run=true", body, headers=reader)[0] == 403
+
+
+def test_a_pool_without_its_results(client: Client) -> None:
+    pool_id = client.submit("echo hi", ["a"])
+    client.state.job_output("a", pool_id, "hi\n", "stdout")
+    code, _, body = client.request("GET", f"/pools/{pool_id}?results=false")
+    assert code == 200 and "result" not in body["jobs"][0]
+    assert client.request("GET", f"/pools/{pool_id}")[2]["jobs"][0]["result"] == "hi\n"

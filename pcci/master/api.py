@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -21,6 +21,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pcci.auth import APIToken
+from pcci.master import dashboard
 from pcci.master.events import EventStream
 from pcci.master.guards import TokenGuard
 from pcci.master.jobspec import SpecError, parse_submission
@@ -127,9 +128,15 @@ def _submitted_pieces(pool: Pool, message: str) -> Iterator[bytes]:
     yield b"}"
 
 
+def _token(request: IRequest) -> APIToken | None:
+    """The token the request came with (None without auth)."""
+    return getattr(request, "api_token", None)
+
+
 def _who(request: IRequest) -> str | None:
     """The name of the token the request came with (None without auth)."""
-    return getattr(request, "token_name", None)
+    token = _token(request)
+    return token.name if token is not None else None
 
 
 def _last_event_id(request: IRequest) -> int:
@@ -207,10 +214,36 @@ class MasterAPI:
         self.max_command = min(max_command, COMMAND_CEILING)
         self.max_workers = max_workers
         self.metrics = MasterMetrics(state)
+        self.dashboard = dashboard.StaticFiles()
+        #: Whether requests need a token (set by L{resource}).
+        self.auth = False
 
     def resource(self, tokens: list[APIToken] | None) -> IResource:
         """The API as a web resource; with C{tokens}, only for their bearers."""
+        self.auth = tokens is not None
         return TokenGuard(self.app.resource(), tokens)
+
+    @app.route("/", methods=["GET"])
+    def page(self, request: IRequest) -> IResource:
+        """The dashboard (see L{pcci.master.dashboard})."""
+        return self.dashboard
+
+    @app.route("/ui/", branch=True, methods=["GET"])
+    def page_files(self, request: IRequest) -> IResource:
+        return self.dashboard
+
+    @app.route("/whoami", methods=["GET"])
+    def whoami(self, request: IRequest) -> bytes:
+        """The token the request came with: its name, and what it may do."""
+        token = _token(request)
+        return _json(
+            request,
+            {
+                "auth": self.auth,
+                "name": token.name if token is not None else None,
+                "read_only": token.read_only if token is not None else False,
+            },
+        )
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -233,9 +266,12 @@ class MasterAPI:
     def submit(self, request: IRequest) -> Deferred[bytes]:
         """
         Start a pool on the workers the body selects; with C{?wait=S}, answer
-        once it has ended or S seconds passed, with the pool.
+        once it has ended or S seconds passed, with the pool.  With
+        C{?dry_run=true}, check the body and tell which workers it selects,
+        starting nothing.
         """
         wait = _wait_seconds(request)
+        dry_run = _bool_arg(request, "dry_run", False)
         body = _read_json(request, self.max_body)
         try:
             asked = parse_submission(body, self.max_command, self.max_workers)
@@ -246,10 +282,16 @@ class MasterAPI:
                 self.state.online_labels(),
                 self.max_workers,
             )
+        except (SpecError, TargetError) as e:
+            raise APIError(400, str(e)) from None
+        if dry_run:
+            answer = {"workers": workers, "message": f"would start on {len(workers)} workers"}
+            return succeed(_json(request, answer))
+        try:
             pool = self.state.submit(
                 asked.cmd, workers, asked.options, asked.rollout, _who(request)
             )
-        except (SpecError, TargetError, SubmitError) as e:
+        except SubmitError as e:
             raise APIError(400, str(e)) from None
         except TooManyPools as e:
             raise APIError(503, f"{e}: try again when some have finished") from None
@@ -287,8 +329,12 @@ class MasterAPI:
 
     @app.route("/pools/<string:pool_id>", methods=["GET"])
     def pool(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
+        """The pool; C{results=false} leaves its jobs' outputs out."""
+        results = _bool_arg(request, "results", True)
         d = self._waited(request, pool_id)
-        return d.addCallback(lambda pool: JSONStream(request, _pool_pieces(pool)).start())
+        return d.addCallback(
+            lambda pool: JSONStream(request, _pool_pieces(pool, results)).start()
+        )
 
     @app.route("/pools/<string:pool_id>/events", methods=["GET"])
     def events(self, request: IRequest, pool_id: str) -> Deferred[bytes]:

@@ -1,7 +1,8 @@
 """
-The guards in front of the REST API: the bearer-token check, and a request
-class that refuses bodies too large before they cost anything (the
-connection limits and request deadlines are in L{pcci.master.limits}).
+The guards in front of the API port: the bearer-token check (and the
+few paths that need none), the security headers of every answer, and a
+request class that refuses bodies too large before they cost anything
+(the connection limits and request deadlines are in L{pcci.master.limits}).
 """
 
 from __future__ import annotations
@@ -18,6 +19,33 @@ from pcci.auth import APIToken, find_token
 
 #: Methods a read-only token may use.
 READ_METHODS = (b"GET", b"HEAD")
+
+#: Scripts, styles and connections from this origin only: no inline script
+#: or style, no framing, no plugin, no form posted elsewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+#: Paths anyone may read, without a token: the page and its files (they
+#: hold no data), and the health check.
+PUBLIC_PATHS = (b"/", b"/health")
+PUBLIC_PREFIX = b"/ui/"
+
+
+def is_public(request: IRequest) -> bool:
+    """Whether C{request} may go through without a token."""
+    if request.method not in (b"GET", b"HEAD"):
+        return request.path == b"/health"
+    return request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX)
+
+
+def secure(request: IRequest) -> None:
+    """The headers every answer of the API port carries."""
+    request.setHeader(b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode())
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    request.setHeader(b"X-Frame-Options", b"DENY")
+    request.setHeader(b"Referrer-Policy", b"no-referrer")
 
 
 def json_error(request: IRequest, status: int, message: str) -> bytes:
@@ -90,9 +118,10 @@ class TokenGuard(Resource):
     """
     Lets through the requests that carry a valid C{Authorization: Bearer}
     token: 401 without one, 403 for a read-only token on a write.  Only
-    C{/health} needs no token.  With C{tokens} None (C{--no-auth}) everyone
-    passes.  A path that is not UTF-8 once unquoted is a JSON 400 here,
-    before the router answers it in HTML.
+    C{/health} and the dashboard's files need no token.  With C{tokens}
+    None (C{--no-auth}) everyone passes.  A path that is not UTF-8 once
+    unquoted is a JSON 400 here, before the router answers it in HTML.
+    Every answer gets the dashboard's security headers.
     """
 
     isLeaf = True
@@ -103,11 +132,12 @@ class TokenGuard(Resource):
         self.tokens = tokens
 
     def render(self, request: IRequest) -> Any:
+        secure(request)
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
             return json_error(request, 400, "the path is not UTF-8 once unquoted")
-        if self.tokens is not None and request.path != b"/health":
+        if self.tokens is not None and not is_public(request):
             token = self._token(request)
             if token is None:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="pcci"')
@@ -116,7 +146,7 @@ class TokenGuard(Resource):
                 )
             if token.read_only and request.method not in READ_METHODS:
                 return json_error(request, 403, "this token is read-only")
-            request.token_name = token.name  # type: ignore[attr-defined]
+            request.api_token = token  # type: ignore[attr-defined]
         return self.wrapped.render(request)
 
     def _token(self, request: IRequest) -> APIToken | None:

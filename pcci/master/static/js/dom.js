@@ -1,0 +1,113 @@
+// Building the page: elements are made here, and every name and output is
+// set as text (never as HTML), so what a job prints shows as characters.
+
+// An element: h("a", {href: "#/x", class: "y"}, "text", child, ...).
+// Attributes starting with "on" are listeners; null and false are left out.
+export function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(element.dataset, value);
+    else element.setAttribute(name, value === true ? "" : String(value));
+  }
+  append(element, children);
+  return element;
+}
+
+function append(element, children) {
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+}
+
+// Replace what `element` holds.
+export function fill(element, ...children) {
+  element.replaceChildren();
+  append(element, children);
+  return element;
+}
+
+const STATE_WORDS = {
+  ok: "ok",
+  failed: "failed",
+  running: "running",
+  pending: "waiting",
+  killed: "killed",
+  timed_out: "timed out",
+  lost: "lost",
+  not_started: "not started",
+  cancelled: "cancelled",
+  online: "online",
+  offline: "lost",
+};
+
+// A state in words and colour.
+export function badge(state) {
+  return h("span", { class: `badge state-${state}` }, STATE_WORDS[state] || state);
+}
+
+// "3 min ago", with the exact time on hover; null shows as a dash.
+export function when(iso) {
+  if (!iso) return h("span", { class: "muted" }, "–");
+  const date = new Date(iso);
+  return h("time", { datetime: iso, title: date.toLocaleString() }, ago(date));
+}
+
+export function ago(date, now = Date.now()) {
+  const seconds = Math.round((now - date.getTime()) / 1000);
+  if (seconds < 5) return "just now";
+  if (seconds < 60) return `${seconds} s ago`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+  return `${Math.floor(seconds / 86400)} d ago`;
+}
+
+// Refresh every relative time on the page (they age while it is open).
+export function ageTimes(root = document) {
+  for (const time of root.querySelectorAll("time[datetime]")) {
+    time.textContent = ago(new Date(time.getAttribute("datetime")));
+  }
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "–";
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 1 : 0)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${Math.round(seconds % 60)} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+// Seconds between two RFC 3339 times; to now while `end` is null.
+export function between(start, end) {
+  if (!start) return null;
+  const stop = end ? new Date(end).getTime() : Date.now();
+  return Math.max(0, (stop - new Date(start).getTime()) / 1000);
+}
+
+export function bytes(count) {
+  if (count === null || count === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = count;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(value < 10 && unit > 0 ? 1 : 0)} ${units[unit]}`;
+}
+
+// "2 ok · 1 failed", most common first.
+export function counts(byState) {
+  return Object.entries(byState || {})
+    .sort((a, b) => b[1] - a[1])
+    .map(([state, count]) => `${count} ${STATE_WORDS[state] || state}`)
+    .join(" · ");
+}
+
+// A message in place of a view's content: an error, or that there is nothing.
+export function notice(text, kind = "info") {
+  return h("p", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+}

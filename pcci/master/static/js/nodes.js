@@ -1,0 +1,119 @@
+// Nodes: every worker the master has seen, online or lost, with its labels,
+// jobs and health figures, and small charts of their history.  From
+// GET /workers?all=true and GET /workers/<name>, refreshed live.
+
+import { call } from "./api.js";
+import { sparkline } from "./chart.js";
+import { badge, bytes, duration, fill, h, notice, when } from "./dom.js";
+
+const REFRESH = 5000; // ms between lists of workers
+const HISTORY_REFRESH = 15000; // ms between each worker's history
+
+function percent(ratio) {
+  return ratio === null || ratio === undefined ? "–" : `${Math.round(ratio * 100)} %`;
+}
+
+function ratioColumn(history, used, total) {
+  return history[used].map((value, i) => {
+    const all = history[total][i];
+    return value === null || !all ? null : value / all;
+  });
+}
+
+function figure(name, value, chart) {
+  return h("div", { class: "figure" }, h("span", { class: "figure-name" }, name), h("span", { class: "figure-value" }, value), chart);
+}
+
+function card(worker, history) {
+  const health = worker.health || {};
+  const memory =
+    health.memory_total_bytes
+      ? `${bytes(health.memory_used_bytes)} / ${bytes(health.memory_total_bytes)}`
+      : "–";
+  const disk = health.disk_total_bytes ? percent(health.disk_used_bytes / health.disk_total_bytes) : "–";
+  const temperature =
+    health.temperature_celsius === null || health.temperature_celsius === undefined
+      ? "–"
+      : `${health.temperature_celsius.toFixed(0)} °C`;
+  const charts = history
+    ? {
+        cpu: sparkline(history.cpu_ratio, { low: 0, high: 1, label: `CPU history of ${worker.id}` }),
+        memory: sparkline(ratioColumn(history, "memory_used_bytes", "memory_total_bytes"), {
+          low: 0,
+          high: 1,
+          label: `memory history of ${worker.id}`,
+        }),
+        temperature: sparkline(history.temperature_celsius, { label: `temperature history of ${worker.id}` }),
+      }
+    : {};
+  const labels = Object.entries(worker.labels || {}).map(([key, value]) =>
+    h("span", { class: "label" }, value === "" || value === null ? key : `${key}=${value}`),
+  );
+  return h(
+    "article",
+    { class: `card node ${worker.online ? "" : "node-lost"}`, dataset: { worker: worker.id } },
+    h("header", {}, h("h2", {}, worker.id), badge(worker.online ? "online" : "offline")),
+    h(
+      "p",
+      { class: "muted node-where" },
+      worker.address || "",
+      worker.online ? " · connected " : " · last seen ",
+      when(worker.online ? worker.connected_at : worker.last_seen),
+    ),
+    labels.length ? h("p", { class: "labels" }, labels) : null,
+    h(
+      "div",
+      { class: "figures" },
+      figure("Jobs running", String(worker.jobs_running ?? 0)),
+      figure("CPU", percent(health.cpu_ratio), charts.cpu),
+      figure("Memory", memory, charts.memory),
+      figure("Temperature", temperature, charts.temperature),
+      figure("Load", health.load_1m === null || health.load_1m === undefined ? "–" : health.load_1m.toFixed(2)),
+      figure("Disk", disk),
+      figure("Up", health.uptime_seconds ? duration(health.uptime_seconds) : "–"),
+    ),
+  );
+}
+
+export function showNodes(main, context) {
+  const summary = h("p", { class: "muted", id: "nodes-summary" });
+  const grid = h("div", { class: "grid", id: "nodes" }, notice("Loading workers…"));
+  fill(main, h("div", { class: "view-head" }, h("h1", {}, "Nodes"), summary), grid);
+  const histories = new Map(); // name -> {at, columns}
+  const controller = new AbortController();
+  let timer = null;
+
+  async function history(worker) {
+    const known = histories.get(worker.id);
+    const fresh = known && Date.now() - known.at < HISTORY_REFRESH && known.columns.time.length >= 2;
+    if (!worker.online || fresh) return known?.columns;
+    const body = await call(`/workers/${encodeURIComponent(worker.id)}`, { signal: controller.signal });
+    histories.set(worker.id, { at: Date.now(), columns: body.history });
+    return body.history;
+  }
+
+  async function refresh() {
+    try {
+      const workers = await call("/workers?all=true", { signal: controller.signal });
+      workers.sort((a, b) => Number(b.online) - Number(a.online) || a.id.localeCompare(b.id));
+      const columns = await Promise.all(workers.map((w) => history(w).catch(() => undefined)));
+      const online = workers.filter((w) => w.online).length;
+      fill(summary, `${online} online, ${workers.length - online} lost · ${workers.reduce((n, w) => n + (w.jobs_running || 0), 0)} jobs running`);
+      if (!workers.length) {
+        fill(grid, notice("No worker has connected yet: start one with twistd -n pcci-worker --master tcp:<this host>:7000 (see the README)."));
+      } else {
+        fill(grid, workers.map((w, i) => card(w, columns[i])));
+      }
+    } catch (error) {
+      context.failed(error, grid);
+      if (error.status === 401) return;
+    }
+    if (!controller.signal.aborted) timer = setTimeout(refresh, REFRESH);
+  }
+
+  refresh();
+  return () => {
+    controller.abort();
+    clearTimeout(timer);
+  };
+}

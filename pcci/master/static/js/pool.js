@@ -1,0 +1,312 @@
+// A pool: each worker's state, exit status and time, its output as it
+// arrives (GET /pools/<id>/events, read through fetch), a gathered view
+// that groups workers whose output is the same, and Kill buttons.
+
+import { call, streamEvents } from "./api.js";
+import { badge, between, counts, duration, fill, h, notice, when } from "./dom.js";
+
+const RETRY = 2000; // ms before a cut event stream is resumed
+
+// A button that asks once more before it acts.
+function confirming(text, confirmText, act, attributes = {}) {
+  const button = h("button", { type: "button", class: "danger", ...attributes }, text);
+  let armed = null;
+  button.addEventListener("click", () => {
+    if (!armed) {
+      button.textContent = confirmText;
+      armed = setTimeout(() => {
+        armed = null;
+        button.textContent = text;
+      }, 4000);
+      return;
+    }
+    clearTimeout(armed);
+    armed = null;
+    button.disabled = true;
+    act().finally(() => {
+      button.disabled = false;
+      button.textContent = text;
+    });
+  });
+  return button;
+}
+
+function piece(part) {
+  if (part.dropped !== undefined) {
+    return h("span", { class: "dropped" }, `[${part.dropped} bytes of output dropped here]\n`);
+  }
+  return part.stream === "stderr" ? h("span", { class: "stderr" }, part.text) : document.createTextNode(part.text);
+}
+
+export function showPool(main, context, poolId) {
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const readOnly = context.session.read_only;
+  const jobs = new Map(); // worker -> job, with its output as pieces
+  let pool = null;
+  let lastEvent = 0;
+  let ended = false;
+  let mode = "workers"; // or "gathered"
+  let redraw = null;
+  let ticker = null;
+
+  const head = h("div", { class: "view-head" }, notice("Loading pool…"));
+  const status = h("div", { id: "pool-status" });
+  const table = h("div", { id: "pool-jobs" });
+  const tabs = h("div", { class: "tabs", role: "tablist" });
+  const outputs = h("div", { id: "outputs" });
+  fill(main, head, status, table, tabs, outputs);
+
+  async function kill(workers) {
+    try {
+      const body = workers ? { workers } : undefined;
+      const answer = await call(`/kill/${encodeURIComponent(poolId)}`, { method: "PUT", body, signal });
+      fill(status, notice(answer.message));
+    } catch (error) {
+      context.failed(error, status);
+    }
+  }
+
+  // The head and the table are made once, then updated in place: a button
+  // someone is about to click stays where it is.
+  const title = {
+    state: h("span", { id: "pool-state" }),
+    kill: readOnly ? null : confirming("Kill all", "Really kill all?", () => kill(null), { id: "kill-all" }),
+    meta: h("p", { class: "muted" }),
+  };
+
+  function drawHead() {
+    fill(
+      head,
+      h("div", { class: "pool-title" }, h("h1", {}, "Pool ", h("span", { class: "mono" }, pool.id)), title.state, title.kill),
+      h("pre", { class: "cmd-line mono" }, pool.cmd),
+      title.meta,
+    );
+    updateHead();
+  }
+
+  function updateHead() {
+    fill(title.state, badge(pool.state));
+    if (title.kill) title.kill.hidden = pool.state !== "running";
+    fill(
+      title.meta,
+      "Started ",
+      when(pool.started_at),
+      ` · took ${duration(between(pool.started_at, pool.ended_at))}`,
+      pool.submitted_by ? ` · by ${pool.submitted_by}` : "",
+      ` · ${counts(pool.counts)}`,
+      pool.timeout ? ` · timeout ${pool.timeout} s` : "",
+      pool.batch ? ` · batch ${pool.batch}` : "",
+    );
+  }
+
+  function jobRow(job) {
+    if (!job.row) {
+      const cells = {
+        state: h("td", { "data-label": "State" }),
+        status: h("td", { "data-label": "Exit status" }),
+        took: h("td", { "data-label": "Took" }),
+        pid: h("td", { "data-label": "PID", class: "muted" }),
+        kill: readOnly ? null : confirming("Kill", "Really kill?", () => kill([job.worker_id]), { class: "danger small" }),
+      };
+      const name = h("button", { type: "button", class: "link mono", onclick: () => show(job) }, job.worker_id);
+      job.row = { cells, tr: h("tr", { dataset: { worker: job.worker_id } }, h("td", { "data-label": "Worker" }, name), cells.state, cells.status, cells.took, cells.pid, h("td", {}, cells.kill)) };
+    }
+    const { cells, tr } = job.row;
+    tr.dataset.state = job.state;
+    fill(cells.state, badge(job.state));
+    fill(cells.status, job.status === null || job.status === undefined ? "–" : String(job.status));
+    fill(cells.took, duration(job.time_to_calc != null ? job.time_to_calc / 1000 : between(job.started_at, job.ended_at)));
+    fill(cells.pid, job.pid ?? "–");
+    if (cells.kill) cells.kill.hidden = job.state !== "running";
+    return tr;
+  }
+
+  function drawJobs() {
+    fill(
+      table,
+      h(
+        "table",
+        { class: "jobs" },
+        h("thead", {}, h("tr", {}, ["Worker", "State", "Exit status", "Took", "PID", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, [...jobs.values()].map(jobRow)),
+      ),
+    );
+  }
+
+  function drawTabs() {
+    const tab = (name, text) =>
+      h(
+        "button",
+        {
+          type: "button",
+          role: "tab",
+          "aria-selected": String(mode === name),
+          class: mode === name ? "tab current" : "tab",
+          id: `tab-${name}`,
+          onclick: () => {
+            mode = name;
+            drawTabs();
+            drawOutputs();
+          },
+        },
+        text,
+      );
+    fill(tabs, tab("workers", "By worker"), tab("gathered", "Gathered"));
+  }
+
+  // Each worker's output, kept in its <pre> and added to as it arrives.
+  function outputBlock(job) {
+    if (!job.pre) {
+      job.pre = h("pre", { class: "output" }, job.parts.map(piece));
+      job.badge = h("span", {}, badge(job.state));
+      job.block = h(
+        "section",
+        { class: "worker-output", id: `output-${job.worker_id}`, dataset: { worker: job.worker_id } },
+        h("h3", {}, h("span", { class: "mono" }, job.worker_id), job.badge),
+        job.pre,
+      );
+    }
+    return job.block;
+  }
+
+  // Scroll to a worker's output.
+  function show(job) {
+    if (mode !== "workers") {
+      mode = "workers";
+      drawTabs();
+      drawOutputs();
+    }
+    outputBlock(job).scrollIntoView({ block: "start" });
+  }
+
+  function gathered() {
+    const groups = new Map(); // output text -> workers
+    for (const job of jobs.values()) {
+      const text = job.parts.map((p) => (p.dropped !== undefined ? `[${p.dropped} bytes dropped]\n` : p.text)).join("");
+      const key = `${job.state}\u0000${job.status}\u0000${text}`;
+      if (!groups.has(key)) groups.set(key, { jobs: [], parts: job.parts });
+      groups.get(key).jobs.push(job);
+    }
+    return [...groups.values()]
+      .sort((a, b) => b.jobs.length - a.jobs.length)
+      .map((group) =>
+        h(
+          "section",
+          { class: "worker-output gathered" },
+          h(
+            "h3",
+            {},
+            h("span", { class: "mono" }, group.jobs.map((j) => j.worker_id).join(", ")),
+            h("span", { class: "muted" }, ` (${group.jobs.length} worker${group.jobs.length === 1 ? "" : "s"})`),
+            badge(group.jobs[0].state),
+          ),
+          h("pre", { class: "output" }, group.parts.map(piece)),
+        ),
+      );
+  }
+
+  function drawOutputs() {
+    if (mode === "gathered") fill(outputs, gathered());
+    else fill(outputs, [...jobs.values()].map(outputBlock));
+  }
+
+  // Redraw what changed state, at most once a frame.
+  function changed() {
+    if (redraw) return;
+    redraw = requestAnimationFrame(() => {
+      redraw = null;
+      pool.counts = {};
+      for (const job of jobs.values()) pool.counts[job.state] = (pool.counts[job.state] || 0) + 1;
+      updateHead();
+      for (const job of jobs.values()) {
+        jobRow(job);
+        if (job.badge) fill(job.badge, badge(job.state));
+      }
+      if (mode === "gathered") drawOutputs();
+    });
+  }
+
+  function append(job, part) {
+    job.parts.push(part);
+    if (mode === "workers" && job.pre) {
+      const pre = job.pre;
+      const following = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.append(piece(part));
+      if (following) pre.scrollTop = pre.scrollHeight;
+    } else if (mode === "gathered") {
+      changed();
+    }
+  }
+
+  function onEvent(event) {
+    lastEvent = event.id ?? lastEvent;
+    const data = event.data;
+    const job = jobs.get(data.worker);
+    if (event.name === "pool") {
+      ended = true;
+      const { jobs: _, ...summary } = data;
+      pool = summary;
+      for (const final of data.jobs) {
+        const known = jobs.get(final.worker_id);
+        if (known) Object.assign(known, final);
+      }
+    } else if (!job) {
+      return;
+    } else if (event.name === "started") {
+      Object.assign(job, { state: "running", pid: data.pid, started_at: data.at });
+    } else if (event.name === "output") {
+      append(job, { stream: data.stream, text: data.data });
+      return;
+    } else if (event.name === "dropped") {
+      append(job, { dropped: data.bytes });
+      return;
+    } else if (event.name === "ended") {
+      Object.assign(job, { state: data.state, status: data.status, ended_at: data.at });
+    }
+    changed();
+  }
+
+  async function follow() {
+    while (!ended && !signal.aborted) {
+      try {
+        await streamEvents(`/pools/${encodeURIComponent(poolId)}/events?after=${lastEvent}`, onEvent, { signal });
+      } catch (error) {
+        if (signal.aborted || error.status === 401 || error.status === 404) {
+          context.failed(error, status);
+          return;
+        }
+        fill(status, notice(`Live output interrupted (${error.message}); reconnecting…`, "error"));
+      }
+      if (!ended && !signal.aborted) await new Promise((resolve) => setTimeout(resolve, RETRY));
+      else fill(status);
+    }
+  }
+
+  async function load() {
+    try {
+      const answer = await call(`/pools/${encodeURIComponent(poolId)}?results=false`, { signal });
+      const { jobs: list, ...summary } = answer;
+      pool = summary;
+      for (const job of list) jobs.set(job.worker_id, { ...job, parts: [] });
+    } catch (error) {
+      context.failed(error, head);
+      return;
+    }
+    drawHead();
+    drawJobs();
+    drawTabs();
+    drawOutputs();
+    ticker = setInterval(() => {
+      if (pool.state === "running") changed();
+    }, 1000);
+    follow();
+  }
+
+  load();
+  return () => {
+    controller.abort();
+    clearInterval(ticker);
+    if (redraw) cancelAnimationFrame(redraw);
+  };
+}

@@ -1,0 +1,257 @@
+"""
+The web dashboard in a real browser: Debian's chromium, driven through its
+chromium-driver by Selenium, against a real master and two workers.
+
+Each page is photographed as the tests go; with C{PCCI_SCREENSHOTS=DIR}
+the pictures are written there (C{docs/screenshots/} holds the current
+ones), else in the test's temporary folder.
+
+Without chromium and chromium-driver these tests are skipped, except under
+CI (C{CI} set), where that is a failure: C{.ci/run} installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from cluster import Cluster, processes_with
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+DESKTOP = (1280, 900)
+PHONE = (390, 844)
+DEADLINE = 20.0
+
+if not (CHROMIUM and DRIVER):
+    reason = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    if os.environ.get("CI"):
+        raise RuntimeError(reason + ": .ci/run should have installed them")
+    pytest.skip(reason, allow_module_level=True)
+
+ADMIN = "admin-token-for-the-browser-tests"
+VIEWER = "viewer-token-for-the-browser-tests"
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A master with two workers, node1 and node2, and two named tokens."""
+    directory = tmp_path_factory.mktemp("web")
+    tokens = directory / "tokens"
+    tokens.write_text(f"{ADMIN} name=alice\n{VIEWER} read name=viewer\n")
+    tokens.chmod(0o600)
+    c = Cluster(directory)
+    try:
+        c.start_master("--api-token-file", str(tokens))
+        c.token = ADMIN
+        c.start_worker("node1", "--kill-grace", "1", "--heartbeat", "1", "--label", "rack=a")
+        c.start_worker("node2", "--kill-grace", "1", "--heartbeat", "1", "--label", "rack=b")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    options.add_argument(f"--window-size={DESKTOP[0]},{DESKTOP[1]}")
+    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(web: Cluster, browser: WebDriver, tmp_path: Path) -> Iterator["Page"]:
+    """The browser on the dashboard, signed out, at desktop size."""
+    browser.set_window_size(*DESKTOP)
+    browser.get(f"http://127.0.0.1:{web.api_port}/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"http://127.0.0.1:{web.api_port}/#/nodes")
+    yield Page(browser, web, Path(os.environ.get("PCCI_SCREENSHOTS") or tmp_path))
+
+
+class Page:
+    def __init__(self, driver: WebDriver, cluster: Cluster, shots: Path) -> None:
+        self.driver = driver
+        self.cluster = cluster
+        self.shots = shots
+
+    def wait(self, check: Callable[[WebDriver], Any], what: str) -> Any:
+        return WebDriverWait(self.driver, DEADLINE, poll_frequency=0.05).until(
+            check, f"timed out waiting for {what}"
+        )
+
+    def find(self, css: str) -> Any:
+        return self.wait(lambda d: d.find_element(By.CSS_SELECTOR, css), css)
+
+    def text(self, css: str) -> str:
+        """The text shown in the first element C{css} selects, read in one
+        step (the page redraws parts of itself as figures arrive)."""
+        script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''"
+        return self.driver.execute_script(script, css)
+
+    def wait_text(self, css: str, expected: str) -> None:
+        self.wait(lambda d: expected in self.text(css), f"{expected!r} in {css}")
+
+    def sign_in(self, token: str) -> None:
+        field = self.find("#token")
+        field.clear()
+        field.send_keys(token)
+        self.find("#sign-in button[type=submit]").click()
+
+    def go(self, address: str) -> None:
+        self.driver.get(f"http://127.0.0.1:{self.cluster.api_port}/{address}")
+
+    def shoot(self, name: str) -> None:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        width = self.driver.get_window_size()["width"]
+        if height > self.driver.get_window_size()["height"]:
+            self.driver.set_window_size(width, min(height + 120, 2400))
+        self.driver.save_screenshot(str(self.shots / f"{name}.png"))
+
+    def no_alert(self) -> bool:
+        try:
+            self.driver.switch_to.alert
+        except NoAlertPresentException:
+            return True
+        return False
+
+
+def test_a_wrong_token_gets_a_clear_message(page: Page) -> None:
+    page.sign_in("not-a-token")
+    page.wait_text("#sign-in [role=alert]", "The master refused this token")
+    assert page.driver.execute_script("return sessionStorage.getItem('pcci.token')") is None
+    page.shoot("sign-in-refused")
+
+
+def test_nodes_show_both_workers_with_their_figures(page: Page) -> None:
+    page.sign_in(ADMIN)
+    page.wait_text(".who", "alice")
+    for name in ("node1", "node2"):
+        card = f"[data-worker={name}]"
+        page.wait_text(card, "online")
+        page.wait_text(card, "rack=")
+        # A CPU figure, and a chart of at least two heartbeats.
+        page.wait(lambda d, c=card: "CPU\n–" not in page.text(c), f"{name}'s CPU figure")
+        page.wait(
+            lambda d, c=card: d.find_elements(By.CSS_SELECTOR, f"{c} .sparkline path"),
+            f"{name}'s charts",
+        )
+    # The token is kept for the tab only, never in a cookie.
+    assert page.driver.execute_script("return sessionStorage.getItem('pcci.token')") == ADMIN
+    assert page.driver.get_cookies() == []
+    page.shoot("nodes")
+
+
+def test_run_on_a_glob_and_watch_the_output_arrive(page: Page, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    page.sign_in(ADMIN)
+    page.wait_text(".who", "alice")
+    page.go("#/run")
+    page.find("#run-form input[name=cmd]").send_keys(
+        f"sh -c 'echo first from $(hostname); while [ ! -e {go} ]; do sleep 0.05; done; echo second'"
+    )
+    page.find("#run-form input[name=workers]").send_keys("node*")
+    page.wait_text("#matches", "Matches 2 workers: node1, node2")
+    page.shoot("run")
+    page.find("#run-submit").click()
+
+    page.wait(lambda d: "#/pools/" in d.current_url, "the new pool's page")
+    for name in ("node1", "node2"):
+        page.wait_text(f"section[data-worker={name}] pre", "first from")
+    # Live: the jobs still run, and the rest is yet to come.
+    assert "running" in page.text("#pool-state")
+    assert "second" not in page.text("#outputs")
+    page.shoot("pool-running")
+
+    go.touch()
+    page.wait_text("#pool-state", "ok")
+    for name in ("node1", "node2"):
+        page.wait_text(f"section[data-worker={name}] pre", "second")
+        row = page.find(f"#pool-jobs tr[data-worker={name}]")
+        assert row.get_attribute("data-state") == "ok"
+    page.shoot("pool")
+
+    # Gathered: both workers printed the same, so one group of two.
+    page.find("#tab-gathered").click()
+    page.wait_text("#outputs .gathered h3", "(2 workers)")
+    assert page.text("#outputs .gathered h3").startswith("node1, node2")
+    assert len(page.driver.find_elements(By.CSS_SELECTOR, "#outputs .gathered")) == 1
+    page.go("#/pools")
+    page.wait_text("#pools", "echo first")
+    page.shoot("pools")
+
+
+def test_kill_a_running_pool(page: Page, marker: str) -> None:
+    pool = page.cluster.submit(f"sleep {marker}", ["node1", "node2"])
+    page.sign_in(ADMIN)
+    page.wait_text(".who", "alice")
+    page.go(f"#/pools/{pool}")
+    page.wait(lambda d: len(processes_with(f"sleep {marker}")) == 2, "both sleeps")
+    page.wait_text("#pool-jobs tr[data-worker=node2]", "running")
+    kill = page.find("#kill-all")
+    kill.click()
+    page.wait_text("#kill-all", "Really kill all?")
+    kill.click()
+    for name in ("node1", "node2"):
+        page.wait_text(f"#pool-jobs tr[data-worker={name}]", "killed")
+    page.wait_text("#pool-state", "failed")
+    page.wait(lambda d: not processes_with(f"sleep {marker}"), "the sleeps to be gone")
+
+
+def test_a_read_only_token_has_no_run_or_kill(page: Page, marker: str) -> None:
+    pool = page.cluster.submit(f"sleep {marker}", ["node1"])
+    page.sign_in(VIEWER)
+    page.wait_text(".who", "read-only")
+    assert not page.find("#nav-run").is_displayed()
+    page.go(f"#/pools/{pool}")
+    page.wait_text("#pool-jobs tr[data-worker=node1]", "running")
+    assert page.driver.find_elements(By.CSS_SELECTOR, "#kill-all, #pool-jobs button.danger") == []
+    # The Run page's address leads back to the nodes.
+    page.go("#/run")
+    page.wait_text("h1", "Nodes")
+    page.cluster.request("PUT", f"/kill/{pool}")
+
+
+def test_output_and_names_show_as_text(page: Page) -> None:
+    xss = "<img src=x onerror=alert(1)>"
+    pool = page.cluster.submit(f"echo '{xss}'", ["node1"])
+    page.cluster.wait_pool(pool)
+    page.sign_in(ADMIN)
+    page.wait_text(".who", "alice")
+    page.go(f"#/pools/{pool}")
+    page.wait_text("section[data-worker=node1] pre", xss)
+    assert xss in page.text(".cmd-line")
+    assert page.driver.find_elements(By.CSS_SELECTOR, "main img") == []
+    assert page.no_alert()
+
+
+def test_on_a_phone_nothing_runs_off_the_screen(page: Page) -> None:
+    page.driver.set_window_size(*PHONE)
+    page.sign_in(ADMIN)
+    page.wait_text("[data-worker=node1]", "online")
+    fits = "return document.documentElement.scrollWidth <= window.innerWidth"
+    assert page.driver.execute_script(fits)
+    page.shoot("phone-nodes")
+    pool = page.cluster.submit("echo hello from a phone", ["node1", "node2"])
+    page.go(f"#/pools/{pool}")
+    page.wait_text("#pool-state", "ok")
+    assert page.driver.execute_script(fits)
+    page.shoot("phone-pool")
