@@ -239,6 +239,15 @@ def test_run_detach_prints_the_pool_id() -> None:
     assert out.getvalue().strip() == next(iter(client.state.pools))
 
 
+def test_run_dry_run_prints_the_selected_workers_and_starts_nothing() -> None:
+    client = Client(tokens=True)
+    cfg, out, _ = config(client)
+    request = RunRequest(["reboot"], targets=("*",), exclude=("b",), dry_run=True)
+    assert drive(client, run_pool(None, cfg, request)) == 0
+    assert out.getvalue() == "a\n"
+    assert client.state.pools == {}
+
+
 def test_run_json_prints_only_the_ended_pool() -> None:
     client = Client(tokens=True)
     cfg, out, err = config(client)

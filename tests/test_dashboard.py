@@ -12,7 +12,7 @@ import pytest
 
 from pcci.master.dashboard import STATIC_DIR
 from pcci.master.guards import CONTENT_SECURITY_POLICY
-from test_api import JSON, Client, client  # noqa: F401 (a fixture)
+from test_api import JSON, Client
 
 ROOT = Path(__file__).parent.parent
 
@@ -21,6 +21,11 @@ def raw(client: Client, path: str, headers: dict | None = None, method: str = "G
     response = client.result_of(client.stub.request(method, "http://master" + path, headers=headers or {}))
     body = client.result_of(response.content())
     return response.code, response.headers, body
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
 
 
 @pytest.fixture

@@ -223,6 +223,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str | None) -> int
 @click.option("--diff", is_flag=True, help="With --gather: each output as a diff against the most common.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
 @click.option("--detach", is_flag=True, help="Print the pool id and exit at once.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the workers the targets select, one a line, and run nothing.")
 @click.argument("command", nargs=-1, required=True)
 @click.pass_obj
 def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
@@ -239,6 +240,7 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
       pcci run -l gpu -x gpu3 --batch 2 -- nvidia-smi
       pcci run -w 'web*' -t 30 -b -- sh -c 'df -h | grep sda'
       pcci run -w build1 --cwd /srv/app -e CI=1 -- make test
+      pcci run -n -l gpu -x 'gpu[3-4]' -- true
     """
     from pcci.cli.run import RunRequest, run_pool
 

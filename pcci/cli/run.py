@@ -39,6 +39,7 @@ class RunRequest:
     diff: bool = False
     as_json: bool = False
     detach: bool = False
+    dry_run: bool = False
 
     def body(self) -> dict[str, Any]:
         """The C{POST /job} body: the words joined as a shell would read them."""
@@ -91,6 +92,10 @@ class RunView:
 
 async def run_pool(reactor: Any, cfg: Config, request: RunRequest) -> int:
     client = cfg.client(reactor)
+    if request.dry_run:
+        answer = await client.call("POST", "/job", request.body(), dry_run="true")
+        cfg.out.write("".join(f"{name}\n" for name in answer["workers"]))
+        return 0
     if request.detach:
         answer = await client.call("POST", "/job", request.body())
         cfg.out.write(answer["pool_id"] + "\n")

@@ -29,6 +29,10 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+#: A true-or-false query parameter.
+_BOOLEAN = {"type": "string", "enum": ["true", "false", "1", "0"]}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -122,14 +126,15 @@ def openapi_document() -> dict[str, Any]:
                             "wait",
                             {"type": "number", "minimum": 0, "maximum": 60},
                             "seconds to wait for the pool to end; the answer then holds it",
-                        )
+                        ),
+                        _query("dry_run", _BOOLEAN, "true: start nothing, answer which workers the body selects"),
                     ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("PoolRequest")}},
                     },
                     "responses": {
-                        "200": _ok(_ref("PoolStarted")),
+                        "200": _ok({"anyOf": [_ref("PoolStarted"), _ref("DryRun")]}),
                         "400": _error("a bad body, or workers not connected"),
                         "401": _UNAUTHORIZED,
                         "403": _FORBIDDEN,
@@ -153,6 +158,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "A pool",
                     **pool_route,
+                    "parameters": [*pool_route["parameters"], _query("results", _BOOLEAN, "false leaves outputs out")],
                     "responses": {"200": _ok(_ref("Pool")), **pool_route["responses"]},
                 }
             },
@@ -190,7 +196,7 @@ def openapi_document() -> dict[str, Any]:
                         _query("state", {"type": "string", "enum": ["running", "ok", "failed"]}, "only pools in this state"),
                         _query("worker", {"type": "string"}, "only pools with a job on this worker"),
                         _query("cmd", {"type": "string"}, "only pools whose command holds this text"),
-                        _query("results", {"type": "string", "enum": ["true", "false", "1", "0"]}, "false leaves outputs out"),
+                        _query("results", _BOOLEAN, "false leaves outputs out"),
                     ],
                     "responses": {
                         "200": _ok({"type": "array", "items": _ref("Pool")}),
@@ -199,17 +205,30 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/whoami": {
+                "get": {
+                    "summary": "The token this request came with: its name, and whether it is read-only",
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "auth": {"type": "boolean"},
+                                    "name": {"type": "string", "nullable": True},
+                                    "read_only": {"type": "boolean"},
+                                },
+                                "required": ["auth", "name", "read_only"],
+                            }
+                        ),
+                        "401": _UNAUTHORIZED,
+                    },
+                }
+            },
             "/workers": {
                 "get": {
                     "summary": "Connected workers, with their latest health figures",
                     "parameters": [
-                        {
-                            "name": "all",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
-                            "description": "also list workers seen before and now offline",
-                        }
+                        _query("all", _BOOLEAN, "also list workers seen before and now offline")
                     ],
                     "responses": {
                         "200": _ok({"type": "array", "items": _ref("Worker")}),
@@ -302,6 +321,14 @@ def openapi_document() -> dict[str, Any]:
                         "pool": _ref("Pool"),
                     },
                     "required": ["pool_id", "message"],
+                },
+                "DryRun": {
+                    "type": "object",
+                    "properties": {
+                        "workers": {"type": "array", "items": {"type": "string"}},
+                        "message": {"type": "string"},
+                    },
+                    "required": ["workers", "message"],
                 },
                 "KillRequest": {
                     "type": "object",
