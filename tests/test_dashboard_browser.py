@@ -166,9 +166,11 @@ def test_run_on_a_glob_and_watch_the_output_arrive(page: Page, tmp_path: Path) -
     page.wait_text(".who", "alice")
     page.go("#/run")
     page.find("#run-form input[name=cmd]").send_keys(
-        f"sh -c 'echo first from $(hostname); while [ ! -e {go} ]; do sleep 0.05; done; echo second'"
+        "sh -c 'echo first from $(hostname); while [ ! -e go ]; do sleep 0.05; done; echo second'"
     )
     page.find("#run-form input[name=workers]").send_keys("node*")
+    page.find("#run-form summary").click()
+    page.find("#run-form input[name=cwd]").send_keys(str(tmp_path))
     page.wait_text("#matches", "Matches 2 workers: node1, node2")
     page.shoot("run")
     page.find("#run-submit").click()
