@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -49,16 +50,23 @@ def poll(check: Callable[[], T], timeout: float = DEADLINE, what: str = "") -> T
 class Daemon:
     """One twistd process."""
 
-    def __init__(self, directory: Path, name: str, plugin: str, *args: str) -> None:
+    def __init__(
+        self, directory: Path, name: str, plugin: str, *args: str, files: int | None = None
+    ) -> None:
+        """With C{files}, the daemon may open at most that many files."""
         self.name = name
         self.log = directory / f"{name}.log"
         command = [
             TWISTD, "--nodaemon", "--pidfile=",
             f"--logfile={self.log}", plugin, *args,
         ]
+        def limit_files() -> None:
+            if files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
         self.process = subprocess.Popen(
             command, cwd=directory, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=limit_files,
         )
 
     @property
@@ -111,7 +119,7 @@ class Cluster:
     def secret_file(self) -> Path:
         return self.state_dir / "cluster-secret"
 
-    def start_master(self, *args: str) -> Daemon:
+    def start_master(self, *args: str, files: int | None = None) -> Daemon:
         auth = ["--state-dir", str(self.state_dir)]
         if not self.auth:
             auth.append("--no-auth")
@@ -119,6 +127,7 @@ class Cluster:
             "master", "pcci-master",
             "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
             "--listen", f"tcp:{self.worker_port}:interface=127.0.0.1", *auth, *args,
+            files=files,
         )
         poll(lambda: self.up(), what="the master's API")
         if self.auth:
@@ -137,8 +146,8 @@ class Cluster:
             self.wait_for_workers(name)
         return daemon
 
-    def _start(self, name: str, plugin: str, *args: str) -> Daemon:
-        daemon = Daemon(self.directory, name, plugin, *args)
+    def _start(self, name: str, plugin: str, *args: str, files: int | None = None) -> Daemon:
+        daemon = Daemon(self.directory, name, plugin, *args, files=files)
         self.daemons.append(daemon)
         return daemon
 

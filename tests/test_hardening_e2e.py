@@ -6,11 +6,13 @@ limits that let a whole lab join.  Real daemons, real process trees.
 from __future__ import annotations
 
 import json
+import selectors
 import signal
 import socket
 import subprocess
+import time
 
-from cluster import TWISTD, Cluster, poll, processes_with
+from cluster import DEADLINE, TWISTD, Cluster, poll, processes_with
 from pcci.auth import proof, read_secret
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
@@ -118,4 +120,42 @@ def test_a_hundred_workers_join_from_one_address(own_cluster: Cluster) -> None:
         assert code == 200 and len(workers) == 100
     finally:
         for sock in sockets:
+            sock.close()
+
+
+def test_idle_api_connections_cannot_lock_out_health_or_workers(own_cluster: Cluster) -> None:
+    """
+    1,152 idle connections, 64 from each of 18 addresses (inside the
+    per-address limit), to a master that may open 1,024 files: the oldest
+    idle ones are closed to make room, /health answers and a worker joins.
+    """
+    own_cluster.start_master(files=1024)
+    idle = []
+    try:
+        # Dialled all at once: one at a time, those the master's backlog
+        # cannot take yet would each wait for a SYN retry.
+        for host in range(2, 20):
+            for _ in range(64):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.bind((f"127.0.0.{host}", 0))
+                sock.connect_ex(("127.0.0.1", own_cluster.api_port))
+                idle.append(sock)
+        with selectors.DefaultSelector() as selector:
+            for sock in idle:
+                selector.register(sock, selectors.EVENT_WRITE)
+            connected = 0
+            deadline = time.monotonic() + DEADLINE
+            while connected < len(idle) and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=1):
+                    selector.unregister(key.fileobj)
+                    connected += 1
+        assert connected == len(idle) == 1152
+        assert own_cluster.master.alive()
+        assert own_cluster.request("GET", "/health", timeout=10) == (200, {"status": "ok"})
+        own_cluster.start_worker("w1")
+        pool = own_cluster.run("echo in", ["w1"])
+        assert pool["jobs"][0]["result"] == "in\n"
+    finally:
+        for sock in idle:
             sock.close()

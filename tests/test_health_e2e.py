@@ -97,3 +97,37 @@ def test_worker_leaves_a_silent_master_and_returns(tmp_path: Path) -> None:
         assert cluster.run("echo back", ["w1"])["status"] == 0
     finally:
         cluster.stop()
+
+
+def test_a_job_runs_on_and_ends_ok_across_a_frozen_master(tmp_path: Path) -> None:
+    """
+    The master is frozen long enough for its worker to give up on it, and
+    the job ends while it is: the worker keeps the job and its output, and
+    the master, awake, carries on with them instead of calling them lost.
+    """
+    cluster = Cluster(tmp_path / "cluster")
+    try:
+        cluster.start_master()
+        worker = cluster.start_worker("w1", "--heartbeat", BEAT)
+        code, answer = cluster.request("POST", "/job", {
+            "cmd": "sh -c 'echo before; while [ ! -e go ]; do sleep 0.05; done; echo after'",
+            "workers": ["w1"],
+            "cwd": str(tmp_path),
+        })
+        assert code == 200, answer
+        pool_id = answer["pool_id"]
+        poll(lambda: cluster.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["result"],
+             what="the first line")
+        cluster.master.signal(signal.SIGSTOP)
+        try:
+            poll(lambda: "master silent for" in worker.log_text(), timeout=10)
+            (tmp_path / "go").touch()
+            poll(lambda: not [p for p in psutil.Process(worker.pid).children(recursive=True)
+                              if p.status() != psutil.STATUS_ZOMBIE],
+                 what="the job to end while the master is frozen")
+        finally:
+            cluster.master.signal(signal.SIGCONT)
+        job = cluster.wait_pool(pool_id)["jobs"][0]
+        assert (job["state"], job["status"], job["result"]) == ("ok", 0, "before\nafter\n")
+    finally:
+        cluster.stop()

@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.http import combinedLogFormatter, datetimeToLogString
 from twisted.web.server import Site
 
 from pcci import auth, daemon
@@ -50,6 +51,12 @@ HTTP_TIMEOUT = 75.0
 #: Connections one address may hold open on each port before they prove
 #: anything.
 MAX_CONNECTIONS = 64
+
+
+def _access_log_line(timestamp: str, request: Any) -> str:
+    """An access log line in the combined format, dated by the wall clock
+    (the reactor keeps monotonic time, which would date it 1970)."""
+    return combinedLogFormatter(datetimeToLogString(time.time()), request)
 
 
 class Options(usage.Options):
@@ -232,6 +239,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         api.resource(options.tokens),
         requestFactory=bounded_request(options["max-body"]),
         timeout=options["http-timeout"],
+        logFormatter=_access_log_line,
     )
     ListeningService(
         reactor,
