@@ -295,17 +295,12 @@ class MasterAPI:
             raise APIError(400, str(e)) from None
         except TooManyPools as e:
             raise APIError(503, f"{e}: try again when some have finished") from None
-        audit.info(
-            "{who} started pool {pool} on {workers}: {cmd}",
-            who=_who(request) or "anyone (no auth)",
-            pool=pool.id,
-            workers=",".join(pool.jobs),
-            cmd=pool.cmd,
-        )
         message = f"pool started on {len(pool.jobs)} workers"
         # Answered once stored: a pool id given out survives a crash.  (Its
         # jobs' ends are safe with their workers until the master stores them.)
+        # Logged then too, which also lets the run frames go out first.
         stored = self.state.stored(pool)
+        stored.addCallback(self._audit_start, pool, _who(request))
         if not request.args.get(b"wait"):
             return stored.addCallback(
                 lambda _: _json(request, {"pool_id": pool.id, "message": message})
@@ -314,6 +309,17 @@ class MasterAPI:
         return d.addCallback(
             lambda _: JSONStream(request, _submitted_pieces(pool, message)).start()
         )
+
+    @staticmethod
+    def _audit_start(result: None, pool: Pool, who: str | None) -> None:
+        audit.info(
+            "{who} started pool {pool} on {workers}: {cmd}",
+            who=who or "anyone (no auth)",
+            pool=pool.id,
+            workers=",".join(pool.jobs),
+            cmd=pool.cmd,
+        )
+        return result
 
     def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
         wait = _wait_seconds(request)

@@ -11,7 +11,6 @@ on monotonic time), while the times shown to people come from C{wall}.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -322,8 +321,9 @@ class Pool:
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
                 "submitted_by": self.submitted_by,
-                "options": dataclasses.asdict(self.options),
-                "rollout": dataclasses.asdict(self.rollout),
+                # Shallow copies: both are frozen, and their env never changes.
+                "options": dict(vars(self.options)),
+                "rollout": dict(vars(self.rollout)),
                 "last_event": self.last_event,
                 "end_event": self.end_event,
                 "failures": self.failures,
@@ -567,12 +567,6 @@ class ClusterState:
             pool.waiting.append(job)
         self.pools[pool.id] = pool
         self._persist(pool)
-        log.info(
-            "pool {pool} started on {workers}: {cmd}",
-            pool=pool.id,
-            workers=", ".join(names),
-            cmd=cmd,
-        )
         self._send(pool, pool.rollout.window(len(names)))
         return pool
 
@@ -821,9 +815,6 @@ class ClusterState:
         if not pool.finished or pool.end_event:
             return
         pool.ended_at = job.ended_at
-        log.info(
-            "pool {pool} ended with status {status}", pool=pool.id, status=pool.status
-        )
         self._expiries[pool.id] = self.clock.callLater(
             self.retention, self._expire, pool.id
         )
@@ -837,6 +828,8 @@ class ClusterState:
         waiters, pool.waiters = pool.waiters, []
         for d in waiters:
             d.callback(pool)
+        # Logged once those waiting have their answer.
+        log.info("pool {pool} ended with status {status}", pool=pool.id, status=pool.status)
         if self.store is not None:
             while len(self._held) > self.cache:
                 self._let_go(self._held.popleft())

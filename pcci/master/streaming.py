@@ -22,6 +22,9 @@ from zope.interface import implementer
 
 log = Logger()
 
+#: Bytes of small pieces gathered into one write.
+WRITE_SIZE = 64 * 1024
+
 
 def json_list_pieces(items: Iterable[Iterator[bytes]]) -> Iterator[bytes]:
     """A JSON list of items, each given as its own pieces, made lazily."""
@@ -55,8 +58,9 @@ def json_object_pieces(
 class JSONStream:
     """
     Writes C{pieces} to C{request} while the transport takes them: the
-    transport pauses this producer once its buffer is full (one piece past
-    64 KiB at most) and resumes it when the client has read it.
+    transport pauses this producer once its buffer is full (one write of
+    L{WRITE_SIZE} and a piece past 64 KiB at most) and resumes it when the
+    client has read it.
 
     A piece may also be a Deferred of more pieces (a pool read from the
     store): the stream waits for it, then writes those first.
@@ -81,17 +85,28 @@ class JSONStream:
         self._write()
 
     def _write(self) -> None:
+        # Small pieces go out together, in writes of about WRITE_SIZE: a
+        # short answer is one write.
+        batch: list[bytes] = []
+        size = 0
         while not self.paused and not self._loading and not self.done.called:
             piece = next(self.pieces, None)
             if piece is None:
-                self.request.write(b"\n")
+                batch.append(b"\n")
+                self.request.write(b"".join(batch))
                 self._finish()
                 return
             if isinstance(piece, Deferred):
                 self._loading = True
                 piece.addCallback(self._loaded).addErrback(self._failed)
-                return
-            self.request.write(piece)
+                break
+            batch.append(piece)
+            size += len(piece)
+            if size >= WRITE_SIZE:
+                self.request.write(b"".join(batch))  # may pause this producer
+                batch, size = [], 0
+        if batch:
+            self.request.write(b"".join(batch))
 
     def _loaded(self, more: Iterator[bytes]) -> None:
         self._loading = False

@@ -342,6 +342,8 @@ class WorkerFactory(Factory):
         self.on_dismissed = on_dismissed
         self.max_jobs = max_jobs or default_max_jobs()
         self.max_output = max_output
+        #: What jobs' environments start from: this worker's own, read once.
+        self.environment = dict(os.environ)
         #: Every job not yet let go by the master, by pool id, oldest first.
         self.held: dict[str, HeldJob] = {}
         #: What this worker says of itself, for targeting.
@@ -384,15 +386,14 @@ class WorkerFactory(Factory):
             connection.sendMessage(code, pool=held.pool_id, **fields)
 
     def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
-        self.log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
         held = HeldJob(pool_id, self.max_output)
         held.attached = True
         self.held[pool_id] = held
 
         def started(pid: int) -> None:
             held.pid = pid
-            self.job_started(process)
             self._send(held, "started", pid=pid)
+            self.job_started(process)
 
         def output(text: str, stream: str) -> None:
             held.seq += 1
@@ -414,7 +415,7 @@ class WorkerFactory(Factory):
             on_ended=ended,
             kill_grace=self.kill_grace,
             marker=self.marker_prefix + pool_id,
-            env={**os.environ, **options.get("env", {})},
+            env={**self.environment, **options.get("env", {})},
             cwd=options.get("cwd"),
             stdin=options.get("stdin", "").encode("utf-8"),
             timeout=options.get("timeout"),
@@ -424,6 +425,7 @@ class WorkerFactory(Factory):
         if connection is not None and connection.paused:
             process.pause()
         self.enqueue(process)
+        self.log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
 
     def _send_end(self, held: HeldJob) -> None:
         assert held.end is not None
