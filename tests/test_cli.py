@@ -18,7 +18,7 @@ from pcci.cli.client import EXIT_UNREACHABLE, CLIError, Event, EventParser, Mast
 from pcci.cli.main import Config, cli
 from pcci.cli.render import LinePrinter, Terminal, exit_status, gather, print_gathered, summary_lines
 from pcci.cli.run import RunRequest, run_pool
-from pcci.cli.views import kill_pool, show_logs, show_workers
+from pcci.cli.views import kill_pool, show_logs, show_token, show_workers
 from test_api import TOKEN, Client
 
 
@@ -246,6 +246,13 @@ def test_run_dry_run_prints_the_selected_workers_and_starts_nothing() -> None:
     assert drive(client, run_pool(None, cfg, request)) == 0
     assert out.getvalue() == "a\n"
     assert client.state.pools == {}
+
+
+def test_whoami_names_the_token_and_its_rights() -> None:
+    client = Client(tokens=True)
+    cfg, out, _ = config(client)
+    assert drive(client, show_token(None, cfg)) == 0
+    assert out.getvalue().startswith("admin (may run and kill) at ")
 
 
 def test_run_json_prints_only_the_ended_pool() -> None:

@@ -338,5 +338,17 @@ def kill(cfg: Config, pool: str, targets: tuple[str, ...]) -> None:
     go(kill_pool, cfg, pool, list(targets))
 
 
+@cli.command()
+@click.pass_obj
+def whoami(cfg: Config) -> None:
+    """
+    Which token this is, as the master knows it, and whether it may run and
+    kill or only read.
+    """
+    from pcci.cli.views import show_token
+
+    go(show_token, cfg)
+
+
 def main() -> None:
     cli(prog_name="pcci")

@@ -175,3 +175,13 @@ async def kill_pool(reactor: Any, cfg: Config, pool_id: str, targets: list[str])
     else:
         cfg.err.write("pcci: nothing to kill: the pool's jobs have ended\n")
     return 0
+
+
+async def show_token(reactor: Any, cfg: Config) -> int:
+    answer = await cfg.client(reactor).call("GET", "/whoami")
+    if not answer["auth"]:
+        cfg.out.write(f"no token needed: the master at {cfg.url} runs with --no-auth\n")
+    else:
+        rights = "read-only" if answer["read_only"] else "may run and kill"
+        cfg.out.write(f"{answer['name']} ({rights}) at {cfg.url}\n")
+    return 0
