@@ -69,6 +69,7 @@ def browser() -> Iterator[WebDriver]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(argument)
     options.add_argument(f"--window-size={DESKTOP[0]},{DESKTOP[1]}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     try:
         yield driver
@@ -83,7 +84,15 @@ def page(web: Cluster, browser: WebDriver, tmp_path: Path) -> Iterator["Page"]:
     browser.get(f"http://127.0.0.1:{web.api_port}/")
     browser.execute_script("sessionStorage.clear()")
     browser.get(f"http://127.0.0.1:{web.api_port}/#/nodes")
+    browser.get_log("browser")  # what came before this test is not its own
     yield Page(browser, web, Path(os.environ.get("PCCI_SCREENSHOTS") or tmp_path))
+    # No script error and no Content-Security-Policy violation on the way
+    # (a refused token's 401 is the one failed load a test may cause).
+    errors = [
+        entry["message"] for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" and "status of 401" not in entry["message"]
+    ]
+    assert errors == []
 
 
 class Page:
