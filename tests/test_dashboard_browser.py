@@ -205,6 +205,12 @@ def test_run_on_a_glob_and_watch_the_output_arrive(page: Page, tmp_path: Path) -
     page.wait_text("#outputs .gathered h3", "(2 workers)")
     assert page.text("#outputs .gathered h3").startswith("node1, node2")
     assert len(page.driver.find_elements(By.CSS_SELECTOR, "#outputs .gathered")) == 1
+    # Run again: the form comes back filled in with this pool's command and workers.
+    page.find("#run-again").click()
+    page.wait_text("#matches", "Matches 2 workers: node1, node2")
+    command = page.find("#run-form input[name=cmd]").get_attribute("value")
+    assert command.startswith("sh -c 'echo first from $(hostname);")
+    assert page.find("#run-form input[name=workers]").get_attribute("value") == "node1 node2"
     page.go("#/pools")
     page.wait_text("#pools", "echo first")
     page.shoot("pools")

@@ -41,12 +41,13 @@ function route() {
     link.classList.toggle("current", link.dataset.view === view);
   }
   main.replaceChildren();
+  document.title = `${{ nodes: "Nodes", pools: parts[1] ? "Pool" : "Pools", run: "Run" }[view] || "Nodes"} · pcci`;
   if (view === "pools" && parts[1]) {
     stopView = showPool(main, context, decodeURIComponent(parts[1]));
   } else if (view === "pools") {
     stopView = showPools(main, context, params);
   } else if (view === "run") {
-    stopView = showRun(main, context);
+    stopView = showRun(main, context, params);
   } else {
     stopView = showNodes(main, context);
   }

@@ -52,7 +52,12 @@ function card(worker, history) {
   return h(
     "article",
     { class: `card node ${worker.online ? "" : "node-lost"}`, dataset: { worker: worker.id } },
-    h("header", {}, h("h2", {}, worker.id), badge(worker.online ? "online" : "offline")),
+    h(
+      "header",
+      {},
+      h("h2", {}, h("a", { href: `#/pools?worker=${encodeURIComponent(worker.id)}`, title: `Pools that ran on ${worker.id}` }, worker.id)),
+      badge(worker.online ? "online" : "offline"),
+    ),
     h(
       "p",
       { class: "muted node-where" },

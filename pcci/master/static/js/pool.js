@@ -72,21 +72,31 @@ export function showPool(main, context, poolId) {
   const title = {
     state: h("span", { id: "pool-state" }),
     kill: readOnly ? null : confirming("Kill all", "Really kill all?", () => kill(null), { id: "kill-all" }),
+    again: readOnly ? null : h("a", { class: "button quiet", id: "run-again" }, "Run again"),
     meta: h("p", { class: "muted" }),
   };
 
   function drawHead() {
     fill(
       head,
-      h("div", { class: "pool-title" }, h("h1", {}, "Pool ", h("span", { class: "mono" }, pool.id)), title.state, title.kill),
+      h("div", { class: "pool-title" }, h("h1", {}, "Pool ", h("span", { class: "mono" }, pool.id)), title.state, title.kill, title.again),
       h("pre", { class: "cmd-line mono" }, pool.cmd),
       title.meta,
     );
     updateHead();
   }
 
+  // The run form, filled in with this pool's command, workers and options.
+  function againAddress() {
+    const params = new URLSearchParams({ cmd: pool.cmd, workers: [...jobs.keys()].join(" ") });
+    if (pool.timeout) params.set("timeout", String(pool.timeout));
+    if (pool.batch) params.set("batch", String(pool.batch));
+    return `#/run?${params}`;
+  }
+
   function updateHead() {
     fill(title.state, badge(pool.state));
+    if (title.again) title.again.setAttribute("href", againAddress());
     if (title.kill) title.kill.hidden = pool.state !== "running";
     fill(
       title.meta,

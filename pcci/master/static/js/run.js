@@ -21,7 +21,8 @@ function number(text, name) {
   return value;
 }
 
-export function showRun(main, context) {
+// `params` may fill the form in (cmd, workers, timeout...): "Run again".
+export function showRun(main, context, params = new URLSearchParams()) {
   const inputs = {
     cmd: h("input", { name: "cmd", class: "mono", required: true, placeholder: "uname -a", autocomplete: "off", spellcheck: "false" }),
     workers: h("input", { name: "workers", class: "mono", placeholder: "pi[01-16] gpu-* build1", autocomplete: "off", spellcheck: "false" }),
@@ -32,6 +33,7 @@ export function showRun(main, context) {
     env: h("textarea", { name: "env", class: "mono", rows: 2, placeholder: "KEY=VALUE, one a line", spellcheck: "false" }),
     batch: h("input", { name: "batch", placeholder: "all at once", autocomplete: "off" }),
   };
+  for (const [name, input] of Object.entries(inputs)) input.value = params.get(name) || "";
   const matches = h("div", { id: "matches", class: "matches", "aria-live": "polite" });
   const status = h("div", { id: "run-status" });
   const submit = h("button", { type: "submit", id: "run-submit" }, "Run");
@@ -43,7 +45,7 @@ export function showRun(main, context) {
     matches,
     h(
       "details",
-      {},
+      { open: ["labels", "exclude", "timeout", "cwd", "env", "batch"].some((name) => params.get(name)) },
       h("summary", {}, "More: labels, exclude, timeout, cwd, env, batch"),
       h(
         "div",
