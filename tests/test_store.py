@@ -229,6 +229,41 @@ def test_a_failed_write_is_logged_and_tried_again_until_it_goes_through() -> Non
     assert store.saved == [["p1", "p2"]] and done == [None]
 
 
+def test_a_change_waits_to_be_written_with_others_unless_someone_hurries() -> None:
+    from twisted.internet.defer import succeed
+
+    from pcci.master.store import WRITE_DELAY, BatchedWriter, StoredPool
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.saved: list[list[str]] = []
+
+        def save(self, rows):
+            self.saved.append([row.id for row in rows])
+            return succeed(None)
+
+    def row(key: str) -> StoredPool:
+        return StoredPool(key, 0.0, None, "running", "x", ["a"], {}, {})
+
+    clock = Clock()
+    store = Recorder()
+    writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
+    writer.mark("ended", lambda: row("ended"))
+    acked: list = []
+    writer.committed("ended", hurry=False).addCallback(acked.append)  # an ack waits, calmly
+    clock.advance(0)
+    assert store.saved == []
+    writer.mark("other", lambda: row("other"))
+    clock.advance(WRITE_DELAY)
+    assert store.saved == [["ended", "other"]] and acked == [None]
+    # A new pool's answer waits for its write: the next turn.
+    writer.mark("new", lambda: row("new"))
+    answered: list = []
+    writer.committed("new").addCallback(answered.append)
+    clock.advance(0)
+    assert store.saved[-1] == ["new"] and answered == [None]
+
+
 def test_named_tokens() -> None:
     import tempfile
 

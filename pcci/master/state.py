@@ -792,7 +792,7 @@ class ClusterState:
         if self.writer is None:
             ack(None)
         else:
-            self.writer.committed(pool_id).addCallback(ack)
+            self.writer.committed(pool_id, hurry=False).addCallback(ack)
 
     def _end_job(self, job: Job, status: int, state: str) -> None:
         job.status = status
@@ -859,7 +859,7 @@ class ClusterState:
                 for job in pool.jobs.values():
                     job.output.detach()  # an answer being written may still read it
 
-        self.writer.committed(pool.id).addCallback(gone)
+        self.writer.committed(pool.id, hurry=False).addCallback(gone)
 
     def _expire_stored(self) -> None:
         assert self.store is not None

@@ -274,9 +274,11 @@ def _file(db: sqlite3.Connection) -> str:
     return row[2] or ":memory:"
 
 
-#: Seconds changes wait to be written together: none past the reactor's
-#: turn; under load, what changes while one write runs goes in the next.
-WRITE_INTERVAL = 0.0
+#: Seconds a change waits to be written, gathering others: a change someone
+#: waits for (see L{BatchedWriter.committed}) goes in the reactor's next
+#: turn instead.  Under load, what changes while one write runs goes in the
+#: next.
+WRITE_DELAY = 0.005
 
 #: Seconds before writing again after a failed write (a full disk, say).
 RETRY_INTERVAL = 1.0
@@ -288,6 +290,11 @@ class BatchedWriter:
     last write ran, in one transaction; a failed write is logged and
     tried again until it goes through.  C{committed(key)} fires once the
     latest change of that key is on disk.
+
+    A change is written L{WRITE_DELAY} after it is made, unless someone
+    waits for it in a hurry: then in the next turn.  (A pool's start is
+    answered once stored; its end is not, and its write leaves the answer
+    the reactor's time to go out first.)
     """
 
     def __init__(self, store: PoolStore, clock: Any) -> None:
@@ -295,6 +302,8 @@ class BatchedWriter:
         self.clock = clock
         self._changed: dict[str, Callable[[], StoredPool]] = {}
         self._waiting: dict[str, list[Deferred[None]]] = {}
+        #: Keys someone waits for in a hurry.
+        self._hurried: set[str] = set()
         self._in_flight: dict[str, list[Deferred[None]]] = {}
         self._drained: list[Deferred[None]] = []
         self._call: Any = None
@@ -304,23 +313,33 @@ class BatchedWriter:
     def mark(self, key: str, snapshot: Callable[[], StoredPool]) -> None:
         """C{key} changed: C{snapshot()} makes its row when it is written."""
         self._changed[key] = snapshot
-        self._schedule(WRITE_INTERVAL)
+        self._schedule(WRITE_DELAY)
 
-    def committed(self, key: str) -> Deferred[None]:
-        """Fires when the latest change of C{key} is written (at once if none waits)."""
+    def committed(self, key: str, hurry: bool = True) -> Deferred[None]:
+        """
+        Fires when the latest change of C{key} is written (at once if none
+        waits); in a C{hurry}, that write goes in the next turn.
+        """
         d: Deferred[None] = Deferred()
         if key not in self._changed and key not in self._in_flight:
             d.callback(None)
-        else:
-            self._waiting.setdefault(key, []).append(d)
+            return d
+        self._waiting.setdefault(key, []).append(d)
+        if hurry and not self._failures:  # a failing store keeps its pace
+            self._hurried.add(key)
+            self._schedule(0)
         return d
 
     def pending(self) -> bool:
         return bool(self._changed) or self._writing
 
     def _schedule(self, delay: float) -> None:
-        if self._call is None and not self._writing:
+        if self._writing:
+            return  # _written schedules what is left
+        if self._call is None:
             self._call = self.clock.callLater(delay, self.flush)
+        elif self._call.getTime() > self.clock.seconds() + delay:
+            self._call.reset(delay)
 
     def flush(self) -> Deferred[None]:
         """Write what changed now; fires when it is written (or failed)."""
@@ -332,6 +351,7 @@ class BatchedWriter:
         changed, self._changed = self._changed, {}
         rows = [snapshot() for snapshot in changed.values()]
         self._in_flight = {key: self._waiting.pop(key, []) for key in changed}
+        self._hurried -= changed.keys()
         self._writing = True
         d = self.store.save(rows)
         d.addCallbacks(self._written, self._failed, errbackArgs=(changed,))
@@ -353,7 +373,7 @@ class BatchedWriter:
             for d in waiters:
                 d.callback(None)
         if self._changed:
-            self._schedule(WRITE_INTERVAL)
+            self._schedule(0 if self._hurried else WRITE_DELAY)
         else:
             drained, self._drained = self._drained, []
             for d in drained:
