@@ -46,6 +46,7 @@ export function showPool(main, context, poolId) {
   let pool = null;
   let lastEvent = 0;
   let ended = false;
+  let interrupted = false; // the event stream was cut, and is being resumed
   let mode = "workers"; // or "gathered"
   let redraw = null;
   let ticker = null;
@@ -250,6 +251,10 @@ export function showPool(main, context, poolId) {
   }
 
   function onEvent(event) {
+    if (interrupted) {
+      interrupted = false;
+      fill(status);
+    }
     lastEvent = event.id ?? lastEvent;
     const data = event.data;
     const job = jobs.get(data.worker);
@@ -286,10 +291,10 @@ export function showPool(main, context, poolId) {
           context.failed(error, status);
           return;
         }
+        interrupted = true;
         fill(status, notice(`Live output interrupted (${error.message}); reconnecting…`, "error"));
       }
       if (!ended && !signal.aborted) await new Promise((resolve) => setTimeout(resolve, RETRY));
-      else fill(status);
     }
   }
 
