@@ -272,3 +272,58 @@ def test_on_a_phone_nothing_runs_off_the_screen(page: Page) -> None:
     page.wait_text("#pool-state", "ok")
     assert page.driver.execute_script(fits)
     page.shoot("phone-pool")
+
+
+def test_pools_page_back_in_time_and_filter(page: Page) -> None:
+    failed = page.cluster.run("sh -c 'exit 7'", ["node2"])["id"]
+    for _ in range(30):
+        page.cluster.submit("true", ["node1"])
+    page.sign_in(ADMIN)
+    page.wait_text(".who", "alice")
+    page.go("#/pools")
+    rows = "#pools tbody tr"
+    page.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 25, "a page of 25")
+    newest = page.driver.find_elements(By.CSS_SELECTOR, rows)[0].get_attribute("data-pool")
+    page.find("#older").click()
+    page.wait_text(".pager", "Newest")
+    page.wait(
+        lambda d: newest not in [r.get_attribute("data-pool") for r in d.find_elements(By.CSS_SELECTOR, rows)],
+        "the next page",
+    )
+    # Only the failed ones.
+    page.go("#/pools")
+    page.find("#pool-filters select[name=state]")
+    page.driver.execute_script(
+        "const s = document.querySelector('#pool-filters select[name=state]');"
+        " s.value = 'failed'; s.dispatchEvent(new Event('change'));"
+    )
+    page.wait(lambda d: "state=failed" in d.current_url, "the filter in the address")
+    page.wait(
+        lambda d: [r.get_attribute("data-pool") for r in d.find_elements(By.CSS_SELECTOR, rows)][:1] == [failed],
+        "the failed pool first",
+    )
+    states = page.driver.execute_script(
+        "return [...document.querySelectorAll('#pools tbody tr .badge')].map(b => b.textContent)"
+    )
+    assert states and set(states) == {"failed"}
+
+
+def test_the_event_parser_takes_a_stream_cut_anywhere(page: Page) -> None:
+    """The page's server-sent event parser, run in the browser itself."""
+    events = page.driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        import("/ui/js/api.js").then(({ EventParser }) => {
+          const seen = [];
+          const parser = new EventParser((event) => seen.push(event));
+          const text = ": keep-alive\\n\\nid: 1\\nevent: output\\ndata: {\\"data\\": \\"a\\\\nb\\"}\\n\\n"
+            + "id: 2\\r\\nevent: ended\\r\\ndata: {\\"status\\": 0}\\r\\n\\r\\n";
+          for (const piece of text.match(/[\\s\\S]{1,3}/g)) parser.feed(piece);
+          done(seen);
+        });
+        """
+    )
+    assert events == [
+        {"id": 1, "name": "output", "data": {"data": "a\nb"}},
+        {"id": 2, "name": "ended", "data": {"status": 0}},
+    ]
