@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
@@ -529,3 +531,15 @@ def test_a_pool_without_its_results(client: Client) -> None:
     code, _, body = client.request("GET", f"/pools/{pool_id}?results=false")
     assert code == 200 and "result" not in body["jobs"][0]
     assert client.request("GET", f"/pools/{pool_id}")[2]["jobs"][0]["result"] == "hi\n"
+
+
+@given(st.dictionaries(st.text(max_size=5), st.one_of(st.text(), st.integers(), st.none()), max_size=5),
+       st.text(min_size=1, max_size=40))
+def test_an_object_in_pieces_is_its_json(value: dict, long_text: str) -> None:
+    from pcci.master import streaming
+
+    value = {**value, "result": long_text * 4000}  # over one piece of characters
+    pieces = list(streaming.object_pieces(value))
+    assert b"".join(pieces) == json.dumps(value).encode()
+    # At worst 12 bytes a character: a character past U+FFFF, as two escapes.
+    assert max(len(p) for p in pieces) <= 12 * streaming.STRING_PIECE + 100

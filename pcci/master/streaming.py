@@ -25,6 +25,9 @@ log = Logger()
 #: Bytes of small pieces gathered into one write.
 WRITE_SIZE = 64 * 1024
 
+#: Characters of a long string (a job's output) encoded in one piece.
+STRING_PIECE = 64 * 1024
+
 
 def json_list_pieces(items: Iterable[Iterator[bytes]]) -> Iterator[bytes]:
     """A JSON list of items, each given as its own pieces, made lazily."""
@@ -49,9 +52,32 @@ def json_object_pieces(
     yield text[:-1] + (b", " if head else b"") + json.dumps(key).encode() + b": ["
     first = True
     for item in items:
-        yield (b"" if first else b",") + json.dumps(item).encode("utf-8")
+        if not first:
+            yield b","
+        yield from object_pieces(item)
         first = False
     yield b"]}"
+
+
+def object_pieces(value: dict[str, Any]) -> Iterator[bytes]:
+    """
+    C{json.dumps(value)} in pieces, a long string value (megabytes of a
+    job's output) cut into several: the reactor encodes a piece at a time.
+    """
+    pending = [b"{"]
+    for index, (key, item) in enumerate(value.items()):
+        pending.append(b"%s%s: " % (b", " if index else b"", json.dumps(key).encode()))
+        if isinstance(item, str) and len(item) > STRING_PIECE:
+            pending.append(b'"')
+            yield b"".join(pending)
+            for start in range(0, len(item), STRING_PIECE):
+                # Escaping is by character: the pieces of a string join up.
+                yield json.dumps(item[start : start + STRING_PIECE])[1:-1].encode()
+            pending = [b'"']
+        else:
+            pending.append(json.dumps(item).encode())
+    pending.append(b"}")
+    yield b"".join(pending)
 
 
 @implementer(IPushProducer)
