@@ -7,6 +7,7 @@ import { sparkline } from "./chart.js";
 import { badge, bytes, duration, fill, h, notice, when } from "./dom.js";
 
 const REFRESH = 5000; // ms between lists of workers
+const SOON = 1000; // ms, while a new worker has too few figures for a chart
 const HISTORY_REFRESH = 15000; // ms between each worker's history
 
 function percent(ratio) {
@@ -98,6 +99,7 @@ export function showNodes(main, context) {
   }
 
   async function refresh() {
+    let next = REFRESH;
     try {
       const workers = await call("/workers?all=true", { signal: controller.signal });
       workers.sort((a, b) => Number(b.online) - Number(a.online) || a.id.localeCompare(b.id));
@@ -109,11 +111,12 @@ export function showNodes(main, context) {
       } else {
         fill(grid, workers.map((w, i) => card(w, columns[i])));
       }
+      if (workers.some((w, i) => w.online && !(columns[i]?.time.length >= 2))) next = SOON;
     } catch (error) {
       context.failed(error, grid);
       if (error.status === 401) return;
     }
-    if (!controller.signal.aborted) timer = setTimeout(refresh, REFRESH);
+    if (!controller.signal.aborted) timer = setTimeout(refresh, next);
   }
 
   refresh();
