@@ -78,7 +78,10 @@ class Daemon:
 
     def signal(self, signum: int) -> None:
         if self.alive():
-            os.kill(self.pid, signum)
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass  # it ended between the check and the signal
 
     def stop(self, timeout: float = 15.0) -> None:
         self.signal(signal.SIGTERM)
