@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -59,6 +60,18 @@ class Client:
             assert status == 200, pool
             if pool["status"] is not None:
                 return pool
+
+
+def at_once(work: Callable[[int], None], count: int) -> float:
+    """Run C{work(0)} to C{work(count - 1)}, each in its own thread, all at
+    once; the seconds until the last one finished."""
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -105,13 +118,7 @@ def throughput_of_pools(port: int, token: str, clients: int, per_client: int, la
                 if pool["status"] != 0:
                     failures.append(pool)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = at_once(work, clients)
     total = clients * per_client
     print(f"pools with {clients} concurrent clients ({total} pools, POST + wait each){label}:")
     print(f"  {total / elapsed:.0f} pools/s; {len(set(ids))} unique ids of {total};"

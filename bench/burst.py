@@ -13,13 +13,12 @@ import argparse
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bench import Client  # noqa: E402
+from bench import Client, at_once  # noqa: E402
 from cluster import Cluster  # noqa: E402
 
 
@@ -57,13 +56,7 @@ def main() -> None:
                 with lock:
                     ids.extend(mine)
 
-            threads = [threading.Thread(target=submit, args=(n,)) for n in range(args.clients)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            elapsed = time.perf_counter() - started
+            elapsed = at_once(submit, args.clients)
             total = per_client * args.clients
             print(f"burst of {total} `true` pools to one worker from {args.clients} clients:")
             print(f"  done in {elapsed:.1f} s ({total / elapsed:.0f} pools/s)")

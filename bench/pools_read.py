@@ -28,7 +28,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench import at_once  # noqa: E402
 from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
 
 POOLS = 25
@@ -97,7 +99,7 @@ def full_reads(cluster: Cluster) -> None:
     took: list[float] = []
     sizes: list[int] = []
 
-    def read() -> None:
+    def read(_: int) -> None:
         started = time.monotonic()
         connection = http.client.HTTPConnection("127.0.0.1", cluster.api_port, timeout=300)
         connection.request("GET", "/pools?limit=100", headers={"Authorization": f"Bearer {cluster.token}"})
@@ -109,11 +111,7 @@ def full_reads(cluster: Cluster) -> None:
         took.append(time.monotonic() - started)
         sizes.append(size)
 
-    threads = [threading.Thread(target=read) for _ in range(READERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(read, READERS)
     print(
         f"{READERS} full reads at once: each {statistics.median(sizes) / MiB:.0f} MiB,"
         f" median {statistics.median(took):.2f} s, slowest {max(took):.2f} s"

@@ -61,12 +61,14 @@ class Daemon:
             f"--logfile={self.log}", plugin, *args,
         ]
         def limit_files() -> None:
-            if files is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
+        # A preexec_fn makes subprocess fork instead of its faster spawn:
+        # only when asked for.
         self.process = subprocess.Popen(
             command, cwd=directory, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=limit_files,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            preexec_fn=None if files is None else limit_files,
         )
 
     @property
