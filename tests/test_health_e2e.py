@@ -99,6 +99,18 @@ def test_worker_leaves_a_silent_master_and_returns(tmp_path: Path) -> None:
         cluster.stop()
 
 
+def running_children(pid: int) -> list[psutil.Process]:
+    """The live descendants of C{pid} (one may end while they are listed)."""
+    alive = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
 def test_a_job_runs_on_and_ends_ok_across_a_frozen_master(tmp_path: Path) -> None:
     """
     The master is frozen long enough for its worker to give up on it, and
@@ -122,8 +134,7 @@ def test_a_job_runs_on_and_ends_ok_across_a_frozen_master(tmp_path: Path) -> Non
         try:
             poll(lambda: "master silent for" in worker.log_text(), timeout=10)
             (tmp_path / "go").touch()
-            poll(lambda: not [p for p in psutil.Process(worker.pid).children(recursive=True)
-                              if p.status() != psutil.STATUS_ZOMBIE],
+            poll(lambda: not running_children(worker.pid),
                  what="the job to end while the master is frozen")
         finally:
             cluster.master.signal(signal.SIGCONT)
