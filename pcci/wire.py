@@ -37,7 +37,10 @@ VALID_NAME = re.compile(r"[A-Za-z0-9_.@:-]{1,255}\Z")
 NAME_RULE = "1 to 255 letters, digits and any of _ . @ : -"
 
 #: Exit status of a job whose command could not be started, as in a shell.
-NOT_STARTED = 127
+STATUS_NOT_STARTED = 127
+
+#: Exit status of a job killed for running out of time, as GNU timeout's.
+STATUS_TIMED_OUT = 124
 
 #: Why a job ended, when it was not simply its command exiting: the
 #: C{reason} of an C{ended} message.

@@ -39,3 +39,15 @@ class FakeLink:
 
     def dismiss(self, reason: str) -> None:
         self.dismissed.append(reason)
+
+
+def started(d: Any) -> Any:
+    """The result of a Deferred that has fired (a pool submitted without a
+    store, or with one whose write already happened)."""
+    found: list[Any] = []
+    d.addBoth(found.append)
+    assert found, "the Deferred has not fired"
+    (value,) = found
+    if hasattr(value, "raiseException"):
+        value.raiseException()
+    return value

@@ -15,7 +15,7 @@ from fakes import FakeLink
 from pcci.master.api import MAX_BODY, MAX_COMMAND, MasterAPI
 from pcci.auth import APIToken
 from pcci.wire import FIGURES
-from pcci.master.state import ClusterState
+from pcci.master.state import ClusterState, Settings
 
 URL = "http://master"
 JSON = {"Content-Type": ["application/json"]}
@@ -33,10 +33,10 @@ class Client:
 
     def __init__(self, tokens: bool = False, **limits: Any) -> None:
         self.clock = Clock()
-        self.state = ClusterState(self.clock, retention=60, max_pools=limits.pop("max_pools", 100))
+        self.state = ClusterState(self.clock, Settings(retention=60, max_pools=limits.pop("max_pools", 100)))
         self.links = {name: FakeLink(name) for name in ("a", "b")}
         for link in self.links.values():
-            self.state.add_worker(link)
+            self.state.roster.join(link)
         api = MasterAPI(self.state, **limits)
         self.headers = dict(JSON)
         if tokens:
@@ -87,8 +87,8 @@ def client() -> Client:
 def test_submit_and_read_a_pool(client: Client) -> None:
     pool_id = client.submit("echo hi", ["a"])
     assert client.links["a"].runs == [(pool_id, "echo hi")]
-    client.state.job_output("a", pool_id, "hi\n")
-    client.state.job_ended("a", pool_id, 0)
+    client.state.dispatcher.job_output("a", pool_id, "hi\n")
+    client.state.dispatcher.job_ended("a", pool_id, 0)
     code, headers, body = client.request("GET", f"/pool/{pool_id}")
     assert code == 200
     assert headers.getRawHeaders("content-type") == ["application/json"]
@@ -157,7 +157,7 @@ def test_bad_submissions_are_400_and_create_nothing(
     code, _, answer = client.request("POST", "/job", body)
     assert code == 400
     assert expected in answer["message"]
-    assert client.state.pools == {}
+    assert client.state.history.pools == {}
     assert client.links["a"].runs == []
 
 
@@ -190,8 +190,8 @@ def test_unknown_pool_is_404(client: Client) -> None:
 
 def test_expired_pool_is_404(client: Client) -> None:
     pool_id = client.submit("true", ["a"])
-    client.state.job_ended("a", pool_id, 0)
-    client.state.job_ended("b", pool_id, 0)
+    client.state.dispatcher.job_ended("a", pool_id, 0)
+    client.state.dispatcher.job_ended("b", pool_id, 0)
     client.clock.advance(60)
     code, _, _ = client.request("GET", f"/pool/{pool_id}")
     assert code == 404
@@ -227,9 +227,9 @@ def test_submit_with_wait_answers_with_the_ended_pool(client: Client) -> None:
     client.stub.flush()
     assert fired == []
     (pool_id, _), = client.links["a"].runs
-    client.state.job_started("a", pool_id, 3)
-    client.state.job_output("a", pool_id, "hi\n")
-    client.state.job_ended("a", pool_id, 0)
+    client.state.dispatcher.job_started("a", pool_id, 3)
+    client.state.dispatcher.job_output("a", pool_id, "hi\n")
+    client.state.dispatcher.job_ended("a", pool_id, 0)
     code, _, body = client.result(d)
     assert code == 200 and body["pool_id"] == pool_id
     assert body["message"] == "pool started on 1 workers"
@@ -251,9 +251,9 @@ def test_submit_with_wait_answers_after_the_wait_if_still_running(client: Client
 
 def test_workers_show_their_labels() -> None:
     client = Client()
-    client.state.remove_worker(client.links["b"], "gone")
+    client.state.roster.leave(client.links["b"], "gone")
     client.links["b"].labels = {"os": "linux", "gpu": ""}
-    client.state.add_worker(client.links["b"])
+    client.state.roster.join(client.links["b"])
     _, _, body = client.request("GET", "/workers")
     assert {w["id"]: w["labels"] for w in body} == {"a": {}, "b": {"os": "linux", "gpu": ""}}
     code, _, answer = client.request("POST", "/job", {"cmd": "true", "labels": ["gpu"]})
@@ -280,7 +280,7 @@ def test_long_poll_answers_when_the_pool_ends(client: Client) -> None:
     client.clock.advance(5)
     client.stub.flush()
     assert fired == []
-    client.state.job_ended("a", pool_id, 0)
+    client.state.dispatcher.job_ended("a", pool_id, 0)
     assert body()[0]["status"] == 0
 
 
@@ -305,7 +305,7 @@ def test_unexpected_errors_are_json_500(client: Client, monkeypatch) -> None:
     def broken(*args: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(client.state, "submit", broken)
+    monkeypatch.setattr(client.state.dispatcher, "submit", broken)
     code, _, answer = client.request("POST", "/job", {"cmd": "true", "workers": ["a"]})
     assert code == 500
     assert "boom" not in answer["message"]
@@ -349,7 +349,7 @@ class TestTokens:
             code, response_headers, answer = client.request(method, path, {}, headers=headers)
             assert code == 401 and "token" in answer["message"]
             assert response_headers.getRawHeaders("www-authenticate") == ['Bearer realm="pcci"']
-        assert client.state.pools == {}
+        assert client.state.history.pools == {}
 
     def test_read_only_token_reads_but_cannot_write(self) -> None:
         client = Client(tokens=True)
@@ -360,7 +360,7 @@ class TestTokens:
         assert code == 403 and "read-only" in answer["message"]
         code, _, _ = client.request("POST", "/job", {"cmd": "true", "workers": ["a"]}, headers=reader)
         assert code == 403
-        assert client.links["a"].kills == [] and len(client.state.pools) == 1
+        assert client.links["a"].kills == [] and len(client.state.history.pools) == 1
 
     def test_health_needs_no_token(self) -> None:
         client = Client(tokens=True)
@@ -373,7 +373,7 @@ class TestHealth:
 
     def test_workers_carry_their_latest_figures(self, client: Client) -> None:
         client.clock.advance(10)
-        client.state.heartbeat("a", self.FIGURES)
+        client.state.roster.heartbeat("a", self.FIGURES)
         code, _, body = client.request("GET", "/workers")
         a = body[0]
         assert (a["online"], a["last_seen"], a["heartbeat_seconds"]) == (True, "1970-01-01T00:00:10.000Z", 5.0)
@@ -381,7 +381,7 @@ class TestHealth:
         assert body[1]["health"] is None  # b never sent a heartbeat
 
     def test_offline_workers_only_with_all(self, client: Client) -> None:
-        client.state.remove_worker(client.links["b"], "disconnected")
+        client.state.roster.leave(client.links["b"], "disconnected")
         assert [w["id"] for w in client.request("GET", "/workers")[2]] == ["a"]
         code, _, every = client.request("GET", "/workers?all=true")
         assert [(w["id"], w["online"]) for w in every] == [("a", True), ("b", False)]
@@ -390,7 +390,7 @@ class TestHealth:
     def test_one_worker_with_its_history(self, client: Client) -> None:
         for second in (1, 2):
             client.clock.advance(1)
-            client.state.heartbeat("a", {**self.FIGURES, "cpu_ratio": second / 10})
+            client.state.roster.heartbeat("a", {**self.FIGURES, "cpu_ratio": second / 10})
         code, _, a = client.request("GET", "/workers/a")
         assert code == 200 and a["id"] == "a"
         assert a["history"]["time"] == [1.0, 2.0]
@@ -401,11 +401,11 @@ class TestHealth:
     def test_metrics(self, client: Client) -> None:
         from prometheus_client.parser import text_string_to_metric_families
 
-        client.state.heartbeat("a", self.FIGURES)
+        client.state.roster.heartbeat("a", self.FIGURES)
         done = client.submit("true", ["a", "b"])
         client.clock.advance(0.2)
-        client.state.job_ended("a", done, 0)
-        client.state.job_ended("b", done, 2)
+        client.state.dispatcher.job_ended("a", done, 0)
+        client.state.dispatcher.job_ended("b", done, 2)
         client.submit("sleep 9", ["a"])
         response = client.result_of(client.stub.get(f"{URL}/metrics"))
         assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
@@ -436,10 +436,10 @@ def test_grafana_dashboard_queries_only_exported_metrics(client: Client) -> None
     dashboard = json.loads(
         (Path(__file__).parent.parent / "examples" / "grafana-dashboard.json").read_text()
     )
-    client.state.heartbeat("a", {name: 1.0 for name in FIGURES})
+    client.state.roster.heartbeat("a", {name: 1.0 for name in FIGURES})
     pool_id = client.submit("true", ["a"])
-    client.state.job_ended("a", pool_id, 0)
-    client.state.job_ended("b", pool_id, 0)
+    client.state.dispatcher.job_ended("a", pool_id, 0)
+    client.state.dispatcher.job_ended("b", pool_id, 0)
     exported = client.result_of(client.result_of(client.stub.get(f"{URL}/metrics")).text())
     names = {
         name
@@ -503,7 +503,7 @@ class TestDryRun:
             "POST", "/job?dry_run=true", {"cmd": "reboot", "workers": ["*"], "exclude": ["b"]}
         )
         assert (code, body) == (200, {"workers": ["a"], "message": "would start on 1 workers"})
-        assert client.state.pools == {}
+        assert client.state.history.pools == {}
         assert client.links["a"].runs == []
 
     @pytest.mark.parametrize(
@@ -527,7 +527,7 @@ class TestDryRun:
 
 def test_a_pool_without_its_results(client: Client) -> None:
     pool_id = client.submit("echo hi", ["a"])
-    client.state.job_output("a", pool_id, "hi\n", "stdout")
+    client.state.dispatcher.job_output("a", pool_id, "hi\n", "stdout")
     code, _, body = client.request("GET", f"/pools/{pool_id}?results=false")
     assert code == 200 and "result" not in body["jobs"][0]
     assert client.request("GET", f"/pools/{pool_id}")[2]["jobs"][0]["result"] == "hi\n"

@@ -214,17 +214,17 @@ def test_run_prints_lines_live_then_the_summary_and_exits_with_the_worst() -> No
     pool_id: list[str] = []
 
     def start() -> None:
-        pool_id.append(next(iter(state.pools)))
-        state.job_started("a", pool_id[0], 10)
-        state.job_started("b", pool_id[0], 11)
-        state.job_output("a", pool_id[0], "one\ntw", "stdout")
+        pool_id.append(next(iter(state.history.pools)))
+        state.dispatcher.job_started("a", pool_id[0], 10)
+        state.dispatcher.job_started("b", pool_id[0], 11)
+        state.dispatcher.job_output("a", pool_id[0], "one\ntw", "stdout")
 
     def middle() -> None:
         assert out.getvalue() == "a: one\n"  # seen before the job ended
-        state.job_output("a", pool_id[0], "o\n", "stdout")
-        state.job_output("b", pool_id[0], "bad\n", "stderr")
-        state.job_ended("a", pool_id[0], 0)
-        state.job_ended("b", pool_id[0], 3)
+        state.dispatcher.job_output("a", pool_id[0], "o\n", "stdout")
+        state.dispatcher.job_output("b", pool_id[0], "bad\n", "stderr")
+        state.dispatcher.job_ended("a", pool_id[0], 0)
+        state.dispatcher.job_ended("b", pool_id[0], 3)
 
     status = drive(client, run_pool(None, cfg, RunRequest(["echo", "x"], targets=("*",))), start, middle)
     assert status == 3
@@ -236,7 +236,7 @@ def test_run_detach_prints_the_pool_id() -> None:
     client = Client(tokens=True)
     cfg, out, _ = config(client)
     assert drive(client, run_pool(None, cfg, RunRequest(["true"], targets=("a",), detach=True))) == 0
-    assert out.getvalue().strip() == next(iter(client.state.pools))
+    assert out.getvalue().strip() == next(iter(client.state.history.pools))
 
 
 def test_run_dry_run_prints_the_selected_workers_and_starts_nothing() -> None:
@@ -245,7 +245,7 @@ def test_run_dry_run_prints_the_selected_workers_and_starts_nothing() -> None:
     request = RunRequest(["reboot"], targets=("*",), exclude=("b",), dry_run=True)
     assert drive(client, run_pool(None, cfg, request)) == 0
     assert out.getvalue() == "a\n"
-    assert client.state.pools == {}
+    assert client.state.history.pools == {}
 
 
 def test_whoami_names_the_token_and_its_rights() -> None:
@@ -260,10 +260,10 @@ def test_run_json_prints_only_the_ended_pool() -> None:
     cfg, out, err = config(client)
 
     def end() -> None:
-        pool_id = next(iter(client.state.pools))
-        client.state.job_started("a", pool_id, 1)
-        client.state.job_output("a", pool_id, "hi\n")
-        client.state.job_ended("a", pool_id, 0)
+        pool_id = next(iter(client.state.history.pools))
+        client.state.dispatcher.job_started("a", pool_id, 1)
+        client.state.dispatcher.job_output("a", pool_id, "hi\n")
+        client.state.dispatcher.job_ended("a", pool_id, 0)
 
     assert drive(client, run_pool(None, cfg, RunRequest(["echo", "hi"], targets=("a",), as_json=True)), end) == 0
     pool = json.loads(out.getvalue())
@@ -276,14 +276,14 @@ def test_ctrl_c_kills_the_pool_and_exits_130() -> None:
     cfg, _, err = config(client)
 
     def interrupt() -> None:
-        pool_id = next(iter(client.state.pools))
-        client.state.job_started("a", pool_id, 1)
+        pool_id = next(iter(client.state.history.pools))
+        client.state.dispatcher.job_started("a", pool_id, 1)
         cfg.on_interrupt()
 
     def killed() -> None:
-        pool_id = next(iter(client.state.pools))
+        pool_id = next(iter(client.state.history.pools))
         assert client.links["a"].kills == [pool_id]
-        client.state.job_ended("a", pool_id, 143, "killed")
+        client.state.dispatcher.job_ended("a", pool_id, 143, "killed")
 
     assert drive(client, run_pool(None, cfg, RunRequest(["sleep", "9"], targets=("a",))), interrupt, killed) == 130
     assert "killing pool" in err.getvalue() and "killed: a" in err.getvalue()
@@ -325,8 +325,8 @@ def test_workers_table_and_logs() -> None:
     assert lines[0].split()[:3] == ["NAME", "STATE", "ADDRESS"]
     assert [line.split()[:2] for line in lines[1:]] == [["a", "online"], ["b", "online"]]
     pool_id = client.submit("x")
-    client.state.job_output("a", pool_id, "from a\n")
-    client.state.job_output("b", pool_id, "from b\n")
+    client.state.dispatcher.job_output("a", pool_id, "from a\n")
+    client.state.dispatcher.job_output("b", pool_id, "from b\n")
     cfg, out, _ = config(client)
     assert drive(client, show_logs(None, cfg, pool_id, ["b"], False)) == 0
     assert out.getvalue() == "b: from b\n"

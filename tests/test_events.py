@@ -8,10 +8,11 @@ from typing import Any
 import treq
 from twisted.internet.task import Clock
 
-from fakes import FakeLink
+from fakes import FakeLink, started
 from pcci.master.api import _pool_pieces
-from pcci.master.events import KEEP_ALIVE, EventStream, pool_events
-from pcci.master.state import ClusterState
+from pcci.master.events import pool_events
+from pcci.master.streaming import KEEP_ALIVE, EventStream
+from pcci.master.state import ClusterState, Settings
 from test_api import Client
 
 
@@ -30,13 +31,13 @@ def parse(text: str) -> list[tuple[int, str, Any]]:
 def run_pool(client: Client) -> str:
     pool_id = client.submit("x", ["a", "b"])
     state = client.state
-    state.job_started("a", pool_id, 11)
-    state.job_output("a", pool_id, "out\n", "stdout")
-    state.job_started("b", pool_id, 12)
-    state.job_output("a", pool_id, "err\n", "stderr")
-    state.job_output("b", pool_id, "b says\n", "stdout")
-    state.job_ended("a", pool_id, 0)
-    state.job_ended("b", pool_id, 3)
+    state.dispatcher.job_started("a", pool_id, 11)
+    state.dispatcher.job_output("a", pool_id, "out\n", "stdout")
+    state.dispatcher.job_started("b", pool_id, 12)
+    state.dispatcher.job_output("a", pool_id, "err\n", "stderr")
+    state.dispatcher.job_output("b", pool_id, "b says\n", "stdout")
+    state.dispatcher.job_ended("a", pool_id, 0)
+    state.dispatcher.job_ended("b", pool_id, 3)
     return pool_id
 
 
@@ -88,14 +89,14 @@ def test_a_live_stream_sends_events_as_they_come_then_the_pool() -> None:
     (response,) = client._settle(d)
     chunks: list[bytes] = []
     done = treq.collect(response, chunks.append)
-    client.state.job_started("a", pool_id, 7)
+    client.state.dispatcher.job_started("a", pool_id, 7)
     client.stub.flush()
     assert [name for _, name, _ in parse(b"".join(chunks).decode())] == ["started"]
-    client.state.job_output("a", pool_id, "line\n", "stdout")
+    client.state.dispatcher.job_output("a", pool_id, "line\n", "stdout")
     client.stub.flush()
     assert parse(b"".join(chunks).decode())[-1][2]["data"] == "line\n"
     assert not done.called
-    client.state.job_ended("a", pool_id, 0)
+    client.state.dispatcher.job_ended("a", pool_id, 0)
     client._settle(done)
     assert [name for _, name, _ in parse(b"".join(chunks).decode())] == [
         "started", "output", "ended", "pool",
@@ -104,12 +105,12 @@ def test_a_live_stream_sends_events_as_they_come_then_the_pool() -> None:
 
 def test_dropped_output_stands_as_one_event_where_it_was() -> None:
     clock = Clock()
-    state = ClusterState(clock, max_output=100)
-    state.add_worker(FakeLink("a"))
-    pool = state.submit("x", ["a"])
-    state.job_started("a", pool.id, 5)
+    state = ClusterState(clock, Settings(max_output=100))
+    state.roster.join(FakeLink("a"))
+    pool = started(state.dispatcher.submit("x", ["a"]))
+    state.dispatcher.job_started("a", pool.id, 5)
     for i in range(10):
-        state.job_output("a", pool.id, f"{i:019d}\n")  # 20 bytes each
+        state.dispatcher.job_output("a", pool.id, f"{i:019d}\n")  # 20 bytes each
     names = [(e.name, e.data.get("bytes")) for e in pool_events(pool)]
     assert names[0] == ("started", None)
     assert ("dropped", 100) in names
@@ -142,14 +143,14 @@ class PacedRequest:
 def test_a_paused_reader_costs_nothing_and_catches_up_in_order() -> None:
     clock = Clock()
     state = ClusterState(clock)
-    state.add_worker(FakeLink("a"))
-    pool = state.submit("x", ["a"])
+    state.roster.join(FakeLink("a"))
+    pool = started(state.dispatcher.submit("x", ["a"]))
     request = PacedRequest()
     EventStream(request, pool, 0, clock, _pool_pieces).start()
-    state.job_started("a", pool.id, 5)
+    state.dispatcher.job_started("a", pool.id, 5)
     request.producer.pauseProducing()  # the client stopped reading
     for i in range(1000):
-        state.job_output("a", pool.id, f"{i}\n")
+        state.dispatcher.job_output("a", pool.id, f"{i}\n")
     assert len(request.written) == 2  # nothing buffered for it while paused
     request.producer.resumeProducing()
     events = parse(b"".join(request.written).decode())
@@ -160,8 +161,8 @@ def test_a_paused_reader_costs_nothing_and_catches_up_in_order() -> None:
 def test_an_idle_stream_gets_a_keep_alive_comment() -> None:
     clock = Clock()
     state = ClusterState(clock)
-    state.add_worker(FakeLink("a"))
-    pool = state.submit("x", ["a"])
+    state.roster.join(FakeLink("a"))
+    pool = started(state.dispatcher.submit("x", ["a"]))
     request = PacedRequest()
     done = EventStream(request, pool, 0, clock, _pool_pieces).start()
     clock.advance(KEEP_ALIVE - 0.1)

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from pcci.worker import health
-from pcci.master.history import HealthHistory, clean_figures
+from pcci.master.health import HealthHistory, clean_figures
 from pcci.wire import FIGURES
 from pcci.worker.health import collect_figures
 

@@ -13,6 +13,7 @@ from twisted.logger import globalLogPublisher
 
 from pcci.auth import check_proof, proof
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from fakes import started
 from pcci.master.state import ClusterState
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
@@ -52,7 +53,7 @@ def test_hello_registers_the_worker_and_is_welcomed() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    assert state.workers["node1"] is protocol
+    assert state.roster.links["node1"] is protocol
     assert protocol.address == "192.0.2.1:5000"
     assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION}]
     assert [call.getTime() for call in clock.getDelayedCalls()] == [15]  # the watchdog
@@ -63,7 +64,7 @@ def test_a_job_from_submit_to_end() -> None:
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
     frames(transport)
-    pool = state.submit("echo EOM", ["node1"])
+    pool = started(state.dispatcher.submit("echo EOM", ["node1"]))
     assert frames(transport) == [{"code": "run", "pool": pool.id, "cmd": "echo EOM"}]
     protocol.dataReceived(
         encode({"code": "started", "pool": pool.id, "pid": 99})
@@ -74,7 +75,7 @@ def test_a_job_from_submit_to_end() -> None:
     assert (job.pid, job.output.text(), job.status, pool.status) == (99, "EOM\n", 0, 0)
     # Without a store, the end is acknowledged at once: the worker may forget the job.
     assert frames(transport) == [{"code": "ack", "pool": pool.id}]
-    state.kill(pool.id)
+    state.dispatcher.kill(pool.id)
     assert frames(transport) == []  # nothing left to kill
 
 
@@ -82,9 +83,9 @@ def test_kill_is_sent_to_the_worker() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    pool = state.submit("sleep 9", ["node1"])
+    pool = started(state.dispatcher.submit("sleep 9", ["node1"]))
     frames(transport)
-    state.kill(pool.id)
+    state.dispatcher.kill(pool.id)
     assert frames(transport) == [{"code": "kill", "pool": pool.id}]
 
 
@@ -92,10 +93,10 @@ def test_connection_lost_fails_running_jobs_after_the_grace() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    pool = state.submit("sleep 9", ["node1"])
+    pool = started(state.dispatcher.submit("sleep 9", ["node1"]))
     protocol.connectionLost(None)
-    assert "node1" not in state.workers
-    clock.advance(state.reconnect_grace - 0.1)
+    assert "node1" not in state.roster.links
+    clock.advance(state.roster.reconnect_grace - 0.1)
     assert pool.status is None  # it may come back
     clock.advance(0.1)
     assert pool.status == 1 and pool.jobs["node1"].state == "lost"
@@ -105,8 +106,8 @@ def test_a_worker_back_within_the_grace_carries_on_with_its_jobs() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    kept = state.submit("sleep 9", ["node1"])
-    dropped = state.submit("sleep 9", ["node1"])
+    kept = started(state.dispatcher.submit("sleep 9", ["node1"]))
+    dropped = started(state.dispatcher.submit("sleep 9", ["node1"]))
     protocol.dataReceived(encode({"code": "output", "pool": kept.id, "data": "a", "stream": "stdout", "seq": 1}))
     protocol.connectionLost(None)
     clock.advance(10)
@@ -137,7 +138,7 @@ def test_duplicate_name_dismisses_the_old_connection() -> None:
     frames(old_transport)
     new, new_transport = connect(state, clock, 2)
     new.dataReceived(hello())
-    assert state.workers["node1"] is new
+    assert state.roster.links["node1"] is new
     (bye,) = frames(old_transport)
     assert bye["code"] == "bye" and bye["reconnect"] is False
     assert "192.0.2.1:2" in bye["reason"]
@@ -147,9 +148,9 @@ def test_duplicate_name_dismisses_the_old_connection() -> None:
         new.dataReceived(encode({"code": "heartbeat", "figures": {}}))
     assert old_transport.disconnected
     old.connectionLost(None)
-    assert state.workers["node1"] is new
+    assert state.roster.links["node1"] is new
     # Late reports from the replaced connection are ignored.
-    pool = state.submit("x", ["node1"])
+    pool = started(state.dispatcher.submit("x", ["node1"]))
     old.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
     assert pool.status is None
 
@@ -178,7 +179,7 @@ def test_second_hello_and_bad_names_are_violations() -> None:
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello(name="bad name\n"))
     assert transport.disconnecting
-    assert list(state.workers) == ["node1"]
+    assert list(state.roster.links) == ["node1"]
 
 
 def test_other_protocol_version_is_told_not_to_reconnect() -> None:
@@ -188,7 +189,7 @@ def test_other_protocol_version_is_told_not_to_reconnect() -> None:
     (bye,) = frames(transport)
     assert bye["code"] == "bye" and bye["reconnect"] is False
     assert transport.disconnecting
-    assert state.workers == {}
+    assert state.roster.links == {}
 
 
 def test_garbage_drops_only_that_connection() -> None:
@@ -199,7 +200,7 @@ def test_garbage_drops_only_that_connection() -> None:
     bad.dataReceived(b"GET / HTTP/1.1\r\n\r\nEOM")
     assert bad_transport.disconnecting
     assert not good_transport.disconnecting
-    assert list(state.workers) == ["good"]
+    assert list(state.roster.links) == ["good"]
 
 
 SECRET = b"s" * 32
@@ -223,7 +224,7 @@ class TestHandshake:
         protocol, transport = connect(state, clock, secret=SECRET)
         answers, _ = authenticated_hello(protocol, transport)
         assert answers == [{"code": "welcome", "version": PROTOCOL_VERSION}]
-        assert state.workers["node1"] is protocol
+        assert state.roster.links["node1"] is protocol
 
     def test_wrong_secret_is_refused(self) -> None:
         state, clock = setup()
@@ -232,7 +233,7 @@ class TestHandshake:
         assert [a["code"] for a in answers] == ["bye"]
         assert "authentication failed" in answers[0]["reason"]
         assert transport.disconnecting
-        assert state.workers == {}
+        assert state.roster.links == {}
 
     def test_replayed_auth_is_refused(self) -> None:
         """A proof recorded from one connection is worth nothing on the next."""
@@ -244,7 +245,7 @@ class TestHandshake:
         frames(transport)
         replay.dataReceived(encode({"code": "auth", "proof": recorded}))
         assert [f["code"] for f in frames(transport)] == ["bye"]
-        assert state.workers["node1"] is first
+        assert state.roster.links["node1"] is first
 
     def test_job_messages_before_auth_are_violations(self) -> None:
         state, clock = setup()
@@ -252,7 +253,7 @@ class TestHandshake:
         protocol.dataReceived(hello())
         protocol.dataReceived(encode({"code": "started", "pool": "p", "pid": 1}))
         assert transport.disconnecting
-        assert state.workers == {}
+        assert state.roster.links == {}
 
     def test_auth_without_hello_is_a_violation(self) -> None:
         state, clock = setup()
@@ -296,7 +297,7 @@ def test_any_bytes_at_any_split_never_raise(garbage: bytes, cuts: list[int], sec
     finally:
         globalLogPublisher.removeObserver(observer)
     assert failures == []  # no handler hit an unexpected error either
-    assert state.workers == {}
+    assert state.roster.links == {}
 
 
 
@@ -314,7 +315,7 @@ class TestHeartbeats:
         clock.advance(1)
         protocol.dataReceived(self.heartbeat())
         assert frames(transport) == [{"code": "pong"}]
-        record = state.records["node1"]
+        record = state.roster.records["node1"]
         assert record.figures["cpu_ratio"] == 0.25
         assert record.figures["temperature_celsius"] is None
         assert record.figures["load_1m"] is None  # not sent: unknown
@@ -325,16 +326,16 @@ class TestHeartbeats:
         state, clock = setup()
         protocol, transport = connect(state, clock)
         protocol.dataReceived(hello(heartbeat=1))
-        pool = state.submit("sleep 100", ["node1"])
+        pool = started(state.dispatcher.submit("sleep 100", ["node1"]))
         for _ in range(5):  # a living worker is never lost
             clock.advance(1)
             protocol.dataReceived(self.heartbeat())
         clock.advance(2.9)
-        assert "node1" in state.workers and not transport.disconnecting
+        assert "node1" in state.roster.links and not transport.disconnecting
         clock.advance(0.1)
-        assert "node1" not in state.workers
-        assert state.records["node1"].online is False
-        clock.advance(state.reconnect_grace)
+        assert "node1" not in state.roster.links
+        assert state.roster.records["node1"].online is False
+        clock.advance(state.roster.reconnect_grace)
         assert pool.jobs["node1"].status == -1
         assert "silent for 3.0 s" in pool.jobs["node1"].output.text()
         assert transport.disconnected  # aborted: a half-open socket never closes
@@ -343,7 +344,7 @@ class TestHeartbeats:
         state, clock = setup()
         protocol, transport = connect(state, clock)
         protocol.dataReceived(hello(heartbeat=0))
-        assert transport.disconnecting and state.workers == {}
+        assert transport.disconnecting and state.roster.links == {}
 
 
 def test_a_master_waking_from_a_stall_does_not_blame_its_workers() -> None:
@@ -351,18 +352,18 @@ def test_a_master_waking_from_a_stall_does_not_blame_its_workers() -> None:
     protocol, transport = connect(state, clock)
     protocol.factory.startFactory()  # the stall watch ticks
     protocol.dataReceived(hello(heartbeat=1))
-    pool = state.submit("sleep 100", ["node1"])
+    pool = started(state.dispatcher.submit("sleep 100", ["node1"]))
     clock.pump([0.5] * 4)
     protocol.dataReceived(encode({"code": "heartbeat", "figures": {}}))
     clock.advance(20)  # SIGSTOPped: the watchdog and the watch are overdue together
-    assert "node1" in state.workers and pool.status is None
+    assert "node1" in state.roster.links and pool.status is None
     clock.pump([0.5] * 5)  # the worker's queued frames are read now
     protocol.dataReceived(encode({"code": "heartbeat", "figures": {}}))
     clock.pump([0.5] * 5)
-    assert "node1" in state.workers
+    assert "node1" in state.roster.links
     clock.pump([0.5] * 6)  # then silence is the worker's own
-    assert "node1" not in state.workers
-    clock.advance(state.reconnect_grace)
+    assert "node1" not in state.roster.links
+    clock.advance(state.roster.reconnect_grace)
     assert pool.jobs["node1"].state == "lost"
 
 
@@ -370,7 +371,7 @@ def test_output_keeps_its_stream_and_an_end_its_reason() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    pool = state.submit("x", ["node1"])
+    pool = started(state.dispatcher.submit("x", ["node1"]))
     protocol.dataReceived(
         encode({"code": "started", "pool": pool.id, "pid": 7})
         + encode({"code": "output", "pool": pool.id, "data": "err", "stream": "stderr"})

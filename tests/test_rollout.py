@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from fakes import FakeLink
+from fakes import FakeLink, started
 from pcci.master.jobspec import JobOptions, Rollout
-from pcci.master.state import STATUS_CANCELLED, STATUS_LOST, ClusterState
+from pcci.master.model import STATUS_CANCELLED, STATUS_LOST
+from pcci.master.state import ClusterState
 
 NAMES = ("w1", "w2", "w3", "w4", "w5")
 
@@ -16,7 +17,7 @@ def cluster() -> tuple[ClusterState, Clock, dict[str, FakeLink]]:
     state = ClusterState(clock)
     links = {name: FakeLink(name) for name in NAMES}
     for link in links.values():
-        state.add_worker(link)
+        state.roster.join(link)
     return state, clock, links
 
 
@@ -25,13 +26,13 @@ def sent(links: dict[str, FakeLink]) -> list[str]:
 
 
 def finish(state: ClusterState, pool_id: str, name: str, status: int = 0) -> None:
-    state.job_started(name, pool_id, 100)
-    state.job_ended(name, pool_id, status)
+    state.dispatcher.job_started(name, pool_id, 100)
+    state.dispatcher.job_ended(name, pool_id, status)
 
 
 def test_a_batch_is_a_sliding_window() -> None:
     state, _, links = cluster()
-    pool = state.submit("x", NAMES, rollout=Rollout(batch=2))
+    pool = started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch=2)))
     assert sent(links) == ["w1", "w2"]
     assert [j.state for j in pool.jobs.values()] == ["pending"] * 5
     finish(state, pool.id, "w2")
@@ -46,13 +47,13 @@ def test_a_batch_is_a_sliding_window() -> None:
 
 def test_a_percent_batch_is_rounded_up() -> None:
     state, _, links = cluster()
-    state.submit("x", NAMES, rollout=Rollout(batch="30%"))
+    started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch="30%")))
     assert sent(links) == ["w1", "w2"]  # 1.5 of 5, rounded up
 
 
 def test_batch_wait_separates_an_end_from_the_next_start() -> None:
     state, clock, links = cluster()
-    pool = state.submit("x", NAMES[:3], rollout=Rollout(batch=1, batch_wait=10))
+    pool = started(state.dispatcher.submit("x", NAMES[:3], rollout=Rollout(batch=1, batch_wait=10)))
     finish(state, pool.id, "w1")
     clock.advance(9.9)
     assert sent(links) == ["w1"]
@@ -62,7 +63,7 @@ def test_batch_wait_separates_an_end_from_the_next_start() -> None:
 
 def test_max_failures_cancels_the_jobs_not_started() -> None:
     state, _, links = cluster()
-    pool = state.submit("x", NAMES, rollout=Rollout(batch=2, max_failures=2))
+    pool = started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch=2, max_failures=2)))
     finish(state, pool.id, "w1", 1)
     assert sent(links) == ["w1", "w2", "w3"]
     finish(state, pool.id, "w2", 0)
@@ -72,26 +73,26 @@ def test_max_failures_cancels_the_jobs_not_started() -> None:
     assert pool.jobs["w5"].status == STATUS_CANCELLED
     # w4 was sent but has not started: it is called back.
     assert links["w4"].kills == [pool.id]
-    state.job_ended("w4", pool.id, -1, "cancelled")
+    state.dispatcher.job_ended("w4", pool.id, -1, "cancelled")
     assert pool.finished and pool.counts() == {"failed": 2, "ok": 1, "cancelled": 2}
 
 
 def test_max_failures_without_batch_calls_back_the_queued_jobs() -> None:
     state, _, links = cluster()
-    pool = state.submit("x", NAMES[:3], rollout=Rollout(max_failures=1))
+    pool = started(state.dispatcher.submit("x", NAMES[:3], rollout=Rollout(max_failures=1)))
     finish(state, pool.id, "w1", 1)
     assert links["w2"].kills == [pool.id] and links["w3"].kills == [pool.id]
 
 
 def test_killing_a_rolling_pool_cancels_what_waits() -> None:
     state, clock, links = cluster()
-    pool = state.submit("x", NAMES, rollout=Rollout(batch=1, batch_wait=5))
-    state.job_started("w1", pool.id, 100)
-    asked = state.kill(pool.id)
+    pool = started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch=1, batch_wait=5)))
+    state.dispatcher.job_started("w1", pool.id, 100)
+    asked = state.dispatcher.kill(pool.id)
     assert asked == list(NAMES)
     assert links["w1"].kills == [pool.id]
     assert [pool.jobs[n].state for n in NAMES[1:]] == ["cancelled"] * 4
-    state.job_ended("w1", pool.id, 143, "killed")
+    state.dispatcher.job_ended("w1", pool.id, 143, "killed")
     clock.advance(60)
     assert sent(links) == ["w1"]
     assert pool.counts() == {"killed": 1, "cancelled": 4}
@@ -99,8 +100,8 @@ def test_killing_a_rolling_pool_cancels_what_waits() -> None:
 
 def test_a_worker_gone_before_its_turn_is_lost_and_the_next_goes() -> None:
     state, _, links = cluster()
-    pool = state.submit("x", NAMES[:3], rollout=Rollout(batch=1))
-    state.remove_worker(links["w2"], "disconnected")
+    pool = started(state.dispatcher.submit("x", NAMES[:3], rollout=Rollout(batch=1)))
+    state.roster.leave(links["w2"], "disconnected")
     finish(state, pool.id, "w1")
     assert pool.jobs["w2"].status == STATUS_LOST
     assert "left before its turn" in pool.jobs["w2"].output.text()
@@ -110,17 +111,17 @@ def test_a_worker_gone_before_its_turn_is_lost_and_the_next_goes() -> None:
 def test_options_travel_with_each_run() -> None:
     state, _, links = cluster()
     options = JobOptions(timeout=5.0, env={"A": "1"}, cwd="/tmp", stdin="x")
-    state.submit("x", ["w1"], options)
+    started(state.dispatcher.submit("x", ["w1"], options))
     assert links["w1"].options == [
         {"timeout": 5.0, "env": {"A": "1"}, "cwd": "/tmp", "stdin": "x"}
     ]
-    state.submit("x", ["w1"])
+    started(state.dispatcher.submit("x", ["w1"]))
     assert links["w1"].options[-1] == {}
 
 
 def test_a_timed_out_job_reads_124() -> None:
     state, _, _ = cluster()
-    pool = state.submit("x", ["w1"], JobOptions(timeout=1.0))
-    state.job_started("w1", pool.id, 100)
-    state.job_ended("w1", pool.id, 143, "timed_out")
+    pool = started(state.dispatcher.submit("x", ["w1"], JobOptions(timeout=1.0)))
+    state.dispatcher.job_started("w1", pool.id, 100)
+    state.dispatcher.job_ended("w1", pool.id, 143, "timed_out")
     assert (pool.jobs["w1"].status, pool.jobs["w1"].state) == (124, "timed_out")

@@ -6,43 +6,40 @@ import pytest
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
-from fakes import FakeLink
-from pcci.master.state import (
-    STATUS_LOST,
-    ClusterState,
-    OutputBuffer,
-    SubmitError,
-    TooManyPools,
-    rfc3339,
-)
+from fakes import FakeLink, started
+from pcci.master.dispatch import SubmitError
+from pcci.master.history import TooManyPools
+from pcci.master.model import STATUS_LOST, rfc3339
+from pcci.master.state import ClusterState, Settings
+from pcci.output import OutputBuffer
 
 
 def cluster(*names: str, **kwargs) -> tuple[ClusterState, Clock, dict[str, FakeLink]]:
     clock = Clock()
     clock.advance(1_700_000_000)
-    state = ClusterState(clock, **kwargs)
+    state = ClusterState(clock, Settings(**kwargs))
     links = {name: FakeLink(name) for name in names}
     for link in links.values():
-        state.add_worker(link)
+        state.roster.join(link)
     return state, clock, links
 
 
 def test_submit_runs_the_command_on_each_named_worker() -> None:
     state, _, links = cluster("a", "b", "c")
-    pool = state.submit("uname -a", ["a", "b", "a"])
+    pool = started(state.dispatcher.submit("uname -a", ["a", "b", "a"]))
     assert links["a"].runs == [(pool.id, "uname -a")]
     assert links["b"].runs == [(pool.id, "uname -a")]
     assert links["c"].runs == []
     assert list(pool.jobs) == ["a", "b"]
     assert pool.status is None
-    assert state.running_jobs("a") == 1
+    assert state.roster.running_jobs("a") == 1
 
 
 def test_submit_to_unknown_worker_creates_nothing() -> None:
     state, _, links = cluster("a")
     with pytest.raises(SubmitError, match="ghost"):
-        state.submit("true", ["a", "ghost"])
-    assert state.pools == {}
+        started(state.dispatcher.submit("true", ["a", "ghost"]))
+    assert state.history.pools == {}
     assert links["a"].runs == []
 
 
@@ -51,24 +48,24 @@ def test_submit_to_unknown_worker_creates_nothing() -> None:
 )
 def test_pool_status(statuses: list[int], expected: int) -> None:
     state, _, _ = cluster("a", "b")
-    pool = state.submit("x", ["a", "b"])
-    state.job_ended("a", pool.id, statuses[0])
+    pool = started(state.dispatcher.submit("x", ["a", "b"]))
+    state.dispatcher.job_ended("a", pool.id, statuses[0])
     assert pool.status is None
-    state.job_ended("b", pool.id, statuses[1])
+    state.dispatcher.job_ended("b", pool.id, statuses[1])
     assert pool.status == expected
 
 
 def test_job_fields_and_times() -> None:
     state, clock, _ = cluster("a")
-    pool = state.submit("echo hi", ["a"])
+    pool = started(state.dispatcher.submit("echo hi", ["a"]))
     assert pool.jobs["a"].to_json()["state"] == "pending"
     clock.advance(0.5)
-    state.job_started("a", pool.id, 4242)
+    state.dispatcher.job_started("a", pool.id, 4242)
     assert pool.jobs["a"].to_json()["state"] == "running"
-    state.job_output("a", pool.id, "hi\n")
-    state.job_output("a", pool.id, "there\n")
+    state.dispatcher.job_output("a", pool.id, "hi\n")
+    state.dispatcher.job_output("a", pool.id, "there\n")
     clock.advance(1.5)
-    state.job_ended("a", pool.id, 0)
+    state.dispatcher.job_ended("a", pool.id, 0)
     job = pool.to_json()["jobs"][0]
     assert job == {
         "pool": pool.id,
@@ -87,102 +84,102 @@ def test_job_fields_and_times() -> None:
 
 def test_reports_for_unknown_pools_are_ignored() -> None:
     state, _, _ = cluster("a")
-    state.job_started("a", "nope", 1)
-    state.job_output("a", "nope", "x")
-    state.job_ended("a", "nope", 0)
-    state.job_ended("ghost", "nope", 0)
-    assert state.pools == {}
+    state.dispatcher.job_started("a", "nope", 1)
+    state.dispatcher.job_output("a", "nope", "x")
+    state.dispatcher.job_ended("a", "nope", 0)
+    state.dispatcher.job_ended("ghost", "nope", 0)
+    assert state.history.pools == {}
 
 
 def test_finished_pools_are_dropped_after_retention() -> None:
     state, clock, _ = cluster("a", retention=10)
-    done = state.submit("x", ["a"])
-    running = state.submit("y", ["a"])
+    done = started(state.dispatcher.submit("x", ["a"]))
+    running = started(state.dispatcher.submit("y", ["a"]))
     clock.advance(5)
-    state.job_ended("a", done.id, 0)
+    state.dispatcher.job_ended("a", done.id, 0)
     clock.advance(9.9)
-    assert done.id in state.pools
+    assert done.id in state.history.pools
     clock.advance(0.1)
-    assert done.id not in state.pools
+    assert done.id not in state.history.pools
     clock.advance(10_000)
-    assert running.id in state.pools  # running pools are never dropped
+    assert running.id in state.history.pools  # running pools are never dropped
 
 
 def test_past_max_pools_the_oldest_finished_pool_is_dropped() -> None:
     state, _, _ = cluster("a", max_pools=2)
-    old = state.submit("x", ["a"])
-    running = state.submit("y", ["a"])
-    state.job_ended("a", old.id, 0)
-    newest = state.submit("z", ["a"])
-    assert list(state.pools) == [running.id, newest.id]
+    old = started(state.dispatcher.submit("x", ["a"]))
+    running = started(state.dispatcher.submit("y", ["a"]))
+    state.dispatcher.job_ended("a", old.id, 0)
+    newest = started(state.dispatcher.submit("z", ["a"]))
+    assert list(state.history.pools) == [running.id, newest.id]
     with pytest.raises(TooManyPools):
-        state.submit("w", ["a"])  # both kept pools still run
-    assert list(state.pools) == [running.id, newest.id]
+        started(state.dispatcher.submit("w", ["a"]))  # both kept pools still run
+    assert list(state.history.pools) == [running.id, newest.id]
 
 
 def test_worker_lost_fails_its_running_jobs() -> None:
     state, clock, links = cluster("a", "b")
-    pool = state.submit("sleep 100", ["a", "b"])
-    state.job_ended("b", pool.id, 0)
-    state.remove_worker(links["a"], "disconnected")
-    clock.advance(state.reconnect_grace)
+    pool = started(state.dispatcher.submit("sleep 100", ["a", "b"]))
+    state.dispatcher.job_ended("b", pool.id, 0)
+    state.roster.leave(links["a"], "disconnected")
+    clock.advance(state.roster.reconnect_grace)
     job = pool.jobs["a"]
     assert job.status == STATUS_LOST
     assert "worker disconnected" in job.output.text()
     assert pool.status == 1
-    assert "a" not in state.workers
+    assert "a" not in state.roster.links
 
 
 def test_new_connection_under_a_name_replaces_the_old_one() -> None:
     state, _, links = cluster("a")
-    pool = state.submit("sleep 100", ["a"])
+    pool = started(state.dispatcher.submit("sleep 100", ["a"]))
     newcomer = FakeLink("a", address="192.0.2.9:1")
-    state.add_worker(newcomer)
-    assert state.workers["a"] is newcomer
+    state.roster.join(newcomer)
+    assert state.roster.links["a"] is newcomer
     assert links["a"].dismissed and "192.0.2.9:1" in links["a"].dismissed[0]
     assert pool.jobs["a"].status == STATUS_LOST
     # The old connection closing later changes nothing.
-    state.remove_worker(links["a"], "disconnected")
-    assert state.workers["a"] is newcomer
+    state.roster.leave(links["a"], "disconnected")
+    assert state.roster.links["a"] is newcomer
 
 
 def test_kill_asks_only_running_jobs() -> None:
     state, _, links = cluster("a", "b")
-    pool = state.submit("sleep 100", ["a", "b"])
-    state.job_ended("b", pool.id, 0)
-    assert state.kill(pool.id) == ["a"]
+    pool = started(state.dispatcher.submit("sleep 100", ["a", "b"]))
+    state.dispatcher.job_ended("b", pool.id, 0)
+    assert state.dispatcher.kill(pool.id) == ["a"]
     assert links["a"].kills == [pool.id]
     assert links["b"].kills == []
 
 
 def test_kill_named_workers() -> None:
     state, _, links = cluster("a", "b")
-    pool = state.submit("sleep 100", ["a", "b"])
-    assert state.kill(pool.id, ["b"]) == ["b"]
+    pool = started(state.dispatcher.submit("sleep 100", ["a", "b"]))
+    assert state.dispatcher.kill(pool.id, ["b"]) == ["b"]
     assert links["a"].kills == []
     with pytest.raises(SubmitError, match="c"):
-        state.kill(pool.id, ["c"])
+        state.dispatcher.kill(pool.id, ["c"])
     with pytest.raises(KeyError):
-        state.kill("nope")
+        state.dispatcher.kill("nope")
 
 
 def test_wait_fires_when_the_pool_finishes() -> None:
     state, clock, _ = cluster("a")
-    pool = state.submit("x", ["a"])
+    pool = started(state.dispatcher.submit("x", ["a"]))
     results: list = []
-    state.wait(pool, 30).addCallback(results.append)
+    state.dispatcher.wait(pool, 30).addCallback(results.append)
     clock.advance(10)
     assert results == []
-    state.job_ended("a", pool.id, 0)
+    state.dispatcher.job_ended("a", pool.id, 0)
     assert results == [pool]
-    assert clock.getDelayedCalls() == [state._expiries[pool.id]]
+    assert clock.getDelayedCalls() == [state.history._expiries[pool.id]]
 
 
 def test_wait_times_out_with_the_running_pool() -> None:
     state, clock, _ = cluster("a")
-    pool = state.submit("x", ["a"])
+    pool = started(state.dispatcher.submit("x", ["a"]))
     results: list = []
-    state.wait(pool, 30).addCallback(results.append)
+    state.dispatcher.wait(pool, 30).addCallback(results.append)
     clock.advance(30)
     assert results == [pool] and pool.status is None
     assert pool.waiters == []
@@ -190,8 +187,8 @@ def test_wait_times_out_with_the_running_pool() -> None:
 
 def test_cancelled_wait_leaves_nothing_behind() -> None:
     state, clock, _ = cluster("a")
-    pool = state.submit("x", ["a"])
-    d = state.wait(pool, 30)
+    pool = started(state.dispatcher.submit("x", ["a"]))
+    d = state.dispatcher.wait(pool, 30)
     d.addErrback(lambda f: f.trap(CancelledError))
     d.cancel()
     assert pool.waiters == []
@@ -233,67 +230,67 @@ class TestOutputBuffer:
 
 def test_history_covers_the_period_within_a_bound() -> None:
     state, _, _ = cluster(history=60)
-    state.add_worker(FakeLink("slow", heartbeat=5))
-    state.add_worker(FakeLink("fast", heartbeat=0.05))
-    assert state.records["slow"].history.size == 13
-    assert state.records["fast"].history.size == 1200
+    state.roster.join(FakeLink("slow", heartbeat=5))
+    state.roster.join(FakeLink("fast", heartbeat=0.05))
+    assert state.roster.records["slow"].history.size == 13
+    assert state.roster.records["fast"].history.size == 1200
     state, _, _ = cluster(history=3600)
-    state.add_worker(FakeLink("fast", heartbeat=0.05))
-    assert state.records["fast"].history.size == 3600  # not 72,000
+    state.roster.join(FakeLink("fast", heartbeat=0.05))
+    assert state.roster.records["fast"].history.size == 3600  # not 72,000
 
 
 def test_records_outlive_connections() -> None:
     state, clock, links = cluster("a")
     clock.advance(7)
-    state.heartbeat("a", {"cpu_ratio": 0.5})
-    state.remove_worker(links["a"], "disconnected")
-    record = state.records["a"]
+    state.roster.heartbeat("a", {"cpu_ratio": 0.5})
+    state.roster.leave(links["a"], "disconnected")
+    record = state.roster.records["a"]
     assert (record.online, record.figures["cpu_ratio"], len(record.history)) == (False, 0.5, 1)
-    state.heartbeat("a", {"cpu_ratio": 0.9})  # a late frame changes nothing
+    state.roster.heartbeat("a", {"cpu_ratio": 0.9})  # a late frame changes nothing
     assert record.figures["cpu_ratio"] == 0.5
-    state.add_worker(FakeLink("a", address="192.0.2.7:9"))
-    assert state.records["a"] is record and record.online and record.address == "192.0.2.7:9"
+    state.roster.join(FakeLink("a", address="192.0.2.7:9"))
+    assert state.roster.records["a"] is record and record.online and record.address == "192.0.2.7:9"
 
 
 def test_total_output_is_bounded_oldest_finished_first() -> None:
     state, _, _ = cluster("a", max_output=1000, max_output_total=2500)
-    old = state.submit("x", ["a"])
-    state.job_output("a", old.id, "o" * 1000)
-    state.job_ended("a", old.id, 0)
-    running = state.submit("y", ["a"])
-    state.job_output("a", running.id, "r" * 1000)
-    assert state.output_total == 2000
-    state.job_output("a", running.id, "s" * 600)  # a third job's worth arrives
-    newest = state.submit("z", ["a"])
-    state.job_output("a", newest.id, "n" * 1000)
-    assert state.output_total <= 2500
+    old = started(state.dispatcher.submit("x", ["a"]))
+    state.dispatcher.job_output("a", old.id, "o" * 1000)
+    state.dispatcher.job_ended("a", old.id, 0)
+    running = started(state.dispatcher.submit("y", ["a"]))
+    state.dispatcher.job_output("a", running.id, "r" * 1000)
+    assert state.history.output_total == 2000
+    state.dispatcher.job_output("a", running.id, "s" * 600)  # a third job's worth arrives
+    newest = started(state.dispatcher.submit("z", ["a"]))
+    state.dispatcher.job_output("a", newest.id, "n" * 1000)
+    assert state.history.output_total <= 2500
     assert "1000 bytes of output dropped" in old.jobs["a"].output.text()
-    assert old.id in state.pools  # the pool stays, its output went
+    assert old.id in state.history.pools  # the pool stays, its output went
 
 
 def test_running_jobs_are_squeezed_when_nothing_else_is_left() -> None:
     from pcci.output import MIN_SQUEEZED
 
     state, _, _ = cluster("a", "b", max_output=4 * MIN_SQUEEZED, max_output_total=5 * MIN_SQUEEZED)
-    pool = state.submit("x", ["a", "b"])
+    pool = started(state.dispatcher.submit("x", ["a", "b"]))
     for _ in range(4):
-        state.job_output("a", pool.id, "a" * MIN_SQUEEZED)
-        state.job_output("b", pool.id, "b" * MIN_SQUEEZED)
-    assert state.output_total <= 5 * MIN_SQUEEZED
+        state.dispatcher.job_output("a", pool.id, "a" * MIN_SQUEEZED)
+        state.dispatcher.job_output("b", pool.id, "b" * MIN_SQUEEZED)
+    assert state.history.output_total <= 5 * MIN_SQUEEZED
     assert all(job.output.text().endswith(job.worker_id * 100) for job in pool.jobs.values())
 
 
 def test_offline_workers_are_forgotten_after_a_while() -> None:
     state, clock, links = cluster("a", forget_after=100)
-    state.remove_worker(links["a"], "disconnected")
+    state.roster.leave(links["a"], "disconnected")
     clock.advance(99)
-    assert "a" in state.records
-    state.add_worker(FakeLink("a"))  # back in time: the countdown stops
-    state.remove_worker(state.workers["a"], "disconnected")
+    assert "a" in state.roster.records
+    state.roster.join(FakeLink("a"))  # back in time: the countdown stops
+    state.roster.leave(state.roster.links["a"], "disconnected")
     clock.advance(99)
-    assert "a" in state.records
+    assert "a" in state.roster.records
     clock.advance(1)
-    assert "a" not in state.records
+    assert "a" not in state.roster.records
 
 
 def test_pools_listed_newest_first_with_filters_and_paging() -> None:
@@ -301,14 +298,14 @@ def test_pools_listed_newest_first_with_filters_and_paging() -> None:
     made = []
     for i in range(6):
         clock.advance(1)
-        pool = state.submit(f"job {i}", ["a"] if i % 2 else ["a", "b"])
+        pool = started(state.dispatcher.submit(f"job {i}", ["a"] if i % 2 else ["a", "b"]))
         made.append(pool)
-    state.job_ended("a", made[1].id, 0)
-    state.job_ended("a", made[3].id, 2)
+    state.dispatcher.job_ended("a", made[1].id, 0)
+    state.dispatcher.job_ended("a", made[3].id, 2)
     ids = lambda pools: [p.id for p in pools]  # noqa: E731
-    assert ids(state.list_pools()) == ids(reversed(made))
-    assert ids(state.list_pools(before=made[3].id)) == ids([made[2], made[1], made[0]])
-    assert ids(state.list_pools(state="ok")) == [made[1].id]
-    assert ids(state.list_pools(state="failed")) == [made[3].id]
-    assert ids(state.list_pools(worker="b")) == ids([made[4], made[2], made[0]])
-    assert ids(state.list_pools(cmd="job 5")) == [made[5].id]
+    assert ids(state.history.list_pools()) == ids(reversed(made))
+    assert ids(state.history.list_pools(before=made[3].id)) == ids([made[2], made[1], made[0]])
+    assert ids(state.history.list_pools(state="ok")) == [made[1].id]
+    assert ids(state.history.list_pools(state="failed")) == [made[3].id]
+    assert ids(state.history.list_pools(worker="b")) == ids([made[4], made[2], made[0]])
+    assert ids(state.history.list_pools(cmd="job 5")) == [made[5].id]

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from fakes import FakeLink
 from pcci.master.events import pool_events
-from pcci.master.state import ClusterState
+from pcci.master.state import ClusterState, Settings
 from pcci.master.store import SCHEMA_VERSION, SQLiteStore, StoreError, open_database
 
 
@@ -70,6 +70,9 @@ class SyncStore(SQLiteStore):
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
+    def open(self) -> list:
+        return self._unfinished()
+
     def _run(self, work, *args):  # type: ignore[override]
         from twisted.internet.defer import execute
 
@@ -80,10 +83,17 @@ class SyncStore(SQLiteStore):
 
 
 def cluster(store: SyncStore, clock: Clock, **kwargs) -> tuple[ClusterState, FakeLink]:
-    state = ClusterState(clock, store=store, retention=100, **kwargs)
+    state = ClusterState(clock, Settings(retention=100, **kwargs), store)
+    state.history.start()
     link = FakeLink("a")
-    state.add_worker(link)
+    state.roster.join(link)
     return state, link
+
+
+def submitted(clock: Clock, d):
+    """The pool a submit fires with, once its write (in the next turn) is done."""
+    clock.advance(0)
+    return result(d)
 
 
 def result(d):
@@ -100,16 +110,16 @@ def test_pools_round_trip_through_the_store(tmp_path: Path) -> None:
     clock = Clock()
     clock.advance(1000)
     state, link = cluster(store, clock, cache=0)
-    pool = state.submit("echo hi", ["a"], submitted_by="alice")
-    state.job_started("a", pool.id, 42)
-    state.job_output("a", pool.id, "hi\n", "stdout")
-    state.job_output("a", pool.id, "err\n", "stderr")
-    state.job_ended("a", pool.id, 0)
+    pool = submitted(clock, state.dispatcher.submit("echo hi", ["a"], submitted_by="alice"))
+    state.dispatcher.job_started("a", pool.id, 42)
+    state.dispatcher.job_output("a", pool.id, "hi\n", "stdout")
+    state.dispatcher.job_output("a", pool.id, "err\n", "stderr")
+    state.dispatcher.job_ended("a", pool.id, 0)
     before = pool.to_json()
     clock.advance(0.1)  # the write, then the ack after it
     assert link.acked == [pool.id]
-    assert pool.id not in state.pools  # memory let it go: the store has it
-    found = result(state.find(pool.id))
+    assert pool.id not in state.history.pools  # memory let it go: the store has it
+    found = result(state.history.find(pool.id))
     assert found.to_json() == before
     assert found.submitted_by == "alice"
     assert [e.name for e in pool_events(found)] == [
@@ -122,14 +132,14 @@ def test_finished_pools_past_the_retention_are_deleted(tmp_path: Path) -> None:
     clock = Clock()
     clock.advance(1000)
     state, _ = cluster(store, clock, cache=0)
-    old = state.submit("true", ["a"])
-    state.job_ended("a", old.id, 0)
+    old = submitted(clock, state.dispatcher.submit("true", ["a"]))
+    state.dispatcher.job_ended("a", old.id, 0)
     clock.advance(50)
-    new = state.submit("true", ["a"])
-    state.job_ended("a", new.id, 0)
+    new = submitted(clock, state.dispatcher.submit("true", ["a"]))
+    state.dispatcher.job_ended("a", new.id, 0)
     clock.advance(60)  # old ended 110 s ago, new 60 s ago; the sweep runs
-    assert result(state.find(old.id)) is None
-    assert result(state.find(new.id)) is not None
+    assert result(state.history.find(old.id)) is None
+    assert result(state.history.find(new.id)) is not None
     rows = store._db.execute("SELECT id FROM pools").fetchall()
     assert rows == [(new.id,)]
 
@@ -139,22 +149,23 @@ def test_running_pools_come_back_with_a_new_master(tmp_path: Path) -> None:
     store = SyncStore(open_database(path))
     clock = Clock()
     state, _ = cluster(store, clock)
-    pool = state.submit("sleep 9", ["a"])
-    state.job_started("a", pool.id, 7)
+    state.dispatcher.submit("sleep 9", ["a"])
+    (pool,) = state.history.pools.values()
+    state.dispatcher.job_started("a", pool.id, 7)  # before the pool's first write
     clock.advance(0.1)
     store.close()
     # A new master on the same file.
     store = SyncStore(open_database(path))
     clock = Clock()
-    state = ClusterState(clock, store=store, reconnect_grace=30)
-    assert state.load(store.unfinished_now()) == 1
-    again = state.pools[pool.id]
+    state = ClusterState(clock, Settings(reconnect_grace=30), store)
+    assert state.dispatcher.carry_on(store.open()) == 1
+    again = state.history.pools[pool.id]
     assert again.jobs["a"].state == "running" and again.jobs["a"].pid == 7
     link = FakeLink("a", held_jobs=[{"pool": pool.id, "ended": False}])
-    state.add_worker(link)
+    state.roster.join(link)
     assert link.attached == [(pool.id, 0)]  # send everything: this master has no output
-    state.job_output("a", pool.id, "done\n", "stdout", 1)
-    state.job_ended("a", pool.id, 0)
+    state.dispatcher.job_output("a", pool.id, "done\n", "stdout", 1)
+    state.dispatcher.job_ended("a", pool.id, 0)
     assert again.state == "ok" and again.jobs["a"].output.text() == "done\n"
     clock.advance(30)
     assert again.jobs["a"].state == "ok"
@@ -163,16 +174,16 @@ def test_running_pools_come_back_with_a_new_master(tmp_path: Path) -> None:
 def test_a_job_whose_worker_does_not_come_back_is_lost_after_the_grace(tmp_path: Path) -> None:
     path = str(tmp_path / "pcci.db")
     store = SyncStore(open_database(path))
-    state, _ = cluster(store, Clock())
-    pool = state.submit("sleep 9", ["a"])
-    result(state.writer.flush())
+    first = Clock()
+    state, _ = cluster(store, first)
+    pool = submitted(first, state.dispatcher.submit("sleep 9", ["a"]))
     store.close()
     store = SyncStore(open_database(path))
     clock = Clock()
-    state = ClusterState(clock, store=store, reconnect_grace=30)
-    state.load(store.unfinished_now())
+    state = ClusterState(clock, Settings(reconnect_grace=30), store)
+    state.dispatcher.carry_on(store.open())
     clock.advance(30)
-    job = state.pools[pool.id].jobs["a"]
+    job = state.history.pools[pool.id].jobs["a"]
     assert job.state == "lost" and "did not come back" in job.output.text()
 
 
@@ -181,17 +192,17 @@ def test_listing_pages_and_filters_from_the_store(tmp_path: Path) -> None:
     clock = Clock()
     clock.advance(1000)
     state, _ = cluster(store, clock, cache=5)
-    state.add_worker(FakeLink("b"))
+    state.roster.join(FakeLink("b"))
     ids = []
     for i in range(30):
-        pool = state.submit(f"job {i}", ["a"] if i % 2 else ["b"])
-        state.job_ended(pool.jobs and next(iter(pool.jobs)), pool.id, i % 3)
+        pool = submitted(clock, state.dispatcher.submit(f"job {i}", ["a"] if i % 2 else ["b"]))
+        state.dispatcher.job_ended(pool.jobs and next(iter(pool.jobs)), pool.id, i % 3)
         ids.append(pool.id)
-    page = result(state.page(None, None, None, None, 10))
+    page = result(state.history.page(None, None, None, None, 10))
     listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
     assert listed == ids[::-1][:10]
     # Older than the 11th, ok (status 0: every third), on a (odd ones), with "job" in the command.
-    page = result(state.page(ids[10], "ok", "a", "job", 100))
+    page = result(state.history.page(ids[10], "ok", "a", "job", 100))
     listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
     assert listed == [ids[9], ids[3]]
 

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -22,12 +22,15 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pcci.auth import APIToken
 from pcci.master import dashboard
-from pcci.master.events import EventStream
+from pcci.master.streaming import EventStream
 from pcci.master.guards import TokenGuard
 from pcci.master.jobspec import SpecError, parse_submission
 from pcci.master.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.master.openapi import openapi_document
-from pcci.master.state import ClusterState, Pool, SubmitError, TooManyPools
+from pcci.master.dispatch import SubmitError
+from pcci.master.history import TooManyPools
+from pcci.master.model import Pool
+from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
 from pcci.master.targets import TargetError, resolve, select
 
@@ -120,6 +123,10 @@ def _pool_pieces(pool: Pool, results: bool = True) -> Iterator[bytes]:
     return json_object_pieces(pool.summary(), "jobs", pool.jobs_json(results))
 
 
+def _started(pool: Pool) -> str:
+    return f"pool started on {len(pool.jobs)} workers"
+
+
 def _submitted_pieces(pool: Pool, message: str) -> Iterator[bytes]:
     """C{POST /job?wait}'s answer: the usual fields, and the pool."""
     yield json.dumps({"pool_id": pool.id, "message": message}).encode()[:-1]
@@ -205,15 +212,19 @@ class MasterAPI:
     def __init__(
         self,
         state: ClusterState,
+        metrics: MasterMetrics | None = None,
         max_body: int = MAX_BODY,
         max_command: int = MAX_COMMAND,
         max_workers: int = MAX_WORKERS,
     ) -> None:
-        self.state = state
+        self.clock = state.clock
+        self.roster = state.roster
+        self.history = state.history
+        self.dispatcher = state.dispatcher
         self.max_body = max_body
         self.max_command = min(max_command, COMMAND_CEILING)
         self.max_workers = max_workers
-        self.metrics = MasterMetrics(state)
+        self.metrics = metrics or MasterMetrics(state)
         self.dashboard = dashboard.StaticFiles()
         #: Whether requests need a token (set by L{resource}).
         self.auth = False
@@ -260,7 +271,7 @@ class MasterAPI:
                 raise APIError(404, f"no pool {pool_id} (unknown, or expired)")
             return pool
 
-        return self.state.find(pool_id).addCallback(found)
+        return self.history.find(pool_id).addCallback(found)
 
     @app.route("/job", methods=["POST"])
     def submit(self, request: IRequest) -> Deferred[bytes]:
@@ -279,7 +290,7 @@ class MasterAPI:
                 asked.workers,
                 asked.labels,
                 asked.exclude,
-                self.state.online_labels(),
+                self.roster.online_labels(),
                 self.max_workers,
             )
         except (SpecError, TargetError) as e:
@@ -288,30 +299,28 @@ class MasterAPI:
             answer = {"workers": workers, "message": f"would start on {len(workers)} workers"}
             return succeed(_json(request, answer))
         try:
-            pool = self.state.submit(
+            # Answered once stored: a pool id given out survives a crash.  (Its
+            # jobs' ends are safe with their workers until the master stores them.)
+            d = self.dispatcher.submit(
                 asked.cmd, workers, asked.options, asked.rollout, _who(request)
             )
         except SubmitError as e:
             raise APIError(400, str(e)) from None
         except TooManyPools as e:
             raise APIError(503, f"{e}: try again when some have finished") from None
-        message = f"pool started on {len(pool.jobs)} workers"
-        # Answered once stored: a pool id given out survives a crash.  (Its
-        # jobs' ends are safe with their workers until the master stores them.)
-        # Logged then too, which also lets the run frames go out first.
-        stored = self.state.stored(pool)
-        stored.addCallback(self._audit_start, pool, _who(request))
+        # Logged once stored, which also lets the run frames go out first.
+        d.addCallback(self._audit_start, _who(request))
         if not request.args.get(b"wait"):
-            return stored.addCallback(
-                lambda _: _json(request, {"pool_id": pool.id, "message": message})
+            return d.addCallback(
+                lambda pool: _json(request, {"pool_id": pool.id, "message": _started(pool)})
             )
-        d = gatherResults([stored, self.state.wait(pool, wait)], consumeErrors=True)
+        d.addCallback(self.dispatcher.wait, wait)
         return d.addCallback(
-            lambda _: JSONStream(request, _submitted_pieces(pool, message)).start()
+            lambda pool: JSONStream(request, _submitted_pieces(pool, _started(pool))).start()
         )
 
     @staticmethod
-    def _audit_start(result: None, pool: Pool, who: str | None) -> None:
+    def _audit_start(pool: Pool, who: str | None) -> Pool:
         audit.info(
             "{who} started pool {pool} on {workers}: {cmd}",
             who=who or "anyone (no auth)",
@@ -319,11 +328,11 @@ class MasterAPI:
             workers=",".join(pool.jobs),
             cmd=pool.cmd,
         )
-        return result
+        return pool
 
     def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
         wait = _wait_seconds(request)
-        return self._pool(pool_id).addCallback(self.state.wait, wait)
+        return self._pool(pool_id).addCallback(self.dispatcher.wait, wait)
 
     @app.route("/pool/<string:pool_id>", methods=["GET"])
     def pool_as_list(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
@@ -347,7 +356,7 @@ class MasterAPI:
         """The pool's events as server-sent events, from C{Last-Event-ID} on."""
         after = _last_event_id(request)
         return self._pool(pool_id).addCallback(
-            lambda pool: EventStream(request, pool, after, self.state.clock, _pool_pieces).start()
+            lambda pool: EventStream(request, pool, after, self.clock, _pool_pieces).start()
         )
 
     @app.route("/pools", methods=["GET"])
@@ -363,7 +372,7 @@ class MasterAPI:
         if state is not None and state not in POOL_STATES:
             raise APIError(400, "state must be one of " + ", ".join(POOL_STATES))
         results = _bool_arg(request, "results", True)
-        d = self.state.page(
+        d = self.history.page(
             before, state, _text_arg(request, "worker"), _text_arg(request, "cmd"), limit + 1
         )
 
@@ -393,7 +402,7 @@ class MasterAPI:
         elif not results:
             yield json.dumps(entry).encode()
         else:
-            loading: Deferred[Iterator[bytes]] = self.state.find(entry["id"]).addCallback(
+            loading: Deferred[Iterator[bytes]] = self.history.find(entry["id"]).addCallback(
                 lambda pool: _pool_pieces(pool) if pool is not None else iter([json.dumps(entry).encode()])
             )
             yield loading
@@ -401,21 +410,21 @@ class MasterAPI:
     @app.route("/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
         """Connected workers; with C{?all=true}, also those seen and now offline."""
-        records = self.state.records.values()
+        records = self.roster.records.values()
         if not _bool_arg(request, "all", False):
             records = [r for r in records if r.online]
         return _json(
             request,
-            [r.to_json(self.state.running_jobs(r.name)) for r in records],
+            [r.to_json(self.roster.running_jobs(r.name)) for r in records],
         )
 
     @app.route("/workers/<string:name>", methods=["GET"])
     def worker(self, request: IRequest, name: str) -> bytes:
         """One worker, its latest figures and their history."""
-        record = self.state.records.get(name)
+        record = self.roster.records.get(name)
         if record is None:
             raise APIError(404, f"no worker {name} has been seen")
-        body = record.to_json(self.state.running_jobs(name))
+        body = record.to_json(self.roster.running_jobs(name))
         body["history"] = record.history.columns()
         return _json(request, body)
 
@@ -445,7 +454,7 @@ class MasterAPI:
                     self.max_workers,
                     missing=f"workers not in pool {pool_id}",
                 )
-            asked = self.state.kill(pool_id, workers)
+            asked = self.dispatcher.kill(pool_id, workers)
         except (SubmitError, TargetError) as e:
             raise APIError(400, str(e)) from None
         audit.info(

@@ -50,7 +50,8 @@ class WorkerConnection(FramedJSONProtocol):
 
     def __init__(self, factory: WorkerPortFactory) -> None:
         self.factory = factory
-        self.state = factory.state
+        self.roster = factory.state.roster
+        self.dispatcher = factory.state.dispatcher
         self.clock = factory.clock
         self.secret = factory.secret
         self.handshake_timeout = factory.handshake_timeout
@@ -90,7 +91,7 @@ class WorkerConnection(FramedJSONProtocol):
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         if self.name is not None:
-            self.state.remove_worker(self, "disconnected")
+            self.roster.leave(self, "disconnected")
         elif self._claimed_name is not None:
             self.log.warn(
                 "worker {name} at {peer} left during the handshake: does it hold"
@@ -185,7 +186,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.factory.joined(self)
         # Welcomed first: adding the worker may send it attach, ack and kill.
         self.sendMessage("welcome", version=PROTOCOL_VERSION)
-        self.state.add_worker(self)
+        self.roster.join(self)
         self._watchdog = self.clock.callLater(
             MISSED_HEARTBEATS * self.heartbeat, self._check_alive
         )
@@ -209,12 +210,12 @@ class WorkerConnection(FramedJSONProtocol):
             peer=self.address,
             silent=silent,
         )
-        self.state.remove_worker(self, f"lost: silent for {silent:.1f} s")
+        self.roster.leave(self, f"lost: silent for {silent:.1f} s")
         self.transport.abortConnection()
 
     def handle_heartbeat(self, message: dict[str, Any]) -> None:
         if self._current():
-            self.state.heartbeat(self.name, message["figures"])
+            self.roster.heartbeat(self.name, message["figures"])
             self.sendMessage("pong")
 
     def _current(self) -> bool:
@@ -222,11 +223,11 @@ class WorkerConnection(FramedJSONProtocol):
         if self.name is None:
             self.protocolViolation("a job message before the handshake")
             return False
-        return self.state.workers.get(self.name) is self
+        return self.roster.links.get(self.name) is self
 
     def handle_started(self, message: dict[str, Any]) -> None:
         if self._current():
-            self.state.job_started(self.name, message["pool"], message["pid"])
+            self.dispatcher.job_started(self.name, message["pool"], message["pid"])
 
     def handle_output(self, message: dict[str, Any]) -> None:
         seq = message.get("seq")
@@ -235,7 +236,7 @@ class WorkerConnection(FramedJSONProtocol):
         elif seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
             self.protocolViolation("an output seq that is not an integer")
         elif self._current():
-            self.state.job_output(
+            self.dispatcher.job_output(
                 self.name, message["pool"], message["data"], message["stream"], seq
             )
 
@@ -244,7 +245,7 @@ class WorkerConnection(FramedJSONProtocol):
         if reason is not None and reason not in END_REASONS:
             self.protocolViolation(f"unknown end reason {reason!r}")
         elif self._current():
-            self.state.job_ended(self.name, message["pool"], message["status"], reason)
+            self.dispatcher.job_ended(self.name, message["pool"], message["status"], reason)
 
     # Requests from the state (WorkerLink)
 

@@ -1,64 +1,309 @@
 """
-The health figures the master keeps of each worker: the latest, cleaned,
-and a bounded history of them.
+The pools' history: the pools in memory, the store that keeps them all,
+and the budget of output memory holds.
+
+Memory holds every running pool and, with a store, the latest C{cache}
+finished ones; the store holds them all for C{retention} seconds and
+answers for the others.  Without a store (C{--db :memory:} aside, only
+tests run so) memory holds finished pools for the retention.  Over the
+output budget, finished pools leave memory first (the store keeps them
+whole), then the largest running jobs' output is squeezed.
 """
 
 from __future__ import annotations
 
-import math
-from array import array
-from typing import Any
+import itertools
+from collections import deque
+from typing import Any, Iterator
 
-from pcci.wire import FIGURES
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from pcci.master.model import Pool
+from pcci.master.store import BatchedWriter, PoolStore
+from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL, MIN_SQUEEZED, OutputBuffer
+
+log = Logger()
+
+DEFAULT_RETENTION = 300.0
+DEFAULT_MAX_POOLS = 10_000
+
+#: Finished pools kept in memory when a store keeps them all.
+DEFAULT_CACHE = 200
+
+#: Seconds between deletions of the store's pools older than the retention.
+EXPIRE_INTERVAL = 60.0
 
 
-def clean_figures(raw: dict[str, Any]) -> dict[str, float | None]:
-    """A worker's figures as the master keeps them: known names, numbers or None."""
-    figures: dict[str, float | None] = {}
-    for name in FIGURES:
-        value = raw.get(name)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        figures[name] = value if ok and math.isfinite(value) else None
-    return figures
+class TooManyPools(Exception):
+    """Every pool kept is still running and there is no room for another."""
 
 
-class HealthHistory:
-    """
-    The last C{size} heartbeats of one worker, in a ring of doubles (None
-    stored as NaN) that grows as it fills: 200 workers' hour at one-second
-    resolution fits in about 60 MiB, and a worker seen once costs a row.
-    """
+class PoolHistory:
+    """Pools by id, in memory and in the store, within their budgets."""
 
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self._width = len(FIGURES) + 1  # the time, then the figures
-        self._rows = array("d")
-        self._next = 0
-        self._count = 0
+    def __init__(
+        self,
+        clock: IReactorTime,
+        wall: Any,
+        store: PoolStore | None = None,
+        retention: float = DEFAULT_RETENTION,
+        max_pools: int = DEFAULT_MAX_POOLS,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        max_output_total: int = DEFAULT_MAX_OUTPUT_TOTAL,
+        cache: int = DEFAULT_CACHE,
+    ) -> None:
+        self.clock = clock
+        self.wall = wall
+        self.store = store
+        self.writer = None if store is None else BatchedWriter(store, clock)
+        self.retention = retention
+        self.max_pools = max_pools
+        self.max_output = max_output
+        self.max_output_total = max_output_total
+        self.cache = cache
+        #: Pools in memory by id, oldest first.
+        self.pools: dict[str, Pool] = {}
+        #: Bytes of output held in memory, over every job.
+        self.output_total = 0
+        #: Finished pools whose output is still held, in the order they ended.
+        self._held: deque[Pool] = deque()
+        self._expiries: dict[str, IDelayedCall] = {}
+        self._expirer: IDelayedCall | None = None
 
-    def __len__(self) -> int:
-        return self._count
+    def start(self) -> None:
+        """Delete the stored pools past the retention now and then."""
+        if self.store is not None and self._expirer is None:
+            self._expirer = self.clock.callLater(EXPIRE_INTERVAL, self._expire_stored)
 
-    def add(self, when: float, figures: dict[str, float | None]) -> None:
-        row = [when] + [
-            math.nan if figures.get(name) is None else figures[name]  # type: ignore[misc]
-            for name in FIGURES
-        ]
-        if self._count < self.size:
-            self._rows.extend(row)
-            self._count += 1
-            self._next = self._count % self.size
+    def stop(self) -> None:
+        """Cancel every timer: the master is shutting down."""
+        if self.writer is not None:
+            self.writer.stop()
+        for call in (*self._expiries.values(), self._expirer):
+            if call is not None and call.active():
+                call.cancel()
+        self._expiries.clear()
+        self._expirer = None
+
+    # Pools coming and going
+
+    def new_output(self, record: dict[str, Any] | None = None) -> OutputBuffer:
+        """A job's output buffer, counted in the budget (from its record, if stored)."""
+        if record is None:
+            return OutputBuffer(self.max_output, self._resized)
+        return OutputBuffer.from_record(record, self.max_output, self._resized)
+
+    def add(self, pool: Pool) -> None:
+        """Keep a new pool, written to the store soon."""
+        self.pools[pool.id] = pool
+        self.changed(pool)
+
+    def make_room(self) -> None:
+        """
+        Let the oldest finished pool go if a new one would exceed C{max_pools}.
+
+        @raise TooManyPools: every pool in memory is running.
+        """
+        if len(self.pools) < self.max_pools:
             return
-        start = self._next * self._width
-        self._rows[start : start + self._width] = array("d", row)
-        self._next = (self._next + 1) % self.size
+        if self.store is not None:
+            # The store keeps history: memory only bounds what runs.
+            for pool in list(self._held):
+                if len(self.pools) < self.max_pools:
+                    return
+                self._held.remove(pool)
+                self._let_go(pool)
+            if sum(1 for pool in self.pools.values() if not pool.finished) < self.max_pools:
+                return
+            raise TooManyPools(f"{self.max_pools} pools are running, the most kept")
+        for pool in self.pools.values():
+            if pool.finished:
+                self._expiries.pop(pool.id).cancel()
+                self._drop(pool.id)
+                return
+        raise TooManyPools(f"{len(self.pools)} pools are running, the most kept")
 
-    def columns(self) -> dict[str, list[float | None]]:
-        """The history oldest first, one list per figure plus C{time}."""
-        first = self._next if self._count == self.size else 0
-        order = [(first + i) % self._count for i in range(self._count)]
-        result: dict[str, list[float | None]] = {}
-        for offset, name in enumerate(("time", *FIGURES)):
-            column = [self._rows[row * self._width + offset] for row in order]
-            result[name] = [None if math.isnan(v) else v for v in column]
-        return result
+    def ended(self, pool: Pool) -> None:
+        """A pool finished: it is kept for the retention, in memory for a while."""
+        self._expiries[pool.id] = self.clock.callLater(self.retention, self._expire, pool.id)
+        self._held.append(pool)
+
+    def trim(self) -> None:
+        """Let the finished pools past the cache go (the store keeps them)."""
+        if self.store is not None:
+            while len(self._held) > self.cache:
+                self._let_go(self._held.popleft())
+
+    def load(self, records: list[dict[str, Any]]) -> list[Pool]:
+        """Take back the pools that had not ended when the last master stopped."""
+        pools = [Pool.from_record(record, self.new_output) for record in records]
+        for pool in pools:
+            self.pools[pool.id] = pool
+        return pools
+
+    def _expire(self, pool_id: str) -> None:
+        del self._expiries[pool_id]
+        self._drop(pool_id)
+
+    def _drop(self, pool_id: str) -> None:
+        pool = self.pools.pop(pool_id)
+        for job in pool.jobs.values():
+            job.output.release()
+
+    # The store
+
+    def changed(self, pool: Pool) -> None:
+        """C{pool} changed: the store gets it with the next write."""
+        if self.writer is not None:
+            self.writer.mark(pool.id, pool.snapshot)
+
+    def stored(self, pool_id: str, hurry: bool = True) -> Deferred[None]:
+        """
+        Fires once the store holds the pool as it is now (at once without a
+        store, or when nothing of it waits); in a C{hurry}, written next turn.
+        """
+        if self.writer is None:
+            return succeed(None)
+        return self.writer.committed(pool_id, hurry)
+
+    def flush(self) -> Deferred[None]:
+        """Write what waits; fires when written (at once without a store)."""
+        return succeed(None) if self.writer is None else self.writer.flush()
+
+    def _let_go(self, pool: Pool) -> None:
+        """A finished pool leaves memory once the store holds it."""
+        assert self.writer is not None
+
+        def gone(_: Any) -> None:
+            if self.pools.get(pool.id) is pool and not pool.listeners and not pool.waiters:
+                call = self._expiries.pop(pool.id, None)
+                if call is not None and call.active():
+                    call.cancel()
+                del self.pools[pool.id]
+                for job in pool.jobs.values():
+                    job.output.detach()  # an answer being written may still read it
+
+        self.writer.committed(pool.id, hurry=False).addCallback(gone)
+
+    def _expire_stored(self) -> None:
+        assert self.store is not None
+        self._expirer = self.clock.callLater(EXPIRE_INTERVAL, self._expire_stored)
+        d = self.store.expire(self.wall() - self.retention)
+        d.addCallback(
+            lambda count: count and log.info("deleted {count} pools past the retention", count=count)
+        )
+        d.addErrback(lambda f: log.error("cannot delete old pools: {why}", why=f.getErrorMessage()))
+
+    # Reading
+
+    def list_pools(
+        self,
+        before: str | None = None,
+        state: str | None = None,
+        worker: str | None = None,
+        cmd: str | None = None,
+    ) -> Iterator[Pool]:
+        """
+        Pools in memory newest first, older than the pool id C{before} (ids
+        sort by time), in C{state} (running, ok, failed), with a job on
+        C{worker}, whose command holds C{cmd}.
+        """
+        for pool in reversed(self.pools.values()):
+            if before is not None and pool.id >= before:
+                continue
+            if state is not None and pool.state != state:
+                continue
+            if worker is not None and worker not in pool.jobs:
+                continue
+            if cmd is not None and cmd not in pool.cmd:
+                continue
+            yield pool
+
+    def find(self, pool_id: str) -> Deferred[Pool | None]:
+        """A pool by id: from memory, else from the store (kept in memory a while)."""
+        pool = self.pools.get(pool_id)
+        if pool is not None or self.store is None:
+            return succeed(pool)
+
+        def loaded(record: dict[str, Any] | None) -> Pool | None:
+            if record is None:
+                return None
+            if pool_id in self.pools:  # loaded meanwhile
+                return self.pools[pool_id]
+            if record["ended_at"] is None:
+                return None  # ended meanwhile, or never ours: not kept in memory
+            if record["ended_at"] < self.wall() - self.retention:
+                return None  # past the retention, not yet deleted
+            found = Pool.from_record(record, self.new_output)
+            while self._held and len(self._held) >= self.cache:
+                self._let_go(self._held.popleft())
+            self.pools[pool_id] = found
+            self._held.append(found)
+            return found
+
+        return self.store.get(pool_id).addCallback(loaded)
+
+    def page(
+        self, before: str | None, state: str | None, worker: str | None, cmd: str | None, limit: int
+    ) -> Deferred[list[Pool | dict[str, Any]]]:
+        """
+        C{limit} pools newest first, filtered: running and cached pools as
+        they are in memory, the others as their stored summaries.
+        """
+        if self.store is None or self.writer is None:
+            return succeed(list(itertools.islice(self.list_pools(before, state, worker, cmd), limit)))
+        store = self.store
+        d = self.writer.flush()
+        since = self.wall() - self.retention
+        d.addCallback(lambda _: store.page(before, state, worker, cmd, limit, since))
+        return d.addCallback(
+            lambda summaries: [self.pools.get(summary["id"], summary) for summary in summaries]
+        )
+
+    # The total output budget
+
+    def _resized(self, delta: int) -> None:
+        self.output_total += delta
+
+    def reclaim_output(self) -> None:
+        """
+        Called after output was added.  Over the total budget: drop the output of finished pools, oldest
+        first, then squeeze the largest running jobs' output, until the
+        master holds at most nine tenths of the budget.
+        """
+        if self.output_total <= self.max_output_total:
+            return
+        goal = self.max_output_total * 9 // 10
+        freeing = 0  # bytes of pools let go, given back once the store has them
+        while self.output_total - freeing > goal and self._held:
+            pool = self._held.popleft()
+            if self.pools.get(pool.id) is not pool:
+                continue
+            if self.writer is not None:
+                freeing += sum(job.output.size for job in pool.jobs.values())
+                self._let_go(pool)  # the store keeps it whole
+            else:
+                for job in pool.jobs.values():
+                    job.output.release()
+        if self.output_total - freeing <= goal:
+            return
+        running = sorted(
+            (
+                job
+                for pool in self.pools.values()
+                for job in pool.jobs.values()
+                if job.status is None
+            ),
+            key=lambda job: job.output.size,
+            reverse=True,
+        )
+        for job in running:
+            if self.output_total <= goal or job.output.size <= MIN_SQUEEZED:
+                break
+            job.output.shrink(max(MIN_SQUEEZED, job.output.size // 2))
+        log.warn(
+            "output over the {budget}-byte budget: older output dropped",
+            budget=self.max_output_total,
+        )

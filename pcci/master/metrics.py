@@ -1,9 +1,9 @@
 """
 Prometheus metrics of a master, in the text format, for C{GET /metrics}.
 
-Per-worker figures and the pool gauges are read from the L{ClusterState}
+Per-worker figures and the pool gauges are read from the master's state
 at each scrape; counters and the job duration histogram are fed by the
-state's end-of-job and end-of-pool hooks.
+dispatcher's end-of-job and end-of-pool hooks.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pcci.master.state import CANCELLED, STATUS_LOST, TIMED_OUT, ClusterState, Job, Pool
-from pcci.wire import NOT_STARTED
+from pcci.master.model import CANCELLED, NOT_STARTED, STATUS_LOST, TIMED_OUT, Job, Pool
+from pcci.master.state import ClusterState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -49,7 +49,7 @@ def job_outcome(job: Job) -> str:
         return "lost"
     if job.state in (TIMED_OUT, CANCELLED):
         return job.state
-    if status == NOT_STARTED and job.pid is None:
+    if job.state == NOT_STARTED:
         return "not_started"
     if status is not None and status > 128:
         return "signaled"
@@ -78,7 +78,7 @@ class _StateCollector(Collector):
             figure: GaugeMetricFamily(name, text, labels=["worker"])
             for figure, name, text in WORKER_GAUGES
         }
-        for name, record in state.records.items():
+        for name, record in state.roster.records.items():
             up.add_metric([name], 1 if record.online else 0)
             info.add_metric([name, record.address], 1)
             seen.add_metric([name], record.last_seen)
@@ -93,13 +93,14 @@ class _StateCollector(Collector):
                 if value is not None:
                     family.add_metric([name], value)
         yield from (up, info, seen, load, *figures.values())
-        running = sum(1 for pool in state.pools.values() if pool.ended_at is None)
+        pools = state.history.pools
+        running = sum(1 for pool in pools.values() if pool.ended_at is None)
         yield GaugeMetricFamily("pcci_pools_running", "Pools with a job running", value=running)
         yield GaugeMetricFamily(
-            "pcci_pools_retained", "Finished pools still kept", value=len(state.pools) - running
+            "pcci_pools_retained", "Finished pools still kept", value=len(pools) - running
         )
         yield GaugeMetricFamily(
-            "pcci_workers_connected", "Workers connected", value=len(state.workers)
+            "pcci_workers_connected", "Workers connected", value=len(state.roster.links)
         )
 
 
@@ -125,13 +126,13 @@ class MasterMetrics:
             self.pools.labels(outcome)
         for outcome in JOB_OUTCOMES:
             self.jobs.labels(outcome)
-        state.job_end_hooks.append(self._job_ended)
-        state.pool_end_hooks.append(self._pool_ended)
+        state.dispatcher.job_end_hooks.append(self._job_ended)
+        state.dispatcher.pool_end_hooks.append(self._pool_ended)
 
     def _job_ended(self, job: Job) -> None:
         self.jobs.labels(job_outcome(job)).inc()
-        if job.ended_at is not None:
-            self.durations.observe(max(0.0, job.ended_at - job.started_at))
+        if job.duration is not None:
+            self.durations.observe(job.duration)
 
     def _pool_ended(self, pool: Pool) -> None:
         self.pools.labels("success" if pool.status == 0 else "failure").inc()

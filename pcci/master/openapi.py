@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from pcci import __version__
-from pcci.master.state import JOB_STATES
+from pcci.master.model import JOB_STATES
 from pcci.wire import FIGURES
 
 

@@ -1,14 +1,13 @@
 """
-The master's long-running services: its listening ports and the worker it
-may run in its own process.
+The master's long-running services: its state with its store, its
+listening ports, and the way its own worker dials in.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
@@ -23,11 +22,14 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from pcci.daemon import stop_with_error
-from pcci.worker.service import WorkerService
+from pcci.master.state import ClusterState
+from pcci.master.store import PoolStore, StoreError
 
 log = Logger()
+
 
 class ListeningService(Service):
     """
@@ -99,44 +101,54 @@ def local_client_endpoint(reactor: Any, port: IListeningPort) -> IStreamClientEn
     raise ValueError(f"cannot dial {address} for the local worker")
 
 
-class LocalWorkerService(MultiService):
-    """A worker in the master's own process, dialing the master's worker port."""
+@implementer(IStreamClientEndpoint)
+class LocalPortEndpoint:
+    """
+    Dials a port of this process once it listens (its number may be chosen
+    by the system): how the master's own worker reaches the worker port.
+    """
 
-    def __init__(
-        self,
-        reactor: Any,
-        workers_port: ListeningService,
-        name: str,
-        secret: bytes | None,
-        kill_grace: float,
-        max_jobs: int | None = None,
-        journal: Path | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, reactor: Any, port: ListeningService) -> None:
         self.reactor = reactor
-        self.workers_port = workers_port
-        self.name = name
-        self.secret = secret
-        self.kill_grace = kill_grace
-        self.max_jobs = max_jobs
-        self.journal = journal
-        self.worker: WorkerService | None = None
+        self.port = port
+
+    def connect(self, factory: Factory) -> Deferred[Any]:
+        d = self.port.when_listening()
+        return d.addCallback(
+            lambda port: local_client_endpoint(self.reactor, port).connect(factory)
+        )
+
+
+class StateService(Service):
+    """
+    The master's state over time: at start, opens the store and carries on
+    with the pools that had not ended; at stop, cancels the state's timers,
+    writes what waits and closes the store.
+    """
+
+    def __init__(self, reactor: Any, state: ClusterState, store: PoolStore) -> None:
+        self.reactor = reactor
+        self.state = state
+        self.store = store
 
     def startService(self) -> None:
         super().startService()
-        self.workers_port.when_listening().addCallback(self._start_worker)
-
-    def _start_worker(self, port: IListeningPort) -> None:
-        if not self.running:
+        try:
+            records = self.store.open()
+        except StoreError as e:
+            log.critical("{why}", why=e)
+            stop_with_error(self.reactor)
             return
-        endpoint = local_client_endpoint(self.reactor, port)
-        self.worker = WorkerService(
-            self.reactor,
-            endpoint,
-            self.name,
-            self.secret,
-            self.kill_grace,
-            max_jobs=self.max_jobs,
-            journal=self.journal,
-        )
-        self.worker.setServiceParent(self)
+        carried = self.state.dispatcher.carry_on(records)
+        if carried:
+            log.info("{count} pools were running when the master stopped: their workers"
+                     " may carry on with them", count=carried)
+        self.state.history.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.state.stop()
+        d = self.state.history.flush()
+        d.addErrback(lambda f: log.error("pools not written at exit: {why}", why=f.getErrorMessage()))
+        d.addBoth(lambda _: self.store.close())
+        return d

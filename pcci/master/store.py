@@ -71,6 +71,9 @@ class StoredPool:
 class PoolStore(Protocol):
     """What the master needs of storage.  Every call runs after those before it."""
 
+    def open(self) -> list[dict[str, Any]]:
+        """Open the store (at the master's start); the records of the pools not ended."""
+
     def save(self, pools: list[StoredPool]) -> Deferred[None]:
         """Write these pools (new or changed) in one transaction."""
 
@@ -103,17 +106,27 @@ class PoolStore(Protocol):
 class SQLiteStore:
     """
     L{PoolStore} on an SQLite database (see L{open_database}), from one
-    thread of its own.
+    thread of its own.  Nothing is opened or started until L{open}: a
+    daemon forks after it is built, and a thread started before the fork
+    is not in the daemon.
     """
 
-    def __init__(self, db: sqlite3.Connection, reactor: Any) -> None:
+    def __init__(self, path: str, reactor: Any) -> None:
+        self.path = path
         self._reactor = reactor
-        self._db = db
+        self._db: sqlite3.Connection | None = None
         self._pool = ThreadPool(1, 1, name="pcci-store")
-        self._pool.start()
 
-    def unfinished_now(self) -> list[dict[str, Any]]:
-        """L{unfinished}, at once: for the master's start, before anything else runs."""
+    def open(self) -> list[dict[str, Any]]:
+        """
+        Open the database and start the store's thread; answer the records of
+        the pools that had not ended (read at once: the master's start waits
+        for them).
+
+        @raise StoreError: the database cannot be used.
+        """
+        self._db = open_database(self.path)
+        self._pool.start()
         return self._unfinished()
 
     def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -121,16 +134,23 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._pool.stop()
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
-    # Each call below runs in the store's thread.
+    # Each call below runs in the store's thread, once open.
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "the store is not open"
+        return self._db
 
     def save(self, pools: list[StoredPool]) -> Deferred[None]:
         return self._run(self._save, pools)
 
     def _save(self, pools: list[StoredPool]) -> None:
-        with self._db:
-            self._db.executemany(
+        with self.db:
+            self.db.executemany(
                 "INSERT OR REPLACE INTO pools VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
@@ -151,7 +171,7 @@ class SQLiteStore:
         return self._run(self._unfinished)
 
     def _unfinished(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
+        rows = self.db.execute(
             "SELECT record FROM pools WHERE ended_at IS NULL ORDER BY id"
         ).fetchall()
         return [json.loads(record) for (record,) in rows]
@@ -160,7 +180,7 @@ class SQLiteStore:
         return self._run(self._get, pool_id)
 
     def _get(self, pool_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT record FROM pools WHERE id = ?", (pool_id,)).fetchone()
+        row = self.db.execute("SELECT record FROM pools WHERE id = ?", (pool_id,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def page(
@@ -198,15 +218,15 @@ class SQLiteStore:
             where.append("instr(cmd, ?) > 0")
             args.append(cmd)
         query = "SELECT summary FROM pools WHERE " + " AND ".join(where)
-        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [json.loads(summary) for (summary,) in rows]
 
     def expire(self, ended_before: float) -> Deferred[int]:
         return self._run(self._expire, ended_before)
 
     def _expire(self, ended_before: float) -> int:
-        with self._db:
-            cursor = self._db.execute(
+        with self.db:
+            cursor = self.db.execute(
                 "DELETE FROM pools WHERE ended_at IS NOT NULL AND ended_at < ?",
                 (ended_before,),
             )

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -26,19 +26,17 @@ from pcci.master.api import (
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.guards import bounded_request
 from pcci.master.limits import ConnectionBudget, ConnectionLimit
-from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
-from pcci.master.services import ListeningService, LocalWorkerService
-from pcci.master.state import (
-    DEFAULT_FORGET_AFTER,
-    DEFAULT_HISTORY,
-    DEFAULT_MAX_POOLS,
-    DEFAULT_RECONNECT_GRACE,
-    ClusterState,
-)
+from pcci.master.history import DEFAULT_MAX_POOLS
+from pcci.master.metrics import MasterMetrics
+from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
+from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
+from pcci.master.state import ClusterState, Settings
 from pcci.master.store import SQLiteStore, StoreError, open_database
 from pcci.options import positive_int, seconds
+from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
 from pcci.wire import MAX_FRAME, MIN_FRAME
 from pcci.worker.connection import default_name
+from pcci.worker.service import WorkerService
 
 log = Logger()
 
@@ -93,8 +91,11 @@ class Options(usage.Options):
         ["kill-grace", None, 5.0, "Local worker: seconds from SIGTERM to SIGKILL.", seconds],
     ]
 
-    def _open_store(self) -> None:
-        """Open the database now: one that cannot be used stops the start."""
+    def _check_store(self) -> None:
+        """
+        Try the database now: one that cannot be used stops the start.  It is
+        closed again: the master opens it once running (after twistd forks).
+        """
         path = self["db"] or str(self.state_dir / "pcci.db")
         if path != ":memory:":
             try:
@@ -102,7 +103,7 @@ class Options(usage.Options):
             except OSError as e:
                 raise usage.UsageError(f"cannot use --db {path}: {e}") from None
         try:
-            self.db = open_database(path)
+            open_database(path).close()
         except StoreError as e:
             raise usage.UsageError(str(e)) from None
         self.db_path = path
@@ -123,7 +124,7 @@ class Options(usage.Options):
         self.secret: bytes | None = None
         self.tokens: list[auth.APIToken] | None = None
         self.state_dir = Path(self["state-dir"]).expanduser()
-        self._open_store()
+        self._check_store()
         if self["no-auth"]:
             return
         try:
@@ -137,24 +138,6 @@ class Options(usage.Options):
             )
         except (OSError, auth.AuthConfigError) as e:
             raise usage.UsageError(str(e)) from None
-
-
-class _StopState(Service):
-    """At shutdown: cancels the state's timers, writes what waits, closes the store."""
-
-    def __init__(self, state: ClusterState) -> None:
-        self.state = state
-
-    def stopService(self) -> Any:
-        super().stopService()
-        writer, store = self.state.writer, self.state.store
-        self.state.stop()
-        if writer is None or store is None:
-            return None
-        d = writer.flush()
-        d.addErrback(lambda f: log.error("pools not written at exit: {why}", why=f.getErrorMessage()))
-        d.addBoth(lambda _: store.close())
-        return d
 
 
 def _announce(options: Options, port: IListeningPort) -> None:
@@ -187,28 +170,31 @@ def join_endpoint(listen: str, port: IListeningPort) -> str:
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    The master: its state (opened at start), the worker port, the REST API
+    and, with C{--local-worker}, a worker of this host in the same process.
+    Nothing starts a thread or opens a file before C{startService}.
+    """
     if reactor is None:
         from twisted.internet import reactor
     daemon.prepare(reactor)
-    store = SQLiteStore(options.db, reactor)
+    store = SQLiteStore(options.db_path, reactor)
     state = ClusterState(
         reactor,
-        store=store,
-        reconnect_grace=options["reconnect-grace"],
-        retention=options["retention"],
-        max_output=options["max-output"],
-        max_output_total=options["max-output-total"],
-        max_pools=options["max-pools"],
-        history=options["history"],
-        forget_after=options["forget-after"],
+        Settings(
+            retention=options["retention"],
+            max_pools=options["max-pools"],
+            max_output=options["max-output"],
+            max_output_total=options["max-output-total"],
+            history=options["history"],
+            forget_after=options["forget-after"],
+            reconnect_grace=options["reconnect-grace"],
+        ),
+        store,
         wall=time.time,
     )
-    carried = state.load(store.unfinished_now())
-    if carried:
-        log.info("{count} pools were running when the master stopped: their workers"
-                 " may carry on with them", count=carried)
     master = MultiService()
-    _StopState(state).setServiceParent(master)
+    StateService(reactor, state, store).setServiceParent(master)
     budget = ConnectionBudget.for_file_limit(daemon.file_limit())
     worker_limit = ConnectionLimit(
         WorkerPortFactory(
@@ -231,6 +217,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     workers_port.when_listening().addCallback(lambda port: _announce(options, port))
     api = MasterAPI(
         state,
+        MasterMetrics(state),
         max_body=options["max-body"],
         max_command=options["max-command"],
         max_workers=options["max-workers"],
@@ -255,13 +242,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         "the REST API",
     ).setServiceParent(master)
     if options["local-worker"]:
-        LocalWorkerService(
+        name = default_name()
+        WorkerService(
             reactor,
-            workers_port,
-            default_name(),
+            LocalPortEndpoint(reactor, workers_port),
+            name,
             options.secret,
             options["kill-grace"],
             max_jobs=options["max-jobs"],
-            journal=options.state_dir / f"worker-{default_name()}.jobs.json",
+            journal=options.state_dir / f"worker-{name}.jobs.json",
         ).setServiceParent(master)
     return master

@@ -33,7 +33,7 @@ from pcci.wire import (
     END_NOT_STARTED,
     MASTER_MESSAGES,
     MISSED_HEARTBEATS,
-    NOT_STARTED,
+    STATUS_NOT_STARTED,
     PROTOCOL_VERSION,
     FramedJSONProtocol,
     ProtocolError,
@@ -268,7 +268,7 @@ class MasterConnection(FramedJSONProtocol):
         except ProtocolError as e:
             # The master checks options: this one is broken, the others' jobs are not.
             self.sendMessage("output", pool=pool_id, data=f"pcci: {e}\n", stream="stderr")
-            self.sendMessage("ended", pool=pool_id, status=NOT_STARTED, reason=END_NOT_STARTED)
+            self.sendMessage("ended", pool=pool_id, status=STATUS_NOT_STARTED, reason=END_NOT_STARTED)
             return
         self.factory.run(pool_id, message["cmd"], options)
 

@@ -38,8 +38,9 @@ from pcci.wire import (
     END_KILLED,
     END_NOT_STARTED,
     END_TIMED_OUT,
-    NOT_STARTED,
     OUTPUT_CHUNK,
+    STATUS_NOT_STARTED,
+    STATUS_TIMED_OUT,
 )
 from pcci.worker.reaper import MARKER, find_processes, marker_of, reap_orphans
 
@@ -54,9 +55,6 @@ FLUSH_DELAY = 0.02
 
 #: Seconds between looks at whether a finished job's leftovers are gone.
 LEFTOVER_POLL = 0.05
-
-#: Exit status of a job killed for running out of time, as GNU timeout's.
-TIMED_OUT = 124
 
 #: Seconds after SIGKILL before a job whose end never came is ended anyway
 #: (a process stuck in the kernel, or pipes held by one).
@@ -357,9 +355,9 @@ class JobProcess:
 
     def _not_started(self, reason: str) -> None:
         self.ended = True
-        self.status = NOT_STARTED
+        self.status = STATUS_NOT_STARTED
         self._on_output(f"pcci: {reason}\n", "stderr")
-        self._on_ended(NOT_STARTED, END_NOT_STARTED)
+        self._on_ended(STATUS_NOT_STARTED, END_NOT_STARTED)
 
     def cancel(self) -> None:
         """End a job that was never started."""
@@ -476,7 +474,7 @@ class JobProcess:
         self._kill_call = self._backup_call = self._poll_call = self._timeout_call = None
         self._flush()
         if self.kill_reason == END_TIMED_OUT:
-            self.status = TIMED_OUT
+            self.status = STATUS_TIMED_OUT
         self._on_ended(self.status if self.status is not None else -1, self.kill_reason)
 
     # Killing

@@ -1,0 +1,358 @@
+"""
+The dispatcher: starts pools, rolls them out, kills them, and takes the
+workers' reports of their jobs.
+
+It moves jobs through their states (see L{pcci.master.model}) and numbers
+their events; the roster says who is there and what each worker runs, the
+history keeps the pools and writes them to the store.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from pcci.ids import UUID7Generator
+from pcci.master.events import output_data
+from pcci.master.history import PoolHistory
+from pcci.master.jobspec import JobOptions, Rollout
+from pcci.master.model import (
+    CANCELLED,
+    FAILED,
+    LOST,
+    OK,
+    PENDING,
+    RUNNING,
+    STATUS_CANCELLED,
+    STATUS_LOST,
+    TIMED_OUT,
+    Job,
+    Pool,
+    WorkerLink,
+)
+from pcci.master.roster import Roster
+from pcci.wire import END_CANCELLED, END_REASONS, STATUS_TIMED_OUT
+
+log = Logger()
+
+
+class SubmitError(ValueError):
+    """A pool request that cannot be carried out; nothing was created."""
+
+
+class Dispatcher:
+    """Pools from submission to their end, and the reports of their jobs."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        wall: Callable[[], float],
+        roster: Roster,
+        history: PoolHistory,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.wall = wall
+        self.roster = roster
+        self.history = history
+        self._new_id = new_id or UUID7Generator(lambda: int(self.wall() * 1000))
+        #: Called with each job, and each pool, as it ends (for metrics).
+        self.job_end_hooks: list[Callable[[Job], None]] = []
+        self.pool_end_hooks: list[Callable[[Pool], None]] = []
+        roster.on_join = self._reattach
+        roster.on_give_up = self._give_up
+
+    # Pools
+
+    def submit(
+        self,
+        cmd: str,
+        workers: Iterable[str],
+        options: JobOptions | None = None,
+        rollout: Rollout | None = None,
+        submitted_by: str | None = None,
+    ) -> Deferred[Pool]:
+        """
+        Start C{cmd} on each named worker, as one pool: all at once, or as
+        C{rollout} says.  Fires with the pool once the store holds it.
+
+        @raise SubmitError: no worker, or one that is not connected.
+        @raise TooManyPools: no room for another pool.
+        Either way nothing was created.
+        """
+        names = list(dict.fromkeys(workers))
+        if not names:
+            raise SubmitError("workers must name at least one worker")
+        unknown = [name for name in names if name not in self.roster.links]
+        if unknown:
+            raise SubmitError("unknown or disconnected workers: " + ", ".join(unknown))
+        self.history.make_room()
+        pool = Pool(
+            id=self._new_id(),
+            cmd=cmd,
+            started_at=self.wall(),
+            options=options or JobOptions(),
+            rollout=rollout or Rollout(),
+            submitted_by=submitted_by,
+        )
+        for name in names:
+            job = Job(pool.id, name, cmd, self.history.new_output())
+            pool.jobs[name] = job
+            pool.waiting.append(job)
+        self.history.add(pool)
+        self._send(pool, pool.rollout.window(len(names)))
+        return self.history.stored(pool.id).addCallback(lambda _: pool)
+
+    def carry_on(self, records: list[dict[str, Any]]) -> int:
+        """Take back the pools that had not ended when the last master stopped."""
+        for pool in self.history.load(records):
+            in_flight = 0
+            for job in pool.jobs.values():
+                if job.sent and job.status is None:
+                    self.roster.adopt(job)
+                    in_flight += 1
+            if pool.waiting and not pool.halted:
+                # Its workers have to come back first.
+                slots = pool.rollout.window(len(pool.jobs)) - in_flight
+                pool.timers.append(
+                    self.clock.callLater(self.roster.reconnect_grace, self._send, pool, slots)
+                )
+        return len(records)
+
+    def _send(self, pool: Pool, slots: int) -> None:
+        """Send up to C{slots} of C{pool}'s waiting jobs to their workers."""
+        while slots > 0 and pool.waiting:
+            job = pool.waiting.popleft()
+            link = self.roster.links.get(job.worker_id)
+            if link is None:
+                self._add_output(
+                    job, f"pcci: job lost: worker {job.worker_id} left before its turn\n", "stderr"
+                )
+                self._end_job(job, STATUS_LOST, LOST)
+                continue
+            job.sent = True
+            self.roster.running(job.worker_id)[pool.id] = job
+            link.run_job(pool.id, pool.cmd, pool.options.wire())
+            slots -= 1
+
+    def _next_turn(self, pool: Pool, job: Job) -> None:
+        """A job of a rolling pool ended: count failures, start the next job."""
+        if job.state not in (OK, CANCELLED):
+            pool.failures += 1
+        limit = pool.rollout.max_failures
+        if limit is not None and pool.failures >= limit and not pool.halted:
+            log.info(
+                "pool {pool}: {failures} jobs failed: cancelling the rest",
+                pool=pool.id,
+                failures=pool.failures,
+            )
+            self._halt(pool)
+            return
+        if not job.sent or not pool.waiting:
+            return
+        wait = pool.rollout.batch_wait
+        if wait > 0:
+            pool.timers = [t for t in pool.timers if t.active()]
+            pool.timers.append(self.clock.callLater(wait, self._send, pool, 1))
+        else:
+            self._send(pool, 1)
+
+    def _halt(self, pool: Pool) -> None:
+        """No more jobs of C{pool} start: those held back end cancelled, and
+        those sent but not started are called back."""
+        pool.halted = True
+        pool.cancel_timers()
+        waiting, pool.waiting = list(pool.waiting), deque()
+        for job in waiting:
+            self._end_job(job, STATUS_CANCELLED, CANCELLED)
+        for job in pool.jobs.values():
+            link = self.roster.links.get(job.worker_id)
+            if job.sent and job.state == PENDING and link is not None:
+                link.kill_job(pool.id)
+
+    def kill(self, pool_id: str, workers: Iterable[str] | None = None) -> list[str]:
+        """
+        Ask the workers running C{pool_id}'s jobs to kill them; jobs not
+        yet sent end cancelled.
+
+        @return: the workers asked, in pool order.
+        @raise KeyError: a pool not in memory (see L{PoolHistory.find}).
+        @raise SubmitError: workers named that are not in the pool.
+        """
+        pool = self.history.pools[pool_id]
+        names = list(pool.jobs) if workers is None else list(dict.fromkeys(workers))
+        strangers = [name for name in names if name not in pool.jobs]
+        if strangers:
+            raise SubmitError("workers not in pool " + pool_id + ": " + ", ".join(strangers))
+        asked = []
+        for name in names:
+            job = pool.jobs[name]
+            link = self.roster.links.get(name)
+            if job in pool.waiting:
+                pool.waiting.remove(job)
+                self._end_job(job, STATUS_CANCELLED, CANCELLED)
+                asked.append(name)
+            elif job.status is None and link is not None:
+                link.kill_job(pool_id)
+                asked.append(name)
+        log.info("pool {pool}: kill asked of {workers}", pool=pool_id, workers=asked)
+        return asked
+
+    def wait(self, pool: Pool, timeout: float) -> Deferred[Pool]:
+        """Fire with C{pool} when it finishes, or after C{timeout} seconds."""
+        if pool.finished or timeout <= 0:
+            d: Deferred[Pool] = Deferred()
+            d.callback(pool)
+            return d
+
+        def cancelled(d: Deferred[Pool]) -> None:
+            if d in pool.waiters:
+                pool.waiters.remove(d)
+            if timer.active():
+                timer.cancel()
+
+        d = Deferred(cancelled)
+        pool.waiters.append(d)
+
+        def timed_out() -> None:
+            pool.waiters.remove(d)
+            d.callback(pool)
+
+        timer = self.clock.callLater(timeout, timed_out)
+
+        def done(result: Pool) -> Pool:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addCallback(done)
+
+    # Workers coming and going
+
+    def _reattach(self, link: WorkerLink) -> None:
+        """
+        Match the jobs a (re)connected worker holds with those the master
+        thinks it runs: carry on with each held one; a job it no longer
+        holds is lost; one the master no longer knows is let go.
+        """
+        held = {job["pool"]: job for job in link.held_jobs}
+        running = self.roster.running(link.name)
+        for pool_id, job in list(running.items()):
+            if pool_id in held:
+                link.attach_job(pool_id, job.seq)
+            else:
+                del running[pool_id]
+                self._add_output(
+                    job, "\npcci: job lost: its worker came back without it (restarted?)\n", "stderr"
+                )
+                self._end_job(job, STATUS_LOST, LOST)
+        for pool_id, job in held.items():
+            if pool_id not in running:
+                if job.get("ended"):
+                    link.ack_job(pool_id)
+                else:
+                    link.kill_job(pool_id)
+
+    def _give_up(self, jobs: list[Job], reason: str) -> None:
+        """A worker did not come back within the grace: its jobs are lost."""
+        for job in jobs:
+            self._add_output(job, f"\npcci: job lost: worker {reason}\n", "stderr")
+            self._end_job(job, STATUS_LOST, LOST)
+
+    # Reports from workers
+
+    def job_started(self, worker: str, pool_id: str, pid: int) -> None:
+        job = self.roster.running(worker).get(pool_id)
+        if job is not None and job.state == PENDING:
+            job.pid = pid
+            job.state = RUNNING
+            job.started_at = self.wall()
+            job.started_clock = self.clock.seconds()
+            pool = self.history.pools[pool_id]
+            event = pool.event("started", job.started_data())
+            job.started_event = event.id
+            pool.announce(event)
+            # Not stored now: after a crash, the worker tells it again.
+
+    def job_output(
+        self,
+        worker: str,
+        pool_id: str,
+        data: str,
+        stream: str = "stdout",
+        seq: int | None = None,
+    ) -> None:
+        job = self.roster.running(worker).get(pool_id)
+        if job is None:
+            return
+        if seq is not None:
+            if seq <= job.seq:
+                return  # sent again after a reconnection: the master has it
+            job.seq = seq
+        self._add_output(job, data, stream)
+
+    def job_ended(self, worker: str, pool_id: str, status: int, reason: str | None = None) -> None:
+        job = self.roster.running(worker).pop(pool_id, None)
+        if job is None:
+            self._ack(worker, pool_id)  # not ours (any more): let the worker forget it
+            return
+        state = reason if reason in END_REASONS else (OK if status == 0 else FAILED)
+        if state == END_CANCELLED:
+            status = STATUS_CANCELLED
+        elif state == TIMED_OUT:
+            status = STATUS_TIMED_OUT
+        self._end_job(job, status, state)
+        self._ack(worker, pool_id)
+
+    def _ack(self, worker: str, pool_id: str) -> None:
+        """Tell the worker a job's end is kept, once the store holds it."""
+
+        def ack(_: Any) -> None:
+            link = self.roster.links.get(worker)
+            if link is not None:
+                link.ack_job(pool_id)
+
+        self.history.stored(pool_id, hurry=False).addCallback(ack)
+
+    def _add_output(self, job: Job, text: str, stream: str) -> None:
+        pool = self.history.pools[job.pool_id]
+        event = pool.event("output", output_data(job, text, stream))
+        job.output.append(text, stream, event.id)
+        pool.announce(event)
+        self.history.reclaim_output()
+
+    def _end_job(self, job: Job, status: int, state: str) -> None:
+        job.end(status, state, self.wall(), self.clock.seconds())
+        pool = self.history.pools[job.pool_id]
+        event = pool.event("ended", job.ended_data())
+        job.ended_event = event.id
+        pool.announce(event)
+        for hook in self.job_end_hooks:
+            hook(job)
+        self._next_turn(pool, job)
+        self.history.changed(pool)
+        if not pool.finished or pool.end_event:
+            return
+        pool.ended_at = job.ended_at
+        self.history.ended(pool)
+        for pool_hook in self.pool_end_hooks:
+            pool_hook(pool)
+        event = pool.event("pool", {})
+        pool.end_event = event.id
+        pool.announce(event)
+        self.history.changed(pool)
+        waiters, pool.waiters = pool.waiters, []
+        for d in waiters:
+            d.callback(pool)
+        # Logged once those waiting have their answer.
+        log.info("pool {pool} ended with status {status}", pool=pool.id, status=pool.status)
+        self.history.trim()
+
+    def stop(self) -> None:
+        """Cancel the pools' timers: the master is shutting down."""
+        for pool in self.history.pools.values():
+            pool.cancel_timers()
