@@ -11,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import psutil
 
 from cluster import Cluster, poll
+
+pytestmark = pytest.mark.e2e
 
 PCCI = str(Path(sys.executable).parent / "pcci")
 

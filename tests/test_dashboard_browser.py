@@ -28,6 +28,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+pytestmark = pytest.mark.e2e
+
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
 DESKTOP = (1280, 900)

@@ -11,10 +11,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import psutil
 
 from cluster import Cluster, poll, processes_with
 from pcci.wire import MAX_FRAME, TERMINATOR
+
+pytestmark = pytest.mark.e2e
 
 
 def only_job(pool: dict) -> dict:

@@ -12,9 +12,12 @@ import socket
 import subprocess
 import time
 
+import pytest
 from cluster import DEADLINE, TWISTD, Cluster, poll, processes_with
 from pcci.auth import proof, read_secret
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
+
+pytestmark = pytest.mark.e2e
 
 
 def only_job(pool: dict) -> dict:

@@ -7,10 +7,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster import Cluster, poll
+
+pytestmark = pytest.mark.e2e
 
 BEAT = "0.5"
 

@@ -17,6 +17,8 @@ import pytest
 
 from cluster import Cluster, poll, processes_with
 
+pytestmark = pytest.mark.e2e
+
 WORKERS = ("w1", "w2", "w3")
 
 

@@ -9,7 +9,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from cluster import TWISTD, Cluster, free_port, poll
+
+pytestmark = pytest.mark.e2e
 
 
 def restart_master(cluster: Cluster, *args: str, kill: bool = False) -> None:

@@ -20,6 +20,8 @@ from cluster import Cluster, free_port, poll
 from pcci.auth import proof
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
+pytestmark = pytest.mark.e2e
+
 
 def read_frames(sock: socket.socket, count: int) -> list[dict]:
     """Read C{count} frames, or fewer if the peer closes first."""
