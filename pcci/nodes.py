@@ -54,20 +54,52 @@ def range_size(item: str) -> int:
     return size
 
 
+def split_item(item: str) -> list[str]:
+    """
+    An item's comma-separated parts, as clush and pdsh users write them
+    (C{pi[01-04],gpu1,web*}): commas inside brackets stay with their range.
+    Worker names hold no comma, so nothing is ambiguous.
+
+    @raise TargetError: an item with no name at all.
+    """
+    parts: list[str] = []
+    depth = start = 0
+    for at, char in enumerate(item):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(item[start:at])
+            start = at + 1
+    parts.append(item[start:])
+    parts = [part.strip() for part in parts if part.strip()]
+    if not parts:
+        raise TargetError(f"{item!r} names no worker")
+    return parts
+
+
 def expand(item: str, most: int) -> list[str]:
     """
-    The names (or globs) a target item stands for, in order.
+    The names (or globs) a target item stands for, in order: a name, a node
+    set or a glob, or several of them separated by commas.
 
     @raise TargetError: a malformed item, or one of more than C{most} names.
     """
-    if "[" not in item and "]" not in item:
-        return [item]
-    if range_size(item) > most:
-        raise TargetError(f"{item!r} stands for more than {most} workers")
-    try:
-        return list(NodeSet(item, resolver=RESOLVER_NOGROUP))
-    except NodeSetParseError as e:
-        raise TargetError(f"{item!r} is not a node set: {e}") from None
+    names: list[str] = []
+    for part in split_item(item):
+        if "[" not in part and "]" not in part:
+            names.append(part)
+            continue
+        if range_size(part) > most:
+            raise TargetError(f"{part!r} stands for more than {most} workers")
+        try:
+            names.extend(NodeSet(part, resolver=RESOLVER_NOGROUP))
+        except NodeSetParseError as e:
+            raise TargetError(f"{part!r} is not a node set: {e}") from None
+        if len(names) > most:
+            raise TargetError(f"{item!r} stands for more than {most} workers")
+    return names
 
 
 def fold(names: Iterable[str]) -> str:

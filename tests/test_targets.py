@@ -33,6 +33,25 @@ def test_node_sets_expand_with_zero_padding_kept() -> None:
     assert pick(["rack[1-2]-node[01]"]) == ["rack1-node01", "rack2-node01"]
 
 
+def test_comma_lists_as_clush_and_pdsh_users_write_them() -> None:
+    assert pick(["pi01,pi03"]) == ["pi01", "pi03"]
+    assert pick(["pi[01-02],gpu1"]) == ["pi01", "pi02", "gpu1"]
+    assert pick(["gpu*, pi[02,03]"]) == ["gpu1", "gpu7", "pi02", "pi03"]
+    assert pick(["pi01,", "gpu1"]) == ["pi01", "gpu1"]
+    assert pick(["*"], exclude=["pi[01-03],rack*"]) == ["gpu1", "gpu7"]
+    assert resolve(["pi01,pi02"], ["pi01", "pi02"], 10) == ["pi01", "pi02"]
+    assert select_among(["pi01,gpu*"], ONLINE) == ["pi01", "gpu1", "gpu7"]
+
+
+def test_a_comma_list_is_counted_whole_and_names_what_is_missing() -> None:
+    with pytest.raises(TargetError, match="more than 3"):
+        pick(["pi[01-03],gpu[1-2]"], most=3)
+    with pytest.raises(TargetError, match="disconnected workers: pi09"):
+        pick(["pi01,pi09"])
+    with pytest.raises(TargetError, match="names no worker"):
+        pick([" , "])
+
+
 def test_a_named_or_ranged_worker_that_is_not_online_is_an_error_naming_it() -> None:
     with pytest.raises(TargetError, match="disconnected workers: pi04, gpu2"):
         pick(["pi[01-04]", "gpu[1-2]"])
