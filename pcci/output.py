@@ -42,6 +42,15 @@ def utf8_size(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+def on_own_line(note: str, before: str) -> str:
+    """
+    A note of pcci's (C{"pcci: timed out..."}) to add after the output
+    C{before}: on a line of its own, with a newline first only when that
+    output stopped mid-line.
+    """
+    return note if not before or before.endswith("\n") else "\n" + note
+
+
 class OutputBuffer:
     """
     A job's output, capped at C{limit} bytes of UTF-8.
@@ -133,6 +142,15 @@ class OutputBuffer:
         """No longer counted in the budget: kept only by whoever still reads it."""
         self._on_resize(-self.size)
         self._on_resize = lambda delta: None
+
+    @property
+    def last_text(self) -> str:
+        """The latest piece of output held ("" when none, or it was dropped)."""
+        if self._tail:
+            return self._tail[-1].text
+        if self._head and not self.dropped:
+            return self._head[-1].text
+        return ""
 
     def marker(self) -> str:
         return f"\n[pcci: {self.dropped} bytes of output dropped]\n"

@@ -61,7 +61,8 @@ def test_a_timeout_kills_the_job_which_ends_with_124() -> None:
     clock.advance(29.9)
     assert ended == []
     clock.advance(0.1)
-    assert ("output", "stderr", "\npcci: timed out after 30 s: killing the job\n") in ended
+    # No output before it: the note is the first line, with no empty one above.
+    assert ("output", "stderr", "pcci: timed out after 30 s: killing the job\n") in ended
     process.process_exited(Failure(ProcessTerminated(signal=signal.SIGTERM)))
     process.process_ended(Failure(ProcessTerminated(signal=signal.SIGTERM)))
     assert ended[-1] == (124, "timed_out")
@@ -118,3 +119,23 @@ def test_a_killed_job_waits_for_its_leftovers_through_sigkill() -> None:
     assert ended == [(128 + signal.SIGTERM, "killed")]
     assert clock.getDelayedCalls() == []
 
+
+
+def test_a_note_starts_its_own_line_without_an_empty_one() -> None:
+    clock = Clock()
+    process, ended = job(clock)
+    process.timeout = 1
+    process.start_timeout()
+    process.output_received(b"done\n", "stdout")
+    clock.advance(1)
+    assert ended[-1] == ("output", "stderr", "pcci: timed out after 1 s: killing the job\n")
+
+
+def test_a_note_after_a_line_cut_short_begins_a_new_line() -> None:
+    clock = Clock()
+    process, ended = job(clock)
+    process.timeout = 1
+    process.start_timeout()
+    process.output_received(b"50%", "stdout")
+    clock.advance(1)
+    assert ended[-1] == ("output", "stderr", "\npcci: timed out after 1 s: killing the job\n")

@@ -121,11 +121,12 @@ def test_worker_lost_fails_its_running_jobs() -> None:
     state, clock, links = cluster("a", "b")
     pool = started(state.dispatcher.submit("sleep 100", ["a", "b"]))
     state.dispatcher.job_ended("b", pool.id, 0)
+    state.dispatcher.job_output("a", pool.id, "a line\n")
     state.roster.leave(links["a"], "disconnected")
     clock.advance(state.roster.reconnect_grace)
     job = pool.jobs["a"]
     assert job.status == STATUS_LOST
-    assert "worker disconnected" in job.output.text()
+    assert job.output.text() == "a line\npcci: job lost: worker disconnected\n"
     assert pool.status == 1
     assert "a" not in state.roster.links
 

@@ -35,6 +35,7 @@ from pcci.master.model import (
     WorkerLink,
 )
 from pcci.master.roster import Roster
+from pcci.output import on_own_line
 from pcci.wire import END_CANCELLED, END_REASONS, STATUS_TIMED_OUT
 
 log = Logger()
@@ -129,9 +130,7 @@ class Dispatcher:
             job = pool.waiting.popleft()
             link = self.roster.links.get(job.worker_id)
             if link is None:
-                self._add_output(
-                    job, f"pcci: job lost: worker {job.worker_id} left before its turn\n", "stderr"
-                )
+                self._note(job, f"pcci: job lost: worker {job.worker_id} left before its turn\n")
                 self._end_job(job, STATUS_LOST, LOST)
                 continue
             job.sent = True
@@ -246,9 +245,7 @@ class Dispatcher:
                 link.attach_job(pool_id, job.seq)
             else:
                 del running[pool_id]
-                self._add_output(
-                    job, "\npcci: job lost: its worker came back without it (restarted?)\n", "stderr"
-                )
+                self._note(job, "pcci: job lost: its worker came back without it (restarted?)\n")
                 self._end_job(job, STATUS_LOST, LOST)
         for pool_id, job in held.items():
             if pool_id not in running:
@@ -260,7 +257,7 @@ class Dispatcher:
     def _give_up(self, jobs: list[Job], reason: str) -> None:
         """A worker did not come back within the grace: its jobs are lost."""
         for job in jobs:
-            self._add_output(job, f"\npcci: job lost: worker {reason}\n", "stderr")
+            self._note(job, f"pcci: job lost: worker {reason}\n")
             self._end_job(job, STATUS_LOST, LOST)
 
     # Reports from workers
@@ -324,6 +321,10 @@ class Dispatcher:
         job.output.append(text, stream, event.id)
         pool.announce(event)
         self.history.reclaim_output()
+
+    def _note(self, job: Job, text: str) -> None:
+        """A note of pcci's in the job's output, on a line of its own."""
+        self._add_output(job, on_own_line(text, job.output.last_text), "stderr")
 
     def _end_job(self, job: Job, status: int, state: str) -> None:
         job.end(status, state, self.wall(), self.clock.seconds())

@@ -42,6 +42,7 @@ from pcci.wire import (
     STATUS_NOT_STARTED,
     STATUS_TIMED_OUT,
 )
+from pcci.output import on_own_line
 from pcci.worker.reaper import MARKER, find_processes, marker_of, reap_orphans
 
 log = Logger()
@@ -274,6 +275,8 @@ class JobProcess:
             for stream in ("stdout", "stderr")
         }
         self._pending: list[tuple[str, str]] = []
+        #: The latest text of either stream, for notes to start on their own line.
+        self._last_text = ""
         self._pending_size = 0
         self._flush_call: IDelayedCall | None = None
         self._drain_call: IDelayedCall | None = None
@@ -347,9 +350,7 @@ class JobProcess:
         self._timeout_call = None
         if self.exited or self.killing:
             return  # it ended in time; only its leftovers are going
-        self.output_received(
-            b"\npcci: timed out after %g s: killing the job\n" % self.timeout, "stderr"
-        )
+        self._note(f"pcci: timed out after {self.timeout:g} s: killing the job\n")
         self._flush()
         self.kill(END_TIMED_OUT)
 
@@ -369,10 +370,17 @@ class JobProcess:
     # Output
 
     def output_received(self, data: bytes, stream: str) -> None:
-        text = self._decoders[stream].decode(data)
+        self._queue(stream, self._decoders[stream].decode(data))
+
+    def _note(self, text: str) -> None:
+        """A note of pcci's on stderr, on a line of its own."""
+        self._queue("stderr", on_own_line(text, self._last_text))
+
+    def _queue(self, stream: str, text: str) -> None:
         if text:
             self._pending.append((stream, text))
             self._pending_size += len(text)
+            self._last_text = text
         if self._pending_size >= OUTPUT_CHUNK:
             self._flush()
         elif self._flush_call is None and self._pending:
@@ -418,10 +426,9 @@ class JobProcess:
     def _stop_draining(self) -> None:
         """The command exited but its pipes stay open: stop reading them."""
         self._drain_call = None
-        self.output_received(
-            b"\npcci: the command exited but a background process still holds"
-            b" its output: it is killed with the job\n",
-            "stderr",
+        self._note(
+            "pcci: the command exited but a background process still holds"
+            " its output: it is killed with the job\n"
         )
         for fd in (1, 2):
             self._transport.closeChildFD(fd)
@@ -434,9 +441,7 @@ class JobProcess:
         if self.status is None:
             self.status = exit_status(reason)
         for stream, decoder in self._decoders.items():
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                self._pending.append((stream, tail))
+            self._queue(stream, decoder.decode(b"", final=True))
         self._flush()
         self._watch_leftovers()
 
@@ -452,9 +457,7 @@ class JobProcess:
             self._end()
             return
         if not self.killing:
-            self.output_received(
-                b"\npcci: killing the processes the command left running\n", "stderr"
-            )
+            self._note("pcci: killing the processes the command left running\n")
             self._flush()
             self._start_killing(None)
         self._poll_call = self._reactor.callLater(LEFTOVER_POLL, self._watch_leftovers)
