@@ -12,6 +12,7 @@ from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 import treq
+from twisted.internet.defer import CancelledError
 from twisted.web.iweb import IResponse
 
 #: Exit statuses of the command line's own failures.
@@ -99,6 +100,7 @@ class MasterClient:
                 method, self.url + path, data=data, headers=self._headers(), **kw
             )
         except Exception as e:
+            _raise_if_cancelled(e)
             raise CLIError(
                 f"cannot connect to the master at {self.url}: {_reason(e)}."
                 " Is it running? (set the address with --url or PCCI_URL)",
@@ -113,6 +115,7 @@ class MasterClient:
         try:
             text = await response.content()
         except Exception as e:
+            _raise_if_cancelled(e)
             raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
         try:
             answer = json.loads(text)
@@ -176,9 +179,20 @@ class MasterClient:
             try:
                 await treq.collect(response, parser.feed)
             except Exception as e:
+                _raise_if_cancelled(e)
                 if last[0] is None:
                     raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
         return last[0]
+
+
+def _raise_if_cancelled(error: BaseException) -> None:
+    """
+    Ctrl-C cancels the command, and with it the request it waits for: that
+    is no connection failure (Twisted's clients may wrap the cancellation).
+    """
+    reasons = [error, *(r.value for r in getattr(error, "reasons", None) or ())]
+    if any(isinstance(reason, CancelledError) for reason in reasons):
+        raise CancelledError() from None
 
 
 def _reason(error: BaseException) -> str:

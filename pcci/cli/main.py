@@ -20,12 +20,11 @@ from typing import IO, Any, Callable, Coroutine, NoReturn
 import click
 
 from pcci import __version__
+from pcci.cli import EXIT_INTERRUPTED
 
 DEFAULT_URL = "http://localhost:8080"
 DEFAULT_TOKEN_FILE = Path("~/.pcci/api-token")
 
-#: Exit status after Ctrl-C, as a shell's.
-EXIT_INTERRUPTED = 130
 
 
 def read_token_file(path: Path) -> str:
