@@ -72,7 +72,11 @@ def test_master_and_worker_run_in_the_background_and_stop_on_sigterm(tmp_path: P
         started = time.monotonic()
         poll(lambda: not any(alive(pid) for pid in pids), timeout=10, what="both daemons to stop")
         assert time.monotonic() - started < 10
-        assert "Server Shut Down" in (tmp_path / "master.log").read_text()
+        for log in ("master.log", "worker.log"):
+            text = (tmp_path / log).read_text()
+            assert "Server Shut Down" in text
+            # A person reads this log: no factory noise, no object addresses.
+            assert "Starting factory" not in text and " object at 0x" not in text, text
     finally:
         for pid in pids:
             if alive(pid):

@@ -278,6 +278,8 @@ class WorkerPortFactory(Factory):
     connection.
     """
 
+    noisy = False
+
     def __init__(
         self,
         state: ClusterState,

@@ -120,6 +120,8 @@ class ConnectionLimit(WrappingFactory):
     """
 
     protocol = GuardedConnection
+    #: A person reads the log: no "Starting factory <... at 0x7f...>" lines.
+    noisy = False
 
     def __init__(
         self,
@@ -137,6 +139,9 @@ class ConnectionLimit(WrappingFactory):
         self.kind = kind
         self.receive_timeout = receive_timeout
         self.unproven: Counter[str] = Counter()
+
+    def logPrefix(self) -> str:
+        return f"pcci {self.kind} port"
 
     def buildProtocol(self, addr: IAddress) -> GuardedConnection | None:
         host = getattr(addr, "host", None)

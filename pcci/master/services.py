@@ -57,7 +57,7 @@ class ListeningService(Service):
 
         def listening(port: IListeningPort) -> None:
             self.port = port
-            log.info("listening for {what} on {address}", what=self.what, address=port.getHost())
+            log.info("listening for {what} on {address}", what=self.what, address=_address(port))
             waiting, self._waiting = self._waiting, []
             for waiter in waiting:
                 waiter.callback(port)
@@ -85,6 +85,16 @@ class ListeningService(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+def _address(port: IListeningPort) -> str:
+    """Where a port listens, as a person writes it: C{0.0.0.0:7000}, C{/run/pcci.sock}."""
+    where = port.getHost()
+    if isinstance(where, UNIXAddress):
+        return str(where.name)
+    if isinstance(where, IPv6Address):
+        return f"[{where.host}]:{where.port}"
+    return f"{getattr(where, 'host', where)}:{getattr(where, 'port', '')}"
 
 
 def local_client_endpoint(reactor: Any, port: IListeningPort) -> IStreamClientEndpoint:

@@ -228,6 +228,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         timeout=options["http-timeout"],
         logFormatter=_access_log_line,
     )
+    site.noisy = False
     ListeningService(
         reactor,
         serverFromString(reactor, options["api"]),

@@ -314,6 +314,7 @@ class WorkerFactory(Factory):
 
     protocol = MasterConnection
     log = Logger()
+    noisy = False
 
     def __init__(
         self,
