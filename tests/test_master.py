@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -11,9 +12,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
+from fakes import started
 from pcci.auth import check_proof, proof
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
-from fakes import started
 from pcci.master.state import ClusterState
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
@@ -182,14 +183,39 @@ def test_second_hello_and_bad_names_are_violations() -> None:
     assert list(state.roster.links) == ["node1"]
 
 
-def test_other_protocol_version_is_told_not_to_reconnect() -> None:
+@pytest.mark.parametrize("version", [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 2])
+def test_a_version_not_accepted_is_refused_but_may_come_back(version: int) -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
-    protocol.dataReceived(hello(version=PROTOCOL_VERSION + 1))
+    protocol.dataReceived(hello(version=version))
     (bye,) = frames(transport)
-    assert bye["code"] == "bye" and bye["reconnect"] is False
+    assert bye["code"] == "bye" and bye["reconnect"] is True
+    assert bye["accepts"] == [PROTOCOL_VERSION - 1, PROTOCOL_VERSION]
+    assert f"not {version}" in bye["reason"]
     assert transport.disconnecting
     assert state.roster.links == {}
+
+
+def test_a_worker_one_version_back_runs_jobs_in_its_own_words() -> None:
+    """Protocol 2 knew no held jobs: no attach or ack goes to such a worker."""
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello(version=PROTOCOL_VERSION - 1))
+    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION - 1}]
+    pool = started(state.dispatcher.submit("true", ["node1"]))
+    protocol.dataReceived(encode({"code": "started", "pool": pool.id, "pid": 7}))
+    protocol.dataReceived(encode({"code": "output", "pool": pool.id, "data": "hi\n", "stream": "stdout"}))
+    protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
+    assert [f["code"] for f in frames(transport)] == ["run"]  # no ack
+    assert pool.state == "ok" and pool.jobs["node1"].output.text() == "hi\n"
+    running = started(state.dispatcher.submit("sleep 9", ["node1"]))
+    frames(transport)
+    protocol.connectionLost(None)
+    again, transport = connect(state, clock)
+    again.dataReceived(hello(version=PROTOCOL_VERSION - 1))
+    # Its jobs did not survive the connection: lost at once, nothing attached.
+    assert [f["code"] for f in frames(transport)] == ["welcome"]
+    assert running.jobs["node1"].state == "lost"
 
 
 def test_garbage_drops_only_that_connection() -> None:

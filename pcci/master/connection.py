@@ -9,30 +9,31 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pcci.auth import check_proof, new_nonce, proof
 from pcci.clock import StallWatch
-from pcci.labels import check_labels
+from pcci.handshake import (
+    HELD_JOBS,
+    OLDEST_ACCEPTED,
+    Hello,
+    MasterHandshake,
+    accepts,
+    refusal,
+)
 from pcci.master.state import ClusterState
 from pcci.wire import (
     END_REASONS,
-    HEARTBEAT_RANGE,
     MAX_FRAME,
     MISSED_HEARTBEATS,
     PROTOCOL_VERSION,
     STREAMS,
-    VALID_NAME,
     WORKER_MESSAGES,
     FramedJSONProtocol,
     ProtocolError,
-    held_jobs,
     peer_address,
 )
 
 #: Seconds a new connection has to complete the handshake before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
 
-#: Longest nonce accepted from a worker.
-MAX_NONCE = 128
 
 class WorkerConnection(FramedJSONProtocol):
     """
@@ -61,12 +62,14 @@ class WorkerConnection(FramedJSONProtocol):
         self.heartbeat = 0.0
         self.labels: dict[str, str] = {}
         self.held_jobs: list[dict[str, Any]] = []
+        #: The protocol version spoken on this connection: the worker's.
+        self.version = PROTOCOL_VERSION
         self._last_frame = 0.0
         self._watchdog: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
-        self._claimed_name: str | None = None
-        self._worker_nonce = ""
-        self._master_nonce = ""
+        self._hello: Hello | None = None
+        self._handshake: MasterHandshake | None = None
+        self._refused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -92,100 +95,76 @@ class WorkerConnection(FramedJSONProtocol):
             self._watchdog.cancel()
         if self.name is not None:
             self.roster.leave(self, "disconnected")
-        elif self._claimed_name is not None:
+        elif self._hello is not None and not self._refused:
             self.log.warn(
                 "worker {name} at {peer} left during the handshake: does it hold"
                 " this cluster's secret?",
-                name=self._claimed_name,
+                name=self._hello.name,
                 peer=self.address,
             )
 
     # Messages from the worker
 
     def handle_hello(self, message: dict[str, Any]) -> None:
-        if self._claimed_name is not None:
+        if self._hello is not None:
             self.protocolViolation("a second hello")
             return
         version = message["version"]
-        if version != PROTOCOL_VERSION:
+        if not accepts(version):
             self.log.warn(
-                "worker at {peer} speaks protocol {version}, not {ours}",
+                "worker at {peer} speaks protocol {version}: refused (this master"
+                " accepts {oldest} to {ours}); it will try again",
                 peer=self.address,
                 version=version,
+                oldest=OLDEST_ACCEPTED,
                 ours=PROTOCOL_VERSION,
             )
-            self.sendMessage(
-                "bye",
-                reason=f"master speaks protocol {PROTOCOL_VERSION}, not {version}",
-                reconnect=False,
-            )
+            self.sendMessage("bye", **refusal(version))
             self.transport.loseConnection()
             return
-        name = message["name"]
-        if not VALID_NAME.match(name):
-            self.protocolViolation(f"invalid worker name {name!r}")
-            return
-        low, high = HEARTBEAT_RANGE
-        if not low <= message["heartbeat"] <= high:
-            self.protocolViolation(f"a heartbeat interval out of [{low}, {high}]")
-            return
         try:
-            self.labels = check_labels(message.get("labels"))
-            self.held_jobs = held_jobs(message)
-        except (ValueError, ProtocolError) as e:
+            hello = Hello.parse(message, self.secret)
+        except ProtocolError as e:
             self.protocolViolation(str(e))
             return
-        self.heartbeat = float(message["heartbeat"])
-        self._claimed_name = name
+        self._hello = hello
+        self.version = hello.version
+        self.labels = hello.labels
+        self.held_jobs = hello.jobs
+        self.heartbeat = hello.heartbeat
         if self.secret is None:
             self._register()
             return
-        self._worker_nonce = message["nonce"]
-        if not 16 <= len(self._worker_nonce) <= MAX_NONCE:
-            self.protocolViolation("a hello without a proper nonce")
-            return
-        self._master_nonce = new_nonce()
-        self.sendMessage(
-            "challenge",
-            nonce=self._master_nonce,
-            proof=proof(
-                self.secret, "master", name, self._master_nonce, self._worker_nonce
-            ),
-        )
+        self._handshake = MasterHandshake(self.secret, hello)
+        self.sendMessage("challenge", **self._handshake.challenge())
 
     def handle_auth(self, message: dict[str, Any]) -> None:
-        if self.secret is None or self._claimed_name is None or self.name is not None:
+        if self._handshake is None or self.name is not None:
             self.protocolViolation("an auth out of place")
             return
-        if not check_proof(
-            self.secret,
-            "worker",
-            self._claimed_name,
-            self._worker_nonce,
-            self._master_nonce,
-            message["proof"],
-        ):
+        if not self._handshake.check_auth(message):
             self.log.warn(
                 "worker {name} at {peer} failed to prove it holds the cluster"
                 " secret: connection closed",
-                name=self._claimed_name,
+                name=self._handshake.hello.name,
                 peer=self.address,
             )
             self.sendMessage(
                 "bye", reason="authentication failed: wrong cluster secret", reconnect=True
             )
-            self._claimed_name = None  # logged already: connectionLost need not
+            self._refused = True  # logged already: connectionLost need not
             self.transport.loseConnection()
             return
         self._register()
 
     def _register(self) -> None:
+        assert self._hello is not None
         self._cancel_handshake_timeout()
-        self.name = self._claimed_name
+        self.name = self._hello.name
         self._last_frame = self.clock.seconds()
         self.factory.joined(self)
         # Welcomed first: adding the worker may send it attach, ack and kill.
-        self.sendMessage("welcome", version=PROTOCOL_VERSION)
+        self.sendMessage("welcome", version=self.version)
         self.roster.join(self)
         self._watchdog = self.clock.callLater(
             MISSED_HEARTBEATS * self.heartbeat, self._check_alive
@@ -256,10 +235,12 @@ class WorkerConnection(FramedJSONProtocol):
         self.sendMessage("kill", pool=pool_id)
 
     def attach_job(self, pool_id: str, after: int) -> None:
-        self.sendMessage("attach", pool=pool_id, after=after)
+        if self.version >= HELD_JOBS:  # an older worker holds no job across connections
+            self.sendMessage("attach", pool=pool_id, after=after)
 
     def ack_job(self, pool_id: str) -> None:
-        self.sendMessage("ack", pool=pool_id)
+        if self.version >= HELD_JOBS:
+            self.sendMessage("ack", pool=pool_id)
 
     def dismiss(self, reason: str) -> None:
         self.sendMessage("bye", reason=reason, reconnect=False)

@@ -1,0 +1,163 @@
+"""
+The handshake of a worker connection, both halves in one place.
+
+A worker says C{hello} (its name, protocol version, nonce, heartbeat,
+labels and the jobs it holds); with a cluster secret the master answers
+C{challenge} with its nonce and proof, the worker checks that proof and
+answers C{auth} with its own, and the master checks it and says
+C{welcome}.  Each proof is an HMAC over the worker's name and both nonces
+(see L{pcci.auth.proof}), so it is good for one connection and one
+direction only.  The protocols hold the connection; these objects only
+decide.
+
+Versions: a master speaks L{PROTOCOL_VERSION} and accepts workers of
+L{OLDEST_ACCEPTED} on (one version back), speaking to each what it
+understands.  A master refuses other versions with a C{bye} that lists what
+it C{accepts}; the worker keeps trying, so upgrading the master first and
+the workers at leisure never stops a worker for good.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pcci.auth import check_proof, new_nonce, proof
+from pcci.labels import check_labels
+from pcci.wire import HEARTBEAT_RANGE, PROTOCOL_VERSION, VALID_NAME, ProtocolError, held_jobs
+
+#: The oldest protocol a master of this version accepts from a worker.
+OLDEST_ACCEPTED = PROTOCOL_VERSION - 1
+
+#: The protocol that brought each feature a master uses only with the
+#: workers that speak it.
+HELD_JOBS = 3  # hello's jobs, output seq, attach and ack
+
+#: Longest nonce accepted from a worker.
+MAX_NONCE = 128
+
+
+def accepts(version: int) -> bool:
+    """Whether a master of this pcci takes a worker speaking C{version}."""
+    return OLDEST_ACCEPTED <= version <= PROTOCOL_VERSION
+
+
+def refusal(version: int) -> dict[str, Any]:
+    """The fields of the C{bye} that refuses a worker speaking C{version}."""
+    return {
+        "reason": (
+            f"master speaks protocol {PROTOCOL_VERSION} and accepts"
+            f" {OLDEST_ACCEPTED} to {PROTOCOL_VERSION}, not {version}"
+        ),
+        # A worker keeps trying: the master may be upgraded (or the worker).
+        "reconnect": True,
+        "accepts": list(range(OLDEST_ACCEPTED, PROTOCOL_VERSION + 1)),
+    }
+
+
+def is_version_refusal(bye: dict[str, Any]) -> bool:
+    """
+    Whether a C{bye} refuses this worker for its protocol version: from
+    this pcci (it lists what it accepts) or from an older master (its
+    reason said so, and it asked the worker never to come back).
+    """
+    return "accepts" in bye or str(bye.get("reason", "")).startswith("master speaks protocol")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A worker's C{hello}, checked."""
+
+    name: str
+    version: int
+    nonce: str
+    heartbeat: float
+    labels: dict[str, str]
+    #: The jobs the worker holds: C{{"pool", "ended"}} each.
+    jobs: list[dict[str, Any]]
+
+    @classmethod
+    def parse(cls, message: dict[str, Any], secret: bytes | None) -> Hello:
+        """
+        The hello's fields, checked (its version is not: see L{accepts}).
+
+        @raise ProtocolError: a field out of its rules; the connection goes.
+        """
+        name = message["name"]
+        if not VALID_NAME.match(name):
+            raise ProtocolError(f"invalid worker name {name!r}")
+        low, high = HEARTBEAT_RANGE
+        if not low <= message["heartbeat"] <= high:
+            raise ProtocolError(f"a heartbeat interval out of [{low}, {high}]")
+        try:
+            labels = check_labels(message.get("labels"))
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
+        nonce = message["nonce"]
+        if secret is not None and not 16 <= len(nonce) <= MAX_NONCE:
+            raise ProtocolError("a hello without a proper nonce")
+        return cls(
+            name=name,
+            version=message["version"],
+            nonce=nonce,
+            heartbeat=float(message["heartbeat"]),
+            labels=labels,
+            jobs=held_jobs(message),
+        )
+
+
+class MasterHandshake:
+    """The master's half: challenges a worker that said C{hello}, checks its C{auth}."""
+
+    def __init__(self, secret: bytes, hello: Hello) -> None:
+        self.secret = secret
+        self.hello = hello
+        self.nonce = new_nonce()
+
+    def challenge(self) -> dict[str, str]:
+        """The C{challenge}'s fields: this master's nonce and proof."""
+        return {
+            "nonce": self.nonce,
+            "proof": proof(self.secret, "master", self.hello.name, self.nonce, self.hello.nonce),
+        }
+
+    def check_auth(self, message: dict[str, Any]) -> bool:
+        """Whether the worker's C{auth} proves it holds the secret."""
+        return check_proof(
+            self.secret, "worker", self.hello.name, self.hello.nonce, self.nonce, message["proof"]
+        )
+
+
+class WorkerHandshake:
+    """The worker's half: says C{hello}, checks the master's C{challenge}, answers C{auth}."""
+
+    def __init__(self, secret: bytes | None, name: str) -> None:
+        self.secret = secret
+        self.name = name
+        self.nonce = new_nonce()
+        #: The master proved it holds the cluster secret.
+        self.master_proven = False
+
+    def hello(self, **fields: Any) -> dict[str, Any]:
+        """The C{hello}'s fields: this worker's name, version and nonce, and C{fields}."""
+        return {"name": self.name, "version": PROTOCOL_VERSION, "nonce": self.nonce, **fields}
+
+    def answer(self, challenge: dict[str, Any]) -> dict[str, str] | None:
+        """
+        The C{auth}'s fields for a C{challenge} whose proof is right; None
+        when it is wrong, or comes a second time.
+
+        @raise ValueError: this worker has no secret to answer with.
+        """
+        if self.secret is None:
+            raise ValueError("no cluster secret")
+        if self.master_proven or not check_proof(
+            self.secret, "master", self.name, challenge["nonce"], self.nonce, challenge["proof"]
+        ):
+            return None
+        self.master_proven = True
+        return {"proof": proof(self.secret, "worker", self.name, self.nonce, challenge["nonce"])}
+
+    def may_be_welcomed(self) -> bool:
+        """A C{welcome} is good from a master that proved itself, or when no secret is kept."""
+        return self.secret is None or self.master_proven
