@@ -1,6 +1,7 @@
 """
-Jobs' output as the master keeps it: per job, capped with its beginning and
-end kept; over all jobs, a budget that bounds the master's memory.
+Jobs' output as the master and the worker keep it: per job, capped with its
+beginning and end kept, and reported to a budget (the master's, over all
+jobs, bounds its memory).
 """
 
 from __future__ import annotations

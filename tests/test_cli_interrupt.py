@@ -23,8 +23,8 @@ def importing(name, *args, **kwargs):
     return real_import(name, *args, **kwargs)
 builtins.__import__ = importing
 sys.argv = ["pcci", "--url", "http://127.0.0.1:9", "workers"]
-from pcci.cli import main
-main()
+from pcci.cli import start
+start()
 """
 
 

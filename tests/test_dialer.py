@@ -6,6 +6,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from pcci.worker.connection import JoinFailed, WorkerFactory
+from pcci.worker.jobs import JobTable
 from pcci.worker.dialer import MasterDialer
 
 
@@ -35,7 +36,7 @@ def test_failed_attempts_back_off_and_a_welcome_resets_them() -> None:
         lambda: fail(ConnectionRefusedError()),
         lambda: _fired(joining),
     ])
-    factory = WorkerFactory(clock, "pi1", None)
+    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
     delays = []
     dialer = MasterDialer(clock, endpoint, factory, lambda n: delays.append(n) or 2.0 ** n)
     dialer.startService()
@@ -55,7 +56,7 @@ def test_failed_attempts_back_off_and_a_welcome_resets_them() -> None:
 def test_a_handshake_that_fails_is_a_failed_attempt() -> None:
     clock = Clock()
     joining = Joining()
-    factory = WorkerFactory(clock, "pi1", None)
+    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
     dialer = MasterDialer(clock, Endpoint([lambda: _fired(joining)]), factory, lambda n: 5.0)
     dialer.startService()
     factory.on_lost(joining)  # closed before the welcome: not a redial of its own

@@ -11,7 +11,8 @@ from twisted.internet.testing import StringTransport
 
 from pcci.auth import check_proof, proof
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
-from pcci.worker.connection import HeldJob, WorkerFactory
+from pcci.worker.connection import WorkerFactory
+from pcci.worker.jobs import HeldJob, JobTable
 
 
 def frames(transport: StringTransport) -> list[dict]:
@@ -26,7 +27,9 @@ SECRET = b"s" * 32
 def connect(secret: bytes | None = None, welcome: bool = True, **kwargs):
     """A worker connected to a master that runs --no-auth, welcomed unless told."""
     kwargs.setdefault("collect", lambda disk, jobs: succeed({"jobs_running": jobs}))
-    factory = WorkerFactory(reactor=Clock(), name="pi1", secret=secret, heartbeat=1, **kwargs)
+    clock = Clock()
+    jobs = JobTable(clock, "pi1", max_jobs=kwargs.pop("max_jobs", None))
+    factory = WorkerFactory(clock, "pi1", secret, jobs, heartbeat=1, **kwargs)
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -118,11 +121,11 @@ def test_unparseable_command_ends_at_once_with_127() -> None:
     output, ended = frames(transport)
     assert output["code"] == "output" and "cannot parse command" in output["data"]
     assert ended == {"code": "ended", "pool": "p1", "status": 127, "reason": "not_started"}
-    assert factory.jobs == set()
+    assert factory.jobs.running == set()
     # Held until the master acknowledges the end.
-    assert factory.held["p1"].end == (127, "not_started")
+    assert factory.jobs.held["p1"].end == (127, "not_started")
     protocol.dataReceived(encode({"code": "ack", "pool": "p1"}))
-    assert factory.held == {}
+    assert factory.jobs.held == {}
 
 
 def test_missing_executable_ends_with_127() -> None:
@@ -168,7 +171,7 @@ def test_master_garbage_closes_the_connection() -> None:
 def test_kill_all_with_no_jobs_is_done_at_once() -> None:
     factory, _, _ = connect()
     fired: list = []
-    factory.kill_all().addCallback(fired.append)
+    factory.jobs.kill_all().addCallback(fired.append)
     assert fired == [None]
 
 
@@ -224,13 +227,14 @@ def test_a_full_connection_pauses_every_job() -> None:
         def resume(self) -> None:
             self.paused = False
 
+    held = factory.jobs.held
     for pool in ("p1", "p2"):
-        factory.held[pool] = HeldJob(pool, 1000)
-        factory.held[pool].process = Job()
+        held[pool] = HeldJob(pool, 1000)
+        held[pool].process = Job()
     transport.producer.pauseProducing()
-    assert all(held.process.paused for held in factory.held.values())
+    assert all(job.process.paused for job in held.values())
     transport.producer.resumeProducing()
-    assert not any(held.process.paused for held in factory.held.values())
+    assert not any(job.process.paused for job in held.values())
 
 
 class QueuedJob:
@@ -252,23 +256,23 @@ class QueuedJob:
 
 
 def test_at_most_max_jobs_run_and_the_rest_wait_in_order() -> None:
-    factory = WorkerFactory(reactor=Clock(), name="pi1", secret=None, max_jobs=2)
+    table = JobTable(Clock(), "pi1", max_jobs=2)
     started: list[str] = []
     jobs = [QueuedJob(f"j{i}", started) for i in range(5)]
     for queued in jobs:
-        factory.enqueue(queued)
+        table.enqueue(queued)
     assert started == ["j0", "j1"]
     jobs[3].cancel()  # killed while it waited
-    factory.job_ended(jobs[1])
+    table._job_ended(jobs[1])
     assert started == ["j0", "j1", "j2"]
-    factory.job_ended(jobs[0])
+    table._job_ended(jobs[0])
     assert started == ["j0", "j1", "j2", "j4"]
-    assert len(factory.jobs) == 2 and not factory.queue
+    assert len(table.running) == 2 and not table.queue
 
 
 def test_a_queued_job_is_pending_and_a_kill_cancels_it() -> None:
     factory, protocol, transport = connect(max_jobs=1)
-    factory.jobs.add(QueuedJob("busy", []))  # the only slot is taken
+    factory.jobs.running.add(QueuedJob("busy", []))  # the only slot is taken
     frames(transport)
     protocol.dataReceived(encode({"code": "run", "pool": "p2", "cmd": "sleep 1000"}))
     assert frames(transport) == []  # pending: not started, nothing to say
@@ -276,4 +280,34 @@ def test_a_queued_job_is_pending_and_a_kill_cancels_it() -> None:
     assert frames(transport) == [
         {"code": "ended", "pool": "p2", "status": -1, "reason": "cancelled"}
     ]
-    assert not factory.queue or all(job.ended for job in factory.queue)
+    assert not factory.jobs.queue or all(job.ended for job in factory.jobs.queue)
+
+
+def test_a_version_refusal_is_no_dismissal_and_is_logged_once_a_minute() -> None:
+    """Upgrading the master first must not stop its older workers for good."""
+    from twisted.logger import globalLogPublisher
+
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        reasons: list[str] = []
+        factory, protocol, transport = connect(on_dismissed=reasons.append, welcome=False)
+        refusals = [
+            # This pcci's master, and an older one that asked workers never to come back.
+            {"code": "bye", "reason": "master speaks protocol 4 and accepts 3 to 4, not 2",
+             "reconnect": True, "accepts": [3, 4]},
+            {"code": "bye", "reason": "master speaks protocol 3, not 4", "reconnect": False},
+        ]
+        for bye in refusals * 2:
+            protocol.dataReceived(encode(bye))
+            assert transport.disconnecting
+            protocol.connectionLost(None)
+            protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            factory.reactor.advance(20)
+        assert reasons == []
+        said = [e for e in logged if "refuses this worker" in e.get("log_format", "")]
+        assert len(said) == 2  # 80 s of refusals: one line, then one after a minute
+    finally:
+        globalLogPublisher.removeObserver(logged.append)

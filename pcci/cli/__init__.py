@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 EXIT_INTERRUPTED = 130
 
 
-def main() -> None:
+def start() -> None:
     """
     The C{pcci} command.  Ctrl-C before the command runs (while Python
     imports what it needs) ends it at once with one line; once it runs,

@@ -61,6 +61,8 @@ class JobJournal:
         self._dirty = False
         self._call: IDelayedCall | None = None
         self._written = json.dumps({"jobs": []})
+        self._waiting: list[Deferred[None]] = []
+        self._stopping = False
 
     def add(self, pgid: int, marker: str) -> None:
         self.entries[pgid] = {"pgid": pgid, "started": start_time(pgid), "marker": marker}
@@ -72,8 +74,30 @@ class JobJournal:
 
     def _changed(self) -> None:
         self._dirty = True
-        if not self._writing and self._call is None:
+        if self._writing:
+            return  # written again once this write is done
+        if self._stopping:
+            self._flush()
+        elif self._call is None:
             self._call = self._clock.callLater(WRITE_DELAY, self._flush)
+
+    def stop(self) -> Deferred[None]:
+        """
+        The worker stops: write what changed now rather than after the delay;
+        fires once the journal on disk is up to date.
+        """
+        self._stopping = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+            self._call = None
+        if self._dirty and not self._writing:
+            self._flush()
+        d: Deferred[None] = Deferred()
+        if self._writing:
+            self._waiting.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def _flush(self) -> None:
         self._call = None
@@ -99,6 +123,10 @@ class JobJournal:
             self._writing = False
             if self._dirty:
                 self._changed()
+            if not self._writing:
+                waiting, self._waiting = self._waiting, []
+                for d in waiting:
+                    d.callback(None)
 
         d.addBoth(written)
 

@@ -1,7 +1,7 @@
 """
 Running one job's command on a worker: spawning, output, and killing its tree.
 
-The L{JobProtocol} only decodes and forwards; L{JobProcess} holds the policy,
+The L{JobProtocol} only forwards; L{JobProcess} holds the policy,
 as Buildbot's worker does: the process group, TERM then KILL after a grace
 period, a backup timer if the end never comes, a drain timeout for pipes
 that a background grandchild keeps open, and output batching.
@@ -466,19 +466,25 @@ class JobProcess:
         if self.ended:
             return
         self.ended = True
+        self._cancel_timers()
+        self._flush()
+        if self.kill_reason == END_TIMED_OUT:
+            self.status = STATUS_TIMED_OUT
+        self._on_ended(self.status if self.status is not None else -1, self.kill_reason)
+
+    def _cancel_timers(self) -> None:
+        """The job has ended: none of its timers may fire after it."""
         for call in (
             self._kill_call,
             self._backup_call,
             self._flush_call,
             self._poll_call,
             self._timeout_call,
+            self._drain_call,
         ):
             self._cancel(call)
-        self._kill_call = self._backup_call = self._poll_call = self._timeout_call = None
-        self._flush()
-        if self.kill_reason == END_TIMED_OUT:
-            self.status = STATUS_TIMED_OUT
-        self._on_ended(self.status if self.status is not None else -1, self.kill_reason)
+        self._kill_call = self._backup_call = self._flush_call = None
+        self._poll_call = self._timeout_call = self._drain_call = None
 
     # Killing
 
@@ -540,18 +546,6 @@ class JobProcess:
                 proc.send_signal(signum)  # psutil checks the pid was not reused
             except psutil.Error:
                 pass
-
-    def stop(self) -> None:
-        """Cancel pending timers: the worker is shutting down."""
-        for call in (
-            self._flush_call,
-            self._drain_call,
-            self._kill_call,
-            self._backup_call,
-            self._poll_call,
-            self._timeout_call,
-        ):
-            self._cancel(call)
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from pcci.worker.connection import DEFAULT_HEARTBEAT, WorkerFactory
 from pcci.worker.dialer import MasterDialer
 from pcci.worker.health import start_cpu_sampling
+from pcci.worker.jobs import JobTable
 from pcci.worker.journal import JobJournal, kill_leftovers
 from pcci.worker.reaper import become_subreaper, reap_orphans
 
@@ -53,16 +54,21 @@ class WorkerService(MultiService):
         labels: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        self.jobs = JobTable(
+            reactor,
+            name,
+            kill_grace,
+            max_jobs=max_jobs,
+            journal=None if journal is None else JobJournal(journal, reactor),
+        )
         self.factory = WorkerFactory(
             reactor,
             name,
             secret,
-            kill_grace,
+            self.jobs,
             on_dismissed or self._dismissed,
             heartbeat=heartbeat,
             disk=disk,
-            max_jobs=max_jobs,
-            journal=None if journal is None else JobJournal(journal, reactor),
             labels=labels,
         )
         # A connection counts as made once the master welcomed this worker:
@@ -80,14 +86,14 @@ class WorkerService(MultiService):
         start_cpu_sampling()
         super().startService()
         if become_subreaper():
-            self._reaper.start(REAP_INTERVAL, now=False)
-        journal = self.factory.journal
+            self._reaper.start(REAP_INTERVAL, now=False).addErrback(
+                lambda f: log.failure("reaping stopped", f)
+            )
+        journal = self.jobs.journal
         if journal is None:
             self._connect()
             return
-        d = deferToThread(
-            kill_leftovers, journal.path, self.factory.marker_prefix, self.kill_grace
-        )
+        d = deferToThread(kill_leftovers, journal.path, self.jobs.marker_prefix, self.kill_grace)
         d.addErrback(lambda f: log.failure("cannot clean up after the last run", f))
         d.addCallback(lambda _: self._connect())
 
@@ -98,11 +104,13 @@ class WorkerService(MultiService):
     def stopService(self) -> Deferred[None]:
         if self._reaper.running:
             self._reaper.stop()
-        d = self.factory.kill_all()
+        d = self.jobs.kill_all()
         # Never hang shutdown on a process that will not die.
         d.addTimeout(self.kill_grace + 5, self.reactor)
         d.addErrback(lambda f: log.failure("jobs still running at shutdown", f))
         d.addCallback(lambda _: self._disconnect())
+        if self.jobs.journal is not None:
+            d.addCallback(lambda _: self.jobs.journal.stop())
         d.addCallback(lambda _: MultiService.stopService(self))
         return d
 

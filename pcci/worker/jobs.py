@@ -1,0 +1,270 @@
+"""
+The worker's job table: the jobs it holds, the slots they run in, and the
+journal of their processes.
+
+A worker's jobs outlive its connections.  It keeps each job's output
+(capped, its beginning and end) and its end until the master acknowledges
+that end, which it does once it has stored it: when the connection drops,
+the jobs run on, and the next connection's C{hello} lists them so the
+master carries on with each (C{attach}), receiving what it missed.  At
+most C{max_jobs} run at once; the others wait their turn, in order.
+
+The table reports through a L{MasterLink}, the connection of the moment;
+it knows nothing else of the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from pcci.output import DEFAULT_MAX_OUTPUT, Chunk, OutputBuffer
+from pcci.worker.journal import JobJournal
+from pcci.worker.process import JobProcess
+
+log = Logger()
+
+#: Ended jobs kept for a master that has not acknowledged them, at most.
+MAX_UNACKED = 10_000
+
+
+def default_max_jobs() -> int:
+    """Jobs a worker runs at once by default: four per CPU."""
+    return 4 * (os.cpu_count() or 1)
+
+
+class MasterLink(Protocol):
+    """What the job table needs of the connection to the master."""
+
+    #: The master reads slower than jobs print: stop reading their pipes.
+    paused: bool
+
+    def report(self, code: str, pool: str, **fields: Any) -> None:
+        """Send the master a job's message (C{started}, C{output}, C{ended})."""
+
+
+class HeldJob:
+    """A job as the worker holds it: its process, kept output, and end."""
+
+    def __init__(self, pool_id: str, max_output: int) -> None:
+        self.pool_id = pool_id
+        self.process: JobProcess | None = None
+        self.output = OutputBuffer(max_output)
+        #: Chunks of output so far; each chunk's C{event} is its number.
+        self.seq = 0
+        self.pid: int | None = None
+        #: C{(status, reason)} once ended.
+        self.end: tuple[int, str | None] | None = None
+        #: The current connection's master carries on with this job.
+        self.attached = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"pool": self.pool_id, "ended": self.end is not None}
+
+
+class JobTable:
+    """Every job not yet let go by the master, and the processes running them."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        kill_grace: float = 5.0,
+        max_jobs: int | None = None,
+        journal: JobJournal | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> None:
+        self.reactor = reactor
+        self.kill_grace = kill_grace
+        self.max_jobs = max_jobs or default_max_jobs()
+        self.max_output = max_output
+        self.journal = journal
+        #: What jobs' environments start from: this worker's own, read once.
+        self.environment = dict(os.environ)
+        #: Every job not yet let go by the master, by pool id, oldest first.
+        self.held: dict[str, HeldJob] = {}
+        #: What begins the marker of this worker's jobs: its name and where
+        #: its journal is, so two workers never take each other's jobs.
+        where = str(journal.path) if journal is not None else f"pid {os.getpid()}"
+        digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+        self.marker_prefix = f"{name}@{digest}/"
+        #: Every job started and not ended, including those of a lost
+        #: connection that are being killed.
+        self.running: set[JobProcess] = set()
+        #: Jobs waiting for a free slot, in the order they came.
+        self.queue: deque[JobProcess] = deque()
+        #: The connection to the master, while there is one.
+        self.link: MasterLink | None = None
+        self._idle: list[Deferred[None]] = []
+
+    def held_jobs(self) -> list[dict[str, Any]]:
+        """The jobs held, for a C{hello}."""
+        return [held.describe() for held in self.held.values()]
+
+    # What the master asks
+
+    def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
+        if pool_id in self.held:
+            log.warn("pool {pool} is already running here", pool=pool_id)
+            return
+        held = HeldJob(pool_id, self.max_output)
+        held.attached = True
+        self.held[pool_id] = held
+
+        def started(pid: int) -> None:
+            held.pid = pid
+            self._report(held, "started", pid=pid)
+            if self.journal is not None:
+                self.journal.add(pid, process.marker)
+
+        def output(text: str, stream: str) -> None:
+            held.seq += 1
+            held.output.append(text, stream, held.seq)
+            self._report(held, "output", data=text, stream=stream, seq=held.seq)
+
+        def ended(status: int, reason: str | None) -> None:
+            held.end = (status, reason)
+            held.process = None
+            self._report_end(held)
+            self._job_ended(process)
+            self._bound_unacked()
+
+        process = JobProcess(
+            self.reactor,
+            cmd,
+            on_started=started,
+            on_output=output,
+            on_ended=ended,
+            kill_grace=self.kill_grace,
+            marker=self.marker_prefix + pool_id,
+            env={**self.environment, **options.get("env", {})},
+            cwd=options.get("cwd"),
+            stdin=options.get("stdin", "").encode("utf-8"),
+            timeout=options.get("timeout"),
+        )
+        held.process = process
+        if self.link is not None and self.link.paused:
+            process.pause()
+        self.enqueue(process)
+        log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
+
+    def kill(self, pool_id: str) -> None:
+        held = self.held.get(pool_id)
+        if held is not None and held.process is not None:
+            log.info("pool {pool}: killing {cmd}", pool=pool_id, cmd=held.process.cmd)
+            held.process.kill()
+
+    def attach(self, pool_id: str, after: int) -> None:
+        """The master carries on with a held job: what it missed, then its end."""
+        held = self.held.get(pool_id)
+        if held is None:
+            return
+        held.attached = True
+        if held.pid is not None:
+            self._report(held, "started", pid=held.pid)
+        for piece in held.output.chunks(after):
+            if isinstance(piece, Chunk):
+                self._report(held, "output", data=piece.text, stream=piece.stream, seq=piece.event)
+            else:
+                note = f"\n[pcci: {piece.size} bytes of output dropped]\n"
+                self._report(held, "output", data=note, stream="stderr", seq=piece.event)
+        if held.end is not None:
+            self._report_end(held)
+
+    def acknowledged(self, pool_id: str) -> None:
+        """The master keeps the job's end: forget it."""
+        held = self.held.get(pool_id)
+        if held is not None and held.end is not None:
+            del self.held[pool_id]
+
+    # The connection
+
+    def connected(self, link: MasterLink) -> None:
+        """A master welcomed this worker: it reports to that one now."""
+        self.link = link
+
+    def disconnected(self) -> None:
+        """The connection is gone: jobs run on, their output kept for the next."""
+        was_linked, self.link = self.link is not None, None
+        for held in self.held.values():
+            held.attached = False
+        self.resume()  # nothing to wait for: output is kept, capped
+        running = sum(1 for held in self.held.values() if held.end is None)
+        if running and was_linked:
+            log.warn(
+                "connection to master lost: {count} jobs run on; their output is kept"
+                " for the master",
+                count=running,
+            )
+
+    def pause(self) -> None:
+        for held in self.held.values():
+            if held.process is not None:
+                held.process.pause()
+
+    def resume(self) -> None:
+        for held in self.held.values():
+            if held.process is not None:
+                held.process.resume()
+
+    def _report(self, held: HeldJob, code: str, **fields: Any) -> None:
+        """Tell the master about a job, if a master carries on with it now."""
+        if held.attached and self.link is not None:
+            self.link.report(code, held.pool_id, **fields)
+
+    def _report_end(self, held: HeldJob) -> None:
+        assert held.end is not None
+        status, reason = held.end
+        if reason is None:
+            self._report(held, "ended", status=status)
+        else:
+            self._report(held, "ended", status=status, reason=reason)
+
+    def _bound_unacked(self) -> None:
+        ended = [key for key, held in self.held.items() if held.end is not None]
+        for key in ended[: max(0, len(ended) - MAX_UNACKED)]:
+            del self.held[key]
+
+    # Slots
+
+    def enqueue(self, job: JobProcess) -> None:
+        """Start C{job} now if a slot is free, else when one frees up."""
+        self.queue.append(job)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        while self.queue and len(self.running) < self.max_jobs:
+            job = self.queue.popleft()
+            if job.ended:
+                continue  # cancelled while it waited
+            self.running.add(job)
+            job.start()
+
+    def _job_ended(self, job: JobProcess) -> None:
+        self.running.discard(job)
+        if self.journal is not None and job.pid is not None:
+            self.journal.remove(job.pid)
+        self._start_queued()
+        if not self.running and not self.queue:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def kill_all(self) -> Deferred[None]:
+        """Cancel every waiting job, kill every running one; fire when all have ended."""
+        queued, self.queue = list(self.queue), deque()
+        for job in queued:
+            job.cancel()
+        if not self.running:
+            return succeed(None)
+        log.info("killing {count} running jobs", count=len(self.running))
+        for job in list(self.running):
+            job.kill()
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
