@@ -11,13 +11,14 @@ to people stay wall-clock (C{time.time}).
 
 from __future__ import annotations
 
-import heapq
 import time
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from pcci.twisted_internals import rebase_timers
 
 log = Logger()
 
@@ -29,15 +30,8 @@ def use_monotonic_clock(
     Make C{reactor} keep time with C{monotonic}, moving the timers already
     scheduled so each still fires after the delay it was given.
     """
-    if getattr(reactor, "seconds", None) is monotonic:
-        return
-    old_now, new_now = reactor.seconds(), monotonic()
-    reactor.seconds = monotonic
-    for calls in (reactor._pendingTimedCalls, reactor._newTimedCalls):
-        for call in calls:
-            call.time += new_now - old_now
-            call.seconds = monotonic
-    heapq.heapify(reactor._pendingTimedCalls)
+    if getattr(reactor, "seconds", None) is not monotonic:
+        rebase_timers(reactor, monotonic)
 
 
 #: Seconds between the stall watch's ticks.
@@ -67,7 +61,9 @@ class StallWatch:
     def start(self) -> None:
         self._last_tick = self.clock.seconds()
         if not self._loop.running:
-            self._loop.start(TICK, now=False)
+            self._loop.start(TICK, now=False).addErrback(
+                lambda f: log.failure("the stall watch stopped", f)
+            )
 
     def stop(self) -> None:
         if self._loop.running:

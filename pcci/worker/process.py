@@ -16,8 +16,6 @@ has exited is killed: a job leaves nothing running behind it.
 from __future__ import annotations
 
 import codecs
-import fcntl
-import functools
 import os
 import shlex
 import shutil
@@ -25,8 +23,8 @@ import signal
 from typing import Any, Callable, Iterable
 
 import psutil
-from twisted.internet import process as _process
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
@@ -43,6 +41,7 @@ from pcci.wire import (
     STATUS_TIMED_OUT,
 )
 from pcci.output import on_own_line
+from pcci.twisted_internals import GroupLeaderProcess
 from pcci.worker.reaper import MARKER, find_processes, marker_of, reap_orphans
 
 log = Logger()
@@ -60,101 +59,6 @@ LEFTOVER_POLL = 0.05
 #: Seconds after SIGKILL before a job whose end never came is ended anyway
 #: (a process stuck in the kernel, or pipes held by one).
 BACKUP_TIMEOUT = 10.0
-
-#: The private hooks of Twisted's process support that pcci relies on to
-#: make every job a group leader.  Checked at import: a Twisted that lacks
-#: them would leave jobs in the worker's own group.
-_TWISTED_HOOKS = ("_trySpawnInsteadOfFork", "_setupChild", "_fork")
-for _hook in _TWISTED_HOOKS:
-    if not hasattr(_process.Process, _hook):  # pragma: no cover
-        raise ImportError(
-            f"this Twisted lacks twisted.internet.process.Process.{_hook}: install"
-            " a Twisted version pcci supports (see setup.cfg)"
-        )
-
-
-class _GroupLeaderProcess(_process.Process):
-    """
-    A child process that leads a new process group from before it execs.
-
-    Spawned with C{posix_spawnp(setpgroup=0)}, the fast path Twisted uses
-    itself; where that cannot be used, Twisted forks and the child calls
-    C{setpgid(0, 0)} before it execs.  Either way the group is certain.
-    """
-
-    #: The child's pid, kept after Twisted clears C{pid} on reaping it.
-    spawned_pid: int
-
-    def _trySpawnInsteadOfFork(
-        self,
-        path: str | None,
-        uid: int | None,
-        gid: int | None,
-        executable: str,
-        args: list[str],
-        environment: dict[str, str],
-        kwargs: dict[str, Any],
-    ) -> bool:
-        if path is not None or uid is not None or gid is not None:
-            return False
-        try:
-            file_actions = _spawn_file_actions(kwargs["fdmap"])
-        except (AttributeError, KeyError, TypeError):
-            return False  # Twisted's internals changed: fork instead
-        self.pid = os.posix_spawnp(
-            executable,
-            args,
-            environment,
-            file_actions=file_actions,
-            setsigdef=_ignored_signals(),
-            setpgroup=0,
-        )
-        self.status = -1
-        return True
-
-    def _setupChild(self, *args: Any, **kwargs: Any) -> None:
-        os.setpgid(0, 0)
-        super()._setupChild(*args, **kwargs)
-
-    def _fork(self, *args: Any, **kwargs: Any) -> None:
-        super()._fork(*args, **kwargs)
-        # In the parent, before Twisted may reap a child that exited at once.
-        self.spawned_pid = self.pid
-        try:
-            # Also from this side, so the group exists before we may signal it.
-            os.setpgid(self.pid, self.pid)
-        except OSError:
-            pass  # the child already exec'ed, in its group
-
-
-@functools.cache
-def _ignored_signals() -> list[int]:
-    """
-    The signals this process ignores (SIGPIPE, for one), for a job to get
-    back at their default.  Read once: the worker never ignores more later.
-    """
-    return [
-        signum
-        for signum in range(1, signal.NSIG)
-        if signal.getsignal(signum) == signal.SIG_IGN
-    ]
-
-
-def _spawn_file_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:
-    """
-    posix_spawn file actions giving the child the pipes of C{fdmap} (child
-    fd to parent fd) and closing the rest, with Twisted's own planner.
-    """
-    fd_state = []
-    for fd in _process._listOpenFDs():
-        try:
-            fd_state.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
-        except OSError:
-            continue
-    return _process._getFileActions(
-        fd_state, fdmap, doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2
-    )
-
 
 def exit_status(reason: Failure) -> int:
     """The shell's convention: the exit code, or 128+N when killed by signal N."""
@@ -324,7 +228,7 @@ class JobProcess:
             self._not_started(f"{argv[0]}: command not found")
             return
         try:
-            self._transport = _GroupLeaderProcess(
+            self._transport = GroupLeaderProcess(
                 self._reactor, executable, argv, self._env, self.cwd, JobProtocol(self)
             )
         except OSError as e:
@@ -568,5 +472,5 @@ def leftovers_of(pgid: int | None, marker: str) -> bool:
 def _send(function: Callable[..., Any], *args: Any) -> None:
     try:
         function(*args)
-    except (OSError, _process.ProcessExitedAlready):
+    except (OSError, ProcessExitedAlready):
         pass

@@ -16,8 +16,9 @@ import os
 import sys
 
 import psutil
-from twisted.internet import process as _process
 from twisted.logger import Logger
+
+from pcci.twisted_internals import spawned_by_twisted
 
 log = Logger()
 
@@ -70,7 +71,7 @@ def reap_orphans() -> list[int]:
     @return: the inherited children still alive.
     """
     alive = []
-    known = _process.reapProcessHandlers
+    known = spawned_by_twisted()
     for pid in worker_children():
         if pid in known:
             continue

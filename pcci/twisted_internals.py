@@ -1,0 +1,179 @@
+"""
+Every private Twisted name pcci uses, in one place, and why.
+
+Twisted offers no public way to do three things pcci needs, so this module
+reaches inside it, and nowhere else does:
+
+  - B{A job leads its own process group, spawned fast.}  Twisted spawns
+    with C{posix_spawnp} when it can and forks otherwise; pcci overrides
+    the hooks of both paths (C{Process._trySpawnInsteadOfFork},
+    C{_setupChild}, C{_fork}) and plans the child's file descriptors with
+    Twisted's own C{_listOpenFDs} and C{_getFileActions}, so every job gets
+    a new group (C{setpgroup=0}) at posix_spawn's speed.
+  - B{The reactor keeps monotonic time.}  Its timers live in
+    C{_pendingTimedCalls} and C{_newTimedCalls}; moving the reactor to
+    C{time.monotonic} rebases those already scheduled.
+  - B{The worker reaps only the orphans it inherited.}
+    C{process.reapProcessHandlers} lists the children Twisted spawned and
+    waits for itself.
+
+L{check} runs at import and fails loudly (an ImportError naming the
+missing piece) on a Twisted that changed any of them; its test runs in CI.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import heapq
+import inspect
+import os
+import signal
+from typing import Any, Callable
+
+from twisted.internet import process as _process
+
+#: Each private name, and the parameters pcci passes or expects.
+HOOKS: dict[str, tuple[str, ...]] = {
+    "Process._trySpawnInsteadOfFork": (
+        "path", "uid", "gid", "executable", "args", "environment", "kwargs",
+    ),
+    "Process._setupChild": (),
+    "Process._fork": (),
+    "_listOpenFDs": (),
+    "_getFileActions": ("fdState", "childToParentFD", "doClose", "doDup2"),
+    "reapProcessHandlers": (),
+}
+
+#: The reactor's lists of timed calls, rebased when its clock changes.
+TIMER_LISTS = ("_pendingTimedCalls", "_newTimedCalls")
+
+
+def check(module: Any = _process) -> None:
+    """
+    Fail at once on a Twisted whose private names differ from those pcci
+    was written for (see setup.cfg for the versions it is tested with).
+
+    @raise ImportError: naming what is missing or changed.
+    """
+    for name, parameters in HOOKS.items():
+        found: Any = module
+        for part in name.split("."):
+            found = getattr(found, part, None)
+        if found is None:
+            raise ImportError(
+                f"this Twisted lacks twisted.internet.process.{name}, which pcci"
+                " needs: install a Twisted version pcci supports (see setup.cfg)"
+            )
+        if parameters:
+            have = tuple(inspect.signature(found).parameters)
+            if have[-len(parameters):] != parameters:
+                raise ImportError(
+                    f"twisted.internet.process.{name} takes {have}, not the {parameters}"
+                    " pcci was written for: install a Twisted version pcci supports"
+                )
+
+
+check()
+
+
+class GroupLeaderProcess(_process.Process):
+    """
+    A child process that leads a new process group from before it execs.
+
+    Spawned with C{posix_spawnp(setpgroup=0)}, the fast path Twisted uses
+    itself; where that cannot be used, Twisted forks and the child calls
+    C{setpgid(0, 0)} before it execs.  Either way the group is certain.
+    """
+
+    #: The child's pid, kept after Twisted clears C{pid} on reaping it.
+    spawned_pid: int
+
+    def _trySpawnInsteadOfFork(
+        self,
+        path: str | None,
+        uid: int | None,
+        gid: int | None,
+        executable: str,
+        args: list[str],
+        environment: dict[str, str],
+        kwargs: dict[str, Any],
+    ) -> bool:
+        if path is not None or uid is not None or gid is not None:
+            return False
+        try:
+            file_actions = _spawn_file_actions(kwargs["fdmap"])
+        except (AttributeError, KeyError, TypeError):
+            return False  # Twisted's internals changed: fork instead
+        self.pid = os.posix_spawnp(
+            executable,
+            args,
+            environment,
+            file_actions=file_actions,
+            setsigdef=_ignored_signals(),
+            setpgroup=0,
+        )
+        self.status = -1
+        return True
+
+    def _setupChild(self, *args: Any, **kwargs: Any) -> None:
+        os.setpgid(0, 0)
+        super()._setupChild(*args, **kwargs)
+
+    def _fork(self, *args: Any, **kwargs: Any) -> None:
+        super()._fork(*args, **kwargs)
+        # In the parent, before Twisted may reap a child that exited at once.
+        self.spawned_pid = self.pid
+        try:
+            # Also from this side, so the group exists before we may signal it.
+            os.setpgid(self.pid, self.pid)
+        except OSError:
+            pass  # the child already exec'ed, in its group
+
+
+@functools.cache
+def _ignored_signals() -> list[int]:
+    """
+    The signals this process ignores (SIGPIPE, for one), for a job to get
+    back at their default.  Read once: the worker never ignores more later.
+    """
+    return [
+        signum
+        for signum in range(1, signal.NSIG)
+        if signal.getsignal(signum) == signal.SIG_IGN
+    ]
+
+
+def _spawn_file_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:
+    """
+    posix_spawn file actions giving the child the pipes of C{fdmap} (child
+    fd to parent fd) and closing the rest, with Twisted's own planner.
+    """
+    fd_state = []
+    for fd in _process._listOpenFDs():
+        try:
+            fd_state.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+        except OSError:
+            continue
+    return _process._getFileActions(
+        fd_state, fdmap, doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2
+    )
+
+
+def spawned_by_twisted() -> set[int]:
+    """The pids of the children Twisted spawned, and reaps itself."""
+    return set(_process.reapProcessHandlers)
+
+
+def rebase_timers(reactor: Any, seconds: Callable[[], float]) -> None:
+    """
+    Make C{reactor} keep time with C{seconds}, moving the timers already
+    scheduled so each still fires after the delay it was given.
+    """
+    old_now, new_now = reactor.seconds(), seconds()
+    reactor.seconds = seconds
+    for name in TIMER_LISTS:
+        for call in getattr(reactor, name):
+            call.time += new_now - old_now
+            call.seconds = seconds
+    heapq.heapify(reactor._pendingTimedCalls)
