@@ -51,9 +51,16 @@ class Daemon:
     """One twistd process."""
 
     def __init__(
-        self, directory: Path, name: str, plugin: str, *args: str, files: int | None = None
+        self,
+        directory: Path,
+        name: str,
+        plugin: str,
+        *args: str,
+        files: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """With C{files}, the daemon may open at most that many files."""
+        """With C{files}, the daemon may open at most that many files; C{env}
+        is added to its environment."""
         self.name = name
         self.log = directory / f"{name}.log"
         command = [
@@ -69,6 +76,7 @@ class Daemon:
             command, cwd=directory, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             preexec_fn=None if files is None else limit_files,
+            env=None if env is None else {**os.environ, **env},
         )
 
     @property
@@ -139,20 +147,26 @@ class Cluster:
             self.token = (self.state_dir / "api-token").read_text().split()[0]
         return self.master
 
-    def start_worker(self, name: str, *args: str, wait: bool = True) -> Daemon:
+    def start_worker(
+        self, name: str, *args: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> Daemon:
         auth = ["--secret-file", str(self.secret_file)] if self.auth else ["--no-auth"]
         if "--state-dir" not in args:
             args = ("--state-dir", str(self.directory / "worker-state"), *args)
         daemon = self._start(
             f"worker-{name}-{len(self.daemons)}", "pcci-worker",
             "--master", f"tcp:127.0.0.1:{self.worker_port}", "--name", name, *auth, *args,
+            env=env,
         )
         if wait:
             self.wait_for_workers(name)
         return daemon
 
-    def _start(self, name: str, plugin: str, *args: str, files: int | None = None) -> Daemon:
-        daemon = Daemon(self.directory, name, plugin, *args, files=files)
+    def _start(
+        self, name: str, plugin: str, *args: str, files: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
+        daemon = Daemon(self.directory, name, plugin, *args, files=files, env=env)
         self.daemons.append(daemon)
         return daemon
 

@@ -165,6 +165,13 @@ class WorkerConnection(FramedJSONProtocol):
         self.factory.joined(self)
         # Welcomed first: adding the worker may send it attach, ack and kill.
         self.sendMessage("welcome", version=self.version)
+        if self.version < PROTOCOL_VERSION:
+            self.log.info(
+                "worker {name} speaks protocol {version}, one version back: it runs"
+                " jobs as before; upgrade it at leisure",
+                name=self.name,
+                version=self.version,
+            )
         self.roster.join(self)
         self._watchdog = self.clock.callLater(
             MISSED_HEARTBEATS * self.heartbeat, self._check_alive

@@ -1,0 +1,94 @@
+"""
+Upgrades in any order: workers of earlier commits of this repository (the
+previous protocol, and the current one) join a master of this commit and
+run, kill and carry on with jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cluster import Cluster, poll
+
+pytestmark = pytest.mark.e2e
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+#: The last commit whose workers speak protocol 2, the one before this.
+PROTOCOL_2 = "6b48596cbe0ff81b090e5a7328a68b2fec25efac"
+#: A released state speaking protocol 3 (the last before the house was split).
+PROTOCOL_3 = "e8c0c12a6dda7b072020a73b097b9d4f65f3babb"
+
+
+def checkout(commit: str, into: Path) -> Path:
+    """The package of an earlier commit, as its source tree (no install needed)."""
+    if shutil.which("git") is None or not (REPOSITORY / ".git").exists():
+        if os.environ.get("CI"):
+            pytest.fail("the upgrade tests need this repository's git history")
+        pytest.skip("needs this repository's git history")
+    archive = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "archive", commit, "pcci", "twisted"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def old_worker(cluster: Cluster, commit: str, tmp_path: Path, name: str) -> None:
+    tree = checkout(commit, tmp_path / commit[:7])
+    # PYTHONPATH comes before the installed pcci: twistd runs the old one.
+    cluster.start_worker(name, "--heartbeat", "0.5", env={"PYTHONPATH": str(tree)})
+
+
+def test_a_worker_of_the_current_protocol_from_an_earlier_commit_runs_kills_and_carries_on(
+    own_cluster: Cluster, tmp_path: Path, marker: str
+) -> None:
+    c = own_cluster
+    c.start_master()
+    old_worker(c, PROTOCOL_3, tmp_path, "old")
+    assert "Starting factory <pcci.worker.connection.WorkerFactory" in c.daemons[-1].log_text()
+    pool = c.run("echo from the past", ["old"])
+    assert (pool["state"], pool["jobs"][0]["result"]) == ("ok", "from the past\n")
+    # Killed: its whole tree.
+    pool_id = c.submit(f"sleep {marker}", ["old"])
+    poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the start")
+    assert c.request("PUT", f"/kill/{pool_id}")[0] == 200
+    assert c.wait_pool(pool_id)["jobs"][0]["state"] == "killed"
+    # Carried on across a master restart: the new master attaches the old worker's job.
+    go = tmp_path / "go"
+    pool_id = c.submit(f"sh -c 'echo a; while [ ! -e {go} ]; do sleep 0.05; done; echo b'", ["old"])
+    poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["result"] == "a\n",
+         what="the first line")
+    assert c.master is not None
+    c.master.stop()
+    c.start_master()
+    c.wait_for_workers("old")
+    go.touch()
+    job = c.wait_pool(pool_id, timeout=30)["jobs"][0]
+    assert (job["state"], job["status"], job["result"]) == ("ok", 0, "a\nb\n")
+
+
+def test_a_worker_of_the_previous_protocol_runs_and_kills(
+    own_cluster: Cluster, tmp_path: Path, marker: str
+) -> None:
+    c = own_cluster
+    c.start_master()
+    old_worker(c, PROTOCOL_2, tmp_path, "older")
+    assert "worker older speaks protocol 2" in c.master.log_text()
+    pool = c.run("sh -c 'echo out; echo err >&2; exit 3'", ["older"])
+    job = pool["jobs"][0]
+    assert (job["state"], job["status"], job["result"]) == ("failed", 3, "out\nerr\n")
+    pool_id = c.submit(f"sleep {marker}", ["older"])
+    poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the start")
+    assert c.request("PUT", f"/kill/{pool_id}")[0] == 200
+    assert c.wait_pool(pool_id)["jobs"][0]["state"] == "killed"
+    # The old worker never saw a frame it does not know: it is still there.
+    assert "older" in c.workers()
