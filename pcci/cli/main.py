@@ -154,7 +154,7 @@ def go(command: Command, cfg: Config, *args: Any) -> NoReturn:
 
 # The commands.
 
-TARGETS_HELP = "A worker name, a node set (pi[01-16]) or a glob (pi*); repeatable."
+TARGETS_HELP = "A worker name, a node set (pi[01-16]) or a glob (pi*), or several separated by commas; repeatable."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -57,7 +57,7 @@ _WORKERS_LIST = {
     "type": "array",
     "items": {"type": "string", "minLength": 1},
     "minItems": 1,
-    "description": "worker names, node sets (pi[01-16]) or globs (pi*, matching online workers)",
+    "description": "worker names, node sets (pi[01-16]) or globs (pi*, matching online workers), several in one item separated by commas",
 }
 _STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
