@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+import treq
 from click.testing import CliRunner
 from twisted.internet.defer import ensureDeferred, fail
 
@@ -185,9 +186,26 @@ def test_server_sent_events_parse_in_any_pieces() -> None:
 # Commands over a StubTreq
 
 
+class TreqHTTP:
+    """The command line's HTTP seam over treq's StubTreq: each call a Deferred."""
+
+    def __init__(self, stub: Any) -> None:
+        self.stub = stub
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        return self.stub.request(method, url, **kwargs)
+
+    def content(self, response: Any) -> Any:
+        return response.content()
+
+    def collect(self, response: Any, feed: Any) -> Any:
+        return treq.collect(response, feed)
+
+
 def config(client: Client, token: str | None = TOKEN) -> tuple[Config, io.StringIO, io.StringIO]:
     out, err = io.StringIO(), io.StringIO()
-    return Config(url="http://master", token=token, token_source="PCCI_TOKEN", out=out, err=err, http=client.stub), out, err
+    http = TreqHTTP(client.stub)
+    return Config(url="http://master", token=token, token_source="PCCI_TOKEN", out=out, err=err, http=http), out, err
 
 
 def drive(client: Client, coroutine: Any, *steps: Any) -> Any:
@@ -226,7 +244,7 @@ def test_run_prints_lines_live_then_the_summary_and_exits_with_the_worst() -> No
         state.dispatcher.job_ended("a", pool_id[0], 0)
         state.dispatcher.job_ended("b", pool_id[0], 3)
 
-    status = drive(client, run_pool(None, cfg, RunRequest(["echo", "x"], targets=("*",))), start, middle)
+    status = drive(client, run_pool(cfg, RunRequest(["echo", "x"], targets=("*",))), start, middle)
     assert status == 3
     assert out.getvalue() == "a: one\na: two\n"
     assert err.getvalue() == "b: bad\nok: a\nfailed (exit 3): b\n"
@@ -235,7 +253,7 @@ def test_run_prints_lines_live_then_the_summary_and_exits_with_the_worst() -> No
 def test_run_detach_prints_the_pool_id() -> None:
     client = Client(tokens=True)
     cfg, out, _ = config(client)
-    assert drive(client, run_pool(None, cfg, RunRequest(["true"], targets=("a",), detach=True))) == 0
+    assert drive(client, run_pool(cfg, RunRequest(["true"], targets=("a",), detach=True))) == 0
     assert out.getvalue().strip() == next(iter(client.state.history.pools))
 
 
@@ -243,7 +261,7 @@ def test_run_dry_run_prints_the_selected_workers_and_starts_nothing() -> None:
     client = Client(tokens=True)
     cfg, out, _ = config(client)
     request = RunRequest(["reboot"], targets=("*",), exclude=("b",), dry_run=True)
-    assert drive(client, run_pool(None, cfg, request)) == 0
+    assert drive(client, run_pool(cfg, request)) == 0
     assert out.getvalue() == "a\n"
     assert client.state.history.pools == {}
 
@@ -251,7 +269,7 @@ def test_run_dry_run_prints_the_selected_workers_and_starts_nothing() -> None:
 def test_whoami_names_the_token_and_its_rights() -> None:
     client = Client(tokens=True)
     cfg, out, _ = config(client)
-    assert drive(client, show_token(None, cfg)) == 0
+    assert drive(client, show_token(cfg)) == 0
     assert out.getvalue().startswith("admin (may run and kill) at ")
 
 
@@ -265,7 +283,7 @@ def test_run_json_prints_only_the_ended_pool() -> None:
         client.state.dispatcher.job_output("a", pool_id, "hi\n")
         client.state.dispatcher.job_ended("a", pool_id, 0)
 
-    assert drive(client, run_pool(None, cfg, RunRequest(["echo", "hi"], targets=("a",), as_json=True)), end) == 0
+    assert drive(client, run_pool(cfg, RunRequest(["echo", "hi"], targets=("a",), as_json=True)), end) == 0
     pool = json.loads(out.getvalue())
     assert pool["state"] == "ok" and pool["jobs"][0]["result"] == "hi\n"
     assert err.getvalue() == ""
@@ -278,14 +296,14 @@ def test_ctrl_c_kills_the_pool_and_exits_130() -> None:
     def interrupt() -> None:
         pool_id = next(iter(client.state.history.pools))
         client.state.dispatcher.job_started("a", pool_id, 1)
-        cfg.on_interrupt()
+        ensureDeferred(cfg.on_interrupt())  # as the first Ctrl-C does
 
     def killed() -> None:
         pool_id = next(iter(client.state.history.pools))
         assert client.links["a"].kills == [pool_id]
         client.state.dispatcher.job_ended("a", pool_id, 143, "killed")
 
-    assert drive(client, run_pool(None, cfg, RunRequest(["sleep", "9"], targets=("a",))), interrupt, killed) == 130
+    assert drive(client, run_pool(cfg, RunRequest(["sleep", "9"], targets=("a",))), interrupt, killed) == 130
     assert "killing pool" in err.getvalue() and "killed: a" in err.getvalue()
 
 
@@ -293,15 +311,15 @@ def test_errors_say_what_to_do() -> None:
     client = Client(tokens=True)
     cfg, _, _ = config(client, token="wrong")
     with pytest.raises(CLIError) as caught:
-        drive(client, show_workers(None, cfg, False, False))
+        drive(client, show_workers(cfg, False, False))
     assert caught.value.status == EXIT_UNREACHABLE
     assert "refused the token from PCCI_TOKEN" in caught.value.message
     cfg, _, _ = config(client, token=None)
     with pytest.raises(CLIError, match="wants a token: set PCCI_TOKEN"):
-        drive(client, show_workers(None, cfg, False, False))
+        drive(client, show_workers(cfg, False, False))
     cfg, _, _ = config(client)
     with pytest.raises(CLIError, match="no pool nope") as caught:
-        drive(client, kill_pool(None, cfg, "nope", []))
+        drive(client, kill_pool(cfg, "nope", []))
     assert caught.value.status == 2
 
 
@@ -320,7 +338,7 @@ def test_an_unreachable_master_is_named() -> None:
 def test_workers_table_and_logs() -> None:
     client = Client(tokens=True)
     cfg, out, _ = config(client)
-    assert drive(client, show_workers(None, cfg, False, False)) == 0
+    assert drive(client, show_workers(cfg, False, False)) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].split()[:3] == ["NAME", "STATE", "ADDRESS"]
     assert [line.split()[:2] for line in lines[1:]] == [["a", "online"], ["b", "online"]]
@@ -328,5 +346,53 @@ def test_workers_table_and_logs() -> None:
     client.state.dispatcher.job_output("a", pool_id, "from a\n")
     client.state.dispatcher.job_output("b", pool_id, "from b\n")
     cfg, out, _ = config(client)
-    assert drive(client, show_logs(None, cfg, pool_id, ["b"], False)) == 0
+    assert drive(client, show_logs(cfg, pool_id, ["b"], False)) == 0
     assert out.getvalue() == "b: from b\n"
+
+
+def test_go_runs_a_command_to_its_end_without_a_reactor() -> None:
+    from pcci.cli.http import Ready, run_now
+    from twisted.internet.defer import Deferred
+
+    async def command(cfg: Config, value: int) -> int:
+        return await Ready(value)
+
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as done:
+        cli_main.go(command, Config(err=err), 4)
+    assert done.value.code == 4 and err.getvalue() == ""
+
+    async def refused(cfg: Config) -> int:
+        raise CLIError("no such pool", 2)
+
+    with pytest.raises(SystemExit) as done:
+        cli_main.go(refused, Config(err=err))
+    assert done.value.code == 2 and err.getvalue() == "pcci: no such pool\n"
+
+    async def stuck() -> int:
+        return await Deferred()
+
+    with pytest.raises(RuntimeError, match="not ready"):
+        run_now(stuck())
+
+
+def test_ctrl_c_while_following_without_a_handler_ends_the_command() -> None:
+    class Interrupted(TreqHTTP):
+        def collect(self, response: Any, feed: Any) -> Any:
+            raise KeyboardInterrupt
+
+    client = Client(tokens=True)
+    pool_id = client.submit("sleep 9", ["a"])
+    http = MasterClient("http://master", TOKEN, Interrupted(client.stub))
+    with pytest.raises(KeyboardInterrupt):
+        drive(client, http.follow(pool_id, lambda event: None))
+    killed: list[bool] = []
+
+    async def kill() -> None:
+        killed.append(True)
+        client.state.dispatcher.job_ended("a", pool_id, 143, "killed")
+
+    http = MasterClient("http://master", TOKEN, Interrupted(client.stub))
+    with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C leaves
+        drive(client, http.follow(pool_id, lambda event: None, on_interrupt=kill))
+    assert killed == [True]

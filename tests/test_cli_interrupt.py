@@ -13,12 +13,12 @@ from pathlib import Path
 PCCI = str(Path(sys.executable).parent / "pcci")
 
 #: Runs the pcci command, sending itself SIGINT (as Ctrl-C does) in the
-#: middle of importing what `pcci workers` needs: treq.
+#: middle of importing what `pcci workers` needs.
 INTERRUPTED_IMPORT = """
 import builtins, os, signal, sys
 real_import = builtins.__import__
 def importing(name, *args, **kwargs):
-    if name == "treq":
+    if name == "pcci.cli.views":
         os.kill(os.getpid(), signal.SIGINT)
     return real_import(name, *args, **kwargs)
 builtins.__import__ = importing

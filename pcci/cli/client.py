@@ -1,5 +1,6 @@
 """
-The master's REST API, as the command line calls it: treq on the reactor.
+The master's REST API, as the command line calls it, over an HTTP seam:
+the standard library's (L{pcci.cli.http}) when run, treq's in the tests.
 
 Every failure becomes a L{CLIError} carrying one sentence for a person and
 the exit status it means.
@@ -8,12 +9,8 @@ the exit status it means.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote, urlencode
-
-import treq
-from twisted.internet.defer import CancelledError
-from twisted.web.iweb import IResponse
 
 #: Exit statuses of the command line's own failures.
 EXIT_FAILED = 1
@@ -74,14 +71,14 @@ class MasterClient:
     """
     Calls to one master at C{url}, with C{token} when there is one.
 
-    @param http: a treq-like client (C{treq}, an C{HTTPClient}, a C{StubTreq}).
+    @param http: what sends requests: C{request(method, url, data, headers,
+        unbuffered)}, C{content(response)} and C{collect(response, feed)},
+        each awaitable (see L{pcci.cli.http.StdlibHTTP}).
     @param token_source: where the token came from, for the error that
         says it was refused.
     """
 
-    def __init__(
-        self, url: str, token: str | None, http: Any = treq, token_source: str = ""
-    ) -> None:
+    def __init__(self, url: str, token: str | None, http: Any, token_source: str = "") -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.http = http
@@ -93,14 +90,13 @@ class MasterClient:
             headers[b"Authorization"] = [b"Bearer " + self.token.encode()]
         return headers
 
-    async def _request(self, method: str, path: str, body: Any = None, **kw: Any) -> IResponse:
+    async def _request(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         data = None if body is None else json.dumps(body).encode()
         try:
             return await self.http.request(
                 method, self.url + path, data=data, headers=self._headers(), **kw
             )
         except Exception as e:
-            _raise_if_cancelled(e)
             raise CLIError(
                 f"cannot connect to the master at {self.url}: {_reason(e)}."
                 " Is it running? (set the address with --url or PCCI_URL)",
@@ -113,9 +109,8 @@ class MasterClient:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         response = await self._request(method, path, body)
         try:
-            text = await response.content()
+            text = await self.http.content(response)
         except Exception as e:
-            _raise_if_cancelled(e)
             raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
         try:
             answer = json.loads(text)
@@ -150,14 +145,21 @@ class MasterClient:
         raise CLIError(text, EXIT_USAGE if code < 500 else EXIT_FAILED)
 
     async def follow(
-        self, pool_id: str, on_event: Callable[[Event], None], after: int = 0
+        self,
+        pool_id: str,
+        on_event: Callable[[Event], None],
+        after: int = 0,
+        on_interrupt: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """
         Read the pool's events from after C{after} until its C{pool} event,
-        resuming where a cut stream stopped; the ended pool.
+        resuming where a cut stream stopped; the ended pool.  The first
+        Ctrl-C while it reads awaits C{on_interrupt}, then reading goes on;
+        without one, or the second time, Ctrl-C ends the command.
         """
         last: list[Any] = [None]
         seen = [after]
+        interrupted = False
 
         def heard(event: Event) -> None:
             seen[0] = max(seen[0], event.id)
@@ -169,7 +171,7 @@ class MasterClient:
             path = f"/pools/{quote(pool_id, safe='')}/events?after={seen[0]}"
             response = await self._request("GET", path, unbuffered=True)
             if response.code >= 400:
-                text = await response.content()
+                text = await self.http.content(response)
                 try:
                     answer = json.loads(text)
                 except ValueError:
@@ -177,22 +179,16 @@ class MasterClient:
                 self._check(response.code, answer)
             parser = EventParser(heard)
             try:
-                await treq.collect(response, parser.feed)
+                await self.http.collect(response, parser.feed)
+            except KeyboardInterrupt:
+                if on_interrupt is None or interrupted:
+                    raise
+                interrupted = True
+                await on_interrupt()  # then read on, from the last event seen
             except Exception as e:
-                _raise_if_cancelled(e)
                 if last[0] is None:
                     raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
         return last[0]
-
-
-def _raise_if_cancelled(error: BaseException) -> None:
-    """
-    Ctrl-C cancels the command, and with it the request it waits for: that
-    is no connection failure (Twisted's clients may wrap the cancellation).
-    """
-    reasons = [error, *(r.value for r in getattr(error, "reasons", None) or ())]
-    if any(isinstance(reason, CancelledError) for reason in reasons):
-        raise CancelledError() from None
 
 
 def _reason(error: BaseException) -> str:
@@ -200,6 +196,6 @@ def _reason(error: BaseException) -> str:
     reasons = getattr(error, "reasons", None)  # ResponseNeverReceived and kin
     if reasons:
         return _reason(reasons[0].value)
-    text = str(error).strip() or type(error).__name__
+    text = getattr(error, "strerror", None) or str(error).strip() or type(error).__name__
     return text.rstrip(".")
 

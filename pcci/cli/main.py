@@ -2,10 +2,10 @@
 The C{pcci} command's options and subcommands (click).
 
 Start-up time is a feature of a command line: this module imports click
-only, and each subcommand imports what it needs when it runs.  Every
-subcommand is an C{async} function run by L{go}, the one place that runs
-the reactor and turns each known failure into one line on stderr and an
-exit status.
+only, and each subcommand imports what it needs when it runs (no reactor:
+see L{pcci.cli.http}).  Every subcommand is an C{async} function run by
+L{go}, the one place that runs one and turns each known failure into one
+line on stderr and an exit status.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Coroutine, NoReturn
+from typing import IO, Any, Awaitable, Callable, Coroutine, NoReturn
 
 import click
 
@@ -61,17 +61,24 @@ class Config:
     ca_file: str | None = None
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     err: IO[str] = field(default_factory=lambda: sys.stderr)
-    #: A treq-like HTTP client; made for the reactor when None (tests pass a StubTreq).
+    #: What sends requests (see L{pcci.cli.client.MasterClient}); the
+    #: standard library's when None (tests pass treq's, over a StubTreq).
     http: Any = None
-    #: Called on Ctrl-C by a command that handles it; None: Ctrl-C ends the command.
-    on_interrupt: Callable[[], None] | None = None
+    #: What the first Ctrl-C does, for a command that handles it (C{pcci
+    #: run} kills its pool); None: Ctrl-C ends the command.
+    on_interrupt: Callable[[], Awaitable[None]] | None = None
     color: bool | None = None
 
-    def client(self, reactor: Any) -> Any:
+    def client(self) -> Any:
         from pcci.cli.client import MasterClient
 
-        http = self.http if self.http is not None else make_http(reactor, self.ca_file)
-        return MasterClient(self.url, self.token, http, self.token_source)
+        if self.http is None:
+            from pcci.cli.http import StdlibHTTP
+
+            if self.ca_file is not None and not Path(self.ca_file).is_file():
+                raise click.BadParameter(f"{self.ca_file} is not a file", param_hint="--ca-file")
+            self.http = StdlibHTTP(self.ca_file)
+        return MasterClient(self.url, self.token, self.http, self.token_source)
 
     def terminal(self) -> Any:
         from pcci.cli.render import Terminal
@@ -79,77 +86,29 @@ class Config:
         return Terminal(self.out, self.err, self.color)
 
 
-def make_http(reactor: Any, ca_file: str | None) -> Any:
-    """treq over the reactor; trusting C{ca_file}'s certificate for https, if given."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-
-    policy = BrowserLikePolicyForHTTPS()
-    if ca_file:
-        from twisted.internet.ssl import Certificate
-
-        try:
-            authority = Certificate.loadPEM(Path(ca_file).read_bytes())
-        except (OSError, Exception) as e:
-            raise click.BadParameter(f"cannot read a certificate from {ca_file}: {e}", param_hint="--ca-file")
-        policy = BrowserLikePolicyForHTTPS(trustRoot=authority)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
-
-
 Command = Callable[..., Coroutine[Any, Any, int]]
 
 
 def go(command: Command, cfg: Config, *args: Any) -> NoReturn:
     """
-    Run C{command(reactor, cfg, *args)} on the reactor and exit with its
-    status.  A L{CLIError} is one line on stderr and its status; Ctrl-C
-    calls C{cfg.on_interrupt} when a command set one, else (or the second
-    time) ends the command with status 130.
+    Run C{command(cfg, *args)} to its end and exit with its status.  A
+    L{CLIError} is one line on stderr and its status; Ctrl-C, unless the
+    command handles it, is C{pcci: interrupted} and status 130.
     """
-    from twisted.internet import task
-    from twisted.internet.defer import CancelledError, ensureDeferred
-    from twisted.python.failure import Failure
-
     from pcci.cli.client import CLIError
+    from pcci.cli.http import run_now
 
-    def main(reactor: Any) -> Any:
-        d = ensureDeferred(command(reactor, cfg, *args))
-        interrupted: list[bool] = []
-
-        def on_interrupt() -> None:
-            if cfg.on_interrupt is not None and not interrupted:
-                interrupted.append(True)
-                cfg.on_interrupt()
-            else:
-                d.cancel()
-
-        def install() -> None:
-            signal.signal(
-                signal.SIGINT, lambda signum, frame: reactor.callFromThread(on_interrupt)
-            )
-
-        reactor.callWhenRunning(install)
-
-        def finished(status: int) -> NoReturn:
-            raise SystemExit(status)
-
-        def failed(failure: Failure) -> NoReturn:
-            if failure.check(CLIError):
-                cfg.err.write(f"pcci: {failure.value.message}\n")
-                raise SystemExit(failure.value.status)
-            if failure.check(CancelledError):
-                cfg.err.write("pcci: interrupted\n")
-                raise SystemExit(EXIT_INTERRUPTED)
-            if failure.check(click.ClickException):
-                failure.value.show(cfg.err)
-                raise SystemExit(failure.value.exit_code)
-            return failure  # a bug: react prints it
-
-        return d.addCallbacks(finished, failed)
-
-    task.react(main)
-    raise AssertionError("react returned")  # pragma: no cover
+    # From now on Ctrl-C is the command's (pcci.cli.start ended it at once so far).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        status = run_now(command(cfg, *args))
+    except CLIError as e:
+        cfg.err.write(f"pcci: {e.message}\n")
+        raise SystemExit(e.status) from None
+    except KeyboardInterrupt:
+        cfg.err.write("pcci: interrupted\n")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    raise SystemExit(status)
 
 
 # The commands.

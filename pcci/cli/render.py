@@ -1,22 +1,25 @@
 """
 What the command line shows a person: prefixed output lines, the summary
 by state with folded node sets, gathered outputs, the progress line and
-tables.  Colour only on a terminal; rich draws it.
+tables.  Colour only on a terminal; rich draws it, imported only then (and
+for tables): output into a pipe costs no rich at all.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections import defaultdict
-from typing import IO, Any, Iterable
-
-from rich.console import Console
-from rich.control import Control, ControlType
-from rich.style import Style
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Any, Iterable
 
 from pcci.nodes import fold
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+#: Text in pieces, each with its rich style ("" for none).
+Segments = list[tuple[str, str]]
 
 #: Colours given to workers' names, in turn.
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green")
@@ -63,19 +66,36 @@ class Terminal:
         tty = _isatty(err)
         self.color = tty if color is None else color
         self.progress_fits = tty
-        self.console = Console(
-            file=err, force_terminal=self.color, no_color=not self.color, highlight=False
-        )
         self.out_tty = _isatty(out)
-        self.out_console = Console(
-            file=out,
-            force_terminal=self.color,
-            no_color=not self.color,
-            highlight=False,
-            # Into a pipe or a file, a table's lines are not cut to 80 columns.
-            width=None if self.out_tty else 1000,
-        )
+        self._console: Console | None = None
+        self._out_console: Console | None = None
         self._progress: Text | None = None
+
+    @property
+    def console(self) -> Console:
+        """rich on stderr, made when first needed."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(
+                file=self.err, force_terminal=self.color, no_color=not self.color, highlight=False
+            )
+        return self._console
+
+    @property
+    def out_console(self) -> Console:
+        if self._out_console is None:
+            from rich.console import Console
+
+            self._out_console = Console(
+                file=self.out,
+                force_terminal=self.color,
+                no_color=not self.color,
+                highlight=False,
+                # Into a pipe or a file, a table's lines are not cut to 80 columns.
+                width=None if self.out_tty else 1000,
+            )
+        return self._out_console
 
     def print_table(self, grid: Table) -> None:
         """A table on stdout; into a pipe, without the padding at line ends."""
@@ -91,19 +111,23 @@ class Terminal:
         """C{text} in C{style} as terminal codes, or as it is without colour."""
         if not self.color:
             return text
+        from rich.style import Style
+
         return Style.parse(style).render(text, color_system=self.console.color_system)
 
     # The progress line: one line on stderr, redrawn in place.
 
-    def progress(self, text: Text | None) -> None:
+    def progress(self, segments: Segments) -> None:
         if not self.progress_fits:
             return
         self._erase()
-        self._progress = text
+        self._progress = rich_text(segments)
         self._draw()
 
     def _erase(self) -> None:
         if self._progress is not None:
+            from rich.control import Control, ControlType
+
             self.console.control(
                 Control.move_to_column(0), Control((ControlType.ERASE_IN_LINE, 2))
             )
@@ -224,19 +248,27 @@ def print_gathered(terminal: Terminal, pool: dict[str, Any], diff: bool = False)
     out.flush()
 
 
-def progress_text(pool_size: int, ended: dict[str, str], running: int) -> Text:
+def progress_text(pool_size: int, ended: dict[str, str], running: int) -> Segments:
     failed = sum(1 for state in ended.values() if state != "ok")
-    text = Text()
-    text.append(f"{len(ended)}/{pool_size} done", style="bold")
+    segments = [(f"{len(ended)}/{pool_size} done", "bold")]
     if failed:
-        text.append(" · ")
-        text.append(f"{failed} failed", style="red")
-    text.append(f" · {running} running")
+        segments += [(" · ", ""), (f"{failed} failed", "red")]
+    return segments + [(f" · {running} running", "")]
+
+
+def rich_text(segments: Segments) -> Text:
+    from rich.text import Text
+
+    text = Text()
+    for piece, style in segments:
+        text.append(piece, style=style or None)
     return text
 
 
 def counts_text(counts: dict[str, int]) -> Text:
     """A pool's jobs by state, coloured: C{14 ok 1 failed}."""
+    from rich.text import Text
+
     order = list(STATE_WORDS)
     text = Text()
     for state, number in sorted(counts.items(), key=lambda kv: (kv[0] not in order, order.index(kv[0]) if kv[0] in order else 0)):
@@ -249,6 +281,9 @@ def counts_text(counts: dict[str, int]) -> Text:
 
 def table(columns: list[str], rows: list[list[str | Text]]) -> Table:
     """A plain table; text cells are shown as they are, never as markup."""
+    from rich.table import Table
+    from rich.text import Text
+
     grid = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
         grid.add_column(column, overflow="fold")

@@ -7,9 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
-
-from pcci.cli.client import Event
+from pcci.cli.client import CLIError, Event
 from pcci.cli.main import EXIT_INTERRUPTED, Config
 from pcci.cli.render import (
     LinePrinter,
@@ -90,8 +88,8 @@ class RunView:
         self.terminal.progress(progress_text(self.size, self.ended, running))
 
 
-async def run_pool(reactor: Any, cfg: Config, request: RunRequest) -> int:
-    client = cfg.client(reactor)
+async def run_pool(cfg: Config, request: RunRequest) -> int:
+    client = cfg.client()
     if request.dry_run:
         answer = await client.call("POST", "/job", request.body(), dry_run="true")
         cfg.out.write("".join(f"{name}\n" for name in answer["workers"]))
@@ -106,19 +104,19 @@ async def run_pool(reactor: Any, cfg: Config, request: RunRequest) -> int:
     view = RunView(cfg, answer["pool"], live=not (request.gather or request.as_json))
     interrupted: list[bool] = []
 
-    def interrupt() -> None:
+    async def interrupt() -> None:
         interrupted.append(True)
         view.terminal.write(
             "stderr", f"pcci: killing pool {pool_id} (Ctrl-C again to leave it)\n"
         )
-        killing = ensureDeferred(client.call("PUT", f"/kill/{pool_id}"))
-        killing.addErrback(
-            lambda f: view.terminal.write("stderr", f"pcci: cannot kill the pool: {f.getErrorMessage()}\n")
-        )
+        try:
+            await client.call("PUT", f"/kill/{pool_id}")
+        except CLIError as e:
+            view.terminal.write("stderr", f"pcci: cannot kill the pool: {e.message}\n")
 
     cfg.on_interrupt = interrupt
     try:
-        pool = await client.follow(pool_id, view.event)
+        pool = await client.follow(pool_id, view.event, on_interrupt=interrupt)
     finally:
         view.terminal.done()
     if request.as_json:

@@ -54,8 +54,8 @@ def _figure(health: dict[str, Any] | None, key: str, form: str) -> str:
     return "-" if value is None else form.format(value)
 
 
-async def show_workers(reactor: Any, cfg: Config, every: bool, as_json: bool) -> int:
-    workers = await cfg.client(reactor).call("GET", "/workers", all="true" if every else None)
+async def show_workers(cfg: Config, every: bool, as_json: bool) -> int:
+    workers = await cfg.client().call("GET", "/workers", all="true" if every else None)
     if as_json:
         return _json_out(cfg, workers)
     terminal = cfg.terminal()
@@ -92,8 +92,8 @@ def _duration(pool: dict[str, Any]) -> str:
     return f"{(end - start).total_seconds():.1f}s"
 
 
-async def show_pools(reactor: Any, cfg: Config, limit: int, as_json: bool) -> int:
-    pools = await cfg.client(reactor).call("GET", "/pools", limit=limit, results="false")
+async def show_pools(cfg: Config, limit: int, as_json: bool) -> int:
+    pools = await cfg.client().call("GET", "/pools", limit=limit, results="false")
     if as_json:
         return _json_out(cfg, pools)
     terminal = cfg.terminal()
@@ -113,8 +113,8 @@ async def show_pools(reactor: Any, cfg: Config, limit: int, as_json: bool) -> in
     return 0
 
 
-async def show_pool(reactor: Any, cfg: Config, pool_id: str, as_json: bool) -> int:
-    pool = await cfg.client(reactor).call("GET", _pool_path(pool_id))
+async def show_pool(cfg: Config, pool_id: str, as_json: bool) -> int:
+    pool = await cfg.client().call("GET", _pool_path(pool_id))
     if as_json:
         return _json_out(cfg, pool)
     terminal = cfg.terminal()
@@ -128,10 +128,9 @@ async def show_pool(reactor: Any, cfg: Config, pool_id: str, as_json: bool) -> i
     return 0
 
 
-async def show_logs(
-    reactor: Any, cfg: Config, pool_id: str, targets: list[str], follow: bool
+async def show_logs(cfg: Config, pool_id: str, targets: list[str], follow: bool
 ) -> int:
-    client = cfg.client(reactor)
+    client = cfg.client()
     pool = await client.call("GET", _pool_path(pool_id), results="false" if follow else None)
     names = [job["worker_id"] for job in pool["jobs"]]
     if targets:
@@ -166,9 +165,9 @@ async def show_logs(
     return 0
 
 
-async def kill_pool(reactor: Any, cfg: Config, pool_id: str, targets: list[str]) -> int:
+async def kill_pool(cfg: Config, pool_id: str, targets: list[str]) -> int:
     body = {"workers": targets} if targets else None
-    answer = await cfg.client(reactor).call("PUT", "/kill/" + quote(pool_id, safe=""), body)
+    answer = await cfg.client().call("PUT", "/kill/" + quote(pool_id, safe=""), body)
     asked = answer["workers"]
     if asked:
         cfg.err.write(f"pcci: kill sent to {len(asked)} jobs: {fold(asked)}\n")
@@ -177,8 +176,8 @@ async def kill_pool(reactor: Any, cfg: Config, pool_id: str, targets: list[str])
     return 0
 
 
-async def show_token(reactor: Any, cfg: Config) -> int:
-    answer = await cfg.client(reactor).call("GET", "/whoami")
+async def show_token(cfg: Config) -> int:
+    answer = await cfg.client().call("GET", "/whoami")
     if not answer["auth"]:
         cfg.out.write(f"no token needed: the master at {cfg.url} runs with --no-auth\n")
     else:
