@@ -120,7 +120,7 @@ def read_tokens(path: str | os.PathLike[str], unnamed: str | None = None) -> lis
     return tokens
 
 
-def find_token(tokens: list[APIToken], presented: bytes) -> APIToken | None:
+def match_token(tokens: list[APIToken], presented: bytes) -> APIToken | None:
     """The token matching C{presented}, compared in constant time against each."""
     found = None
     for token in tokens:

@@ -38,8 +38,8 @@ def test_token_file(tmp_path: Path) -> None:
     file.write_text("# admins\n" + "a" * 20 + "\n\n" + "b" * 20 + " read  # dashboards\n")
     tokens = auth.read_tokens(file)
     assert [(t.value, t.read_only) for t in tokens] == [(b"a" * 20, False), (b"b" * 20, True)]
-    assert auth.find_token(tokens, b"b" * 20) == tokens[1]
-    assert auth.find_token(tokens, b"c" * 20) is None
+    assert auth.match_token(tokens, b"b" * 20) == tokens[1]
+    assert auth.match_token(tokens, b"c" * 20) is None
 
 
 @pytest.mark.parametrize("text", ["", "# nothing\n", "short\n", "a" * 20 + " write\n", "a" * 20 + " read x\n"])

@@ -36,7 +36,7 @@ def read_token_file(path: Path) -> str:
     raise click.UsageError(f"no token in {path}")
 
 
-def find_token(token_file: str | None) -> tuple[str | None, str]:
+def locate_token(token_file: str | None) -> tuple[str | None, str]:
     """The token and where it came from: PCCI_TOKEN, --token-file, ~/.pcci/api-token."""
     if os.environ.get("PCCI_TOKEN"):
         return os.environ["PCCI_TOKEN"].strip(), "PCCI_TOKEN"
@@ -135,7 +135,7 @@ def cli(ctx: click.Context, url: str, token_file: str | None, ca_file: str | Non
       pcci workers
       pcci pools
     """
-    token, source = find_token(token_file)
+    token, source = locate_token(token_file)
     ctx.obj = Config(url=url, token=token, token_source=source, ca_file=ca_file)
 
 

@@ -42,7 +42,7 @@ class WorkerConnection(FramedJSONProtocol):
     Until the handshake is done it is nobody: with a cluster secret, the
     master proves it holds the secret in its C{challenge} and the worker
     proves it in its C{auth}, over fresh nonces from both sides.  Once
-    registered, it reports job events to the L{ClusterState} and carries the
+    registered, it reports to the roster and the dispatcher and carries the
     state's requests to the worker.
     """
 

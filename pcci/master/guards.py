@@ -15,7 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from pcci.auth import APIToken, find_token
+from pcci.auth import APIToken, match_token
 
 #: Methods a read-only token may use.
 READ_METHODS = (b"GET", b"HEAD")
@@ -155,4 +155,4 @@ class TokenGuard(Resource):
         scheme, _, presented = header.partition(b" ")
         if scheme.lower() != b"bearer" or not presented.strip():
             return None
-        return find_token(self.tokens, presented.strip())
+        return match_token(self.tokens, presented.strip())
