@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from twisted.internet.defer import succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
@@ -121,21 +122,18 @@ def test_a_killed_job_waits_for_its_leftovers_through_sigkill() -> None:
 
 
 
-def test_a_note_starts_its_own_line_without_an_empty_one() -> None:
+@pytest.mark.parametrize(
+    "before, note",
+    [
+        (b"done\n", "pcci: timed out after 1 s: killing the job\n"),  # no empty line above
+        (b"50%", "\npcci: timed out after 1 s: killing the job\n"),  # after a line cut short
+    ],
+)
+def test_a_note_starts_its_own_line(before: bytes, note: str) -> None:
     clock = Clock()
     process, ended = job(clock)
     process.timeout = 1
     process.start_timeout()
-    process.output_received(b"done\n", "stdout")
+    process.output_received(before, "stdout")
     clock.advance(1)
-    assert ended[-1] == ("output", "stderr", "pcci: timed out after 1 s: killing the job\n")
-
-
-def test_a_note_after_a_line_cut_short_begins_a_new_line() -> None:
-    clock = Clock()
-    process, ended = job(clock)
-    process.timeout = 1
-    process.start_timeout()
-    process.output_received(b"50%", "stdout")
-    clock.advance(1)
-    assert ended[-1] == ("output", "stderr", "\npcci: timed out after 1 s: killing the job\n")
+    assert ended[-1] == ("output", "stderr", note)

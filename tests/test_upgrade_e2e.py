@@ -48,6 +48,14 @@ def old_worker(cluster: Cluster, commit: str, tmp_path: Path, name: str) -> None
     cluster.start_worker(name, "--heartbeat", "0.5", env={"PYTHONPATH": str(tree)})
 
 
+def kill_a_job(cluster: Cluster, worker: str, marker: str) -> None:
+    """A running job of C{worker} killed through the master ends killed."""
+    pool_id = cluster.submit(f"sleep {marker}", [worker])
+    poll(lambda: cluster.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the start")
+    assert cluster.request("PUT", f"/kill/{pool_id}")[0] == 200
+    assert cluster.wait_pool(pool_id)["jobs"][0]["state"] == "killed"
+
+
 def test_a_worker_of_the_current_protocol_from_an_earlier_commit_runs_kills_and_carries_on(
     own_cluster: Cluster, tmp_path: Path, marker: str
 ) -> None:
@@ -57,11 +65,7 @@ def test_a_worker_of_the_current_protocol_from_an_earlier_commit_runs_kills_and_
     assert "Starting factory <pcci.worker.connection.WorkerFactory" in c.daemons[-1].log_text()
     pool = c.run("echo from the past", ["old"])
     assert (pool["state"], pool["jobs"][0]["result"]) == ("ok", "from the past\n")
-    # Killed: its whole tree.
-    pool_id = c.submit(f"sleep {marker}", ["old"])
-    poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the start")
-    assert c.request("PUT", f"/kill/{pool_id}")[0] == 200
-    assert c.wait_pool(pool_id)["jobs"][0]["state"] == "killed"
+    kill_a_job(c, "old", marker)
     # Carried on across a master restart: the new master attaches the old worker's job.
     go = tmp_path / "go"
     pool_id = c.submit(f"sh -c 'echo a; while [ ! -e {go} ]; do sleep 0.05; done; echo b'", ["old"])
@@ -86,9 +90,6 @@ def test_a_worker_of_the_previous_protocol_runs_and_kills(
     pool = c.run("sh -c 'echo out; echo err >&2; exit 3'", ["older"])
     job = pool["jobs"][0]
     assert (job["state"], job["status"], job["result"]) == ("failed", 3, "out\nerr\n")
-    pool_id = c.submit(f"sleep {marker}", ["older"])
-    poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the start")
-    assert c.request("PUT", f"/kill/{pool_id}")[0] == 200
-    assert c.wait_pool(pool_id)["jobs"][0]["state"] == "killed"
+    kill_a_job(c, "older", marker)
     # The old worker never saw a frame it does not know: it is still there.
     assert "older" in c.workers()
