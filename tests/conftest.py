@@ -40,3 +40,25 @@ def marker(request: pytest.FixtureRequest) -> Iterator[str]:
     yield value
     for pid in processes_with(f"sleep {value}"):
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator["Postgres"]:
+    """A throwaway PostgreSQL server for the whole run (see tests/postgres.py)."""
+    from postgres import Postgres
+
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres: "Postgres") -> Iterator[str]:
+    """A URL of an empty pcci database on the throwaway server."""
+    import psycopg
+
+    with psycopg.connect(postgres.url, autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS pools, meta")
+    yield postgres.url

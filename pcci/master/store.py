@@ -103,29 +103,57 @@ class PoolStore(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteStore:
+def page_filters(
+    before: str | None,
+    state: str | None,
+    worker: str | None,
+    cmd: str | None,
+    ended_since: float,
+    *,
+    mark: str,
+    worker_test: str,
+    worker_value: Any,
+    cmd_test: str,
+) -> tuple[str, list[Any]]:
     """
-    L{PoolStore} on an SQLite database (see L{open_database}), from one
-    thread of its own.  Nothing is opened or started until L{open}: a
-    daemon forks after it is built, and a thread started before the fork
-    is not in the daemon.
+    The C{WHERE} clause of a page of pools and its arguments, in an
+    engine's words: its parameter C{mark}, and how it tests a pool's
+    workers and command.
+    """
+    where = [f"(ended_at IS NULL OR ended_at >= {mark})"]
+    args: list[Any] = [ended_since]
+    for value, test in (
+        (before, f"id < {mark}"),
+        (state, f"state = {mark}"),
+        (worker, worker_test),
+        (cmd, cmd_test),
+    ):
+        if value is not None:
+            where.append(test)
+            args.append(worker_value if test is worker_test else value)
+    return " AND ".join(where), args
+
+
+class ThreadedStore:
+    """
+    A store whose calls run in one thread of its own, in the order they were
+    made (a read sees every write asked before it).  Nothing is started
+    until L{open}: a daemon forks after it is built, and a thread started
+    before the fork is not in the daemon.
     """
 
-    def __init__(self, path: str, reactor: Any) -> None:
-        self.path = path
+    def __init__(self, reactor: Any, name: str) -> None:
         self._reactor = reactor
-        self._db: sqlite3.Connection | None = None
-        self._pool = ThreadPool(1, 1, name="pcci-store")
+        self._pool = ThreadPool(1, 1, name=name)
 
     def open(self) -> list[dict[str, Any]]:
         """
-        Open the database and start the store's thread; answer the records of
-        the pools that had not ended (read at once: the master's start waits
-        for them).
+        Open the store and start its thread; answer the records of the pools
+        that had not ended (read at once: the master's start waits for them).
 
-        @raise StoreError: the database cannot be used.
+        @raise StoreError: the store cannot be used.
         """
-        self._db = open_database(self.path)
+        self._open()
         self._pool.start()
         return self._unfinished()
 
@@ -134,6 +162,75 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._pool.stop()
+        self._close()
+
+    def save(self, pools: list[StoredPool]) -> Deferred[None]:
+        return self._run(self._save, pools)
+
+    def unfinished(self) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self._unfinished)
+
+    def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._run(self._get, pool_id)
+
+    def page(
+        self,
+        before: str | None,
+        state: str | None,
+        worker: str | None,
+        cmd: str | None,
+        limit: int,
+        ended_since: float = 0.0,
+    ) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self._page, before, state, worker, cmd, limit, ended_since)
+
+    def expire(self, ended_before: float) -> Deferred[int]:
+        return self._run(self._expire, ended_before)
+
+    # What an engine does, in the store's thread.
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _save(self, pools: list[StoredPool]) -> None:
+        raise NotImplementedError
+
+    def _unfinished(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _get(self, pool_id: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def _page(
+        self,
+        before: str | None,
+        state: str | None,
+        worker: str | None,
+        cmd: str | None,
+        limit: int,
+        ended_since: float,
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _expire(self, ended_before: float) -> int:
+        raise NotImplementedError
+
+
+class SQLiteStore(ThreadedStore):
+    """L{PoolStore} on an SQLite database file (see L{open_database})."""
+
+    def __init__(self, path: str, reactor: Any) -> None:
+        super().__init__(reactor, "pcci-store")
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def _open(self) -> None:
+        self._db = open_database(self.path)
+
+    def _close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -144,9 +241,6 @@ class SQLiteStore:
     def db(self) -> sqlite3.Connection:
         assert self._db is not None, "the store is not open"
         return self._db
-
-    def save(self, pools: list[StoredPool]) -> Deferred[None]:
-        return self._run(self._save, pools)
 
     def _save(self, pools: list[StoredPool]) -> None:
         with self.db:
@@ -167,32 +261,15 @@ class SQLiteStore:
                 ],
             )
 
-    def unfinished(self) -> Deferred[list[dict[str, Any]]]:
-        return self._run(self._unfinished)
-
     def _unfinished(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT record FROM pools WHERE ended_at IS NULL ORDER BY id"
         ).fetchall()
         return [json.loads(record) for (record,) in rows]
 
-    def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
-        return self._run(self._get, pool_id)
-
     def _get(self, pool_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT record FROM pools WHERE id = ?", (pool_id,)).fetchone()
         return None if row is None else json.loads(row[0])
-
-    def page(
-        self,
-        before: str | None,
-        state: str | None,
-        worker: str | None,
-        cmd: str | None,
-        limit: int,
-        ended_since: float = 0.0,
-    ) -> Deferred[list[dict[str, Any]]]:
-        return self._run(self._page, before, state, worker, cmd, limit, ended_since)
 
     def _page(
         self,
@@ -203,26 +280,14 @@ class SQLiteStore:
         limit: int,
         ended_since: float,
     ) -> list[dict[str, Any]]:
-        where: list[str] = ["(ended_at IS NULL OR ended_at >= ?)"]
-        args: list[Any] = [ended_since]
-        if before is not None:
-            where.append("id < ?")
-            args.append(before)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if worker is not None:
-            where.append("instr(workers, ?) > 0")
-            args.append(f" {worker} ")
-        if cmd is not None:
-            where.append("instr(cmd, ?) > 0")
-            args.append(cmd)
-        query = "SELECT summary FROM pools WHERE " + " AND ".join(where)
-        rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        where, args = page_filters(
+            before, state, worker, cmd, ended_since,
+            mark="?", worker_test="instr(workers, ?) > 0", worker_value=f" {worker} ",
+            cmd_test="instr(cmd, ?) > 0",
+        )
+        query = f"SELECT summary FROM pools WHERE {where} ORDER BY id DESC LIMIT ?"
+        rows = self.db.execute(query, (*args, limit)).fetchall()
         return [json.loads(summary) for (summary,) in rows]
-
-    def expire(self, ended_before: float) -> Deferred[int]:
-        return self._run(self._expire, ended_before)
 
     def _expire(self, ended_before: float) -> int:
         with self.db:

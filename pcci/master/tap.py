@@ -31,7 +31,8 @@ from pcci.master.metrics import MasterMetrics
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.state import ClusterState, Settings
-from pcci.master.store import SQLiteStore, StoreError, open_database
+from pcci.master.pgstore import PostgresStore, check_database, is_postgres_url
+from pcci.master.store import SQLiteStore, StoreError, ThreadedStore, open_database
 from pcci.options import positive_int, seconds
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
 from pcci.wire import MAX_FRAME, MIN_FRAME
@@ -73,7 +74,7 @@ class Options(usage.Options):
         ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where the API token and the cluster secret are kept."],
         ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME]'), instead of <state-dir>/api-token."],
         ["retention", None, RETENTION, "Seconds a finished pool is kept (on disk: see --db).", seconds],
-        ["db", None, None, "The SQLite database of pools (default: <state-dir>/pcci.db; ':memory:' keeps none).", str],
+        ["db", None, None, "Where pools are kept: an SQLite file (default: <state-dir>/pcci.db; ':memory:' keeps none), or a PostgreSQL URI (postgresql://...) that several masters share.", str],
         ["reconnect-grace", None, DEFAULT_RECONNECT_GRACE, "Seconds a disconnected worker's running jobs wait for it before they are lost.", seconds],
         ["max-output", None, DEFAULT_MAX_OUTPUT, "Bytes of output kept per job.", positive_int],
         ["max-output-total", None, DEFAULT_MAX_OUTPUT_TOTAL, "Bytes of output kept in memory over all jobs.", positive_int],
@@ -97,6 +98,13 @@ class Options(usage.Options):
         closed again: the master opens it once running (after twistd forks).
         """
         path = self["db"] or str(self.state_dir / "pcci.db")
+        self.db_path = path
+        if is_postgres_url(path):
+            try:
+                check_database(path)
+            except StoreError as e:
+                raise usage.UsageError(str(e)) from None
+            return
         if path != ":memory:":
             try:
                 Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -106,7 +114,6 @@ class Options(usage.Options):
             open_database(path).close()
         except StoreError as e:
             raise usage.UsageError(str(e)) from None
-        self.db_path = path
 
     def postOptions(self) -> None:
         if self["max-command"] > COMMAND_CEILING:
@@ -178,7 +185,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     daemon.prepare(reactor)
-    store = SQLiteStore(options.db_path, reactor)
+    store: ThreadedStore
+    if is_postgres_url(options.db_path):
+        store = PostgresStore(options.db_path, reactor)
+    else:
+        store = SQLiteStore(options.db_path, reactor)
     state = ClusterState(
         reactor,
         Settings(
