@@ -287,3 +287,21 @@ def test_named_tokens() -> None:
     assert read_tokens(f.name, unnamed="admin")[2].name == "admin"
     assert "aaaa" not in repr(tokens[0])
     os.unlink(f.name)
+
+
+def test_a_store_that_stops_answering_refuses_new_pools_until_it_is_back(tmp_path: Path) -> None:
+    from twisted.internet.defer import fail, succeed
+
+    from pcci.master.history import PROBE_INTERVAL, StoreUnavailable
+
+    store = SyncStore(open_database(str(tmp_path / "pcci.db")))
+    answers = [fail(OSError("connection refused")), succeed(None)]
+    store.ping = lambda: answers.pop(0)  # type: ignore[method-assign]
+    clock = Clock()
+    state, _ = cluster(store, clock)
+    clock.advance(PROBE_INTERVAL)  # the store does not answer
+    with pytest.raises(StoreUnavailable, match="connection refused"):
+        state.dispatcher.submit("true", ["a"])
+    assert state.history.pools == {}
+    clock.advance(PROBE_INTERVAL)  # it answers again
+    assert submitted(clock, state.dispatcher.submit("true", ["a"])).jobs

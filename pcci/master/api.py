@@ -28,7 +28,7 @@ from pcci.master.jobspec import SpecError, parse_submission
 from pcci.master.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.master.openapi import openapi_document
 from pcci.master.dispatch import SubmitError
-from pcci.master.history import TooManyPools
+from pcci.master.history import StoreUnavailable, TooManyPools
 from pcci.master.model import Pool
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
@@ -121,6 +121,18 @@ def _string_list(value: Any, what: str, most: int) -> list[str]:
 def _pool_pieces(pool: Pool, results: bool = True) -> Iterator[bytes]:
     """A pool's JSON in pieces: its fields, then one job a piece."""
     return json_object_pieces(pool.summary(), "jobs", pool.jobs_json(results))
+
+
+#: Seconds a new pool's answer waits for the store before it says why.
+STORE_WAIT = 10.0
+
+
+def _not_stored(result: Any, timeout: float) -> None:
+    raise APIError(
+        503,
+        f"the store did not answer within {timeout:g} s: the pool started, and is kept"
+        " once the store is back (see GET /pools then)",
+    )
 
 
 def _started(pool: Pool) -> str:
@@ -308,6 +320,10 @@ class MasterAPI:
             raise APIError(400, str(e)) from None
         except TooManyPools as e:
             raise APIError(503, f"{e}: try again when some have finished") from None
+        except StoreUnavailable as e:
+            raise APIError(503, f"{e}: no new pool is started until it is back") from None
+        # A store that stops answering now holds the pool (its jobs run); say so in time.
+        d.addTimeout(STORE_WAIT, self.clock, onTimeoutCancel=_not_stored)
         # Logged once stored, which also lets the run frames go out first.
         d.addCallback(self._audit_start, _who(request))
         if not request.args.get(b"wait"):

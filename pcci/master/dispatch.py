@@ -83,6 +83,8 @@ class Dispatcher:
 
         @raise SubmitError: no worker, or one that is not connected.
         @raise TooManyPools: no room for another pool.
+        @raise StoreUnavailable: the store does not answer: the pool could
+            not be kept.
         Either way nothing was created.
         """
         names = list(dict.fromkeys(workers))
@@ -91,6 +93,7 @@ class Dispatcher:
         unknown = [name for name in names if name not in self.roster.links]
         if unknown:
             raise SubmitError("unknown or disconnected workers: " + ", ".join(unknown))
+        self.history.check_store()
         self.history.make_room()
         pool = Pool(
             id=self._new_id(),

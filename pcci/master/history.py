@@ -35,9 +35,16 @@ DEFAULT_CACHE = 200
 #: Seconds between deletions of the store's pools older than the retention.
 EXPIRE_INTERVAL = 60.0
 
+#: Seconds between looks at whether the store answers, when nothing is written.
+PROBE_INTERVAL = 5.0
+
 
 class TooManyPools(Exception):
     """Every pool kept is still running and there is no room for another."""
+
+
+class StoreUnavailable(Exception):
+    """The store does not answer: a new pool could not be kept."""
 
 
 class PoolHistory:
@@ -71,21 +78,36 @@ class PoolHistory:
         self._held: deque[Pool] = deque()
         self._expiries: dict[str, IDelayedCall] = {}
         self._expirer: IDelayedCall | None = None
+        self._prober: IDelayedCall | None = None
 
     def start(self) -> None:
-        """Delete the stored pools past the retention now and then."""
+        """Delete the stored pools past the retention now and then; watch the store."""
         if self.store is not None and self._expirer is None:
             self._expirer = self.clock.callLater(EXPIRE_INTERVAL, self._expire_stored)
+            self._prober = self.clock.callLater(PROBE_INTERVAL, self._probe)
+
+    def _probe(self) -> None:
+        assert self.writer is not None
+        self._prober = self.clock.callLater(PROBE_INTERVAL, self._probe)
+        self.writer.probe()
+
+    def check_store(self) -> None:
+        """
+        @raise StoreUnavailable: the store failed its last write or look, so
+            a new pool could not be kept.
+        """
+        if self.writer is not None and self.writer.failing:
+            raise StoreUnavailable(f"the store does not answer ({self.writer.trouble})")
 
     def stop(self) -> None:
         """Cancel every timer: the master is shutting down."""
         if self.writer is not None:
             self.writer.stop()
-        for call in (*self._expiries.values(), self._expirer):
+        for call in (*self._expiries.values(), self._expirer, self._prober):
             if call is not None and call.active():
                 call.cancel()
         self._expiries.clear()
-        self._expirer = None
+        self._expirer = self._prober = None
 
     # Pools coming and going
 

@@ -109,6 +109,9 @@ class PostgresStore(ThreadedStore):
             connection.close()  # made again at the next call
             raise
 
+    def _ping(self) -> None:
+        self._execute("SELECT 1")
+
     def _close(self) -> None:
         if self._connection is not None:
             self._connection.close()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -99,6 +99,9 @@ class PoolStore(Protocol):
 
     def expire(self, ended_before: float) -> Deferred[int]:
         """Delete the pools that ended before this time; how many."""
+
+    def ping(self) -> Deferred[None]:
+        """Fails when the store cannot be used now (a database server gone)."""
 
     def close(self) -> None: ...
 
@@ -187,7 +190,14 @@ class ThreadedStore:
     def expire(self, ended_before: float) -> Deferred[int]:
         return self._run(self._expire, ended_before)
 
+    def ping(self) -> Deferred[None]:
+        return self._run(self._ping)
+
     # What an engine does, in the store's thread.
+
+    def _ping(self) -> None:
+        raise NotImplementedError
+
 
     def _open(self) -> None:
         raise NotImplementedError
@@ -241,6 +251,9 @@ class SQLiteStore(ThreadedStore):
     def db(self) -> sqlite3.Connection:
         assert self._db is not None, "the store is not open"
         return self._db
+
+    def _ping(self) -> None:
+        self.db.execute("SELECT 1").fetchone()
 
     def _save(self, pools: list[StoredPool]) -> None:
         with self.db:
@@ -394,6 +407,8 @@ class BatchedWriter:
         self._call: Any = None
         self._writing = False
         self._failures = 0
+        #: Why the last write (or look at the store) failed, while it fails.
+        self.trouble: str | None = None
 
     def mark(self, key: str, snapshot: Callable[[], StoredPool]) -> None:
         """C{key} changed: C{snapshot()} makes its row when it is written."""
@@ -417,6 +432,31 @@ class BatchedWriter:
 
     def pending(self) -> bool:
         return bool(self._changed) or self._writing
+
+    @property
+    def failing(self) -> bool:
+        """The store failed its last write or look, and has not answered since."""
+        return self.trouble is not None
+
+    def probe(self) -> Deferred[None]:
+        """
+        Look whether the store answers, when no write says so: a master whose
+        database went away refuses new pools at once rather than hang them.
+        """
+        if self._writing or self._changed:
+            return succeed(None)  # the write under way will tell
+
+        def failed(failure: Any) -> None:
+            if self.trouble is None:
+                log.error("the store does not answer: {why}", why=failure.getErrorMessage())
+            self.trouble = failure.getErrorMessage()
+
+        def answered(_: Any) -> None:
+            if self.trouble is not None and not self._changed and not self._writing:
+                log.info("the store answers again")
+                self.trouble = None
+
+        return self.store.ping().addCallbacks(answered, failed)
 
     def _schedule(self, delay: float) -> None:
         if self._writing:
@@ -453,6 +493,11 @@ class BatchedWriter:
     def _written(self, _: Any) -> None:
         self._writing = False
         self._failures = 0
+        if self.trouble is not None:
+            log.info("the store answers again")
+        self.trouble = None
+        #: Why the last write (or look at the store) failed, while it fails.
+        self.trouble: str | None = None
         in_flight, self._in_flight = self._in_flight, {}
         for waiters in in_flight.values():
             for d in waiters:
@@ -467,6 +512,7 @@ class BatchedWriter:
     def _failed(self, failure: Any, changed: dict[str, Callable[[], StoredPool]]) -> None:
         self._writing = False
         self._failures += 1
+        self.trouble = failure.getErrorMessage()
         if self._failures in (1, 10) or self._failures % 100 == 0:
             log.error(
                 "cannot write {count} pools to the store (try {n}): {why}; trying again",

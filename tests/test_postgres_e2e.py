@@ -1,0 +1,51 @@
+"""A master on PostgreSQL, end to end: pools kept across a restart, and the database going away for a while."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster import Cluster, poll
+
+pytestmark = pytest.mark.e2e
+
+
+def test_pools_are_kept_in_postgresql_across_a_restart(own_cluster: Cluster, pg_url: str) -> None:
+    c = own_cluster
+    c.start_master("--db", pg_url)
+    c.start_worker("w1")
+    pool = c.run("echo kept in postgres", ["w1"])
+    assert c.master is not None
+    c.master.stop()
+    c.start_master("--db", pg_url)
+    code, again = c.request("GET", f"/pools/{pool['id']}")
+    assert code == 200 and again == pool
+    code, listed = c.request("GET", "/pools?worker=w1")
+    assert [p["id"] for p in listed] == [pool["id"]]
+
+
+def test_postgresql_stopped_under_a_running_master(own_cluster: Cluster, pg_url: str, postgres) -> None:
+    c = own_cluster
+    c.start_master("--db", pg_url)
+    c.start_worker("w1")
+    before = c.run("echo before", ["w1"])
+    postgres.stop()
+    try:
+        def refused() -> dict | None:
+            code, body = c.request("POST", "/job", {"cmd": "true", "workers": ["w1"]})
+            return body if code == 503 else None
+
+        body = poll(refused, what="a 503 while the database is away")
+        assert "store does not answer" in body["message"]
+        # What the master holds, it still serves.
+        assert c.request("GET", f"/pools/{before['id']}")[0] == 200
+        assert c.request("GET", "/workers")[0] == 200
+    finally:
+        postgres.start()
+    pool_id = poll(
+        lambda: (lambda r: r[0] == 200 and r[1]["pool_id"])(
+            c.request("POST", "/job", {"cmd": "echo after", "workers": ["w1"]})
+        ),
+        what="new pools once the database is back",
+    )
+    assert c.wait_pool(pool_id)["jobs"][0]["result"] == "after\n"
+    assert c.master is not None and c.master.alive()
