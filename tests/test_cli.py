@@ -396,3 +396,23 @@ def test_ctrl_c_while_following_without_a_handler_ends_the_command() -> None:
     with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C leaves
         drive(client, http.follow(pool_id, lambda event: None, on_interrupt=kill))
     assert killed == [True]
+
+
+def test_several_masters_the_first_that_answers_is_used_and_kept() -> None:
+    answered = Client(tokens=True)
+    tried: list[str] = []
+
+    class Masters(TreqHTTP):
+        def request(self, method: str, url: str, **kwargs: Any) -> Any:
+            tried.append(url.split("/")[2])
+            if url.startswith("http://down"):
+                return fail(ConnectionRefusedError("Connection refused"))
+            return super().request(method, url.replace("http://up", "http://master"), **kwargs)
+
+    client = MasterClient("http://down:8080, http://up:8080", TOKEN, Masters(answered.stub))
+    assert drive(answered, client.call("GET", "/workers"))
+    assert drive(answered, client.call("GET", "/workers"))
+    assert tried == ["down:8080", "up:8080", "up:8080"]  # kept to the one that answered
+    down = MasterClient("http://down:1,http://down:2", TOKEN, Masters(answered.stub))
+    with pytest.raises(CLIError, match="cannot connect to any master: http://down:1: Connection refused; http://down:2"):
+        drive(answered, down.call("GET", "/workers"))

@@ -38,7 +38,7 @@ def test_failed_attempts_back_off_and_a_welcome_resets_them() -> None:
     ])
     factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
     delays = []
-    dialer = MasterDialer(clock, endpoint, factory, lambda n: delays.append(n) or 2.0 ** n)
+    dialer = MasterDialer(clock, [endpoint], factory, lambda n: delays.append(n) or 2.0 ** n)
     dialer.startService()
     assert endpoint.calls == 1 and delays == [0]
     clock.advance(1)
@@ -57,11 +57,51 @@ def test_a_handshake_that_fails_is_a_failed_attempt() -> None:
     clock = Clock()
     joining = Joining()
     factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
-    dialer = MasterDialer(clock, Endpoint([lambda: _fired(joining)]), factory, lambda n: 5.0)
+    dialer = MasterDialer(clock, [Endpoint([lambda: _fired(joining)])], factory, lambda n: 5.0)
     dialer.startService()
     factory.on_lost(joining)  # closed before the welcome: not a redial of its own
     joining.joined.errback(JoinFailed("wrong secret"))
     assert [call.getTime() for call in clock.getDelayedCalls()] == [5.0]
+    dialer.stopService()
+
+
+def test_several_masters_start_anywhere_and_move_on_when_one_goes() -> None:
+    clock = Clock()
+    first, second = Joining(), Joining()
+    m1 = Endpoint([lambda: _fired(first), lambda: fail(ConnectionRefusedError())])
+    m2 = Endpoint([lambda: fail(ConnectionRefusedError()), lambda: _fired(second)])
+    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    delays = []
+    dialer = MasterDialer(
+        clock, [m1, m2], factory, lambda n: delays.append(n) or 1.0, choose=lambda count: 1
+    )
+    dialer.startService()
+    assert (m1.calls, m2.calls) == (0, 1)  # started where it was told: m2, which refuses
+    clock.advance(1)
+    assert (m1.calls, m2.calls) == (1, 1)  # then the next one, with no backoff yet
+    first.welcomed = True
+    first.joined.callback(first)
+    factory.on_lost(first)  # m1 goes: over to m2
+    clock.advance(1)
+    assert (m1.calls, m2.calls) == (1, 2) and dialer.current == 1
+    second.welcomed = True
+    second.joined.callback(second)
+    assert delays == [0, 0]  # a failure within a round, then a loss: the least delay each time
+    dialer.stopService()
+
+
+def test_a_whole_round_of_failures_backs_off() -> None:
+    clock = Clock()
+    masters = [Endpoint([]), Endpoint([]), Endpoint([])]  # all refuse
+    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    delays = []
+    dialer = MasterDialer(clock, masters, factory, lambda n: delays.append(n) or 1.0, choose=lambda count: 0)
+    dialer.startService()
+    clock.advance(1)
+    clock.advance(1)
+    clock.advance(1)
+    assert [m.calls for m in masters] == [2, 1, 1]
+    assert delays == [0, 0, 0, 1]  # the second round waits longer
     dialer.stopService()
 
 

@@ -79,7 +79,10 @@ class MasterClient:
     """
 
     def __init__(self, url: str, token: str | None, http: Any, token_source: str = "") -> None:
-        self.url = url.rstrip("/")
+        #: Every master it may call (C{url} may list several, comma-separated);
+        #: it calls the first that answers, and keeps to it.
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()] or [url]
+        self.url = self.urls[0]
         self.token = token
         self.http = http
         self.token_source = token_source
@@ -92,16 +95,28 @@ class MasterClient:
 
     async def _request(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        try:
-            return await self.http.request(
-                method, self.url + path, data=data, headers=self._headers(), **kw
-            )
-        except Exception as e:
-            raise CLIError(
-                f"cannot connect to the master at {self.url}: {_reason(e)}."
-                " Is it running? (set the address with --url or PCCI_URL)",
-                EXIT_UNREACHABLE,
-            ) from None
+        start = self.urls.index(self.url)
+        reasons = []
+        for url in self.urls[start:] + self.urls[:start]:
+            try:
+                response = await self.http.request(
+                    method, url + path, data=data, headers=self._headers(), **kw
+                )
+            except Exception as e:
+                reasons.append(f"{url}: {_reason(e)}")
+                if method == "GET" or _never_sent(e):
+                    continue  # no harm in asking the next master
+                break  # it may have been done: never twice
+            self.url = url
+            return response
+        where = (
+            f"the master at {reasons[0]}" if len(reasons) == 1 else "any master: " + "; ".join(reasons)
+        )
+        raise CLIError(
+            f"cannot connect to {where}. Is it running? (set the address with --url or"
+            " PCCI_URL; several, comma-separated, are tried in turn)",
+            EXIT_UNREACHABLE,
+        )
 
     async def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         """One request; its JSON answer, or a L{CLIError}."""
@@ -189,6 +204,17 @@ class MasterClient:
                 if last[0] is None:
                     raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
         return last[0]
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Whether a request failed before anything of it reached a master."""
+    import errno
+    import socket
+
+    unreached = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+    return isinstance(error, (ConnectionRefusedError, socket.gaierror)) or (
+        isinstance(error, OSError) and error.errno in unreached
+    )
 
 
 def _reason(error: BaseException) -> str:

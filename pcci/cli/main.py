@@ -118,7 +118,7 @@ TARGETS_HELP = "A worker name, a node set (pi[01-16]) or a glob (pi*), or severa
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="PCCI_URL", default=DEFAULT_URL, show_default=True,
-              help="The master's REST API (also PCCI_URL).")
+              help="The master's REST API (also PCCI_URL); several, comma-separated, are tried in turn.")
 @click.option("--token-file", metavar="PATH",
               help="A file holding the API token, if PCCI_TOKEN is not set"
                    " (default: ~/.pcci/api-token, when it exists).")

@@ -239,7 +239,10 @@ class Dispatcher:
         """
         Match the jobs a (re)connected worker holds with those the master
         thinks it runs: carry on with each held one; a job it no longer
-        holds is lost; one the master no longer knows is let go.
+        holds is lost.  A job this master does not know may be of a pool
+        another master started on the same store (that master died, its
+        worker came here): the store tells, and this master carries on
+        with it.  Otherwise it is let go.
         """
         held = {job["pool"]: job for job in link.held_jobs}
         running = self.roster.running(link.name)
@@ -252,10 +255,33 @@ class Dispatcher:
                 self._end_job(job, STATUS_LOST, LOST)
         for pool_id, job in held.items():
             if pool_id not in running:
-                if job.get("ended"):
-                    link.ack_job(pool_id)
-                else:
-                    link.kill_job(pool_id)
+                self.history.unfinished_job(pool_id, link.name).addCallback(
+                    self._take_over, link, pool_id, bool(job.get("ended"))
+                )
+
+    def _take_over(self, job: Job | None, link: WorkerLink, pool_id: str, ended: bool) -> None:
+        """A held job this master did not run: carry on with it, or let it go."""
+        if self.roster.links.get(link.name) is not link:
+            return  # the worker left meanwhile
+        running = self.roster.running(link.name)
+        if job is not None and pool_id not in running:
+            log.info(
+                "pool {pool}: carrying on with its job on {worker}, started by another master",
+                pool=pool_id,
+                worker=link.name,
+            )
+            running[pool_id] = job
+            link.attach_job(pool_id, job.seq)
+            # Its other jobs' workers may come here too, or end lost after the grace.
+            pool = self.history.pools[pool_id]
+            for other in pool.jobs.values():
+                if other.sent and other.status is None and other.worker_id not in self.roster.links:
+                    self.roster.adopt(other)
+        elif pool_id not in running:
+            if ended:
+                link.ack_job(pool_id)
+            else:
+                link.kill_job(pool_id)
 
     def _give_up(self, jobs: list[Job], reason: str) -> None:
         """A worker did not come back within the grace: its jobs are lost."""

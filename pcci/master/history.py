@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from pcci.master.model import Pool
+from pcci.master.model import Job, Pool
 from pcci.master.store import BatchedWriter, PoolStore
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL, MIN_SQUEEZED, OutputBuffer
 
@@ -267,6 +267,30 @@ class PoolHistory:
 
         return self.store.get(pool_id).addCallback(loaded)
 
+    def unfinished_job(self, pool_id: str, worker: str) -> Deferred[Job | None]:
+        """
+        The job of C{worker} in pool C{pool_id} if it has not ended: from
+        memory, else from the store (a pool another master started), whose
+        pool is then kept in memory like one this master started.
+        """
+        pool = self.pools.get(pool_id)
+        if pool is not None or self.store is None:
+            return succeed(_unended(pool, worker))
+
+        def loaded(record: dict[str, Any] | None) -> Job | None:
+            if pool_id in self.pools:  # loaded meanwhile
+                return _unended(self.pools[pool_id], worker)
+            if record is None or record["ended_at"] is not None:
+                return None
+            found = Pool.from_record(record, self.new_output)
+            job = _unended(found, worker)
+            if job is not None and job.sent:
+                self.pools[pool_id] = found
+                return job
+            return None
+
+        return self.store.get(pool_id).addCallback(loaded)
+
     def page(
         self, before: str | None, state: str | None, worker: str | None, cmd: str | None, limit: int
     ) -> Deferred[list[Pool | dict[str, Any]]]:
@@ -329,3 +353,8 @@ class PoolHistory:
             "output over the {budget}-byte budget: older output dropped",
             budget=self.max_output_total,
         )
+
+
+def _unended(pool: Pool | None, worker: str) -> Job | None:
+    job = None if pool is None else pool.jobs.get(worker)
+    return job if job is not None and job.status is None else None

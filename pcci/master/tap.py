@@ -257,7 +257,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         name = default_name()
         WorkerService(
             reactor,
-            LocalPortEndpoint(reactor, workers_port),
+            [LocalPortEndpoint(reactor, workers_port)],
             name,
             options.secret,
             options["kill-grace"],

@@ -1,5 +1,6 @@
 """
-Dialing the master, for as long as the worker runs.
+Dialing a master, for as long as the worker runs: one of several, moving to
+the next when the one it holds goes.
 
 Like Twisted's C{ClientService}, but a connection counts as made only once
 the master has welcomed the worker, and a connection that closes during the
@@ -10,7 +11,8 @@ C{prepareConnection} raises on such a close.)
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import random
+from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -24,19 +26,30 @@ log = Logger()
 
 
 class MasterDialer(Service):
-    """Keeps one connection to the master, redialing after C{retry(attempt)} s."""
+    """
+    Keeps one connection to one of C{endpoints} (its masters).  It starts at
+    a random one, so that workers spread over the masters, and moves to the
+    next whenever a dial fails or the connection goes (closed, or silent for
+    three heartbeats).  Every master is tried once before backing off: the
+    delay is C{retry(rounds)} after C{rounds} whole rounds of failures.
+    """
 
     def __init__(
         self,
         reactor: Any,
-        endpoint: IStreamClientEndpoint,
+        endpoints: Sequence[IStreamClientEndpoint],
         factory: WorkerFactory,
         retry: Callable[[int], float],
+        choose: Callable[[int], int] = lambda count: random.randrange(count),
     ) -> None:
+        if not endpoints:
+            raise ValueError("a worker needs at least one master")
         self.reactor = reactor
-        self.endpoint = endpoint
+        self.endpoints = list(endpoints)
         self.factory = factory
         self.retry = retry
+        #: The master dialed, or held: its index in C{endpoints}.
+        self.current = choose(len(self.endpoints))
         self._failures = 0
         self._dialing: Deferred[Any] | None = None
         self._next: IDelayedCall | None = None
@@ -58,7 +71,7 @@ class MasterDialer(Service):
         self._next = None
         if not self.running:
             return
-        d = self._dialing = self.endpoint.connect(self.factory)
+        d = self._dialing = self.endpoints[self.current].connect(self.factory)
         d.addCallback(lambda connection: connection.joined)
         d.addCallbacks(self._joined, self._failed)
 
@@ -81,8 +94,12 @@ class MasterDialer(Service):
             self._schedule()
 
     def _schedule(self) -> None:
+        """Dial the next master: quickly while a round lasts, then with backoff."""
         if self._next is not None and self._next.active():
             return
-        delay = self.retry(self._failures)
+        count = len(self.endpoints)
+        if count > 1:
+            self.current = (self.current + 1) % count
+        delay = self.retry(self._failures // count)
         self._failures += 1
         self._next = self.reactor.callLater(delay, self._dial)

@@ -6,7 +6,7 @@ backoff forever, and kills its running jobs when it stops.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
@@ -35,14 +35,15 @@ REAP_INTERVAL = 2.0
 class WorkerService(MultiService):
     """
     A worker: kills what its last run left behind (from its job journal),
-    then keeps a connection to its master, reconnecting with backoff
-    forever, and kills its running jobs when it stops.
+    then keeps a connection to one of its masters, moving to another when
+    it goes and reconnecting with backoff forever, and kills its running
+    jobs when it stops.
     """
 
     def __init__(
         self,
         reactor: Any,
-        endpoint: IStreamClientEndpoint,
+        endpoints: Sequence[IStreamClientEndpoint],
         name: str,
         secret: bytes | None,
         kill_grace: float,
@@ -73,7 +74,7 @@ class WorkerService(MultiService):
         )
         # A connection counts as made once the master welcomed this worker:
         # failed handshakes back off like failed connects.
-        self.client = MasterDialer(reactor, endpoint, self.factory, RETRY_POLICY)
+        self.client = MasterDialer(reactor, endpoints, self.factory, RETRY_POLICY)
         self.kill_grace = kill_grace
         self.reactor = reactor
         self._reaper = LoopingCall(reap_orphans)

@@ -27,7 +27,6 @@ class Options(usage.Options):
         ["no-auth", None, "Join a master started with --no-auth, trusting whichever master answers."],
     ]
     optParameters = [
-        ["master", None, "tcp:localhost:7000", "Client endpoint of the master's worker port."],
         ["name", None, None, "Name of this worker (default: the hostname)."],
         ["secret-file", None, None, "The cluster secret (default: ~/.pcci/cluster-secret, if there)."],
         ["kill-grace", None, 5.0, "Seconds from SIGTERM to SIGKILL when a job is killed.", seconds],
@@ -40,6 +39,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self.labels = default_labels()
+        self.masters: list[str] = []
+
+    def opt_master(self, endpoint: str) -> None:
+        """Client endpoint of a master's worker port (default tcp:localhost:7000); repeat it for several masters."""
+        self.masters.append(endpoint)
 
     def opt_label(self, text: str) -> None:
         """A label for targeting, KEY or KEY=VALUE (repeatable); os= and arch= are automatic."""
@@ -50,6 +54,7 @@ class Options(usage.Options):
         self.labels[key] = value
 
     def postOptions(self) -> None:
+        self.masters = self.masters or ["tcp:localhost:7000"]
         low, high = HEARTBEAT_RANGE
         if not low <= self["heartbeat"] <= high:
             raise usage.UsageError(f"--heartbeat is between {low} and {high} seconds")
@@ -96,7 +101,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     return WorkerService(
         reactor,
-        clientFromString(reactor, options["master"]),
+        [clientFromString(reactor, master) for master in options.masters],
         options["name"],
         options.secret,
         options["kill-grace"],
