@@ -27,6 +27,11 @@ def test_a_job_carries_on_when_its_master_is_killed(tmp_path: Path, pg_url: str)
         )
         poll(lambda: m1.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["result"] == "a\n",
              what="the first line")
+        # The other master shows it, as last stored; acting on it is its master's.
+        code, seen = m2.request("GET", f"/pools/{pool_id}")
+        assert code == 200 and seen["state"] == "running" and seen["cmd"].startswith("sh -c")
+        code, refused = m2.request("PUT", f"/kill/{pool_id}")
+        assert code == 409 and "another master" in refused["message"]
         assert m1.master is not None
         m1.master.signal(signal.SIGKILL)
         m2.wait_for_workers("w1")

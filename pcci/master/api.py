@@ -458,6 +458,10 @@ class MasterAPI:
 
     def _kill(self, pool: Pool, request: IRequest, body: Any) -> bytes:
         pool_id = pool.id
+        if self.history.is_elsewhere(pool):
+            raise APIError(
+                409, f"pool {pool_id} runs on another master: kill it there (its workers are held there)"
+            )
         if body is not None and not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object")
         items = body.get("workers") if body else None

@@ -255,7 +255,9 @@ class PoolHistory:
             if pool_id in self.pools:  # loaded meanwhile
                 return self.pools[pool_id]
             if record["ended_at"] is None:
-                return None  # ended meanwhile, or never ours: not kept in memory
+                # Another master runs it (on the same store): as last written
+                # there, not kept here (see is_elsewhere).
+                return Pool.from_record(record, _snapshot_output)
             if record["ended_at"] < self.wall() - self.retention:
                 return None  # past the retention, not yet deleted
             found = Pool.from_record(record, self.new_output)
@@ -266,6 +268,10 @@ class PoolHistory:
             return found
 
         return self.store.get(pool_id).addCallback(loaded)
+
+    def is_elsewhere(self, pool: Pool) -> bool:
+        """Whether C{pool} is another master's, read from the store: this one cannot act on it."""
+        return self.pools.get(pool.id) is not pool
 
     def unfinished_job(self, pool_id: str, worker: str) -> Deferred[Job | None]:
         """
@@ -358,3 +364,9 @@ class PoolHistory:
 def _unended(pool: Pool | None, worker: str) -> Job | None:
     job = None if pool is None else pool.jobs.get(worker)
     return job if job is not None and job.status is None else None
+
+
+def _snapshot_output(record: dict[str, Any] | None) -> OutputBuffer:
+    """A job's output as stored, for a pool only read (outside the budget)."""
+    limit = DEFAULT_MAX_OUTPUT
+    return OutputBuffer(limit) if record is None else OutputBuffer.from_record(record, limit)

@@ -140,7 +140,7 @@ def openapi_document() -> dict[str, Any]:
                         "403": _FORBIDDEN,
                         "413": _error("a body over the size limit"),
                         "415": _error("a body not sent as application/json"),
-                        "503": _error("too many pools running"),
+                        "503": _error("too many pools running, or the store does not answer"),
                     },
                 }
             },
@@ -276,6 +276,7 @@ def openapi_document() -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "403": _FORBIDDEN,
                         "404": _error("an unknown or expired pool"),
+                        "409": _error("a pool that another master runs: kill it there"),
                         "413": _error("a body over the size limit"),
                         "415": _error("a body not sent as application/json"),
                     },
