@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--pools", type=int, default=1000, help="pools for the pools/s figure")
     parser.add_argument("--lines", type=int, default=2_000_000)
     parser.add_argument("--master", nargs="*", default=[], help="more options for the first master")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also pools/s with PostgreSQL as the store (a throwaway server)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         cluster = Cluster(Path(directory))
@@ -162,18 +164,32 @@ def main() -> None:
             print(f"master RSS at the end: {master.memory_info().rss / 2**20:.0f} MiB")
         finally:
             cluster.stop()
-        cluster = Cluster(Path(directory) / "memory")
-        try:
-            cluster.start_master("--retention", "5", "--db", ":memory:")
-            cluster.start_worker("w1")
-            cluster.start_worker("w2")
-            in_memory = throughput_of_pools(
-                cluster.api_port, cluster.token, args.clients, args.pools // args.clients,
-                ", --db :memory:",
-            )
-            print(f"stored / in memory: {stored / in_memory:.2f}")
-        finally:
-            cluster.stop()
+        in_memory = pools_per_second(Path(directory) / "memory", ":memory:", args)
+        print(f"stored / in memory: {stored / in_memory:.2f}")
+        if args.postgres:
+            from postgres import Postgres  # the tests' throwaway server
+
+            server = Postgres()
+            try:
+                in_postgres = pools_per_second(Path(directory) / "pg", server.url, args)
+            finally:
+                server.destroy()
+            print(f"PostgreSQL / SQLite: {in_postgres / stored:.2f}")
+
+
+def pools_per_second(directory: Path, db: str, args: argparse.Namespace) -> float:
+    """Pools/s of a master with --db DB and two workers."""
+    cluster = Cluster(directory)
+    try:
+        cluster.start_master("--retention", "5", "--db", db)
+        cluster.start_worker("w1")
+        cluster.start_worker("w2")
+        label = ", in PostgreSQL" if db.startswith("postgres") else f", --db {db}"
+        return throughput_of_pools(
+            cluster.api_port, cluster.token, args.clients, args.pools // args.clients, label
+        )
+    finally:
+        cluster.stop()
 
 
 if __name__ == "__main__":
