@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from twisted.internet.defer import execute
 
+from fakes import started as result
 from pcci.master.pgstore import PostgresStore, check_database, is_postgres_url
 from pcci.master.store import SCHEMA_VERSION, StoredPool, StoreError
 
@@ -24,15 +25,6 @@ class SyncStore(PostgresStore):
 
     def close(self) -> None:
         self._close()
-
-
-def result(d: Any) -> Any:
-    found: list = []
-    d.addBoth(found.append)
-    (value,) = found
-    if hasattr(value, "raiseException"):
-        value.raiseException()
-    return value
 
 
 def pool(pool_id: str, workers: list[str], cmd: str = "true", ended: float | None = None) -> StoredPool:

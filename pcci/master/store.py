@@ -2,11 +2,12 @@
 Where the master keeps pools on disk, so a restart forgets nothing.
 
 L{PoolStore} is the seam: what the master's state needs of storage, as
-Deferreds, never blocking the reactor.  L{SQLiteStore} is its one engine:
-the standard library's C{sqlite3} in WAL mode, driven by one thread of its
-own, so every call runs in the order it was made (a read sees every write
-asked before it).  Another engine (PostgreSQL, for several masters sharing
-one history) would implement the same four calls.
+Deferreds, never blocking the reactor.  Each engine runs in a thread of its
+own (L{ThreadedStore}), so every call runs in the order it was made (a read
+sees every write asked before it): L{SQLiteStore} here, the standard
+library's C{sqlite3} in WAL mode, for one master; and
+L{pcci.master.pgstore.PostgresStore}, for several masters sharing one
+history.
 
 A pool is stored as its summary, for listing, and its whole record (jobs,
 their states and kept output, event ids), written again as it changes.
@@ -143,6 +144,10 @@ class ThreadedStore:
     made (a read sees every write asked before it).  Nothing is started
     until L{open}: a daemon forks after it is built, and a thread started
     before the fork is not in the daemon.
+
+    An engine provides, run in that thread: C{_open}, C{_close}, C{_ping},
+    and C{_save}, C{_unfinished}, C{_get}, C{_page}, C{_expire} for the
+    calls of L{PoolStore} of the same names.
     """
 
     def __init__(self, reactor: Any, name: str) -> None:
@@ -192,41 +197,6 @@ class ThreadedStore:
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
-
-    # What an engine does, in the store's thread.
-
-    def _ping(self) -> None:
-        raise NotImplementedError
-
-
-    def _open(self) -> None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        raise NotImplementedError
-
-    def _save(self, pools: list[StoredPool]) -> None:
-        raise NotImplementedError
-
-    def _unfinished(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def _get(self, pool_id: str) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def _page(
-        self,
-        before: str | None,
-        state: str | None,
-        worker: str | None,
-        cmd: str | None,
-        limit: int,
-        ended_since: float,
-    ) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def _expire(self, ended_before: float) -> int:
-        raise NotImplementedError
 
 
 class SQLiteStore(ThreadedStore):
