@@ -3,11 +3,14 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from cluster import Cluster, processes_with
+
+if TYPE_CHECKING:
+    from postgres import Postgres
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def marker(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator["Postgres"]:
+def postgres() -> Iterator[Postgres]:
     """A throwaway PostgreSQL server for the whole run (see tests/postgres.py)."""
     from postgres import Postgres
 
@@ -55,7 +58,7 @@ def postgres() -> Iterator["Postgres"]:
 
 
 @pytest.fixture
-def pg_url(postgres: "Postgres") -> Iterator[str]:
+def pg_url(postgres: Postgres) -> Iterator[str]:
     """A URL of an empty pcci database on the throwaway server."""
     import psycopg
 

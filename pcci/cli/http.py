@@ -114,23 +114,25 @@ class StdlibHTTP:
             key.decode(): b", ".join(values).decode() for key, values in (headers or {}).items()
         }
         # A stream holds its connection until it ends: it gets its own.
-        reuse = not unbuffered and self._kept is not None and self._kept_for == where
-        connection = self._kept if reuse else self._connect(*where)
-        assert connection is not None
+        kept = self._kept if not unbuffered and self._kept_for == where else None
+
+        def ask(connection: http.client.HTTPConnection) -> http.client.HTTPResponse:
+            try:
+                connection.request(method, path or "/", body=data, headers=sent)
+                return connection.getresponse()
+            except BaseException:
+                connection.close()
+                raise
+
+        connection = kept or self._connect(*where)
         try:
-            connection.request(method, path or "/", body=data, headers=sent)
-            answer = connection.getresponse()
+            answer = ask(connection)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            if not reuse:
+            if kept is None:
                 raise
             # The kept connection was closed by the master meanwhile: once more, anew.
-            connection.close()
             connection = self._connect(*where)
-            connection.request(method, path or "/", body=data, headers=sent)
-            answer = connection.getresponse()
-        except BaseException:
-            connection.close()
-            raise
+            answer = ask(connection)
         if not unbuffered:
             self._kept, self._kept_for = connection, where
         return Ready(Response(answer, connection))

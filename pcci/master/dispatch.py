@@ -114,11 +114,7 @@ class Dispatcher:
     def carry_on(self, records: list[dict[str, Any]]) -> int:
         """Take back the pools that had not ended when the last master stopped."""
         for pool in self.history.load(records):
-            in_flight = 0
-            for job in pool.jobs.values():
-                if job.sent and job.status is None:
-                    self.roster.adopt(job)
-                    in_flight += 1
+            in_flight = self._adopt_in_flight(pool)
             if pool.waiting and not pool.halted:
                 # Its workers have to come back first.
                 slots = pool.rollout.window(len(pool.jobs)) - in_flight
@@ -126,6 +122,20 @@ class Dispatcher:
                     self.clock.callLater(self.roster.reconnect_grace, self._send, pool, slots)
                 )
         return len(records)
+
+    def _adopt_in_flight(self, pool: Pool) -> int:
+        """
+        A pool this master did not start (it was running when this master
+        started, or another master ran it): its jobs sent and not ended wait
+        the grace for workers not connected here.  How many are in flight.
+        """
+        in_flight = 0
+        for job in pool.jobs.values():
+            if job.sent and job.status is None:
+                in_flight += 1
+                if job.worker_id not in self.roster.links:
+                    self.roster.adopt(job)
+        return in_flight
 
     def _send(self, pool: Pool, slots: int) -> None:
         """Send up to C{slots} of C{pool}'s waiting jobs to their workers."""
@@ -273,10 +283,7 @@ class Dispatcher:
             running[pool_id] = job
             link.attach_job(pool_id, job.seq)
             # Its other jobs' workers may come here too, or end lost after the grace.
-            pool = self.history.pools[pool_id]
-            for other in pool.jobs.values():
-                if other.sent and other.status is None and other.worker_id not in self.roster.links:
-                    self.roster.adopt(other)
+            self._adopt_in_flight(self.history.pools[pool_id])
         elif pool_id not in running:
             if ended:
                 link.ack_job(pool_id)

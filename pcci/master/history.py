@@ -117,6 +117,12 @@ class PoolHistory:
             return OutputBuffer(self.max_output, self._resized)
         return OutputBuffer.from_record(record, self.max_output, self._resized)
 
+    def _read_only_output(self, record: dict[str, Any] | None) -> OutputBuffer:
+        """A job's output as stored, for a pool only read (outside the budget)."""
+        if record is None:
+            return OutputBuffer(self.max_output)
+        return OutputBuffer.from_record(record, self.max_output)
+
     def add(self, pool: Pool) -> None:
         """Keep a new pool, written to the store soon."""
         self.pools[pool.id] = pool
@@ -257,7 +263,7 @@ class PoolHistory:
             if record["ended_at"] is None:
                 # Another master runs it (on the same store): as last written
                 # there, not kept here (see is_elsewhere).
-                return Pool.from_record(record, _snapshot_output)
+                return Pool.from_record(record, self._read_only_output)
             if record["ended_at"] < self.wall() - self.retention:
                 return None  # past the retention, not yet deleted
             found = Pool.from_record(record, self.new_output)
@@ -288,12 +294,15 @@ class PoolHistory:
                 return _unended(self.pools[pool_id], worker)
             if record is None or record["ended_at"] is not None:
                 return None
-            found = Pool.from_record(record, self.new_output)
-            job = _unended(found, worker)
-            if job is not None and job.sent:
-                self.pools[pool_id] = found
-                return job
-            return None
+            sent = any(
+                job["worker"] == worker and job["sent"] and job["status"] is None
+                for job in record["jobs"]
+            )
+            if not sent:
+                return None
+            # Kept like a pool of this master's: its output counts in the budget.
+            found = self.pools[pool_id] = Pool.from_record(record, self.new_output)
+            return _unended(found, worker)
 
         return self.store.get(pool_id).addCallback(loaded)
 
@@ -321,9 +330,10 @@ class PoolHistory:
 
     def reclaim_output(self) -> None:
         """
-        Called after output was added.  Over the total budget: drop the output of finished pools, oldest
-        first, then squeeze the largest running jobs' output, until the
-        master holds at most nine tenths of the budget.
+        Called after output was added.  Over the total budget: drop the
+        output of finished pools, oldest first, then squeeze the largest
+        running jobs' output, until the master holds at most nine tenths of
+        the budget.
         """
         if self.output_total <= self.max_output_total:
             return
@@ -365,8 +375,3 @@ def _unended(pool: Pool | None, worker: str) -> Job | None:
     job = None if pool is None else pool.jobs.get(worker)
     return job if job is not None and job.status is None else None
 
-
-def _snapshot_output(record: dict[str, Any] | None) -> OutputBuffer:
-    """A job's output as stored, for a pool only read (outside the budget)."""
-    limit = DEFAULT_MAX_OUTPUT
-    return OutputBuffer(limit) if record is None else OutputBuffer.from_record(record, limit)

@@ -80,17 +80,11 @@ class PostgresStore(ThreadedStore):
     # In the store's thread.
 
     def _open(self) -> None:
-        check_database(self.url)
-        self._connect()
+        _check_schema(self._connect(), self.url)
 
     def _connect(self) -> Any:
-        import psycopg
-
         if self._connection is None or self._connection.closed:
-            try:
-                self._connection = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT)
-            except psycopg.Error as e:
-                raise StoreError(f"cannot reach the {_safe(self.url)}: {_first_line(e)}") from None
+            self._connection = _connect(self.url)
         return self._connection
 
     def _execute(self, query: str, args: Any = (), many: bool = False) -> Any:
@@ -149,17 +143,15 @@ class PostgresStore(ThreadedStore):
     ) -> list[dict[str, Any]]:
         where, args = page_filters(
             before, state, worker, cmd, ended_since,
-            mark="%s", worker_test="workers @> ARRAY[%s]::text[]", worker_value=worker,
-            cmd_test="strpos(cmd, %s) > 0",
+            mark="%s", worker_test="workers @> ARRAY[%s]::text[]", cmd_test="strpos(cmd, %s) > 0",
         )
         query = f"SELECT summary FROM pools WHERE {where} ORDER BY id DESC LIMIT %s"
         return [json.loads(summary) for (summary,) in self._execute(query, (*args, limit))]
 
     def _expire(self, ended_before: float) -> int:
-        count: int = self._execute(
-            "DELETE FROM pools WHERE ended_at IS NOT NULL AND ended_at < %s", (ended_before,)
+        return int(
+            self._execute("DELETE FROM pools WHERE ended_at IS NOT NULL AND ended_at < %s", (ended_before,))
         )
-        return count
 
 
 def check_database(url: str) -> None:
@@ -169,12 +161,27 @@ def check_database(url: str) -> None:
     @raise StoreError: unreachable, not a pcci database, or one of a newer
         pcci; nothing is changed then.
     """
+    connection = _connect(url)
+    try:
+        _check_schema(connection, url)
+    finally:
+        connection.close()
+
+
+def _connect(url: str) -> Any:
+    """A connection to the database; one that cannot be made is a L{StoreError}."""
     import psycopg
 
     try:
-        connection = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT)
+        return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as e:
         raise StoreError(f"cannot reach the {_safe(url)}: {_first_line(e)}") from None
+
+
+def _check_schema(connection: Any, url: str) -> None:
+    """Create the schema, or check the one there, under the schema lock."""
+    import psycopg
+
     try:
         with connection.transaction(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
@@ -200,8 +207,6 @@ def check_database(url: str) -> None:
             )
     except psycopg.Error as e:
         raise StoreError(f"cannot use the {_safe(url)}: {_first_line(e)}") from None
-    finally:
-        connection.close()
 
 
 def _first_line(error: BaseException) -> str:

@@ -78,9 +78,6 @@ class PoolStore(Protocol):
     def save(self, pools: list[StoredPool]) -> Deferred[None]:
         """Write these pools (new or changed) in one transaction."""
 
-    def unfinished(self) -> Deferred[list[dict[str, Any]]]:
-        """The records of the pools that had not ended, oldest first."""
-
     def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
         """A pool's record, or None."""
 
@@ -116,13 +113,12 @@ def page_filters(
     *,
     mark: str,
     worker_test: str,
-    worker_value: Any,
     cmd_test: str,
 ) -> tuple[str, list[Any]]:
     """
     The C{WHERE} clause of a page of pools and its arguments, in an
     engine's words: its parameter C{mark}, and how it tests a pool's
-    workers and command.
+    workers and command (C{worker} as that test wants it).
     """
     where = [f"(ended_at IS NULL OR ended_at >= {mark})"]
     args: list[Any] = [ended_since]
@@ -134,7 +130,7 @@ def page_filters(
     ):
         if value is not None:
             where.append(test)
-            args.append(worker_value if test is worker_test else value)
+            args.append(value)
     return " AND ".join(where), args
 
 
@@ -174,9 +170,6 @@ class ThreadedStore:
 
     def save(self, pools: list[StoredPool]) -> Deferred[None]:
         return self._run(self._save, pools)
-
-    def unfinished(self) -> Deferred[list[dict[str, Any]]]:
-        return self._run(self._unfinished)
 
     def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
         return self._run(self._get, pool_id)
@@ -264,9 +257,8 @@ class SQLiteStore(ThreadedStore):
         ended_since: float,
     ) -> list[dict[str, Any]]:
         where, args = page_filters(
-            before, state, worker, cmd, ended_since,
-            mark="?", worker_test="instr(workers, ?) > 0", worker_value=f" {worker} ",
-            cmd_test="instr(cmd, ?) > 0",
+            before, state, None if worker is None else f" {worker} ", cmd, ended_since,
+            mark="?", worker_test="instr(workers, ?) > 0", cmd_test="instr(cmd, ?) > 0",
         )
         query = f"SELECT summary FROM pools WHERE {where} ORDER BY id DESC LIMIT ?"
         rows = self.db.execute(query, (*args, limit)).fetchall()
@@ -422,11 +414,15 @@ class BatchedWriter:
             self.trouble = failure.getErrorMessage()
 
         def answered(_: Any) -> None:
-            if self.trouble is not None and not self._changed and not self._writing:
-                log.info("the store answers again")
-                self.trouble = None
+            if not self._changed and not self._writing:
+                self._answered()
 
         return self.store.ping().addCallbacks(answered, failed)
+
+    def _answered(self) -> None:
+        if self.trouble is not None:
+            log.info("the store answers again")
+        self.trouble = None
 
     def _schedule(self, delay: float) -> None:
         if self._writing:
@@ -463,11 +459,7 @@ class BatchedWriter:
     def _written(self, _: Any) -> None:
         self._writing = False
         self._failures = 0
-        if self.trouble is not None:
-            log.info("the store answers again")
-        self.trouble = None
-        #: Why the last write (or look at the store) failed, while it fails.
-        self.trouble: str | None = None
+        self._answered()
         in_flight, self._in_flight = self._in_flight, {}
         for waiters in in_flight.values():
             for d in waiters:
