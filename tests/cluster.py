@@ -8,6 +8,7 @@ polling against a deadline.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import resource
@@ -19,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -242,3 +243,30 @@ def processes_with(marker: str) -> list[int]:
         if marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(proc.pid)
     return found
+
+
+def read_events(response: http.client.HTTPResponse) -> Iterator[tuple[int, str, dict]]:
+    """A pool's server-sent events as they come: (id, name, data)."""
+    fields: dict[str, str] = {}
+    for raw in response:
+        line = raw.decode().rstrip("\n")
+        if not line:
+            if fields:
+                yield int(fields["id"]), fields["event"], json.loads(fields["data"])
+            fields = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            fields[key] = value
+
+
+def open_events(cluster: Cluster, pool_id: str, last: int | None = None) -> http.client.HTTPResponse:
+    """A pool's event stream on C{cluster}'s master, after event C{last}."""
+    connection = http.client.HTTPConnection("127.0.0.1", cluster.api_port, timeout=20)
+    headers = {"Authorization": f"Bearer {cluster.token}"}
+    if last is not None:
+        headers["Last-Event-ID"] = str(last)
+    connection.request("GET", f"/pools/{pool_id}/events", headers=headers)
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.getheader("Content-Type").startswith("text/event-stream")
+    return response

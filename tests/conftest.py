@@ -63,5 +63,6 @@ def pg_url(postgres: Postgres) -> Iterator[str]:
     import psycopg
 
     with psycopg.connect(postgres.url, autocommit=True) as connection:
-        connection.execute("DROP TABLE IF EXISTS pools, meta")
+        connection.execute("DROP SCHEMA public CASCADE")
+        connection.execute("CREATE SCHEMA public")
     yield postgres.url

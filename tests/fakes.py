@@ -16,6 +16,7 @@ class FakeLink:
     heartbeat: float = 5.0
     labels: dict[str, str] = field(default_factory=dict)
     held_jobs: list[dict[str, Any]] = field(default_factory=list)
+    master: str | None = None
     attached: list[tuple[str, int]] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     runs: list[tuple[str, str]] = field(default_factory=list)

@@ -5,8 +5,6 @@ stdin, rolling batches, and the live event stream, on real daemons.
 
 from __future__ import annotations
 
-import http.client
-import json
 import socket
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from cluster import Cluster, poll, processes_with
+from cluster import Cluster, open_events, poll, processes_with, read_events
 
 pytestmark = pytest.mark.e2e
 
@@ -103,31 +101,6 @@ def test_a_batch_of_one_never_overlaps(trio: Cluster) -> None:
 def test_max_failures_cancels_the_rest(trio: Cluster) -> None:
     pool = run(trio, {"cmd": "false", "workers": list(WORKERS), "batch": 1, "max_failures": 1})
     assert pool["counts"] == {"failed": 1, "cancelled": 2}
-
-
-def read_events(response: http.client.HTTPResponse) -> Iterator[tuple[int, str, dict]]:
-    fields: dict[str, str] = {}
-    for raw in response:
-        line = raw.decode().rstrip("\n")
-        if not line:
-            if fields:
-                yield int(fields["id"]), fields["event"], json.loads(fields["data"])
-            fields = {}
-        elif not line.startswith(":"):
-            key, _, value = line.partition(": ")
-            fields[key] = value
-
-
-def open_events(cluster: Cluster, pool_id: str, last: int | None = None) -> http.client.HTTPResponse:
-    connection = http.client.HTTPConnection("127.0.0.1", cluster.api_port, timeout=20)
-    headers = {"Authorization": f"Bearer {cluster.token}"}
-    if last is not None:
-        headers["Last-Event-ID"] = str(last)
-    connection.request("GET", f"/pools/{pool_id}/events", headers=headers)
-    response = connection.getresponse()
-    assert response.status == 200
-    assert response.getheader("Content-Type").startswith("text/event-stream")
-    return response
 
 
 def test_the_event_stream_carries_both_streams_live_and_resumes(trio: Cluster, tmp_path: Path) -> None:

@@ -1,46 +1,137 @@
-"""Several masters on one PostgreSQL: a worker that lists both moves when its master dies, and its job carries on."""
+"""
+Several masters on one PostgreSQL: every master shows and runs the whole
+cluster, and a master killed loses nothing and runs nothing twice.
+"""
 
 from __future__ import annotations
 
 import shutil
 import signal
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from cluster import Cluster, poll
+from cluster import Cluster, open_events, poll, read_events
 
 pytestmark = pytest.mark.e2e
 
 
-def test_a_job_carries_on_when_its_master_is_killed(tmp_path: Path, pg_url: str) -> None:
+def masters(tmp_path: Path, pg_url: str) -> tuple[Cluster, Cluster]:
+    """Two masters, m1 and m2, on one database, with the same secret and tokens."""
     m1, m2 = Cluster(tmp_path / "m1"), Cluster(tmp_path / "m2")
+    m1.start_master("--db", pg_url, "--name", "m1")
+    shutil.copytree(m1.state_dir, m2.state_dir)
+    m2.start_master("--db", pg_url, "--name", "m2")
+    return m1, m2
+
+
+@pytest.fixture
+def two(tmp_path: Path, pg_url: str) -> Iterator[tuple[Cluster, Cluster]]:
+    """m1 holding w1, m2 holding w2, and w3 listing both."""
+    m1, m2 = masters(tmp_path, pg_url)
     try:
-        m1.start_master("--db", pg_url)
-        shutil.copytree(m1.state_dir, m2.state_dir)  # the same secret and tokens on both
-        m1.start_worker("w1", "--master", f"tcp:127.0.0.1:{m2.worker_port}", "--heartbeat", "0.5")
-        m2.start_master("--db", pg_url)
+        m1.start_worker("w1", wait=False)
+        m2.start_worker("w2", wait=False)
+        m1.start_worker("w3", "--master", f"tcp:127.0.0.1:{m2.worker_port}", wait=False)
+        for master in (m1, m2):
+            master.wait_for_workers("w1", "w2", "w3")
+        yield m1, m2
+    finally:
+        m2.stop()
+        m1.stop()
+
+
+def holders(cluster: Cluster) -> dict[str, str]:
+    return {w["id"]: w["master"] for w in cluster.request("GET", "/workers")[1]}
+
+
+def test_every_master_lists_every_worker_with_its_master(two: tuple[Cluster, Cluster]) -> None:
+    m1, m2 = two
+    seen = holders(m1)
+    assert seen["w1"] == "m1" and seen["w2"] == "m2" and seen["w3"] in ("m1", "m2")
+    assert holders(m2) == seen
+
+
+def test_a_pool_runs_on_workers_of_both_masters_and_shows_on_both(
+    two: tuple[Cluster, Cluster]
+) -> None:
+    m1, m2 = two
+    pool = m1.run("echo hello", ["w1", "w2", "w3"])
+    assert pool["counts"] == {"ok": 3}
+    assert {job["worker_id"]: job["result"] for job in pool["jobs"]} == {
+        "w1": "hello\n", "w2": "hello\n", "w3": "hello\n"
+    }
+    seen = poll(lambda: (p := m2.request("GET", f"/pools/{pool['id']}")[1])["state"] == "ok" and p,
+                what="the pool ended on m2")
+    assert [job["result"] for job in seen["jobs"]] == ["hello\n"] * 3
+    listed = m2.request("GET", "/pools")[1]
+    assert pool["id"] in [p["id"] for p in listed]
+
+
+def test_the_other_master_streams_a_pool_live(two: tuple[Cluster, Cluster], tmp_path: Path) -> None:
+    m1, m2 = two
+    go = tmp_path / "go"
+    cmd = f"sh -c 'echo first; while [ ! -e {go} ]; do sleep 0.05; done; echo second'"
+    pool_id = m1.submit(cmd, ["w1", "w2"])
+    events = read_events(open_events(m2, pool_id))
+    outputs = []
+    for _, name, data in events:  # live: the command still waits
+        if name == "output":
+            outputs.append((data["worker"], data["data"]))
+        if len(outputs) == 2:
+            break
+    assert sorted(outputs) == [("w1", "first\n"), ("w2", "first\n")]
+    go.touch()
+    rest = list(events)
+    assert sorted((d["worker"], d["data"]) for _, n, d in rest if n == "output") == [
+        ("w1", "second\n"), ("w2", "second\n")
+    ]
+    assert rest[-1][1] == "pool" and rest[-1][2]["state"] == "ok"
+
+
+def test_a_kill_on_either_master_kills_everywhere(
+    two: tuple[Cluster, Cluster], marker: str
+) -> None:
+    m1, m2 = two
+    pool_id = m2.submit(f"sleep {marker}", ["w1", "w2"])
+    poll(lambda: m2.request("GET", f"/pools/{pool_id}")[1]["counts"] == {"running": 2},
+         what="both jobs running")
+    code, answer = m1.request("PUT", f"/kill/{pool_id}")
+    assert code == 200 and sorted(answer["workers"]) == ["w1", "w2"]
+    pool = m2.wait_pool(pool_id)
+    assert pool["counts"] == {"killed": 2}
+
+
+def test_a_job_carries_on_when_its_master_is_killed(tmp_path: Path, pg_url: str) -> None:
+    m1, m2 = masters(tmp_path, pg_url)
+    try:
+        m1.start_worker(
+            "w1", "--master", f"tcp:127.0.0.1:{m2.worker_port}", "--heartbeat", "0.5", wait=False
+        )
+        for master in (m1, m2):
+            master.wait_for_workers("w1")
+        holder, other, survivor = (m1, m2, "m2") if holders(m1)["w1"] == "m1" else (m2, m1, "m1")
         go, runs = tmp_path / "go", tmp_path / "runs"
-        pool_id = m1.submit(
+        pool_id = holder.submit(
             f"sh -c 'echo ran >> {runs}; echo a; while [ ! -e {go} ]; do sleep 0.05; done; echo b'",
             ["w1"],
         )
-        poll(lambda: m1.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["result"] == "a\n",
-             what="the first line")
-        # The other master shows it, as last stored; acting on it is its master's.
-        code, seen = m2.request("GET", f"/pools/{pool_id}")
-        assert code == 200 and seen["state"] == "running" and seen["cmd"].startswith("sh -c")
-        code, refused = m2.request("PUT", f"/kill/{pool_id}")
-        assert code == 409 and "another master" in refused["message"]
-        assert m1.master is not None
-        m1.master.signal(signal.SIGKILL)
-        m2.wait_for_workers("w1")
+        events = read_events(open_events(other, pool_id))
+        assert next(e for e in events if e[1] == "output")[2]["data"] == "a\n"
+        assert holder.master is not None
+        holder.master.signal(signal.SIGKILL)
+        poll(lambda: holders(other).get("w1") == survivor, what="w1 on the survivor")
         go.touch()
-        pool = m2.wait_pool(pool_id, timeout=30)
+        pool = other.wait_pool(pool_id, timeout=30)
         job = pool["jobs"][0]
         assert (job["state"], job["status"], job["result"]) == ("ok", 0, "a\nb\n")
         assert runs.read_text() == "ran\n"  # once
-        assert "started by another master" in m2.master.log_text()
+        # The stream opened on the survivor carried on to the end.
+        rest = list(events)
+        assert [d["data"] for _, n, d in rest if n == "output"] == ["b\n"]
+        assert rest[-1][1] == "pool" and rest[-1][2]["state"] == "ok"
+        assert "took over 1 pools of masters gone" in other.master.log_text()
     finally:
         m2.stop()
         m1.stop()

@@ -9,8 +9,8 @@ import pytest
 from twisted.internet.defer import execute
 
 from fakes import started as result
-from pcci.master.pgstore import PostgresStore, check_database, is_postgres_url
-from pcci.master.store import SCHEMA_VERSION, StoredPool, StoreError
+from pcci.master.pgstore import SCHEMA_VERSION, PostgresStore, check_database, is_postgres_url
+from pcci.master.store import StoredPool, StoreError
 
 
 class SyncStore(PostgresStore):
@@ -42,11 +42,11 @@ def test_which_urls_are_postgresql() -> None:
 
 
 def test_pools_round_trip_and_page(pg_url: str) -> None:
-    store = SyncStore(pg_url, None)
+    store = SyncStore(pg_url, None, "m1")
     assert store.open() == []
     result(store.save([pool("p1", ["a", "b"], "echo one"), pool("p2", ["b"], "uname", 10.0)]))
     result(store.save([pool("p1", ["a", "b"], "echo one", 20.0)]))  # changed: written again
-    assert result(store.get("p1")) == {"id": "p1", "ended_at": 20.0}
+    assert result(store.get("p1")) == {"id": "p1", "ended_at": 20.0, "owner": "m1"}
     assert result(store.get("nope")) is None
     ids = lambda page: [p["id"] for p in page]  # noqa: E731
     assert ids(result(store.page(None, None, None, None, 10))) == ["p2", "p1"]
@@ -58,7 +58,7 @@ def test_pools_round_trip_and_page(pg_url: str) -> None:
     assert ids(result(store.page(None, None, None, None, 10))) == ["p1"]
     result(store.save([pool("p3", ["c"])]))
     store.close()
-    again = SyncStore(pg_url, None)
+    again = SyncStore(pg_url, None, "m1")
     assert again.open() == [{"id": "p3", "ended_at": None}]  # not ended: carried on
     again.close()
 
@@ -84,7 +84,7 @@ def test_an_unreachable_database_is_one_sentence() -> None:
 
 
 def test_a_broken_connection_is_made_again_at_the_next_call(pg_url: str, postgres: Any) -> None:
-    store = SyncStore(pg_url, None)
+    store = SyncStore(pg_url, None, "m1")
     store.open()
     result(store.save([pool("p1", ["a"])]))
     postgres.stop()
@@ -93,5 +93,5 @@ def test_a_broken_connection_is_made_again_at_the_next_call(pg_url: str, postgre
             result(store.get("p1"))
     finally:
         postgres.start()
-    assert result(store.get("p1")) == {"id": "p1", "ended_at": None}
+    assert result(store.get("p1")) == {"id": "p1", "ended_at": None, "owner": "m1"}
     store.close()

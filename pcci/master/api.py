@@ -230,6 +230,7 @@ class MasterAPI:
         max_workers: int = MAX_WORKERS,
     ) -> None:
         self.clock = state.clock
+        self.state = state
         self.roster = state.roster
         self.history = state.history
         self.dispatcher = state.dispatcher
@@ -456,12 +457,8 @@ class MasterAPI:
         body = _read_json(request, self.max_body, required=False)
         return self._pool(pool_id).addCallback(self._kill, request, body)
 
-    def _kill(self, pool: Pool, request: IRequest, body: Any) -> bytes:
+    def _kill(self, pool: Pool, request: IRequest, body: Any) -> Deferred[bytes]:
         pool_id = pool.id
-        if self.history.is_elsewhere(pool):
-            raise APIError(
-                409, f"pool {pool_id} runs on another master: kill it there (its workers are held there)"
-            )
         if body is not None and not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object")
         items = body.get("workers") if body else None
@@ -474,19 +471,32 @@ class MasterAPI:
                     self.max_workers,
                     missing=f"workers not in pool {pool_id}",
                 )
-            asked = self.dispatcher.kill(pool_id, workers)
+            if not self.history.is_elsewhere(pool):
+                asking = succeed(self.dispatcher.kill(pool_id, workers))
+            elif self.state.peers is not None:
+                asking = self.state.peers.kill_elsewhere(pool, workers)
+            else:
+                raise APIError(409, f"pool {pool_id} runs on another master: kill it there")
         except (SubmitError, TargetError) as e:
             raise APIError(400, str(e)) from None
-        audit.info(
-            "{who} killed pool {pool} on {workers}",
-            who=_who(request) or "anyone (no auth)",
-            pool=pool_id,
-            workers=",".join(asked) or "(nothing left running)",
-        )
-        return _json(
-            request,
-            {"pool_id": pool_id, "workers": asked, "message": f"kill sent to {len(asked)} jobs"},
-        )
+
+        def asked(names: list[str]) -> bytes:
+            audit.info(
+                "{who} killed pool {pool} on {workers}",
+                who=_who(request) or "anyone (no auth)",
+                pool=pool_id,
+                workers=",".join(names) or "(nothing left running)",
+            )
+            return _json(
+                request,
+                {"pool_id": pool_id, "workers": names, "message": f"kill sent to {len(names)} jobs"},
+            )
+
+        def nobody(failure: Failure) -> bytes:
+            failure.trap(LookupError)
+            raise APIError(503, f"{failure.getErrorMessage()}: try again in a few seconds")
+
+        return asking.addCallbacks(asked, nobody)
 
     # Errors: specific first, then routing errors, then anything unexpected.
 

@@ -62,6 +62,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.heartbeat = 0.0
         self.labels: dict[str, str] = {}
         self.held_jobs: list[dict[str, Any]] = []
+        self.master: str | None = None  # connected here
         #: The protocol version spoken on this connection: the worker's.
         self.version = PROTOCOL_VERSION
         self._last_frame = 0.0

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pcci.ids import UUID7Generator
-from pcci.master.events import output_data
+from pcci.master.events import Event, output_data
 from pcci.master.history import PoolHistory
 from pcci.master.jobspec import JobOptions, Rollout
 from pcci.master.model import (
@@ -64,6 +64,16 @@ class Dispatcher:
         #: Called with each job, and each pool, as it ends (for metrics).
         self.job_end_hooks: list[Callable[[Job], None]] = []
         self.pool_end_hooks: list[Callable[[Pool], None]] = []
+        #: Called with each event of a pool of this master's, as it happens.
+        self.event_hooks: list[Callable[[Pool, Event], None]] = []
+        #: Relays a worker's report of a job this master carries for another
+        #: (see L{pcci.master.peers}): C{(worker, pool, code, fields)},
+        #: false for a job of this master's own.
+        self.relay: Callable[[str, str, str, dict[str, Any]], bool] = lambda *report: False
+        #: Whether a worker connected here holds a job of a pool.
+        self.holds: Callable[[WorkerLink, str], bool] = lambda link, pool_id: any(
+            job["pool"] == pool_id for job in link.held_jobs
+        )
         roster.on_join = self._reattach
         roster.on_give_up = self._give_up
 
@@ -112,7 +122,10 @@ class Dispatcher:
         return self.history.stored(pool.id).addCallback(lambda _: pool)
 
     def carry_on(self, records: list[dict[str, Any]]) -> int:
-        """Take back the pools that had not ended when the last master stopped."""
+        """
+        Take back the pools that had not ended when the last master stopped,
+        or that a master gone ran (see L{pcci.master.peers}).
+        """
         for pool in self.history.load(records):
             in_flight = self._adopt_in_flight(pool)
             if pool.waiting and not pool.halted:
@@ -123,18 +136,32 @@ class Dispatcher:
                 )
         return len(records)
 
+    claim = carry_on
+
     def _adopt_in_flight(self, pool: Pool) -> int:
         """
         A pool this master did not start (it was running when this master
-        started, or another master ran it): its jobs sent and not ended wait
-        the grace for workers not connected here.  How many are in flight.
+        started, or another master ran it): carry on with its jobs sent and
+        not ended, on their workers connected (here or to another master);
+        the others wait the grace for theirs.  How many are in flight.
         """
         in_flight = 0
         for job in pool.jobs.values():
-            if job.sent and job.status is None:
-                in_flight += 1
-                if job.worker_id not in self.roster.links:
-                    self.roster.adopt(job)
+            if not job.sent or job.status is not None:
+                continue
+            in_flight += 1
+            running = self.roster.running(job.worker_id)
+            if running.get(pool.id) is job:
+                continue  # carried on already
+            link = self.roster.links.get(job.worker_id)
+            if link is None:
+                self.roster.adopt(job)
+            elif link.master is not None or self.holds(link, pool.id):
+                running[pool.id] = job
+                link.attach_job(pool.id, job.seq)  # its holder says if it is gone
+            else:
+                self._note(job, "pcci: job lost: its worker does not hold it\n")
+                self._end_job(job, STATUS_LOST, LOST)
         return in_flight
 
     def _send(self, pool: Pool, slots: int) -> None:
@@ -254,8 +281,13 @@ class Dispatcher:
         worker came here): the store tells, and this master carries on
         with it.  Otherwise it is let go.
         """
-        held = {job["pool"]: job for job in link.held_jobs}
         running = self.roster.running(link.name)
+        if link.master is not None:
+            # Another master holds it: that one tells if a job is gone.
+            for pool_id, job in running.items():
+                link.attach_job(pool_id, job.seq)
+            return
+        held = {job["pool"]: job for job in link.held_jobs}
         for pool_id, job in list(running.items()):
             if pool_id in held:
                 link.attach_job(pool_id, job.seq)
@@ -269,12 +301,22 @@ class Dispatcher:
                     self._take_over, link, pool_id, bool(job.get("ended"))
                 )
 
-    def _take_over(self, job: Job | None, link: WorkerLink, pool_id: str, ended: bool) -> None:
-        """A held job this master did not run: carry on with it, or let it go."""
+    def _take_over(self, job: Job | str | None, link: WorkerLink, pool_id: str, ended: bool) -> None:
+        """
+        A held job this master did not run: carry on with it, leave it to
+        the master that runs its pool (named), or let it go.
+        """
         if self.roster.links.get(link.name) is not link:
             return  # the worker left meanwhile
         running = self.roster.running(link.name)
-        if job is not None and pool_id not in running:
+        if isinstance(job, str):
+            log.info(
+                "pool {pool}: its job on {worker} is master {master}'s to carry on with",
+                pool=pool_id,
+                worker=link.name,
+                master=job,
+            )
+        elif job is not None and pool_id not in running:
             log.info(
                 "pool {pool}: carrying on with its job on {worker}, started by another master",
                 pool=pool_id,
@@ -290,6 +332,13 @@ class Dispatcher:
             else:
                 link.kill_job(pool_id)
 
+    def job_gone(self, worker: str, pool_id: str) -> None:
+        """The master holding a worker says the worker does not hold this job."""
+        job = self.roster.running(worker).pop(pool_id, None)
+        if job is not None:
+            self._note(job, "pcci: job lost: its worker no longer holds it\n")
+            self._end_job(job, STATUS_LOST, LOST)
+
     def _give_up(self, jobs: list[Job], reason: str) -> None:
         """A worker did not come back within the grace: its jobs are lost."""
         for job in jobs:
@@ -299,6 +348,8 @@ class Dispatcher:
     # Reports from workers
 
     def job_started(self, worker: str, pool_id: str, pid: int) -> None:
+        if self.relay(worker, pool_id, "started", {"pid": pid}):
+            return
         job = self.roster.running(worker).get(pool_id)
         if job is not None and job.state == PENDING:
             job.pid = pid
@@ -308,7 +359,7 @@ class Dispatcher:
             pool = self.history.pools[pool_id]
             event = pool.event("started", job.started_data())
             job.started_event = event.id
-            pool.announce(event)
+            self._announce(pool, event)
             # Not stored now: after a crash, the worker tells it again.
 
     def job_output(
@@ -319,6 +370,8 @@ class Dispatcher:
         stream: str = "stdout",
         seq: int | None = None,
     ) -> None:
+        if self.relay(worker, pool_id, "output", {"data": data, "stream": stream, "seq": seq}):
+            return
         job = self.roster.running(worker).get(pool_id)
         if job is None:
             return
@@ -329,6 +382,8 @@ class Dispatcher:
         self._add_output(job, data, stream)
 
     def job_ended(self, worker: str, pool_id: str, status: int, reason: str | None = None) -> None:
+        if self.relay(worker, pool_id, "ended", {"status": status, "reason": reason}):
+            return
         job = self.roster.running(worker).pop(pool_id, None)
         if job is None:
             self._ack(worker, pool_id)  # not ours (any more): let the worker forget it
@@ -355,7 +410,7 @@ class Dispatcher:
         pool = self.history.pools[job.pool_id]
         event = pool.event("output", output_data(job, text, stream))
         job.output.append(text, stream, event.id)
-        pool.announce(event)
+        self._announce(pool, event)
         self.history.reclaim_output()
 
     def _note(self, job: Job, text: str) -> None:
@@ -367,7 +422,7 @@ class Dispatcher:
         pool = self.history.pools[job.pool_id]
         event = pool.event("ended", job.ended_data())
         job.ended_event = event.id
-        pool.announce(event)
+        self._announce(pool, event)
         for hook in self.job_end_hooks:
             hook(job)
         self._next_turn(pool, job)
@@ -380,7 +435,7 @@ class Dispatcher:
             pool_hook(pool)
         event = pool.event("pool", {})
         pool.end_event = event.id
-        pool.announce(event)
+        self._announce(pool, event)
         self.history.changed(pool)
         waiters, pool.waiters = pool.waiters, []
         for d in waiters:
@@ -388,6 +443,11 @@ class Dispatcher:
         # Logged once those waiting have their answer.
         log.info("pool {pool} ended with status {status}", pool=pool.id, status=pool.status)
         self.history.trim()
+
+    def _announce(self, pool: Pool, event: Event) -> None:
+        pool.announce(event)
+        for hook in self.event_hooks:
+            hook(pool, event)
 
     def stop(self) -> None:
         """Cancel the pools' timers: the master is shutting down."""

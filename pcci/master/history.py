@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -76,6 +76,10 @@ class PoolHistory:
         self.output_total = 0
         #: Finished pools whose output is still held, in the order they ended.
         self._held: deque[Pool] = deque()
+        #: Running pools of other masters on the same store, shown here
+        #: (see L{pcci.master.peers}), and how one is made from its record.
+        self.elsewhere: dict[str, Pool] = {}
+        self.replicate: Callable[[dict[str, Any]], Deferred[Pool]] | None = None
         self._expiries: dict[str, IDelayedCall] = {}
         self._expirer: IDelayedCall | None = None
         self._prober: IDelayedCall | None = None
@@ -117,7 +121,7 @@ class PoolHistory:
             return OutputBuffer(self.max_output, self._resized)
         return OutputBuffer.from_record(record, self.max_output, self._resized)
 
-    def _read_only_output(self, record: dict[str, Any] | None) -> OutputBuffer:
+    def read_only_output(self, record: dict[str, Any] | None) -> OutputBuffer:
         """A job's output as stored, for a pool only read (outside the budget)."""
         if record is None:
             return OutputBuffer(self.max_output)
@@ -251,19 +255,21 @@ class PoolHistory:
 
     def find(self, pool_id: str) -> Deferred[Pool | None]:
         """A pool by id: from memory, else from the store (kept in memory a while)."""
-        pool = self.pools.get(pool_id)
+        pool = self.pools.get(pool_id) or self.elsewhere.get(pool_id)
         if pool is not None or self.store is None:
             return succeed(pool)
 
-        def loaded(record: dict[str, Any] | None) -> Pool | None:
+        def loaded(record: dict[str, Any] | None) -> Pool | Deferred[Pool] | None:
             if record is None:
                 return None
             if pool_id in self.pools:  # loaded meanwhile
                 return self.pools[pool_id]
             if record["ended_at"] is None:
-                # Another master runs it (on the same store): as last written
-                # there, not kept here (see is_elsewhere).
-                return Pool.from_record(record, self._read_only_output)
+                # Another master runs it (on the same store): shown live, or
+                # as last written there; not kept here (see is_elsewhere).
+                if self.replicate is not None:
+                    return self.replicate(record)
+                return Pool.from_record(record, self.read_only_output)
             if record["ended_at"] < self.wall() - self.retention:
                 return None  # past the retention, not yet deleted
             found = Pool.from_record(record, self.new_output)
@@ -279,32 +285,29 @@ class PoolHistory:
         """Whether C{pool} is another master's, read from the store: this one cannot act on it."""
         return self.pools.get(pool.id) is not pool
 
-    def unfinished_job(self, pool_id: str, worker: str) -> Deferred[Job | None]:
+    def unfinished_job(self, pool_id: str, worker: str) -> Deferred[Job | str | None]:
         """
         The job of C{worker} in pool C{pool_id} if it has not ended: from
-        memory, else from the store (a pool another master started), whose
-        pool is then kept in memory like one this master started.
+        memory, else from the store (a pool a master that stopped started),
+        whose pool is then kept in memory like one this master started.
+        The name of the master that runs the pool, if another does.
         """
         pool = self.pools.get(pool_id)
         if pool is not None or self.store is None:
             return succeed(_unended(pool, worker))
 
-        def loaded(record: dict[str, Any] | None) -> Job | None:
+        def loaded(record: dict[str, Any] | str | None) -> Job | str | None:
             if pool_id in self.pools:  # loaded meanwhile
                 return _unended(self.pools[pool_id], worker)
-            if record is None or record["ended_at"] is not None:
-                return None
-            sent = any(
-                job["worker"] == worker and job["sent"] and job["status"] is None
-                for job in record["jobs"]
-            )
-            if not sent:
-                return None
-            # Kept like a pool of this master's: its output counts in the budget.
+            if record is None or isinstance(record, str):
+                return record
+            # This master's now: kept like one it started (its output counts
+            # in the budget).
             found = self.pools[pool_id] = Pool.from_record(record, self.new_output)
-            return _unended(found, worker)
+            job = _unended(found, worker)
+            return job if job is not None and job.sent else None
 
-        return self.store.get(pool_id).addCallback(loaded)
+        return self.store.claim(pool_id).addCallback(loaded)
 
     def page(
         self, before: str | None, state: str | None, worker: str | None, cmd: str | None, limit: int
@@ -320,7 +323,10 @@ class PoolHistory:
         since = self.wall() - self.retention
         d.addCallback(lambda _: store.page(before, state, worker, cmd, limit, since))
         return d.addCallback(
-            lambda summaries: [self.pools.get(summary["id"], summary) for summary in summaries]
+            lambda summaries: [
+                self.pools.get(summary["id"]) or self.elsewhere.get(summary["id"], summary)
+                for summary in summaries
+            ]
         )
 
     # The total output budget

@@ -64,6 +64,9 @@ class WorkerLink(Protocol):
     labels: dict[str, str]
     #: The jobs its hello said it holds: C{{"pool", "ended"}} each.
     held_jobs: list[dict[str, Any]]
+    #: The master holding it, when another does (see L{pcci.master.peers});
+    #: None when it is connected to this one.
+    master: str | None
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None: ...
 
@@ -92,13 +95,18 @@ class WorkerRecord:
     online: bool = True
     last_seen: float = 0.0
     figures: dict[str, float | None] | None = None
+    #: The master holding it (this one, or another on the same store).
+    master: str | None = None
+    #: Jobs it runs, as the other master holding it counts them.
+    jobs_elsewhere: int | None = None
 
     def to_json(self, jobs_running: int) -> dict[str, Any]:
         return {
             "id": self.name,
             "address": self.address,
             "connected_at": rfc3339(self.connected_at),
-            "jobs_running": jobs_running,
+            "jobs_running": jobs_running if self.jobs_elsewhere is None else self.jobs_elsewhere,
+            "master": self.master,
             "online": self.online,
             "last_seen": rfc3339(self.last_seen),
             "heartbeat_seconds": self.heartbeat,

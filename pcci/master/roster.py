@@ -51,8 +51,13 @@ class Roster:
         self.links: dict[str, WorkerLink] = {}
         #: Every worker seen and not yet forgotten, by name.
         self.records: dict[str, WorkerRecord] = {}
+        #: This master's name among masters sharing a store (None alone).
+        self.name: str | None = None
         #: Called with each worker that joined, once it is listed.
         self.on_join: Callable[[WorkerLink], None] = lambda link: None
+        #: Called with the name of each worker connected here that joined,
+        #: left or was forgotten (see L{pcci.master.peers}).
+        self.on_change: Callable[[str], None] = lambda name: None
         #: Called with the jobs of a worker that did not come back in time,
         #: and why it left.
         self.on_give_up: Callable[[list[Job], str], None] = lambda jobs, reason: None
@@ -86,7 +91,12 @@ class Roster:
         record.address, record.connected_at = link.address, now
         record.labels = dict(link.labels)
         record.online, record.last_seen = True, now
-        log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
+        record.master, record.jobs_elsewhere = link.master or self.name, None
+        if link.master is None:
+            log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
+            self.on_change(link.name)
+        else:
+            log.info("worker {name} joined master {master}", name=link.name, master=link.master)
         self.on_join(link)
 
     def leave(self, link: WorkerLink, reason: str) -> None:
@@ -99,6 +109,8 @@ class Roster:
             self.forget_after, self._forget, link.name
         )
         log.info("worker {name} left: {reason}", name=link.name, reason=reason)
+        if link.master is None:
+            self.on_change(link.name)
         self._wait_for(link.name, reason)
 
     def _wait_for(self, name: str, reason: str) -> None:
@@ -120,7 +132,9 @@ class Roster:
     def _forget(self, name: str) -> None:
         """An offline worker unseen for C{forget_after}: its record goes."""
         del self._forgets[name]
-        self.records.pop(name, None)
+        record = self.records.pop(name, None)
+        if record is not None and record.master == self.name:
+            self.on_change(name)
         log.info("forgot worker {name}: offline since long", name=name)
 
     # What each worker runs

@@ -5,7 +5,7 @@ listening ports, and the way its own worker dials in.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -27,6 +27,9 @@ from zope.interface import implementer
 from pcci.daemon import stop_with_error
 from pcci.master.state import ClusterState
 from pcci.master.store import PoolStore, StoreError
+
+if TYPE_CHECKING:
+    from pcci.master.peers import Peers
 
 log = Logger()
 
@@ -136,10 +139,13 @@ class StateService(Service):
     writes what waits and closes the store.
     """
 
-    def __init__(self, reactor: Any, state: ClusterState, store: PoolStore) -> None:
+    def __init__(
+        self, reactor: Any, state: ClusterState, store: PoolStore, peers: Peers | None = None
+    ) -> None:
         self.reactor = reactor
         self.state = state
         self.store = store
+        self.peers = peers
 
     def startService(self) -> None:
         super().startService()
@@ -154,11 +160,15 @@ class StateService(Service):
             log.info("{count} pools were running when the master stopped: their workers"
                      " may carry on with them", count=carried)
         self.state.history.start()
+        if self.peers is not None:
+            self.peers.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self.state.stop()
-        d = self.state.history.flush()
+        d = succeed(None) if self.peers is None else self.peers.stop()
+        d.addErrback(lambda f: log.error("workers not marked offline at exit: {why}", why=f.getErrorMessage()))
+        d.addCallback(lambda _: self.state.history.flush())
         d.addErrback(lambda f: log.error("pools not written at exit: {why}", why=f.getErrorMessage()))
         d.addBoth(lambda _: self.store.close())
         return d

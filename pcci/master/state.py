@@ -17,7 +17,7 @@ on monotonic time); the times shown to people come from C{wall}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -30,6 +30,9 @@ from pcci.master.roster import (
     Roster,
 )
 from pcci.master.store import PoolStore
+
+if TYPE_CHECKING:
+    from pcci.master.peers import Peers
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
 
 
@@ -82,6 +85,9 @@ class ClusterState:
             cache=settings.cache,
         )
         self.dispatcher = Dispatcher(clock, self.wall, self.roster, self.history, new_id)
+        #: The other masters on the same PostgreSQL store, if any
+        #: (L{pcci.master.peers.Peers} sets it).
+        self.peers: Peers | None = None
 
     def stop(self) -> None:
         """Cancel every timer: the master is shutting down."""

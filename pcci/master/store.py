@@ -81,6 +81,13 @@ class PoolStore(Protocol):
     def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
         """A pool's record, or None."""
 
+    def claim(self, pool_id: str) -> Deferred[dict[str, Any] | str | None]:
+        """
+        The record of a pool not ended, for this master to carry on with;
+        the name of the master that runs it, if another; None if it ended
+        or is unknown.
+        """
+
     def page(
         self,
         before: str | None,
@@ -142,7 +149,7 @@ class ThreadedStore:
     before the fork is not in the daemon.
 
     An engine provides, run in that thread: C{_open}, C{_close}, C{_ping},
-    and C{_save}, C{_unfinished}, C{_get}, C{_page}, C{_expire} for the
+    and C{_save}, C{_unfinished}, C{_get}, C{_claim}, C{_page}, C{_expire} for the
     calls of L{PoolStore} of the same names.
     """
 
@@ -173,6 +180,9 @@ class ThreadedStore:
 
     def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
         return self._run(self._get, pool_id)
+
+    def claim(self, pool_id: str) -> Deferred[dict[str, Any] | str | None]:
+        return self._run(self._claim, pool_id)
 
     def page(
         self,
@@ -246,6 +256,10 @@ class SQLiteStore(ThreadedStore):
     def _get(self, pool_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT record FROM pools WHERE id = ?", (pool_id,)).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def _claim(self, pool_id: str) -> dict[str, Any] | None:
+        record = self._get(pool_id)
+        return record if record is not None and record["ended_at"] is None else None
 
     def _page(
         self,

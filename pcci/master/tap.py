@@ -16,6 +16,7 @@ from twisted.web.http import combinedLogFormatter, datetimeToLogString
 from twisted.web.server import Site
 
 from pcci import auth, daemon
+from pcci.daemon import stop_with_error
 from pcci.master.api import (
     COMMAND_CEILING,
     MAX_BODY,
@@ -28,6 +29,7 @@ from pcci.master.guards import bounded_request
 from pcci.master.limits import ConnectionBudget, ConnectionLimit
 from pcci.master.history import DEFAULT_MAX_POOLS
 from pcci.master.metrics import MasterMetrics
+from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.state import ClusterState, Settings
@@ -75,6 +77,7 @@ class Options(usage.Options):
         ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME]'), instead of <state-dir>/api-token."],
         ["retention", None, RETENTION, "Seconds a finished pool is kept (on disk: see --db).", seconds],
         ["db", None, None, "Where pools are kept: an SQLite file (default: <state-dir>/pcci.db; ':memory:' keeps none), or a PostgreSQL URI (postgresql://...) that several masters share.", str],
+        ["name", None, None, "This master's name among masters sharing a PostgreSQL --db (default: this host's name)."],
         ["reconnect-grace", None, DEFAULT_RECONNECT_GRACE, "Seconds a disconnected worker's running jobs wait for it before they are lost.", seconds],
         ["max-output", None, DEFAULT_MAX_OUTPUT, "Bytes of output kept per job.", positive_int],
         ["max-output-total", None, DEFAULT_MAX_OUTPUT_TOTAL, "Bytes of output kept in memory over all jobs.", positive_int],
@@ -101,7 +104,7 @@ class Options(usage.Options):
         self.db_path = path
         if is_postgres_url(path):
             try:
-                check_database(path)
+                check_database(path, self.master_name)
             except StoreError as e:
                 raise usage.UsageError(str(e)) from None
             return
@@ -131,6 +134,7 @@ class Options(usage.Options):
         self.secret: bytes | None = None
         self.tokens: list[auth.APIToken] | None = None
         self.state_dir = Path(self["state-dir"]).expanduser()
+        self.master_name: str = self["name"] or default_name()
         self._check_store()
         if self["no-auth"]:
             return
@@ -187,7 +191,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     daemon.prepare(reactor)
     store: ThreadedStore
     if is_postgres_url(options.db_path):
-        store = PostgresStore(options.db_path, reactor)
+        store = PostgresStore(options.db_path, reactor, options.master_name)
     else:
         store = SQLiteStore(options.db_path, reactor)
     state = ClusterState(
@@ -205,7 +209,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         wall=time.time,
     )
     master = MultiService()
-    StateService(reactor, state, store).setServiceParent(master)
+    peers = None
+    if isinstance(store, PostgresStore):
+        peers = Peers(reactor, store, state)
+        peers.on_fenced = lambda: stop_with_error(reactor)
+    StateService(reactor, state, store, peers).setServiceParent(master)
     budget = ConnectionBudget.for_file_limit(daemon.file_limit())
     worker_limit = ConnectionLimit(
         WorkerPortFactory(
