@@ -17,6 +17,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import execute
+
+from pcci.master.pgstore import PostgresStore
 
 #: The role and database the master uses.
 USER = DATABASE = "pcci"
@@ -79,3 +82,17 @@ class Postgres:
         except subprocess.CalledProcessError:
             pass  # stopped already
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class SyncStore(PostgresStore):
+    """The store with its calls run at once: a unit test has no thread pool running."""
+
+    def open(self) -> list:
+        self._open()
+        return self._unfinished()
+
+    def _run(self, work, *args):  # type: ignore[override]
+        return execute(work, *args)
+
+    def close(self) -> None:
+        self._close()

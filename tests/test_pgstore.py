@@ -6,25 +6,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from twisted.internet.defer import execute
 
 from fakes import started as result
-from pcci.master.pgstore import SCHEMA_VERSION, PostgresStore, check_database, is_postgres_url
+from postgres import SyncStore
+from pcci.master.pgstore import SCHEMA_VERSION, check_database, is_postgres_url
 from pcci.master.store import StoredPool, StoreError
-
-
-class SyncStore(PostgresStore):
-    """The store with its calls run at once: a unit test has no thread pool running."""
-
-    def open(self) -> list:
-        self._open()
-        return self._unfinished()
-
-    def _run(self, work, *args):  # type: ignore[override]
-        return execute(work, *args)
-
-    def close(self) -> None:
-        self._close()
 
 
 def pool(pool_id: str, workers: list[str], cmd: str = "true", ended: float | None = None) -> StoredPool:

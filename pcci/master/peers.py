@@ -103,6 +103,8 @@ class Peers:
         self.store = store
         self.state = state
         self.name = store.master
+        #: Seconds past its last renewal a master without its lock is dead.
+        self.lease = LEASE
         self.roster = state.roster
         self.history = state.history
         self.dispatcher = state.dispatcher
@@ -321,7 +323,7 @@ class Peers:
             names = list(pool.jobs) if workers is None else workers
             return [name for name in names if pool.jobs[name].status is None]
 
-        return self.store.mail_owner(pool.id, letter, LEASE).addCallback(sent)
+        return self.store.mail_owner(pool.id, letter, self.lease).addCallback(sent)
 
     # Workers
 
@@ -438,14 +440,14 @@ class Peers:
 
     def _renew(self) -> None:
         now = self.clock.seconds()
-        judge = self._leased_since is not None and now - self._leased_since >= 2 * LEASE
+        judge = self._leased_since is not None and now - self._leased_since >= 2 * self.lease
 
         def renewed(result: tuple[bool, list[str], list[dict[str, Any]]]) -> None:
             kept, alive, claimed = result
             if not kept:
                 log.critical(
                     "the other masters judged this one dead (cut off from the database"
-                    " for more than {lease:g} s): stopping, so its workers move", lease=LEASE,
+                    " for more than {lease:g} s): stopping, so its workers move", lease=self.lease,
                 )
                 self.on_fenced()
                 return
@@ -465,7 +467,7 @@ class Peers:
                 log.error("cannot renew this master's lease: {why}", why=failure.getErrorMessage())
             self._leased_since = None
 
-        self.store.lease(LEASE, judge).addCallbacks(renewed, failed)
+        self.store.lease(self.lease, judge).addCallbacks(renewed, failed)
 
 
 class _Replica:
