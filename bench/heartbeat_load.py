@@ -28,6 +28,7 @@ from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness
 
 from pcci.auth import read_secret  # noqa: E402
 from pcci.worker.connection import WorkerFactory  # noqa: E402
+from pcci.worker.jobs import JobTable  # noqa: E402
 
 FIGURES = {
     "cpu_ratio": 0.12,
@@ -49,8 +50,9 @@ async def simulate(reactor, args: argparse.Namespace, cluster: Cluster) -> None:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", cluster.worker_port)
     factories = []
     for i in range(args.workers):
+        name = f"sim{i:04d}"
         factory = WorkerFactory(
-            reactor, f"sim{i:04d}", secret, heartbeat=args.interval,
+            reactor, name, secret, JobTable(reactor, name, 5.0), heartbeat=args.interval,
             collect=lambda disk, jobs: defer.succeed(dict(FIGURES)),
         )
         factories.append(factory)
