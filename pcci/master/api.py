@@ -471,12 +471,12 @@ class MasterAPI:
                     self.max_workers,
                     missing=f"workers not in pool {pool_id}",
                 )
-            if not self.history.is_elsewhere(pool):
-                asking = succeed(self.dispatcher.kill(pool_id, workers))
-            elif self.state.peers is not None:
+            if self.history.is_elsewhere(pool):
+                # Only masters sharing PostgreSQL show each other's pools.
+                assert self.state.peers is not None
                 asking = self.state.peers.kill_elsewhere(pool, workers)
             else:
-                raise APIError(409, f"pool {pool_id} runs on another master: kill it there")
+                asking = succeed(self.dispatcher.kill(pool_id, workers))
         except (SubmitError, TargetError) as e:
             raise APIError(400, str(e)) from None
 

@@ -68,6 +68,7 @@ def _worker_schema(**more: Any) -> dict[str, Any]:
         "address": {"type": "string"},
         "connected_at": {"type": "string", "format": "date-time"},
         "jobs_running": {"type": "integer", "minimum": 0},
+        "master": {"type": "string", "nullable": True, "description": "the master it is connected to, with several masters"},
         "online": {"type": "boolean"},
         "last_seen": {"type": "string", "format": "date-time"},
         "heartbeat_seconds": {"type": "number"},
@@ -276,9 +277,9 @@ def openapi_document() -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "403": _FORBIDDEN,
                         "404": _error("an unknown or expired pool"),
-                        "409": _error("a pool that another master runs: kill it there"),
                         "413": _error("a body over the size limit"),
                         "415": _error("a body not sent as application/json"),
+                        "503": _error("the pool's master just died and no other took it over yet"),
                     },
                 }
             },
