@@ -335,6 +335,48 @@ def test_the_event_parser_takes_a_stream_cut_anywhere(page: Page) -> None:
     ]
 
 
+def test_another_master_shows_the_cluster_and_a_pool_live(
+    browser: WebDriver, tmp_path: Path, pg_url: str
+) -> None:
+    """Two masters on one PostgreSQL: m2's dashboard shows m1's pool, live."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN} name=alice\n")
+    tokens.chmod(0o600)
+    m1, m2 = Cluster(tmp_path / "m1"), Cluster(tmp_path / "m2")
+    try:
+        for cluster, name in ((m1, "m1"), (m2, "m2")):
+            if cluster is m2:
+                shutil.copytree(m1.state_dir, m2.state_dir)
+            cluster.start_master("--api-token-file", str(tokens), "--db", pg_url, "--name", name)
+            cluster.token = ADMIN
+        m1.start_worker("node1", "--heartbeat", "0.5", wait=False)
+        m2.start_worker("node2", "--heartbeat", "0.5", wait=False)
+        m2.wait_for_workers("node1", "node2")
+        page = Page(browser, m2, Path(os.environ.get("PCCI_SCREENSHOTS") or tmp_path))
+        page.go("")
+        page.sign_in(ADMIN)
+        page.wait_text(".who", "alice")
+        for name, master in (("node1", "m1"), ("node2", "m2")):
+            page.wait_text(f"[data-worker={name}]", "online")
+            page.wait_text(f"[data-worker={name}] .node-where", f"on master {master}")
+        pool = m1.submit(
+            f"sh -c 'echo first; while [ ! -e {tmp_path / 'go'} ]; do sleep 0.05; done; echo second'",
+            ["node1", "node2"],
+        )
+        page.go(f"#/pools/{pool}")
+        for name in ("node1", "node2"):
+            page.wait_text(f"section[data-worker={name}] pre", "first")
+        assert "running" in page.text("#pool-state")
+        (tmp_path / "go").touch()
+        page.wait_text("#pool-state", "ok")
+        for name in ("node1", "node2"):
+            assert page.text(f"section[data-worker={name}] pre") == "first\nsecond\n"
+        page.shoot("pool-on-another-master")
+    finally:
+        m2.stop()
+        m1.stop()
+
+
 def test_a_pool_page_carries_on_across_a_master_restart(page: Page, tmp_path: Path) -> None:
     """Last in the module: it restarts the shared master."""
     code, answer = page.cluster.request("POST", "/job", {

@@ -60,6 +60,9 @@ REPLICA_IDLE = 60.0
 MAIL_BATCH = 500
 #: Versions of the workers table read again, for writes committed out of order.
 WORKERS_LOOKBACK = 100
+#: Events waiting to be written, at most (the database away): past it the
+#: oldest go, and other masters show those pools' output once they end.
+MAX_WAITING_EVENTS = 100_000
 
 
 class RemoteLink:
@@ -431,6 +434,8 @@ class Peers:
         else:
             return
         self._events.append((pool.id, event.id, event.name, body))
+        if len(self._events) > MAX_WAITING_EVENTS:
+            del self._events[: MAX_WAITING_EVENTS // 10]
         self._schedule()
         replica = self.replicas.get(pool.id)
         if replica is not None:  # a pool taken over while shown here

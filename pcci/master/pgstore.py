@@ -133,6 +133,14 @@ WHERE id <> %(me)s AND (
 """
 
 
+#: Marks the workers a master held offline (it stopped or died).
+OFFLINE = """
+UPDATE workers SET record = jsonb_set(record::jsonb, '{online}', 'false')::text,
+    version = nextval('workers_version')
+WHERE master = %s
+"""
+
+
 def master_lock(name: str) -> int:
     """The second key of the advisory lock a master named C{name} holds while it lives."""
     return zlib.crc32(name.encode()) & 0x7FFF_FFFF
@@ -182,6 +190,9 @@ class PostgresStore(ThreadedStore):
                 " seen = now()",
                 (self.master, self.lock),
             )
+            # The workers of this master's last run are gone with it.
+            connection.execute(OFFLINE, (self.master,))
+            connection.execute("SELECT pg_notify(%s, 'w')", (CHANNEL,))
         self._opened = True
 
     def _connect(self) -> Any:
@@ -503,11 +514,7 @@ class PostgresStore(ThreadedStore):
                         record["last_event"] = max(record["last_event"], cursor.fetchone()[0])
                         claimed.append(record)
                     cursor.execute("DELETE FROM mail WHERE dest = %s", (dead,))
-                    cursor.execute(
-                        "UPDATE workers SET record = jsonb_set(record::jsonb, '{online}', 'false')::text,"
-                        " version = nextval('workers_version') WHERE master = %s",
-                        (dead,),
-                    )
+                    cursor.execute(OFFLINE, (dead,))
                     cursor.execute("DELETE FROM masters WHERE id = %s", (dead,))
                     cursor.execute("SELECT pg_notify(%s, 'w')", (CHANNEL,))
             cursor.execute("SELECT id FROM masters ORDER BY id")

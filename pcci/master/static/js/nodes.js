@@ -63,6 +63,7 @@ function card(worker, history) {
       "p",
       { class: "muted node-where" },
       worker.address || "",
+      worker.master ? ` · on master ${worker.master}` : "",
       worker.online ? " · connected " : " · last seen ",
       when(worker.online ? worker.connected_at : worker.last_seen),
     ),
