@@ -72,20 +72,18 @@ def stop(masters: list[Cluster]) -> None:
 
 def load(directory: Path, server: Postgres, args: argparse.Namespace) -> None:
     print(f"pools/s with {args.clients} concurrent clients:")
-    one = start_masters(directory / "sqlite", str(directory / "pcci.db"), 1)
-    try:
-        one[0].start_worker("w1")
-        one[0].start_worker("w2")
-        sqlite = pools_per_second(one, args.clients, args.pools, "one master, SQLite")
-    finally:
-        stop(one)
-    one = start_masters(directory / "pg1", server.url, 1)
-    try:
-        one[0].start_worker("w1")
-        one[0].start_worker("w2")
-        postgres = pools_per_second(one, args.clients, args.pools, "one master, PostgreSQL")
-    finally:
-        stop(one)
+
+    def one_master(name: str, db: str, label: str) -> float:
+        one = start_masters(directory / name, db, 1)
+        try:
+            one[0].start_worker("w1")
+            one[0].start_worker("w2")
+            return pools_per_second(one, args.clients, args.pools, label)
+        finally:
+            stop(one)
+
+    sqlite = one_master("sqlite", str(directory / "pcci.db"), "one master, SQLite")
+    postgres = one_master("pg1", server.url, "one master, PostgreSQL")
     two = start_masters(directory / "pg2", server.url, 2)
     try:
         two[0].start_worker("w1")

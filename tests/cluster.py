@@ -245,10 +245,18 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def read_events(response: http.client.HTTPResponse) -> Iterator[tuple[int, str, dict]]:
-    """A pool's server-sent events as they come: (id, name, data)."""
+def read_events(
+    response: http.client.HTTPResponse, timeout: float = 2 * DEADLINE
+) -> Iterator[tuple[int, str, dict]]:
+    """
+    A pool's server-sent events as they come: (id, name, data); a stream
+    still open after C{timeout} seconds fails (keep-alives never end it).
+    """
+    deadline = time.monotonic() + timeout
     fields: dict[str, str] = {}
     for raw in response:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the event stream is still open after {timeout} s")
         line = raw.decode().rstrip("\n")
         if not line:
             if fields:

@@ -64,6 +64,7 @@ class Master:
 @pytest.fixture
 def pair(pg_url: str) -> Iterator[tuple[Master, Master]]:
     m1, m2 = Master("m1", pg_url), Master("m2", pg_url)
+    m1.clock.advance(1)  # a lease renewed: m1 is no longer alone
     yield m1, m2
     for master in (m1, m2):
         master.stop()
@@ -115,6 +116,18 @@ def test_a_job_on_the_other_masters_worker_runs_there_and_ends_here(
     assert m2.peers.relays == {}
 
 
+def test_a_master_alone_writes_no_events(pg_url: str) -> None:
+    m1 = Master("m1", pg_url)
+    try:
+        m1.connect("w1")
+        pool = m1.submit("true", ["w1"])
+        m1.dispatcher.job_started("w1", pool.id, 7)
+        m1.turn()
+        assert m1.peers.alone and m1.store._replica(pool.id, 0)[1] == []
+    finally:
+        m1.stop()
+
+
 def test_the_other_master_shows_a_running_pool_live_and_kills_it(
     pair: tuple[Master, Master]
 ) -> None:
@@ -139,32 +152,39 @@ def test_the_other_master_shows_a_running_pool_live_and_kills_it(
     assert [e.name for e in heard][-2:] == ["ended", "pool"] and shown.state == "failed"
 
 
-def test_a_dead_masters_pools_are_taken_over_once(pg_url: str) -> None:
+@pytest.mark.parametrize("claimant", ["m2", "m3"])
+def test_a_dead_masters_pool_is_taken_over_once(pg_url: str, claimant: str) -> None:
+    """m1 runs a pool on w3, held by m3; m1 dies; m2 or m3 (holding w3) takes it over."""
     m1, m2, m3 = Master("m1", pg_url), Master("m2", pg_url), Master("m3", pg_url)
+    survivors = {"m2": m2, "m3": m3}
     try:
         w3 = m3.connect("w3")
+        m1.clock.advance(1)
         settle(m1, m2, m3)
         pool = m1.submit("make", ["w3"])
         settle(m1, m2, m3)
         assert w3.runs == [(pool.id, "make")]
+        m3.dispatcher.job_output("w3", pool.id, "half\n", "stdout", 1)
+        settle(m1, m2, m3)
+        assert pool.jobs["w3"].output.text() == "half\n"
         m1.stop()  # its connection, and with it its lock, goes
         with psycopg.connect(pg_url, autocommit=True) as connection:
             connection.execute("UPDATE masters SET seen = now() - interval '1 hour' WHERE id = 'm1'")
+        judge = survivors[claimant]
         for _ in range(12):  # a master judges only once its own lease is steady
-            for master in (m2, m3):
-                master.clock.advance(1)
-                master.turn()
-        owners = [m for m in (m2, m3) if pool.id in m.state.history.pools]
-        assert len(owners) == 1
-        owner = owners[0]
+            judge.clock.advance(1)
+            judge.turn()
+        owner = survivors[claimant]
+        assert [m for m in (m2, m3) if pool.id in m.state.history.pools] == [owner]
         settle(m2, m3)
-        assert w3.attached == [(pool.id, 0)]  # carried on, not run again
-        assert w3.runs == [(pool.id, "make")]
-        m3.dispatcher.job_output("w3", pool.id, "done\n", "stdout", 1)
+        # Carried on after the last chunk m1 wrote, not run again.
+        assert w3.attached == [(pool.id, 1)] and w3.runs == [(pool.id, "make")]
+        m3.dispatcher.job_output("w3", pool.id, "done\n", "stdout", 2)
         m3.dispatcher.job_ended("w3", pool.id, 0)
         settle(m2, m3)
         taken = owner.state.history.pools[pool.id]
-        assert taken.state == "ok" and taken.jobs["w3"].output.text() == "done\n"
+        assert taken.state == "ok" and taken.jobs["w3"].output.text() == "half\ndone\n"
+        assert w3.acked == [pool.id]
         # A master whose row went while it was cut off (judged dead) stops.
         revived = Master("m1", pg_url)
         with psycopg.connect(pg_url, autocommit=True) as connection:

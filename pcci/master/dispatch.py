@@ -121,12 +121,16 @@ class Dispatcher:
         self._send(pool, pool.rollout.window(len(names)))
         return self.history.stored(pool.id).addCallback(lambda _: pool)
 
-    def carry_on(self, records: list[dict[str, Any]]) -> int:
+    def carry_on(
+        self, records: list[dict[str, Any]], prepare: Callable[[Pool], None] = lambda pool: None
+    ) -> int:
         """
         Take back the pools that had not ended when the last master stopped,
-        or that a master gone ran (see L{pcci.master.peers}).
+        or that a master gone ran (see L{pcci.master.peers}); C{prepare}
+        each before its jobs carry on.
         """
         for pool in self.history.load(records):
+            prepare(pool)
             in_flight = self._adopt_in_flight(pool)
             if pool.waiting and not pool.halted:
                 # Its workers have to come back first.

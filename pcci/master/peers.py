@@ -39,7 +39,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from pcci.master.events import Event
+from pcci.master.events import Event, pool_events
 from pcci.master.listener import NotifyListener
 from pcci.master.model import Pool, WorkerLink
 from pcci.master.pgstore import PostgresStore
@@ -56,6 +56,9 @@ LEASE = 5.0
 FIGURES_INTERVAL = 10.0
 #: Seconds a replica nobody asked for or follows is kept.
 REPLICA_IDLE = 60.0
+#: Seconds between reads of the stored record of each running replica,
+#: for an end its events did not tell (written before anyone showed it).
+REPLICA_REFRESH = 2.0
 #: Mail read at once, at most.
 MAIL_BATCH = 500
 #: Versions of the workers table read again, for writes committed out of order.
@@ -111,8 +114,6 @@ class Peers:
         self.roster = state.roster
         self.history = state.history
         self.dispatcher = state.dispatcher
-        #: The masters alive at the last renewal of the lease, this one too.
-        self.alive: set[str] = {self.name}
         #: Jobs of other masters' pools this master carries for them, on
         #: workers it holds: (worker, pool) -> the pool's owner.
         self.relays: dict[tuple[str, str], str] = {}
@@ -133,6 +134,8 @@ class Peers:
         self._leased_since: float | None = None
         self._calls: list[IDelayedCall] = []
         self.listener: NotifyListener | None = None
+        #: No other master uses the database: nobody to show events to.
+        self.alone = False
         state.peers = self
         self.roster.name = self.name
         self.roster.on_change = self._worker_changed
@@ -152,6 +155,7 @@ class Peers:
         self._repeat(LEASE_INTERVAL, self._renew)
         self._repeat(FIGURES_INTERVAL, self._write_figures)
         self._repeat(REPLICA_IDLE / 2, self._drop_idle_replicas)
+        self._repeat(REPLICA_REFRESH, self._refresh_replicas)
 
     def _repeat(self, interval: float, work: Callable[[], Any]) -> None:
         def again() -> None:
@@ -289,6 +293,8 @@ class Peers:
             dispatcher.job_ended(worker, pool_id, letter["status"], letter["reason"])
         elif kind == "gone":
             dispatcher.job_gone(worker, pool_id)
+        elif kind == "watch":
+            self._watched(pool_id)
         elif kind == "kill_pool" and pool_id in self.history.pools:
             dispatcher.kill(pool_id, letter["workers"])
 
@@ -299,6 +305,9 @@ class Peers:
         """
         owner = self.relays.get((worker, pool_id))
         if owner is None:
+            return False
+        if pool_id in self.history.pools:  # this master took the pool over
+            del self.relays[(worker, pool_id)]
             return False
         self.mail(owner, kind, worker=worker, pool=pool_id, **fields)
         return True
@@ -393,6 +402,8 @@ class Peers:
         pool = Pool.from_record(record, self.history.read_only_output)
         self.replicas[pool_id] = _Replica(pool, self.clock.seconds())
         self.history.elsewhere[pool_id] = pool
+        if record.get("owner"):
+            self.mail(record["owner"], "watch", pool=pool_id)
         return self._catch_up(pool_id).addCallback(lambda _: pool)
 
     def _catch_up(self, pool_id: str) -> Deferred[None]:
@@ -406,6 +417,43 @@ class Peers:
 
         return self.store.replica(pool_id, replica.pool.last_event).addCallback(apply)
 
+    def _watched(self, pool_id: str) -> None:
+        """
+        Another master shows this pool: write its events so far (this master
+        was alone when they happened), and every event from now on.
+        """
+        self.alone = False
+        pool = self.history.pools.get(pool_id)
+        if pool is None or pool.end_event:
+            return
+        events = list(pool_events(pool))
+        # Only each job's last chunk is known to be its worker's latest.
+        last = {e.data["worker"]: e.id for e in events if e.name == "output"}
+        for event in events:
+            worker = event.data["worker"]
+            self._mirror(pool, event, pool.jobs[worker].seq if last.get(worker) == event.id else 0)
+
+    def _refresh_replicas(self) -> None:
+        for pool_id, replica in list(self.replicas.items()):
+            if not replica.pool.end_event:
+                self._read(f"e:{pool_id}", lambda p=pool_id: self._refresh(p))
+
+    def _refresh(self, pool_id: str) -> Deferred[None]:
+        """Read a replica's record again: ended, it replaces what the events told."""
+
+        def read(result: tuple[dict[str, Any] | None, list[Any]]) -> None:
+            replica = self.replicas.get(pool_id)
+            record, events = result
+            if replica is None or record is None:
+                return
+            if record["ended_at"] is None:
+                for event_id, name, body in events:
+                    _apply(replica.pool, event_id, name, body)
+            elif not replica.pool.end_event:
+                _end(replica.pool, Pool.from_record(record, self.history.read_only_output))
+
+        return self.store.replica(pool_id, None).addCallback(read)
+
     def _drop_idle_replicas(self) -> None:
         idle = self.clock.seconds() - REPLICA_IDLE
         for pool_id, replica in list(self.replicas.items()):
@@ -414,8 +462,16 @@ class Peers:
                 del self.replicas[pool_id]
                 self.history.elsewhere.pop(pool_id, None)
 
-    def _mirror(self, pool: Pool, event: Event) -> None:
-        """An event of this master's pool: written for the masters that show it."""
+    def _mirror(self, pool: Pool, event: Event, seq: int | None = None) -> None:
+        """
+        An event of this master's pool: written for the masters that show it
+        (none while this master is alone, until one asks: see L{_watched}).
+        An output event carries its job's C{seq} then (or C{seq}), so that a
+        master taking the pool over knows where its worker is.
+        """
+        replica = self.replicas.get(pool.id)
+        if self.alone and replica is None:
+            return
         worker = event.data.get("worker", "")
         if event.name == "output":
             key = (pool.id, worker)
@@ -423,7 +479,8 @@ class Peers:
             self._mirrored[key] = size
             if size > self.history.max_output:
                 return
-            body: dict[str, Any] = {**event.data, "seq": pool.jobs[worker].seq}
+            job_seq = pool.jobs[worker].seq if seq is None else seq
+            body: dict[str, Any] = {**event.data, "seq": job_seq}
         elif event.name in ("started", "ended"):
             job = pool.jobs[worker]
             body = {"worker": worker, "job": {k: v for k, v in job.to_record().items() if k != "output"}}
@@ -437,7 +494,6 @@ class Peers:
         if len(self._events) > MAX_WAITING_EVENTS:
             del self._events[: MAX_WAITING_EVENTS // 10]
         self._schedule()
-        replica = self.replicas.get(pool.id)
         if replica is not None:  # a pool taken over while shown here
             _apply(replica.pool, event.id, event.name, body)
 
@@ -447,8 +503,8 @@ class Peers:
         now = self.clock.seconds()
         judge = self._leased_since is not None and now - self._leased_since >= 2 * self.lease
 
-        def renewed(result: tuple[bool, list[str], list[dict[str, Any]]]) -> None:
-            kept, alive, claimed = result
+        def renewed(result: tuple[bool, int, list[tuple[dict[str, Any], list[Any]]]]) -> None:
+            kept, others, claimed = result
             if not kept:
                 log.critical(
                     "the other masters judged this one dead (cut off from the database"
@@ -458,14 +514,18 @@ class Peers:
                 return
             if self._leased_since is None:
                 self._leased_since = now
-            self.alive = set(alive)
+            self.alone = not others
             if claimed:
                 log.info("took over {count} pools of masters gone", count=len(claimed))
-                for record in claimed:
+                for record, _ in claimed:
                     # Streams that follow its replica here carry on: this
                     # master's own events of it go there too (see _mirror).
                     self.history.elsewhere.pop(record["id"], None)
-                self.dispatcher.claim(claimed)
+                events = {record["id"]: events for record, events in claimed}
+                self.dispatcher.claim(
+                    [record for record, _ in claimed],
+                    lambda pool: _resume(pool, events[pool.id]),
+                )
 
         def failed(failure: Any) -> None:
             if self._leased_since is not None:
@@ -489,20 +549,14 @@ def _apply(pool: Pool, event_id: int, name: str, body: dict[str, Any]) -> None:
     if name == "pool":
         pool.ended_at = body["ended_at"]
         pool.end_event = event_id
-        pool.announce(Event(event_id, name, {}))
-        waiters, pool.waiters = pool.waiters, []
-        for d in waiters:
-            d.callback(pool)
+        _ended(pool)
         return
     else:
         job = pool.jobs.get(body["worker"])
         if job is None:
             return
         if name == "output":
-            seq = body.get("seq") or 0
-            if seq and seq <= job.seq:
-                return  # sent again after the pool changed master: shown already
-            job.seq = seq
+            job.seq = max(job.seq, body.get("seq", 0))
             job.output.append(body["data"], body["stream"], event_id)
             data: dict[str, Any] = {key: body[key] for key in ("worker", "stream", "data")}
         else:
@@ -510,3 +564,38 @@ def _apply(pool: Pool, event_id: int, name: str, body: dict[str, Any]) -> None:
                 setattr(job, key, value)
             data = job.started_data() if name == "started" else job.ended_data()
     pool.announce(Event(event_id, name, data))
+
+
+def _end(pool: Pool, final: Pool) -> None:
+    """A replica's pool ended as C{final}, read from the store: its jobs become those."""
+    pool.jobs.update(final.jobs)
+    pool.ended_at, pool.end_event = final.ended_at, final.end_event
+    pool.last_event = max(pool.last_event, final.last_event)
+    _ended(pool)
+
+
+def _ended(pool: Pool) -> None:
+    pool.announce(Event(pool.end_event, "pool", {}))
+    waiters, pool.waiters = pool.waiters, []
+    for d in waiters:
+        d.callback(pool)
+
+
+def _resume(pool: Pool, events: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """
+    A pool taken over from a master that died: its running jobs' output so
+    far, from the events that master wrote, so that each job carries on
+    after the last chunk written rather than from its start.
+    """
+    chunks: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for event_id, name, body in events:
+        if name == "output" and event_id > 0:
+            chunks.setdefault(body["worker"], []).append((event_id, body))
+    for worker, written in chunks.items():
+        job = pool.jobs.get(worker)
+        seq = max(body.get("seq", 0) for _, body in written)
+        if job is None or job.status is not None or job.output.size or not seq:
+            continue
+        for event_id, body in written:
+            job.output.append(body["data"], body["stream"], event_id)
+        job.seq = seq

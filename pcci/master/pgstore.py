@@ -119,10 +119,10 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE pools.owner = EXCLUDED.owner
 """
 
-#: The masters alive: holding their lock, or not yet past their lease.
-#: One whose lock is gone (its connection closed) is dead once its lease
-#: ran out; one whose lease ran out long ago is dead even holding it (a
-#: session the server has not yet found dead, after a power cut).
+#: The other masters that are dead.  One whose lock is gone (its
+#: connection closed) is dead once its lease ran out; one whose lease ran
+#: out long ago is dead even holding it (a session the server has not yet
+#: found dead, after a power cut).
 DEAD_MASTERS = f"""
 SELECT id, pid FROM masters m
 WHERE id <> %(me)s AND (
@@ -370,7 +370,7 @@ class PostgresStore(ThreadedStore):
     def workers(self, since: int) -> Deferred[list[tuple[str, str, dict[str, Any], int]]]:
         return self._run(self._workers, since)
 
-    def lease(self, lease: float, judge: bool) -> Deferred[tuple[bool, list[str], list[dict[str, Any]]]]:
+    def lease(self, lease: float, judge: bool) -> Deferred[tuple[bool, int, list[tuple[dict[str, Any], list[Any]]]]]:
         return self._run(self._lease, lease, judge)
 
     def _send(
@@ -479,22 +479,22 @@ class PostgresStore(ThreadedStore):
         )
         return [(name, master, json.loads(record), version) for name, master, record, version in rows]
 
-    def _lease(self, lease: float, judge: bool) -> tuple[bool, list[str], list[dict[str, Any]]]:
+    def _lease(self, lease: float, judge: bool) -> tuple[bool, int, list[tuple[dict[str, Any], list[Any]]]]:
         """
         Renew this master's lease; with C{judge}, find the masters dead
         and take their running pools (one master at a time, and each pool
         by exactly one: the C{UPDATE} moves it from its owner).
 
         @return: whether this master still has its row (none: another
-            judged it dead), the masters alive, and the records of the
-            pools taken over.
+            judged it dead), how many other masters there are, and the
+            records of the pools taken over, each with its events written.
         """
 
-        def lease_(cursor: Any) -> tuple[bool, list[str], list[dict[str, Any]]]:
+        def lease_(cursor: Any) -> tuple[bool, int, list[tuple[dict[str, Any], list[Any]]]]:
             cursor.execute("UPDATE masters SET seen = now() WHERE id = %s", (self.master,))
             if cursor.rowcount == 0:
-                return False, [], []
-            claimed: list[dict[str, Any]] = []
+                return False, 0, []
+            claimed: list[tuple[dict[str, Any], list[Any]]] = []
             if judge and _once(cursor):
                 cursor.execute(DEAD_MASTERS, {"me": self.master, "lease": lease})
                 for dead, pid in cursor.fetchall():
@@ -506,19 +506,21 @@ class PostgresStore(ThreadedStore):
                     )
                     for pool_id, text in sorted(cursor.fetchall()):
                         record = json.loads(text)
+                        cursor.execute(
+                            "SELECT id, name, body FROM events WHERE pool = %s ORDER BY id",
+                            (pool_id,),
+                        )
+                        events = [(id, name, json.loads(body)) for id, name, body in cursor]
                         # Events the dead master wrote past its last record
                         # keep their ids: this one numbers on from the last.
-                        cursor.execute(
-                            "SELECT coalesce(max(id), 0) FROM events WHERE pool = %s", (pool_id,)
-                        )
-                        record["last_event"] = max(record["last_event"], cursor.fetchone()[0])
-                        claimed.append(record)
+                        record["last_event"] = max([record["last_event"], *(e[0] for e in events)])
+                        claimed.append((record, events))
                     cursor.execute("DELETE FROM mail WHERE dest = %s", (dead,))
                     cursor.execute(OFFLINE, (dead,))
                     cursor.execute("DELETE FROM masters WHERE id = %s", (dead,))
                     cursor.execute("SELECT pg_notify(%s, 'w')", (CHANNEL,))
-            cursor.execute("SELECT id FROM masters ORDER BY id")
-            return True, [id for (id,) in cursor.fetchall()], claimed
+            cursor.execute("SELECT count(*) FROM masters WHERE id <> %s", (self.master,))
+            return True, cursor.fetchone()[0], claimed
 
         return self._transaction(lease_)
 
