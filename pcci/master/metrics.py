@@ -99,8 +99,9 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "pcci_pools_retained", "Finished pools still kept", value=len(pools) - running
         )
+        connected = sum(1 for link in state.roster.links.values() if link.master is None)
         yield GaugeMetricFamily(
-            "pcci_workers_connected", "Workers connected", value=len(state.roster.links)
+            "pcci_workers_connected", "Workers connected to this master", value=connected
         )
 
 
