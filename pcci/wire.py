@@ -16,7 +16,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 TERMINATOR = b"EOM"
 
 #: Longest frame sent, and accepted by default (terminator excluded).
@@ -82,6 +82,8 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "started": {"pool": str, "pid": int},
     "output": {"pool": str, "data": str, "stream": str},
     "ended": {"pool": str, "status": int},
+    "put_need": {"pool": str, "paths": list, "more": bool},
+    "put_ack": {"pool": str, "written": int},
 }
 MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "challenge": {"nonce": str, "proof": str},
@@ -92,6 +94,9 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ack": {"pool": str},
     "pong": {},
     "bye": {"reason": str, "reconnect": bool},
+    "put": {"pool": str, "dest": str, "entries": list, "more": bool},
+    "put_data": {"pool": str, "path": str, "offset": int, "data": str},
+    "put_end": {"pool": str},
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from twisted.logger import globalLogPublisher
 from fakes import started
 from pcci.auth import check_proof, proof
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from pcci.master.pushes import Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
@@ -196,26 +199,25 @@ def test_a_version_not_accepted_is_refused_but_may_come_back(version: int) -> No
     assert state.roster.links == {}
 
 
-def test_a_worker_one_version_back_runs_jobs_in_its_own_words() -> None:
-    """Protocol 2 knew no held jobs: no attach or ack goes to such a worker."""
+def test_a_worker_one_version_back_runs_jobs_but_gets_no_files() -> None:
+    """Protocol 3 knew no pushes: such a worker runs jobs, and a push to it fails, saying why."""
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello(version=PROTOCOL_VERSION - 1))
     assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION - 1}]
     pool = started(state.dispatcher.submit("true", ["node1"]))
-    protocol.dataReceived(encode({"code": "started", "pool": pool.id, "pid": 7}))
-    protocol.dataReceived(encode({"code": "output", "pool": pool.id, "data": "hi\n", "stream": "stdout"}))
     protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
-    assert [f["code"] for f in frames(transport)] == ["run"]  # no ack
-    assert pool.state == "ok" and pool.jobs["node1"].output.text() == "hi\n"
-    running = started(state.dispatcher.submit("sleep 9", ["node1"]))
-    frames(transport)
-    protocol.connectionLost(None)
-    again, transport = connect(state, clock)
-    again.dataReceived(hello(version=PROTOCOL_VERSION - 1))
-    # Its jobs did not survive the connection: lost at once, nothing attached.
-    assert [f["code"] for f in frames(transport)] == ["welcome"]
-    assert running.jobs["node1"].state == "lost"
+    clock.advance(0)
+    assert [f["code"] for f in frames(transport)] == ["run", "ack"]
+    spool = io.BytesIO()
+    with tarfile.open(fileobj=spool, mode="w") as archive:
+        archive.addfile(tarfile.TarInfo("empty"))
+    push = Push(state.dispatcher, Spool(spool), read_archive(Spool(spool)), "/tmp/", False, None, state.pushes)
+    pushed = started(state.dispatcher.submit("push", ["node1"], start=push.start))
+    assert frames(transport) == []
+    job = pushed.jobs["node1"]
+    assert job.state == "failed" and "speaks protocol 3: upgrade it" in job.output.text()
+    assert state.pushes == {} and spool.closed
 
 
 def test_garbage_drops_only_that_connection() -> None:

@@ -8,12 +8,14 @@ that says what went wrong.  See C{docs/api.md}.
 
 from __future__ import annotations
 
+import io
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -23,13 +25,14 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from pcci.auth import APIToken
 from pcci.master import dashboard
 from pcci.master.streaming import EventStream
-from pcci.master.guards import TokenGuard
+from pcci.master.guards import ARCHIVE_TYPE, TokenGuard
 from pcci.master.jobspec import SpecError, parse_submission
 from pcci.master.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.master.openapi import openapi_document
 from pcci.master.dispatch import SubmitError
 from pcci.master.history import StoreUnavailable, TooManyPools
 from pcci.master.model import Pool
+from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
 from pcci.master.targets import TargetError, resolve, select
@@ -183,6 +186,14 @@ def _text_arg(request: IRequest, name: str) -> str | None:
         raise APIError(400, f"{name} must be UTF-8 text") from None
 
 
+def _list_arg(request: IRequest, name: str) -> list[str]:
+    """A query argument given once or more (each may hold a comma list)."""
+    try:
+        return [value.decode("utf-8") for value in request.args.get(name.encode(), []) if value]
+    except UnicodeDecodeError:
+        raise APIError(400, f"{name} must be UTF-8 text") from None
+
+
 def _int_arg(request: IRequest, name: str, default: int, low: int, high: int) -> int:
     text = _text_arg(request, name)
     if text is None:
@@ -311,12 +322,22 @@ class MasterAPI:
         if dry_run:
             answer = {"workers": workers, "message": f"would start on {len(workers)} workers"}
             return succeed(_json(request, answer))
+        return self._start(
+            request,
+            wait,
+            lambda: self.dispatcher.submit(
+                asked.cmd, workers, asked.options, asked.rollout, _who(request)
+            ),
+        )
+
+    def _start(
+        self, request: IRequest, wait: float, submit: Callable[[], Deferred[Pool]]
+    ) -> Deferred[bytes]:
+        """Start a pool, answered once stored: with C{?wait}, once ended (or C{wait} passed)."""
         try:
             # Answered once stored: a pool id given out survives a crash.  (Its
             # jobs' ends are safe with their workers until the master stores them.)
-            d = self.dispatcher.submit(
-                asked.cmd, workers, asked.options, asked.rollout, _who(request)
-            )
+            d = submit()
         except SubmitError as e:
             raise APIError(400, str(e)) from None
         except TooManyPools as e:
@@ -335,6 +356,58 @@ class MasterAPI:
         return d.addCallback(
             lambda pool: JSONStream(request, _submitted_pieces(pool, _started(pool))).start()
         )
+
+    @app.route("/files", methods=["POST"])
+    def push(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Push the files of a tar body to the workers the query selects, under
+        C{dest} (C{pcci cp}): a pool whose jobs are the transfers.
+        """
+        kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if kind != ARCHIVE_TYPE:
+            raise APIError(415, "send the files as a tar archive with Content-Type: application/x-tar")
+        dest = _text_arg(request, "dest")
+        if not dest or not dest.startswith("/") or "\0" in dest:
+            raise APIError(400, "dest must be an absolute path on the workers")
+        mode = _text_arg(request, "mode")
+        try:
+            chosen = None if mode is None else int(mode, 8)
+        except ValueError:
+            chosen = -1
+        if chosen is not None and not 0 <= chosen <= 0o7777:
+            raise APIError(400, "mode must be octal, 0 to 7777")
+        wait = _wait_seconds(request)
+        names, labels = _list_arg(request, "workers"), _list_arg(request, "labels")
+        if not names and not labels:
+            raise APIError(400, "choose workers with workers= or labels=")
+        try:
+            workers = select(
+                names or None, labels, _list_arg(request, "exclude"),
+                self.roster.online_labels(), self.max_workers,
+            )
+        except TargetError as e:
+            raise APIError(400, str(e)) from None
+        # The spooled body is the push's now: the request lets it go.
+        spool, request.content = Spool(request.content), io.BytesIO()
+
+        def archived(archive: Archive) -> Deferred[bytes]:
+            mkdir = _bool_arg(request, "mkdir", False)
+            push = Push(self.dispatcher, spool, archive, dest, mkdir, chosen, self.state.pushes)
+            cmd = f"push {len(archive.entries)} entries ({archive.size} bytes) to {dest}"
+            try:
+                return self._start(
+                    request, wait, lambda: self.dispatcher.submit(cmd, workers, submitted_by=_who(request), start=push.start)
+                )
+            except APIError:
+                spool.close()
+                raise
+
+        def refused(failure: Failure) -> None:
+            spool.close()
+            failure.trap(ArchiveError)
+            raise APIError(400, failure.getErrorMessage())
+
+        return deferToThread(read_archive, spool).addCallbacks(archived, refused)
 
     @staticmethod
     def _audit_start(pool: Pool, who: str | None) -> Pool:

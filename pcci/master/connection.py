@@ -234,6 +234,23 @@ class WorkerConnection(FramedJSONProtocol):
         elif self._current():
             self.dispatcher.job_ended(self.name, message["pool"], message["status"], reason)
 
+    # A push's answers (see pcci.master.pushes)
+
+    def _sender(self, pool_id: str) -> Any:
+        push = self.factory.state.pushes.get(pool_id) if self._current() else None
+        sender = None if push is None else push.senders.get(self.name)
+        return sender if sender is not None and sender.link is self else None
+
+    def handle_put_need(self, message: dict[str, Any]) -> None:
+        sender = self._sender(message["pool"])
+        if sender is not None:
+            sender.need(message["paths"], message["more"])
+
+    def handle_put_ack(self, message: dict[str, Any]) -> None:
+        sender = self._sender(message["pool"])
+        if sender is not None:
+            sender.ack(message["written"])
+
     # Requests from the state (WorkerLink)
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:

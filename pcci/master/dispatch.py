@@ -86,10 +86,13 @@ class Dispatcher:
         options: JobOptions | None = None,
         rollout: Rollout | None = None,
         submitted_by: str | None = None,
+        start: Callable[[Job, WorkerLink], None] | None = None,
     ) -> Deferred[Pool]:
         """
         Start C{cmd} on each named worker, as one pool: all at once, or as
-        C{rollout} says.  Fires with the pool once the store holds it.
+        C{rollout} says (or, with C{start}, start each job so: C{cmd} then
+        only says what the pool does).  Fires with the pool once the store
+        holds it.
 
         @raise SubmitError: no worker, or one that is not connected.
         @raise TooManyPools: no room for another pool.
@@ -112,6 +115,7 @@ class Dispatcher:
             options=options or JobOptions(),
             rollout=rollout or Rollout(),
             submitted_by=submitted_by,
+            start=start,
         )
         for name in names:
             job = Job(pool.id, name, cmd, self.history.new_output())
@@ -179,7 +183,10 @@ class Dispatcher:
                 continue
             job.sent = True
             self.roster.running(job.worker_id)[pool.id] = job
-            link.run_job(pool.id, pool.cmd, pool.options.wire())
+            if pool.start is not None:
+                pool.start(job, link)
+            else:
+                link.run_job(pool.id, pool.cmd, pool.options.wire())
             slots -= 1
 
     def _next_turn(self, pool: Pool, job: Job) -> None:
@@ -336,6 +343,12 @@ class Dispatcher:
             else:
                 link.kill_job(pool_id)
 
+    def fail(self, job: Job, why: str) -> None:
+        """A job this master cannot carry out: it ends failed, saying why."""
+        self.roster.running(job.worker_id).pop(job.pool_id, None)
+        self._note(job, f"pcci: {why}\n")
+        self._end_job(job, 1, FAILED)
+
     def job_gone(self, worker: str, pool_id: str) -> None:
         """The master holding a worker says the worker does not hold this job."""
         job = self.roster.running(worker).pop(pool_id, None)
@@ -351,7 +364,7 @@ class Dispatcher:
 
     # Reports from workers
 
-    def job_started(self, worker: str, pool_id: str, pid: int) -> None:
+    def job_started(self, worker: str, pool_id: str, pid: int | None) -> None:
         if self.relay(worker, pool_id, "started", {"pid": pid}):
             return
         job = self.roster.running(worker).get(pool_id)

@@ -67,29 +67,50 @@ def refuse(transport: Any, status: bytes, message: str) -> None:
     transport.loseConnection()
 
 
-def bounded_request(max_body: int) -> type[Request]:
+#: The content type of an upload of files (C{POST /files}), which may be
+#: as large as C{--max-file}.
+ARCHIVE_TYPE = b"application/x-tar"
+
+
+def bounded_request(
+    max_body: int, max_file: int = 0, tokens: list[APIToken] | None = None
+) -> type[Request]:
     """
     A request class that refuses, as it arrives, a body over C{max_body}
     bytes (413): the connection is closed before any of the body is stored
     or a token is even checked (Twisted would otherwise spool any body to a
-    file).  It tells its connection (a L{GuardedConnection}) when it arrived
-    whole and when its answer is sent, for the request deadline.
+    file).  An archive (L{ARCHIVE_TYPE}) sent with a token that may write
+    (any, with C{tokens} None: C{--no-auth}) may be up to C{max_file}.  It
+    tells its connection (a L{GuardedConnection}) when it arrived whole
+    and when its answer is sent, for the request deadline.
     """
 
     class BoundedRequest(Request):
         _received = 0
         _refused = False
+        _limit = max_body
 
         def gotLength(self, length: int | None) -> None:
+            if max_file and self._may_upload():
+                self._limit = max_file
             super().gotLength(length)
-            if length is not None and length > max_body:
+            if length is not None and length > self._limit:
                 self._too_large()
+
+        def _may_upload(self) -> bool:
+            kind = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
+            if kind.split(b";")[0].strip().lower() != ARCHIVE_TYPE:
+                return False
+            if tokens is None:
+                return True
+            token = bearer_token(tokens, self.getHeader(b"authorization"))
+            return token is not None and not token.read_only
 
         def handleContentChunk(self, data: bytes) -> None:
             if self._refused:
                 return
             self._received += len(data)
-            if self._received > max_body:
+            if self._received > self._limit:
                 self._too_large()
                 return
             super().handleContentChunk(data)
@@ -108,10 +129,18 @@ def bounded_request(max_body: int) -> type[Request]:
             refuse(
                 self.channel.transport,
                 b"413 Content Too Large",
-                f"request body over {max_body} bytes",
+                f"request body over {self._limit} bytes",
             )
 
     return BoundedRequest
+
+
+def bearer_token(tokens: list[APIToken], header: bytes | None) -> APIToken | None:
+    """The token an C{Authorization: Bearer} header presents, if it is one of C{tokens}."""
+    scheme, _, presented = (header or b"").partition(b" ")
+    if scheme.lower() != b"bearer" or not presented.strip():
+        return None
+    return match_token(tokens, presented.strip())
 
 
 class TokenGuard(Resource):
@@ -138,7 +167,7 @@ class TokenGuard(Resource):
         except UnicodeDecodeError:
             return json_error(request, 400, "the path is not UTF-8 once unquoted")
         if self.tokens is not None and not is_public(request):
-            token = self._token(request)
+            token = bearer_token(self.tokens, request.getHeader(b"authorization"))
             if token is None:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="pcci"')
                 return json_error(
@@ -148,11 +177,3 @@ class TokenGuard(Resource):
                 return json_error(request, 403, "this token is read-only")
             request.api_token = token  # type: ignore[attr-defined]
         return self.wrapped.render(request)
-
-    def _token(self, request: IRequest) -> APIToken | None:
-        assert self.tokens is not None
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, presented = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not presented.strip():
-            return None
-        return match_token(self.tokens, presented.strip())

@@ -230,6 +230,9 @@ class Pool:
     #: It reached C{max_failures}: no more of its jobs start.
     halted: bool = False
     timers: list[IDelayedCall] = field(default_factory=list)
+    #: How its jobs start, when not by running its command (a push's
+    #: transfers: see L{pcci.master.pushes}); not kept across restarts.
+    start: Callable[[Job, WorkerLink], None] | None = None
 
     @property
     def finished(self) -> bool:

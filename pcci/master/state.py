@@ -32,7 +32,9 @@ from pcci.master.roster import (
 from pcci.master.store import PoolStore
 
 if TYPE_CHECKING:
+    from pcci.master.model import Pool
     from pcci.master.peers import Peers
+    from pcci.master.pushes import Push
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
 
 
@@ -88,6 +90,14 @@ class ClusterState:
         #: The other masters on the same PostgreSQL store, if any
         #: (L{pcci.master.peers.Peers} sets it).
         self.peers: Peers | None = None
+        #: Pushes under way (see L{pcci.master.pushes}), by pool id.
+        self.pushes: dict[str, Push] = {}
+        self.dispatcher.pool_end_hooks.append(self._push_ended)
+
+    def _push_ended(self, pool: Pool) -> None:
+        push = self.pushes.pop(pool.id, None)
+        if push is not None:
+            push.ended()
 
     def stop(self) -> None:
         """Cancel every timer: the master is shutting down."""

@@ -54,6 +54,10 @@ HTTP_TIMEOUT = 75.0
 MAX_CONNECTIONS = 64
 
 
+#: Bytes of an upload of files, by default: 4 GiB.
+MAX_FILE = 4 * 2**30
+
+
 def _access_log_line(timestamp: str, request: Any) -> str:
     """An access log line in the combined format, dated by the wall clock
     (the reactor keeps monotonic time, which would date it 1970)."""
@@ -85,6 +89,7 @@ class Options(usage.Options):
         ["history", None, DEFAULT_HISTORY, "Seconds of health figures kept per worker.", seconds],
         ["max-pools", None, DEFAULT_MAX_POOLS, "Pools kept; past it the oldest finished is dropped.", positive_int],
         ["max-body", None, MAX_BODY, "Bytes of a request body.", positive_int],
+        ["max-file", None, MAX_FILE, "Bytes of an upload of files (pcci cp, POST /files).", positive_int],
         ["max-command", None, MAX_COMMAND, f"Characters of a command (at most {COMMAND_CEILING}).", positive_int],
         ["max-workers", None, MAX_WORKERS, "Workers in one pool.", positive_int],
         ["max-frame", None, MAX_FRAME, f"Bytes of a frame from a worker ({MIN_FRAME} to {MAX_FRAME}).", positive_int],
@@ -243,7 +248,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     site = Site(
         api.resource(options.tokens),
-        requestFactory=bounded_request(options["max-body"]),
+        requestFactory=bounded_request(options["max-body"], options["max-file"], options.tokens),
         timeout=options["http-timeout"],
         logFormatter=_access_log_line,
     )

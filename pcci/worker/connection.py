@@ -15,6 +15,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from pcci.clock import StallWatch
@@ -32,6 +33,7 @@ from pcci.wire import (
 )
 from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
+from pcci.worker.receiver import Receiver
 
 #: Seconds between heartbeats, by default.
 DEFAULT_HEARTBEAT = 5.0
@@ -74,6 +76,8 @@ class MasterConnection(FramedJSONProtocol):
         self._ready = False
         #: The master refused this worker's protocol version (logged by the factory).
         self._refused = False
+        #: Pushes under way, by pool id.
+        self.receivers: dict[str, Receiver] = {}
         #: Fires when the master welcomes this worker; fails if it never does.
         self.joined: Deferred[MasterConnection] = Deferred()
         #: Fires when the connection is closed, what was written sent.
@@ -111,6 +115,9 @@ class MasterConnection(FramedJSONProtocol):
         if self.factory.connection is self:
             self.factory.connection = None
             self.jobs.disconnected()
+        for receiver in list(self.receivers.values()):
+            receiver.abort("the connection to the master closed")
+        self.receivers.clear()
         self.factory.on_lost(self)
         self.closed.callback(None)
 
@@ -243,6 +250,42 @@ class MasterConnection(FramedJSONProtocol):
     def handle_kill(self, message: dict[str, Any]) -> None:
         if self._handshake_done():
             self.jobs.kill(message["pool"])
+            receiver = self.receivers.pop(message["pool"], None)
+            if receiver is not None:
+                receiver.abort("killed")
+
+    # Pushes (pcci cp): see pcci.transfer
+
+    def handle_put(self, message: dict[str, Any]) -> None:
+        if not self._handshake_done():
+            return
+        pool_id = message["pool"]
+        receiver = self.receivers.get(pool_id)
+        if receiver is None:
+            receiver = self.receivers[pool_id] = Receiver(
+                self.factory.reactor,
+                self.factory.file_threads(),
+                pool_id,
+                message["dest"],
+                message,
+                lambda code, **fields: self._from_receiver(pool_id, code, fields),
+            )
+        receiver.entries_received(message["entries"], message["more"])
+
+    def handle_put_data(self, message: dict[str, Any]) -> None:
+        receiver = self.receivers.get(message["pool"]) if self._handshake_done() else None
+        if receiver is not None:
+            receiver.data(message["path"], message["offset"], message["data"])
+
+    def handle_put_end(self, message: dict[str, Any]) -> None:
+        receiver = self.receivers.get(message["pool"]) if self._handshake_done() else None
+        if receiver is not None:
+            receiver.end()
+
+    def _from_receiver(self, pool_id: str, code: str, fields: dict[str, Any]) -> None:
+        if code == "ended":
+            self.receivers.pop(pool_id, None)
+        self.sendMessage(code, pool=pool_id, **fields)
 
     def handle_attach(self, message: dict[str, Any]) -> None:
         if self._handshake_done():
@@ -314,6 +357,15 @@ class WorkerFactory(Factory):
         #: Called with each connection that closes (the dialer redials).
         self.on_lost: Callable[[MasterConnection], None] = lambda connection: None
         self._refusal_logged: float | None = None
+        self._file_threads: ThreadPool | None = None
+
+    def file_threads(self) -> ThreadPool:
+        """The one thread pushed files are written in, started when first needed."""
+        if self._file_threads is None:
+            self._file_threads = ThreadPool(1, 1, name="pcci-files")
+            self._file_threads.start()
+            self.reactor.addSystemEventTrigger("during", "shutdown", self._file_threads.stop)
+        return self._file_threads
 
     def startFactory(self) -> None:
         self.stall.start()

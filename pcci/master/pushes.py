@@ -1,0 +1,241 @@
+"""
+The master's side of a push (C{pcci cp}, C{POST /files}): a tar of files,
+spooled once, fanned out to each worker at that worker's pace.
+
+The upload arrives as a tar archive, which Twisted spools to a temporary
+file.  L{read_archive} (in a thread) lists its entries and hashes its
+files.  Then the push is a pool: one job per worker, whose start sends
+the entries (see L{pcci.transfer}).  Each worker answers which files it
+needs; a L{_Sender} sends their bytes, read from the spool, never more
+than L{WINDOW} ahead of what that worker wrote, so a slow worker slows
+only itself and the master holds a few frames per worker, whatever the
+size.  Frames are encoded once for every worker at the same place
+(L{FrameCache}).  The worker reports the end like a job's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import tarfile
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pcci.handshake import FILES
+from pcci.master.dispatch import Dispatcher
+from pcci.master.model import Job, WorkerLink
+from pcci.transfer import CHUNK, WINDOW, Entry, UnsafePath, batches, safe_path
+from pcci.wire import encode
+
+#: Encoded data frames kept for workers that are at the same place, at most.
+CACHED_FRAMES = 64
+
+
+class ArchiveError(ValueError):
+    """An upload that is not a tar of files, directories and links, or holds an unsafe path."""
+
+
+class Spool:
+    """The uploaded archive, read at any offset without moving a shared position."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self._fd = file.fileno() if not isinstance(file, io.BytesIO) else None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes at C{offset}: a read from a local file of at most L{CHUNK}, bounded."""
+        if self._fd is None:
+            assert isinstance(self.file, io.BytesIO)
+            return bytes(self.file.getbuffer()[offset:offset + size])
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass(frozen=True)
+class Archive:
+    """What an upload holds: its entries, and where each file's bytes are."""
+
+    entries: list[Entry]
+    offsets: dict[str, int]
+
+    @property
+    def size(self) -> int:
+        return sum(entry.size for entry in self.entries)
+
+
+def read_archive(spool: Spool) -> Archive:
+    """
+    List a tar's entries and hash its files (blocking: run it in a thread).
+
+    @raise ArchiveError: not a tar, an entry of another kind, an unsafe path.
+    """
+    entries: list[Entry] = []
+    offsets: dict[str, int] = {}
+    spool.file.seek(0)
+    try:
+        with tarfile.open(fileobj=spool.file, mode="r:") as archive:
+            for member in archive:
+                entries.append(_entry(member, spool))
+                if member.isreg():
+                    offsets[entries[-1].path] = member.offset_data
+    except tarfile.TarError as e:
+        raise ArchiveError(f"the body is not a tar archive: {e}") from None
+    if not entries:
+        raise ArchiveError("the archive is empty")
+    return Archive(entries, offsets)
+
+
+def _entry(member: tarfile.TarInfo, spool: Spool) -> Entry:
+    name = member.name[2:] if member.name.startswith("./") else member.name
+    try:
+        path = safe_path(name.rstrip("/"))
+    except UnsafePath as e:
+        raise ArchiveError(str(e)) from None
+    mode, mtime = member.mode & 0o7777, float(member.mtime)
+    if member.isdir():
+        return Entry(path, "dir", mode=mode, mtime=mtime)
+    if member.issym():
+        return Entry(path, "link", mode=mode, mtime=mtime, target=member.linkname)
+    if not member.isreg():
+        raise ArchiveError(f"{path}: only files, directories and symbolic links are pushed")
+    digest = hashlib.sha256()
+    for offset in range(0, member.size, 1024 * 1024):
+        digest.update(spool.read(member.offset_data + offset, min(1024 * 1024, member.size - offset)))
+    return Entry(path, "file", member.size, mode, mtime, digest.hexdigest())
+
+
+class FrameCache:
+    """Data frames by (path, offset): workers at the same place share one encoding."""
+
+    def __init__(self, pool_id: str, spool: Spool, archive: Archive) -> None:
+        self.pool_id = pool_id
+        self.spool = spool
+        self.archive = archive
+        self._frames: OrderedDict[tuple[str, int], tuple[bytes, int]] = OrderedDict()
+
+    def frame(self, path: str, offset: int, size: int) -> tuple[bytes, int]:
+        """The frame of C{path}'s bytes from C{offset}, and how many it carries."""
+        key = (path, offset)
+        found = self._frames.get(key)
+        if found is not None:
+            self._frames.move_to_end(key)
+            return found
+        data = self.spool.read(self.archive.offsets[path] + offset, min(CHUNK, size - offset))
+        text = base64.b64encode(data).decode("ascii")
+        found = encode({"code": "put_data", "pool": self.pool_id, "path": path, "offset": offset, "data": text}), len(data)
+        self._frames[key] = found
+        if len(self._frames) > CACHED_FRAMES:
+            self._frames.popitem(last=False)
+        return found
+
+
+class Push:
+    """One push: its pool, its archive, and a sender per worker."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        spool: Spool,
+        archive: Archive,
+        dest: str,
+        mkdir: bool,
+        mode: int | None,
+        registry: dict[str, Push],
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.spool = spool
+        self.archive = archive
+        self.dest = dest
+        self.options: dict[str, Any] = {"mkdir": mkdir}
+        if mode is not None:
+            self.options["mode"] = mode
+        #: Each file's size, and the entries as C{put} frames carry them.
+        self.sizes = {entry.path: entry.size for entry in archive.entries if entry.kind == "file"}
+        self.manifest = list(batches(archive.entries))
+        self.senders: dict[str, _Sender] = {}
+        self.frames: FrameCache | None = None
+
+    def start(self, job: Job, link: WorkerLink) -> None:
+        """Start the push to one worker (the pool's way of starting a job)."""
+        if self.frames is None:
+            self.frames = FrameCache(job.pool_id, self.spool, self.archive)
+            self.registry[job.pool_id] = self  # its workers' answers find it
+        if link.master is not None:
+            self.dispatcher.fail(job, f"worker {link.name} is held by master {link.master}: push through it")
+            return
+        version = getattr(link, "version", FILES)
+        if version < FILES:
+            self.dispatcher.fail(job, f"worker {link.name} speaks protocol {version}: upgrade it to receive files")
+            return
+        sender = self.senders[job.worker_id] = _Sender(self, job, link)
+        sender.start()
+
+    def ended(self) -> None:
+        """The pool ended: its spool goes."""
+        self.senders.clear()
+        self.frames = None
+        self.spool.close()
+
+
+class _Sender:
+    """The push to one worker: entries, then the bytes of what it needs, within the window."""
+
+    def __init__(self, push: Push, job: Job, link: Any) -> None:
+        self.push = push
+        self.job = job
+        self.link = link
+        self.needed: deque[str] = deque()
+        self.told = False  # the worker said everything it needs
+        self.current: str | None = None
+        self.offset = 0
+        self.sent = 0
+        self.acked = 0
+        self.done = False
+
+    def start(self) -> None:
+        push = self.push
+        for n, batch in enumerate(push.manifest, 1):
+            more = n < len(push.manifest)
+            self.link.sendMessage(
+                "put", pool=self.job.pool_id, dest=push.dest, entries=batch, more=more, **push.options
+            )
+
+    def need(self, paths: list[str], more: bool) -> None:
+        sizes = self.push.sizes
+        self.needed.extend(path for path in paths if isinstance(path, str) and path in sizes)
+        if not more and not self.told:
+            self.told = True
+            self.push.dispatcher.job_started(self.job.worker_id, self.job.pool_id, None)
+        self.pump()
+
+    def ack(self, written: int) -> None:
+        self.acked = max(self.acked, written)
+        self.pump()
+
+    def pump(self) -> None:
+        """Send what the window allows; after the last byte, say so."""
+        frames = self.push.frames
+        if self.done or frames is None or self.job.status is not None:
+            return
+        sizes = self.push.sizes
+        while self.sent - self.acked < WINDOW:
+            if self.current is None:
+                if not self.needed:
+                    break
+                self.current, self.offset = self.needed.popleft(), 0
+            size = sizes[self.current]
+            frame, count = frames.frame(self.current, self.offset, size)
+            self.link.transport.write(frame)
+            self.offset += count
+            self.sent += count
+            if self.offset >= size:
+                self.current = None
+        if self.told and self.current is None and not self.needed:
+            self.done = True
+            self.link.sendMessage("put_end", pool=self.job.pool_id)

@@ -1,0 +1,126 @@
+"""
+Files pushed to workers (C{pcci cp}): what travels, and which paths may be
+written.
+
+A push is a pool whose jobs are transfers.  The master sends each worker
+the entries (files, directories, symbolic links, with their modes, times
+and SHA-256), in C{put} frames; the worker answers which files it needs
+(C{put_need}: those not already there, identical); the master sends their
+bytes in C{put_data} frames of at most L{CHUNK} bytes, never more than
+L{WINDOW} bytes ahead of what the worker says it wrote (C{put_ack}), so a
+large push never fills a connection that also carries heartbeats, jobs'
+output and kills.  See C{docs/protocol.md}.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import stat
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+#: Bytes of a file in one C{put_data} frame.  Base64 makes them 4/3 as
+#: many characters, and escaping every "EOM" in them at worst 8/3: still
+#: under the smallest frame a daemon may be set to accept.
+CHUNK = 64 * 1024
+
+#: Bytes the master may send a worker ahead of what the worker wrote.
+WINDOW = 16 * CHUNK
+
+#: Characters of entries in one C{put} frame, about.
+ENTRIES_PER_FRAME = 64 * 1024
+
+#: Paths in one C{put_need} frame, at most.
+NEED_PER_FRAME = 1000
+
+KINDS = ("file", "dir", "link")
+
+
+class UnsafePath(ValueError):
+    """A path that would leave the destination, or is no path at all."""
+
+
+def safe_path(path: str) -> str:
+    """
+    C{path} as written under a destination: relative, no C{..}, no empty
+    or C{.} parts, no NUL.
+
+    @raise UnsafePath: otherwise, whoever sent it.
+    """
+    if not path or "\0" in path or path.startswith("/"):
+        raise UnsafePath(f"refused path {path!r}: not a relative path")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafePath(f"refused path {path!r}: it would leave the destination")
+    return path
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing pushed: a file, a directory or a symbolic link, by its path under the destination."""
+
+    path: str
+    kind: str
+    size: int = 0
+    mode: int = 0o644
+    mtime: float = 0.0
+    sha256: str = ""
+    #: A link's target, as is (a link is created, never followed).
+    target: str = ""
+
+    def wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"path": self.path, "kind": self.kind, "mode": self.mode, "mtime": self.mtime}
+        if self.kind == "file":
+            body.update(size=self.size, sha256=self.sha256)
+        elif self.kind == "link":
+            body["target"] = self.target
+        return body
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Entry:
+        """
+        An entry as a C{put} frame carries it, checked.
+
+        @raise ValueError: a malformed entry, or an unsafe path (L{UnsafePath}).
+        """
+        if not isinstance(body, dict) or body.get("kind") not in KINDS:
+            raise ValueError("an entry must be an object with a kind of file, dir or link")
+        path = safe_path(body.get("path") if isinstance(body.get("path"), str) else "")
+        mode, mtime = body.get("mode"), body.get("mtime")
+        if not isinstance(mode, int) or not 0 <= mode <= 0o7777 or not isinstance(mtime, (int, float)):
+            raise ValueError(f"entry {path!r}: a mode (0 to 0o7777) and an mtime are needed")
+        entry = cls(path, body["kind"], mode=mode, mtime=float(mtime))
+        if entry.kind == "file":
+            size, digest = body.get("size"), body.get("sha256")
+            if not isinstance(size, int) or size < 0 or not isinstance(digest, str) or len(digest) != 64:
+                raise ValueError(f"entry {path!r}: a file needs a size and a SHA-256")
+            return cls(path, "file", size, mode, float(mtime), digest)
+        if entry.kind == "link":
+            target = body.get("target")
+            if not isinstance(target, str) or not target or "\0" in target:
+                raise ValueError(f"entry {path!r}: a link needs a target")
+            return cls(path, "link", mode=mode, mtime=float(mtime), target=target)
+        return entry
+
+
+def batches(entries: list[Entry]) -> Iterator[list[dict[str, Any]]]:
+    """The entries' wire forms, in batches of about L{ENTRIES_PER_FRAME} characters."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for entry in entries:
+        wire = entry.wire()
+        batch.append(wire)
+        size += len(entry.path) + len(entry.target) + 120
+        if size >= ENTRIES_PER_FRAME:
+            yield batch
+            batch, size = [], 0
+    yield batch
+
+
+def parent_of(path: str) -> str:
+    return posixpath.dirname(path)
+
+
+def file_mode(mode: int) -> int:
+    """The permission bits of a C{st_mode}."""
+    return stat.S_IMODE(mode)
