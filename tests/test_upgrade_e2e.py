@@ -1,7 +1,7 @@
 """
-Upgrades in any order: workers of earlier commits of this repository (the
-previous protocol, and the current one) join a master of this commit and
-run, kill and carry on with jobs.
+Upgrades in any order: a worker of an earlier commit of this repository
+(the previous protocol) joins a master of this commit and runs, kills and
+carries on with jobs; one two protocols back is refused, and told so.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ pytestmark = pytest.mark.e2e
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
-#: The last commit whose workers speak protocol 2, the one before this.
+#: The last commit whose workers speak protocol 2, two before this.
 PROTOCOL_2 = "6b48596cbe0ff81b090e5a7328a68b2fec25efac"
-#: A released state speaking protocol 3 (the last before the house was split).
+#: A released state speaking protocol 3, the one before this (4 brought pushes).
 PROTOCOL_3 = "e8c0c12a6dda7b072020a73b097b9d4f65f3babb"
 
 
@@ -56,16 +56,23 @@ def kill_a_job(cluster: Cluster, worker: str, marker: str) -> None:
     assert cluster.wait_pool(pool_id)["jobs"][0]["state"] == "killed"
 
 
-def test_a_worker_of_the_current_protocol_from_an_earlier_commit_runs_kills_and_carries_on(
+def test_a_worker_of_the_previous_protocol_runs_kills_and_carries_on(
     own_cluster: Cluster, tmp_path: Path, marker: str
 ) -> None:
     c = own_cluster
     c.start_master()
     old_worker(c, PROTOCOL_3, tmp_path, "old")
-    assert "Starting factory <pcci.worker.connection.WorkerFactory" in c.daemons[-1].log_text()
-    pool = c.run("echo from the past", ["old"])
-    assert (pool["state"], pool["jobs"][0]["result"]) == ("ok", "from the past\n")
+    assert "worker old speaks protocol 3, one version back" in c.master.log_text()
+    pool = c.run("sh -c 'echo out; echo err >&2; exit 3'", ["old"])
+    job = pool["jobs"][0]
+    assert (job["state"], job["status"], job["result"]) == ("failed", 3, "out\nerr\n")
     kill_a_job(c, "old", marker)
+    # A push to it fails, saying why; the old worker never saw a frame it does not know.
+    code, answer = c.request(
+        "POST", f"/files?workers=old&dest={tmp_path}/&wait=20", raw=tar_of("x", b"x"),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert code == 200 and "speaks protocol 3: upgrade it" in answer["pool"]["jobs"][0]["result"]
     # Carried on across a master restart: the new master attaches the old worker's job.
     go = tmp_path / "go"
     pool_id = c.submit(f"sh -c 'echo a; while [ ! -e {go} ]; do sleep 0.05; done; echo b'", ["old"])
@@ -80,16 +87,20 @@ def test_a_worker_of_the_current_protocol_from_an_earlier_commit_runs_kills_and_
     assert (job["state"], job["status"], job["result"]) == ("ok", 0, "a\nb\n")
 
 
-def test_a_worker_of_the_previous_protocol_runs_and_kills(
-    own_cluster: Cluster, tmp_path: Path, marker: str
-) -> None:
+def test_a_worker_two_protocols_back_is_refused(own_cluster: Cluster, tmp_path: Path) -> None:
     c = own_cluster
     c.start_master()
-    old_worker(c, PROTOCOL_2, tmp_path, "older")
-    assert "worker older speaks protocol 2" in c.master.log_text()
-    pool = c.run("sh -c 'echo out; echo err >&2; exit 3'", ["older"])
-    job = pool["jobs"][0]
-    assert (job["state"], job["status"], job["result"]) == ("failed", 3, "out\nerr\n")
-    kill_a_job(c, "older", marker)
-    # The old worker never saw a frame it does not know: it is still there.
-    assert "older" in c.workers()
+    tree = checkout(PROTOCOL_2, tmp_path / PROTOCOL_2[:7])
+    c.start_worker("older", env={"PYTHONPATH": str(tree)}, wait=False)
+    poll(lambda: "speaks protocol 2: refused" in c.master.log_text(), what="the refusal")
+    assert "older" not in c.workers()
+
+
+def tar_of(name: str, data: bytes) -> bytes:
+    """A tar holding one file."""
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as archive:
+        member = tarfile.TarInfo(name)
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    return body.getvalue()
