@@ -9,7 +9,7 @@ the exit status it means.
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from typing import IO, Any, Awaitable, Callable
 from urllib.parse import quote, urlencode
 
 #: Exit statuses of the command line's own failures.
@@ -93,14 +93,23 @@ class MasterClient:
             headers[b"Authorization"] = [b"Bearer " + self.token.encode()]
         return headers
 
-    async def _request(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
-        data = None if body is None else json.dumps(body).encode()
+    async def _request(
+        self, method: str, path: str, body: Any = None, upload: tuple[IO[bytes], int] | None = None, **kw: Any
+    ) -> Any:
+        data: Any = None if body is None else json.dumps(body).encode()
+        headers = self._headers()
+        if upload is not None:
+            data = upload[0]
+            headers[b"Content-Type"] = [b"application/x-tar"]
+            headers[b"Content-Length"] = [str(upload[1]).encode()]
         start = self.urls.index(self.url)
         reasons = []
         for url in self.urls[start:] + self.urls[:start]:
+            if upload is not None:
+                upload[0].seek(0)
             try:
                 response = await self.http.request(
-                    method, url + path, data=data, headers=self._headers(), **kw
+                    method, url + path, data=data, headers=headers, **kw
                 )
             except Exception as e:
                 reasons.append(f"{url}: {_reason(e)}")
@@ -118,11 +127,21 @@ class MasterClient:
             EXIT_UNREACHABLE,
         )
 
-    async def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
-        """One request; its JSON answer, or a L{CLIError}."""
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        upload: tuple[IO[bytes], int] | None = None,
+        **query: Any,
+    ) -> Any:
+        """
+        One request; its JSON answer, or a L{CLIError}.  C{upload} sends
+        a tar archive (a file and its size) as the body instead.
+        """
         if query:
-            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        response = await self._request(method, path, body)
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
+        response = await self._request(method, path, body, upload)
         try:
             text = await self.http.content(response)
         except Exception as e:

@@ -18,7 +18,7 @@ person.
 from __future__ import annotations
 
 import http.client
-from typing import Any, Callable, Coroutine, Generator, Generic, TypeVar
+from typing import IO, Any, Callable, Coroutine, Generator, Generic, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -57,6 +57,10 @@ def run_now(coroutine: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError(f"a command waited on {waited!r}, which is not ready")
 
 
+#: Bytes of an uploaded file sent at a time.
+UPLOAD_BLOCK = 256 * 1024
+
+
 class Response:
     """An answer: its status and its body, read whole or as it comes."""
 
@@ -93,16 +97,18 @@ class StdlibHTTP:
             import ssl
 
             context = ssl.create_default_context(cafile=self.ca_file)
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
+            return http.client.HTTPSConnection(
+                netloc, timeout=self.timeout, context=context, blocksize=UPLOAD_BLOCK
+            )
         if scheme != "http":
             raise ValueError(f"{scheme}: is not http: or https:")
-        return http.client.HTTPConnection(netloc, timeout=self.timeout)
+        return http.client.HTTPConnection(netloc, timeout=self.timeout, blocksize=UPLOAD_BLOCK)
 
     def request(
         self,
         method: str,
         url: str,
-        data: bytes | None = None,
+        data: bytes | IO[bytes] | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
         unbuffered: bool = False,
     ) -> Ready[Response]:

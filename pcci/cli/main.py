@@ -212,6 +212,51 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
 
 
 @cli.command()
+@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP)
+@click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
+              help="Only workers with this label (KEY or KEY=VALUE); repeatable, all must hold.")
+@click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
+@click.option("-r", "--recursive", is_flag=True, help="Copy directories, and all they hold.")
+@click.option("--mode", metavar="OCTAL", help="The files' mode on the workers (default: as here).")
+@click.option("--mkdir", is_flag=True, help="Make the destination directory (and its parents) if missing.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@click.argument("paths", nargs=-1, required=True)
+@click.pass_obj
+def cp(cfg: Config, paths: tuple[str, ...], **options: Any) -> None:
+    """
+    Copy files to the selected workers: SOURCE... DESTINATION.
+
+    Each file arrives whole or not at all (a temporary name, its SHA-256
+    checked, then a rename), with its mode and time; a file already there,
+    identical, is not sent again.  A destination ending in / (or a
+    directory there) receives the sources by name; several sources need
+    one.  A directory is copied by its name (dir) or its contents (dir/),
+    with -r; links are copied as links.  Each worker's result, gathered,
+    then a summary; the exit status is 0 only if every worker is ok.
+
+    \b
+      pcci cp -w 'pi[01-16]' ./config.toml /etc/app/config.toml
+      pcci cp -l gpu -r ./models/ /srv/models/
+      pcci cp -w '*' --mode 0644 --mkdir ./motd /etc/motd
+    """
+    from pcci.cli.files import CopyRequest, push_files
+
+    if len(paths) < 2:
+        raise click.UsageError("give one or more sources, then the destination")
+    if not options["targets"] and not options["labels"]:
+        raise click.UsageError("choose workers with -w TARGET or -l LABEL")
+    if options["mode"] is not None:
+        try:
+            if not 0 <= int(options["mode"], 8) <= 0o7777:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter("an octal mode, 0 to 7777", param_hint="--mode") from None
+    if not paths[-1].startswith("/"):
+        raise click.UsageError("the destination is a path on the workers: give it absolute")
+    go(push_files, cfg, CopyRequest(list(paths[:-1]), paths[-1], **options))
+
+
+@cli.command()
 @click.option("--all", "every", is_flag=True, help="Also the workers seen before and now offline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the workers as JSON.")
 @click.pass_obj

@@ -100,8 +100,20 @@ async def run_pool(cfg: Config, request: RunRequest) -> int:
         return 0
     # ?wait=0: the answer holds the pool, so its workers are known at once.
     answer = await client.call("POST", "/job", request.body(), wait=0)
+    return await follow_pool(cfg, client, answer, request.gather, request.diff, request.as_json)
+
+
+async def follow_pool(
+    cfg: Config, client: Any, answer: dict[str, Any], gather: bool, diff: bool, as_json: bool
+) -> int:
+    """
+    Follow a pool just started (C{answer}: its C{?wait=0} answer) to its
+    end: live lines unless C{gather} or C{as_json}, the progress line, and
+    at the end the pool as JSON, or its outputs gathered, then its summary.
+    Ctrl-C kills it.  The exit status, as C{pcci run}'s.
+    """
     pool_id = answer["pool_id"]
-    view = RunView(cfg, answer["pool"], live=not (request.gather or request.as_json))
+    view = RunView(cfg, answer["pool"], live=not (gather or as_json))
     interrupted: list[bool] = []
 
     async def interrupt() -> None:
@@ -119,10 +131,10 @@ async def run_pool(cfg: Config, request: RunRequest) -> int:
         pool = await client.follow(pool_id, view.event, on_interrupt=interrupt)
     finally:
         view.terminal.done()
-    if request.as_json:
+    if as_json:
         cfg.out.write(json.dumps(pool, indent=2) + "\n")
         return EXIT_INTERRUPTED if interrupted else exit_status(pool)
-    if request.gather:
-        print_gathered(view.terminal, pool, request.diff)
+    if gather:
+        print_gathered(view.terminal, pool, diff)
     print_summary(view.terminal, pool)
     return EXIT_INTERRUPTED if interrupted else exit_status(pool)

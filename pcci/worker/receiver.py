@@ -144,7 +144,8 @@ class Receiver:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                 if entry.kind == "dir":
                     try:
-                        os.mkdir(path, entry.mode)
+                        os.mkdir(path, 0o700)
+                        os.chmod(path, entry.mode)  # as sent, whatever the umask
                     except FileExistsError:
                         if not os.path.isdir(path):
                             raise
