@@ -1,0 +1,176 @@
+"""Pushing files to real workers: `pcci cp` and `POST /files`, end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from cluster import Cluster, poll
+
+pytestmark = pytest.mark.e2e
+
+PCCI = str(Path(sys.executable).parent / "pcci")
+ADMIN = "admin-token-for-the-file-tests"
+READER = "reader-token-for-the-file-tests"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    directory = tmp_path_factory.mktemp("files")
+    tokens = directory / "tokens"
+    tokens.write_text(f"{ADMIN} name=admin\n{READER} read name=reader\n")
+    tokens.chmod(0o600)
+    c = Cluster(directory)
+    try:
+        c.start_master("--api-token-file", str(tokens))
+        c.token = ADMIN
+        c.start_worker("f1")
+        c.start_worker("f2", "--state-dir", str(directory / "f2-state"))
+        yield c
+    finally:
+        c.stop()
+
+
+def cp(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PCCI_URL": f"http://127.0.0.1:{c.api_port}", "PCCI_TOKEN": c.token or ""}
+    return subprocess.run([PCCI, "cp", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def push(c: Cluster, archive: bytes, query: str, token: str | None = None) -> tuple[int, dict]:
+    return c.request("POST", f"/files?{query}&wait=30", raw=archive,
+                     headers={"Content-Type": "application/x-tar"}, token=token)
+
+
+def tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as archive:
+        for member, data in members:
+            member.size = len(data) if member.isreg() else 0
+            archive.addfile(member, io.BytesIO(data))
+    return body.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    return info
+
+
+def test_a_file_and_a_tree_arrive_with_modes_times_and_links(pair: Cluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "tree" / "sub").mkdir(parents=True)
+    (src / "one.txt").write_text("one EOM\n")
+    (src / "one.txt").chmod(0o640)
+    os.utime(src / "one.txt", (1_600_000_000, 1_600_000_000))
+    big = os.urandom(3_000_000)
+    (src / "tree" / "big.bin").write_bytes(big)
+    (src / "tree" / "sub" / "x").write_text("x\n")
+    os.symlink("big.bin", src / "tree" / "link")
+    dest = tmp_path / "dest"
+    done = cp(pair, "-w", "f1,f2", "--mkdir", str(src / "one.txt"), f"{dest}/file.txt")
+    assert done.returncode == 0, done.stderr
+    assert "1 files written (8 bytes), 0 unchanged" in done.stdout and "ok: f[1-2]" in done.stderr
+    copied = dest / "file.txt"
+    assert copied.read_text() == "one EOM\n"
+    assert copied.stat().st_mode & 0o777 == 0o640 and copied.stat().st_mtime == 1_600_000_000
+    done = cp(pair, "-w", "f1", "-r", str(src / "tree"), f"{dest}/")
+    assert done.returncode == 0, done.stderr
+    assert (dest / "tree" / "big.bin").read_bytes() == big
+    assert (dest / "tree" / "sub" / "x").read_text() == "x\n"
+    assert os.readlink(dest / "tree" / "link") == "big.bin"
+    # Again: nothing is sent, and the summary says so.
+    again = cp(pair, "-w", "f1", "-r", str(src / "tree"), f"{dest}/")
+    assert again.returncode == 0 and "0 files written (0 bytes), 2 unchanged" in again.stdout
+    assert not [p for p in dest.rglob(".*.tmp")]
+
+
+def test_refusals(pair: Cluster, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for name in ("../evil", "/etc/evil", "a/../../evil"):
+        code, answer = push(pair, tar((member(name), b"x")), f"workers=f1&dest={dest}/")
+        assert code == 400 and "refused path" in answer["message"], answer
+    # A link out of the tree does not carry a write out of it.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    code, answer = push(
+        pair,
+        tar((member("esc", tarfile.SYMTYPE, str(outside)), b""), (member("esc/pwned"), b"x")),
+        f"workers=f1&dest={dest}/",
+    )
+    job = answer["pool"]["jobs"][0]
+    assert code == 200 and job["state"] == "failed" and "leads it out" in job["result"]
+    assert list(outside.iterdir()) == []
+    # Several sources need a directory; a missing source is one line.
+    done = cp(pair, "-w", "f1", __file__, __file__, f"{tmp_path}/nodir")
+    assert done.returncode == 1 and "not a directory (--mkdir makes it)" in done.stdout
+    done = cp(pair, "-w", "f1", f"{tmp_path}/missing", f"{dest}/")
+    assert done.returncode == 2 and "missing: no such file or directory" in done.stderr
+    # A read-only token may not push.
+    code, answer = push(pair, tar((member("x"), b"x")), f"workers=f1&dest={dest}/", token=READER)
+    assert code == 403 and not (dest / "x").exists()
+
+
+def test_a_reader_never_sees_a_partial_file(pair: Cluster, tmp_path: Path) -> None:
+    dest = tmp_path / "seen"
+    payloads = [os.urandom(2_000_000) for _ in range(3)]
+    digests = {hashlib.sha256(p).hexdigest() for p in payloads}
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                seen.add(hashlib.sha256((dest / "f.bin").read_bytes()).hexdigest())
+            except FileNotFoundError:
+                pass
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for payload in payloads:
+            code, answer = push(pair, tar((member("f.bin"), payload)), f"workers=f1&dest={dest}/&mkdir=1")
+            assert code == 200 and answer["pool"]["state"] == "ok", answer
+    finally:
+        stop.set()
+        reader.join()
+    assert seen and seen <= digests
+
+
+def test_a_worker_lost_mid_push_ends_lost_and_the_master_stays_small(
+    tmp_path: Path,
+) -> None:
+    c = Cluster(tmp_path / "lost")
+    try:
+        c.start_master("--reconnect-grace", "1")
+        worker = c.start_worker("slow")
+        master = psutil.Process(c.master.pid)
+        before = master.memory_info().rss
+        worker.signal(signal.SIGSTOP)  # it reads nothing more: the window fills
+        dest = tmp_path / "dest"
+        code, answer = c.request(
+            "POST", f"/files?workers=slow&dest={dest}/&mkdir=1",
+            raw=tar((member("big.bin"), os.urandom(40_000_000))),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        assert code == 200, answer
+        pool_id = answer["pool_id"]
+        grown = master.memory_info().rss - before
+        assert grown < 20_000_000, f"the master grew by {grown} bytes"  # not the 40 MB
+        worker.signal(signal.SIGKILL)
+        pool = c.wait_pool(pool_id)
+        assert pool["jobs"][0]["state"] == "lost"
+        assert not (dest / "big.bin").exists()
+    finally:
+        c.stop()
