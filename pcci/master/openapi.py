@@ -25,8 +25,13 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+def _query(
+    name: str, schema: dict[str, Any], description: str, required: bool = False, explode: bool = False
+) -> dict[str, Any]:
+    parameter = {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+    if explode:
+        parameter.update(style="form", explode=True)
+    return parameter
 
 
 #: A true-or-false query parameter.
@@ -141,6 +146,37 @@ def openapi_document() -> dict[str, Any]:
                         "403": _FORBIDDEN,
                         "413": _error("a body over the size limit"),
                         "415": _error("a body not sent as application/json"),
+                        "503": _error("too many pools running, or the store does not answer"),
+                    },
+                }
+            },
+            "/files": {
+                "post": {
+                    "summary": "Push the files of a tar archive to the workers selected (a pool of transfers)",
+                    "parameters": [
+                        _query("dest", {"type": "string"}, "an absolute path on the workers", required=True),
+                        _query("workers", _STRINGS, "workers, as POST /job's field", explode=True),
+                        _query("labels", _STRINGS, "labels, as POST /job's field", explode=True),
+                        _query("exclude", _STRINGS, "workers left out, as POST /job's field", explode=True),
+                        _query("mkdir", _BOOLEAN, "true: make the destination directory and its parents"),
+                        _query("mode", {"type": "string", "pattern": "^[0-7]{1,4}$"}, "the files' mode, octal"),
+                        _query(
+                            "wait",
+                            {"type": "number", "minimum": 0, "maximum": 60},
+                            "seconds to wait for the push to end; the answer then holds it",
+                        ),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "responses": {
+                        "200": _ok(_ref("PoolStarted")),
+                        "400": _error("a bad query, not a tar, an entry of another kind, or an unsafe path"),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "413": _error("a body over --max-file"),
+                        "415": _error("a body not sent as application/x-tar"),
                         "503": _error("too many pools running, or the store does not answer"),
                     },
                 }
