@@ -19,13 +19,13 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-#: Bytes of a file in one C{put_data} frame.  Base64 makes them 4/3 as
-#: many characters, and escaping every "EOM" in them at worst 8/3: still
-#: under the smallest frame a daemon may be set to accept.
-CHUNK = 64 * 1024
+#: Bytes of a file after one C{put_data} frame, at most: they follow it
+#: raw, not as a frame (no encoding to pay for), and never exceed the
+#: smallest frame a daemon may be set to accept.
+CHUNK = 256 * 1024
 
 #: Bytes the master may send a worker ahead of what the worker wrote.
-WINDOW = 16 * CHUNK
+WINDOW = 4 * CHUNK
 
 #: Characters of entries in one C{put} frame, about.
 ENTRIES_PER_FRAME = 64 * 1024

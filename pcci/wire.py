@@ -95,7 +95,7 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "pong": {},
     "bye": {"reason": str, "reconnect": bool},
     "put": {"pool": str, "dest": str, "entries": list, "more": bool},
-    "put_data": {"pool": str, "path": str, "offset": int, "data": str},
+    "put_data": {"pool": str, "path": str, "offset": int, "size": int},
     "put_end": {"pool": str},
 }
 
@@ -246,6 +246,30 @@ class FramedJSONProtocol(LineReceiver):
         except Exception:
             # A bug in one handler must not cost the connection and its jobs.
             self.log.failure("error handling {code!r} frame", code=message["code"])
+
+    def receive_raw(self, size: int, then: Callable[[bytes], None]) -> None:
+        """
+        The next C{size} bytes after this frame are raw data (a pushed
+        file's piece), not frames: hand them to C{then}, then read frames
+        again.  Called from a frame's handler.
+        """
+        self._raw_left, self._raw_then, self._raw_parts = size, then, []
+        self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.frame_received()
+        take = data[: self._raw_left]
+        self._raw_parts.append(take)
+        self._raw_left -= len(take)
+        if self._raw_left:
+            return
+        block, then = b"".join(self._raw_parts), self._raw_then
+        self._raw_parts = []
+        try:
+            then(block)
+        except Exception:
+            self.log.failure("error handling raw data")
+        self.setLineMode(data[len(take):])
 
     def frame_received(self) -> None:
         """Called for every frame, before it is parsed: the peer is alive."""

@@ -15,7 +15,6 @@ size.  Frames are encoded once for every worker at the same place
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import os
@@ -31,7 +30,7 @@ from pcci.transfer import CHUNK, WINDOW, Entry, UnsafePath, batches, safe_path
 from pcci.wire import encode
 
 #: Encoded data frames kept for workers that are at the same place, at most.
-CACHED_FRAMES = 64
+CACHED_FRAMES = 16
 
 
 class ArchiveError(ValueError):
@@ -110,7 +109,7 @@ def _entry(member: tarfile.TarInfo, spool: Spool) -> Entry:
 
 
 class FrameCache:
-    """Data frames by (path, offset): workers at the same place share one encoding."""
+    """Data frames (and their raw bytes) by (path, offset): workers at the same place share them."""
 
     def __init__(self, pool_id: str, spool: Spool, archive: Archive) -> None:
         self.pool_id = pool_id
@@ -126,8 +125,8 @@ class FrameCache:
             self._frames.move_to_end(key)
             return found
         data = self.spool.read(self.archive.offsets[path] + offset, min(CHUNK, size - offset))
-        text = base64.b64encode(data).decode("ascii")
-        found = encode({"code": "put_data", "pool": self.pool_id, "path": path, "offset": offset, "data": text}), len(data)
+        header = {"code": "put_data", "pool": self.pool_id, "path": path, "offset": offset, "size": len(data)}
+        found = encode(header) + data, len(data)
         self._frames[key] = found
         if len(self._frames) > CACHED_FRAMES:
             self._frames.popitem(last=False)

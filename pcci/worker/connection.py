@@ -33,6 +33,7 @@ from pcci.wire import (
 )
 from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
+from pcci.transfer import CHUNK
 from pcci.worker.receiver import Receiver
 
 #: Seconds between heartbeats, by default.
@@ -273,9 +274,18 @@ class MasterConnection(FramedJSONProtocol):
         receiver.entries_received(message["entries"], message["more"])
 
     def handle_put_data(self, message: dict[str, Any]) -> None:
-        receiver = self.receivers.get(message["pool"]) if self._handshake_done() else None
-        if receiver is not None:
-            receiver.data(message["path"], message["offset"], message["data"])
+        if not self._handshake_done():
+            return
+        if not 0 < message["size"] <= CHUNK:
+            self.protocolViolation(f"put_data of {message['size']} bytes")
+            return
+        receiver = self.receivers.get(message["pool"])
+
+        def received(data: bytes) -> None:
+            if receiver is not None:  # else a push stopped meanwhile: dropped
+                receiver.data(message["path"], message["offset"], data)
+
+        self.receive_raw(message["size"], received)  # the raw bytes follow
 
     def handle_put_end(self, message: dict[str, Any]) -> None:
         receiver = self.receivers.get(message["pool"]) if self._handshake_done() else None

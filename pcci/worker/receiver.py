@@ -15,8 +15,6 @@ user: what the OS refuses it is refused with the OS's reason.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -92,15 +90,10 @@ class Receiver:
         if not more:
             self._in_thread(self._plan).addCallback(self._planned)
 
-    def data(self, path: str, offset: int, text: str) -> None:
+    def data(self, path: str, offset: int, data: bytes) -> None:
         target = self.files.get(path)
         if target is None:
             self._fail(f"data for {path!r}, which was not asked for")
-            return
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            self._fail(f"data for {path!r} that is not base64")
             return
         if offset != target.received or target.received + len(data) > target.entry.size:
             self._fail(f"data for {path!r} out of order")
@@ -133,15 +126,19 @@ class Receiver:
         if self.aborted:
             return []
         root, single = self._root()
+        base = os.path.realpath(root)
+        made: set[str] = set()  # directories known to be there, inside
         needed = []
         for entry in self.entries:
             path = root if single else os.path.join(root, entry.path)
             try:
-                if not single:
+                parent = os.path.dirname(path)
+                if not single and parent not in made:
                     # No link may lead out of the tree; then parents (an
                     # archive may leave them out).
-                    self._check_inside(root, path)
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    _check_inside(base, root, parent)
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
                 if entry.kind == "dir":
                     try:
                         os.mkdir(path, 0o700)
@@ -184,14 +181,6 @@ class Receiver:
         elif not single and not os.path.isdir(dest):
             raise OSError(f"{dest}: not a directory (--mkdir makes it)")
         return dest, single
-
-    @staticmethod
-    def _check_inside(root: str, path: str) -> None:
-        """A link in the tree must not carry a write out of it."""
-        base = os.path.realpath(root)
-        parent = os.path.realpath(os.path.dirname(path))
-        if parent != base and not parent.startswith(base.rstrip("/") + "/"):
-            raise UnsafePath(f"refused path {path}: a link leads it out of {root}")
 
     def _temporary(self, path: str) -> str:
         head, name = os.path.split(path)
@@ -295,6 +284,16 @@ class Receiver:
         if reason is not None:
             fields["reason"] = reason
         self.report("ended", **fields)
+
+
+def _check_inside(base: str, root: str, directory: str) -> None:
+    """
+    A link in the tree must not carry a write out of it: C{directory},
+    links followed, must be C{base} (C{root}, links followed) or under it.
+    """
+    real = os.path.realpath(directory)
+    if real != base and not real.startswith(base.rstrip("/") + "/"):
+        raise UnsafePath(f"refused path {directory}: a link leads it out of {root}")
 
 
 def _same(path: str, entry: Entry) -> bool:
