@@ -148,6 +148,17 @@ class Cluster:
             self.token = (self.state_dir / "api-token").read_text().split()[0]
         return self.master
 
+    def start_master_with_tokens(
+        self, admin: str, reader: str, *args: str, names: tuple[str, str] = ("admin", "reader")
+    ) -> Daemon:
+        """A master whose tokens are C{admin} (may run) and C{reader} (read-only), named C{names}."""
+        tokens = self.directory / "tokens"
+        tokens.write_text(f"{admin} name={names[0]}\n{reader} read name={names[1]}\n")
+        tokens.chmod(0o600)
+        daemon = self.start_master("--api-token-file", str(tokens), *args)
+        self.token = admin
+        return daemon
+
     def start_worker(
         self, name: str, *args: str, wait: bool = True, env: dict[str, str] | None = None
     ) -> Daemon:

@@ -50,13 +50,9 @@ VIEWER = "viewer-token-for-the-browser-tests"
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A master with two workers, node1 and node2, and two named tokens."""
     directory = tmp_path_factory.mktemp("web")
-    tokens = directory / "tokens"
-    tokens.write_text(f"{ADMIN} name=alice\n{VIEWER} read name=viewer\n")
-    tokens.chmod(0o600)
     c = Cluster(directory)
     try:
-        c.start_master("--api-token-file", str(tokens))
-        c.token = ADMIN
+        c.start_master_with_tokens(ADMIN, VIEWER, names=("alice", "viewer"))
         c.start_worker("node1", "--kill-grace", "1", "--heartbeat", "1", "--label", "rack=a")
         c.start_worker("node2", "--kill-grace", "1", "--heartbeat", "1", "--label", "rack=b")
         yield c

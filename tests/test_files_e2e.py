@@ -28,13 +28,9 @@ READER = "reader-token-for-the-file-tests"
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("files")
-    tokens = directory / "tokens"
-    tokens.write_text(f"{ADMIN} name=admin\n{READER} read name=reader\n")
-    tokens.chmod(0o600)
     c = Cluster(directory)
     try:
-        c.start_master("--api-token-file", str(tokens))
-        c.token = ADMIN
+        c.start_master_with_tokens(ADMIN, READER)
         c.start_worker("f1")
         c.start_worker("f2", "--state-dir", str(directory / "f2-state"))
         yield c
