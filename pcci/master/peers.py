@@ -18,9 +18,11 @@ runs on a worker another master holds, the two talk through the database:
     the job until then.
 
 Mail is a table (C{mail}); a C{NOTIFY} carrying only the recipient's name
-wakes it.  The owner also writes each event of its pools (C{events}), so
-that another master shows a running pool live: a replica, built from its
-stored record and the events since (L{Peers.replica}).
+wakes it.  The owner also writes each event of its pools (C{events}),
+unless no other master is there to read them, so that another master
+shows a running pool live: a replica, built from its stored record and
+the events since (L{Peers.replica}); a master showing a pool asks its
+owner to write them (C{watch}), what happened so far first.
 
 Each master renews a lease every second and holds an advisory lock while
 it lives.  One whose lock went and lease ran out is dead: one master at a
