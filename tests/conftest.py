@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -42,7 +43,8 @@ def marker(request: pytest.FixtureRequest) -> Iterator[str]:
     value = f"{1000 + (abs(hash(request.node.nodeid)) % 9000)}.{os.getpid() % 1000}"
     yield value
     for pid in processes_with(f"sleep {value}"):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
