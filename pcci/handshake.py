@@ -32,7 +32,7 @@ OLDEST_ACCEPTED = PROTOCOL_VERSION - 1
 #: The protocol that brought each feature a master uses only with the
 #: workers that speak it.
 HELD_JOBS = 3  # hello's jobs, output seq, attach and ack
-FILES = 4  # put, put_data, put_end; put_need, put_ack
+FILES = 4  # put, put_data, put_end, get, get_ack; put_need, put_ack, get_entries, get_data
 
 #: Longest nonce accepted from a worker.
 MAX_NONCE = 128

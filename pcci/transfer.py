@@ -124,3 +124,10 @@ def parent_of(path: str) -> str:
 def file_mode(mode: int) -> int:
     """The permission bits of a C{st_mode}."""
     return stat.S_IMODE(mode)
+
+
+def os_reason(error: BaseException, path: str = "") -> str:
+    """An error as one line: the OS's reason after the path it concerns."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename or path}: {error.strerror}"
+    return str(error)

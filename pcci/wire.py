@@ -84,6 +84,8 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ended": {"pool": str, "status": int},
     "put_need": {"pool": str, "paths": list, "more": bool},
     "put_ack": {"pool": str, "written": int},
+    "get_entries": {"pool": str, "entries": list, "more": bool},
+    "get_data": {"pool": str, "path": str, "offset": int, "size": int},
 }
 MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "challenge": {"nonce": str, "proof": str},
@@ -97,6 +99,8 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "put": {"pool": str, "dest": str, "entries": list, "more": bool},
     "put_data": {"pool": str, "path": str, "offset": int, "size": int},
     "put_end": {"pool": str},
+    "get": {"pool": str, "path": str, "recursive": bool},
+    "get_ack": {"pool": str, "read": int},
 }
 
 

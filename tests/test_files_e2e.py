@@ -170,3 +170,55 @@ def test_a_worker_lost_mid_push_ends_lost_and_the_master_stays_small(
         assert not (dest / "big.bin").exists()
     finally:
         c.stop()
+
+
+def fetch(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PCCI_URL": f"http://127.0.0.1:{c.api_port}", "PCCI_TOKEN": c.token or ""}
+    return subprocess.run([PCCI, "fetch", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_fetch_a_file_and_a_tree_into_a_directory_per_worker(pair: Cluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "tree" / "sub").mkdir(parents=True)
+    (src / "log").write_text("line EOM\n")
+    big = os.urandom(1_500_000)
+    (src / "tree" / "big.bin").write_bytes(big)
+    (src / "tree" / "sub" / "x").write_text("x\n")
+    (src / "tree" / "sub" / "x").chmod(0o600)
+    os.symlink("big.bin", src / "tree" / "link")
+    got = tmp_path / "got"
+    done = fetch(pair, "-w", "f1,f2", str(src / "log"), str(got))
+    assert done.returncode == 0, done.stderr
+    assert "1 files read (9 bytes)" in done.stdout and "ok: f[1-2]" in done.stderr
+    for worker in ("f1", "f2"):
+        assert (got / worker / "log").read_text() == "line EOM\n"
+    done = fetch(pair, "-w", "f1", "-r", str(src / "tree"), str(got))
+    assert done.returncode == 0, done.stderr
+    tree = got / "f1" / "tree"
+    assert (tree / "big.bin").read_bytes() == big
+    assert (tree / "sub" / "x").read_text() == "x\n" and (tree / "sub" / "x").stat().st_mode & 0o777 == 0o600
+    assert os.readlink(tree / "link") == "big.bin"
+    assert not [p for p in got.rglob(".pcci-fetch-*")]
+    # A directory needs -r; a missing path is the OS's reason; nothing lands.
+    done = fetch(pair, "-w", "f1", str(src / "tree"), str(tmp_path / "none"))
+    assert done.returncode == 1 and "is a directory: fetch it with -r" in done.stdout
+    done = fetch(pair, "-w", "f1", str(src / "missing"), str(tmp_path / "none"))
+    assert done.returncode == 1 and "missing: No such file or directory" in done.stdout
+    assert not (tmp_path / "none").exists()
+    # A read-only token may not fetch.
+    code, _ = pair.request("POST", f"/fetches?workers=f1&path={src}/log", token=READER)
+    assert code == 403
+
+
+def test_a_file_that_changes_while_fetched_is_reported(pair: Cluster, tmp_path: Path) -> None:
+    growing = tmp_path / "growing.log"
+    growing.write_bytes(os.urandom(4_000_000))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"import time\nwhile True:\n open({str(growing)!r}, 'a').write('more\\n'); time.sleep(0.001)"]
+    )
+    try:
+        done = fetch(pair, "-w", "f1", str(growing), str(tmp_path / "got"))
+    finally:
+        writer.kill()
+        writer.wait()
+    assert done.returncode == 1 and "growing.log changed while it was read" in done.stdout

@@ -153,6 +153,21 @@ class MasterClient:
         self._check(response.code, answer)
         return answer
 
+    async def download(self, path: str, into: IO[bytes]) -> None:
+        """A binary answer (a fetched archive), written to C{into} as it comes."""
+        response = await self._request("GET", path)
+        if response.code >= 400:
+            text = await self.http.content(response)
+            try:
+                answer = json.loads(text)
+            except ValueError:
+                answer = None
+            self._check(response.code, answer)
+        try:
+            await self.http.collect(response, into.write)
+        except Exception as e:
+            raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
+
     def _check(self, code: int, answer: Any) -> None:
         if code < 400:
             return

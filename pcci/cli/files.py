@@ -1,12 +1,14 @@
-"""C{pcci cp}: push files and trees to workers, through the master."""
+"""C{pcci cp} and C{pcci fetch}: files and trees to and from workers, through the master."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Any
+from urllib.parse import urlencode
 
 from pcci.cli.client import EXIT_USAGE, CLIError
 from pcci.cli.main import Config
@@ -97,3 +99,64 @@ async def push_files(cfg: Config, request: CopyRequest) -> int:
     finally:
         spool.close()
     return await follow_pool(cfg, client, answer, gather=not request.as_json, diff=False, as_json=request.as_json)
+
+
+@dataclass
+class FetchRequest:
+    """What C{pcci fetch} was asked."""
+
+    path: str
+    dest: str
+    targets: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    recursive: bool = False
+    as_json: bool = False
+
+    def query(self) -> dict[str, Any]:
+        query: dict[str, Any] = {"path": self.path, "workers": list(self.targets), "labels": list(self.labels),
+                                 "exclude": list(self.exclude), "wait": 0}
+        if self.recursive:
+            query["recursive"] = "true"
+        return query
+
+
+async def fetch_files(cfg: Config, request: FetchRequest) -> int:
+    """Fetch, then download each worker's archive into DEST/<worker>/, written whole or not at all."""
+    client = cfg.client()
+    # ("path" is the call's own argument: the query goes in the path.)
+    answer = await client.call("POST", "/fetches?" + urlencode(request.query(), doseq=True))
+    status = await follow_pool(cfg, client, answer, gather=not request.as_json, diff=False, as_json=request.as_json)
+    pool = await client.call("GET", f"/pools/{answer['pool_id']}")
+    for job in pool["jobs"]:
+        if job["state"] == "ok":
+            worker = job["worker_id"]
+            with tempfile.TemporaryFile() as archive:
+                await client.download(f"/fetches/{pool['id']}/{worker}", archive)
+                archive.seek(0)
+                unpack(archive, os.path.join(request.dest, worker))
+    return status
+
+
+def unpack(archive: IO[bytes], into: str) -> None:
+    """
+    Extract a fetched archive under C{into}: through a temporary directory
+    beside it, each file then renamed into place (a reader sees the old
+    file or the new one); tarfile's C{data} filter refuses what would
+    leave C{into}.
+    """
+    os.makedirs(into, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".pcci-fetch-", dir=into)
+    try:
+        with tarfile.open(fileobj=archive, mode="r:") as tar:
+            tar.extractall(staging, filter="data")
+        for directory, names, files in os.walk(staging):
+            relative = os.path.relpath(directory, staging)
+            target = os.path.normpath(os.path.join(into, relative))
+            os.makedirs(target, exist_ok=True)
+            for name in files + [n for n in names if os.path.islink(os.path.join(directory, n))]:
+                os.replace(os.path.join(directory, name), os.path.join(target, name))
+    except (tarfile.TarError, OSError) as e:
+        raise CLIError(f"cannot write under {into}: {e}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

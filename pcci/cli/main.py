@@ -216,6 +216,39 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
 @click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
               help="Only workers with this label (KEY or KEY=VALUE); repeatable, all must hold.")
 @click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
+@click.option("-r", "--recursive", is_flag=True, help="Fetch a directory, and all it holds.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@click.argument("path")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.pass_obj
+def fetch(cfg: Config, path: str, dest: str, **options: Any) -> None:
+    """
+    Fetch PATH from the selected workers into DEST/<worker>/.
+
+    Each worker's files land in a directory of their own, written whole or
+    not at all (a temporary name, then a rename), with their modes and
+    times; links come as links.  A file that changed while it was read is
+    reported, and that worker's job fails.  Each worker's result, gathered,
+    then a summary; the exit status is 0 only if every worker is ok.
+
+    \b
+      pcci fetch -w 'pi*' /var/log/syslog ./logs/     # ./logs/pi01/syslog, ...
+      pcci fetch -l gpu -r /etc/nvidia/ ./conf/
+    """
+    from pcci.cli.files import FetchRequest, fetch_files
+
+    if not options["targets"] and not options["labels"]:
+        raise click.UsageError("choose workers with -w TARGET or -l LABEL")
+    if not path.startswith("/"):
+        raise click.UsageError("PATH is a path on the workers: give it absolute")
+    go(fetch_files, cfg, FetchRequest(path, dest, **options))
+
+
+@cli.command()
+@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP)
+@click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
+              help="Only workers with this label (KEY or KEY=VALUE); repeatable, all must hold.")
+@click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories, and all they hold.")
 @click.option("--mode", metavar="OCTAL", help="The files' mode on the workers (default: as here).")
 @click.option("--mkdir", is_flag=True, help="Make the destination directory (and its parents) if missing.")

@@ -17,6 +17,7 @@ from klein import Klein
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -31,6 +32,7 @@ from pcci.master.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.master.openapi import openapi_document
 from pcci.master.dispatch import SubmitError
 from pcci.master.history import StoreUnavailable, TooManyPools
+from pcci.master.fetches import Fetch
 from pcci.master.model import Pool
 from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
@@ -377,16 +379,7 @@ class MasterAPI:
         if chosen is not None and not 0 <= chosen <= 0o7777:
             raise APIError(400, "mode must be octal, 0 to 7777")
         wait = _wait_seconds(request)
-        names, labels = _list_arg(request, "workers"), _list_arg(request, "labels")
-        if not names and not labels:
-            raise APIError(400, "choose workers with workers= or labels=")
-        try:
-            workers = select(
-                names or None, labels, _list_arg(request, "exclude"),
-                self.roster.online_labels(), self.max_workers,
-            )
-        except TargetError as e:
-            raise APIError(400, str(e)) from None
+        workers = self._selected(request)
         # The spooled body is the push's now: the request lets it go.
         spool, request.content = Spool(request.content), io.BytesIO()
 
@@ -423,6 +416,55 @@ class MasterAPI:
     def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
         wait = _wait_seconds(request)
         return self._pool(pool_id).addCallback(self.dispatcher.wait, wait)
+
+    @app.route("/fetches", methods=["POST"])
+    def fetch(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Read C{path} on the workers the query selects (C{pcci fetch}): a
+        pool whose jobs gather what each worker sends into an archive.
+        """
+        path = _text_arg(request, "path")
+        if not path or not path.startswith("/") or "\0" in path:
+            raise APIError(400, "path must be an absolute path on the workers")
+        recursive = _bool_arg(request, "recursive", False)
+        workers = self._selected(request)
+        fetch = Fetch(self.dispatcher, self.clock, path, recursive, self.state.fetches)
+        cmd = f"fetch {path}" + (" (recursive)" if recursive else "")
+        return self._start(
+            request,
+            _wait_seconds(request),
+            lambda: self.dispatcher.submit(cmd, workers, submitted_by=_who(request), start=fetch.start),
+        )
+
+    @app.route("/fetches/<string:pool_id>/<string:worker>", methods=["GET"])
+    def fetched(self, request: IRequest, pool_id: str, worker: str) -> Deferred[bytes]:
+        """What a worker sent for a fetch, as a tar archive, once its job has ended."""
+        fetch = self.state.fetches.get(pool_id)
+        archive = None if fetch is None else fetch.archives.get(worker)
+        if fetch is None or archive is None:
+            raise APIError(404, f"no archive of {worker} for pool {pool_id} (unknown, or expired)")
+        if archive.job.status is None:
+            raise APIError(409, f"{worker} is still sending: ask again once its job has ended")
+        archive.file.seek(0, 2)
+        size = archive.file.tell()
+        archive.file.seek(0)
+        request.setHeader(b"Content-Type", b"application/x-tar")
+        request.setHeader(b"Content-Length", str(size).encode())
+        # Read from the local disk as the client takes it: bounded reads.
+        return FileSender().beginFileTransfer(archive.file, request).addCallback(lambda _: b"")
+
+    def _selected(self, request: IRequest) -> list[str]:
+        """The workers a query's C{workers}, C{labels} and C{exclude} select."""
+        names, labels = _list_arg(request, "workers"), _list_arg(request, "labels")
+        if not names and not labels:
+            raise APIError(400, "choose workers with workers= or labels=")
+        try:
+            return select(
+                names or None, labels, _list_arg(request, "exclude"),
+                self.roster.online_labels(), self.max_workers,
+            )
+        except TargetError as e:
+            raise APIError(400, str(e)) from None
 
     @app.route("/pool/<string:pool_id>", methods=["GET"])
     def pool_as_list(self, request: IRequest, pool_id: str) -> Deferred[bytes]:

@@ -19,6 +19,7 @@ from pcci.handshake import (
     refusal,
 )
 from pcci.master.state import ClusterState
+from pcci.transfer import CHUNK
 from pcci.wire import (
     END_REASONS,
     MAX_FRAME,
@@ -234,7 +235,7 @@ class WorkerConnection(FramedJSONProtocol):
         elif self._current():
             self.dispatcher.job_ended(self.name, message["pool"], message["status"], reason)
 
-    # A push's answers (see pcci.master.pushes)
+    # A push's and a fetch's answers (see pcci.master.pushes and fetches)
 
     def _sender(self, pool_id: str) -> Any:
         push = self.factory.state.pushes.get(pool_id) if self._current() else None
@@ -250,6 +251,28 @@ class WorkerConnection(FramedJSONProtocol):
         sender = self._sender(message["pool"])
         if sender is not None:
             sender.ack(message["written"])
+
+    def handle_get_entries(self, message: dict[str, Any]) -> None:
+        archive = self._archive(message["pool"])
+        if archive is not None:
+            archive.entries(message["entries"])
+
+    def handle_get_data(self, message: dict[str, Any]) -> None:
+        if not 0 < message["size"] <= CHUNK:
+            self.protocolViolation(f"get_data of {message['size']} bytes")
+            return
+        archive = self._archive(message["pool"])
+
+        def received(data: bytes) -> None:
+            if archive is not None:  # else its fetch is over: dropped
+                archive.data(message["path"], message["offset"], data)
+
+        self.receive_raw(message["size"], received)  # the raw bytes follow
+
+    def _archive(self, pool_id: str) -> Any:
+        fetch = self.factory.state.fetches.get(pool_id) if self._current() else None
+        archive = None if fetch is None else fetch.archives.get(self.name)
+        return archive if archive is not None and archive.link is self else None
 
     # Requests from the state (WorkerLink)
 

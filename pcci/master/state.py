@@ -32,6 +32,7 @@ from pcci.master.roster import (
 from pcci.master.store import PoolStore
 
 if TYPE_CHECKING:
+    from pcci.master.fetches import Fetch
     from pcci.master.model import Pool
     from pcci.master.peers import Peers
     from pcci.master.pushes import Push
@@ -90,17 +91,24 @@ class ClusterState:
         #: The other masters on the same PostgreSQL store, if any
         #: (L{pcci.master.peers.Peers} sets it).
         self.peers: Peers | None = None
-        #: Pushes under way (see L{pcci.master.pushes}), by pool id.
+        #: Pushes under way (see L{pcci.master.pushes}), and fetches with
+        #: their archives (L{pcci.master.fetches}), by pool id.
         self.pushes: dict[str, Push] = {}
-        self.dispatcher.pool_end_hooks.append(self._push_ended)
+        self.fetches: dict[str, Fetch] = {}
+        self.dispatcher.pool_end_hooks.append(self._transfer_ended)
 
-    def _push_ended(self, pool: Pool) -> None:
+    def _transfer_ended(self, pool: Pool) -> None:
         push = self.pushes.pop(pool.id, None)
         if push is not None:
             push.ended()
+        fetch = self.fetches.get(pool.id)
+        if fetch is not None:
+            fetch.ended()
 
     def stop(self) -> None:
         """Cancel every timer: the master is shutting down."""
         self.dispatcher.stop()
         self.roster.stop()
         self.history.stop()
+        for fetch in list(self.fetches.values()):
+            fetch.forget()

@@ -28,6 +28,7 @@ from pcci.wire import (
     STATUS_NOT_STARTED,
     FramedJSONProtocol,
     ProtocolError,
+    encode,
     peer_address,
     run_options,
 )
@@ -35,6 +36,7 @@ from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
 from pcci.transfer import CHUNK
 from pcci.worker.receiver import Receiver
+from pcci.worker.sender import Sender
 
 #: Seconds between heartbeats, by default.
 DEFAULT_HEARTBEAT = 5.0
@@ -77,8 +79,8 @@ class MasterConnection(FramedJSONProtocol):
         self._ready = False
         #: The master refused this worker's protocol version (logged by the factory).
         self._refused = False
-        #: Pushes under way, by pool id.
-        self.receivers: dict[str, Receiver] = {}
+        #: Pushes and fetches under way, by pool id.
+        self.transfers: dict[str, Receiver | Sender] = {}
         #: Fires when the master welcomes this worker; fails if it never does.
         self.joined: Deferred[MasterConnection] = Deferred()
         #: Fires when the connection is closed, what was written sent.
@@ -116,9 +118,9 @@ class MasterConnection(FramedJSONProtocol):
         if self.factory.connection is self:
             self.factory.connection = None
             self.jobs.disconnected()
-        for receiver in list(self.receivers.values()):
-            receiver.abort("the connection to the master closed")
-        self.receivers.clear()
+        for transfer in list(self.transfers.values()):
+            transfer.abort("the connection to the master closed")
+        self.transfers.clear()
         self.factory.on_lost(self)
         self.closed.callback(None)
 
@@ -251,9 +253,9 @@ class MasterConnection(FramedJSONProtocol):
     def handle_kill(self, message: dict[str, Any]) -> None:
         if self._handshake_done():
             self.jobs.kill(message["pool"])
-            receiver = self.receivers.pop(message["pool"], None)
-            if receiver is not None:
-                receiver.abort("killed")
+            transfer = self.transfers.pop(message["pool"], None)
+            if transfer is not None:
+                transfer.abort("killed")
 
     # Pushes (pcci cp): see pcci.transfer
 
@@ -261,15 +263,15 @@ class MasterConnection(FramedJSONProtocol):
         if not self._handshake_done():
             return
         pool_id = message["pool"]
-        receiver = self.receivers.get(pool_id)
-        if receiver is None:
-            receiver = self.receivers[pool_id] = Receiver(
+        receiver = self.transfers.get(pool_id)
+        if not isinstance(receiver, Receiver):
+            receiver = self.transfers[pool_id] = Receiver(
                 self.factory.reactor,
                 self.factory.file_threads(),
                 pool_id,
                 message["dest"],
                 message,
-                lambda code, **fields: self._from_receiver(pool_id, code, fields),
+                lambda code, **fields: self._from_transfer(pool_id, code, fields),
             )
         receiver.entries_received(message["entries"], message["more"])
 
@@ -279,22 +281,46 @@ class MasterConnection(FramedJSONProtocol):
         if not 0 < message["size"] <= CHUNK:
             self.protocolViolation(f"put_data of {message['size']} bytes")
             return
-        receiver = self.receivers.get(message["pool"])
+        receiver = self.transfers.get(message["pool"])
 
         def received(data: bytes) -> None:
-            if receiver is not None:  # else a push stopped meanwhile: dropped
+            if isinstance(receiver, Receiver):  # else a push stopped meanwhile: dropped
                 receiver.data(message["path"], message["offset"], data)
 
         self.receive_raw(message["size"], received)  # the raw bytes follow
 
     def handle_put_end(self, message: dict[str, Any]) -> None:
-        receiver = self.receivers.get(message["pool"]) if self._handshake_done() else None
-        if receiver is not None:
+        receiver = self.transfers.get(message["pool"]) if self._handshake_done() else None
+        if isinstance(receiver, Receiver):
             receiver.end()
 
-    def _from_receiver(self, pool_id: str, code: str, fields: dict[str, Any]) -> None:
+    # Fetches (pcci fetch): see pcci.worker.sender
+
+    def handle_get(self, message: dict[str, Any]) -> None:
+        if not self._handshake_done() or message["pool"] in self.transfers:
+            return
+        pool_id = message["pool"]
+        sender = self.transfers[pool_id] = Sender(
+            self.factory.reactor,
+            self.factory.file_threads(),
+            pool_id,
+            message["path"],
+            message["recursive"],
+            lambda code, **fields: self._from_transfer(pool_id, code, fields),
+            lambda header, data: self.transport.write(
+                encode({"code": "get_data", "pool": pool_id, **header}) + data
+            ),
+        )
+        sender.start()
+
+    def handle_get_ack(self, message: dict[str, Any]) -> None:
+        sender = self.transfers.get(message["pool"]) if self._handshake_done() else None
+        if isinstance(sender, Sender):
+            sender.ack(message["read"])
+
+    def _from_transfer(self, pool_id: str, code: str, fields: dict[str, Any]) -> None:
         if code == "ended":
-            self.receivers.pop(pool_id, None)
+            self.transfers.pop(pool_id, None)
         self.sendMessage(code, pool=pool_id, **fields)
 
     def handle_attach(self, message: dict[str, Any]) -> None:

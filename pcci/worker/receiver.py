@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from pcci.transfer import NEED_PER_FRAME, WINDOW, Entry, UnsafePath
+from pcci.transfer import NEED_PER_FRAME, WINDOW, Entry, UnsafePath, os_reason
 
 log = Logger()
 
@@ -118,7 +118,7 @@ class Receiver:
 
     def _in_thread(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
         d = deferToThreadPool(self.reactor, self.threads, work, *args)
-        d.addErrback(lambda f: self._fail(f"pcci: {f.getErrorMessage()}"))
+        d.addErrback(lambda f: self._fail(f"pcci: {os_reason(f.value)}"))
         return d
 
     def _plan(self) -> list[str]:
@@ -161,7 +161,7 @@ class Receiver:
                         self.files[entry.path] = target
                         needed.append(entry.path)
             except (OSError, UnsafePath) as e:
-                self.errors.append(_reason(e, path))
+                self.errors.append(os_reason(e, path))
         return needed
 
     def _root(self) -> tuple[str, bool]:
@@ -207,7 +207,7 @@ class Receiver:
             if target.written == target.entry.size:
                 self._close(target)
         except OSError as e:
-            target.error = _reason(e, target.path)
+            target.error = os_reason(e, target.path)
             self._discard(target)
 
     def _close(self, target: _File) -> None:
@@ -308,9 +308,3 @@ def _same(path: str, entry: Entry) -> bool:
     except OSError:
         return False
     return digest.hexdigest() == entry.sha256
-
-
-def _reason(error: BaseException, path: str) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename or path}: {error.strerror}"
-    return str(error)
