@@ -181,6 +181,48 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/fetches": {
+                "post": {
+                    "summary": "Read a path on the workers selected (a pool; each worker's files kept as an archive)",
+                    "parameters": [
+                        _query("path", {"type": "string"}, "an absolute path on the workers", required=True),
+                        _query("recursive", _BOOLEAN, "true: a directory and all it holds"),
+                        _query("workers", _STRINGS, "workers, as POST /job's field", explode=True),
+                        _query("labels", _STRINGS, "labels, as POST /job's field", explode=True),
+                        _query("exclude", _STRINGS, "workers left out, as POST /job's field", explode=True),
+                        _query(
+                            "wait",
+                            {"type": "number", "minimum": 0, "maximum": 60},
+                            "seconds to wait for the fetch to end; the answer then holds it",
+                        ),
+                    ],
+                    "responses": {
+                        "200": _ok(_ref("PoolStarted")),
+                        "400": _error("a bad query, or workers not connected"),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "503": _error("too many pools running, or the store does not answer"),
+                    },
+                }
+            },
+            "/fetches/{pool_id}/{worker}": {
+                "get": {
+                    "summary": "What a worker sent for a fetch, as a tar archive, once its job ended",
+                    "parameters": [
+                        _POOL_ID,
+                        {"name": "worker", "in": "path", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the archive",
+                            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                        "404": _error("an unknown pool or worker, or an archive past its time"),
+                        "409": _error("the worker is still sending"),
+                    },
+                }
+            },
             "/pool/{pool_id}": {
                 "get": {
                     "summary": "A pool, in a one-element list (PCCI 1.x's shape)",
