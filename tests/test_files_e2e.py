@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from cluster import Cluster, poll
+from cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -222,3 +223,17 @@ def test_a_file_that_changes_while_fetched_is_reported(pair: Cluster, tmp_path: 
         writer.kill()
         writer.wait()
     assert done.returncode == 1 and "growing.log changed while it was read" in done.stdout
+
+
+def test_owner_asks_a_root_worker_to_give_files_away(pair: Cluster, tmp_path: Path) -> None:
+    src = tmp_path / "owned.txt"
+    src.write_text("mine\n")
+    dest = tmp_path / "dest"
+    done = cp(pair, "-w", "f1", "--mkdir", "--owner", "nobody", str(src), f"{dest}/")
+    if os.geteuid() == 0:  # CI: the workers run as root
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (dest / "owned.txt").stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    else:
+        assert done.returncode == 1 and "the worker does not run as root" in done.stdout
+    code, answer = push(pair, tar((member("x"), b"x")), f"workers=f1&dest={dest}/&owner=no%20body")
+    assert code == 400 and "USER:GROUP" in answer["message"]

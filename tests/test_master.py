@@ -212,7 +212,7 @@ def test_a_worker_one_version_back_runs_jobs_but_gets_no_files() -> None:
     spool = io.BytesIO()
     with tarfile.open(fileobj=spool, mode="w") as archive:
         archive.addfile(tarfile.TarInfo("empty"))
-    push = Push(state.dispatcher, Spool(spool), read_archive(Spool(spool)), "/tmp/", False, None, state.pushes)
+    push = Push(state.dispatcher, Spool(spool), read_archive(Spool(spool)), "/tmp/", False, None, None, state.pushes)
     pushed = started(state.dispatcher.submit("push", ["node1"], start=push.start))
     assert frames(transport) == []
     job = pushed.jobs["node1"]

@@ -26,6 +26,7 @@ class CopyRequest:
     exclude: tuple[str, ...] = ()
     recursive: bool = False
     mode: str | None = None
+    owner: str | None = None
     mkdir: bool = False
     as_json: bool = False
 
@@ -35,8 +36,9 @@ class CopyRequest:
         dest = self.dest if self.dest.endswith("/") or not several else self.dest + "/"
         query: dict[str, Any] = {"dest": dest, "workers": list(self.targets), "labels": list(self.labels),
                                  "exclude": list(self.exclude), "wait": 0}
-        if self.mode is not None:
-            query["mode"] = self.mode
+        for key in ("mode", "owner"):
+            if getattr(self, key) is not None:
+                query[key] = getattr(self, key)
         if self.mkdir:
             query["mkdir"] = "true"
         return query

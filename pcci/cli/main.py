@@ -251,6 +251,7 @@ def fetch(cfg: Config, path: str, dest: str, **options: Any) -> None:
 @click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories, and all they hold.")
 @click.option("--mode", metavar="OCTAL", help="The files' mode on the workers (default: as here).")
+@click.option("--owner", metavar="USER[:GROUP]", help="The files' owner on the workers (the worker must run as root; default: the worker's user).")
 @click.option("--mkdir", is_flag=True, help="Make the destination directory (and its parents) if missing.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
 @click.argument("paths", nargs=-1, required=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
@@ -186,6 +187,10 @@ def _text_arg(request: IRequest, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise APIError(400, f"{name} must be UTF-8 text") from None
+
+
+#: What C{owner} may be: a user, and a group, by name.
+VALID_OWNER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31})?\Z")
 
 
 def _list_arg(request: IRequest, name: str) -> list[str]:
@@ -378,6 +383,9 @@ class MasterAPI:
             chosen = -1
         if chosen is not None and not 0 <= chosen <= 0o7777:
             raise APIError(400, "mode must be octal, 0 to 7777")
+        owner = _text_arg(request, "owner")
+        if owner is not None and not VALID_OWNER.match(owner):
+            raise APIError(400, "owner must be USER or USER:GROUP")
         wait = _wait_seconds(request)
         workers = self._selected(request)
         # The spooled body is the push's now: the request lets it go.
@@ -385,7 +393,7 @@ class MasterAPI:
 
         def archived(archive: Archive) -> Deferred[bytes]:
             mkdir = _bool_arg(request, "mkdir", False)
-            push = Push(self.dispatcher, spool, archive, dest, mkdir, chosen, self.state.pushes)
+            push = Push(self.dispatcher, spool, archive, dest, mkdir, chosen, owner, self.state.pushes)
             cmd = f"push {len(archive.entries)} entries ({archive.size} bytes) to {dest}"
             try:
                 return self._start(

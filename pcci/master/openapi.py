@@ -160,6 +160,7 @@ def openapi_document() -> dict[str, Any]:
                         _query("exclude", _STRINGS, "workers left out, as POST /job's field", explode=True),
                         _query("mkdir", _BOOLEAN, "true: make the destination directory and its parents"),
                         _query("mode", {"type": "string", "pattern": "^[0-7]{1,4}$"}, "the files' mode, octal"),
+                        _query("owner", {"type": "string"}, "USER or USER:GROUP: the files' owner (root workers)"),
                         _query(
                             "wait",
                             {"type": "number", "minimum": 0, "maximum": 60},

@@ -144,6 +144,7 @@ class Push:
         dest: str,
         mkdir: bool,
         mode: int | None,
+        owner: str | None,
         registry: dict[str, Push],
     ) -> None:
         self.dispatcher = dispatcher
@@ -154,6 +155,8 @@ class Push:
         self.options: dict[str, Any] = {"mkdir": mkdir}
         if mode is not None:
             self.options["mode"] = mode
+        if owner is not None:
+            self.options["owner"] = owner
         #: Each file's size, and the entries as C{put} frames carry them.
         self.sizes = {entry.path: entry.size for entry in archive.entries if entry.kind == "file"}
         self.manifest = list(batches(archive.entries))

@@ -15,8 +15,10 @@ user: what the OS refuses it is refused with the OS's reason.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,6 +68,9 @@ class Receiver:
         self.dest = dest
         self.mkdir = bool(options.get("mkdir"))
         self.mode = options.get("mode") if isinstance(options.get("mode"), int) else None
+        self.owner = options.get("owner") if isinstance(options.get("owner"), str) else None
+        #: The uid and gid files get (C{owner}), or -1 to leave them.
+        self.ids = (-1, -1)
         self.report = report
         self.entries: list[Entry] = []
         self.files: dict[str, _File] = {}
@@ -125,6 +130,8 @@ class Receiver:
         """Make directories and links, find the files needed; their paths."""
         if self.aborted:
             return []
+        if self.owner is not None:
+            self.ids = _owner_ids(self.owner)
         root, single = self._root()
         base = os.path.realpath(root)
         made: set[str] = set()  # directories known to be there, inside
@@ -143,12 +150,14 @@ class Receiver:
                     try:
                         os.mkdir(path, 0o700)
                         os.chmod(path, entry.mode)  # as sent, whatever the umask
+                        os.chown(path, *self.ids)
                     except FileExistsError:
                         if not os.path.isdir(path):
                             raise
                 elif entry.kind == "link":
                     temporary = self._temporary(path)
                     os.symlink(entry.target, temporary)
+                    os.lchown(temporary, *self.ids)
                     os.replace(temporary, path)
                 elif _same(path, entry):
                     self.unchanged += 1
@@ -219,6 +228,7 @@ class Receiver:
             target.error = f"{target.path}: its SHA-256 differs from what was sent"
             os.unlink(target.temporary)
             return
+        os.chown(target.temporary, *self.ids)
         os.chmod(target.temporary, self._mode(entry))
         os.utime(target.temporary, (entry.mtime, entry.mtime))
         os.replace(target.temporary, target.path)
@@ -284,6 +294,23 @@ class Receiver:
         if reason is not None:
             fields["reason"] = reason
         self.report("ended", **fields)
+
+
+def _owner_ids(owner: str) -> tuple[int, int]:
+    """
+    The uid and gid of C{USER[:GROUP]} (the user's own group by default).
+
+    @raise OSError: a worker not running as root, or an unknown user or group.
+    """
+    if os.geteuid() != 0:
+        raise OSError(f"--owner {owner}: the worker does not run as root")
+    user, _, group = owner.partition(":")
+    try:
+        entry = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    except KeyError:
+        raise OSError(f"--owner {owner}: no such user or group on this worker") from None
+    return entry.pw_uid, gid
 
 
 def _check_inside(base: str, root: str, directory: str) -> None:
