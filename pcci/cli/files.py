@@ -93,12 +93,36 @@ def _only_files(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return member
 
 
+class Sending:
+    """The archive as it goes to the master, with a progress line on a terminal."""
+
+    def __init__(self, file: IO[bytes], size: int, terminal: Any) -> None:
+        self.file = file
+        self.size = size
+        self.sent = 0
+        self.terminal = terminal
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.file.read(size)
+        self.sent += len(data)
+        shown = f"sending {self.sent / 2**20:.1f} of {self.size / 2**20:.1f} MiB"
+        self.terminal.progress([(shown, "bold")])
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.sent = 0
+        return self.file.seek(offset, whence)
+
+
 async def push_files(cfg: Config, request: CopyRequest) -> int:
     spool, size = pack(request.sources, request.recursive)
+    terminal = cfg.terminal()
     try:
         client = cfg.client()
-        answer = await client.call("POST", "/files", upload=(spool, size), **request.query())
+        upload: Any = Sending(spool, size, terminal)
+        answer = await client.call("POST", "/files", upload=(upload, size), **request.query())
     finally:
+        terminal.done()
         spool.close()
     return await follow_pool(cfg, client, answer, gather=not request.as_json, diff=False, as_json=request.as_json)
 
