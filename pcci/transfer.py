@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 import stat
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 #: Bytes of a file after one C{put_data} frame, at most: they follow it
 #: raw, not as a frame (no encoding to pay for), and never exceed the
@@ -131,3 +131,12 @@ def os_reason(error: BaseException, path: str = "") -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"{error.filename or path}: {error.strerror}"
     return str(error)
+
+
+def report_end(report: Callable[..., None], status: int, text: str, reason: str | None = None) -> None:
+    """A transfer's end, said as a job's: its one line of output, then C{ended}."""
+    report("output", data=text, stream="stdout" if status == 0 else "stderr")
+    fields: dict[str, Any] = {"status": status}
+    if reason is not None:
+        fields["reason"] = reason
+    report("ended", **fields)

@@ -156,17 +156,22 @@ class MasterClient:
     async def download(self, path: str, into: IO[bytes]) -> None:
         """A binary answer (a fetched archive), written to C{into} as it comes."""
         response = await self._request("GET", path)
-        if response.code >= 400:
-            text = await self.http.content(response)
-            try:
-                answer = json.loads(text)
-            except ValueError:
-                answer = None
-            self._check(response.code, answer)
+        await self._refused(response)
         try:
             await self.http.collect(response, into.write)
         except Exception as e:
             raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
+
+    async def _refused(self, response: Any) -> None:
+        """A L{CLIError} for an answer that is an error, read whole; else nothing is read."""
+        if response.code < 400:
+            return
+        text = await self.http.content(response)
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = None
+        self._check(response.code, answer)
 
     def _check(self, code: int, answer: Any) -> None:
         if code < 400:
@@ -219,13 +224,7 @@ class MasterClient:
         while last[0] is None:
             path = f"/pools/{quote(pool_id, safe='')}/events?after={seen[0]}"
             response = await self._request("GET", path, unbuffered=True)
-            if response.code >= 400:
-                text = await self.http.content(response)
-                try:
-                    answer = json.loads(text)
-                except ValueError:
-                    answer = None
-                self._check(response.code, answer)
+            await self._refused(response)
             parser = EventParser(heard)
             try:
                 await self.http.collect(response, parser.feed)

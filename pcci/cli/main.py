@@ -116,6 +116,18 @@ def go(command: Command, cfg: Config, *args: Any) -> NoReturn:
 TARGETS_HELP = "A worker name, a node set (pi[01-16]) or a glob (pi*), or several separated by commas; repeatable."
 
 
+def _targets(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose workers: -w, -l and -x, as every command that acts on some takes them."""
+    for option in reversed((
+        click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP),
+        click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
+                     help="KEY or KEY=VALUE: only workers holding it; repeatable."),
+        click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable."),
+    )):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="PCCI_URL", default=DEFAULT_URL, show_default=True,
               help="The master's REST API (also PCCI_URL); several, comma-separated, are tried in turn.")
@@ -160,10 +172,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str | None) -> int
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP)
-@click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
-              help="KEY or KEY=VALUE: only workers holding it; repeatable.")
-@click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
+@_targets
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Kill a job that runs longer (it ends timed_out, status 124).")
 @click.option("-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE",
@@ -212,10 +221,7 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
 
 
 @cli.command()
-@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP)
-@click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
-              help="Only workers with this label (KEY or KEY=VALUE); repeatable, all must hold.")
-@click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
+@_targets
 @click.option("-r", "--recursive", is_flag=True, help="Fetch a directory, and all it holds.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
 @click.argument("path")
@@ -245,10 +251,7 @@ def fetch(cfg: Config, path: str, dest: str, **options: Any) -> None:
 
 
 @cli.command()
-@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP)
-@click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
-              help="Only workers with this label (KEY or KEY=VALUE); repeatable, all must hold.")
-@click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable.")
+@_targets
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories, and all they hold.")
 @click.option("--mode", metavar="OCTAL", help="The files' mode on the workers (default: as here).")
 @click.option("--owner", metavar="USER[:GROUP]", help="The files' owner on the workers (the worker must run as root; default: the worker's user).")

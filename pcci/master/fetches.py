@@ -19,9 +19,9 @@ from typing import IO, Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from pcci.handshake import FILES
 from pcci.master.dispatch import Dispatcher
 from pcci.master.model import Job, WorkerLink
+from pcci.master.pushes import transfer_refusal
 from pcci.transfer import KINDS, WINDOW, safe_path
 
 #: Seconds a fetched archive is kept on the master after its fetch ended.
@@ -50,12 +50,9 @@ class Fetch:
     def start(self, job: Job, link: WorkerLink) -> None:
         """Ask one worker for the files (the pool's way of starting a job)."""
         self.registry[job.pool_id] = self
-        if link.master is not None:
-            self.dispatcher.fail(job, f"worker {link.name} is held by master {link.master}: fetch through it")
-            return
-        version = getattr(link, "version", FILES)
-        if version < FILES:
-            self.dispatcher.fail(job, f"worker {link.name} speaks protocol {version}: upgrade it to send files")
+        refusal = transfer_refusal(link, "fetch through it", "send files")
+        if refusal is not None:
+            self.dispatcher.fail(job, refusal)
             return
         self.archives[job.worker_id] = _Archive(job, link)
         link.sendMessage("get", pool=job.pool_id, path=self.path, recursive=self.recursive)

@@ -108,6 +108,16 @@ def _entry(member: tarfile.TarInfo, spool: Spool) -> Entry:
     return Entry(path, "file", member.size, mode, mtime, digest.hexdigest())
 
 
+def transfer_refusal(link: WorkerLink, elsewhere: str, upgrade: str) -> str | None:
+    """Why files cannot go to or come from this worker through this master, if they cannot."""
+    if link.master is not None:
+        return f"worker {link.name} is held by master {link.master}: {elsewhere}"
+    version = getattr(link, "version", FILES)
+    if version < FILES:
+        return f"worker {link.name} speaks protocol {version}: upgrade it to {upgrade}"
+    return None
+
+
 class FrameCache:
     """Data frames (and their raw bytes) by (path, offset): workers at the same place share them."""
 
@@ -168,12 +178,9 @@ class Push:
         if self.frames is None:
             self.frames = FrameCache(job.pool_id, self.spool, self.archive)
             self.registry[job.pool_id] = self  # its workers' answers find it
-        if link.master is not None:
-            self.dispatcher.fail(job, f"worker {link.name} is held by master {link.master}: push through it")
-            return
-        version = getattr(link, "version", FILES)
-        if version < FILES:
-            self.dispatcher.fail(job, f"worker {link.name} speaks protocol {version}: upgrade it to receive files")
+        refusal = transfer_refusal(link, "push through it", "receive files")
+        if refusal is not None:
+            self.dispatcher.fail(job, refusal)
             return
         sender = self.senders[job.worker_id] = _Sender(self, job, link)
         sender.start()

@@ -27,7 +27,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from pcci.transfer import NEED_PER_FRAME, WINDOW, Entry, UnsafePath, os_reason
+from pcci.transfer import NEED_PER_FRAME, WINDOW, Entry, UnsafePath, os_reason, report_end
 
 log = Logger()
 
@@ -289,11 +289,7 @@ class Receiver:
 
     def _finish(self, status: int, text: str, reason: str | None = None) -> None:
         self._ended = True
-        self.report("output", data=text, stream="stdout" if status == 0 else "stderr")
-        fields: dict[str, Any] = {"status": status}
-        if reason is not None:
-            fields["reason"] = reason
-        self.report("ended", **fields)
+        report_end(self.report, status, text, reason)
 
 
 def _owner_ids(owner: str) -> tuple[int, int]:

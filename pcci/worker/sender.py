@@ -18,7 +18,7 @@ from typing import Any, Callable
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from pcci.transfer import CHUNK, WINDOW, Entry, batches, file_mode, os_reason
+from pcci.transfer import CHUNK, WINDOW, Entry, batches, file_mode, os_reason, report_end
 
 
 class Sender:
@@ -163,11 +163,7 @@ class Sender:
         if self.ended:
             return
         self.ended = True
-        self.report("output", data=text, stream="stdout" if status == 0 else "stderr")
-        fields: dict[str, Any] = {"status": status}
-        if reason is not None:
-            fields["reason"] = reason
-        self.report("ended", **fields)
+        report_end(self.report, status, text, reason)
 
 
 def _entry(full: str, name: str) -> Entry | None:
