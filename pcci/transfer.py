@@ -1,20 +1,21 @@
 """
-Files pushed to workers (C{pcci cp}): what travels, and which paths may be
-written.
+Files to and from workers (C{pcci cp}, C{pcci fetch}): what travels, and
+which paths may be written.
 
 A push is a pool whose jobs are transfers.  The master sends each worker
 the entries (files, directories, symbolic links, with their modes, times
 and SHA-256), in C{put} frames; the worker answers which files it needs
 (C{put_need}: those not already there, identical); the master sends their
-bytes in C{put_data} frames of at most L{CHUNK} bytes, never more than
-L{WINDOW} bytes ahead of what the worker says it wrote (C{put_ack}), so a
-large push never fills a connection that also carries heartbeats, jobs'
-output and kills.  See C{docs/protocol.md}.
+bytes in pieces of at most L{CHUNK} bytes, each raw after a C{put_data}
+frame that gives its size, never more than L{WINDOW} bytes ahead of what
+the worker says it wrote (C{put_ack}), so a large push never fills a
+connection that also carries heartbeats, jobs' output and kills.  A fetch
+runs the other way (C{get}, C{get_entries}, C{get_data}, C{get_ack}).
+See C{docs/protocol.md}.
 """
 
 from __future__ import annotations
 
-import posixpath
 import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -115,10 +116,6 @@ def batches(entries: list[Entry]) -> Iterator[list[dict[str, Any]]]:
             yield batch
             batch, size = [], 0
     yield batch
-
-
-def parent_of(path: str) -> str:
-    return posixpath.dirname(path)
 
 
 def file_mode(mode: int) -> int:
