@@ -56,8 +56,8 @@ class Master:
 
     def stop(self) -> None:
         self.state.stop()
-        for call in self.peers._calls:
-            call.cancel()
+        for loop in self.peers._loops:
+            loop.stop()
         self.store.close()
 
 
@@ -123,7 +123,7 @@ def test_a_master_alone_writes_no_events(pg_url: str) -> None:
         pool = m1.submit("true", ["w1"])
         m1.dispatcher.job_started("w1", pool.id, 7)
         m1.turn()
-        assert m1.peers.alone and m1.store._replica(pool.id, 0)[1] == []
+        assert m1.peers.alone and m1.store._events_after(pool.id, 0) == []
     finally:
         m1.stop()
 

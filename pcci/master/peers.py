@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pcci.master.events import Event, pool_events
@@ -134,7 +135,7 @@ class Peers:
         self._reading: dict[str, bool] = {}  # what is being read -> read again after
         self._version = 0
         self._leased_since: float | None = None
-        self._calls: list[IDelayedCall] = []
+        self._loops: list[LoopingCall] = []
         self.listener: NotifyListener | None = None
         #: No other master uses the database: nobody to show events to.
         self.alone = False
@@ -153,29 +154,29 @@ class Peers:
         if listen:
             self.listener = NotifyListener(self.store.url, self.clock, self.heard, self.listening)
             self.listener.start()
-        self._renew()
-        self._repeat(LEASE_INTERVAL, self._renew)
-        self._repeat(FIGURES_INTERVAL, self._write_figures)
-        self._repeat(REPLICA_IDLE / 2, self._drop_idle_replicas)
-        self._repeat(REPLICA_REFRESH, self._refresh_replicas)
-
-    def _repeat(self, interval: float, work: Callable[[], Any]) -> None:
-        def again() -> None:
-            self._calls.remove(call)
-            self._repeat(interval, work)
-            work()
-
-        call = self.clock.callLater(interval, again)
-        self._calls.append(call)
+        for interval, work, now in (
+            (LEASE_INTERVAL, self._renew, True),
+            (FIGURES_INTERVAL, self._write_figures, False),
+            (REPLICA_IDLE / 2, self._drop_idle_replicas, False),
+            (REPLICA_REFRESH, self._refresh_replicas, False),
+        ):
+            loop = LoopingCall(work)
+            loop.clock = self.clock
+            loop.start(interval, now=now).addErrback(
+                lambda f, name=work.__name__: log.failure("peers' {name} stopped", f, name=name)
+            )
+            self._loops.append(loop)
 
     def stop(self) -> Deferred[None]:
         """Cancel the timers; the workers this master holds are marked offline."""
         if self.listener is not None:
             self.listener.stop()
-        for call in (*self._calls, self._send_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._calls.clear()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        if self._send_call is not None and self._send_call.active():
+            self._send_call.cancel()
         self._send_call = None
         for name in self.roster.links:
             self._worker_changed(name, online=False)
@@ -413,11 +414,11 @@ class Peers:
         if replica is None:
             return succeed(None)
 
-        def apply(result: tuple[dict[str, Any] | None, list[Any]]) -> None:
-            for event_id, name, body in result[1]:
+        def apply(events: list[tuple[int, str, dict[str, Any]]]) -> None:
+            for event_id, name, body in events:
                 _apply(replica.pool, event_id, name, body)
 
-        return self.store.replica(pool_id, replica.pool.last_event).addCallback(apply)
+        return self.store.events_after(pool_id, replica.pool.last_event).addCallback(apply)
 
     def _watched(self, pool_id: str) -> None:
         """
@@ -438,23 +439,22 @@ class Peers:
     def _refresh_replicas(self) -> None:
         for pool_id, replica in list(self.replicas.items()):
             if not replica.pool.end_event:
-                self._read(f"e:{pool_id}", lambda p=pool_id: self._refresh(p))
+                self._read(f"end:{pool_id}", lambda p=pool_id: self._refresh(p))
 
     def _refresh(self, pool_id: str) -> Deferred[None]:
-        """Read a replica's record again: ended, it replaces what the events told."""
+        """
+        Read a replica's record again (its events come notified): ended,
+        it replaces what the events told.
+        """
 
-        def read(result: tuple[dict[str, Any] | None, list[Any]]) -> None:
+        def read(record: dict[str, Any] | None) -> None:
             replica = self.replicas.get(pool_id)
-            record, events = result
-            if replica is None or record is None:
+            if replica is None or record is None or record["ended_at"] is None:
                 return
-            if record["ended_at"] is None:
-                for event_id, name, body in events:
-                    _apply(replica.pool, event_id, name, body)
-            elif not replica.pool.end_event:
+            if not replica.pool.end_event:
                 _end(replica.pool, Pool.from_record(record, self.history.read_only_output))
 
-        return self.store.replica(pool_id, None).addCallback(read)
+        return self.store.get(pool_id).addCallback(read)
 
     def _drop_idle_replicas(self) -> None:
         idle = self.clock.seconds() - REPLICA_IDLE

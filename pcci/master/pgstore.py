@@ -364,8 +364,8 @@ class PostgresStore(ThreadedStore):
     def receive(self, most: int) -> Deferred[list[dict[str, Any]]]:
         return self._run(self._receive, most)
 
-    def replica(self, pool_id: str, after: int | None) -> Deferred[tuple[dict[str, Any] | None, list[Any]]]:
-        return self._run(self._replica, pool_id, after)
+    def events_after(self, pool_id: str, after: int) -> Deferred[list[tuple[int, str, dict[str, Any]]]]:
+        return self._run(self._events_after, pool_id, after)
 
     def workers(self, since: int) -> Deferred[list[tuple[str, str, dict[str, Any], int]]]:
         return self._run(self._workers, since)
@@ -446,30 +446,13 @@ class PostgresStore(ThreadedStore):
         )
         return [json.loads(body) for _, body in sorted(rows)]
 
-    def _replica(self, pool_id: str, after: int | None) -> tuple[dict[str, Any] | None, list[Any]]:
-        """
-        A running pool as another master writes it: its record (when
-        C{after} is None) and its events past C{after} (or past the record).
-        """
-
-        def read(cursor: Any) -> tuple[dict[str, Any] | None, list[Any]]:
-            record = None
-            since = after
-            if after is None:
-                cursor.execute("SELECT record, owner FROM pools WHERE id = %s", (pool_id,))
-                row = cursor.fetchone()
-                if row is None:
-                    return None, []
-                record = json.loads(row[0])
-                record["owner"] = row[1]
-                since = record["last_event"]
-            cursor.execute(
-                "SELECT id, name, body FROM events WHERE pool = %s AND id > %s ORDER BY id",
-                (pool_id, since),
-            )
-            return record, [(id, name, json.loads(body)) for id, name, body in cursor.fetchall()]
-
-        return self._transaction(read)
+    def _events_after(self, pool_id: str, after: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The events another master wrote of a running pool, past C{after}."""
+        rows = self._execute(
+            "SELECT id, name, body FROM events WHERE pool = %s AND id > %s ORDER BY id",
+            (pool_id, after),
+        )
+        return [(id, name, json.loads(body)) for id, name, body in rows]
 
     def _workers(self, since: int) -> list[tuple[str, str, dict[str, Any], int]]:
         """Workers' rows changed since version C{since}: name, master, record, version."""
