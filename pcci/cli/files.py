@@ -34,14 +34,18 @@ class CopyRequest:
         """The C{POST /files} query: a directory destination when several things go."""
         several = len(self.sources) > 1 or any(os.path.isdir(s) for s in self.sources)
         dest = self.dest if self.dest.endswith("/") or not several else self.dest + "/"
-        query: dict[str, Any] = {"dest": dest, "workers": list(self.targets), "labels": list(self.labels),
-                                 "exclude": list(self.exclude), "wait": 0}
+        query = {"dest": dest, **_chosen(self.targets, self.labels, self.exclude)}
         for key in ("mode", "owner"):
             if getattr(self, key) is not None:
                 query[key] = getattr(self, key)
         if self.mkdir:
             query["mkdir"] = "true"
         return query
+
+
+def _chosen(targets: tuple[str, ...], labels: tuple[str, ...], exclude: tuple[str, ...]) -> dict[str, Any]:
+    """The query's workers, as -w, -l and -x chose them; answered at once, with the pool."""
+    return {"workers": list(targets), "labels": list(labels), "exclude": list(exclude), "wait": 0}
 
 
 def pack(sources: list[str], recursive: bool) -> tuple[IO[bytes], int]:
@@ -140,8 +144,7 @@ class FetchRequest:
     as_json: bool = False
 
     def query(self) -> dict[str, Any]:
-        query: dict[str, Any] = {"path": self.path, "workers": list(self.targets), "labels": list(self.labels),
-                                 "exclude": list(self.exclude), "wait": 0}
+        query = {"path": self.path, **_chosen(self.targets, self.labels, self.exclude)}
         if self.recursive:
             query["recursive"] = "true"
         return query

@@ -45,10 +45,12 @@ class Fetch:
         self.recursive = recursive
         self.registry = registry
         self.archives: dict[str, _Archive] = {}
+        self.pool_id: str | None = None
         self._expiry: IDelayedCall | None = None
 
     def start(self, job: Job, link: WorkerLink) -> None:
         """Ask one worker for the files (the pool's way of starting a job)."""
+        self.pool_id = job.pool_id
         self.registry[job.pool_id] = self
         refusal = transfer_refusal(link, "fetch through it", "send files")
         if refusal is not None:
@@ -70,9 +72,8 @@ class Fetch:
         for archive in self.archives.values():
             archive.file.close()
         self.archives.clear()
-        pool_id = next((pid for pid, fetch in self.registry.items() if fetch is self), None)
-        if pool_id is not None:
-            del self.registry[pool_id]
+        if self.pool_id is not None:
+            self.registry.pop(self.pool_id, None)
 
 
 class _Archive:
