@@ -144,8 +144,6 @@ class Dispatcher:
                 )
         return len(records)
 
-    claim = carry_on
-
     def _adopt_in_flight(self, pool: Pool) -> int:
         """
         A pool this master did not start (it was running when this master

@@ -28,7 +28,7 @@ Each master renews a lease every second and holds an advisory lock while
 it lives.  One whose lock went and lease ran out is dead: one master at a
 time (under a once-only lock) takes its running pools over, and carries
 on with their jobs as across a restart (see
-L{pcci.master.dispatch.Dispatcher.claim}).  A master that finds its own
+L{pcci.master.dispatch.Dispatcher.carry_on}).  A master that finds its own
 lease gone was judged dead by the others (cut off from the database too
 long): it stops, and its workers move to masters that can store.
 """
@@ -524,7 +524,7 @@ class Peers:
                     # master's own events of it go there too (see _mirror).
                     self.history.elsewhere.pop(record["id"], None)
                 events = {record["id"]: events for record, events in claimed}
-                self.dispatcher.claim(
+                self.dispatcher.carry_on(
                     [record for record, _ in claimed],
                     lambda pool: _resume(pool, events[pool.id]),
                 )
