@@ -10,12 +10,14 @@ import hmac
 import os
 import re
 import secrets
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.logger import Logger
 
 from pcci.files import write_atomically
+from pcci.scopes import Scope, ScopeError
 
 log = Logger()
 
@@ -79,17 +81,66 @@ class APIToken:
     read_only: bool
     #: Who holds it, as pools' C{submitted_by} and the audit log say.
     name: str = "admin"
+    #: What it is limited to (see L{pcci.scopes}); None: everything.
+    scope: Scope | None = None
 
     def __repr__(self) -> str:  # never the secret value
-        return f"APIToken(name={self.name!r}, read_only={self.read_only})"
+        return f"APIToken(name={self.name!r}, read_only={self.read_only}, scope={self.scope!r})"
+
+    @property
+    def admin(self) -> bool:
+        """A full token without a scope: it may do anything, tokens included."""
+        return not self.read_only and self.scope is None
+
+    def describe(self) -> dict[str, object]:
+        """What the token is and may do, never its value."""
+        return {
+            "name": self.name,
+            "read_only": self.read_only,
+            "scope": None if self.scope is None else self.scope.to_json(),
+        }
+
+
+#: What a line of a tokens file holds.
+TOKEN_LINE = "TOKEN [read] [name=NAME] [workers=TARGETS] [labels=KEY[=VALUE]] [commands=GLOB]"
+
+
+def parse_token_line(words: list[str], name: str) -> tuple[str, bool, str, Scope | None]:
+    """
+    A token line's words (split as a shell would): its value, whether it
+    is read-only, its name (C{name} if it gives none) and its scope.
+
+    @raise ValueError: a word that is none of these.
+    """
+    value, rest = words[0], words[1:]
+    read_only = False
+    parts: dict[str, list[str]] = {"workers": [], "labels": [], "commands": []}
+    for word in rest:
+        key, sep, text = word.partition("=")
+        if word == "read":
+            read_only = True
+        elif key == "name" and NAME.match(text):
+            name = text
+        elif sep and key in parts and text:
+            parts[key].append(text)
+        else:
+            raise ValueError(f"expected '{TOKEN_LINE}', not {word!r}")
+    if len(value) < 16:
+        raise ValueError("a token needs 16 characters or more")
+    try:
+        scope = Scope(*(tuple(parts[k]) for k in ("workers", "labels", "commands")))
+    except ScopeError as e:
+        raise ValueError(str(e)) from None
+    return value, read_only, name, scope if scope.limited else None
 
 
 def read_tokens(path: str | os.PathLike[str], unnamed: str | None = None) -> list[APIToken]:
     """
-    API tokens from a file: one a line, a line may add C{read} to make its
-    token read-only and C{name=NAME} to name who holds it (else it is
-    C{unnamed}, or C{token-N} for N its line); blank lines and C{#}
-    comments are skipped.
+    API tokens from a file: one a line, split as a shell would.  A line
+    may add C{read} to make its token read-only, C{name=NAME} to name who
+    holds it (else it is C{unnamed}, or C{token-N} for N its line) and
+    C{workers=}, C{labels=}, C{commands=} (each repeatable) to scope it;
+    blank lines and C{#} comments are skipped.
     """
     try:
         lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
@@ -97,24 +148,14 @@ def read_tokens(path: str | os.PathLike[str], unnamed: str | None = None) -> lis
         raise AuthConfigError(f"cannot read API tokens: {e}") from None
     tokens = []
     for number, line in enumerate(lines, 1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
-        value, rest = words[0], words[1:]
-        name = unnamed or f"token-{number}"
-        read_only = False
-        for word in rest:
-            if word == "read":
-                read_only = True
-            elif word.startswith("name=") and NAME.match(word[5:]):
-                name = word[5:]
-            else:
-                raise AuthConfigError(
-                    f"{path}:{number}: expected 'TOKEN [read] [name=NAME]', not {word!r}"
-                )
-        if len(value) < 16:
-            raise AuthConfigError(f"{path}:{number}: a token needs 16 characters or more")
-        tokens.append(APIToken(value.encode("utf-8"), read_only, name))
+        try:
+            words = shlex.split(line, comments=True)
+            if not words:
+                continue
+            value, read_only, name, scope = parse_token_line(words, unnamed or f"token-{number}")
+        except ValueError as e:
+            raise AuthConfigError(f"{path}:{number}: {e}") from None
+        tokens.append(APIToken(value.encode("utf-8"), read_only, name, scope))
     if not tokens:
         raise AuthConfigError(f"no API token in {path}")
     return tokens

@@ -15,6 +15,7 @@ from fakes import FakeLink
 from pcci.master.api import MAX_BODY, MAX_COMMAND, MasterAPI
 from pcci.auth import APIToken
 from pcci.wire import FIGURES
+from pcci.master.tokens import TokenBook
 from pcci.master.state import ClusterState, Settings
 
 URL = "http://master"
@@ -42,7 +43,7 @@ class Client:
         if tokens:
             self.headers["Authorization"] = [f"Bearer {TOKEN}"]
             resource = api.resource(
-                [APIToken(TOKEN.encode(), False), APIToken(READER.encode(), True)]
+                TokenBook([APIToken(TOKEN.encode(), False), APIToken(READER.encode(), True)])
             )
         else:
             resource = api.resource(None)
@@ -485,7 +486,7 @@ class TestWhoAmI:
     def test_names_the_token_and_what_it_may_do(self) -> None:
         client = Client(tokens=True)
         assert client.request("GET", "/whoami")[2] == {
-            "auth": True, "name": "admin", "read_only": False,
+            "auth": True, "name": "admin", "read_only": False, "admin": True, "scope": None,
         }
         reader = {**JSON, "Authorization": [f"Bearer {READER}"]}
         assert client.request("GET", "/whoami", headers=reader)[2]["read_only"] is True
@@ -493,7 +494,7 @@ class TestWhoAmI:
 
     def test_without_auth(self, client: Client) -> None:
         assert client.request("GET", "/whoami")[2] == {
-            "auth": False, "name": None, "read_only": False,
+            "auth": False, "name": None, "read_only": False, "admin": True, "scope": None,
         }
 
 

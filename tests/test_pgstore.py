@@ -10,7 +10,7 @@ import pytest
 from fakes import started as result
 from postgres import SyncStore
 from pcci.master.pgstore import SCHEMA_VERSION, check_database, is_postgres_url
-from pcci.master.store import StoredPool, StoreError
+from pcci.master.store import PoolQuery, StoredPool, StoreError
 
 
 def pool(pool_id: str, workers: list[str], cmd: str = "true", ended: float | None = None) -> StoredPool:
@@ -35,13 +35,13 @@ def test_pools_round_trip_and_page(pg_url: str) -> None:
     assert result(store.get("p1")) == {"id": "p1", "ended_at": 20.0, "owner": "m1"}
     assert result(store.get("nope")) is None
     ids = lambda page: [p["id"] for p in page]  # noqa: E731
-    assert ids(result(store.page(None, None, None, None, 10))) == ["p2", "p1"]
-    assert ids(result(store.page("p2", None, None, None, 10))) == ["p1"]
-    assert ids(result(store.page(None, None, "a", None, 10))) == ["p1"]
-    assert ids(result(store.page(None, None, None, "name", 10))) == ["p2"]
-    assert ids(result(store.page(None, None, None, None, 10, ended_since=15.0))) == ["p1"]
+    assert ids(result(store.page(PoolQuery(), 10))) == ["p2", "p1"]
+    assert ids(result(store.page(PoolQuery(before="p2"), 10))) == ["p1"]
+    assert ids(result(store.page(PoolQuery(worker="a"), 10))) == ["p1"]
+    assert ids(result(store.page(PoolQuery(cmd="name"), 10))) == ["p2"]
+    assert ids(result(store.page(PoolQuery(), 10, ended_since=15.0))) == ["p1"]
     assert result(store.expire(15.0)) == 1
-    assert ids(result(store.page(None, None, None, None, 10))) == ["p1"]
+    assert ids(result(store.page(PoolQuery(), 10))) == ["p1"]
     result(store.save([pool("p3", ["c"])]))
     store.close()
     again = SyncStore(pg_url, None, "m1")

@@ -11,6 +11,7 @@ from pcci.master.dispatch import SubmitError
 from pcci.master.history import TooManyPools
 from pcci.master.model import STATUS_LOST, rfc3339
 from pcci.master.state import ClusterState, Settings
+from pcci.master.store import PoolQuery
 from pcci.output import OutputBuffer
 
 
@@ -305,8 +306,8 @@ def test_pools_listed_newest_first_with_filters_and_paging() -> None:
     state.dispatcher.job_ended("a", made[3].id, 2)
     ids = lambda pools: [p.id for p in pools]  # noqa: E731
     assert ids(state.history.list_pools()) == ids(reversed(made))
-    assert ids(state.history.list_pools(before=made[3].id)) == ids([made[2], made[1], made[0]])
-    assert ids(state.history.list_pools(state="ok")) == [made[1].id]
-    assert ids(state.history.list_pools(state="failed")) == [made[3].id]
-    assert ids(state.history.list_pools(worker="b")) == ids([made[4], made[2], made[0]])
-    assert ids(state.history.list_pools(cmd="job 5")) == [made[5].id]
+    assert ids(state.history.list_pools(PoolQuery(before=made[3].id))) == ids([made[2], made[1], made[0]])
+    assert ids(state.history.list_pools(PoolQuery(state="ok"))) == [made[1].id]
+    assert ids(state.history.list_pools(PoolQuery(state="failed"))) == [made[3].id]
+    assert ids(state.history.list_pools(PoolQuery(worker="b"))) == ids([made[4], made[2], made[0]])
+    assert ids(state.history.list_pools(PoolQuery(cmd="job 5"))) == [made[5].id]

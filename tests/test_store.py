@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from fakes import FakeLink
 from pcci.master.events import pool_events
 from pcci.master.state import ClusterState, Settings
-from pcci.master.store import SCHEMA_VERSION, SQLiteStore, StoreError, open_database
+from pcci.master.store import SCHEMA_VERSION, PoolQuery, SQLiteStore, StoreError, open_database
 
 
 def test_a_new_database_carries_its_schema_version(tmp_path: Path) -> None:
@@ -198,11 +198,11 @@ def test_listing_pages_and_filters_from_the_store(tmp_path: Path) -> None:
         pool = submitted(clock, state.dispatcher.submit(f"job {i}", ["a"] if i % 2 else ["b"]))
         state.dispatcher.job_ended(pool.jobs and next(iter(pool.jobs)), pool.id, i % 3)
         ids.append(pool.id)
-    page = result(state.history.page(None, None, None, None, 10))
+    page = result(state.history.page(PoolQuery(), 10))
     listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
     assert listed == ids[::-1][:10]
     # Older than the 11th, ok (status 0: every third), on a (odd ones), with "job" in the command.
-    page = result(state.history.page(ids[10], "ok", "a", "job", 100))
+    page = result(state.history.page(PoolQuery(ids[10], "ok", "a", "job"), 100))
     listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
     assert listed == [ids[9], ids[3]]
 

@@ -27,23 +27,24 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from pcci.auth import APIToken
 from pcci.master import dashboard
 from pcci.master.streaming import EventStream
-from pcci.master.guards import ARCHIVE_TYPE, TokenGuard
-from pcci.master.jobspec import SpecError, parse_submission
+from pcci.master.guards import ARCHIVE_TYPE, TokenGuard, audit, refused
+from pcci.master.jobspec import SpecError, parse_submission, parse_wait_offline
 from pcci.master.metrics import CONTENT_TYPE, MasterMetrics
 from pcci.master.openapi import openapi_document
 from pcci.master.dispatch import SubmitError
 from pcci.master.history import StoreUnavailable, TooManyPools
 from pcci.master.fetches import Fetch
-from pcci.master.model import Pool
+from pcci.master.model import JOB_STATES, OK, PENDING, RUNNING, Pool
 from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
+from pcci.master.store import PoolQuery
 from pcci.master.targets import TargetError, resolve, select
+from pcci.master.tokens import TokenBook, TokenError
+from pcci.nodes import fold
+from pcci.scopes import Scope, ScopeError
 
 log = Logger()
-
-#: Who ran what, and who killed what: one line each.
-audit = Logger(namespace="pcci.audit")
 
 #: Longest request body accepted by default, in bytes.
 MAX_BODY = 1024 * 1024
@@ -67,6 +68,9 @@ MAX_PAGE = 1000
 
 #: What C{GET /pools?state=} may ask for.
 POOL_STATES = ("running", "ok", "failed")
+
+#: The states of the jobs a retry runs again, by default: every end but ok.
+RETRIED_STATES = tuple(s for s in JOB_STATES if s not in (PENDING, "waiting", RUNNING, OK))
 
 
 class APIError(Exception):
@@ -153,9 +157,21 @@ def _submitted_pieces(pool: Pool, message: str) -> Iterator[bytes]:
     yield b"}"
 
 
+def _token_error(failure: Failure) -> None:
+    failure.trap(TokenError)
+    error = failure.value
+    raise APIError(error.status, str(error))
+
+
 def _token(request: IRequest) -> APIToken | None:
     """The token the request came with (None without auth)."""
     return getattr(request, "api_token", None)
+
+
+def _scope(request: IRequest) -> Scope | None:
+    """What the request's token is limited to (None: nothing)."""
+    token = _token(request)
+    return None if token is None else token.scope
 
 
 def _who(request: IRequest) -> str | None:
@@ -257,13 +273,79 @@ class MasterAPI:
         self.max_workers = max_workers
         self.metrics = metrics or MasterMetrics(state)
         self.dashboard = dashboard.StaticFiles()
-        #: Whether requests need a token (set by L{resource}).
-        self.auth = False
+        #: The tokens requests need (set by L{resource}); None: no auth.
+        self.tokens: TokenBook | None = None
 
-    def resource(self, tokens: list[APIToken] | None) -> IResource:
+    def resource(self, tokens: TokenBook | None) -> IResource:
         """The API as a web resource; with C{tokens}, only for their bearers."""
-        self.auth = tokens is not None
+        self.tokens = tokens
         return TokenGuard(self.app.resource(), tokens)
+
+    # What a token may see and do (see pcci.scopes)
+
+    @staticmethod
+    def _refuse(request: IRequest, message: str, status: int = 403) -> APIError:
+        """A refusal to raise, written down as an audit line."""
+        refused(request, status, message, _token(request))
+        return APIError(status, message)
+
+    def _may_see(self, request: IRequest, pool: Pool) -> bool:
+        """Whether the request's token may see C{pool}: a scoped one sees only its own."""
+        token = _token(request)
+        return token is None or token.scope is None or pool.submitted_by == token.name
+
+    def _workers_in_scope(self, request: IRequest, online: bool = True) -> dict[str, dict[str, str]]:
+        """The workers (to their labels) the token may use: online ones, or every one known."""
+        if online:
+            workers = self.roster.online_labels()
+        else:
+            workers = {name: record.labels for name, record in self.roster.records.items()}
+        scope = _scope(request)
+        return workers if scope is None else dict(scope.within(workers))
+
+    def _select(
+        self,
+        request: IRequest,
+        names: list[str] | None,
+        labels: list[str],
+        exclude: list[str],
+        offline: bool = False,
+    ) -> list[str]:
+        """
+        The workers a request selects among those its token may use (and,
+        with C{offline}, those known but offline); naming one outside its
+        scope is refused.
+        """
+        scope = _scope(request)
+        try:
+            if scope is not None and names:
+                known = {name: record.labels for name, record in self.roster.records.items()}
+                outside = scope.outside(names, known, self.max_workers)
+                if outside:
+                    raise self._refuse(request, f"outside this token's scope: {fold(outside)}")
+            return select(
+                names, labels, exclude, self._workers_in_scope(request, not offline), self.max_workers
+            )
+        except TargetError as e:
+            raise APIError(400, str(e)) from None
+
+    def _check_command(self, request: IRequest, cmd: str, env: dict[str, str]) -> None:
+        """Refuse a command its token may not run (or, limited to commands, any env)."""
+        scope = _scope(request)
+        if scope is None or not scope.commands:
+            return
+        if not scope.allows_command(cmd):
+            allowed = ", ".join(repr(c) for c in scope.commands)
+            raise self._refuse(request, f"this token may not run {cmd!r}: it may run {allowed}")
+        if env:
+            raise self._refuse(request, "this token may run only its commands: env cannot be set")
+
+    def _check_files(self, request: IRequest) -> None:
+        scope = _scope(request)
+        if scope is not None and scope.commands:
+            raise self._refuse(
+                request, "this token may run only its commands: files need a token without commands="
+            )
 
     @app.route("/", methods=["GET"])
     def page(self, request: IRequest) -> IResource:
@@ -278,14 +360,13 @@ class MasterAPI:
     def whoami(self, request: IRequest) -> bytes:
         """The token the request came with: its name, and what it may do."""
         token = _token(request)
-        return _json(
-            request,
-            {
-                "auth": self.auth,
-                "name": token.name if token is not None else None,
-                "read_only": token.read_only if token is not None else False,
-            },
-        )
+        if token is None:
+            body = {"name": None, "read_only": False, "scope": None}
+        else:
+            body = token.describe()
+        body["auth"] = self.tokens is not None
+        body["admin"] = token is None or token.admin
+        return _json(request, body)
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -296,10 +377,15 @@ class MasterAPI:
     def openapi(self, request: IRequest) -> bytes:
         return _json(request, openapi_document())
 
-    def _pool(self, pool_id: str) -> Deferred[Pool]:
+    def _pool(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
+        """A pool the request's token may see (another's is as unknown to a scoped token)."""
+
         def found(pool: Pool | None) -> Pool:
+            missing = f"no pool {pool_id} (unknown, or expired)"
             if pool is None:
-                raise APIError(404, f"no pool {pool_id} (unknown, or expired)")
+                raise APIError(404, missing)
+            if not self._may_see(request, pool):
+                raise self._refuse(request, missing, 404)
             return pool
 
         return self.history.find(pool_id).addCallback(found)
@@ -317,23 +403,22 @@ class MasterAPI:
         body = _read_json(request, self.max_body)
         try:
             asked = parse_submission(body, self.max_command, self.max_workers)
-            workers = select(
-                asked.workers,
-                asked.labels,
-                asked.exclude,
-                self.roster.online_labels(),
-                self.max_workers,
-            )
-        except (SpecError, TargetError) as e:
+        except SpecError as e:
             raise APIError(400, str(e)) from None
+        self._check_command(request, asked.cmd, asked.options.env)
+        offline = asked.wait_offline is not None
+        workers = self._select(request, asked.workers, asked.labels, asked.exclude, offline)
         if dry_run:
-            answer = {"workers": workers, "message": f"would start on {len(workers)} workers"}
+            answer: dict[str, Any] = {"workers": workers, "message": f"would start on {len(workers)} workers"}
+            if offline:
+                answer["offline"] = [name for name in workers if name not in self.roster.links]
             return succeed(_json(request, answer))
         return self._start(
             request,
             wait,
             lambda: self.dispatcher.submit(
-                asked.cmd, workers, asked.options, asked.rollout, _who(request)
+                asked.cmd, workers, asked.options, asked.rollout, _who(request),
+                wait_offline=asked.wait_offline,
             ),
         )
 
@@ -387,6 +472,7 @@ class MasterAPI:
         if owner is not None and not VALID_OWNER.match(owner):
             raise APIError(400, "owner must be USER or USER:GROUP")
         wait = _wait_seconds(request)
+        self._check_files(request)
         workers = self._selected(request)
         # The spooled body is the push's now: the request lets it go.
         spool, request.content = Spool(request.content), io.BytesIO()
@@ -397,7 +483,9 @@ class MasterAPI:
             cmd = f"push {len(archive.entries)} entries ({archive.size} bytes) to {dest}"
             try:
                 return self._start(
-                    request, wait, lambda: self.dispatcher.submit(cmd, workers, submitted_by=_who(request), start=push.start)
+                    request, wait, lambda: self.dispatcher.submit(
+                        cmd, workers, submitted_by=_who(request), start=push.start, kind="push"
+                    )
                 )
             except APIError:
                 spool.close()
@@ -423,7 +511,7 @@ class MasterAPI:
 
     def _waited(self, request: IRequest, pool_id: str) -> Deferred[Pool]:
         wait = _wait_seconds(request)
-        return self._pool(pool_id).addCallback(self.dispatcher.wait, wait)
+        return self._pool(request, pool_id).addCallback(self.dispatcher.wait, wait)
 
     @app.route("/fetches", methods=["POST"])
     def fetch(self, request: IRequest) -> Deferred[bytes]:
@@ -435,13 +523,16 @@ class MasterAPI:
         if not path or not path.startswith("/") or "\0" in path:
             raise APIError(400, "path must be an absolute path on the workers")
         recursive = _bool_arg(request, "recursive", False)
+        self._check_files(request)
         workers = self._selected(request)
         fetch = Fetch(self.dispatcher, self.clock, path, recursive, self.state.fetches)
         cmd = f"fetch {path}" + (" (recursive)" if recursive else "")
         return self._start(
             request,
             _wait_seconds(request),
-            lambda: self.dispatcher.submit(cmd, workers, submitted_by=_who(request), start=fetch.start),
+            lambda: self.dispatcher.submit(
+                cmd, workers, submitted_by=_who(request), start=fetch.start, kind="fetch"
+            ),
         )
 
     @app.route("/fetches/<string:pool_id>/<string:worker>", methods=["GET"])
@@ -449,7 +540,8 @@ class MasterAPI:
         """What a worker sent for a fetch, as a tar archive, once its job has ended."""
         fetch = self.state.fetches.get(pool_id)
         archive = None if fetch is None else fetch.archives.get(worker)
-        if fetch is None or archive is None:
+        pool = self.history.pools.get(pool_id)
+        if fetch is None or archive is None or pool is None or not self._may_see(request, pool):
             raise APIError(404, f"no archive of {worker} for pool {pool_id} (unknown, or expired)")
         if archive.job.status is None:
             raise APIError(409, f"{worker} is still sending: ask again once its job has ended")
@@ -466,13 +558,7 @@ class MasterAPI:
         names, labels = _list_arg(request, "workers"), _list_arg(request, "labels")
         if not names and not labels:
             raise APIError(400, "choose workers with workers= or labels=")
-        try:
-            return select(
-                names or None, labels, _list_arg(request, "exclude"),
-                self.roster.online_labels(), self.max_workers,
-            )
-        except TargetError as e:
-            raise APIError(400, str(e)) from None
+        return self._select(request, names or None, labels, _list_arg(request, "exclude"))
 
     @app.route("/pool/<string:pool_id>", methods=["GET"])
     def pool_as_list(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
@@ -495,7 +581,7 @@ class MasterAPI:
     def events(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         """The pool's events as server-sent events, from C{Last-Event-ID} on."""
         after = _last_event_id(request)
-        return self._pool(pool_id).addCallback(
+        return self._pool(request, pool_id).addCallback(
             lambda pool: EventStream(request, pool, after, self.clock, _pool_pieces).start()
         )
 
@@ -507,14 +593,24 @@ class MasterAPI:
         by C{state}, C{worker} and C{cmd}; C{results=false} leaves outputs out.
         """
         limit = _int_arg(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-        before = _text_arg(request, "before")
         state = _text_arg(request, "state")
         if state is not None and state not in POOL_STATES:
             raise APIError(400, "state must be one of " + ", ".join(POOL_STATES))
         results = _bool_arg(request, "results", True)
-        d = self.history.page(
-            before, state, _text_arg(request, "worker"), _text_arg(request, "cmd"), limit + 1
+        submitted_by = _text_arg(request, "submitted_by")
+        token = _token(request)
+        if token is not None and token.scope is not None:
+            if submitted_by not in (None, token.name):
+                raise self._refuse(request, "a scoped token sees only the pools it started")
+            submitted_by = token.name
+        query = PoolQuery(
+            before=_text_arg(request, "before"),
+            state=state,
+            worker=_text_arg(request, "worker"),
+            cmd=_text_arg(request, "cmd"),
+            submitted_by=submitted_by,
         )
+        d = self.history.page(query, limit + 1)
 
         def answer(page: list[Pool | dict[str, Any]]) -> Deferred[bytes]:
             if len(page) > limit:
@@ -550,9 +646,12 @@ class MasterAPI:
     @app.route("/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
         """Connected workers; with C{?all=true}, also those seen and now offline."""
-        records = self.roster.records.values()
-        if not _bool_arg(request, "all", False):
-            records = [r for r in records if r.online]
+        every = _bool_arg(request, "all", False)
+        scope = _scope(request)
+        records = [
+            r for r in self.roster.records.values()
+            if (every or r.online) and (scope is None or scope.allows_worker(r.name, r.labels))
+        ]
         return _json(
             request,
             [r.to_json(self.roster.running_jobs(r.name)) for r in records],
@@ -562,7 +661,8 @@ class MasterAPI:
     def worker(self, request: IRequest, name: str) -> bytes:
         """One worker, its latest figures and their history."""
         record = self.roster.records.get(name)
-        if record is None:
+        scope = _scope(request)
+        if record is None or (scope is not None and not scope.allows_worker(name, record.labels)):
             raise APIError(404, f"no worker {name} has been seen")
         body = record.to_json(self.roster.running_jobs(name))
         body["history"] = record.history.columns()
@@ -578,7 +678,7 @@ class MasterAPI:
     def kill(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         """Kill a pool's jobs: all, or those its C{workers} select."""
         body = _read_json(request, self.max_body, required=False)
-        return self._pool(pool_id).addCallback(self._kill, request, body)
+        return self._pool(request, pool_id).addCallback(self._kill, request, body)
 
     def _kill(self, pool: Pool, request: IRequest, body: Any) -> Deferred[bytes]:
         pool_id = pool.id
@@ -620,6 +720,125 @@ class MasterAPI:
             raise APIError(503, f"{failure.getErrorMessage()}: try again in a few seconds")
 
         return asking.addCallbacks(asked, nobody)
+
+    @app.route("/pools/<string:pool_id>/retry", methods=["POST"])
+    def retry(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
+        """
+        Run a pool's command again on the workers whose job ended other
+        than ok (or in the C{states} the body lists): a new pool, answered
+        as C{POST /job} answers, that carries C{retry_of}.
+        """
+        body = _read_json(request, self.max_body, required=False)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object")
+        unknown = set(body) - {"states", "wait_offline"}
+        if unknown:
+            raise APIError(400, "a retry takes only states and wait_offline, not " + ", ".join(sorted(unknown)))
+        states = body.get("states", list(RETRIED_STATES))
+        if (
+            not isinstance(states, list)
+            or not states
+            or not all(isinstance(state, str) and state in RETRIED_STATES for state in states)
+        ):
+            raise APIError(400, "states must be a non-empty list of: " + ", ".join(RETRIED_STATES))
+        try:
+            wait_offline = parse_wait_offline(body)
+        except SpecError as e:
+            raise APIError(400, str(e)) from None
+        wait = _wait_seconds(request)
+        return self._pool(request, pool_id).addCallback(
+            self._retry, request, states, wait_offline, wait
+        )
+
+    def _retry(
+        self, pool: Pool, request: IRequest, states: list[str], wait_offline: float | None, wait: float
+    ) -> Deferred[bytes]:
+        if pool.kind != "run":
+            raise APIError(409, f"pool {pool.id} moved files: run pcci cp or pcci fetch again instead")
+        workers = [name for name, job in pool.jobs.items() if job.state in states]
+        if not workers:
+            raise APIError(409, f"nothing to retry: no job of pool {pool.id} is {' or '.join(states)}")
+        if wait_offline is None:
+            wait_offline = pool.wait_offline
+        offline = [name for name in workers if name not in self.roster.links]
+        if offline and wait_offline is None:
+            raise APIError(
+                409,
+                f"workers offline: {fold(offline)}: retry with wait_offline to run there"
+                " when they come back",
+            )
+        self._check_command(request, pool.cmd, pool.options.env)
+        self._select(request, workers, [], [], offline=wait_offline is not None)
+        return self._start(
+            request,
+            wait,
+            lambda: self.dispatcher.submit(
+                pool.cmd, workers, pool.options, pool.rollout, _who(request),
+                retry_of=pool.id, wait_offline=wait_offline,
+            ),
+        )
+
+    # Tokens: an administrator's (a full token without a scope)
+
+    def _book(self, request: IRequest) -> TokenBook:
+        if self.tokens is None:
+            raise APIError(409, "this master runs with --no-auth: it checks no token")
+        token = _token(request)
+        if token is None or not token.admin:
+            raise self._refuse(request, "only a full token without a scope may manage tokens")
+        return self.tokens
+
+    @app.route("/tokens", methods=["GET"])
+    def token_list(self, request: IRequest) -> bytes:
+        """Every token's name and what it may do; never a token."""
+        return _json(request, self._book(request).listing())
+
+    @app.route("/tokens", methods=["POST"])
+    def token_create(self, request: IRequest) -> Deferred[bytes]:
+        """Make a token (kept hashed in the store); the answer is the only place it is shown."""
+        book = self._book(request)
+        body = _read_json(request, self.max_body)
+        if not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object")
+        unknown = set(body) - {"name", "read_only", "workers", "labels", "commands"}
+        if unknown:
+            raise APIError(400, "a token has only name, read_only, workers, labels and commands, not "
+                           + ", ".join(sorted(unknown)))
+        name, read_only = body.get("name"), body.get("read_only", False)
+        if not isinstance(name, str):
+            raise APIError(400, "name must be a string")
+        if not isinstance(read_only, bool):
+            raise APIError(400, "read_only must be true or false")
+        try:
+            scope = Scope.from_json({k: body[k] for k in ("workers", "labels", "commands") if k in body})
+            made = book.create(name, read_only, scope, _who(request))
+        except (ScopeError, TokenError) as e:
+            raise APIError(getattr(e, "status", 400), str(e)) from None
+
+        def answer(value: str) -> bytes:
+            audit.info("{who} made token {name}", who=_who(request), name=name)
+            description = {**book.lookup(value.encode()).describe(), "token": value}  # type: ignore[union-attr]
+            description["message"] = "token made: this is the only time it is shown"
+            return _json(request, description, 201)
+
+        return made.addCallbacks(answer, _token_error)
+
+    @app.route("/tokens/<string:name>", methods=["DELETE"])
+    def token_revoke(self, request: IRequest, name: str) -> Deferred[bytes]:
+        """Revoke a token made through the API: refused at once, by every master."""
+        book = self._book(request)
+        try:
+            revoking = book.revoke(name)
+        except TokenError as e:
+            raise APIError(e.status, str(e)) from None
+
+        def answer(_: Any) -> bytes:
+            audit.info("{who} revoked token {name}", who=_who(request), name=name)
+            return _json(request, {"name": name, "message": f"token {name} revoked"})
+
+        return revoking.addCallbacks(answer, _token_error)
 
     # Errors: specific first, then routing errors, then anything unexpected.
 

@@ -24,19 +24,21 @@ from pcci.master.model import (
     CANCELLED,
     FAILED,
     LOST,
+    NOT_STARTED,
     OK,
     PENDING,
     RUNNING,
     STATUS_CANCELLED,
     STATUS_LOST,
     TIMED_OUT,
+    WAITING,
     Job,
     Pool,
     WorkerLink,
 )
 from pcci.master.roster import Roster
 from pcci.output import on_own_line
-from pcci.wire import END_CANCELLED, END_REASONS, STATUS_TIMED_OUT
+from pcci.wire import END_CANCELLED, END_REASONS, STATUS_NOT_STARTED, STATUS_TIMED_OUT
 
 log = Logger()
 
@@ -74,6 +76,8 @@ class Dispatcher:
         self.holds: Callable[[WorkerLink, str], bool] = lambda link, pool_id: any(
             job["pool"] == pool_id for job in link.held_jobs
         )
+        #: Jobs waiting for their offline worker to connect: worker -> pool -> job.
+        self.expected: dict[str, dict[str, Job]] = {}
         roster.on_join = self._reattach
         roster.on_give_up = self._give_up
 
@@ -87,14 +91,20 @@ class Dispatcher:
         rollout: Rollout | None = None,
         submitted_by: str | None = None,
         start: Callable[[Job, WorkerLink], None] | None = None,
+        kind: str = "run",
+        retry_of: str | None = None,
+        wait_offline: float | None = None,
     ) -> Deferred[Pool]:
         """
         Start C{cmd} on each named worker, as one pool: all at once, or as
         C{rollout} says (or, with C{start}, start each job so: C{cmd} then
-        only says what the pool does).  Fires with the pool once the store
-        holds it.
+        only says what the pool does, and C{kind} what kind of pool it
+        is).  With C{wait_offline} seconds, a job on a worker known but
+        offline waits for it that long.  Fires with the pool once the
+        store holds it.
 
-        @raise SubmitError: no worker, or one that is not connected.
+        @raise SubmitError: no worker, or one that is not connected (nor,
+            with C{wait_offline}, known).
         @raise TooManyPools: no room for another pool.
         @raise StoreUnavailable: the store does not answer: the pool could
             not be kept.
@@ -103,27 +113,72 @@ class Dispatcher:
         names = list(dict.fromkeys(workers))
         if not names:
             raise SubmitError("workers must name at least one worker")
-        unknown = [name for name in names if name not in self.roster.links]
+        offline = {name for name in names if name not in self.roster.links}
+        unknown = [name for name in names if name in offline and (
+            wait_offline is None or name not in self.roster.records)]
         if unknown:
             raise SubmitError("unknown or disconnected workers: " + ", ".join(unknown))
         self.history.check_store()
         self.history.make_room()
+        now = self.wall()
         pool = Pool(
             id=self._new_id(),
             cmd=cmd,
-            started_at=self.wall(),
+            started_at=now,
             options=options or JobOptions(),
             rollout=rollout or Rollout(),
             submitted_by=submitted_by,
             start=start,
+            kind=kind,
+            retry_of=retry_of,
+            wait_offline=wait_offline,
+            wait_until=None if wait_offline is None else now + wait_offline,
         )
         for name in names:
             job = Job(pool.id, name, cmd, self.history.new_output())
             pool.jobs[name] = job
-            pool.waiting.append(job)
+            if name in offline:
+                self._expect(pool, job)
+            else:
+                pool.waiting.append(job)
         self.history.add(pool)
         self._send(pool, pool.rollout.window(len(names)))
         return self.history.stored(pool.id).addCallback(lambda _: pool)
+
+    # Jobs waiting for their workers (wait_offline)
+
+    def _expect(self, pool: Pool, job: Job) -> None:
+        """C{job}'s worker is offline: the job waits for it until the pool's C{wait_until}."""
+        job.state = WAITING
+        self.expected.setdefault(job.worker_id, {})[pool.id] = job
+        if not any(t.active() and t.func == self._waited_out for t in pool.timers):
+            assert pool.wait_until is not None
+            delay = max(0.0, pool.wait_until - self.wall())
+            pool.timers.append(self.clock.callLater(delay, self._waited_out, pool))
+
+    def _unexpect(self, job: Job) -> None:
+        jobs = self.expected.get(job.worker_id, {})
+        jobs.pop(job.pool_id, None)
+        if not jobs:
+            self.expected.pop(job.worker_id, None)
+
+    def _arrived(self, link: WorkerLink) -> None:
+        """A worker connected: the jobs waiting for it start, as their pools' rollouts allow."""
+        for pool_id, job in list(self.expected.pop(link.name, {}).items()):
+            pool = self.history.pools[pool_id]
+            job.state = PENDING
+            pool.waiting.append(job)
+            in_flight = sum(1 for j in pool.jobs.values() if j.sent and j.status is None)
+            self._send(pool, pool.rollout.window(len(pool.jobs)) - in_flight)
+            self.history.changed(pool)
+
+    def _waited_out(self, pool: Pool) -> None:
+        """The pool's C{wait_offline} is over: the jobs still waiting end not started."""
+        for job in [job for job in pool.jobs.values() if job.state == WAITING]:
+            self._unexpect(job)
+            self._note(job, f"pcci: not started: worker {job.worker_id} did not connect"
+                            f" within {pool.wait_offline:g} s (wait_offline)\n")
+            self._end_job(job, STATUS_NOT_STARTED, NOT_STARTED)
 
     def carry_on(
         self, records: list[dict[str, Any]], prepare: Callable[[Pool], None] = lambda pool: None
@@ -135,6 +190,12 @@ class Dispatcher:
         """
         for pool in self.history.load(records):
             prepare(pool)
+            for job in pool.jobs.values():
+                if job.state == WAITING:
+                    self._expect(pool, job)
+                    link = self.roster.links.get(job.worker_id)
+                    if link is not None:  # connected to another master already
+                        self._arrived(link)
             in_flight = self._adopt_in_flight(pool)
             if pool.waiting and not pool.halted:
                 # Its workers have to come back first.
@@ -215,7 +276,9 @@ class Dispatcher:
         pool.halted = True
         pool.cancel_timers()
         waiting, pool.waiting = list(pool.waiting), deque()
+        waiting += [job for job in pool.jobs.values() if job.state == WAITING]
         for job in waiting:
+            self._unexpect(job)
             self._end_job(job, STATUS_CANCELLED, CANCELLED)
         for job in pool.jobs.values():
             link = self.roster.links.get(job.worker_id)
@@ -240,8 +303,10 @@ class Dispatcher:
         for name in names:
             job = pool.jobs[name]
             link = self.roster.links.get(name)
-            if job in pool.waiting:
-                pool.waiting.remove(job)
+            if job in pool.waiting or job.state == WAITING:
+                if job in pool.waiting:
+                    pool.waiting.remove(job)
+                self._unexpect(job)
                 self._end_job(job, STATUS_CANCELLED, CANCELLED)
                 asked.append(name)
             elif job.status is None and link is not None:
@@ -295,6 +360,7 @@ class Dispatcher:
             # Another master holds it: that one tells if a job is gone.
             for pool_id, job in running.items():
                 link.attach_job(pool_id, job.seq)
+            self._arrived(link)
             return
         held = {job["pool"]: job for job in link.held_jobs}
         for pool_id, job in list(running.items()):
@@ -309,6 +375,7 @@ class Dispatcher:
                 self.history.unfinished_job(pool_id, link.name).addCallback(
                     self._take_over, link, pool_id, bool(job.get("ended"))
                 )
+        self._arrived(link)
 
     def _take_over(self, job: Job | str | None, link: WorkerLink, pool_id: str, ended: bool) -> None:
         """

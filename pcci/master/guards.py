@@ -8,14 +8,21 @@ request class that refuses bodies too large before they cost anything
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from pcci.auth import APIToken, match_token
+from pcci.auth import APIToken
+
+if TYPE_CHECKING:
+    from pcci.master.tokens import TokenBook
+
+#: Who ran what, who killed what, and who was refused what: one line each.
+audit = Logger(namespace="pcci.audit")
 
 #: Methods a read-only token may use.
 READ_METHODS = (b"GET", b"HEAD")
@@ -73,7 +80,7 @@ ARCHIVE_TYPE = b"application/x-tar"
 
 
 def bounded_request(
-    max_body: int, max_file: int = 0, tokens: list[APIToken] | None = None
+    max_body: int, max_file: int = 0, tokens: TokenBook | None = None
 ) -> type[Request]:
     """
     A request class that refuses, as it arrives, a body over C{max_body}
@@ -104,7 +111,9 @@ def bounded_request(
             if tokens is None:
                 return True
             token = bearer_token(tokens, self.getHeader(b"authorization"))
-            return token is not None and not token.read_only
+            return token is not None and not token.read_only and not (
+                token.scope is not None and token.scope.commands
+            )
 
         def handleContentChunk(self, data: bytes) -> None:
             if self._refused:
@@ -135,12 +144,29 @@ def bounded_request(
     return BoundedRequest
 
 
-def bearer_token(tokens: list[APIToken], header: bytes | None) -> APIToken | None:
+def bearer_token(tokens: TokenBook, header: bytes | None) -> APIToken | None:
     """The token an C{Authorization: Bearer} header presents, if it is one of C{tokens}."""
     scheme, _, presented = (header or b"").partition(b" ")
     if scheme.lower() != b"bearer" or not presented.strip():
         return None
-    return match_token(tokens, presented.strip())
+    return tokens.lookup(presented.strip())
+
+
+def refused(request: IRequest, status: int, message: str, token: APIToken | None) -> bytes:
+    """Refuse a request, and write down who was refused what: an audit line."""
+    audit.info(
+        "refused {who} {method} {path}: {why}",
+        who=token.name if token is not None else f"a request without a valid token from {_peer(request)}",
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("utf-8", "replace"),
+        why=message,
+    )
+    return json_error(request, status, message)
+
+
+def _peer(request: IRequest) -> str:
+    peer = request.getClientAddress()
+    return str(getattr(peer, "host", peer))
 
 
 class TokenGuard(Resource):
@@ -155,7 +181,7 @@ class TokenGuard(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped: IResource, tokens: list[APIToken] | None) -> None:
+    def __init__(self, wrapped: IResource, tokens: TokenBook | None) -> None:
         super().__init__()
         self.wrapped = wrapped
         self.tokens = tokens
@@ -170,10 +196,10 @@ class TokenGuard(Resource):
             token = bearer_token(self.tokens, request.getHeader(b"authorization"))
             if token is None:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="pcci"')
-                return json_error(
-                    request, 401, "a valid token is required: Authorization: Bearer <token>"
+                return refused(
+                    request, 401, "a valid token is required: Authorization: Bearer <token>", None
                 )
             if token.read_only and request.method not in READ_METHODS:
-                return json_error(request, 403, "this token is read-only")
+                return refused(request, 403, "this token is read-only", token)
             request.api_token = token  # type: ignore[attr-defined]
         return self.wrapped.render(request)

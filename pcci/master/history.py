@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pcci.master.model import Job, Pool
-from pcci.master.store import BatchedWriter, PoolStore
+from pcci.master.store import BatchedWriter, PoolQuery, PoolStore
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL, MIN_SQUEEZED, OutputBuffer
 
 log = Logger()
@@ -230,28 +230,9 @@ class PoolHistory:
 
     # Reading
 
-    def list_pools(
-        self,
-        before: str | None = None,
-        state: str | None = None,
-        worker: str | None = None,
-        cmd: str | None = None,
-    ) -> Iterator[Pool]:
-        """
-        Pools in memory newest first, older than the pool id C{before} (ids
-        sort by time), in C{state} (running, ok, failed), with a job on
-        C{worker}, whose command holds C{cmd}.
-        """
-        for pool in reversed(self.pools.values()):
-            if before is not None and pool.id >= before:
-                continue
-            if state is not None and pool.state != state:
-                continue
-            if worker is not None and worker not in pool.jobs:
-                continue
-            if cmd is not None and cmd not in pool.cmd:
-                continue
-            yield pool
+    def list_pools(self, query: PoolQuery = PoolQuery()) -> Iterator[Pool]:
+        """Pools in memory newest first, those the C{query} asks for."""
+        return (pool for pool in reversed(self.pools.values()) if query.matches(pool))
 
     def find(self, pool_id: str) -> Deferred[Pool | None]:
         """A pool by id: from memory, else from the store (kept in memory a while)."""
@@ -309,19 +290,17 @@ class PoolHistory:
 
         return self.store.claim(pool_id).addCallback(loaded)
 
-    def page(
-        self, before: str | None, state: str | None, worker: str | None, cmd: str | None, limit: int
-    ) -> Deferred[list[Pool | dict[str, Any]]]:
+    def page(self, query: PoolQuery, limit: int) -> Deferred[list[Pool | dict[str, Any]]]:
         """
         C{limit} pools newest first, filtered: running and cached pools as
         they are in memory, the others as their stored summaries.
         """
         if self.store is None or self.writer is None:
-            return succeed(list(itertools.islice(self.list_pools(before, state, worker, cmd), limit)))
+            return succeed(list(itertools.islice(self.list_pools(query), limit)))
         store = self.store
         d = self.writer.flush()
         since = self.wall() - self.retention
-        d.addCallback(lambda _: store.page(before, state, worker, cmd, limit, since))
+        d.addCallback(lambda _: store.page(query, limit, since))
         return d.addCallback(
             lambda summaries: [
                 self.pools.get(summary["id"]) or self.elsewhere.get(summary["id"], summary)

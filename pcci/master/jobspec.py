@@ -1,7 +1,8 @@
 """
 What a C{POST /job} asks for, checked: the command, its targets, how each
-job runs (timeout, env, cwd, stdin) and how the pool rolls out (batch,
-batch_wait, max_failures).
+job runs (timeout, env, cwd, stdin), how the pool rolls out (batch,
+batch_wait, max_failures) and how long jobs wait for offline workers
+(wait_offline).
 
 Every check names the field at fault, and nothing is started unless the
 whole request is good.
@@ -80,6 +81,8 @@ class Submission:
     exclude: list[str]
     options: JobOptions
     rollout: Rollout
+    #: Seconds a job on an offline worker waits for it (None: none wait).
+    wait_offline: float | None = None
 
 
 def _text(value: Any, name: str) -> str:
@@ -199,5 +202,11 @@ def parse_submission(body: Any, max_command: int, max_workers: int) -> Submissio
         raise SpecError("workers must be a non-empty list of workers (or give labels)")
     exclude = _strings(body.get("exclude") or [], "exclude", max_workers)
     return Submission(
-        cmd, workers, labels, exclude, parse_options(body), parse_rollout(body)
+        cmd, workers, labels, exclude, parse_options(body), parse_rollout(body),
+        parse_wait_offline(body),
     )
+
+
+def parse_wait_offline(body: dict[str, Any]) -> float | None:
+    value = body.get("wait_offline")
+    return None if value is None else _seconds(value, "wait_offline", low_open=True)

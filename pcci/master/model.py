@@ -28,6 +28,8 @@ from pcci.output import OutputBuffer
 #: A job's state, in words: what happened to it.  (The wire's C{END_*}
 #: reasons are the same words for the states a worker reports.)
 PENDING = "pending"
+#: Its worker is offline: it starts when the worker connects (C{wait_offline}).
+WAITING = "waiting"
 RUNNING = "running"
 OK = "ok"
 FAILED = "failed"
@@ -36,7 +38,7 @@ TIMED_OUT = "timed_out"
 LOST = "lost"
 NOT_STARTED = "not_started"
 CANCELLED = "cancelled"
-JOB_STATES = (PENDING, RUNNING, OK, FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
+JOB_STATES = (PENDING, WAITING, RUNNING, OK, FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
 
 #: Status of a job whose end pcci could not observe (its worker was lost).
 STATUS_LOST = -1
@@ -218,13 +220,21 @@ class Pool:
     rollout: Rollout = field(default_factory=Rollout)
     #: The name of the API token that started it.
     submitted_by: str | None = None
+    #: What its jobs do: C{run} its command, C{push} or C{fetch} files.
+    kind: str = "run"
+    #: The pool it retries (C{POST /pools/<id>/retry}).
+    retry_of: str | None = None
+    #: Seconds its jobs wait for offline workers, and until when (wall clock).
+    wait_offline: float | None = None
+    wait_until: float | None = None
     waiters: list[Deferred[Pool]] = field(default_factory=list)
     #: Called with each new event (see L{pcci.master.events}).
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
     #: The id of the latest event, and of the C{pool} event once it ended.
     last_event: int = 0
     end_event: int = 0
-    #: Jobs not yet sent, in order; jobs that ended other than ok.
+    #: Jobs not yet sent whose workers are there, in order (those whose
+    #: workers are offline are L{WAITING}); jobs that ended other than ok.
     waiting: deque[Job] = field(default_factory=deque)
     failures: int = 0
     #: It reached C{max_failures}: no more of its jobs start.
@@ -266,7 +276,12 @@ class Pool:
             "started_at": rfc3339(self.started_at),
             "ended_at": rfc3339(self.ended_at),
             "submitted_by": self.submitted_by,
+            "kind": self.kind,
+            "retry_of": self.retry_of,
         }
+        if self.wait_offline is not None:
+            body["wait_offline"] = self.wait_offline
+            body["wait_until"] = rfc3339(self.wait_until)
         rollout = self.rollout
         if rollout.batch is not None or rollout.max_failures is not None:
             body["batch"] = rollout.batch
@@ -308,12 +323,17 @@ class Pool:
             cmd=self.cmd,
             workers=list(self.jobs),
             summary=self.to_json(results=False),
+            submitted_by=self.submitted_by,
             record={
                 "id": self.id,
                 "cmd": self.cmd,
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
                 "submitted_by": self.submitted_by,
+                "kind": self.kind,
+                "retry_of": self.retry_of,
+                "wait_offline": self.wait_offline,
+                "wait_until": self.wait_until,
                 # Shallow copies: both are frozen, and their env never changes.
                 "options": dict(vars(self.options)),
                 "rollout": dict(vars(self.rollout)),
@@ -337,6 +357,11 @@ class Pool:
             options=JobOptions(**record["options"]),
             rollout=Rollout(**record["rollout"]),
             submitted_by=record["submitted_by"],
+            # Absent from records written before retries and wait_offline.
+            kind=record.get("kind", "run"),
+            retry_of=record.get("retry_of"),
+            wait_offline=record.get("wait_offline"),
+            wait_until=record.get("wait_until"),
             last_event=record["last_event"],
             end_event=record["end_event"],
             failures=record["failures"],
@@ -345,6 +370,6 @@ class Pool:
         for job_record in record["jobs"]:
             job = Job.from_record(pool.id, pool.cmd, job_record, make_output(job_record["output"]))
             pool.jobs[job.worker_id] = job
-            if not job.sent and job.status is None:
+            if not job.sent and job.status is None and job.state != WAITING:
                 pool.waiting.append(job)
         return pool

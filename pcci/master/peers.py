@@ -124,6 +124,8 @@ class Peers:
         self.replicas: dict[str, _Replica] = {}
         #: Called when another master judged this one dead.
         self.on_fenced: Callable[[], None] = lambda: None
+        #: Reads the API tokens again: a master made or revoked one.
+        self.on_tokens: Callable[[], Deferred[None]] = lambda: succeed(None)
         self._outbox: list[tuple[str, dict[str, Any]]] = []
         self._events: list[tuple[str, int, str, dict[str, Any]]] = []
         self._rows: dict[str, dict[str, Any] | None] = {}
@@ -189,11 +191,12 @@ class Peers:
         self._version = 0
         self.heard(f"m:{self.name}")
         self.heard("w")
+        self.heard("t")
         for pool_id in self.replicas:
             self.heard(f"e:{pool_id}")
 
     def heard(self, payload: str) -> None:
-        """A notification: mail for this master, a pool's events, or workers moved."""
+        """A notification: mail for this master, a pool's events, workers moved, or tokens."""
         kind, _, what = payload.partition(":")
         if kind == "m" and what == self.name:
             self._read("mail", self._read_mail)
@@ -201,6 +204,8 @@ class Peers:
             self._read(payload, lambda: self._catch_up(what))
         elif kind == "w":
             self._read("workers", self._read_workers)
+        elif kind == "t":
+            self._read("tokens", self.on_tokens)
 
     def _read(self, key: str, read: Callable[[], Deferred[Any]]) -> None:
         """Read now, or once more after the read under way."""

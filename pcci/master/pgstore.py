@@ -16,7 +16,8 @@ race, and carries a version as SQLite's does.
 Beside the pools, the tables masters share (see L{pcci.master.peers}):
 C{masters} (each one's lease), C{workers} (who holds which worker),
 C{mail} (commands and reports between masters, woken by C{NOTIFY}) and
-C{events} (the events of running pools, for masters that show them).
+C{events} (the events of running pools, for masters that show them), and
+C{tokens} (those made through the API, so every master knows them).
 Each master holds a session advisory lock of its own on this connection
 while it lives: another master tells a dead one by its lock gone and its
 lease run out.
@@ -31,10 +32,18 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from pcci.master.store import StoreError, StoredPool, ThreadedStore, page_filters
+from pcci.master.store import (
+    PoolQuery,
+    StoreError,
+    StoredPool,
+    StoredToken,
+    ThreadedStore,
+    page_filters,
+)
 
 #: The version of the tables below; a database of a newer one is refused.
-SCHEMA_VERSION = 2
+#: 2: masters, workers, mail, events; 3: pools' C{submitted_by}, tokens.
+SCHEMA_VERSION = 3
 
 #: The first key of pcci's advisory locks (two-key form: this, then one below).
 LOCKS = 0x7063_6369  # "pcci"
@@ -59,7 +68,7 @@ CONNECTION_SETTINGS = {
 
 #: The channel masters C{NOTIFY} on; payloads name what changed (ids only):
 #: C{m:<master>} mail for a master, C{e:<pool>} new events of a pool,
-#: C{w} workers moved.
+#: C{w} workers moved, C{t} API tokens made or revoked.
 CHANNEL = "pcci"
 
 #: Seconds an ended pool's events stay, for the masters still showing it.
@@ -108,11 +117,24 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL,
     PRIMARY KEY (pool, id)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+"""
+
+#: From schema 2 to 3: who submitted each pool, as a column.
+SUBMITTED_BY = """
+ALTER TABLE pools ADD COLUMN submitted_by TEXT;
+UPDATE pools SET submitted_by = summary::jsonb ->> 'submitted_by';
+CREATE INDEX pools_submitted_by ON pools (submitted_by, id);
 """
 
 SAVE = """
-INSERT INTO pools (id, started_at, ended_at, state, cmd, workers, summary, record, owner)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO pools (id, started_at, ended_at, state, cmd, workers, summary, record, owner,
+    submitted_by)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET
     ended_at = EXCLUDED.ended_at, state = EXCLUDED.state,
     summary = EXCLUDED.summary, record = EXCLUDED.record
@@ -273,7 +295,7 @@ class PostgresStore(ThreadedStore):
             [
                 (
                     p.id, p.started_at, p.ended_at, p.state, p.cmd, list(p.workers),
-                    json.dumps(p.summary), json.dumps(p.record), self.master,
+                    json.dumps(p.summary), json.dumps(p.record), self.master, p.submitted_by,
                 )
                 for p in pools
             ],
@@ -313,18 +335,11 @@ class PostgresStore(ThreadedStore):
 
         return self._transaction(claim)
 
-    def _page(
-        self,
-        before: str | None,
-        state: str | None,
-        worker: str | None,
-        cmd: str | None,
-        limit: int,
-        ended_since: float,
-    ) -> list[dict[str, Any]]:
+    def _page(self, query: PoolQuery, limit: int, ended_since: float) -> list[dict[str, Any]]:
         where, args = page_filters(
-            before, state, worker, cmd, ended_since,
+            query, ended_since,
             mark="%s", worker_test="workers @> ARRAY[%s]::text[]", cmd_test="strpos(cmd, %s) > 0",
+            worker=query.worker,
         )
         query = f"SELECT summary FROM pools WHERE {where} ORDER BY id DESC LIMIT %s"
         return [json.loads(summary) for (summary,) in self._execute(query, (*args, limit))]
@@ -346,6 +361,33 @@ class PostgresStore(ThreadedStore):
             return int(cursor.rowcount)
 
         return self._transaction(expire)
+
+    def _tokens(self) -> list[StoredToken]:
+        rows = self._execute("SELECT name, digest, record FROM tokens ORDER BY name")
+        return [StoredToken(name, digest, json.loads(record)) for name, digest, record in rows]
+
+    def _add_token(self, token: StoredToken) -> bool:
+        def add(cursor: Any) -> bool:
+            cursor.execute(
+                "INSERT INTO tokens VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (token.name, token.digest, json.dumps(token.record)),
+            )
+            if cursor.rowcount == 0:
+                return False
+            cursor.execute("SELECT pg_notify(%s, 't')", (CHANNEL,))
+            return True
+
+        return self._transaction(add)
+
+    def _remove_token(self, name: str) -> bool:
+        def remove(cursor: Any) -> bool:
+            cursor.execute("DELETE FROM tokens WHERE name = %s", (name,))
+            if cursor.rowcount == 0:
+                return False
+            cursor.execute("SELECT pg_notify(%s, 't')", (CHANNEL,))
+            return True
+
+        return self._transaction(remove)
 
     # What masters share besides pools (see pcci.master.peers): each call
     # below runs its underscored namesake in the store's thread.
@@ -573,6 +615,12 @@ def _check_schema(connection: Any, url: str) -> None:
                         f" this one knows {SCHEMA_VERSION}): upgrade pcci"
                     )
             cursor.execute(SCHEMA)
+            cursor.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = 'pools' AND column_name = 'submitted_by'"
+            )
+            if cursor.fetchone() is None:
+                cursor.execute(SUBMITTED_BY)
             cursor.execute(
                 "INSERT INTO meta VALUES ('schema_version', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

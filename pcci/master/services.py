@@ -5,6 +5,7 @@ listening ports, and the way its own worker dials in.
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -30,6 +31,7 @@ from pcci.master.store import PoolStore, StoreError
 
 if TYPE_CHECKING:
     from pcci.master.peers import Peers
+    from pcci.master.tokens import TokenBook
 
 log = Logger()
 
@@ -134,18 +136,25 @@ class LocalPortEndpoint:
 
 class StateService(Service):
     """
-    The master's state over time: at start, opens the store and carries on
-    with the pools that had not ended; at stop, cancels the state's timers,
-    writes what waits and closes the store.
+    The master's state over time: at start, opens the store, carries on
+    with the pools that had not ended and reads the tokens kept there (and
+    the tokens file again on each SIGHUP); at stop, cancels the state's
+    timers, writes what waits and closes the store.
     """
 
     def __init__(
-        self, reactor: Any, state: ClusterState, store: PoolStore, peers: Peers | None = None
+        self,
+        reactor: Any,
+        state: ClusterState,
+        store: PoolStore,
+        peers: Peers | None = None,
+        tokens: TokenBook | None = None,
     ) -> None:
         self.reactor = reactor
         self.state = state
         self.store = store
         self.peers = peers
+        self.tokens = tokens
 
     def startService(self) -> None:
         super().startService()
@@ -162,6 +171,12 @@ class StateService(Service):
         self.state.history.start()
         if self.peers is not None:
             self.peers.start()
+        if self.tokens is not None:
+            tokens = self.tokens
+            tokens.refresh().addErrback(
+                lambda f: log.error("cannot read the tokens kept in the store: {why}", why=f.getErrorMessage())
+            )
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(tokens.reread))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

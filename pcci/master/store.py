@@ -33,7 +33,8 @@ log = Logger()
 T = TypeVar("T")
 
 #: The version of the tables below; a database of a newer one is refused.
-SCHEMA_VERSION = 1
+#: 2: pools' C{submitted_by} column; the C{tokens} table.
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,6 +49,18 @@ CREATE TABLE IF NOT EXISTS pools (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pools_ended ON pools (ended_at);
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+"""
+
+#: From schema 1 to 2: who submitted each pool, as a column.
+SUBMITTED_BY = """
+ALTER TABLE pools ADD COLUMN submitted_by TEXT;
+UPDATE pools SET submitted_by = json_extract(summary, '$.submitted_by');
+CREATE INDEX IF NOT EXISTS pools_submitted_by ON pools (submitted_by, id);
 """
 
 
@@ -66,6 +79,43 @@ class StoredPool:
     cmd: str
     workers: list[str]
     summary: dict[str, Any]
+    record: dict[str, Any]
+    submitted_by: str | None = None
+
+
+@dataclass(frozen=True)
+class PoolQuery:
+    """Which pools C{GET /pools} asks for; None matches any."""
+
+    #: Older than this pool id (ids sort by time).
+    before: str | None = None
+    #: C{running}, C{ok} or C{failed}.
+    state: str | None = None
+    #: With a job on this worker.
+    worker: str | None = None
+    #: Whose command holds this text.
+    cmd: str | None = None
+    #: Started with the token of this name.
+    submitted_by: str | None = None
+
+    def matches(self, pool: Any) -> bool:
+        """Whether a pool in memory is one of those asked for."""
+        return (
+            (self.before is None or pool.id < self.before)
+            and (self.state is None or pool.state == self.state)
+            and (self.worker is None or self.worker in pool.jobs)
+            and (self.cmd is None or self.cmd in pool.cmd)
+            and (self.submitted_by is None or pool.submitted_by == self.submitted_by)
+        )
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    """An API token made through the API: its SHA-256, never its value."""
+
+    name: str
+    digest: str
+    #: C{read_only}, C{scope}, C{created_at}, C{created_by}.
     record: dict[str, Any]
 
 
@@ -88,15 +138,7 @@ class PoolStore(Protocol):
         or is unknown.
         """
 
-    def page(
-        self,
-        before: str | None,
-        state: str | None,
-        worker: str | None,
-        cmd: str | None,
-        limit: int,
-        ended_since: float = 0.0,
-    ) -> Deferred[list[dict[str, Any]]]:
+    def page(self, query: PoolQuery, limit: int, ended_since: float = 0.0) -> Deferred[list[dict[str, Any]]]:
         """
         Summaries of pools, newest first, filtered as C{GET /pools} says,
         leaving out those that ended before C{ended_since}.
@@ -105,6 +147,15 @@ class PoolStore(Protocol):
     def expire(self, ended_before: float) -> Deferred[int]:
         """Delete the pools that ended before this time; how many."""
 
+    def tokens(self) -> Deferred[list[StoredToken]]:
+        """The API tokens made through the API."""
+
+    def add_token(self, token: StoredToken) -> Deferred[bool]:
+        """Keep a new token; false if one of that name is kept already."""
+
+    def remove_token(self, name: str) -> Deferred[bool]:
+        """Forget the token of this name; false if there is none."""
+
     def ping(self) -> Deferred[None]:
         """Fails when the store cannot be used now (a database server gone)."""
 
@@ -112,28 +163,27 @@ class PoolStore(Protocol):
 
 
 def page_filters(
-    before: str | None,
-    state: str | None,
-    worker: str | None,
-    cmd: str | None,
+    query: PoolQuery,
     ended_since: float,
     *,
     mark: str,
     worker_test: str,
     cmd_test: str,
+    worker: str | None,
 ) -> tuple[str, list[Any]]:
     """
     The C{WHERE} clause of a page of pools and its arguments, in an
     engine's words: its parameter C{mark}, and how it tests a pool's
-    workers and command (C{worker} as that test wants it).
+    workers and command (C{worker}, the query's, as that test wants it).
     """
     where = [f"(ended_at IS NULL OR ended_at >= {mark})"]
     args: list[Any] = [ended_since]
     for value, test in (
-        (before, f"id < {mark}"),
-        (state, f"state = {mark}"),
+        (query.before, f"id < {mark}"),
+        (query.state, f"state = {mark}"),
         (worker, worker_test),
-        (cmd, cmd_test),
+        (query.cmd, cmd_test),
+        (query.submitted_by, f"submitted_by = {mark}"),
     ):
         if value is not None:
             where.append(test)
@@ -149,8 +199,9 @@ class ThreadedStore:
     before the fork is not in the daemon.
 
     An engine provides, run in that thread: C{_open}, C{_close}, C{_ping},
-    and C{_save}, C{_unfinished}, C{_get}, C{_claim}, C{_page}, C{_expire} for the
-    calls of L{PoolStore} of the same names.
+    and C{_save}, C{_unfinished}, C{_get}, C{_claim}, C{_page}, C{_expire},
+    C{_tokens}, C{_add_token}, C{_remove_token} for the calls of
+    L{PoolStore} of the same names.
     """
 
     def __init__(self, reactor: Any, name: str) -> None:
@@ -184,19 +235,20 @@ class ThreadedStore:
     def claim(self, pool_id: str) -> Deferred[dict[str, Any] | str | None]:
         return self._run(self._claim, pool_id)
 
-    def page(
-        self,
-        before: str | None,
-        state: str | None,
-        worker: str | None,
-        cmd: str | None,
-        limit: int,
-        ended_since: float = 0.0,
-    ) -> Deferred[list[dict[str, Any]]]:
-        return self._run(self._page, before, state, worker, cmd, limit, ended_since)
+    def page(self, query: PoolQuery, limit: int, ended_since: float = 0.0) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self._page, query, limit, ended_since)
 
     def expire(self, ended_before: float) -> Deferred[int]:
         return self._run(self._expire, ended_before)
+
+    def tokens(self) -> Deferred[list[StoredToken]]:
+        return self._run(self._tokens)
+
+    def add_token(self, token: StoredToken) -> Deferred[bool]:
+        return self._run(self._add_token, token)
+
+    def remove_token(self, name: str) -> Deferred[bool]:
+        return self._run(self._remove_token, name)
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
@@ -231,7 +283,8 @@ class SQLiteStore(ThreadedStore):
     def _save(self, pools: list[StoredPool]) -> None:
         with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO pools VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO pools (id, started_at, ended_at, state, cmd, workers,"
+                " summary, record, submitted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         p.id,
@@ -242,6 +295,7 @@ class SQLiteStore(ThreadedStore):
                         " " + " ".join(p.workers) + " ",
                         json.dumps(p.summary),
                         json.dumps(p.record),
+                        p.submitted_by,
                     )
                     for p in pools
                 ],
@@ -261,18 +315,11 @@ class SQLiteStore(ThreadedStore):
         record = self._get(pool_id)
         return record if record is not None and record["ended_at"] is None else None
 
-    def _page(
-        self,
-        before: str | None,
-        state: str | None,
-        worker: str | None,
-        cmd: str | None,
-        limit: int,
-        ended_since: float,
-    ) -> list[dict[str, Any]]:
+    def _page(self, query: PoolQuery, limit: int, ended_since: float) -> list[dict[str, Any]]:
         where, args = page_filters(
-            before, state, None if worker is None else f" {worker} ", cmd, ended_since,
+            query, ended_since,
             mark="?", worker_test="instr(workers, ?) > 0", cmd_test="instr(cmd, ?) > 0",
+            worker=None if query.worker is None else f" {query.worker} ",
         )
         query = f"SELECT summary FROM pools WHERE {where} ORDER BY id DESC LIMIT ?"
         rows = self.db.execute(query, (*args, limit)).fetchall()
@@ -285,6 +332,25 @@ class SQLiteStore(ThreadedStore):
                 (ended_before,),
             )
         return cursor.rowcount
+
+    def _tokens(self) -> list[StoredToken]:
+        rows = self.db.execute("SELECT name, digest, record FROM tokens ORDER BY name")
+        return [StoredToken(name, digest, json.loads(record)) for name, digest, record in rows]
+
+    def _add_token(self, token: StoredToken) -> bool:
+        try:
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO tokens VALUES (?, ?, ?)",
+                    (token.name, token.digest, json.dumps(token.record)),
+                )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def _remove_token(self, name: str) -> bool:
+        with self.db:
+            return self.db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
 
 
 def open_database(path: str) -> sqlite3.Connection:
@@ -316,6 +382,11 @@ def open_database(path: str) -> sqlite3.Connection:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(pools)")}
+        if "submitted_by" not in columns:
+            for statement in SUBMITTED_BY.split(";"):
+                if statement.strip():
+                    db.execute(statement)
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )

@@ -32,6 +32,7 @@ from pcci.master.metrics import MasterMetrics
 from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
+from pcci.master.tokens import TokenBook
 from pcci.master.state import ClusterState, Settings
 from pcci.master.pgstore import PostgresStore, check_database, is_postgres_url
 from pcci.master.store import SQLiteStore, StoreError, ThreadedStore, open_database
@@ -78,7 +79,7 @@ class Options(usage.Options):
         ["api", None, "tcp:8080", "Endpoint of the REST API."],
         ["listen", None, "tcp:7000", "Endpoint workers connect to."],
         ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where the API token and the cluster secret are kept."],
-        ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME]'), instead of <state-dir>/api-token."],
+        ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME] [workers=…] [labels=…] [commands=…]'), instead of <state-dir>/api-token; reread on SIGHUP."],
         ["retention", None, RETENTION, "Seconds a finished pool is kept (on disk: see --db).", seconds],
         ["db", None, None, "Where pools are kept: an SQLite file (default: <state-dir>/pcci.db; ':memory:' keeps none), or a PostgreSQL URI (postgresql://...) that several masters share.", str],
         ["name", None, None, "This master's name among masters sharing a PostgreSQL --db (default: this host's name)."],
@@ -123,6 +124,11 @@ class Options(usage.Options):
         except StoreError as e:
             raise usage.UsageError(str(e)) from None
 
+    @property
+    def unnamed(self) -> str | None:
+        """The name of a token its line does not name."""
+        return None if self["api-token-file"] else "admin"
+
     def postOptions(self) -> None:
         if self["max-command"] > COMMAND_CEILING:
             raise usage.UsageError(f"--max-command is at most {COMMAND_CEILING}")
@@ -138,6 +144,7 @@ class Options(usage.Options):
             )
         self.secret: bytes | None = None
         self.tokens: list[auth.APIToken] | None = None
+        self.token_file = ""
         self.state_dir = Path(self["state-dir"]).expanduser()
         self.master_name: str = self["name"] or default_name()
         self._check_store()
@@ -149,9 +156,7 @@ class Options(usage.Options):
             self.secret = auth.read_secret(self.secret_file)
             self.token_file = self["api-token-file"] or str(state_dir / auth.API_TOKEN_FILE)
             # The token the master made itself is the administrator's.
-            self.tokens = auth.read_tokens(
-                self.token_file, unnamed=None if self["api-token-file"] else "admin"
-            )
+            self.tokens = auth.read_tokens(self.token_file, self.unnamed)
         except (OSError, auth.AuthConfigError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -214,11 +219,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         wall=time.time,
     )
     master = MultiService()
+    tokens = None
+    if options.tokens is not None:
+        tokens = TokenBook(options.tokens, store, lambda: auth.read_tokens(options.token_file, options.unnamed))
     peers = None
     if isinstance(store, PostgresStore):
         peers = Peers(reactor, store, state)
         peers.on_fenced = lambda: stop_with_error(reactor)
-    StateService(reactor, state, store, peers).setServiceParent(master)
+        if tokens is not None:
+            peers.on_tokens = tokens.refresh
+    StateService(reactor, state, store, peers, tokens).setServiceParent(master)
     budget = ConnectionBudget.for_file_limit(daemon.file_limit())
     worker_limit = ConnectionLimit(
         WorkerPortFactory(
@@ -247,8 +257,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_workers=options["max-workers"],
     )
     site = Site(
-        api.resource(options.tokens),
-        requestFactory=bounded_request(options["max-body"], options["max-file"], options.tokens),
+        api.resource(tokens),
+        requestFactory=bounded_request(options["max-body"], options["max-file"], tokens),
         timeout=options["http-timeout"],
         logFormatter=_access_log_line,
     )
