@@ -32,7 +32,7 @@ class Client:
     With C{tokens}, the API wants them, and the client sends C{TOKEN}.
     """
 
-    def __init__(self, tokens: bool = False, **limits: Any) -> None:
+    def __init__(self, tokens: bool | list[APIToken] = False, **limits: Any) -> None:
         self.clock = Clock()
         self.state = ClusterState(self.clock, Settings(retention=60, max_pools=limits.pop("max_pools", 100)))
         self.links = {name: FakeLink(name) for name in ("a", "b")}
@@ -42,8 +42,9 @@ class Client:
         self.headers = dict(JSON)
         if tokens:
             self.headers["Authorization"] = [f"Bearer {TOKEN}"]
+            extra = tokens if isinstance(tokens, list) else []
             resource = api.resource(
-                TokenBook([APIToken(TOKEN.encode(), False), APIToken(READER.encode(), True)])
+                TokenBook([APIToken(TOKEN.encode(), False), APIToken(READER.encode(), True), *extra])
             )
         else:
             resource = api.resource(None)
