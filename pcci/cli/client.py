@@ -191,10 +191,7 @@ class MasterClient:
                 EXIT_UNREACHABLE,
             )
         if code == 403:
-            raise CLIError(
-                f"the token from {self.token_source} may only read: {message}",
-                EXIT_UNREACHABLE,
-            )
+            raise CLIError(f"{message} (the token from {self.token_source})", EXIT_UNREACHABLE)
         text = message or f"HTTP {code}"
         raise CLIError(text, EXIT_USAGE if code < 500 else EXIT_FAILED)
 

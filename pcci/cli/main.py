@@ -171,6 +171,28 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str | None) -> int
     return text if text.endswith("%") else int(number)
 
 
+#: What a duration's last letter means, in seconds.
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """C{90}, C{90s}, C{30m}, C{1h}, C{2d}: seconds."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    unit = UNITS.get(text[-1:], 0)
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise click.BadParameter("a duration: seconds, or a number and s, m, h or d (30m, 1h)")
+    return seconds
+
+
+WAIT_OFFLINE_HELP = "Jobs on workers known but offline wait this long for them (90s, 30m, 1h); globs and labels then select offline workers too."
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @_targets
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -186,6 +208,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str | None) -> int
               help="Seconds between a job's end and the next start.")
 @click.option("--max-failures", type=click.IntRange(min=1), metavar="N",
               help="Start no more jobs once N have failed.")
+@click.option("--wait-offline", callback=_duration, metavar="DURATION", help=WAIT_OFFLINE_HELP)
 @click.option("-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it.")
 @click.option("--diff", is_flag=True, help="With --gather: each output as a diff against the most common.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
@@ -208,6 +231,7 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
       pcci run -w 'web*' -t 30 -b -- sh -c 'df -h | grep sda'
       pcci run -w build1 --cwd /srv/app -e CI=1 -- make test
       pcci run -n -l gpu -x 'gpu[3-4]' -- true
+      pcci run -w 'pi*' --wait-offline 1h -- apt-get -y upgrade
     """
     from pcci.cli.run import RunRequest, run_pool
 
@@ -291,6 +315,83 @@ def cp(cfg: Config, paths: tuple[str, ...], **options: Any) -> None:
     if not paths[-1].startswith("/"):
         raise click.UsageError("the destination is a path on the workers: give it absolute")
     go(push_files, cfg, CopyRequest(list(paths[:-1]), paths[-1], **options))
+
+
+@cli.command()
+@click.argument("pool", required=False)
+@click.option("--last", is_flag=True, help="Retry the latest pool this token started.")
+@click.option("--states", metavar="STATE,...",
+              help="Retry the jobs that ended so (default: every state but ok): failed, killed, timed_out, lost, not_started, cancelled.")
+@click.option("--wait-offline", callback=_duration, metavar="DURATION", help=WAIT_OFFLINE_HELP)
+@click.option("-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@click.option("--detach", is_flag=True, help="Print the new pool's id and exit at once.")
+@click.pass_obj
+def retry(cfg: Config, pool: str | None, last: bool, states: str | None, **options: Any) -> None:
+    """
+    Run POOL's command again on the workers where it did not end ok: a new
+    pool, followed as pcci run follows one.
+
+    
+      pcci retry 019a5f3c-...
+      pcci run -w 'pi*' -- make test; pcci retry --last --states failed,timed_out
+    """
+    from pcci.cli.run import retry_pool
+
+    if (pool is None) == (not last):
+        raise click.UsageError("give a POOL, or --last")
+    chosen = [s.strip() for s in states.split(",") if s.strip()] if states else None
+    go(retry_pool, cfg, pool, chosen, options)
+
+
+@cli.group()
+def token() -> None:
+    """
+    API tokens: make scoped ones, list them, revoke them (an administrator's
+    token only).  Made tokens are kept hashed in the master's store, so
+    every master sharing it knows them.
+    """
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--read", "read_only", is_flag=True, help="It may only read.")
+@click.option("-w", "--workers", multiple=True, metavar="TARGET", help="Only these workers (names, node sets, globs); repeatable.")
+@click.option("-l", "--labels", multiple=True, metavar="LABEL", help="Only workers holding KEY or KEY=VALUE; repeatable (all must hold).")
+@click.option("-c", "--commands", multiple=True, metavar="GLOB", help="Only commands matching this glob (wildcards never match ; & | < > $ ` ( ) or a newline); repeatable (any may match).")
+@click.pass_obj
+def token_create(cfg: Config, name: str, read_only: bool, **scope: tuple[str, ...]) -> None:
+    """
+    Make a token named NAME and print it: the only time it is shown.
+
+    
+      pcci token create alice -w 'lab[01-20]' -l gpu -c 'nvidia-smi*' -c uptime
+      pcci token create ci -w 'build*' -c 'make test'
+      pcci token create grafana --read
+    """
+    from pcci.cli.views import create_token
+
+    go(create_token, cfg, name, read_only, {k: list(v) for k, v in scope.items() if v})
+
+
+@token.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
+@click.pass_obj
+def token_ls(cfg: Config, as_json: bool) -> None:
+    """Every token's name, where it comes from and its scope; never a token."""
+    from pcci.cli.views import list_tokens
+
+    go(list_tokens, cfg, as_json)
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_obj
+def token_revoke(cfg: Config, name: str) -> None:
+    """Revoke the token NAME: every master refuses it from now on."""
+    from pcci.cli.views import revoke_token
+
+    go(revoke_token, cfg, name)
 
 
 @cli.command()

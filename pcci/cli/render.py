@@ -35,6 +35,7 @@ STATE_WORDS = {
     "cancelled": ("cancelled", "yellow"),
     "running": ("running", "blue"),
     "pending": ("pending", "blue"),
+    "waiting": ("waiting", "yellow"),
 }
 
 
@@ -248,12 +249,18 @@ def print_gathered(terminal: Terminal, pool: dict[str, Any], diff: bool = False)
     out.flush()
 
 
-def progress_text(pool_size: int, ended: dict[str, str], running: int) -> Segments:
+def progress_text(
+    pool_size: int, ended: dict[str, str], running: int, waiting: Iterable[str] = ()
+) -> Segments:
     failed = sum(1 for state in ended.values() if state != "ok")
     segments = [(f"{len(ended)}/{pool_size} done", "bold")]
     if failed:
         segments += [(" · ", ""), (f"{failed} failed", "red")]
-    return segments + [(f" · {running} running", "")]
+    segments.append((f" · {running} running", ""))
+    waiting = list(waiting)
+    if waiting:
+        segments += [(" · ", ""), (f"{len(waiting)} waiting: {fold(waiting)}", "yellow")]
+    return segments
 
 
 def rich_text(segments: Segments) -> Text:

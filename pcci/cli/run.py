@@ -6,9 +6,11 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from pcci.cli.client import CLIError, Event
 from pcci.cli.main import EXIT_INTERRUPTED, Config
+from pcci.nodes import fold
 from pcci.cli.render import (
     LinePrinter,
     exit_status,
@@ -33,6 +35,7 @@ class RunRequest:
     batch: int | str | None = None
     batch_wait: float | None = None
     max_failures: int | None = None
+    wait_offline: float | None = None
     gather: bool = False
     diff: bool = False
     as_json: bool = False
@@ -49,7 +52,7 @@ class RunRequest:
                 body[key] = list(getattr(self, key))
         if self.env:
             body["env"] = self.env
-        for key in ("timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures"):
+        for key in ("timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures", "wait_offline"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
         return body
@@ -65,6 +68,8 @@ class RunView:
         self.printer = LinePrinter(self.terminal, names) if live else None
         self.started: set[str] = set()
         self.ended: dict[str, str] = {}
+        #: Workers whose job waits for them to connect.
+        self.waiting = {job["worker_id"] for job in pool["jobs"] if job["state"] == "waiting"}
         self._show_progress()
 
     def event(self, event: Event) -> None:
@@ -75,8 +80,10 @@ class RunView:
             self.printer.feed(data["worker"], "stderr", f"[pcci: {data['bytes']} bytes of output dropped]\n")
         elif event.name == "started":
             self.started.add(data["worker"])
+            self.waiting.discard(data["worker"])
         elif event.name == "ended":
             self.ended[data["worker"]] = data["state"]
+            self.waiting.discard(data["worker"])
             if self.printer is not None:
                 self.printer.end(data["worker"])
         else:
@@ -85,7 +92,7 @@ class RunView:
 
     def _show_progress(self) -> None:
         running = len(self.started - set(self.ended))
-        self.terminal.progress(progress_text(self.size, self.ended, running))
+        self.terminal.progress(progress_text(self.size, self.ended, running, self.waiting))
 
 
 async def run_pool(cfg: Config, request: RunRequest) -> int:
@@ -101,6 +108,33 @@ async def run_pool(cfg: Config, request: RunRequest) -> int:
     # ?wait=0: the answer holds the pool, so its workers are known at once.
     answer = await client.call("POST", "/job", request.body(), wait=0)
     return await follow_pool(cfg, client, answer, request.gather, request.diff, request.as_json)
+
+
+async def retry_pool(cfg: Config, pool_id: str | None, states: list[str] | None, options: dict[str, Any]) -> int:
+    """C{pcci retry}: a new pool of the jobs of C{pool_id} (or the latest of this token's) that failed."""
+    client = cfg.client()
+    if pool_id is None:
+        me = await client.call("GET", "/whoami")
+        query = {"limit": "1", "results": "false"}
+        if me["name"] is not None:
+            query["submitted_by"] = me["name"]
+        latest = await client.call("GET", "/pools", **query)
+        if not latest:
+            raise CLIError("no pool to retry: this token has started none (or they expired)")
+        pool_id = latest[0]["id"]
+    body: dict[str, Any] = {}
+    if states:
+        body["states"] = states
+    if options["wait_offline"] is not None:
+        body["wait_offline"] = options["wait_offline"]
+    path = f"/pools/{quote(pool_id, safe='')}/retry"
+    if options["detach"]:
+        answer = await client.call("POST", path, body)
+        cfg.out.write(answer["pool_id"] + "\n")
+        return 0
+    answer = await client.call("POST", path, body, wait=0)
+    cfg.err.write(f"pcci: retrying pool {pool_id} on {fold(job['worker_id'] for job in answer['pool']['jobs'])}\n")
+    return await follow_pool(cfg, client, answer, options["gather"], False, options["as_json"])
 
 
 async def follow_pool(

@@ -1,8 +1,9 @@
-"""C{pcci workers}, C{pools}, C{show}, C{logs} and C{kill}: reading and acting on a master."""
+"""C{pcci workers}, C{pools}, C{show}, C{logs}, C{kill} and C{token}: reading and acting on a master."""
 
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -183,4 +184,39 @@ async def show_token(cfg: Config) -> int:
     else:
         rights = "read-only" if answer["read_only"] else "may run and kill"
         cfg.out.write(f"{answer['name']} ({rights}) at {cfg.url}\n")
+        if answer["scope"]:
+            cfg.out.write(f"limited to: {_scope_text(answer['scope'])}\n")
+    return 0
+
+
+def _scope_text(scope: dict[str, list[str]] | None) -> str:
+    """A scope as a tokens file line writes it: C{workers=lab* commands=uptime}."""
+    if not scope:
+        return "-"
+    return " ".join(f"{kind}={shlex.quote(item)}" for kind, items in scope.items() for item in items)
+
+
+async def create_token(cfg: Config, name: str, read_only: bool, scope: dict[str, list[str]]) -> int:
+    answer = await cfg.client().call("POST", "/tokens", {"name": name, "read_only": read_only, **scope})
+    cfg.out.write(answer["token"] + "\n")
+    cfg.err.write(f"pcci: token {name} made: this is the only time it is shown\n")
+    return 0
+
+
+async def list_tokens(cfg: Config, as_json: bool) -> int:
+    tokens = await cfg.client().call("GET", "/tokens")
+    if as_json:
+        return _json_out(cfg, tokens)
+    rows = [
+        [t["name"], "read" if t["read_only"] else "run", t["source"], _scope_text(t["scope"]),
+         t.get("created_by") or ""]
+        for t in tokens
+    ]
+    cfg.terminal().print_table(table(["NAME", "MAY", "FROM", "SCOPE", "MADE BY"], rows))
+    return 0
+
+
+async def revoke_token(cfg: Config, name: str) -> int:
+    answer = await cfg.client().call("DELETE", "/tokens/" + quote(name, safe=""))
+    cfg.err.write(f"pcci: {answer['message']}\n")
     return 0
