@@ -1,7 +1,7 @@
 """
 What both twistd daemons set up before they run: time on the monotonic
-clock, SIGHUP as a clean stop, room for many open files, and a way to stop
-with an error status.
+clock, what SIGHUP does, room for many open files, and a way to stop with
+an error status.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
@@ -21,15 +21,18 @@ log = Logger()
 WANTED_FILES = 65536
 
 
-def prepare(reactor: Any) -> None:
-    """Set a daemon's reactor and process up, before any service starts."""
+def prepare(reactor: Any, on_hangup: Callable[[], None] | None = None) -> None:
+    """
+    Set a daemon's reactor and process up, before any service starts.
+    SIGHUP calls C{on_hangup} (the master rereads its tokens file); without
+    one, a closed terminal or C{kill -HUP} stops cleanly, jobs killed, like
+    SIGTERM.
+    """
     use_monotonic_clock(reactor)
     raise_file_limit()
-    # A closed terminal or `kill -HUP` stops cleanly, jobs killed, like SIGTERM.
+    hangup = on_hangup or reactor.stop
     reactor.callWhenRunning(
-        signal.signal,
-        signal.SIGHUP,
-        lambda signum, frame: reactor.callFromThread(reactor.stop),
+        signal.signal, signal.SIGHUP, lambda signum, frame: reactor.callFromThread(hangup)
     )
 
 

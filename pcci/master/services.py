@@ -5,7 +5,6 @@ listening ports, and the way its own worker dials in.
 
 from __future__ import annotations
 
-import signal
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -137,9 +136,9 @@ class LocalPortEndpoint:
 class StateService(Service):
     """
     The master's state over time: at start, opens the store, carries on
-    with the pools that had not ended and reads the tokens kept there (and
-    the tokens file again on each SIGHUP); at stop, cancels the state's
-    timers, writes what waits and closes the store.
+    with the pools that had not ended and reads the tokens kept there; at
+    stop, cancels the state's timers, writes what waits and closes the
+    store.
     """
 
     def __init__(
@@ -172,11 +171,9 @@ class StateService(Service):
         if self.peers is not None:
             self.peers.start()
         if self.tokens is not None:
-            tokens = self.tokens
-            tokens.refresh().addErrback(
+            self.tokens.refresh().addErrback(
                 lambda f: log.error("cannot read the tokens kept in the store: {why}", why=f.getErrorMessage())
             )
-            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(tokens.reread))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -179,6 +179,10 @@ def _announce(options: Options, port: IListeningPort) -> None:
     )
 
 
+def _nothing_to_reread() -> None:
+    log.info("SIGHUP: no tokens file to read again (--no-auth)")
+
+
 def join_endpoint(listen: str, port: IListeningPort) -> str:
     """The client endpoint a worker on another machine dials to reach C{port}."""
     where = port.getHost()
@@ -198,7 +202,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    daemon.prepare(reactor)
+    tokens = None
+    if options.tokens is not None:
+        tokens = TokenBook(options.tokens, None, lambda: auth.read_tokens(options.token_file, options.unnamed))
+    daemon.prepare(reactor, on_hangup=tokens.reread if tokens is not None else _nothing_to_reread)
     store: ThreadedStore
     if is_postgres_url(options.db_path):
         store = PostgresStore(options.db_path, reactor, options.master_name)
@@ -219,9 +226,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         wall=time.time,
     )
     master = MultiService()
-    tokens = None
-    if options.tokens is not None:
-        tokens = TokenBook(options.tokens, store, lambda: auth.read_tokens(options.token_file, options.unnamed))
+    if tokens is not None:
+        tokens.store = store
     peers = None
     if isinstance(store, PostgresStore):
         peers = Peers(reactor, store, state)
