@@ -249,6 +249,39 @@ def test_a_read_only_token_has_no_run_or_kill(page: Page, marker: str) -> None:
     page.cluster.request("PUT", f"/kill/{pool}")
 
 
+def test_a_scoped_token_sees_its_scope_and_retries_what_failed(page: Page, tmp_path: Path) -> None:
+    code, made = page.cluster.request(
+        "POST", "/tokens", {"name": "student", "workers": ["node1"], "commands": ["test -e *"]}
+    )
+    assert code == 201, made
+    try:
+        page.sign_in(made["token"])
+        page.wait_text(".who", "student")
+        assert page.find("#scope-badge").get_attribute("title") == "workers=node1 commands=test -e *"
+        page.wait_text("[data-worker=node1]", "online")
+        assert page.driver.find_elements(By.CSS_SELECTOR, "[data-worker=node2]") == []
+        page.go("#/run")
+        page.wait_text("#run-scope", "workers=node1")
+        go = tmp_path / "go"
+        page.find("#run-form input[name=cmd]").send_keys(f"test -e {go}")
+        page.find("#run-form input[name=workers]").send_keys("node*")
+        page.wait_text("#matches", "Matches 1 worker: node1")
+        page.shoot("run-scoped")
+        page.find("#run-submit").click()
+        page.wait(lambda d: "#/pools/" in d.current_url, "the new pool's page")
+        first = page.driver.current_url
+        page.wait_text("#pool-state", "failed")
+        go.touch()
+        page.find("#retry-failed").click()
+        page.wait(lambda d: d.current_url != first, "the retry's page")
+        page.wait_text("#pool-state", "ok")
+        page.wait_text(".view-head", "retry of")
+        assert page.driver.find_element(By.CSS_SELECTOR, "#retry-failed").is_displayed() is False
+        page.shoot("pool-retried")
+    finally:
+        page.cluster.request("DELETE", "/tokens/student")
+
+
 def test_output_and_names_show_as_text(page: Page) -> None:
     xss = "<img src=x onerror=alert(1)>"
     pool = page.cluster.submit(f"echo '{xss}'", ["node1"])

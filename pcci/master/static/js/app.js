@@ -2,14 +2,14 @@
 // #/pools/<id>, #/run) and the bar at the top.
 
 import { APIError, call, saveToken, savedToken } from "./api.js";
-import { ageTimes, fill, h, notice } from "./dom.js";
+import { ageTimes, fill, h, notice, scopeText } from "./dom.js";
 import { showNodes } from "./nodes.js";
 import { showPool } from "./pool.js";
 import { showPools } from "./pools.js";
 import { showRun } from "./run.js";
 
 const main = document.getElementById("main");
-let session = null; // {auth, name, read_only} from GET /whoami
+let session = null; // {auth, name, read_only, admin, scope} from GET /whoami
 let stopView = () => {};
 
 // What the views share: who is signed in, and how a failed call is shown.
@@ -62,6 +62,7 @@ function signedIn(who) {
     document.getElementById("who-name"),
     name,
     who.read_only ? h("span", { class: "badge read-only" }, "read-only") : null,
+    who.scope ? h("span", { class: "badge scoped", id: "scope-badge", title: scopeText(who.scope) }, "scoped") : null,
   );
   document.getElementById("sign-out").hidden = !who.auth;
   document.getElementById("who").hidden = false;

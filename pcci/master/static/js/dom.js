@@ -33,7 +33,8 @@ const STATE_WORDS = {
   ok: "ok",
   failed: "failed",
   running: "running",
-  pending: "waiting",
+  pending: "pending",
+  waiting: "waiting for worker",
   killed: "killed",
   timed_out: "timed out",
   lost: "lost",
@@ -42,6 +43,13 @@ const STATE_WORDS = {
   online: "online",
   offline: "lost",
 };
+
+// A scope as a tokens file writes it: workers=lab* commands=uptime.
+export function scopeText(scope) {
+  return Object.entries(scope)
+    .flatMap(([kind, items]) => items.map((item) => `${kind}=${item}`))
+    .join(" ");
+}
 
 // A state in words and colour.
 export function badge(state) {

@@ -38,6 +38,9 @@ function piece(part) {
   return part.stream === "stderr" ? h("span", { class: "stderr" }, part.text) : document.createTextNode(part.text);
 }
 
+// The ends a retry runs again: every one but ok.
+const RETRIED = new Set(["failed", "killed", "timed_out", "lost", "not_started", "cancelled"]);
+
 export function showPool(main, context, poolId) {
   const controller = new AbortController();
   const signal = controller.signal;
@@ -58,6 +61,17 @@ export function showPool(main, context, poolId) {
   const outputs = h("div", { id: "outputs" });
   fill(main, head, status, table, tabs, outputs);
 
+  async function retry() {
+    title.retry.disabled = true;
+    try {
+      const answer = await call(`/pools/${encodeURIComponent(poolId)}/retry`, { method: "POST", signal });
+      location.hash = `#/pools/${encodeURIComponent(answer.pool_id)}`;
+    } catch (error) {
+      title.retry.disabled = false;
+      context.failed(error, status);
+    }
+  }
+
   async function kill(workers) {
     try {
       const body = workers ? { workers } : undefined;
@@ -74,13 +88,14 @@ export function showPool(main, context, poolId) {
     state: h("span", { id: "pool-state" }),
     kill: readOnly ? null : confirming("Kill all", "Really kill all?", () => kill(null), { id: "kill-all" }),
     again: readOnly ? null : h("a", { class: "button quiet", id: "run-again" }, "Run again"),
+    retry: readOnly ? null : h("button", { type: "button", class: "quiet", id: "retry-failed", onclick: () => retry() }, "Retry failed"),
     meta: h("p", { class: "muted" }),
   };
 
   function drawHead() {
     fill(
       head,
-      h("div", { class: "pool-title" }, h("h1", {}, "Pool ", h("span", { class: "mono" }, pool.id)), title.state, title.kill, title.again),
+      h("div", { class: "pool-title" }, h("h1", {}, "Pool ", h("span", { class: "mono" }, pool.id)), title.state, title.kill, title.retry, title.again),
       h("pre", { class: "cmd-line mono" }, pool.cmd),
       title.meta,
     );
@@ -99,12 +114,15 @@ export function showPool(main, context, poolId) {
     fill(title.state, badge(pool.state));
     if (title.again) title.again.setAttribute("href", againAddress());
     if (title.kill) title.kill.hidden = pool.state !== "running";
+    // A pool of files is sent again with pcci cp or fetch, not retried.
+    if (title.retry) title.retry.hidden = pool.kind !== "run" || ![...jobs.values()].some((job) => RETRIED.has(job.state));
     fill(
       title.meta,
       "Started ",
       when(pool.started_at),
       ` · took ${duration(between(pool.started_at, pool.ended_at))}`,
       pool.submitted_by ? ` · by ${pool.submitted_by}` : "",
+      pool.retry_of ? h("span", {}, " · retry of ", h("a", { class: "mono", href: `#/pools/${encodeURIComponent(pool.retry_of)}` }, pool.retry_of)) : "",
       ` · ${counts(pool.counts)}`,
       pool.timeout ? ` · timeout ${pool.timeout} s` : "",
       pool.batch ? ` · batch ${pool.batch}` : "",

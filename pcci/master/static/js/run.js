@@ -3,7 +3,7 @@
 // the new pool's page opens.
 
 import { call } from "./api.js";
-import { fill, h, notice } from "./dom.js";
+import { fill, h, notice, scopeText } from "./dom.js";
 
 const PREVIEW_DELAY = 300; // ms after the last keystroke
 
@@ -32,6 +32,7 @@ export function showRun(main, context, params = new URLSearchParams()) {
     cwd: h("input", { name: "cwd", class: "mono", placeholder: "the worker's own", autocomplete: "off", spellcheck: "false" }),
     env: h("textarea", { name: "env", class: "mono", rows: 2, placeholder: "KEY=VALUE, one a line", spellcheck: "false" }),
     batch: h("input", { name: "batch", placeholder: "all at once", autocomplete: "off" }),
+    wait_offline: h("input", { name: "wait_offline", inputmode: "decimal", placeholder: "no" }),
   };
   for (const [name, input] of Object.entries(inputs)) input.value = params.get(name) || "";
   const matches = h("div", { id: "matches", class: "matches", "aria-live": "polite" });
@@ -42,11 +43,14 @@ export function showRun(main, context, params = new URLSearchParams()) {
     { class: "card run", id: "run-form" },
     field("Command", inputs.cmd, "split like a shell line, not run by one: use sh -c '…' for pipes"),
     field("Workers", inputs.workers, "names, node sets or globs, separated by spaces"),
+    context.session.scope
+      ? h("p", { class: "hint", id: "run-scope" }, "This token may use only: ", h("span", { class: "mono" }, scopeText(context.session.scope)))
+      : null,
     matches,
     h(
       "details",
-      { open: ["labels", "exclude", "timeout", "cwd", "env", "batch"].some((name) => params.get(name)) },
-      h("summary", {}, "More: labels, exclude, timeout, cwd, env, batch"),
+      { open: ["labels", "exclude", "timeout", "cwd", "env", "batch", "wait_offline"].some((name) => params.get(name)) },
+      h("summary", {}, "More: labels, exclude, timeout, cwd, env, batch, offline workers"),
       h(
         "div",
         { class: "fields" },
@@ -56,6 +60,7 @@ export function showRun(main, context, params = new URLSearchParams()) {
         field("Working directory", inputs.cwd),
         field("Environment", inputs.env),
         field("Batch", inputs.batch, "N or N%: how many run at a time"),
+        field("Wait for offline workers (s)", inputs.wait_offline, "jobs on workers that are off start when they connect, within this long"),
       ),
     ),
     h("div", { class: "actions" }, submit),
@@ -88,6 +93,7 @@ export function showRun(main, context, params = new URLSearchParams()) {
     }
     const batch = inputs.batch.value.trim();
     if (batch) request.batch = /^\d+$/.test(batch) ? Number(batch) : batch;
+    if (inputs.wait_offline.value.trim()) request.wait_offline = number(inputs.wait_offline.value, "wait for offline workers");
     return request;
   }
 
@@ -104,10 +110,12 @@ export function showRun(main, context, params = new URLSearchParams()) {
         signal: controller.signal,
       });
       if (asked !== previewed) return;
+      const offline = answer.offline || [];
       fill(
         matches,
         h("span", {}, `Matches ${answer.workers.length} worker${answer.workers.length === 1 ? "" : "s"}: `),
         h("span", { class: "mono" }, answer.workers.join(", ")),
+        offline.length ? h("span", { class: "muted" }, ` (${offline.length} offline, waited for: ${offline.join(", ")})`) : null,
       );
     } catch (error) {
       if (asked !== previewed) return;
