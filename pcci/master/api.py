@@ -34,7 +34,7 @@ from pcci.master.openapi import openapi_document
 from pcci.master.dispatch import SubmitError
 from pcci.master.history import StoreUnavailable, TooManyPools
 from pcci.master.fetches import Fetch
-from pcci.master.model import JOB_STATES, OK, PENDING, RUNNING, Pool
+from pcci.master.model import RETRIED_STATES, Pool
 from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
@@ -68,9 +68,6 @@ MAX_PAGE = 1000
 
 #: What C{GET /pools?state=} may ask for.
 POOL_STATES = ("running", "ok", "failed")
-
-#: The states of the jobs a retry runs again, by default: every end but ok.
-RETRIED_STATES = tuple(s for s in JOB_STATES if s not in (PENDING, "waiting", RUNNING, OK))
 
 
 class APIError(Exception):

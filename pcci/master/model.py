@@ -40,6 +40,9 @@ NOT_STARTED = "not_started"
 CANCELLED = "cancelled"
 JOB_STATES = (PENDING, WAITING, RUNNING, OK, FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
 
+#: The states of the jobs a retry runs again, by default: every end but ok.
+RETRIED_STATES = (FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
+
 #: Status of a job whose end pcci could not observe (its worker was lost).
 STATUS_LOST = -1
 

@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from pcci import __version__
-from pcci.master.model import JOB_STATES
+from pcci.master.model import JOB_STATES, RETRIED_STATES
 from pcci.wire import FIGURES
 
 
@@ -57,7 +57,9 @@ _WAIT = {
     "description": "seconds to wait for the pool to finish before answering (at most 60)",
 }
 _UNAUTHORIZED = _error("no token, or not a valid one")
-_FORBIDDEN = _error("a read-only token on a route that changes something")
+_FORBIDDEN = _error(
+    "a read-only token on a route that changes something, or a scoped token outside its scope"
+)
 _WORKERS_LIST = {
     "type": "array",
     "items": {"type": "string", "minLength": 1},
@@ -276,18 +278,48 @@ def openapi_document() -> dict[str, Any]:
                         _query("state", {"type": "string", "enum": ["running", "ok", "failed"]}, "only pools in this state"),
                         _query("worker", {"type": "string"}, "only pools with a job on this worker"),
                         _query("cmd", {"type": "string"}, "only pools whose command holds this text"),
+                        _query("submitted_by", {"type": "string"}, "only pools started with the token of this name"),
                         _query("results", _BOOLEAN, "false leaves outputs out"),
                     ],
                     "responses": {
                         "200": _ok({"type": "array", "items": _ref("Pool")}),
                         "400": _error("a bad parameter value"),
                         "401": _UNAUTHORIZED,
+                        "403": _error("a scoped token asking for another's pools"),
+                    },
+                }
+            },
+            "/pools/{pool_id}/retry": {
+                "post": {
+                    "summary": "Run a pool's command again where it did not end ok: a new pool with retry_of",
+                    "parameters": [
+                        _POOL_ID,
+                        _query(
+                            "wait",
+                            {"type": "number", "minimum": 0, "maximum": 60},
+                            "seconds to wait for the new pool to end; the answer then holds it",
+                        ),
+                    ],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("RetryRequest")}},
+                    },
+                    "responses": {
+                        "200": _ok(_ref("PoolStarted")),
+                        "400": _error("a bad body"),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "404": _error("an unknown or expired pool"),
+                        "409": _error("nothing to retry, workers offline, or a pool of files"),
+                        "413": _error("a body over the size limit"),
+                        "415": _error("a body not sent as application/json"),
+                        "503": _error("too many pools running, or the store does not answer"),
                     },
                 }
             },
             "/whoami": {
                 "get": {
-                    "summary": "The token this request came with: its name, and whether it is read-only",
+                    "summary": "The token this request came with: its name, and what it may do",
                     "responses": {
                         "200": _ok(
                             {
@@ -296,11 +328,61 @@ def openapi_document() -> dict[str, Any]:
                                     "auth": {"type": "boolean"},
                                     "name": {"type": "string", "nullable": True},
                                     "read_only": {"type": "boolean"},
+                                    "admin": {"type": "boolean"},
+                                    "scope": {**_ref("Scope"), "nullable": True},
                                 },
-                                "required": ["auth", "name", "read_only"],
+                                "required": ["auth", "name", "read_only", "admin", "scope"],
                             }
                         ),
                         "401": _UNAUTHORIZED,
+                    },
+                }
+            },
+            "/tokens": {
+                "get": {
+                    "summary": "Every token's name and what it may do (never a token); an administrator's token only",
+                    "responses": {
+                        "200": _ok({"type": "array", "items": _ref("TokenInfo")}),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("not a full token without a scope"),
+                        "409": _error("the master runs with --no-auth"),
+                    },
+                },
+                "post": {
+                    "summary": "Make a token, kept hashed in the store; the answer is the only place it shows",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("TokenRequest")}},
+                    },
+                    "responses": {
+                        "201": _ok(_ref("TokenMade"), "made"),
+                        "400": _error("a bad body"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("not a full token without a scope"),
+                        "409": _error("a token of that name exists, or the master runs with --no-auth"),
+                        "413": _error("a body over the size limit"),
+                        "415": _error("a body not sent as application/json"),
+                    },
+                },
+            },
+            "/tokens/{name}": {
+                "delete": {
+                    "summary": "Revoke a token made through the API: every master refuses it from then on",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {"name": {"type": "string"}, "message": {"type": "string"}},
+                                "required": ["name", "message"],
+                            }
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("not a full token without a scope"),
+                        "404": _error("no token of that name"),
+                        "409": _error("a token of the tokens file, or the master runs with --no-auth"),
                     },
                 }
             },
@@ -390,6 +472,10 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "batch_wait": {"type": "number", "minimum": 0},
                         "max_failures": {"type": "integer", "minimum": 1},
+                        "wait_offline": {
+                            "type": "number", "exclusiveMinimum": True, "minimum": 0,
+                            "description": "seconds a job on a known offline worker waits for it",
+                        },
                     },
                     "required": ["cmd"],
                     "description": "workers, labels, or both, select the workers",
@@ -407,9 +493,64 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "workers": {"type": "array", "items": {"type": "string"}},
+                        "offline": {"type": "array", "items": {"type": "string"}},
                         "message": {"type": "string"},
                     },
                     "required": ["workers", "message"],
+                },
+                "RetryRequest": {
+                    "type": "object",
+                    "properties": {
+                        "states": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "enum": list(RETRIED_STATES)},
+                        },
+                        "wait_offline": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                    },
+                },
+                "Scope": {
+                    "type": "object",
+                    "properties": {
+                        "workers": {"type": "array", "items": {"type": "string"}},
+                        "labels": {"type": "array", "items": {"type": "string"}},
+                        "commands": {"type": "array", "items": {"type": "string"}},
+                    },
+                    "required": ["workers", "labels", "commands"],
+                },
+                "TokenRequest": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.@:-]{1,64}$"},
+                        "read_only": {"type": "boolean"},
+                        "workers": {**_STRINGS, "description": "names, node sets or globs it may use"},
+                        "labels": {**_STRINGS, "description": "key or key=value every worker it uses holds"},
+                        "commands": {**_STRINGS, "description": "globs one of which a whole command matches"},
+                    },
+                    "required": ["name"],
+                },
+                "TokenInfo": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "read_only": {"type": "boolean"},
+                        "scope": {**_ref("Scope"), "nullable": True},
+                        "source": {"type": "string", "enum": ["file", "store"]},
+                        "created_at": _nullable("string", format="date-time"),
+                        "created_by": _nullable("string"),
+                    },
+                    "required": ["name", "read_only", "scope", "source"],
+                },
+                "TokenMade": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "token": {"type": "string"},
+                        "read_only": {"type": "boolean"},
+                        "scope": {**_ref("Scope"), "nullable": True},
+                        "message": {"type": "string"},
+                    },
+                    "required": ["name", "token", "read_only", "scope", "message"],
                 },
                 "KillRequest": {
                     "type": "object",
@@ -439,6 +580,11 @@ def openapi_document() -> dict[str, Any]:
                         "batch": {"oneOf": [{"type": "integer"}, {"type": "string"}], "nullable": True},
                         "batch_wait": {"type": "number"},
                         "max_failures": _nullable("integer"),
+                        "submitted_by": _nullable("string"),
+                        "kind": {"type": "string", "enum": ["run", "push", "fetch"]},
+                        "retry_of": _nullable("string"),
+                        "wait_offline": {"type": "number"},
+                        "wait_until": {"type": "string", "format": "date-time"},
                     },
                     "required": ["id", "cmd", "status", "jobs", "started_at", "ended_at"],
                 },
