@@ -17,7 +17,15 @@ from twisted.internet.defer import ensureDeferred, fail
 from pcci.cli import main as cli_main
 from pcci.cli.client import EXIT_UNREACHABLE, CLIError, Event, EventParser, MasterClient
 from pcci.cli.main import Config, cli
-from pcci.cli.render import LinePrinter, Terminal, exit_status, gather, print_gathered, summary_lines
+from pcci.cli.render import (
+    LinePrinter,
+    Terminal,
+    exit_status,
+    gather,
+    print_gathered,
+    progress_text,
+    summary_lines,
+)
 from pcci.cli.run import RunRequest, run_pool
 from pcci.cli.views import kill_pool, show_logs, show_token, show_workers
 from test_api import TOKEN, Client
@@ -80,6 +88,10 @@ def test_run_reads_stdin_from_a_file(asked: list[tuple], tmp_path) -> None:
         (["run", "-w", "a", "--batch", "0", "true"], "--batch"),
         (["run", "-w", "a", "--batch", "150%", "true"], "--batch"),
         (["run", "-w", "a", "-t", "0", "true"], "--timeout"),
+        (["run", "-w", "a", "--wait-offline", "1x", "true"], "--wait-offline"),
+        (["run", "-w", "a", "--wait-offline", "0", "true"], "--wait-offline"),
+        (["retry"], "give a POOL, or --last"),
+        (["retry", "p1", "--last"], "give a POOL, or --last"),
         (["run", "-w", "a", "--bogus", "true"], "No such option"),
     ],
 )
@@ -88,6 +100,18 @@ def test_usage_errors_exit_2_with_one_message(asked: list[tuple], args: list[str
     assert result.exit_code == 2
     assert why in result.output
     assert asked == []
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("1h", 3600.0), ("1.5d", 129600.0)])
+def test_wait_offline_takes_a_duration(asked: list[tuple], text: str, seconds: float) -> None:
+    result = CliRunner().invoke(cli, ["run", "-w", "pi*", "--wait-offline", text, "--", "true"])
+    assert result.exit_code == 0, result.output
+    assert asked[0][2].body()["wait_offline"] == seconds
+
+
+def test_the_progress_line_names_the_workers_waited_for() -> None:
+    text = "".join(piece for piece, _ in progress_text(16, {"pi01": "ok", "pi02": "failed"}, 2, ["pi07", "pi11", "pi12"]))
+    assert text == "2/16 done · 1 failed · 2 running · 3 waiting: pi[07,11-12]"
 
 
 def test_a_token_file_that_is_not_there_is_a_usage_error(monkeypatch, asked) -> None:

@@ -810,17 +810,17 @@ class MasterAPI:
             raise APIError(400, "read_only must be true or false")
         try:
             scope = Scope.from_json({k: body[k] for k in ("workers", "labels", "commands") if k in body})
-            made = book.create(name, read_only, scope, _who(request))
+            making = book.create(name, read_only, scope, _who(request))
         except (ScopeError, TokenError) as e:
             raise APIError(getattr(e, "status", 400), str(e)) from None
 
         def answer(value: str) -> bytes:
             audit.info("{who} made token {name}", who=_who(request), name=name)
-            description = {**book.lookup(value.encode()).describe(), "token": value}  # type: ignore[union-attr]
-            description["message"] = "token made: this is the only time it is shown"
-            return _json(request, description, 201)
+            made = APIToken(b"", read_only, name, scope).describe()
+            made.update(token=value, message="token made: this is the only time it is shown")
+            return _json(request, made, 201)
 
-        return made.addCallbacks(answer, _token_error)
+        return making.addCallbacks(answer, _token_error)
 
     @app.route("/tokens/<string:name>", methods=["DELETE"])
     def token_revoke(self, request: IRequest, name: str) -> Deferred[bytes]:
