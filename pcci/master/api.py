@@ -39,7 +39,8 @@ from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
 from pcci.master.store import PoolQuery
-from pcci.master.targets import TargetError, resolve, select
+from pcci.master import permits
+from pcci.master.targets import TargetError, resolve
 from pcci.master.tokens import TokenBook, TokenError
 from pcci.nodes import fold
 from pcci.scopes import Scope, ScopeError
@@ -291,15 +292,6 @@ class MasterAPI:
         token = _token(request)
         return token is None or token.scope is None or pool.submitted_by == token.name
 
-    def _workers_in_scope(self, request: IRequest, online: bool = True) -> dict[str, dict[str, str]]:
-        """The workers (to their labels) the token may use: online ones, or every one known."""
-        if online:
-            workers = self.roster.online_labels()
-        else:
-            workers = {name: record.labels for name, record in self.roster.records.items()}
-        scope = _scope(request)
-        return workers if scope is None else dict(scope.within(workers))
-
     def _select(
         self,
         request: IRequest,
@@ -308,41 +300,22 @@ class MasterAPI:
         exclude: list[str],
         offline: bool = False,
     ) -> list[str]:
-        """
-        The workers a request selects among those its token may use (and,
-        with C{offline}, those known but offline); naming one outside its
-        scope is refused.
-        """
-        scope = _scope(request)
+        """The workers a request selects, within its token's scope (see L{permits})."""
         try:
-            if scope is not None and names:
-                known = {name: record.labels for name, record in self.roster.records.items()}
-                outside = scope.outside(names, known, self.max_workers)
-                if outside:
-                    raise self._refuse(request, f"outside this token's scope: {fold(outside)}")
-            return select(
-                names, labels, exclude, self._workers_in_scope(request, not offline), self.max_workers
+            return permits.select_workers(
+                _token(request), self.roster, names, labels, exclude, self.max_workers, offline
             )
+        except permits.Forbidden as e:
+            raise self._refuse(request, str(e)) from None
         except TargetError as e:
             raise APIError(400, str(e)) from None
 
-    def _check_command(self, request: IRequest, cmd: str, env: dict[str, str]) -> None:
-        """Refuse a command its token may not run (or, limited to commands, any env)."""
-        scope = _scope(request)
-        if scope is None or not scope.commands:
-            return
-        if not scope.allows_command(cmd):
-            allowed = ", ".join(repr(c) for c in scope.commands)
-            raise self._refuse(request, f"this token may not run {cmd!r}: it may run {allowed}")
-        if env:
-            raise self._refuse(request, "this token may run only its commands: env cannot be set")
-
-    def _check_files(self, request: IRequest) -> None:
-        scope = _scope(request)
-        if scope is not None and scope.commands:
-            raise self._refuse(
-                request, "this token may run only its commands: files need a token without commands="
-            )
+    def _permit(self, request: IRequest, check: Callable[..., None], *args: Any) -> None:
+        """Run a check of L{permits}: what it forbids is a 403, and an audit line."""
+        try:
+            check(_token(request), *args)
+        except permits.Forbidden as e:
+            raise self._refuse(request, str(e)) from None
 
     @app.route("/", methods=["GET"])
     def page(self, request: IRequest) -> IResource:
@@ -402,7 +375,7 @@ class MasterAPI:
             asked = parse_submission(body, self.max_command, self.max_workers)
         except SpecError as e:
             raise APIError(400, str(e)) from None
-        self._check_command(request, asked.cmd, asked.options.env)
+        self._permit(request, permits.check_command, asked.cmd, asked.options.env)
         offline = asked.wait_offline is not None
         workers = self._select(request, asked.workers, asked.labels, asked.exclude, offline)
         if dry_run:
@@ -469,7 +442,7 @@ class MasterAPI:
         if owner is not None and not VALID_OWNER.match(owner):
             raise APIError(400, "owner must be USER or USER:GROUP")
         wait = _wait_seconds(request)
-        self._check_files(request)
+        self._permit(request, permits.check_files)
         workers = self._selected(request)
         # The spooled body is the push's now: the request lets it go.
         spool, request.content = Spool(request.content), io.BytesIO()
@@ -520,7 +493,7 @@ class MasterAPI:
         if not path or not path.startswith("/") or "\0" in path:
             raise APIError(400, "path must be an absolute path on the workers")
         recursive = _bool_arg(request, "recursive", False)
-        self._check_files(request)
+        self._permit(request, permits.check_files)
         workers = self._selected(request)
         fetch = Fetch(self.dispatcher, self.clock, path, recursive, self.state.fetches)
         cmd = f"fetch {path}" + (" (recursive)" if recursive else "")
@@ -766,7 +739,7 @@ class MasterAPI:
                 f"workers offline: {fold(offline)}: retry with wait_offline to run there"
                 " when they come back",
             )
-        self._check_command(request, pool.cmd, pool.options.env)
+        self._permit(request, permits.check_command, pool.cmd, pool.options.env)
         self._select(request, workers, [], [], offline=wait_offline is not None)
         return self._start(
             request,

@@ -1,0 +1,84 @@
+"""
+What a token may do with the cluster: which workers a request selects
+within its scope, and which commands it may run.  The REST API asks for
+each request, and the scheduler for each run of a schedule, as its
+creator's token.  See C{docs/security.md}.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from pcci.auth import APIToken
+from pcci.master.roster import Roster
+from pcci.master.targets import select
+from pcci.nodes import fold
+from pcci.scopes import Scope
+
+
+class Forbidden(Exception):
+    """What a token may not do; the message says what and why."""
+
+
+def _scope(token: APIToken | None) -> Scope | None:
+    return None if token is None else token.scope
+
+
+def workers_in_scope(
+    token: APIToken | None, roster: Roster, online: bool = True
+) -> dict[str, Mapping[str, str]]:
+    """The workers (to their labels) C{token} may use: online ones, or every one known."""
+    workers: dict[str, Mapping[str, str]]
+    if online:
+        workers = dict(roster.online_labels())
+    else:
+        workers = {name: record.labels for name, record in roster.records.items()}
+    scope = _scope(token)
+    return workers if scope is None else dict(scope.within(workers))
+
+
+def select_workers(
+    token: APIToken | None,
+    roster: Roster,
+    names: list[str] | None,
+    labels: list[str],
+    exclude: list[str],
+    most: int,
+    offline: bool = False,
+) -> list[str]:
+    """
+    The workers a request selects among those C{token} may use (and, with
+    C{offline}, those known but offline).
+
+    @raise Forbidden: a worker named outside the token's scope.
+    @raise TargetError: a malformed request, or one that selects nobody.
+    """
+    scope = _scope(token)
+    if scope is not None and names:
+        known = {name: record.labels for name, record in roster.records.items()}
+        outside = scope.outside(names, known, most)
+        if outside:
+            raise Forbidden(f"outside this token's scope: {fold(outside)}")
+    return select(names, labels, exclude, workers_in_scope(token, roster, not offline), most)
+
+
+def check_command(token: APIToken | None, cmd: str, env: Mapping[str, str]) -> None:
+    """
+    @raise Forbidden: a command outside the token's patterns, or C{env}
+        set by a token limited to some commands.
+    """
+    scope = _scope(token)
+    if scope is None or not scope.commands:
+        return
+    if not scope.allows_command(cmd):
+        allowed = ", ".join(repr(c) for c in scope.commands)
+        raise Forbidden(f"this token may not run {cmd!r}: it may run {allowed}")
+    if env:
+        raise Forbidden("this token may run only its commands: env cannot be set")
+
+
+def check_files(token: APIToken | None) -> None:
+    """@raise Forbidden: a token limited to some commands moves no file."""
+    scope = _scope(token)
+    if scope is not None and scope.commands:
+        raise Forbidden("this token may run only its commands: files need a token without commands=")
