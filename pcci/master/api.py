@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
@@ -34,7 +35,15 @@ from pcci.master.openapi import openapi_document
 from pcci.master.dispatch import SubmitError
 from pcci.master.history import StoreUnavailable, TooManyPools
 from pcci.master.fetches import Fetch
-from pcci.master.model import RETRIED_STATES, Pool
+from pcci.master.model import RETRIED_STATES, Pool, rfc3339
+from pcci.master.schedules import (
+    Schedule,
+    ScheduleError,
+    Scheduler,
+    check_cron,
+    check_name,
+    check_timezone,
+)
 from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
@@ -66,6 +75,13 @@ MAX_WAIT = 60.0
 #: Pools in one page of C{GET /pools}: by default, and at most.
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+
+#: A schedule's own fields; its others are those of C{POST /job}.
+SCHEDULE_FIELDS = {"name", "cron", "timezone", "paused", "overlap", "catch_up"}
+JOB_FIELDS = {
+    "cmd", "workers", "labels", "exclude", "timeout", "env", "cwd", "stdin", "batch",
+    "batch_wait", "max_failures", "wait_offline", "notify", "notify_on",
+}
 
 #: What C{GET /pools?state=} may ask for.
 POOL_STATES = ("running", "ok", "failed")
@@ -273,6 +289,8 @@ class MasterAPI:
         self.dashboard = dashboard.StaticFiles()
         #: The tokens requests need (set by L{resource}); None: no auth.
         self.tokens: TokenBook | None = None
+        #: The schedules' timers (set by the master's builder); None: no schedules.
+        self.scheduler: Scheduler | None = None
 
     def resource(self, tokens: TokenBook | None) -> IResource:
         """The API as a web resource; with C{tokens}, only for their bearers."""
@@ -388,7 +406,7 @@ class MasterAPI:
             wait,
             lambda: self.dispatcher.submit(
                 asked.cmd, workers, asked.options, asked.rollout, _who(request),
-                wait_offline=asked.wait_offline,
+                wait_offline=asked.wait_offline, notify=asked.notify, notify_on=asked.notify_on,
             ),
         )
 
@@ -579,6 +597,7 @@ class MasterAPI:
             worker=_text_arg(request, "worker"),
             cmd=_text_arg(request, "cmd"),
             submitted_by=submitted_by,
+            schedule=_text_arg(request, "schedule"),
         )
         d = self.history.page(query, limit + 1)
 
@@ -746,9 +765,209 @@ class MasterAPI:
             wait,
             lambda: self.dispatcher.submit(
                 pool.cmd, workers, pool.options, pool.rollout, _who(request),
-                retry_of=pool.id, wait_offline=wait_offline,
+                retry_of=pool.id, wait_offline=wait_offline, notify=pool.notify, notify_on=pool.notify_on,
             ),
         )
+
+    # Schedules (see pcci.master.schedules)
+
+    def _schedules_store(self) -> Any:
+        if self.scheduler is None or self.history.store is None:
+            raise APIError(409, "this master has no store to keep schedules in")
+        return self.history.store
+
+    def _schedule(self, request: IRequest, name: str) -> Deferred[Schedule]:
+        """A schedule the request's token may see (a scoped token sees its own)."""
+
+        def found(schedules: list[Schedule]) -> Schedule:
+            for schedule in schedules:
+                if schedule.name == name and self._may_see_schedule(request, schedule):
+                    return schedule
+            raise APIError(404, f"no schedule {name}")
+
+        return self._schedules_store().schedules().addCallback(found)
+
+    def _may_see_schedule(self, request: IRequest, schedule: Schedule) -> bool:
+        token = _token(request)
+        return token is None or token.scope is None or schedule.created_by == token.name
+
+    def _checked_schedule(self, request: IRequest, body: Any, existing: Schedule | None) -> Schedule:
+        """A schedule from a C{POST} body, or C{existing} changed by a C{PATCH} body, checked."""
+        if not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object")
+        unknown = set(body) - SCHEDULE_FIELDS - JOB_FIELDS
+        if unknown:
+            raise APIError(400, "a schedule has no " + ", ".join(sorted(unknown)))
+        assert self.scheduler is not None
+        try:
+            if existing is None:
+                schedule = Schedule(
+                    name=check_name(body.get("name")),
+                    cron="",
+                    job={},
+                    created_by=_who(request),
+                    created_at=self.state.wall(),
+                )
+            else:
+                if "name" in body and body["name"] != existing.name:
+                    raise ScheduleError("a schedule cannot be renamed: make a new one")
+                schedule = replace(existing)
+            if existing is None or "cron" in body:
+                schedule.cron = check_cron(body.get("cron"), self.scheduler.seconds)
+            if "timezone" in body:
+                check_timezone(body["timezone"])
+                schedule.timezone = body["timezone"]
+            for flag in ("paused", "overlap", "catch_up"):
+                if flag in body:
+                    if not isinstance(body[flag], bool):
+                        raise ScheduleError(f"{flag} must be true or false")
+                    setattr(schedule, flag, body[flag])
+            schedule.job = {**schedule.job, **{k: v for k, v in body.items() if k in JOB_FIELDS}}
+            asked = parse_submission(schedule.job, self.max_command, self.max_workers)
+        except (ScheduleError, SpecError) as e:
+            raise APIError(400, str(e)) from None
+        self._permit(request, permits.check_command, asked.cmd, asked.options.env)
+        scope = _scope(request)
+        if scope is not None and asked.workers:
+            try:
+                outside = scope.outside(asked.workers, {}, self.max_workers)
+            except TargetError as e:
+                raise APIError(400, str(e)) from None
+            if outside:
+                raise self._refuse(request, f"outside this token's scope: {fold(outside)}")
+        return schedule
+
+    def _schedule_json(self, schedule: Schedule) -> Deferred[dict[str, Any]]:
+        """A schedule as the API shows it: with its next runs and its latest pools."""
+        assert self.scheduler is not None
+        body: dict[str, Any] = {
+            "name": schedule.name,
+            "cron": schedule.cron,
+            "timezone": schedule.timezone,
+            "paused": schedule.paused,
+            "overlap": schedule.overlap,
+            "catch_up": schedule.catch_up,
+            **schedule.job,
+            "created_by": schedule.created_by,
+            "created_at": rfc3339(schedule.created_at),
+            "next_runs": [rfc3339(at) for at in self.scheduler.next_runs(schedule)],
+            "last_run": rfc3339(schedule.last_run or None),
+            "skipped": schedule.skipped,
+            "runs": [{**run, "at": rfc3339(run["at"])} for run in schedule.runs[-5:]],
+        }
+
+        def pools(page: list[Pool | dict[str, Any]]) -> dict[str, Any]:
+            body["last_pools"] = [
+                {key: (p.summary() if isinstance(p, Pool) else p)[key] for key in ("id", "state", "counts", "started_at")}
+                for p in page
+            ]
+            return body
+
+        return self.history.page(PoolQuery(schedule=schedule.name), 3).addCallback(pools)
+
+    @app.route("/schedules", methods=["GET"])
+    def schedule_list(self, request: IRequest) -> Deferred[bytes]:
+        """Every schedule (a scoped token's own), with its next runs and latest pools."""
+
+        def answer(schedules: list[Schedule]) -> Deferred[bytes]:
+            shown = [self._schedule_json(s) for s in schedules if self._may_see_schedule(request, s)]
+            return gatherResults(shown, consumeErrors=True).addCallback(lambda body: _json(request, body))
+
+        return self._schedules_store().schedules().addCallback(answer)
+
+    @app.route("/schedules", methods=["POST"])
+    def schedule_create(self, request: IRequest) -> Deferred[bytes]:
+        """A new schedule: a cron line, a time zone, and a C{POST /job} body."""
+        store = self._schedules_store()
+        schedule = self._checked_schedule(request, _read_json(request, self.max_body), None)
+
+        def put(fresh: bool) -> Deferred[bytes]:
+            if not fresh:
+                raise APIError(409, f"a schedule named {schedule.name} exists already")
+            audit.info("{who} made schedule {name}: {cron}: {cmd}", who=_who(request),
+                       name=schedule.name, cron=schedule.cron, cmd=schedule.job["cmd"])
+            return self._changed_schedule(request, schedule, 201)
+
+        return store.put_schedule(schedule, True).addCallback(put)
+
+    def _changed_schedule(self, request: IRequest, schedule: Schedule, status: int) -> Deferred[bytes]:
+        assert self.scheduler is not None
+        d = self.scheduler.reload()
+        d.addCallback(lambda _: self._schedule_json(self.scheduler.schedules.get(schedule.name, schedule)))  # type: ignore[union-attr]
+        return d.addCallback(lambda body: _json(request, body, status))
+
+    @app.route("/schedules/<string:name>", methods=["GET"])
+    def schedule_show(self, request: IRequest, name: str) -> Deferred[bytes]:
+        d = self._schedule(request, name).addCallback(self._schedule_json)
+        return d.addCallback(lambda body: _json(request, body))
+
+    @app.route("/schedules/<string:name>", methods=["PATCH"])
+    def schedule_change(self, request: IRequest, name: str) -> Deferred[bytes]:
+        """Change a schedule: any of its fields but its name (C{paused} pauses and resumes it)."""
+        body = _read_json(request, self.max_body)
+
+        def change(existing: Schedule) -> Deferred[bytes]:
+            schedule = self._checked_schedule(request, body, existing)
+
+            def put(found: bool) -> Deferred[bytes]:
+                if not found:
+                    raise APIError(404, f"no schedule {name}")
+                audit.info("{who} changed schedule {name}: {fields}", who=_who(request), name=name,
+                           fields=", ".join(sorted(body)))
+                return self._changed_schedule(request, schedule, 200)
+
+            return self._schedules_store().put_schedule(schedule, False).addCallback(put)
+
+        return self._schedule(request, name).addCallback(change)
+
+    @app.route("/schedules/<string:name>", methods=["DELETE"])
+    def schedule_remove(self, request: IRequest, name: str) -> Deferred[bytes]:
+        def remove(schedule: Schedule) -> Deferred[bytes]:
+            def removed(found: bool) -> Deferred[bytes]:
+                if not found:
+                    raise APIError(404, f"no schedule {name}")
+                audit.info("{who} removed schedule {name}", who=_who(request), name=name)
+                assert self.scheduler is not None
+                return self.scheduler.reload().addCallback(
+                    lambda _: _json(request, {"name": name, "message": f"schedule {name} removed"})
+                )
+
+            return self._schedules_store().remove_schedule(name).addCallback(removed)
+
+        return self._schedule(request, name).addCallback(remove)
+
+    def run_schedule(self, schedule: Schedule) -> Deferred[str]:
+        """
+        Start a run of C{schedule}, checked as its creator's token's (one
+        revoked since, or now read-only, starts nothing): fires with the
+        new pool's id, or fails saying why it did not start.
+        """
+        return maybeDeferred(self._run_schedule, schedule)
+
+    def _run_schedule(self, schedule: Schedule) -> Deferred[str]:
+        who = schedule.created_by
+        token = None
+        if self.tokens is not None:
+            token = self.tokens.named(who) if who is not None else None
+            if token is None or token.read_only:
+                raise ScheduleError(f"the token {who} that made it is gone or may only read")
+        try:
+            asked = parse_submission(schedule.job, self.max_command, self.max_workers)
+            permits.check_command(token, asked.cmd, asked.options.env)
+            offline = asked.wait_offline is not None
+            workers = permits.select_workers(
+                token, self.roster, asked.workers, asked.labels, asked.exclude, self.max_workers, offline
+            )
+        except permits.Forbidden as e:
+            audit.info("refused schedule {name}'s run for {who}: {why}", name=schedule.name, who=who, why=e)
+            raise
+        d = self.dispatcher.submit(
+            asked.cmd, workers, asked.options, asked.rollout, who,
+            wait_offline=asked.wait_offline, schedule=schedule.name,
+            notify=asked.notify, notify_on=asked.notify_on,
+        )
+        d.addCallback(self._audit_start, f"{who or 'anyone (no auth)'} (schedule {schedule.name})")
+        return d.addCallback(lambda pool: pool.id)
 
     # Tokens: an administrator's (a full token without a scope)
 

@@ -94,14 +94,18 @@ class Dispatcher:
         kind: str = "run",
         retry_of: str | None = None,
         wait_offline: float | None = None,
+        schedule: str | None = None,
+        notify: list[str] | None = None,
+        notify_on: str = "failed",
     ) -> Deferred[Pool]:
         """
         Start C{cmd} on each named worker, as one pool: all at once, or as
         C{rollout} says (or, with C{start}, start each job so: C{cmd} then
         only says what the pool does, and C{kind} what kind of pool it
         is).  With C{wait_offline} seconds, a job on a worker known but
-        offline waits for it that long.  Fires with the pool once the
-        store holds it.
+        offline waits for it that long.  C{schedule} names the schedule
+        that starts it, C{notify} where its end is told, and C{notify_on}
+        on which ends.  Fires with the pool once the store holds it.
 
         @raise SubmitError: no worker, or one that is not connected (nor,
             with C{wait_offline}, known).
@@ -133,6 +137,9 @@ class Dispatcher:
             retry_of=retry_of,
             wait_offline=wait_offline,
             wait_until=None if wait_offline is None else now + wait_offline,
+            schedule=schedule,
+            notify=notify or [],
+            notify_on=notify_on,
         )
         for name in names:
             job = Job(pool.id, name, cmd, self.history.new_output())

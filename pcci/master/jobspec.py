@@ -83,6 +83,9 @@ class Submission:
     rollout: Rollout
     #: Seconds a job on an offline worker waits for it (None: none wait).
     wait_offline: float | None = None
+    #: URLs told of the pool's end, and on which ends (C{failed}, C{ended}).
+    notify: list[str] = field(default_factory=list)
+    notify_on: str = "failed"
 
 
 def _text(value: Any, name: str) -> str:
@@ -201,10 +204,32 @@ def parse_submission(body: Any, max_command: int, max_workers: int) -> Submissio
     if workers is None and not labels:
         raise SpecError("workers must be a non-empty list of workers (or give labels)")
     exclude = _strings(body.get("exclude") or [], "exclude", max_workers)
+    notify, notify_on = parse_notify(body)
     return Submission(
         cmd, workers, labels, exclude, parse_options(body), parse_rollout(body),
-        parse_wait_offline(body),
+        parse_wait_offline(body), notify, notify_on,
     )
+
+
+#: Most URLs one pool (or schedule) tells, and the longest.
+MAX_NOTIFY = 10
+MAX_URL = 2048
+
+#: On which ends a pool's URLs are told.
+NOTIFY_ON = ("failed", "ended")
+
+
+def parse_notify(body: dict[str, Any]) -> tuple[list[str], str]:
+    notify = body.get("notify") or []
+    if not isinstance(notify, list) or len(notify) > MAX_NOTIFY or not all(
+        isinstance(url, str) and re.match(r"https?://[^\s]+\Z", url) and len(url) <= MAX_URL
+        for url in notify
+    ):
+        raise SpecError(f"notify must be a list of at most {MAX_NOTIFY} http:// or https:// URLs")
+    notify_on = body.get("notify_on", "failed")
+    if notify_on not in NOTIFY_ON:
+        raise SpecError("notify_on must be failed or ended")
+    return list(notify), notify_on
 
 
 def parse_wait_offline(body: dict[str, Any]) -> float | None:

@@ -230,6 +230,11 @@ class Pool:
     #: Seconds its jobs wait for offline workers, and until when (wall clock).
     wait_offline: float | None = None
     wait_until: float | None = None
+    #: The schedule that started it.
+    schedule: str | None = None
+    #: Where its end is told, and on which ends (see L{pcci.master.webhooks}).
+    notify: list[str] = field(default_factory=list)
+    notify_on: str = "failed"
     waiters: list[Deferred[Pool]] = field(default_factory=list)
     #: Called with each new event (see L{pcci.master.events}).
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
@@ -281,6 +286,7 @@ class Pool:
             "submitted_by": self.submitted_by,
             "kind": self.kind,
             "retry_of": self.retry_of,
+            "schedule": self.schedule,
         }
         if self.wait_offline is not None:
             body["wait_offline"] = self.wait_offline
@@ -327,6 +333,7 @@ class Pool:
             workers=list(self.jobs),
             summary=self.to_json(results=False),
             submitted_by=self.submitted_by,
+            schedule=self.schedule,
             record={
                 "id": self.id,
                 "cmd": self.cmd,
@@ -337,6 +344,9 @@ class Pool:
                 "retry_of": self.retry_of,
                 "wait_offline": self.wait_offline,
                 "wait_until": self.wait_until,
+                "schedule": self.schedule,
+                "notify": self.notify,
+                "notify_on": self.notify_on,
                 # Shallow copies: both are frozen, and their env never changes.
                 "options": dict(vars(self.options)),
                 "rollout": dict(vars(self.rollout)),
@@ -360,11 +370,14 @@ class Pool:
             options=JobOptions(**record["options"]),
             rollout=Rollout(**record["rollout"]),
             submitted_by=record["submitted_by"],
-            # Absent from records written before retries and wait_offline.
+            # Absent from records written before retries, wait_offline and schedules.
             kind=record.get("kind", "run"),
             retry_of=record.get("retry_of"),
             wait_offline=record.get("wait_offline"),
             wait_until=record.get("wait_until"),
+            schedule=record.get("schedule"),
+            notify=record.get("notify", []),
+            notify_on=record.get("notify_on", "failed"),
             last_event=record["last_event"],
             end_event=record["end_event"],
             failures=record["failures"],

@@ -126,6 +126,8 @@ class Peers:
         self.on_fenced: Callable[[], None] = lambda: None
         #: Reads the API tokens again: a master made or revoked one.
         self.on_tokens: Callable[[], Deferred[None]] = lambda: succeed(None)
+        #: Reads the schedules again: a master made, changed or removed one.
+        self.on_schedules: Callable[[], Deferred[None]] = lambda: succeed(None)
         self._outbox: list[tuple[str, dict[str, Any]]] = []
         self._events: list[tuple[str, int, str, dict[str, Any]]] = []
         self._rows: dict[str, dict[str, Any] | None] = {}
@@ -192,11 +194,12 @@ class Peers:
         self.heard(f"m:{self.name}")
         self.heard("w")
         self.heard("t")
+        self.heard("s")
         for pool_id in self.replicas:
             self.heard(f"e:{pool_id}")
 
     def heard(self, payload: str) -> None:
-        """A notification: mail for this master, a pool's events, workers moved, or tokens."""
+        """A notification: mail for this master, a pool's events, workers moved, tokens, schedules."""
         kind, _, what = payload.partition(":")
         if kind == "m" and what == self.name:
             self._read("mail", self._read_mail)
@@ -206,6 +209,8 @@ class Peers:
             self._read("workers", self._read_workers)
         elif kind == "t":
             self._read("tokens", self.on_tokens)
+        elif kind == "s":
+            self._read("schedules", self.on_schedules)
 
     def _read(self, key: str, read: Callable[[], Deferred[Any]]) -> None:
         """Read now, or once more after the read under way."""

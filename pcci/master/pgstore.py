@@ -32,6 +32,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from pcci.master.schedules import RUNS_KEPT, SKIPPED, Schedule
 from pcci.master.store import (
     PoolQuery,
     StoreError,
@@ -42,7 +43,8 @@ from pcci.master.store import (
 )
 
 #: The version of the tables below; a database of a newer one is refused.
-#: 2: masters, workers, mail, events; 3: pools' C{submitted_by}, tokens.
+#: 2: masters, workers, mail, events; 3: pools' C{submitted_by} and
+#: C{schedule}, tokens, schedules.
 SCHEMA_VERSION = 3
 
 #: The first key of pcci's advisory locks (two-key form: this, then one below).
@@ -68,7 +70,8 @@ CONNECTION_SETTINGS = {
 
 #: The channel masters C{NOTIFY} on; payloads name what changed (ids only):
 #: C{m:<master>} mail for a master, C{e:<pool>} new events of a pool,
-#: C{w} workers moved, C{t} API tokens made or revoked.
+#: C{w} workers moved, C{t} API tokens made or revoked, C{s} schedules
+#: made, changed or removed.
 CHANNEL = "pcci"
 
 #: Seconds an ended pool's events stay, for the masters still showing it.
@@ -122,6 +125,15 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    last_run DOUBLE PRECISION NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    runs TEXT NOT NULL DEFAULT '[]'
+);
+ALTER TABLE pools ADD COLUMN IF NOT EXISTS schedule TEXT;
+CREATE INDEX IF NOT EXISTS pools_schedule ON pools (schedule, id);
 """
 
 #: From schema 2 to 3: who submitted each pool, as a column.
@@ -133,8 +145,8 @@ CREATE INDEX pools_submitted_by ON pools (submitted_by, id);
 
 SAVE = """
 INSERT INTO pools (id, started_at, ended_at, state, cmd, workers, summary, record, owner,
-    submitted_by)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    submitted_by, schedule)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET
     ended_at = EXCLUDED.ended_at, state = EXCLUDED.state,
     summary = EXCLUDED.summary, record = EXCLUDED.record
@@ -296,6 +308,7 @@ class PostgresStore(ThreadedStore):
                 (
                     p.id, p.started_at, p.ended_at, p.state, p.cmd, list(p.workers),
                     json.dumps(p.summary), json.dumps(p.record), self.master, p.submitted_by,
+                    p.schedule,
                 )
                 for p in pools
             ],
@@ -388,6 +401,59 @@ class PostgresStore(ThreadedStore):
             return True
 
         return self._transaction(remove)
+
+    def _schedules(self) -> list[Schedule]:
+        rows = self._execute("SELECT name, record, last_run, skipped, runs FROM schedules ORDER BY name")
+        return [
+            Schedule.from_row(name, json.loads(record), last_run, skipped, json.loads(runs))
+            for name, record, last_run, skipped, runs in rows
+        ]
+
+    def _put_schedule(self, schedule: Schedule, create: bool) -> bool:
+        def put(cursor: Any) -> bool:
+            record = json.dumps(schedule.record())
+            if create:
+                cursor.execute(
+                    "INSERT INTO schedules (name, record) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (schedule.name, record),
+                )
+            else:
+                cursor.execute("UPDATE schedules SET record = %s WHERE name = %s", (record, schedule.name))
+            if cursor.rowcount == 0:
+                return False
+            cursor.execute("SELECT pg_notify(%s, 's')", (CHANNEL,))
+            return True
+
+        return self._transaction(put)
+
+    def _remove_schedule(self, name: str) -> bool:
+        def remove(cursor: Any) -> bool:
+            cursor.execute("DELETE FROM schedules WHERE name = %s", (name,))
+            if cursor.rowcount == 0:
+                return False
+            cursor.execute("SELECT pg_notify(%s, 's')", (CHANNEL,))
+            return True
+
+        return self._transaction(remove)
+
+    def _claim_run(self, name: str, at: float) -> bool:
+        updated = self._execute(
+            "UPDATE schedules SET last_run = %s WHERE name = %s AND last_run < %s", (at, name, at)
+        )
+        return bool(updated)
+
+    def _note_run(self, name: str, run: dict[str, Any]) -> None:
+        def note(cursor: Any) -> None:
+            cursor.execute("SELECT runs FROM schedules WHERE name = %s FOR UPDATE", (name,))
+            row = cursor.fetchone()
+            if row is not None:
+                runs = (json.loads(row[0]) + [run])[-RUNS_KEPT:]
+                cursor.execute(
+                    "UPDATE schedules SET runs = %s, skipped = skipped + %s WHERE name = %s",
+                    (json.dumps(runs), int(run["outcome"] == SKIPPED), name),
+                )
+
+        self._transaction(note)
 
     # What masters share besides pools (see pcci.master.peers): each call
     # below runs its underscored namesake in the store's thread.

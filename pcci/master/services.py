@@ -30,6 +30,7 @@ from pcci.master.store import PoolStore, StoreError
 
 if TYPE_CHECKING:
     from pcci.master.peers import Peers
+    from pcci.master.schedules import Scheduler
     from pcci.master.tokens import TokenBook
 
 log = Logger()
@@ -136,9 +137,9 @@ class LocalPortEndpoint:
 class StateService(Service):
     """
     The master's state over time: at start, opens the store, carries on
-    with the pools that had not ended and reads the tokens kept there; at
-    stop, cancels the state's timers, writes what waits and closes the
-    store.
+    with the pools that had not ended, reads the tokens kept there and arms
+    the schedules; at stop, cancels the timers, writes what waits and
+    closes the store.
     """
 
     def __init__(
@@ -148,12 +149,14 @@ class StateService(Service):
         store: PoolStore,
         peers: Peers | None = None,
         tokens: TokenBook | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.reactor = reactor
         self.state = state
         self.store = store
         self.peers = peers
         self.tokens = tokens
+        self.scheduler = scheduler
 
     def startService(self) -> None:
         super().startService()
@@ -174,9 +177,15 @@ class StateService(Service):
             self.tokens.refresh().addErrback(
                 lambda f: log.error("cannot read the tokens kept in the store: {why}", why=f.getErrorMessage())
             )
+        if self.scheduler is not None:
+            self.scheduler.start().addErrback(
+                lambda f: log.error("cannot read the schedules: {why}", why=f.getErrorMessage())
+            )
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.state.stop()
         d = succeed(None) if self.peers is None else self.peers.stop()
         d.addErrback(lambda f: log.error("workers not marked offline at exit: {why}", why=f.getErrorMessage()))

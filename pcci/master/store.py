@@ -28,12 +28,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from pcci.master.schedules import RUNS_KEPT, SKIPPED, Schedule
+
 log = Logger()
 
 T = TypeVar("T")
 
 #: The version of the tables below; a database of a newer one is refused.
-#: 2: pools' C{submitted_by} column; the C{tokens} table.
+#: 2: pools' C{submitted_by} and C{schedule} columns; the C{tokens} and
+#: C{schedules} tables.
 SCHEMA_VERSION = 2
 
 SCHEMA = """
@@ -54,14 +57,28 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    last_run REAL NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    runs TEXT NOT NULL DEFAULT '[]'
+);
 """
 
-#: From schema 1 to 2: who submitted each pool, as a column.
-SUBMITTED_BY = """
-ALTER TABLE pools ADD COLUMN submitted_by TEXT;
-UPDATE pools SET submitted_by = json_extract(summary, '$.submitted_by');
-CREATE INDEX IF NOT EXISTS pools_submitted_by ON pools (submitted_by, id);
-"""
+#: From schema 1 to 2: who submitted each pool and the schedule that
+#: started it, as columns; by column, those missing.
+NEW_COLUMNS = {
+    "submitted_by": """
+        ALTER TABLE pools ADD COLUMN submitted_by TEXT;
+        UPDATE pools SET submitted_by = json_extract(summary, '$.submitted_by');
+        CREATE INDEX IF NOT EXISTS pools_submitted_by ON pools (submitted_by, id);
+    """,
+    "schedule": """
+        ALTER TABLE pools ADD COLUMN schedule TEXT;
+        CREATE INDEX IF NOT EXISTS pools_schedule ON pools (schedule, id);
+    """,
+}
 
 
 class StoreError(Exception):
@@ -81,6 +98,7 @@ class StoredPool:
     summary: dict[str, Any]
     record: dict[str, Any]
     submitted_by: str | None = None
+    schedule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,8 @@ class PoolQuery:
     cmd: str | None = None
     #: Started with the token of this name.
     submitted_by: str | None = None
+    #: Started by this schedule.
+    schedule: str | None = None
 
     def matches(self, pool: Any) -> bool:
         """Whether a pool in memory is one of those asked for."""
@@ -106,6 +126,7 @@ class PoolQuery:
             and (self.worker is None or self.worker in pool.jobs)
             and (self.cmd is None or self.cmd in pool.cmd)
             and (self.submitted_by is None or pool.submitted_by == self.submitted_by)
+            and (self.schedule is None or pool.schedule == self.schedule)
         )
 
 
@@ -156,6 +177,21 @@ class PoolStore(Protocol):
     def remove_token(self, name: str) -> Deferred[bool]:
         """Forget the token of this name; false if there is none."""
 
+    def schedules(self) -> Deferred[list[Schedule]]:
+        """Every schedule, with its last run, skips and latest runs."""
+
+    def put_schedule(self, schedule: Schedule, create: bool) -> Deferred[bool]:
+        """Keep a new schedule (false if one of its name exists), or change one (false if none)."""
+
+    def remove_schedule(self, name: str) -> Deferred[bool]:
+        """Forget a schedule; false if there is none."""
+
+    def claim_run(self, name: str, at: float) -> Deferred[bool]:
+        """Move a schedule's C{last_run} to C{at} if earlier: true for the one caller that did."""
+
+    def note_run(self, name: str, run: dict[str, Any]) -> Deferred[None]:
+        """Keep a run's outcome (the latest few); count it if skipped."""
+
     def ping(self) -> Deferred[None]:
         """Fails when the store cannot be used now (a database server gone)."""
 
@@ -184,6 +220,7 @@ def page_filters(
         (worker, worker_test),
         (query.cmd, cmd_test),
         (query.submitted_by, f"submitted_by = {mark}"),
+        (query.schedule, f"schedule = {mark}"),
     ):
         if value is not None:
             where.append(test)
@@ -200,8 +237,9 @@ class ThreadedStore:
 
     An engine provides, run in that thread: C{_open}, C{_close}, C{_ping},
     and C{_save}, C{_unfinished}, C{_get}, C{_claim}, C{_page}, C{_expire},
-    C{_tokens}, C{_add_token}, C{_remove_token} for the calls of
-    L{PoolStore} of the same names.
+    C{_tokens}, C{_add_token}, C{_remove_token}, C{_schedules},
+    C{_put_schedule}, C{_remove_schedule}, C{_claim_run}, C{_note_run}
+    for the calls of L{PoolStore} of the same names.
     """
 
     def __init__(self, reactor: Any, name: str) -> None:
@@ -250,6 +288,21 @@ class ThreadedStore:
     def remove_token(self, name: str) -> Deferred[bool]:
         return self._run(self._remove_token, name)
 
+    def schedules(self) -> Deferred[list[Schedule]]:
+        return self._run(self._schedules)
+
+    def put_schedule(self, schedule: Schedule, create: bool) -> Deferred[bool]:
+        return self._run(self._put_schedule, schedule, create)
+
+    def remove_schedule(self, name: str) -> Deferred[bool]:
+        return self._run(self._remove_schedule, name)
+
+    def claim_run(self, name: str, at: float) -> Deferred[bool]:
+        return self._run(self._claim_run, name, at)
+
+    def note_run(self, name: str, run: dict[str, Any]) -> Deferred[None]:
+        return self._run(self._note_run, name, run)
+
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
 
@@ -284,7 +337,7 @@ class SQLiteStore(ThreadedStore):
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO pools (id, started_at, ended_at, state, cmd, workers,"
-                " summary, record, submitted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " summary, record, submitted_by, schedule) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         p.id,
@@ -296,6 +349,7 @@ class SQLiteStore(ThreadedStore):
                         json.dumps(p.summary),
                         json.dumps(p.record),
                         p.submitted_by,
+                        p.schedule,
                     )
                     for p in pools
                 ],
@@ -352,6 +406,49 @@ class SQLiteStore(ThreadedStore):
         with self.db:
             return self.db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
 
+    def _schedules(self) -> list[Schedule]:
+        rows = self.db.execute(
+            "SELECT name, record, last_run, skipped, runs FROM schedules ORDER BY name"
+        )
+        return [
+            Schedule.from_row(name, json.loads(record), last_run, skipped, json.loads(runs))
+            for name, record, last_run, skipped, runs in rows
+        ]
+
+    def _put_schedule(self, schedule: Schedule, create: bool) -> bool:
+        record = json.dumps(schedule.record())
+        with self.db:
+            if create:
+                cursor = self.db.execute(
+                    "INSERT INTO schedules (name, record) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (schedule.name, record),
+                )
+            else:
+                cursor = self.db.execute(
+                    "UPDATE schedules SET record = ? WHERE name = ?", (record, schedule.name)
+                )
+        return cursor.rowcount > 0
+
+    def _remove_schedule(self, name: str) -> bool:
+        with self.db:
+            return self.db.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount > 0
+
+    def _claim_run(self, name: str, at: float) -> bool:
+        with self.db:
+            return self.db.execute(
+                "UPDATE schedules SET last_run = ? WHERE name = ? AND last_run < ?", (at, name, at)
+            ).rowcount > 0
+
+    def _note_run(self, name: str, run: dict[str, Any]) -> None:
+        with self.db:
+            row = self.db.execute("SELECT runs FROM schedules WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                runs = (json.loads(row[0]) + [run])[-RUNS_KEPT:]
+                self.db.execute(
+                    "UPDATE schedules SET runs = ?, skipped = skipped + ? WHERE name = ?",
+                    (json.dumps(runs), int(run["outcome"] == SKIPPED), name),
+                )
+
 
 def open_database(path: str) -> sqlite3.Connection:
     """
@@ -383,10 +480,11 @@ def open_database(path: str) -> sqlite3.Connection:
             if statement.strip():
                 db.execute(statement)
         columns = {row[1] for row in db.execute("PRAGMA table_info(pools)")}
-        if "submitted_by" not in columns:
-            for statement in SUBMITTED_BY.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        for column, migration in NEW_COLUMNS.items():
+            if column not in columns:
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )

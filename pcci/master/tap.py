@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -31,9 +33,10 @@ from pcci.master.history import DEFAULT_MAX_POOLS
 from pcci.master.metrics import MasterMetrics
 from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
+from pcci.master.schedules import Scheduler
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
-from pcci.master.tokens import TokenBook
 from pcci.master.state import ClusterState, Settings
+from pcci.master.tokens import TokenBook
 from pcci.master.pgstore import PostgresStore, check_database, is_postgres_url
 from pcci.master.store import SQLiteStore, StoreError, ThreadedStore, open_database
 from pcci.options import positive_int, seconds
@@ -179,6 +182,16 @@ def _announce(options: Options, port: IListeningPort) -> None:
     )
 
 
+#: Set (to anything) in the environment, cron lines take a seconds field
+#: first: for tests, which cannot wait minutes.  Not an option: users
+#: have no use for it.
+CRON_SECONDS = "PCCI_TEST_CRON_SECONDS"
+
+
+def _running(state: ClusterState, pool_id: str) -> Deferred[bool]:
+    return state.history.find(pool_id).addCallback(lambda pool: pool is not None and pool.finished is False)
+
+
 def _nothing_to_reread() -> None:
     log.info("SIGHUP: no tokens file to read again (--no-auth)")
 
@@ -228,13 +241,25 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     master = MultiService()
     if tokens is not None:
         tokens.store = store
+    api = MasterAPI(
+        state,
+        MasterMetrics(state),
+        max_body=options["max-body"],
+        max_command=options["max-command"],
+        max_workers=options["max-workers"],
+    )
+    scheduler = api.scheduler = Scheduler(
+        reactor, time.time, store, api.run_schedule, lambda pool_id: _running(state, pool_id),
+        seconds=bool(os.environ.get(CRON_SECONDS)),
+    )
     peers = None
     if isinstance(store, PostgresStore):
         peers = Peers(reactor, store, state)
         peers.on_fenced = lambda: stop_with_error(reactor)
+        peers.on_schedules = scheduler.reload
         if tokens is not None:
             peers.on_tokens = tokens.refresh
-    StateService(reactor, state, store, peers, tokens).setServiceParent(master)
+    StateService(reactor, state, store, peers, tokens, scheduler).setServiceParent(master)
     budget = ConnectionBudget.for_file_limit(daemon.file_limit())
     worker_limit = ConnectionLimit(
         WorkerPortFactory(
@@ -255,13 +280,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     workers_port.setServiceParent(master)
     workers_port.when_listening().addCallback(lambda port: _announce(options, port))
-    api = MasterAPI(
-        state,
-        MasterMetrics(state),
-        max_body=options["max-body"],
-        max_command=options["max-command"],
-        max_workers=options["max-workers"],
-    )
     site = Site(
         api.resource(tokens),
         requestFactory=bounded_request(options["max-body"], options["max-file"], tokens),

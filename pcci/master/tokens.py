@@ -57,6 +57,13 @@ class TokenBook:
         self._made: dict[str, APIToken] = {}
         self._records: dict[str, dict[str, Any]] = {}
 
+    def named(self, name: str) -> APIToken | None:
+        """The token of this name (a schedule runs as the token that made it)."""
+        for token in (*self.file_tokens, *self._made.values()):
+            if token.name == name:
+                return token
+        return None
+
     def lookup(self, presented: bytes) -> APIToken | None:
         """The token presented, or None (the file's compared in constant time)."""
         return match_token(self.file_tokens, presented) or self._made.get(digest(presented))
