@@ -345,6 +345,110 @@ def retry(cfg: Config, pool: str | None, last: bool, states: str | None, **optio
 
 
 @cli.group()
+def schedule() -> None:
+    """
+    Schedules: pools that start by themselves on a cron line, kept in the
+    master's store (every master runs each run once).
+    """
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.option("--cron", required=True, metavar="LINE", help="Five fields (minute hour day month weekday), or @hourly, @daily, @weekly, @monthly.")
+@click.option("--tz", "timezone", metavar="ZONE", help="The IANA time zone the cron line is read in (default UTC), e.g. Europe/Berlin.")
+@_targets
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Kill a job that runs longer.")
+@click.option("-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE", help="Set a variable for the command; repeatable.")
+@click.option("--cwd", metavar="DIR", help="The command's working directory on each worker.")
+@click.option("--batch", callback=_batch, metavar="N|N%", help="Run at most N jobs at once (or N% of the workers).")
+@click.option("--max-failures", type=click.IntRange(min=1), metavar="N", help="Start no more jobs once N have failed.")
+@click.option("--wait-offline", callback=_duration, metavar="DURATION", help=WAIT_OFFLINE_HELP)
+@click.option("--overlap", is_flag=True, help="Start a run even while the previous one still runs (else it is skipped).")
+@click.option("--catch-up", is_flag=True, help="At a master's start, run the latest run missed while no master was up.")
+@click.option("--notify", multiple=True, metavar="URL", help="POST each pool's end to this URL (a webhook); repeatable.")
+@click.option("--notify-on", type=click.Choice(["failed", "ended"]), default="failed", show_default=True, help="Which ends are told.")
+@click.option("--paused", is_flag=True, help="Make it paused: it runs once resumed.")
+@click.argument("command", nargs=-1, required=True)
+@click.pass_obj
+def schedule_add(cfg: Config, name: str, command: tuple[str, ...], **options: Any) -> None:
+    """
+    Make a schedule NAME that runs COMMAND on the selected workers.
+
+    \b
+      pcci schedule add backup --cron '0 3 * * *' --tz Europe/Berlin -w 'db*' -- /usr/local/bin/backup
+      pcci schedule add uptime --cron '*/5 * * * *' -l rack=3 -- uptime
+    """
+    from pcci.cli.run import RunRequest
+    from pcci.cli.views import add_schedule
+
+    if not options["targets"] and not options["labels"]:
+        raise click.UsageError("choose workers with -w TARGET or -l LABEL")
+    body = RunRequest(
+        command=list(command),
+        **{k: options.pop(k) for k in ("targets", "labels", "exclude", "timeout", "env", "cwd", "batch",
+                                        "max_failures", "wait_offline")},
+    ).body()
+    body.update(name=name, cron=options["cron"], overlap=options["overlap"],
+                catch_up=options["catch_up"], paused=options["paused"], notify_on=options["notify_on"])
+    if options["timezone"]:
+        body["timezone"] = options["timezone"]
+    if options["notify"]:
+        body["notify"] = list(options["notify"])
+    go(add_schedule, cfg, body)
+
+
+@schedule.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the schedules as JSON.")
+@click.pass_obj
+def schedule_ls(cfg: Config, as_json: bool) -> None:
+    """The schedules: name, cron line, next run, last outcome, command."""
+    from pcci.cli.views import list_schedules
+
+    go(list_schedules, cfg, as_json)
+
+
+@schedule.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the schedule as JSON.")
+@click.pass_obj
+def schedule_show(cfg: Config, name: str, as_json: bool) -> None:
+    """One schedule: what it runs, its next runs, its latest runs and pools."""
+    from pcci.cli.views import show_schedule
+
+    go(show_schedule, cfg, name, as_json)
+
+
+@schedule.command("pause")
+@click.argument("name")
+@click.pass_obj
+def schedule_pause(cfg: Config, name: str) -> None:
+    """Pause a schedule: it starts nothing until resumed."""
+    from pcci.cli.views import change_schedule
+
+    go(change_schedule, cfg, name, {"paused": True})
+
+
+@schedule.command("resume")
+@click.argument("name")
+@click.pass_obj
+def schedule_resume(cfg: Config, name: str) -> None:
+    """Resume a paused schedule (runs missed meanwhile are not made up)."""
+    from pcci.cli.views import change_schedule
+
+    go(change_schedule, cfg, name, {"paused": False})
+
+
+@schedule.command("rm")
+@click.argument("name")
+@click.pass_obj
+def schedule_rm(cfg: Config, name: str) -> None:
+    """Remove a schedule (its pools stay, for the retention)."""
+    from pcci.cli.views import remove_schedule
+
+    go(remove_schedule, cfg, name)
+
+
+@cli.group()
 def token() -> None:
     """
     API tokens: make scoped ones, list them, revoke them (an administrator's

@@ -1,17 +1,20 @@
-"""C{pcci workers}, C{pools}, C{show}, C{logs}, C{kill} and C{token}: reading and acting on a master."""
+"""C{pcci workers}, C{pools}, C{show}, C{logs}, C{kill}, C{token} and C{schedule}: reading and acting on a master."""
 
 from __future__ import annotations
 
 import json
 import shlex
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pcci.cli.client import Event
 from pcci.cli.main import Config
 from pcci.cli.render import LinePrinter, counts_text, print_gathered, print_summary, table
 from pcci.nodes import TargetError, fold, select_among
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 def _json_out(cfg: Config, value: Any) -> int:
@@ -218,5 +221,76 @@ async def list_tokens(cfg: Config, as_json: bool) -> int:
 
 async def revoke_token(cfg: Config, name: str) -> int:
     answer = await cfg.client().call("DELETE", "/tokens/" + quote(name, safe=""))
+    cfg.err.write(f"pcci: {answer['message']}\n")
+    return 0
+
+
+# Schedules
+
+
+def _when(stamp: str | None) -> str:
+    """An API time in this machine's time zone."""
+    if not stamp:
+        return "-"
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _outcome(schedule: dict[str, Any]) -> Text | str:
+    """A schedule's last outcome: its latest pool's states, or why its last run did not start."""
+    runs = schedule["runs"]
+    if runs and runs[-1]["outcome"] != "started":
+        return f"{runs[-1]['outcome']}: {runs[-1].get('why', '')}"
+    pools = schedule.get("last_pools") or []
+    return counts_text(pools[0]["counts"]) if pools else "-"
+
+
+async def add_schedule(cfg: Config, body: dict[str, Any]) -> int:
+    made = await cfg.client().call("POST", "/schedules", body)
+    first = _when(made["next_runs"][0]) if made["next_runs"] else "none: paused"
+    cfg.err.write(f"pcci: schedule {made['name']} made: next run {first}\n")
+    return 0
+
+
+async def list_schedules(cfg: Config, as_json: bool) -> int:
+    schedules = await cfg.client().call("GET", "/schedules")
+    if as_json:
+        return _json_out(cfg, schedules)
+    rows = [
+        [s["name"], s["cron"] + ("" if s["timezone"] == "UTC" else f" ({s['timezone']})"),
+         "paused" if s["paused"] else _when(s["next_runs"][0] if s["next_runs"] else None),
+         _outcome(s), str(s["skipped"]), s["cmd"]]
+        for s in schedules
+    ]
+    cfg.terminal().print_table(table(["NAME", "CRON", "NEXT RUN", "LAST OUTCOME", "SKIPPED", "COMMAND"], rows))
+    return 0
+
+
+async def show_schedule(cfg: Config, name: str, as_json: bool) -> int:
+    s = await cfg.client().call("GET", "/schedules/" + quote(name, safe=""))
+    if as_json:
+        return _json_out(cfg, s)
+    out = cfg.out
+    out.write(f"{s['name']}: {s['cmd']}\n")
+    targets = " ".join(s.get("workers") or []) or "-"
+    out.write(f"  on: {targets}" + (f"  labels: {' '.join(s['labels'])}" if s.get("labels") else "") + "\n")
+    out.write(f"  cron: {s['cron']} ({s['timezone']})" + ("  PAUSED" if s["paused"] else "") + "\n")
+    out.write(f"  next runs: {', '.join(_when(t) for t in s['next_runs']) or '-'}\n")
+    out.write(f"  made by {s['created_by'] or '-'} at {_when(s['created_at'])}; skipped {s['skipped']} runs\n")
+    for run in s["runs"]:
+        what = run.get("pool") or run.get("why", "")
+        out.write(f"  {_when(run['at'])}  {run['outcome']:<8} {what}\n")
+    return 0
+
+
+async def change_schedule(cfg: Config, name: str, change: dict[str, Any]) -> int:
+    s = await cfg.client().call("PATCH", "/schedules/" + quote(name, safe=""), change)
+    state = "paused" if s["paused"] else f"next run {_when(s['next_runs'][0])}"
+    cfg.err.write(f"pcci: schedule {name}: {state}\n")
+    return 0
+
+
+async def remove_schedule(cfg: Config, name: str) -> int:
+    answer = await cfg.client().call("DELETE", "/schedules/" + quote(name, safe=""))
     cfg.err.write(f"pcci: {answer['message']}\n")
     return 0
