@@ -63,6 +63,29 @@ def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
     return state_dir
 
 
+WEBHOOK_SECRET_FILE = "webhook-secret"
+
+
+def webhook_secret(path: str | os.PathLike[str]) -> bytes:
+    """
+    The secret webhook deliveries are signed with: the first line of the
+    file at C{path}, made (0600, its directory 0700) when absent or empty.
+    """
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise AuthConfigError(f"cannot read the webhook secret: {e}") from None
+    if not text:
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        text = secrets.token_hex(32)
+        write_atomically(file, text + "\n")
+        log.info("created {file}", file=str(file))
+    return text.encode("utf-8")
+
+
 def read_secret(path: str | os.PathLike[str]) -> bytes:
     """The cluster secret in C{path}: its first line, at least 16 characters."""
     try:

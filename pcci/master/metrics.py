@@ -123,6 +123,18 @@ class MasterMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.schedule_runs = Counter(
+            "pcci_schedule_runs", "Runs of schedules this master handled, by outcome",
+            ["outcome"], registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "pcci_webhook_deliveries", "Webhook deliveries tried, by result",
+            ["result"], registry=self.registry,
+        )
+        for outcome in ("started", "skipped", "refused"):
+            self.schedule_runs.labels(outcome)
+        for result in ("sent", "retried", "dropped"):
+            self.deliveries.labels(result)
         for outcome in ("success", "failure"):
             self.pools.labels(outcome)
         for outcome in JOB_OUTCOMES:

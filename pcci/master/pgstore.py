@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred
 
 from pcci.master.schedules import RUNS_KEPT, SKIPPED, Schedule
 from pcci.master.store import (
+    Delivery,
     PoolQuery,
     StoreError,
     StoredPool,
@@ -44,7 +45,7 @@ from pcci.master.store import (
 
 #: The version of the tables below; a database of a newer one is refused.
 #: 2: masters, workers, mail, events; 3: pools' C{submitted_by} and
-#: C{schedule}, tokens, schedules.
+#: C{schedule}, tokens, schedules, webhook deliveries.
 SCHEMA_VERSION = 3
 
 #: The first key of pcci's advisory locks (two-key form: this, then one below).
@@ -132,6 +133,15 @@ CREATE TABLE IF NOT EXISTS schedules (
     skipped INTEGER NOT NULL DEFAULT 0,
     runs TEXT NOT NULL DEFAULT '[]'
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    id BIGSERIAL PRIMARY KEY,
+    url TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
 ALTER TABLE pools ADD COLUMN IF NOT EXISTS schedule TEXT;
 CREATE INDEX IF NOT EXISTS pools_schedule ON pools (schedule, id);
 """
@@ -454,6 +464,30 @@ class PostgresStore(ThreadedStore):
                 )
 
         self._transaction(note)
+
+    def _add_delivery(self, url: str, body: bytes, now: float) -> None:
+        self._execute(
+            "INSERT INTO deliveries (url, body, created_at, next_at) VALUES (%s, %s, %s, %s)",
+            (url, body, now, now),
+        )
+
+    def _due_deliveries(self, now: float, lease: float, most: int) -> list[Delivery]:
+        """Due deliveries, held for C{lease} seconds: no other master takes them meanwhile."""
+        rows = self._execute(
+            "UPDATE deliveries SET next_at = %s WHERE id IN (SELECT id FROM deliveries"
+            " WHERE next_at <= %s ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, url, body, attempts, created_at",
+            (now + lease, now, most),
+        )
+        return [Delivery(id, url, bytes(body), attempts, created) for id, url, body, attempts, created in rows]
+
+    def _delivery_done(self, delivery_id: int) -> None:
+        self._execute("DELETE FROM deliveries WHERE id = %s", (delivery_id,))
+
+    def _delivery_later(self, delivery_id: int, attempts: int, at: float) -> None:
+        self._execute(
+            "UPDATE deliveries SET attempts = %s, next_at = %s WHERE id = %s", (attempts, at, delivery_id)
+        )
 
     # What masters share besides pools (see pcci.master.peers): each call
     # below runs its underscored namesake in the store's thread.

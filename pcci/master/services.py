@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pcci.master.peers import Peers
     from pcci.master.schedules import Scheduler
     from pcci.master.tokens import TokenBook
+    from pcci.master.webhooks import Notifier
 
 log = Logger()
 
@@ -137,9 +138,9 @@ class LocalPortEndpoint:
 class StateService(Service):
     """
     The master's state over time: at start, opens the store, carries on
-    with the pools that had not ended, reads the tokens kept there and arms
-    the schedules; at stop, cancels the timers, writes what waits and
-    closes the store.
+    with the pools that had not ended, reads the tokens kept there, arms
+    the schedules and delivers the webhooks queued; at stop, cancels the
+    timers, writes what waits and closes the store.
     """
 
     def __init__(
@@ -150,6 +151,7 @@ class StateService(Service):
         peers: Peers | None = None,
         tokens: TokenBook | None = None,
         scheduler: Scheduler | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.reactor = reactor
         self.state = state
@@ -157,6 +159,7 @@ class StateService(Service):
         self.peers = peers
         self.tokens = tokens
         self.scheduler = scheduler
+        self.notifier = notifier
 
     def startService(self) -> None:
         super().startService()
@@ -177,6 +180,8 @@ class StateService(Service):
             self.tokens.refresh().addErrback(
                 lambda f: log.error("cannot read the tokens kept in the store: {why}", why=f.getErrorMessage())
             )
+        if self.notifier is not None:
+            self.notifier.start()
         if self.scheduler is not None:
             self.scheduler.start().addErrback(
                 lambda f: log.error("cannot read the schedules: {why}", why=f.getErrorMessage())
@@ -186,6 +191,8 @@ class StateService(Service):
         super().stopService()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         self.state.stop()
         d = succeed(None) if self.peers is None else self.peers.stop()
         d.addErrback(lambda f: log.error("workers not marked offline at exit: {why}", why=f.getErrorMessage()))

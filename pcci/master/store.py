@@ -35,8 +35,8 @@ log = Logger()
 T = TypeVar("T")
 
 #: The version of the tables below; a database of a newer one is refused.
-#: 2: pools' C{submitted_by} and C{schedule} columns; the C{tokens} and
-#: C{schedules} tables.
+#: 2: pools' C{submitted_by} and C{schedule} columns; the C{tokens},
+#: C{schedules} and C{deliveries} tables.
 SCHEMA_VERSION = 2
 
 SCHEMA = """
@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS schedules (
     skipped INTEGER NOT NULL DEFAULT 0,
     runs TEXT NOT NULL DEFAULT '[]'
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
 """
 
 #: From schema 1 to 2: who submitted each pool and the schedule that
@@ -131,6 +140,17 @@ class PoolQuery:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """A webhook delivery waiting in the queue (see L{pcci.master.webhooks})."""
+
+    id: int
+    url: str
+    body: bytes
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
 class StoredToken:
     """An API token made through the API: its SHA-256, never its value."""
 
@@ -192,6 +212,16 @@ class PoolStore(Protocol):
     def note_run(self, name: str, run: dict[str, Any]) -> Deferred[None]:
         """Keep a run's outcome (the latest few); count it if skipped."""
 
+    # Webhook deliveries: see pcci.master.webhooks.DeliveryStore.
+
+    def add_delivery(self, url: str, body: bytes, now: float) -> Deferred[None]: ...
+
+    def due_deliveries(self, now: float, lease: float, most: int) -> Deferred[list[Delivery]]: ...
+
+    def delivery_done(self, delivery_id: int) -> Deferred[None]: ...
+
+    def delivery_later(self, delivery_id: int, attempts: int, at: float) -> Deferred[None]: ...
+
     def ping(self) -> Deferred[None]:
         """Fails when the store cannot be used now (a database server gone)."""
 
@@ -238,8 +268,9 @@ class ThreadedStore:
     An engine provides, run in that thread: C{_open}, C{_close}, C{_ping},
     and C{_save}, C{_unfinished}, C{_get}, C{_claim}, C{_page}, C{_expire},
     C{_tokens}, C{_add_token}, C{_remove_token}, C{_schedules},
-    C{_put_schedule}, C{_remove_schedule}, C{_claim_run}, C{_note_run}
-    for the calls of L{PoolStore} of the same names.
+    C{_put_schedule}, C{_remove_schedule}, C{_claim_run}, C{_note_run},
+    C{_add_delivery}, C{_due_deliveries}, C{_delivery_done},
+    C{_delivery_later} for the calls of L{PoolStore} of the same names.
     """
 
     def __init__(self, reactor: Any, name: str) -> None:
@@ -302,6 +333,18 @@ class ThreadedStore:
 
     def note_run(self, name: str, run: dict[str, Any]) -> Deferred[None]:
         return self._run(self._note_run, name, run)
+
+    def add_delivery(self, url: str, body: bytes, now: float) -> Deferred[None]:
+        return self._run(self._add_delivery, url, body, now)
+
+    def due_deliveries(self, now: float, lease: float, most: int) -> Deferred[list[Delivery]]:
+        return self._run(self._due_deliveries, now, lease, most)
+
+    def delivery_done(self, delivery_id: int) -> Deferred[None]:
+        return self._run(self._delivery_done, delivery_id)
+
+    def delivery_later(self, delivery_id: int, attempts: int, at: float) -> Deferred[None]:
+        return self._run(self._delivery_later, delivery_id, attempts, at)
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
@@ -448,6 +491,33 @@ class SQLiteStore(ThreadedStore):
                     "UPDATE schedules SET runs = ?, skipped = skipped + ? WHERE name = ?",
                     (json.dumps(runs), int(run["outcome"] == SKIPPED), name),
                 )
+
+    def _add_delivery(self, url: str, body: bytes, now: float) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO deliveries (url, body, created_at, next_at) VALUES (?, ?, ?, ?)",
+                (url, body, now, now),
+            )
+
+    def _due_deliveries(self, now: float, lease: float, most: int) -> list[Delivery]:
+        with self.db:
+            rows = self.db.execute(
+                "UPDATE deliveries SET next_at = ? WHERE id IN (SELECT id FROM deliveries"
+                " WHERE next_at <= ? ORDER BY next_at LIMIT ?)"
+                " RETURNING id, url, body, attempts, created_at",
+                (now + lease, now, most),
+            ).fetchall()
+        return [Delivery(id, url, bytes(body), attempts, created) for id, url, body, attempts, created in rows]
+
+    def _delivery_done(self, delivery_id: int) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+
+    def _delivery_later(self, delivery_id: int, attempts: int, at: float) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE deliveries SET attempts = ?, next_at = ? WHERE id = ?", (attempts, at, delivery_id)
+            )
 
 
 def open_database(path: str) -> sqlite3.Connection:

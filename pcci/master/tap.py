@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
@@ -33,7 +34,9 @@ from pcci.master.history import DEFAULT_MAX_POOLS
 from pcci.master.metrics import MasterMetrics
 from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
+from pcci.master.jobspec import NOTIFY_ON
 from pcci.master.schedules import Scheduler
+from pcci.master.webhooks import FORMATS, Hook, Notifier, treq_post
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.state import ClusterState, Settings
 from pcci.master.tokens import TokenBook
@@ -77,6 +80,7 @@ class Options(usage.Options):
     optFlags = [
         ["local-worker", None, "Also run a worker named after this host in this process."],
         ["no-auth", None, "No API tokens and no cluster secret: for trusted networks only."],
+        ["webhook-output", None, "Webhook deliveries carry the last 20 lines of each failed job's output (it may hold secrets)."],
     ]
     optParameters = [
         ["api", None, "tcp:8080", "Endpoint of the REST API."],
@@ -102,7 +106,21 @@ class Options(usage.Options):
         ["http-timeout", None, HTTP_TIMEOUT, "Seconds before a silent HTTP connection is closed, and for a request to arrive whole.", seconds],
         ["handshake-timeout", None, HANDSHAKE_TIMEOUT, "Seconds a worker has to complete its handshake.", seconds],
         ["kill-grace", None, 5.0, "Local worker: seconds from SIGTERM to SIGKILL.", seconds],
+        ["webhook-on", None, "failed", "Which pools' ends --webhook URLs hear of: failed, or ended (every one)."],
+        ["webhook-format", None, "json", "What a delivery's body is: json, or slack (a message Slack or Mattermost shows)."],
+        ["webhook-secret-file", None, None, "The secret deliveries are signed with (default: <state-dir>/webhook-secret, made at first start)."],
+        ["public-url", None, None, "The dashboard's address as people reach it, for the links in deliveries (default: http://<this host>:<API port>/)."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["webhook"] = []
+
+    def opt_webhook(self, url: str) -> None:
+        """A URL told of each pool's end (as --webhook-on says); repeatable."""
+        if not re.match(r"https?://\S+\Z", url):
+            raise usage.UsageError(f"--webhook {url!r}: an http:// or https:// URL")
+        self["webhook"].append(url)
 
     def _check_store(self) -> None:
         """
@@ -133,6 +151,10 @@ class Options(usage.Options):
         return None if self["api-token-file"] else "admin"
 
     def postOptions(self) -> None:
+        if self["webhook-on"] not in NOTIFY_ON:
+            raise usage.UsageError("--webhook-on is failed or ended")
+        if self["webhook-format"] not in FORMATS:
+            raise usage.UsageError("--webhook-format is json or slack")
         if self["max-command"] > COMMAND_CEILING:
             raise usage.UsageError(f"--max-command is at most {COMMAND_CEILING}")
         if not MIN_FRAME <= self["max-frame"] <= MAX_FRAME:
@@ -151,6 +173,12 @@ class Options(usage.Options):
         self.state_dir = Path(self["state-dir"]).expanduser()
         self.master_name: str = self["name"] or default_name()
         self._check_store()
+        try:
+            self.webhook_secret = auth.webhook_secret(
+                self["webhook-secret-file"] or self.state_dir / auth.WEBHOOK_SECRET_FILE
+            )
+        except (OSError, auth.AuthConfigError) as e:
+            raise usage.UsageError(str(e)) from None
         if self["no-auth"]:
             return
         try:
@@ -194,6 +222,17 @@ def _running(state: ClusterState, pool_id: str) -> Deferred[bool]:
 
 def _nothing_to_reread() -> None:
     log.info("SIGHUP: no tokens file to read again (--no-auth)")
+
+
+def public_url(api: str, port: IListeningPort) -> str:
+    """The dashboard's address as another machine reaches C{port}, the API's."""
+    scheme = "https" if api.split(":", 1)[0] in ("ssl", "tls") else "http"
+    where = port.getHost()
+    return f"{scheme}://{socket.gethostname()}:{getattr(where, 'port', '')}/"
+
+
+def _pool_link(base: str) -> Callable[[str], str]:
+    return lambda pool_id: f"{base.rstrip('/')}/#/pools/{pool_id}"
 
 
 def join_endpoint(listen: str, port: IListeningPort) -> str:
@@ -252,6 +291,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor, time.time, store, api.run_schedule, lambda pool_id: _running(state, pool_id),
         seconds=bool(os.environ.get(CRON_SECONDS)),
     )
+    notifier = Notifier(
+        reactor, time.time, store, treq_post(reactor), options.webhook_secret,
+        hooks=tuple(Hook(url, options["webhook-on"]) for url in options["webhook"]),
+        form=options["webhook-format"], output=options["webhook-output"],
+    )
+    state.dispatcher.pool_end_hooks.append(notifier.pool_ended)
+    notifier.on_result = lambda result: api.metrics.deliveries.labels(result).inc()
+    scheduler.on_run = lambda outcome: api.metrics.schedule_runs.labels(outcome).inc()
     peers = None
     if isinstance(store, PostgresStore):
         peers = Peers(reactor, store, state)
@@ -259,7 +306,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         peers.on_schedules = scheduler.reload
         if tokens is not None:
             peers.on_tokens = tokens.refresh
-    StateService(reactor, state, store, peers, tokens, scheduler).setServiceParent(master)
+    StateService(reactor, state, store, peers, tokens, scheduler, notifier).setServiceParent(master)
     budget = ConnectionBudget.for_file_limit(daemon.file_limit())
     worker_limit = ConnectionLimit(
         WorkerPortFactory(
@@ -287,7 +334,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         logFormatter=_access_log_line,
     )
     site.noisy = False
-    ListeningService(
+    api_port = ListeningService(
         reactor,
         serverFromString(reactor, options["api"]),
         ConnectionLimit(
@@ -299,7 +346,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             receive_timeout=options["http-timeout"],
         ),
         "the REST API",
-    ).setServiceParent(master)
+    )
+    api_port.setServiceParent(master)
+    if options["public-url"]:
+        notifier.link = _pool_link(options["public-url"])
+    else:
+        api_port.when_listening().addCallback(
+            lambda port: setattr(notifier, "link", _pool_link(public_url(options["api"], port)))
+        )
     if options["local-worker"]:
         name = default_name()
         WorkerService(
