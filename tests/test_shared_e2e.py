@@ -167,3 +167,20 @@ def test_a_token_made_on_one_master_is_known_to_the_other(tmp_path: Path, pg_url
     finally:
         m2.stop()
         m1.stop()
+
+
+def test_a_scoped_token_schedules_only_within_its_scope(lab: Cluster) -> None:
+    hourly = {"cron": "@hourly", "workers": ["w*"]}
+    code, body = lab.request("POST", "/schedules", {"name": "a1", "cmd": "id", **hourly}, token=ALICE)
+    assert code == 403 and body["message"].startswith("this token may not run 'id'")
+    code, body = lab.request("POST", "/schedules", {"name": "a2", "cmd": "uptime", "cron": "@hourly",
+                                                     "workers": ["w3"]}, token=ALICE)
+    assert (code, body["message"]) == (403, "outside this token's scope: w3")
+    code, body = lab.request("POST", "/schedules", {"name": "a3", "cmd": "uptime", **hourly}, token=ALICE)
+    assert code == 201 and body["created_by"] == "alice"
+    assert lab.request("POST", "/schedules", {"name": "adm", "cmd": "true", **hourly})[0] == 201
+    assert [s["name"] for s in lab.request("GET", "/schedules", token=ALICE)[1]] == ["a3"]
+    assert lab.request("DELETE", "/schedules/adm", token=ALICE)[0] == 404
+    assert {s["name"] for s in lab.request("GET", "/schedules")[1]} == {"a3", "adm"}
+    for name in ("a3", "adm"):
+        assert lab.request("DELETE", f"/schedules/{name}")[0] == 200
