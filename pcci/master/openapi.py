@@ -86,6 +86,41 @@ def _worker_schema(**more: Any) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
+_NOTIFY = {
+    "notify": {
+        "type": "array", "maxItems": 10,
+        "items": {"type": "string", "pattern": "^https?://[^\\s]+$"},
+        "description": "URLs told of the pool's end (a signed POST)",
+    },
+    "notify_on": {"type": "string", "enum": ["failed", "ended"]},
+}
+
+#: A schedule's own fields, and the POST /job fields it runs.
+_SCHEDULE_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.@:-]{1,64}$"},
+    "cron": {"type": "string", "description": "five fields, or @hourly, @daily, @weekly, @monthly, @yearly"},
+    "timezone": {"type": "string", "description": "an IANA name; UTC by default"},
+    "paused": {"type": "boolean"},
+    "overlap": {"type": "boolean"},
+    "catch_up": {"type": "boolean"},
+}
+_JOB_FIELDS: dict[str, Any] = {
+    "cmd": {"type": "string", "minLength": 1},
+    "workers": _WORKERS_LIST,
+    "labels": _STRINGS,
+    "exclude": _STRINGS,
+    "timeout": {"type": "number"},
+    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    "cwd": {"type": "string"},
+    "stdin": {"type": "string"},
+    "batch": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+    "batch_wait": {"type": "number"},
+    "max_failures": {"type": "integer"},
+    "wait_offline": {"type": "number"},
+    **_NOTIFY,
+}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     pool_route = {
@@ -338,6 +373,64 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/schedules": {
+                "get": {
+                    "summary": "Every schedule (a scoped token's own), with its next runs and latest pools",
+                    "responses": {
+                        "200": _ok({"type": "array", "items": _ref("Schedule")}),
+                        "401": _UNAUTHORIZED,
+                        "409": _error("this master has no store"),
+                    },
+                },
+                "post": {
+                    "summary": "Make a schedule: a cron line, a time zone, and a POST /job body",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ScheduleRequest")}},
+                    },
+                    "responses": {
+                        "201": _ok(_ref("Schedule"), "made"),
+                        "400": _error("a bad body"),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "409": _error("a schedule of that name exists"),
+                        "413": _error("a body over the size limit"),
+                        "415": _error("a body not sent as application/json"),
+                    },
+                },
+            },
+            "/schedules/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {
+                    "summary": "A schedule",
+                    "responses": {"200": _ok(_ref("Schedule")), "401": _UNAUTHORIZED, "404": _error("no such schedule")},
+                },
+                "patch": {
+                    "summary": "Change a schedule (paused: true pauses it, false resumes it)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ScheduleChange")}},
+                    },
+                    "responses": {
+                        "200": _ok(_ref("Schedule")),
+                        "400": _error("a bad body"),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "404": _error("no such schedule"),
+                        "413": _error("a body over the size limit"),
+                        "415": _error("a body not sent as application/json"),
+                    },
+                },
+                "delete": {
+                    "summary": "Remove a schedule (its pools stay)",
+                    "responses": {
+                        "200": _ok({"type": "object", "properties": {"name": {"type": "string"}, "message": {"type": "string"}}}),
+                        "401": _UNAUTHORIZED,
+                        "403": _FORBIDDEN,
+                        "404": _error("no such schedule"),
+                    },
+                },
+            },
             "/tokens": {
                 "get": {
                     "summary": "Every token's name and what it may do (never a token); an administrator's token only",
@@ -476,6 +569,7 @@ def openapi_document() -> dict[str, Any]:
                             "type": "number", "exclusiveMinimum": True, "minimum": 0,
                             "description": "seconds a job on a known offline worker waits for it",
                         },
+                        **_NOTIFY,
                     },
                     "required": ["cmd"],
                     "description": "workers, labels, or both, select the workers",
@@ -497,6 +591,30 @@ def openapi_document() -> dict[str, Any]:
                         "message": {"type": "string"},
                     },
                     "required": ["workers", "message"],
+                },
+                "ScheduleRequest": {
+                    "type": "object",
+                    "properties": {**_SCHEDULE_FIELDS, **_JOB_FIELDS},
+                    "required": ["name", "cron", "cmd"],
+                },
+                "ScheduleChange": {
+                    "type": "object",
+                    "properties": {**_SCHEDULE_FIELDS, **_JOB_FIELDS},
+                },
+                "Schedule": {
+                    "type": "object",
+                    "properties": {
+                        **_SCHEDULE_FIELDS,
+                        **_JOB_FIELDS,
+                        "created_by": _nullable("string"),
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "next_runs": {"type": "array", "items": {"type": "string", "format": "date-time"}},
+                        "last_run": _nullable("string", format="date-time"),
+                        "skipped": {"type": "integer"},
+                        "runs": {"type": "array", "items": {"type": "object"}},
+                        "last_pools": {"type": "array", "items": {"type": "object"}},
+                    },
+                    "required": ["name", "cron", "timezone", "paused", "next_runs", "runs", "skipped"],
                 },
                 "RetryRequest": {
                     "type": "object",
@@ -583,6 +701,7 @@ def openapi_document() -> dict[str, Any]:
                         "submitted_by": _nullable("string"),
                         "kind": {"type": "string", "enum": ["run", "push", "fetch"]},
                         "retry_of": _nullable("string"),
+                        "schedule": _nullable("string"),
                         "wait_offline": {"type": "number"},
                         "wait_until": {"type": "string", "format": "date-time"},
                     },
