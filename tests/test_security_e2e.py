@@ -236,8 +236,11 @@ def test_no_auth_runs_as_pcci_1x_did(tmp_path: Path) -> None:
         cluster.start_worker("w1")
         assert cluster.run("echo open", ["w1"])["status"] == 0
         assert "authentication is OFF" in cluster.master.log_text()
-        # No secrets made: the state directory holds the pools' database only.
-        assert sorted(p.name for p in cluster.state_dir.iterdir() if not p.name.startswith("pcci.db")) == []
+        # No token and no cluster secret made: the state directory holds the
+        # pools' database and the key webhook deliveries are signed with.
+        assert sorted(p.name for p in cluster.state_dir.iterdir() if not p.name.startswith("pcci.db")) == [
+            "webhook-secret"
+        ]
     finally:
         cluster.stop()
 
