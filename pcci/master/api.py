@@ -305,10 +305,11 @@ class MasterAPI:
         refused(request, status, message, _token(request))
         return APIError(status, message)
 
-    def _may_see(self, request: IRequest, pool: Pool) -> bool:
-        """Whether the request's token may see C{pool}: a scoped one sees only its own."""
+    @staticmethod
+    def _may_see(request: IRequest, owner: str | None) -> bool:
+        """Whether the request's token may see what C{owner} made: a scoped one sees only its own."""
         token = _token(request)
-        return token is None or token.scope is None or pool.submitted_by == token.name
+        return token is None or token.scope is None or owner == token.name
 
     def _select(
         self,
@@ -372,7 +373,7 @@ class MasterAPI:
             missing = f"no pool {pool_id} (unknown, or expired)"
             if pool is None:
                 raise APIError(404, missing)
-            if not self._may_see(request, pool):
+            if not self._may_see(request, pool.submitted_by):
                 raise self._refuse(request, missing, 404)
             return pool
 
@@ -529,7 +530,7 @@ class MasterAPI:
         fetch = self.state.fetches.get(pool_id)
         archive = None if fetch is None else fetch.archives.get(worker)
         pool = self.history.pools.get(pool_id)
-        if fetch is None or archive is None or pool is None or not self._may_see(request, pool):
+        if fetch is None or archive is None or pool is None or not self._may_see(request, pool.submitted_by):
             raise APIError(404, f"no archive of {worker} for pool {pool_id} (unknown, or expired)")
         if archive.job.status is None:
             raise APIError(409, f"{worker} is still sending: ask again once its job has ended")
@@ -781,15 +782,11 @@ class MasterAPI:
 
         def found(schedules: list[Schedule]) -> Schedule:
             for schedule in schedules:
-                if schedule.name == name and self._may_see_schedule(request, schedule):
+                if schedule.name == name and self._may_see(request, schedule.created_by):
                     return schedule
             raise APIError(404, f"no schedule {name}")
 
         return self._schedules_store().schedules().addCallback(found)
-
-    def _may_see_schedule(self, request: IRequest, schedule: Schedule) -> bool:
-        token = _token(request)
-        return token is None or token.scope is None or schedule.created_by == token.name
 
     def _checked_schedule(self, request: IRequest, body: Any, existing: Schedule | None) -> Schedule:
         """A schedule from a C{POST} body, or C{existing} changed by a C{PATCH} body, checked."""
@@ -827,14 +824,11 @@ class MasterAPI:
         except (ScheduleError, SpecError) as e:
             raise APIError(400, str(e)) from None
         self._permit(request, permits.check_command, asked.cmd, asked.options.env)
-        scope = _scope(request)
-        if scope is not None and asked.workers:
+        if asked.workers:
             try:
-                outside = scope.outside(asked.workers, {}, self.max_workers)
+                self._permit(request, permits.check_names, self.roster, asked.workers, self.max_workers)
             except TargetError as e:
                 raise APIError(400, str(e)) from None
-            if outside:
-                raise self._refuse(request, f"outside this token's scope: {fold(outside)}")
         return schedule
 
     def _schedule_json(self, schedule: Schedule) -> Deferred[dict[str, Any]]:
@@ -870,7 +864,7 @@ class MasterAPI:
         """Every schedule (a scoped token's own), with its next runs and latest pools."""
 
         def answer(schedules: list[Schedule]) -> Deferred[bytes]:
-            shown = [self._schedule_json(s) for s in schedules if self._may_see_schedule(request, s)]
+            shown = [self._schedule_json(s) for s in schedules if self._may_see(request, s.created_by)]
             return gatherResults(shown, consumeErrors=True).addCallback(lambda body: _json(request, body))
 
         return self._schedules_store().schedules().addCallback(answer)

@@ -145,23 +145,26 @@ class Dispatcher:
             job = Job(pool.id, name, cmd, self.history.new_output())
             pool.jobs[name] = job
             if name in offline:
-                self._expect(pool, job)
+                job.state = WAITING
             else:
                 pool.waiting.append(job)
+        self._expect(pool)
         self.history.add(pool)
         self._send(pool, pool.rollout.window(len(names)))
         return self.history.stored(pool.id).addCallback(lambda _: pool)
 
     # Jobs waiting for their workers (wait_offline)
 
-    def _expect(self, pool: Pool, job: Job) -> None:
-        """C{job}'s worker is offline: the job waits for it until the pool's C{wait_until}."""
-        job.state = WAITING
-        self.expected.setdefault(job.worker_id, {})[pool.id] = job
-        if not any(t.active() and t.func == self._waited_out for t in pool.timers):
-            assert pool.wait_until is not None
-            delay = max(0.0, pool.wait_until - self.wall())
-            pool.timers.append(self.clock.callLater(delay, self._waited_out, pool))
+    def _expect(self, pool: Pool) -> None:
+        """The pool's L{WAITING} jobs wait for their workers until its C{wait_until}."""
+        waiting = [job for job in pool.jobs.values() if job.state == WAITING]
+        if not waiting:
+            return
+        for job in waiting:
+            self.expected.setdefault(job.worker_id, {})[pool.id] = job
+        assert pool.wait_until is not None
+        delay = max(0.0, pool.wait_until - self.wall())
+        pool.timers.append(self.clock.callLater(delay, self._waited_out, pool))
 
     def _unexpect(self, job: Job) -> None:
         jobs = self.expected.get(job.worker_id, {})
@@ -197,12 +200,11 @@ class Dispatcher:
         """
         for pool in self.history.load(records):
             prepare(pool)
+            self._expect(pool)
             for job in pool.jobs.values():
-                if job.state == WAITING:
-                    self._expect(pool, job)
-                    link = self.roster.links.get(job.worker_id)
-                    if link is not None:  # connected to another master already
-                        self._arrived(link)
+                link = self.roster.links.get(job.worker_id)
+                if job.state == WAITING and link is not None:  # connected to another master already
+                    self._arrived(link)
             in_flight = self._adopt_in_flight(pool)
             if pool.waiting and not pool.halted:
                 # Its workers have to come back first.

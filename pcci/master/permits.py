@@ -53,13 +53,24 @@ def select_workers(
     @raise Forbidden: a worker named outside the token's scope.
     @raise TargetError: a malformed request, or one that selects nobody.
     """
-    scope = _scope(token)
-    if scope is not None and names:
-        known = {name: record.labels for name, record in roster.records.items()}
-        outside = scope.outside(names, known, most)
-        if outside:
-            raise Forbidden(f"outside this token's scope: {fold(outside)}")
+    if names:
+        check_names(token, roster, names, most)
     return select(names, labels, exclude, workers_in_scope(token, roster, not offline), most)
+
+
+def check_names(token: APIToken | None, roster: Roster, items: list[str], most: int) -> None:
+    """
+    @raise Forbidden: a worker C{items} name outright (not by a glob) is
+        outside the token's scope: by its name, or the labels it is known to hold.
+    @raise TargetError: a malformed item.
+    """
+    scope = _scope(token)
+    if scope is None:
+        return
+    known = {name: record.labels for name, record in roster.records.items()}
+    outside = scope.outside(items, known, most)
+    if outside:
+        raise Forbidden(f"outside this token's scope: {fold(outside)}")
 
 
 def check_command(token: APIToken | None, cmd: str, env: Mapping[str, str]) -> None:

@@ -395,20 +395,14 @@ class PostgresStore(ThreadedStore):
                 "INSERT INTO tokens VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                 (token.name, token.digest, json.dumps(token.record)),
             )
-            if cursor.rowcount == 0:
-                return False
-            cursor.execute("SELECT pg_notify(%s, 't')", (CHANNEL,))
-            return True
+            return _notify_if_changed(cursor, "t")
 
         return self._transaction(add)
 
     def _remove_token(self, name: str) -> bool:
         def remove(cursor: Any) -> bool:
             cursor.execute("DELETE FROM tokens WHERE name = %s", (name,))
-            if cursor.rowcount == 0:
-                return False
-            cursor.execute("SELECT pg_notify(%s, 't')", (CHANNEL,))
-            return True
+            return _notify_if_changed(cursor, "t")
 
         return self._transaction(remove)
 
@@ -429,20 +423,14 @@ class PostgresStore(ThreadedStore):
                 )
             else:
                 cursor.execute("UPDATE schedules SET record = %s WHERE name = %s", (record, schedule.name))
-            if cursor.rowcount == 0:
-                return False
-            cursor.execute("SELECT pg_notify(%s, 's')", (CHANNEL,))
-            return True
+            return _notify_if_changed(cursor, "s")
 
         return self._transaction(put)
 
     def _remove_schedule(self, name: str) -> bool:
         def remove(cursor: Any) -> bool:
             cursor.execute("DELETE FROM schedules WHERE name = %s", (name,))
-            if cursor.rowcount == 0:
-                return False
-            cursor.execute("SELECT pg_notify(%s, 's')", (CHANNEL,))
-            return True
+            return _notify_if_changed(cursor, "s")
 
         return self._transaction(remove)
 
@@ -648,6 +636,14 @@ class PostgresStore(ThreadedStore):
             return True, cursor.fetchone()[0], claimed
 
         return self._transaction(lease_)
+
+
+def _notify_if_changed(cursor: Any, payload: str) -> bool:
+    """After a statement: whether it changed a row; if so, C{NOTIFY} C{payload} with the commit."""
+    if cursor.rowcount == 0:
+        return False
+    cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+    return True
 
 
 def _once(cursor: Any) -> bool:

@@ -217,7 +217,7 @@ CRON_SECONDS = "PCCI_TEST_CRON_SECONDS"
 
 
 def _running(state: ClusterState, pool_id: str) -> Deferred[bool]:
-    return state.history.find(pool_id).addCallback(lambda pool: pool is not None and pool.finished is False)
+    return state.history.find(pool_id).addCallback(lambda pool: pool is not None and not pool.finished)
 
 
 def _nothing_to_reread() -> None:
