@@ -48,11 +48,14 @@ VIEWER = "viewer-token-for-the-browser-tests"
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A master with two workers, node1 and node2, and two named tokens."""
+    """A master with two workers, node1 and node2, and two named tokens; its
+    cron lines may have seconds (tests only)."""
     directory = tmp_path_factory.mktemp("web")
     c = Cluster(directory)
     try:
-        c.start_master_with_tokens(ADMIN, VIEWER, names=("alice", "viewer"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PCCI_TEST_CRON_SECONDS", "1")
+            c.start_master_with_tokens(ADMIN, VIEWER, names=("alice", "viewer"))
         c.start_worker("node1", "--kill-grace", "1", "--heartbeat", "1", "--label", "rack=a")
         c.start_worker("node2", "--kill-grace", "1", "--heartbeat", "1", "--label", "rack=b")
         yield c
@@ -404,6 +407,97 @@ def test_another_master_shows_the_cluster_and_a_pool_live(
     finally:
         m2.stop()
         m1.stop()
+
+
+def test_a_schedule_made_run_paused_changed_and_removed(page: Page) -> None:
+    page.expected_errors.append("status of 400")  # the form's dry run of a wrong cron line
+    try:
+        page.sign_in(ADMIN)
+        page.wait_text(".who", "alice")
+        page.find("#nav a[data-view=schedules]").click()
+        page.wait_text("#schedules", "No schedule yet")
+        page.find("#new-schedule").click()
+        form = "#schedule-new"
+        page.find(f"{form} input[name=name]").send_keys("tick")
+        cron = page.find(f"{form} input[name=cron]")
+        cron.send_keys("61 * * * *")
+        page.wait_text("#schedule-next", "cron '61 * * * *'")  # the master's word on it, as it is typed
+        cron.clear()
+        cron.send_keys("@daily")
+        page.wait_text("#schedule-next", "Next runs:")
+        shown = page.text("#schedule-next")  # Next runs: Dec 2, 2026, 12:00 AM UTC (in 9 h) · …
+        assert shown.count(" · ") == 2 and shown.count("UTC (in ") == 3, shown
+        cron.clear()
+        cron.send_keys("* * * * * *")  # every second: the test masters' seconds field
+        page.find(f"{form} input[name=cmd]").send_keys("echo tick")
+        page.find(f"{form} input[name=workers]").send_keys("node*")
+        page.wait_text(f"{form} #matches", "Matches 2 workers: node1, node2")
+        page.shoot("schedule-new")
+        page.find("#schedule-submit").click()
+
+        page.wait(lambda d: d.current_url.endswith("#/schedules/tick"), "the schedule's page")
+        page.wait_text("#schedule-state", "active")
+        page.wait_text("#schedule-runs", "started")
+        page.wait_text("#schedule-pools", "ok")
+        page.shoot("schedule")
+        page.find(".view-head .pause").click()
+        page.wait_text("#schedule-state", "paused")
+        page.wait_text("#next-runs", "None while paused")
+
+        # Changed: another command, a timeout; the workers' field emptied
+        # and labels given instead.
+        change = "#schedule-change"
+        field = page.find(f"{change} input[name=cmd]")
+        field.clear()
+        field.send_keys("echo tock")
+        page.find(f"{change} input[name=workers]").clear()
+        page.find(f"{change} summary").click()
+        page.find(f"{change} input[name=labels]").send_keys("rack=b")
+        page.find(f"{change} input[name=timeout]").send_keys("30")
+        page.wait_text(f"{change} #matches", "Matches 1 worker: node2")
+        page.find(f"{change} button[type=submit]").click()
+        page.wait_text("#schedule-status", "Saved.")
+        page.wait_text(".cmd-line", "echo tock")
+        saved = page.cluster.request("GET", "/schedules/tick")[1]
+        assert (saved["cmd"], saved["labels"], saved["timeout"], saved["paused"]) == ("echo tock", ["rack=b"], 30, True)
+        assert "workers" not in saved
+
+        # The list: paused, then resumed in place; its pools a click away.
+        page.find("#nav a[data-view=schedules]").click()
+        page.wait_text("tr[data-schedule=tick]", "paused")
+        assert "echo tock" in page.text("tr[data-schedule=tick]")
+        page.shoot("schedules")
+        page.find("tr[data-schedule=tick] .pause").click()
+        page.wait(lambda d: "paused" not in page.text("tr[data-schedule=tick] .next-run"), "the schedule resumed")
+        page.wait(lambda d: "echo tock" in str(page.cluster.request("GET", "/pools?schedule=tick")[1]), "a run of echo tock")
+        page.go("#/schedules/tick")
+        page.find("#all-pools").click()
+        page.wait_text("h1", "Pools of schedule tick")
+        page.wait_text("#pools", "echo tock")
+        page.wait_text("#pools", "echo tick")
+
+        # A read-only token sees it all, and changes nothing.
+        page.find("#sign-out").click()
+        page.sign_in(VIEWER)
+        page.wait_text(".who", "read-only")
+        page.go("#/schedules")
+        page.wait_text("tr[data-schedule=tick]", "echo tock")
+        assert page.driver.find_elements(By.CSS_SELECTOR, "#new-schedule, .pause") == []
+        page.go("#/schedules/tick")
+        page.wait_text("#schedule-state", "active")
+        assert page.driver.find_elements(By.CSS_SELECTOR, "#remove-schedule, #schedule-change") == []
+
+        page.find("#sign-out").click()
+        page.sign_in(ADMIN)
+        page.wait_text("#schedule-state", "active")
+        remove = page.find("#remove-schedule")
+        remove.click()
+        page.wait_text("#remove-schedule", "Really remove?")
+        remove.click()
+        page.wait(lambda d: d.current_url.endswith("#/schedules"), "the list")
+        page.wait_text("#schedules", "No schedule yet")
+    finally:
+        page.cluster.request("DELETE", "/schedules/tick")
 
 
 def test_a_pool_page_carries_on_across_a_master_restart(page: Page, tmp_path: Path) -> None:

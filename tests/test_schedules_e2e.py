@@ -38,6 +38,11 @@ def test_a_schedule_runs_its_pools_once_each_across_a_restart_and_not_while_paus
 ) -> None:
     own_cluster.start_master()
     own_cluster.start_worker("w1")
+    code, tried = own_cluster.request("POST", "/schedules?dry_run=true", {"name": "tick", "cron": "@daily", "cmd": "true", "workers": ["w1"]})
+    assert code == 200 and len(tried["next_runs"]) == 3 and tried["next_runs"][0].endswith("T00:00:00.000Z")
+    code, wrong = own_cluster.request("POST", "/schedules?dry_run=true", {"name": "tick", "cron": "61 * * * *", "cmd": "true", "workers": ["w1"]})
+    assert code == 400 and "cron" in wrong["message"]
+    assert own_cluster.request("GET", "/schedules")[1] == []  # a dry run keeps nothing
     code, made = own_cluster.request(
         "POST", "/schedules", {"name": "tick", "cron": "* * * * * *", "cmd": "echo tock", "workers": ["w*"]}
     )
@@ -58,6 +63,10 @@ def test_a_schedule_runs_its_pools_once_each_across_a_restart_and_not_while_paus
 
     code, paused = own_cluster.request("PATCH", "/schedules/tick", {"paused": True})
     assert code == 200 and paused["paused"] and paused["next_runs"] == []
+    code, changed = own_cluster.request("PATCH", "/schedules/tick", {"cmd": "echo tick", "timeout": 30})
+    assert code == 200 and changed["cmd"] == "echo tick" and changed["timeout"] == 30 and changed["paused"]
+    code, changed = own_cluster.request("PATCH", "/schedules/tick", {"timeout": None})  # null: back to none
+    assert code == 200 and "timeout" not in changed
     count = len(pools_of(own_cluster, "tick"))
     # Another schedule is the clock: two of its runs later, tick has none more.
     own_cluster.request("POST", "/schedules", {"name": "clock", "cron": "* * * * * *", "cmd": "true", "workers": ["w1"]})

@@ -819,7 +819,9 @@ class MasterAPI:
                     if not isinstance(body[flag], bool):
                         raise ScheduleError(f"{flag} must be true or false")
                     setattr(schedule, flag, body[flag])
-            schedule.job = {**schedule.job, **{k: v for k, v in body.items() if k in JOB_FIELDS}}
+            # A field set to null is removed: the job goes back to its default.
+            job = {**schedule.job, **{k: v for k, v in body.items() if k in JOB_FIELDS}}
+            schedule.job = {k: v for k, v in job.items() if v is not None}
             asked = parse_submission(schedule.job, self.max_command, self.max_workers)
         except (ScheduleError, SpecError) as e:
             raise APIError(400, str(e)) from None
@@ -871,9 +873,17 @@ class MasterAPI:
 
     @app.route("/schedules", methods=["POST"])
     def schedule_create(self, request: IRequest) -> Deferred[bytes]:
-        """A new schedule: a cron line, a time zone, and a C{POST /job} body."""
+        """
+        A new schedule: a cron line, a time zone, and a C{POST /job} body.
+        With C{?dry_run=true}, check it and tell its next runs, keeping nothing.
+        """
         store = self._schedules_store()
         schedule = self._checked_schedule(request, _read_json(request, self.max_body), None)
+        if _bool_arg(request, "dry_run", False):
+            assert self.scheduler is not None
+            runs = [rfc3339(at) for at in self.scheduler.next_runs(schedule)]
+            answer = {"name": schedule.name, "next_runs": runs, "message": f"schedule {schedule.name} can be made"}
+            return succeed(_json(request, answer))
 
         def put(fresh: bool) -> Deferred[bytes]:
             if not fresh:

@@ -384,11 +384,22 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "Make a schedule: a cron line, a time zone, and a POST /job body",
+                    "parameters": [
+                        _query("dry_run", _BOOLEAN, "true: keep nothing, answer the schedule's next runs"),
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("ScheduleRequest")}},
                     },
                     "responses": {
+                        "200": _ok(
+                            {"type": "object", "properties": {
+                                "name": {"type": "string"},
+                                "next_runs": {"type": "array", "items": {"type": "string", "format": "date-time"}},
+                                "message": {"type": "string"},
+                            }},
+                            "a dry run: it could be made",
+                        ),
                         "201": _ok(_ref("Schedule"), "made"),
                         "400": _error("a bad body"),
                         "401": _UNAUTHORIZED,

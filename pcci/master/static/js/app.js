@@ -1,5 +1,5 @@
 // The dashboard: signing in, the views' addresses (#/nodes, #/pools,
-// #/pools/<id>, #/run) and the bar at the top.
+// #/pools/<id>, #/run, #/schedules, #/schedules/<name>) and the bar at the top.
 
 import { APIError, call, saveToken, savedToken } from "./api.js";
 import { ageTimes, fill, h, notice, scopeText } from "./dom.js";
@@ -7,6 +7,7 @@ import { showNodes } from "./nodes.js";
 import { showPool } from "./pool.js";
 import { showPools } from "./pools.js";
 import { showRun } from "./run.js";
+import { showSchedule, showSchedules } from "./schedules.js";
 
 const main = document.getElementById("main");
 let session = null; // {auth, name, read_only, admin, scope} from GET /whoami
@@ -41,11 +42,16 @@ function route() {
     link.classList.toggle("current", link.dataset.view === view);
   }
   main.replaceChildren();
-  document.title = `${{ nodes: "Nodes", pools: parts[1] ? "Pool" : "Pools", run: "Run" }[view] || "Nodes"} · pcci`;
+  const titles = { nodes: "Nodes", pools: parts[1] ? "Pool" : "Pools", run: "Run", schedules: parts[1] ? "Schedule" : "Schedules" };
+  document.title = `${titles[view] || "Nodes"} · pcci`;
   if (view === "pools" && parts[1]) {
     stopView = showPool(main, context, decodeURIComponent(parts[1]));
   } else if (view === "pools") {
     stopView = showPools(main, context, params);
+  } else if (view === "schedules" && parts[1]) {
+    stopView = showSchedule(main, context, decodeURIComponent(parts[1]));
+  } else if (view === "schedules") {
+    stopView = showSchedules(main, context);
   } else if (view === "run") {
     stopView = showRun(main, context, params);
   } else {

@@ -56,20 +56,24 @@ export function badge(state) {
   return h("span", { class: `badge state-${state}` }, STATE_WORDS[state] || state);
 }
 
-// "3 min ago", with the exact time on hover; null shows as a dash.
+// "3 min ago" (or "in 3 min"), with the exact time on hover; null shows as a dash.
 export function when(iso) {
   if (!iso) return h("span", { class: "muted" }, "–");
   const date = new Date(iso);
   return h("time", { datetime: iso, title: date.toLocaleString() }, ago(date));
 }
 
+// "3 min ago", or "in 3 min" for a time to come (a schedule's next run).
 export function ago(date, now = Date.now()) {
-  const seconds = Math.round((now - date.getTime()) / 1000);
-  if (seconds < 5) return "just now";
-  if (seconds < 60) return `${seconds} s ago`;
-  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
-  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
-  return `${Math.floor(seconds / 86400)} d ago`;
+  const signed = Math.round((now - date.getTime()) / 1000);
+  const seconds = Math.abs(signed);
+  if (seconds < 5) return signed >= 0 ? "just now" : "now";
+  let span;
+  if (seconds < 60) span = `${seconds} s`;
+  else if (seconds < 3600) span = `${Math.floor(seconds / 60)} min`;
+  else if (seconds < 86400) span = `${Math.floor(seconds / 3600)} h`;
+  else span = `${Math.floor(seconds / 86400)} d`;
+  return signed > 0 ? `${span} ago` : `in ${span}`;
 }
 
 // Refresh every relative time on the page (they age while it is open).
@@ -118,4 +122,28 @@ export function counts(byState) {
 // A message in place of a view's content: an error, or that there is nothing.
 export function notice(text, kind = "info") {
   return h("p", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+}
+
+// A button that asks once more before it acts: act() returns a promise.
+export function confirming(text, confirmText, act, attributes = {}) {
+  const button = h("button", { type: "button", class: "danger", ...attributes }, text);
+  let armed = null;
+  button.addEventListener("click", () => {
+    if (!armed) {
+      button.textContent = confirmText;
+      armed = setTimeout(() => {
+        armed = null;
+        button.textContent = text;
+      }, 4000);
+      return;
+    }
+    clearTimeout(armed);
+    armed = null;
+    button.disabled = true;
+    act().finally(() => {
+      button.disabled = false;
+      button.textContent = text;
+    });
+  });
+  return button;
 }

@@ -3,33 +3,9 @@
 // that groups workers whose output is the same, and Kill buttons.
 
 import { call, streamEvents } from "./api.js";
-import { badge, between, counts, duration, fill, h, notice, when } from "./dom.js";
+import { badge, between, confirming, counts, duration, fill, h, notice, when } from "./dom.js";
 
 const RETRY = 2000; // ms before a cut event stream is resumed
-
-// A button that asks once more before it acts.
-function confirming(text, confirmText, act, attributes = {}) {
-  const button = h("button", { type: "button", class: "danger", ...attributes }, text);
-  let armed = null;
-  button.addEventListener("click", () => {
-    if (!armed) {
-      button.textContent = confirmText;
-      armed = setTimeout(() => {
-        armed = null;
-        button.textContent = text;
-      }, 4000);
-      return;
-    }
-    clearTimeout(armed);
-    armed = null;
-    button.disabled = true;
-    act().finally(() => {
-      button.disabled = false;
-      button.textContent = text;
-    });
-  });
-  return button;
-}
 
 function piece(part) {
   if (part.dropped !== undefined) {
@@ -122,6 +98,7 @@ export function showPool(main, context, poolId) {
       when(pool.started_at),
       ` · took ${duration(between(pool.started_at, pool.ended_at))}`,
       pool.submitted_by ? ` · by ${pool.submitted_by}` : "",
+      pool.schedule ? h("span", {}, " · schedule ", h("a", { id: "pool-schedule", href: `#/schedules/${encodeURIComponent(pool.schedule)}` }, pool.schedule)) : "",
       pool.retry_of ? h("span", {}, " · retry of ", h("a", { class: "mono", href: `#/pools/${encodeURIComponent(pool.retry_of)}` }, pool.retry_of)) : "",
       ` · ${counts(pool.counts)}`,
       pool.timeout ? ` · timeout ${pool.timeout} s` : "",

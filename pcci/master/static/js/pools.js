@@ -26,7 +26,8 @@ function filters(params) {
   const form = h("form", { class: "filters", id: "pool-filters" }, state, worker, cmd, h("button", { type: "submit" }, "Filter"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    location.hash = address(new URLSearchParams({ state: state.value, worker: worker.value.trim(), cmd: cmd.value.trim() }));
+    const chosen = { state: state.value, worker: worker.value.trim(), cmd: cmd.value.trim(), schedule: params.get("schedule") || "" };
+    location.hash = address(new URLSearchParams(chosen));
   });
   state.addEventListener("change", () => form.requestSubmit());
   return form;
@@ -50,13 +51,17 @@ function row(pool) {
 export function showPools(main, context, params) {
   const body = h("div", { id: "pools" }, notice("Loading pools…"));
   const pager = h("nav", { class: "pager" });
-  fill(main, h("div", { class: "view-head" }, h("h1", {}, "Pools"), filters(params)), body, pager);
+  const schedule = params.get("schedule");
+  const title = schedule
+    ? h("h1", {}, "Pools of schedule ", h("a", { href: `#/schedules/${encodeURIComponent(schedule)}` }, schedule))
+    : h("h1", {}, "Pools");
+  fill(main, h("div", { class: "view-head" }, title, filters(params)), body, pager);
   const controller = new AbortController();
   let timer = null;
 
   async function refresh() {
     const query = new URLSearchParams({ limit: String(PAGE), results: "false" });
-    for (const name of ["state", "worker", "cmd", "before"]) {
+    for (const name of ["state", "worker", "cmd", "schedule", "before"]) {
       if (params.get(name)) query.set(name, params.get(name));
     }
     let pools = [];
