@@ -11,6 +11,7 @@ from fakes import started as result
 from postgres import SyncStore
 from pcci.master.pgstore import SCHEMA_VERSION, check_database, is_postgres_url
 from pcci.master.store import PoolQuery, StoredPool, StoreError
+from test_store import check_schedules_in
 
 
 def pool(pool_id: str, workers: list[str], cmd: str = "true", ended: float | None = None) -> StoredPool:
@@ -81,3 +82,14 @@ def test_a_broken_connection_is_made_again_at_the_next_call(pg_url: str, postgre
         postgres.start()
     assert result(store.get("p1")) == {"id": "p1", "ended_at": None, "owner": "m1"}
     store.close()
+
+
+def test_schedules_are_kept_and_each_run_claimed_once_among_masters(pg_url: str) -> None:
+    store, other = SyncStore(pg_url, None, "m1"), SyncStore(pg_url, None, "m2")
+    for s in (store, other):
+        s.open()
+    try:
+        check_schedules_in(store, other)
+    finally:
+        store.close()
+        other.close()

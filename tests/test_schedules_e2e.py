@@ -1,7 +1,7 @@
 """
 Schedules and webhooks end to end, with real daemons: a schedule (on a
 test-only seconds field) runs its pools on real workers, once across a
-master restart, and not while paused; a local HTTP server receives signed
+master restart (and once with two masters on PostgreSQL), and not while paused; a local HTTP server receives signed
 deliveries, one tried again after a 500, while a hanging one delays nothing.
 """
 
@@ -13,11 +13,13 @@ import http.server
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from cluster import Cluster, poll
+from test_masters_e2e import masters
 from test_restart_e2e import restart_master
 
 pytestmark = pytest.mark.e2e
@@ -171,3 +173,26 @@ def metrics_text(cluster: Cluster) -> str:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()
+
+
+def test_with_two_masters_each_run_starts_once(tmp_path: Path, pg_url: str, every_second: None) -> None:
+    """Both masters on one PostgreSQL know the schedule; one starts each run."""
+    m1, m2 = masters(tmp_path, pg_url)
+    try:
+        m1.start_worker("w1", wait=False)
+        m2.start_worker("w2", wait=False)
+        m1.wait_for_workers("w1", "w2")
+        began = time.time()
+        code, made = m1.request("POST", "/schedules", {"name": "tick", "cron": "* * * * * *", "cmd": "true", "workers": ["w*"]})
+        assert code == 201, made
+        poll(lambda: m2.request("GET", "/schedules/tick")[0] == 200, what="m2 to know the schedule")
+        poll(lambda: len(pools_of(m2, "tick")) >= 6, timeout=30, what="six runs")
+        m2.request("PATCH", "/schedules/tick", {"paused": True})
+        # One pool a second at most (each master starting each run would make two).
+        assert len(pools_of(m1, "tick")) <= time.time() - began + 1
+        runs = m1.request("GET", "/schedules/tick")[1]["runs"]
+        assert all(run["outcome"] == "started" for run in runs), runs
+        assert len({run["at"] for run in runs}) == len(runs)
+    finally:
+        m2.stop()
+        m1.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from twisted.internet.task import Clock
 
 from fakes import FakeLink
 from pcci.master.events import pool_events
+from pcci.master.schedules import RUNS_KEPT, SKIPPED, STARTED, Schedule
 from pcci.master.state import ClusterState, Settings
 from pcci.master.store import SCHEMA_VERSION, PoolQuery, SQLiteStore, StoreError, open_database
 
@@ -305,3 +307,40 @@ def test_a_store_that_stops_answering_refuses_new_pools_until_it_is_back(tmp_pat
     assert state.history.pools == {}
     clock.advance(PROBE_INTERVAL)  # it answers again
     assert submitted(clock, state.dispatcher.submit("true", ["a"])).jobs
+
+
+def check_schedules_in(store, other) -> None:
+    """
+    Schedules in C{store}, and in C{other}, a second master's store on the
+    same database: kept, changed, claimed once each run, their runs noted.
+    """
+    tick = Schedule(name="tick", cron="*/5 * * * *", job={"cmd": "true", "workers": ["a"]}, created_by="alice")
+    assert result(store.put_schedule(tick, True)) is True
+    assert result(store.put_schedule(tick, True)) is False  # the name is taken
+    assert result(store.put_schedule(replace(tick, name="nope"), False)) is False  # nothing to change
+    assert result(store.put_schedule(replace(tick, paused=True, job={"cmd": "id"}), False)) is True
+    (found,) = result(other.schedules())
+    assert (found.name, found.paused, found.job, found.created_by) == ("tick", True, {"cmd": "id"}, "alice")
+    # Each run is started by one master: the first to claim it.
+    assert [result(s.claim_run("tick", 300.0)) for s in (store, other, store)] == [True, False, False]
+    assert result(other.claim_run("tick", 200.0)) is False  # older than the latest
+    assert result(other.claim_run("tick", 600.0)) is True
+    for at in range(RUNS_KEPT + 2):
+        outcome = SKIPPED if at % 2 else STARTED
+        result(store.note_run("tick", {"at": float(at), "outcome": outcome}))
+    (found,) = result(store.schedules())
+    assert found.last_run == 600.0 and found.skipped == (RUNS_KEPT + 2) // 2
+    assert [run["at"] for run in found.runs] == [float(at) for at in range(2, RUNS_KEPT + 2)]  # the latest
+    assert result(other.remove_schedule("tick")) is True
+    assert result(store.remove_schedule("tick")) is False
+    assert result(store.schedules()) == []
+
+
+def test_schedules_are_kept_and_each_run_claimed_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "pcci.db")
+    store, other = SyncStore(open_database(path)), SyncStore(open_database(path))
+    try:
+        check_schedules_in(store, other)
+    finally:
+        store.close()
+        other.close()
