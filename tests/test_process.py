@@ -62,3 +62,22 @@ def test_job_leads_its_group_with_sigpipe_restored(path: str) -> None:
     assert group["status"] == 0 and group["pid"] > 0
     assert group["output"] == "True\n"
     assert (pipe["status"], pipe["output"]) == (0, "y\n")
+
+
+def test_a_program_found_once_is_checked_not_searched_again(tmp_path) -> None:
+    from pcci.worker.process import find_program
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    program = first / "pcci-test-tool"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    path = f"{first}:{second}"
+    assert find_program("pcci-test-tool", path) == str(program)
+    assert find_program("pcci-test-tool", path) == str(program)  # from the table
+    program.rename(second / "pcci-test-tool")  # moved: searched again
+    assert find_program("pcci-test-tool", path) == str(second / "pcci-test-tool")
+    (second / "pcci-test-tool").unlink()
+    assert find_program("pcci-test-tool", path) is None
+    assert find_program("pcci-test-tool", f"{second}:{first}") is None

@@ -32,9 +32,31 @@ WRITE_DELAY = 0.1
 
 
 def start_time(pid: int) -> float | None:
+    """A process's start time as psutil tells it (journals of pcci 2.3 and before)."""
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
+        return None
+
+
+def start_ticks(pid: int) -> int | str | None:
+    """
+    When a process started, as the kernel counts (clock ticks since boot,
+    field 22 of C{/proc/<pid>/stat}): one read, at every job's start.  With
+    no C{/proc}, psutil's start time, as text.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None  # gone
+    except OSError:
+        started = start_time(pid)
+        return None if started is None else repr(started)
+    try:
+        # The name, in parentheses, may hold anything: count from its end.
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
         return None
 
 
@@ -65,7 +87,7 @@ class JobJournal:
         self._stopping = False
 
     def add(self, pgid: int, marker: str) -> None:
-        self.entries[pgid] = {"pgid": pgid, "started": start_time(pgid), "marker": marker}
+        self.entries[pgid] = {"pgid": pgid, "ticks": start_ticks(pgid), "marker": marker}
         self._changed()
 
     def remove(self, pgid: int) -> None:
@@ -149,11 +171,14 @@ def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
     pgids = set()
     for entry in entries:
         try:
-            pgid, started = int(entry["pgid"]), entry.get("started")
+            pgid = int(entry["pgid"])
         except (KeyError, TypeError, ValueError):
             continue
-        now_started = start_time(pgid)
-        if now_started is not None and started is not None and now_started != started:
+        if "ticks" in entry:
+            then, now = entry["ticks"], start_ticks(pgid)
+        else:
+            then, now = entry.get("started"), start_time(pgid)
+        if now is not None and then is not None and now != then:
             continue  # the pid was reused by a stranger: not ours
         pgids.add(pgid)
     victims = find_processes(pgids, marker_prefix, prefix=True)

@@ -223,7 +223,7 @@ class JobProcess:
         program = argv[0]
         if self.cwd is not None and "/" in program:
             program = os.path.join(self.cwd, program)
-        executable = shutil.which(program, path=self._env.get("PATH", os.defpath))
+        executable = find_program(program, self._env.get("PATH", os.defpath))
         if executable is None:
             self._not_started(f"{argv[0]}: command not found")
             return
@@ -455,6 +455,29 @@ class JobProcess:
     def _cancel(call: IDelayedCall | None) -> None:
         if call is not None and call.active():
             call.cancel()
+
+
+#: Programs found on a PATH, by name and PATH.  Like a shell's hash table:
+#: each job's start checks its program is still there (one system call)
+#: rather than search the PATH again.
+_found: dict[tuple[str, str], str] = {}
+FOUND_KEPT = 1024
+
+
+def find_program(program: str, path: str) -> str | None:
+    """C{program}'s executable file on C{path}, or None."""
+    key = (program, path)
+    found = _found.get(key)
+    if found is not None and os.access(found, os.X_OK):
+        return found
+    found = shutil.which(program, path=path)
+    if found is None:
+        _found.pop(key, None)
+    else:
+        if len(_found) >= FOUND_KEPT:
+            _found.clear()
+        _found[key] = found
+    return found
 
 
 def leftovers_of(pgid: int | None, marker: str) -> bool:
