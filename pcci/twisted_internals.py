@@ -16,6 +16,11 @@ reaches inside it, and nowhere else does:
   - B{The worker reaps only the orphans it inherited.}
     C{process.reapProcessHandlers} lists the children Twisted spawned and
     waits for itself.
+  - B{An answer goes out at once.}  A TCP transport buffers each write
+    until the reactor next polls, after whatever else the turn does (log
+    lines, store work); L{send_now} calls its C{doWrite} (and reads
+    C{_writeDisconnecting} and C{_tempDataBuffer}, and does nothing where
+    they are missing) to send the bytes someone waits for first.
 
 L{check} runs at import and fails loudly (an ImportError naming the
 missing piece) on a Twisted that changed any of them; its test runs in CI.
@@ -32,6 +37,8 @@ import signal
 from typing import Any, Callable
 
 from twisted.internet import process as _process
+from twisted.internet import tcp as _tcp
+from twisted.protocols.policies import ProtocolWrapper
 
 #: Each private name, and the parameters pcci passes or expects.
 HOOKS: dict[str, tuple[str, ...]] = {
@@ -177,3 +184,26 @@ def rebase_timers(reactor: Any, seconds: Callable[[], float]) -> None:
             call.time += new_now - old_now
             call.seconds = seconds
     heapq.heapify(reactor._pendingTimedCalls)
+
+
+def send_now(transport: Any) -> None:
+    """
+    Send what C{transport} holds now rather than at the reactor's next poll.
+
+    Only a plain TCP connection that is open, not closing and has no
+    producer (whose C{resumeProducing} the write could call back into);
+    anything else is left to the reactor.  A send that fails leaves the
+    connection registered for writing, so the reactor meets the error at
+    its next poll and closes it as it always does.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    if (
+        isinstance(transport, _tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "_writeDisconnecting", True)
+        and transport.producer is None
+        and (transport.dataBuffer or getattr(transport, "_tempDataBuffer", None))
+    ):
+        transport.doWrite()

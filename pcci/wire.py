@@ -16,6 +16,8 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
+from pcci.twisted_internals import send_now
+
 PROTOCOL_VERSION = 4
 TERMINATOR = b"EOM"
 
@@ -106,6 +108,10 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 #: Most jobs a hello may list.
 MAX_HELD_JOBS = 100_000
+
+#: Frames sent the moment they are written, not at the reactor's next poll:
+#: someone waits for what they start or end.
+URGENT = frozenset({"run", "kill", "ended"})
 
 
 def held_jobs(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -234,6 +240,8 @@ class FramedJSONProtocol(LineReceiver):
         if self.transport is None:
             return
         self.transport.write(encode({"code": code, **fields}))
+        if code in URGENT:
+            send_now(self.transport)
 
     def lineReceived(self, line: bytes) -> None:
         self.frame_received()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+import socket
 import types
 from pathlib import Path
 
 import pytest
-from twisted.internet import process
+from twisted.internet import process, tcp
+from twisted.internet.protocol import Protocol
 from twisted.internet.selectreactor import SelectReactor
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 import pcci
 from pcci import twisted_internals
-from pcci.twisted_internals import HOOKS, check, rebase_timers, spawned_by_twisted
+from pcci.twisted_internals import HOOKS, check, rebase_timers, send_now, spawned_by_twisted
 
 
 def test_this_twisted_has_every_private_name_pcci_uses() -> None:
@@ -61,7 +64,7 @@ def test_twisted_children_are_listed() -> None:
 PRIVATE = re.compile(
     r"twisted\.internet import process\b|twisted\.internet\.process\b|reapProcessHandlers"
     r"|\._(pendingTimedCalls|newTimedCalls|listOpenFDs|getFileActions|trySpawnInsteadOfFork"
-    r"|setupChild|fork)\b"
+    r"|setupChild|fork|writeDisconnecting|tempDataBuffer)\b"
 )
 
 
@@ -74,3 +77,52 @@ def test_no_other_module_touches_them() -> None:
         if path.resolve() != mine and PRIVATE.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+class Writers:
+    """The part of a reactor a connection registers with to be written."""
+
+    def __init__(self) -> None:
+        self.writers: set[object] = set()
+
+    def addWriter(self, writer: object) -> None:
+        self.writers.add(writer)
+
+    def removeWriter(self, writer: object) -> None:
+        self.writers.discard(writer)
+
+    def removeReader(self, reader: object) -> None:
+        pass
+
+
+def connection() -> tuple[tcp.Connection, socket.socket, Writers]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    reactor = Writers()
+    made = tcp.Connection(ours, Protocol(), reactor=reactor)
+    made.connected = True
+    return made, theirs, reactor
+
+
+def test_an_answer_is_sent_at_once_rather_than_at_the_next_poll() -> None:
+    made, theirs, reactor = connection()
+    made.write(b"the answer")
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)  # Twisted waits for the reactor to poll
+    wrapper = ProtocolWrapper(WrappingFactory(None), Protocol())
+    wrapper.transport = made
+    send_now(wrapper)  # the transport under a wrapper (a connection limit's, say)
+    assert theirs.recv(100) == b"the answer"
+    assert made not in reactor.writers  # nothing left to write
+    send_now(made)  # nothing to send: nothing happens
+
+
+def test_a_closing_connection_is_left_to_the_reactor() -> None:
+    made, theirs, reactor = connection()
+    made.write(b"last words")
+    made.loseConnection()
+    send_now(made)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)
+    assert made in reactor.writers

@@ -36,6 +36,7 @@ from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.jobspec import NOTIFY_ON
 from pcci.master.schedules import Scheduler
+from pcci.twisted_internals import send_now
 from pcci.master.webhooks import FORMATS, Hook, Notifier, treq_post
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.state import ClusterState, Settings
@@ -63,6 +64,14 @@ MAX_CONNECTIONS = 64
 
 #: Bytes of an upload of files, by default: 4 GiB.
 MAX_FILE = 4 * 2**30
+
+
+class AnsweringSite(Site):
+    """A site that sends each answer before it writes the answer's log line."""
+
+    def log(self, request: Any) -> None:
+        send_now(request.channel.transport)
+        super().log(request)
 
 
 def _access_log_line(timestamp: str, request: Any) -> str:
@@ -327,7 +336,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     workers_port.setServiceParent(master)
     workers_port.when_listening().addCallback(lambda port: _announce(options, port))
-    site = Site(
+    site = AnsweringSite(
         api.resource(tokens),
         requestFactory=bounded_request(options["max-body"], options["max-file"], tokens),
         timeout=options["http-timeout"],
