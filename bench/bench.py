@@ -2,8 +2,9 @@
 Measure pcci on this machine: start a master and two workers on loopback
 and print, from one run:
 
-- the latency of a one-job `true` pool, in one round trip (POST /job?wait)
-  and in two (POST, then GET ?wait), as p50/p95 and as ratios to a local
+- the latency of a one-job `true` pool, in one round trip (POST /job?wait,
+  on a kept-alive connection and on a new one each time, as curl does) and
+  in two (POST, then GET ?wait), as p50/p95 and as ratios to a local
   `subprocess.run(["true"])` measured alongside;
 - pools per second with 20 concurrent clients, checking none is lost, with
   pools stored on disk (the default) and again with `--db :memory:`;
@@ -79,15 +80,23 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def latency(client: Client, count: int) -> None:
+def latency(client: Client, count: int, port: int, token: str) -> None:
+    def new_connection() -> int:
+        fresh = Client(port, token)
+        try:
+            return fresh.run_waiting("true", "w1")["status"]
+        finally:
+            fresh.connection.close()
+
     for _ in range(20):  # warm up both sides
         client.run("true", "w1")
         client.run_waiting("true", "w1")
         subprocess.run(["true"])
-    times: dict[str, list[float]] = {"local": [], "one": [], "two": []}
+    times: dict[str, list[float]] = {"local": [], "one": [], "new": [], "two": []}
     ways = {
         "local": lambda: subprocess.run(["true"]).returncode,
         "one": lambda: client.run_waiting("true", "w1")["status"],
+        "new": new_connection,
         "two": lambda: client.run("true", "w1")["status"],
     }
     for _ in range(count):  # interleaved, so noise falls on all three alike
@@ -98,7 +107,11 @@ def latency(client: Client, count: int) -> None:
     local = statistics.median(times["local"])
     print(f"latency of a `true` pool on one worker ({count} runs each):")
     print(f"  local subprocess.run(['true']) p50 {local * 1000:.2f} ms")
-    for name, label in (("one", "POST /job?wait"), ("two", "POST, then GET ?wait")):
+    for name, label in (
+        ("one", "POST /job?wait"),
+        ("new", "POST /job?wait, a new connection each"),
+        ("two", "POST, then GET ?wait"),
+    ):
         p50, p95 = statistics.median(times[name]), percentile(times[name], 0.95)
         print(f"  {label}: p50 {p50 * 1000:.2f} ms, p95 {p95 * 1000:.2f} ms,"
               f" p50 / local p50 {p50 / local:.2f}x")
@@ -155,7 +168,7 @@ def main() -> None:
             cluster.start_worker("w2")
             master = psutil.Process(cluster.master.pid)
             client = Client(cluster.api_port, cluster.token)
-            latency(client, args.runs)
+            latency(client, args.runs, cluster.api_port, cluster.token)
             stored = throughput_of_pools(
                 cluster.api_port, cluster.token, args.clients, args.pools // args.clients,
                 ", stored in SQLite",

@@ -252,9 +252,21 @@ class Pool:
     #: transfers: see L{pcci.master.pushes}); not kept across restarts.
     start: Callable[[Job, WorkerLink], None] | None = None
 
+    #: How many of its jobs, in order, are known to have ended: a job ends
+    #: once, so each look at L{finished} goes on from there (a pool's ends
+    #: cost as many looks as it has jobs, not their square).
+    _ended_through: int = field(default=0, repr=False)
+    _in_order: list[Job] = field(default_factory=list, repr=False)
+
     @property
     def finished(self) -> bool:
-        return all(job.status is not None for job in self.jobs.values())
+        if len(self._in_order) != len(self.jobs):  # made, or jobs added since
+            self._in_order, self._ended_through = list(self.jobs.values()), 0
+        jobs, through = self._in_order, self._ended_through
+        while through < len(jobs) and jobs[through].status is not None:
+            through += 1
+        self._ended_through = through
+        return through == len(jobs)
 
     @property
     def status(self) -> int | None:

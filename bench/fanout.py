@@ -1,0 +1,121 @@
+"""
+Fan-out: one `true` pool on N simulated workers, from POST /job?wait to
+its answer, for each N given.
+
+A real master; the workers are simulated in this one process over the real
+wire protocol (pcci's own worker connection and handshake), with jobs that
+end at once with status 0, so the figure is the master's and the wire's,
+not 10,000 processes'.  Each size is timed --runs times; the median and
+the worst are printed.
+
+    python bench/fanout.py --workers 1000 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import treq
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import react
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
+
+from pcci.auth import read_secret  # noqa: E402
+from pcci.worker.connection import WorkerFactory  # noqa: E402
+from pcci.worker.jobs import HeldJob, JobTable  # noqa: E402
+
+FIGURES = {"cpu_ratio": 0.1, "jobs_running": 0}
+
+
+class InstantJobs(JobTable):
+    """A worker's jobs that end as soon as they are asked for, with status 0."""
+
+    def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
+        held = HeldJob(pool_id, self.max_output)
+        held.attached = True
+        held.pid = 1
+        self.held[pool_id] = held
+        self._report(held, "started", pid=held.pid)
+        held.end = (0, None)
+        self._report_end(held)
+
+
+async def connect(reactor: Any, cluster: Cluster, prefix: str, count: int) -> list[WorkerFactory]:
+    secret = read_secret(cluster.secret_file)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", cluster.worker_port)
+    factories = []
+    for i in range(count):
+        name = f"{prefix}{i:05d}"
+        factory = WorkerFactory(
+            reactor, name, secret, InstantJobs(reactor, name, 5.0), heartbeat=60,
+            collect=lambda disk, jobs: defer.succeed(dict(FIGURES)),
+        )
+        connection = await endpoint.connect(factory)
+        await connection.joined
+        factories.append(factory)
+    return factories
+
+
+async def fan_out(reactor: Any, cluster: Cluster, prefix: str, count: int) -> float:
+    headers = {"Authorization": f"Bearer {cluster.token}", "Content-Type": "application/json"}
+    body = json.dumps({"cmd": "true", "workers": [f"{prefix}*"]}).encode()
+    started = time.perf_counter()
+    response = await treq.post(
+        f"http://127.0.0.1:{cluster.api_port}/job?wait=60&results=false", body, headers=headers,
+    )
+    answer = await response.json()
+    took = time.perf_counter() - started
+    assert "pool" in answer, answer
+    pool = answer["pool"]
+    assert response.code == 200 and pool["counts"] == {"ok": count}, (response.code, pool.get("counts"))
+    return took
+
+
+async def measure(reactor: Any, args: argparse.Namespace, cluster: Cluster) -> None:
+    connected = 0
+    for count in sorted(args.workers):
+        prefix = f"s{count}-"
+        began = time.perf_counter()
+        factories = await connect(reactor, cluster, prefix, count)
+        connected += count
+        print(f"{count} simulated workers joined in {time.perf_counter() - began:.1f} s")
+        await fan_out(reactor, cluster, prefix, count)  # warm up
+        times = [await fan_out(reactor, cluster, prefix, count) for _ in range(args.runs)]
+        print(f"  one `true` pool on {count} workers, POST /job?wait to the answer:"
+              f" median {statistics.median(times) * 1000:.0f} ms, worst {max(times) * 1000:.0f} ms"
+              f" ({args.runs} runs)")
+        for factory in factories:
+            if factory.connection is not None:
+                factory.connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        cluster = Cluster(Path(directory))
+        try:
+            most = str(max(args.workers))
+            cluster.start_master("--max-connections", str(sum(args.workers) + 10), "--max-workers", most)
+            react(lambda reactor: defer.ensureDeferred(measure(reactor, args, cluster)))
+        except SystemExit as e:
+            if e.code:
+                raise
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
