@@ -37,8 +37,8 @@ def test_the_job_journal_writes_only_what_outlives_its_delay(tmp_path: Path) -> 
 @pytest.mark.parametrize("when", ["ticks", "started", "stranger"])
 def test_what_a_dead_worker_left_is_killed_unless_its_pid_went_to_a_stranger(tmp_path: Path, when: str) -> None:
     """At start, a worker kills the process groups its journal lists, when
-    each leader's start time says the pid is still that job's (journals of
-    pcci 2.3 and before kept psutil's start time)."""
+    each leader's start time says the pid is still that job's (older
+    journals kept psutil's start time)."""
     leader = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         entry = {"pgid": leader.pid, "marker": "nobody"}

@@ -32,7 +32,7 @@ WRITE_DELAY = 0.1
 
 
 def start_time(pid: int) -> float | None:
-    """A process's start time as psutil tells it (journals of pcci 2.3 and before)."""
+    """A process's start time as psutil tells it (what journals written before start ticks hold)."""
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
