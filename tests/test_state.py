@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from fakes import FakeLink, started
 from pcci.master.dispatch import SubmitError
 from pcci.master.history import TooManyPools
-from pcci.master.model import STATUS_LOST, rfc3339
+from pcci.master.model import STATUS_LOST, Pool, rfc3339
 from pcci.master.state import ClusterState, Settings
 from pcci.master.store import PoolQuery
 from pcci.output import OutputBuffer
@@ -54,6 +54,20 @@ def test_pool_status(statuses: list[int], expected: int) -> None:
     assert pool.status is None
     state.dispatcher.job_ended("b", pool.id, statuses[1])
     assert pool.status == expected
+
+
+def test_a_pool_is_finished_once_every_job_has_ended_even_jobs_replaced() -> None:
+    state, _, _ = cluster("a", "b", "c")
+    pool = started(state.dispatcher.submit("x", ["a", "b", "c"]))
+    state.dispatcher.job_ended("b", pool.id, 0)  # out of order
+    assert not pool.finished
+    state.dispatcher.job_ended("a", pool.id, 0)
+    assert not pool.finished
+    # A replica's jobs become those of its stored end (pcci.master.peers).
+    ended = Pool.from_record(pool.snapshot().record, lambda record: OutputBuffer(100))
+    ended.jobs["c"].end(0, "ok", 1.0, 1.0)
+    pool.jobs.update(ended.jobs)
+    assert pool.finished and pool.status == 0
 
 
 def test_job_fields_and_times() -> None:

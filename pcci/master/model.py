@@ -252,21 +252,23 @@ class Pool:
     #: transfers: see L{pcci.master.pushes}); not kept across restarts.
     start: Callable[[Job, WorkerLink], None] | None = None
 
-    #: How many of its jobs, in order, are known to have ended: a job ends
-    #: once, so each look at L{finished} goes on from there (a pool's ends
-    #: cost as many looks as it has jobs, not their square).
+    #: How many of its workers, in order, are known to have ended their
+    #: jobs: a job ends once, so each look at L{finished} goes on from
+    #: there (a pool's ends cost as many looks as it has jobs, not their
+    #: square).  Each look reads the job its worker has now (a replica's
+    #: jobs are replaced by those of its stored end).
     _ended_through: int = field(default=0, repr=False)
-    _in_order: list[Job] = field(default_factory=list, repr=False)
+    _workers: list[str] = field(default_factory=list, repr=False)
 
     @property
     def finished(self) -> bool:
-        if len(self._in_order) != len(self.jobs):  # made, or jobs added since
-            self._in_order, self._ended_through = list(self.jobs.values()), 0
-        jobs, through = self._in_order, self._ended_through
-        while through < len(jobs) and jobs[through].status is not None:
+        if len(self._workers) != len(self.jobs):  # made, or jobs added since
+            self._workers, self._ended_through = list(self.jobs), 0
+        workers, through = self._workers, self._ended_through
+        while through < len(workers) and self.jobs[workers[through]].status is not None:
             through += 1
         self._ended_through = through
-        return through == len(jobs)
+        return through == len(workers)
 
     @property
     def status(self) -> int | None:
