@@ -17,24 +17,16 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import treq
-from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.task import react
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from simulated import Cluster, connect, disconnect, with_master  # noqa: E402
 
-from pcci.auth import read_secret  # noqa: E402
-from pcci.worker.connection import WorkerFactory  # noqa: E402
 from pcci.worker.jobs import HeldJob, JobTable  # noqa: E402
-
-FIGURES = {"cpu_ratio": 0.1, "jobs_running": 0}
 
 
 class InstantJobs(JobTable):
@@ -48,22 +40,6 @@ class InstantJobs(JobTable):
         self._report(held, "started", pid=held.pid)
         held.end = (0, None)
         self._report_end(held)
-
-
-async def connect(reactor: Any, cluster: Cluster, prefix: str, count: int) -> list[WorkerFactory]:
-    secret = read_secret(cluster.secret_file)
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", cluster.worker_port)
-    factories = []
-    for i in range(count):
-        name = f"{prefix}{i:05d}"
-        factory = WorkerFactory(
-            reactor, name, secret, InstantJobs(reactor, name, 5.0), heartbeat=60,
-            collect=lambda disk, jobs: defer.succeed(dict(FIGURES)),
-        )
-        connection = await endpoint.connect(factory)
-        await connection.joined
-        factories.append(factory)
-    return factories
 
 
 async def fan_out(reactor: Any, cluster: Cluster, prefix: str, count: int) -> float:
@@ -86,7 +62,8 @@ async def measure(reactor: Any, args: argparse.Namespace, cluster: Cluster) -> N
     for count in sorted(args.workers):
         prefix = f"s{count}-"
         began = time.perf_counter()
-        factories = await connect(reactor, cluster, prefix, count)
+        names = [f"{prefix}{i:05d}" for i in range(count)]
+        factories = await connect(reactor, cluster, names, heartbeat=60, jobs=InstantJobs)
         connected += count
         print(f"{count} simulated workers joined in {time.perf_counter() - began:.1f} s")
         await fan_out(reactor, cluster, prefix, count)  # warm up
@@ -94,9 +71,7 @@ async def measure(reactor: Any, args: argparse.Namespace, cluster: Cluster) -> N
         print(f"  one `true` pool on {count} workers, POST /job?wait to the answer:"
               f" median {statistics.median(times) * 1000:.0f} ms, worst {max(times) * 1000:.0f} ms"
               f" ({args.runs} runs)")
-        for factory in factories:
-            if factory.connection is not None:
-                factory.connection.close()
+        disconnect(factories)
 
 
 def main() -> None:
@@ -104,18 +79,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        cluster = Cluster(Path(directory))
-        try:
-            most = str(max(args.workers))
-            cluster.start_master("--max-connections", str(sum(args.workers) + 10), "--max-workers", most)
-            react(lambda reactor: defer.ensureDeferred(measure(reactor, args, cluster)))
-        except SystemExit as e:
-            if e.code:
-                raise
-        finally:
-            cluster.stop()
-
+    with_master(lambda reactor, cluster: measure(reactor, args, cluster),
+                "--max-connections", str(sum(args.workers) + 10), "--max-workers", str(max(args.workers)))
 
 if __name__ == "__main__":
     main()

@@ -15,49 +15,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from twisted.internet import defer, task
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet import task
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
-
-from pcci.auth import read_secret  # noqa: E402
-from pcci.worker.connection import WorkerFactory  # noqa: E402
-from pcci.worker.jobs import JobTable  # noqa: E402
-
-FIGURES = {
-    "cpu_ratio": 0.12,
-    "load_1m": 0.5,
-    "load_5m": 0.4,
-    "load_15m": 0.3,
-    "memory_used_bytes": 1.5e9,
-    "memory_total_bytes": 8e9,
-    "disk_used_bytes": 2e10,
-    "disk_total_bytes": 6.4e10,
-    "temperature_celsius": 51.0,
-    "uptime_seconds": 86400.0,
-    "jobs_running": 0,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from simulated import Cluster, connect, disconnect, with_master  # noqa: E402
 
 
 async def simulate(reactor, args: argparse.Namespace, cluster: Cluster) -> None:
-    secret = read_secret(cluster.secret_file)
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", cluster.worker_port)
-    factories = []
-    for i in range(args.workers):
-        name = f"sim{i:04d}"
-        factory = WorkerFactory(
-            reactor, name, secret, JobTable(reactor, name, 5.0), heartbeat=args.interval,
-            collect=lambda disk, jobs: defer.succeed(dict(FIGURES)),
-        )
-        factories.append(factory)
-        connection = await endpoint.connect(factory)
-        await connection.joined
+    names = [f"sim{i:04d}" for i in range(args.workers)]
+    factories = await connect(reactor, cluster, names, heartbeat=args.interval)
     master = psutil.Process(cluster.master.pid)
     joined = len(cluster.request("GET", "/workers")[1])
     print(f"{joined} simulated workers joined; heartbeat every {args.interval:g} s")
@@ -74,9 +44,7 @@ async def simulate(reactor, args: argparse.Namespace, cluster: Cluster) -> None:
     print(f"master CPU over {wall_after - wall_before:.0f} s: {100 * busy / (wall_after - wall_before):.1f}% of one core")
     print(f"master RSS: {peak_rss / 2**20:.0f} MiB at most in the window")
     print(f"workers still online: {online} of {args.workers}; history of one: {history} heartbeats")
-    for factory in factories:
-        if factory.connection is not None:
-            factory.connection.close()
+    disconnect(factories)
 
 
 def main() -> None:
@@ -86,17 +54,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--window", type=float, default=30.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        cluster = Cluster(Path(directory))
-        try:
-            cluster.start_master("--max-connections", str(args.workers + 10))
-            task.react(lambda reactor: defer.ensureDeferred(simulate(reactor, args, cluster)))
-        except SystemExit as e:
-            if e.code:
-                raise
-        finally:
-            cluster.stop()
-
+    with_master(lambda reactor, cluster: simulate(reactor, args, cluster),
+                "--max-connections", str(args.workers + 10))
 
 if __name__ == "__main__":
     main()
