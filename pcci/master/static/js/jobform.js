@@ -8,6 +8,31 @@ import { fill, h, scopeText } from "./dom.js";
 const PREVIEW_DELAY = 300; // ms after the last keystroke
 const OPTIONS = ["labels", "exclude", "timeout", "cwd", "env", "batch", "wait_offline"];
 
+// Fill `place` with what `ask()` resolves to, now and a moment after each
+// change to `form` (until `signal` aborts): only the latest answer shows,
+// and a failure shows its message there.
+export function livePreview(context, form, place, signal, ask) {
+  let timer = null;
+  let asked = 0;
+  async function show() {
+    const mine = ++asked;
+    try {
+      const shown = await ask();
+      if (mine === asked) fill(place, shown);
+    } catch (error) {
+      if (mine !== asked || error.name === "AbortError") return;
+      if (error.status === 401) context.failed(error, place);
+      else fill(place, h("span", { class: "error-text" }, error.message));
+    }
+  }
+  form.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(show, PREVIEW_DELAY);
+  });
+  signal.addEventListener("abort", () => clearTimeout(timer));
+  show();
+}
+
 function words(text) {
   return text.split(/\s+/).filter(Boolean);
 }
@@ -55,9 +80,6 @@ export function jobFields(context, values, signal) {
   };
   for (const [name, input] of Object.entries(inputs)) input.value = get(name);
   const matches = h("div", { id: "matches", class: "matches", "aria-live": "polite" });
-  let previewTimer = null;
-  let previewed = 0;
-
   // The job the fields describe; with `cleared`, an emptied option is
   // null (a PATCH removes it) rather than left out.
   function body(cleared = false) {
@@ -88,28 +110,19 @@ export function jobFields(context, values, signal) {
     return job;
   }
 
-  async function preview() {
-    const asked = ++previewed;
+  // The workers the targets match, as the master answers a dry run.
+  async function matching() {
     if (!inputs.workers.value.trim() && !inputs.labels.value.trim()) {
-      fill(matches, h("span", { class: "muted" }, "Name workers, or give labels, to see which match."));
-      return;
+      return h("span", { class: "muted" }, "Name workers, or give labels, to see which match.");
     }
-    try {
-      const job = body();
-      const answer = await call("/job?dry_run=true", { method: "POST", body: { ...job, cmd: job.cmd || "true" }, signal });
-      if (asked !== previewed) return;
-      const offline = answer.offline || [];
-      fill(
-        matches,
-        h("span", {}, `Matches ${answer.workers.length} worker${answer.workers.length === 1 ? "" : "s"}: `),
-        h("span", { class: "mono" }, answer.workers.join(", ")),
-        offline.length ? h("span", { class: "muted" }, ` (${offline.length} offline, waited for: ${offline.join(", ")})`) : null,
-      );
-    } catch (error) {
-      if (asked !== previewed) return;
-      if (error.status === 401) context.failed(error, matches);
-      else if (error.name !== "AbortError") fill(matches, h("span", { class: "error-text" }, error.message));
-    }
+    const job = body();
+    const answer = await call("/job?dry_run=true", { method: "POST", body: { ...job, cmd: job.cmd || "true" }, signal });
+    const offline = answer.offline || [];
+    return [
+      h("span", {}, `Matches ${answer.workers.length} worker${answer.workers.length === 1 ? "" : "s"}: `),
+      h("span", { class: "mono" }, answer.workers.join(", ")),
+      offline.length ? h("span", { class: "muted" }, ` (${offline.length} offline, waited for: ${offline.join(", ")})`) : null,
+    ];
   }
 
   return {
@@ -142,12 +155,7 @@ export function jobFields(context, values, signal) {
     ),
     // Preview the matches now, and again whenever `form` changes.
     watch(form) {
-      form.addEventListener("input", () => {
-        clearTimeout(previewTimer);
-        previewTimer = setTimeout(preview, PREVIEW_DELAY);
-      });
-      signal.addEventListener("abort", () => clearTimeout(previewTimer));
-      preview();
+      livePreview(context, form, matches, signal, matching);
     },
   };
 }

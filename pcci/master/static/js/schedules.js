@@ -6,10 +6,9 @@
 
 import { call } from "./api.js";
 import { badge, confirming, counts, fill, h, notice, when } from "./dom.js";
-import { field, jobFields, jobValues } from "./jobform.js";
+import { field, jobFields, jobValues, livePreview } from "./jobform.js";
 
 const REFRESH = 5000; // ms
-const PREVIEW_DELAY = 300; // ms after the last keystroke
 const MACROS = "@hourly, @daily, @weekly, @monthly or @yearly";
 
 function address(name) {
@@ -140,35 +139,20 @@ function scheduleForm(context, schedule, signal, saved) {
     };
   }
 
-  let previewTimer = null;
-  let previewed = 0;
-  async function preview() {
-    const asked = ++previewed;
+  // The next runs, as the master answers a dry run of the schedule.
+  async function nextRuns() {
     if (!inputs.cron.value.trim()) {
-      fill(next, h("span", { class: "muted" }, `A cron line (or ${MACROS}) shows the next runs here.`));
-      return;
+      return h("span", { class: "muted" }, `A cron line (or ${MACROS}) shows the next runs here.`);
     }
-    try {
-      // What is not filled in yet is the Command and Workers fields' to
-      // tell of: here, only the cron line and the time zone are asked about.
-      const tried = { ...body(false), name: inputs.name.value.trim() || "new" };
-      tried.cmd = tried.cmd || "true";
-      if (!tried.workers && !tried.labels) tried.workers = ["*"];
-      const answer = await call("/schedules?dry_run=true", { method: "POST", body: tried, signal });
-      if (asked !== previewed) return;
-      const timezone = inputs.timezone.value.trim() || "UTC";
-      fill(next, h("span", {}, "Next runs: "), answer.next_runs.flatMap((iso, i) => [i ? " · " : "", runTime(iso, timezone)]));
-    } catch (error) {
-      if (asked !== previewed) return;
-      if (error.status === 401) context.failed(error, next);
-      else if (error.name !== "AbortError") fill(next, h("span", { class: "error-text" }, error.message));
-    }
+    // What is not filled in yet is the Command and Workers fields' to
+    // tell of: here, only the cron line and the time zone are asked about.
+    const tried = { ...body(false), name: inputs.name.value.trim() || "new" };
+    tried.cmd = tried.cmd || "true";
+    if (!tried.workers && !tried.labels) tried.workers = ["*"];
+    const answer = await call("/schedules?dry_run=true", { method: "POST", body: tried, signal });
+    const timezone = inputs.timezone.value.trim() || "UTC";
+    return [h("span", {}, "Next runs: "), ...answer.next_runs.flatMap((iso, i) => [i ? " · " : "", runTime(iso, timezone)])];
   }
-  form.addEventListener("input", () => {
-    clearTimeout(previewTimer);
-    previewTimer = setTimeout(preview, PREVIEW_DELAY);
-  });
-  signal.addEventListener("abort", () => clearTimeout(previewTimer));
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -186,7 +170,7 @@ function scheduleForm(context, schedule, signal, saved) {
     submit.disabled = false;
   });
   job.watch(form);
-  preview();
+  livePreview(context, form, next, signal, nextRuns);
   return form;
 }
 
