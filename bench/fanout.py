@@ -24,22 +24,8 @@ from typing import Any
 import treq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulated import Cluster, connect, disconnect, with_master  # noqa: E402
-
-from pcci.worker.jobs import HeldJob, JobTable  # noqa: E402
-
-
-class InstantJobs(JobTable):
-    """A worker's jobs that end as soon as they are asked for, with status 0."""
-
-    def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
-        held = HeldJob(pool_id, self.max_output)
-        held.attached = True
-        held.pid = 1
-        self.held[pool_id] = held
-        self._report(held, "started", pid=held.pid)
-        held.end = (0, None)
-        self._report_end(held)
+from simulated import Cluster, connect, with_master  # noqa: E402
+from swarm import InstantJobs, disconnect  # noqa: E402
 
 
 async def fan_out(reactor: Any, cluster: Cluster, prefix: str, count: int) -> float:

@@ -22,7 +22,8 @@ import psutil
 from twisted.internet import task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulated import Cluster, connect, disconnect, with_master  # noqa: E402
+from simulated import Cluster, connect, with_master  # noqa: E402
+from swarm import disconnect  # noqa: E402
 
 
 async def simulate(reactor, args: argparse.Namespace, cluster: Cluster) -> None:

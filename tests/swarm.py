@@ -1,0 +1,111 @@
+"""
+A swarm of simulated workers: many from one process, each pcci's own
+worker connection (handshake included) over the real wire protocol, with
+canned health figures and jobs that end at once with status 0, so that
+what is measured or shown is the master's, not 10,000 processes'.
+
+Imported by the benchmarks, or run as a process beside a master:
+
+    python tests/swarm.py --secret-file S --count 10000 --prefix sim- tcp:127.0.0.1:7000
+
+prints C{joined N} once every worker is in, then runs until it is ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from pcci.auth import read_secret
+from pcci.daemon import raise_file_limit
+from pcci.worker.connection import WorkerFactory
+from pcci.worker.jobs import HeldJob, JobTable
+
+FIGURES = {
+    "cpu_ratio": 0.12,
+    "load_1m": 0.5,
+    "load_5m": 0.4,
+    "load_15m": 0.3,
+    "memory_used_bytes": 1.5e9,
+    "memory_total_bytes": 8e9,
+    "disk_used_bytes": 2e10,
+    "disk_total_bytes": 6.4e10,
+    "temperature_celsius": 51.0,
+    "uptime_seconds": 86400.0,
+    "jobs_running": 0,
+}
+
+#: Workers joining at once: below the master's --max-connections (64) of
+#: connections from one address still in their handshake.
+AT_ONCE = 32
+
+
+class InstantJobs(JobTable):
+    """A worker's jobs that end as soon as they are asked for, with status 0."""
+
+    def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
+        held = HeldJob(pool_id, self.max_output)
+        held.attached = True
+        held.pid = 1
+        self.held[pool_id] = held
+        self._report(held, "started", pid=held.pid)
+        held.end = (0, None)
+        self._report_end(held)
+
+
+async def connect(
+    reactor: Any, endpoint: IStreamClientEndpoint, secret: bytes, names: list[str],
+    heartbeat: float, jobs: type[JobTable] = JobTable,
+) -> list[WorkerFactory]:
+    """Workers C{names} joined to the master at C{endpoint}, C{AT_ONCE} at a time."""
+
+    async def join(name: str) -> WorkerFactory:
+        factory = WorkerFactory(
+            reactor, name, secret, jobs(reactor, name, 5.0), heartbeat=heartbeat,
+            collect=lambda disk, running: defer.succeed(dict(FIGURES)),
+        )
+        connection = await endpoint.connect(factory)
+        await connection.joined
+        return factory
+
+    factories: list[WorkerFactory] = []
+    for start in range(0, len(names), AT_ONCE):
+        batch = [defer.ensureDeferred(join(name)) for name in names[start:start + AT_ONCE]]
+        factories.extend(await defer.gatherResults(batch, consumeErrors=True))
+    return factories
+
+
+def disconnect(factories: list[WorkerFactory]) -> None:
+    for factory in factories:
+        if factory.connection is not None:
+            factory.connection.close()
+
+
+async def swarm(reactor: Any, args: argparse.Namespace) -> None:
+    names = [f"{args.prefix}{i:05d}" for i in range(args.count)]
+    endpoint = clientFromString(reactor, args.master)
+    await connect(reactor, endpoint, read_secret(Path(args.secret_file)), names, args.heartbeat, InstantJobs)
+    print(f"joined {len(names)}", flush=True)
+    await defer.Deferred()  # until the process is ended
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("master", help="the master's worker port, as a client endpoint")
+    parser.add_argument("--secret-file", required=True)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--prefix", default="sim-")
+    parser.add_argument("--heartbeat", type=float, default=60.0)
+    args = parser.parse_args()
+    raise_file_limit()
+    task.react(lambda reactor: defer.ensureDeferred(swarm(reactor, args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
