@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from cluster import Cluster, processes_with
+from pcci.nodes import expand, split_item
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -65,6 +66,11 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
+    yield from chromium()
+
+
+def chromium() -> Iterator[WebDriver]:
+    """Headless Chromium at desktop size, quit when done."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -365,6 +371,28 @@ def test_the_event_parser_takes_a_stream_cut_anywhere(page: Page) -> None:
         {"id": 1, "name": "output", "data": {"data": "a\nb"}},
         {"id": 2, "name": "ended", "data": {"status": 0}},
     ]
+
+
+def test_names_fold_into_node_sets_the_master_reads(page: Page) -> None:
+    """The page's node sets, made in the browser, name the same workers
+    when the master's own parser expands them."""
+    lists = [
+        [f"sim-{i:05d}" for i in range(10_000)],
+        ["pi01", "pi02", "pi03", "pi10", "pi11", "gpu", "node1", "node2", "node10", "web.b-7"],
+        ["rack1-n01", "rack1-n02", "rack2-n01", "x9", "x"],
+    ]
+    folded = page.driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        import("/ui/js/dom.js").then(({ nodeSet }) => done(arguments[0].map(nodeSet)));
+        """,
+        lists,
+    )
+    assert folded[0] == "sim-[00000-09999]"
+    assert folded[1] == "gpu node[1-2,10] pi[01-03,10-11] web.b-7"
+    for names, text in zip(lists, folded):
+        expanded = [name for item in text.split() for part in split_item(item) for name in expand(part, 100_000)]
+        assert sorted(expanded) == sorted(names)
 
 
 def test_another_master_shows_the_cluster_and_a_pool_live(

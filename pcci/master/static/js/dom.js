@@ -147,3 +147,42 @@ export function confirming(text, confirmText, act, attributes = {}) {
   });
   return button;
 }
+
+// Compares names as people sort them: node2 before node10.
+export const byName = new Intl.Collator(undefined, { numeric: true }).compare;
+
+// Many workers' names as a node set: ["pi01", "pi02", "pi03", "gpu"] is
+// "gpu pi[01-03]", as clush -b and the Workers field write them.  Names a
+// node set cannot carry (brackets, commas, spaces) stay as they are.
+export function nodeSet(names) {
+  const numbered = new Map(); // prefix -> [[number, its digits]]
+  const plain = [];
+  for (const name of names) {
+    const match = /^([\w.-]*?)(\d+)$/.exec(name);
+    if (!match) plain.push(name);
+    else if (numbered.has(match[1])) numbered.get(match[1]).push([Number(match[2]), match[2]]);
+    else numbered.set(match[1], [[Number(match[2]), match[2]]]);
+  }
+  const sets = [...numbered].map(([prefix, numbers]) => {
+    numbers.sort((a, b) => a[0] - b[0]);
+    const ranges = []; // [first, last, digits of each]
+    for (const [n, digits] of numbers) {
+      const last = ranges[ranges.length - 1];
+      if (last && n === last[1] + 1 && digits === String(n).padStart(last[2], "0")) last[1] = n;
+      else ranges.push([n, n, digits.length]);
+    }
+    const text = ([a, b, width]) => {
+      const pad = (n) => String(n).padStart(width, "0");
+      return a === b ? pad(a) : `${pad(a)}-${pad(b)}`;
+    };
+    return ranges.length === 1 && ranges[0][0] === ranges[0][1]
+      ? prefix + text(ranges[0])
+      : `${prefix}[${ranges.map(text).join(",")}]`;
+  });
+  return [...plain, ...sets].sort().join(" ");
+}
+
+// Workers' names to read: a few listed, many as a node set.
+export function workerNames(names, few = 10) {
+  return names.length <= few ? names.join(", ") : nodeSet(names);
+}

@@ -3,7 +3,7 @@
 // match, asked of the master as a dry run) and the options under "More".
 
 import { call } from "./api.js";
-import { fill, h, scopeText } from "./dom.js";
+import { fill, h, scopeText, workerNames } from "./dom.js";
 
 const PREVIEW_DELAY = 300; // ms after the last keystroke
 const OPTIONS = ["labels", "exclude", "timeout", "cwd", "env", "batch", "wait_offline"];
@@ -120,8 +120,8 @@ export function jobFields(context, values, signal) {
     const offline = answer.offline || [];
     return [
       h("span", {}, `Matches ${answer.workers.length} worker${answer.workers.length === 1 ? "" : "s"}: `),
-      h("span", { class: "mono" }, answer.workers.join(", ")),
-      offline.length ? h("span", { class: "muted" }, ` (${offline.length} offline, waited for: ${offline.join(", ")})`) : null,
+      h("span", { class: "mono" }, workerNames(answer.workers)),
+      offline.length ? h("span", { class: "muted" }, ` (${offline.length} offline, waited for: ${workerNames(offline)})`) : null,
     ];
   }
 

@@ -4,9 +4,11 @@
 
 import { call } from "./api.js";
 import { sparkline } from "./chart.js";
-import { badge, bytes, duration, fill, h, notice, when } from "./dom.js";
+import { badge, byName, bytes, duration, fill, h, notice, when } from "./dom.js";
+import { LazyList } from "./lazy.js";
 
 const REFRESH = 5000; // ms between lists of workers
+const PER_WORKER = 1; // ms more between them for each worker: 10 s for 10,000, whose list is 5 MB
 const SOON = 1000; // ms, while a new worker has too few figures for a chart
 const HISTORY_REFRESH = 15000; // ms between each worker's history
 
@@ -82,37 +84,81 @@ function card(worker, history) {
   );
 }
 
+// Does a worker match what is typed in the filter: part of its name, or of
+// one of its labels (rack=a)?
+function matches(worker, text) {
+  if (!text) return true;
+  if (worker.id.toLowerCase().includes(text)) return true;
+  return Object.entries(worker.labels || {}).some(([key, value]) => `${key}=${value ?? ""}`.toLowerCase().includes(text));
+}
+
+function controls(redraw) {
+  const name = h("input", { type: "search", id: "nodes-filter", placeholder: "name or label", "aria-label": "Filter by name or label" });
+  const state = h(
+    "select",
+    { id: "nodes-state", "aria-label": "State" },
+    [["", "online and lost"], ["online", "online"], ["lost", "lost"]].map(([value, text]) => h("option", { value }, text)),
+  );
+  name.addEventListener("input", redraw);
+  state.addEventListener("change", redraw);
+  return { name, state, form: h("div", { class: "filters" }, name, state) };
+}
+
 export function showNodes(main, context) {
   const summary = h("p", { class: "muted", id: "nodes-summary" });
   const grid = h("div", { class: "grid", id: "nodes" }, notice("Loading workers…"));
-  fill(main, h("div", { class: "view-head" }, h("h1", {}, "Nodes"), summary), grid);
   const histories = new Map(); // name -> {at, columns}
+  const asked = new Set(); // names whose history is on its way
   const controller = new AbortController();
+  let workers = [];
   let timer = null;
 
-  async function history(worker) {
+  // A worker's card, with its history's charts once they are here.
+  function draw(worker) {
     const known = histories.get(worker.id);
+    const element = card(worker, known?.columns);
     const fresh = known && Date.now() - known.at < HISTORY_REFRESH && known.columns.time.length >= 2;
-    if (!worker.online || fresh) return known?.columns;
-    const body = await call(`/workers/${encodeURIComponent(worker.id)}`, { signal: controller.signal });
-    histories.set(worker.id, { at: Date.now(), columns: body.history });
-    return body.history;
+    if (worker.online && !fresh && !asked.has(worker.id)) {
+      asked.add(worker.id);
+      call(`/workers/${encodeURIComponent(worker.id)}`, { signal: controller.signal })
+        .then((body) => {
+          histories.set(worker.id, { at: Date.now(), columns: body.history });
+          if (element.isConnected) element.replaceWith(card(worker, body.history));
+        })
+        .catch(() => undefined)
+        .finally(() => asked.delete(worker.id));
+    }
+    return element;
+  }
+
+  const list = new LazyList(grid, draw, { page: 60, noun: "workers" });
+  const filter = controls(() => show());
+  fill(main, h("div", { class: "view-head" }, h("h1", {}, "Nodes"), summary, filter.form), grid, list.more);
+
+  function show() {
+    const text = filter.name.value.trim().toLowerCase();
+    const state = filter.state.value;
+    const shown = workers.filter((w) => (!state || w.online === (state === "online")) && matches(w, text));
+    list.show(shown);
+    if (!workers.length) {
+      fill(grid, notice("No worker has connected yet: start one with twistd -n pcci-worker --master tcp:<this host>:7000 (see the README)."));
+    } else if (!shown.length) {
+      fill(grid, notice("No worker matches this filter."));
+    }
   }
 
   async function refresh() {
     let next = REFRESH;
     try {
-      const workers = await call("/workers?all=true", { signal: controller.signal });
-      workers.sort((a, b) => Number(b.online) - Number(a.online) || a.id.localeCompare(b.id));
-      const columns = await Promise.all(workers.map((w) => history(w).catch(() => undefined)));
+      workers = await call("/workers?all=true", { signal: controller.signal });
+      workers.sort((a, b) => Number(b.online) - Number(a.online) || byName(a.id, b.id));
+      next = Math.max(REFRESH, workers.length * PER_WORKER);
       const online = workers.filter((w) => w.online).length;
       fill(summary, `${online} online, ${workers.length - online} lost · ${workers.reduce((n, w) => n + (w.jobs_running || 0), 0)} jobs running`);
-      if (!workers.length) {
-        fill(grid, notice("No worker has connected yet: start one with twistd -n pcci-worker --master tcp:<this host>:7000 (see the README)."));
-      } else {
-        fill(grid, workers.map((w, i) => card(w, columns[i])));
-      }
-      if (workers.some((w, i) => w.online && !(columns[i]?.time.length >= 2))) next = SOON;
+      show();
+      // A new worker has too few figures for a chart yet: look again soon.
+      const drawn = list.items.slice(0, list.drawn);
+      if (drawn.some((w) => w.online && !(histories.get(w.id)?.columns.time.length >= 2))) next = SOON;
     } catch (error) {
       context.failed(error, grid);
       if (error.status === 401) return;
@@ -123,6 +169,7 @@ export function showNodes(main, context) {
   refresh();
   return () => {
     controller.abort();
+    list.stop();
     clearTimeout(timer);
   };
 }

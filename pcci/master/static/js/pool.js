@@ -1,9 +1,12 @@
 // A pool: each worker's state, exit status and time, its output as it
 // arrives (GET /pools/<id>/events, read through fetch), a gathered view
-// that groups workers whose output is the same, and Kill buttons.
+// that groups workers whose output is the same, and Kill buttons.  A pool
+// on thousands of workers shows its counts first; its rows and outputs are
+// drawn as they scroll into view, and a filter by name or state finds one.
 
 import { call, streamEvents } from "./api.js";
-import { badge, between, confirming, counts, duration, fill, h, notice, when } from "./dom.js";
+import { badge, between, byName, confirming, counts, duration, fill, h, nodeSet, notice, when, workerNames } from "./dom.js";
+import { LazyList } from "./lazy.js";
 
 const RETRY = 2000; // ms before a cut event stream is resumed
 
@@ -29,13 +32,25 @@ export function showPool(main, context, poolId) {
   let mode = "workers"; // or "gathered"
   let redraw = null;
   let ticker = null;
+  let shown = []; // the jobs the filter lets through
+  let drawnChoices = ""; // the state filter's choices, as last drawn
+  const dirty = new Set(); // jobs changed since the last frame
 
   const head = h("div", { class: "view-head" }, notice("Loading pool…"));
   const status = h("div", { id: "pool-status" });
+  const filter = {
+    name: h("input", { type: "search", id: "jobs-filter", placeholder: "worker", "aria-label": "Filter by worker" }),
+    state: h("select", { id: "jobs-state", "aria-label": "State" }),
+  };
+  filter.name.addEventListener("input", () => refilter());
+  filter.state.addEventListener("change", () => refilter());
+  const rows = h("tbody");
   const table = h("div", { id: "pool-jobs" });
   const tabs = h("div", { class: "tabs", role: "tablist" });
   const outputs = h("div", { id: "outputs" });
-  fill(main, head, status, table, tabs, outputs);
+  const rowList = new LazyList(rows, jobRow, { page: 100, noun: "jobs" });
+  const outputList = new LazyList(outputs, outputBlock, { page: 20, noun: "outputs" });
+  fill(main, head, status, table, rowList.more, tabs, outputs, outputList.more);
 
   async function retry() {
     title.retry.disabled = true;
@@ -80,7 +95,8 @@ export function showPool(main, context, poolId) {
 
   // The run form, filled in with this pool's command, workers and options.
   function againAddress() {
-    const params = new URLSearchParams({ cmd: pool.cmd, workers: [...jobs.keys()].join(" ") });
+    const names = [...jobs.keys()];
+    const params = new URLSearchParams({ cmd: pool.cmd, workers: names.length > 10 ? nodeSet(names) : names.join(" ") });
     if (pool.timeout) params.set("timeout", String(pool.timeout));
     if (pool.batch) params.set("batch", String(pool.batch));
     return `#/run?${params}`;
@@ -131,13 +147,36 @@ export function showPool(main, context, poolId) {
   function drawJobs() {
     fill(
       table,
+      jobs.size > 1 ? h("div", { class: "filters" }, filter.name, filter.state) : null,
       h(
         "table",
         { class: "jobs" },
         h("thead", {}, h("tr", {}, ["Worker", "State", "Exit status", "Took", "PID", ""].map((t) => h("th", {}, t)))),
-        h("tbody", {}, [...jobs.values()].map(jobRow)),
+        rows,
       ),
     );
+    stateChoices();
+    refilter();
+  }
+
+  // The state filter's choices: each state the jobs are in, with its count.
+  function stateChoices() {
+    const chosen = filter.state.value;
+    const drawn = `${chosen} ${JSON.stringify(pool.counts)}`;
+    if (drawn === drawnChoices) return;
+    drawnChoices = drawn;
+    const choices = [["", `all ${jobs.size} workers`], ...Object.entries(pool.counts).map(([state, n]) => [state, `${n} ${state.replace("_", " ")}`])];
+    if (chosen && !pool.counts[chosen]) choices.push([chosen, `0 ${chosen.replace("_", " ")}`]);
+    fill(filter.state, choices.map(([value, text]) => h("option", { value, selected: value === chosen }, text)));
+  }
+
+  // Show the jobs the filter lets through, in the table and by worker.
+  function refilter() {
+    const text = filter.name.value.trim().toLowerCase();
+    const state = filter.state.value;
+    shown = [...jobs.values()].filter((job) => (!state || job.state === state) && (!text || job.worker_id.toLowerCase().includes(text)));
+    rowList.show(shown);
+    drawOutputs();
   }
 
   function drawTabs() {
@@ -176,19 +215,21 @@ export function showPool(main, context, poolId) {
     return job.block;
   }
 
-  // Scroll to a worker's output.
+  // Scroll to a worker's output, drawing the outputs before it if need be.
   function show(job) {
     if (mode !== "workers") {
       mode = "workers";
       drawTabs();
       drawOutputs();
     }
+    const index = outputList.items.indexOf(job);
+    if (index >= outputList.drawn) outputList.draw(index + 1 - outputList.drawn);
     outputBlock(job).scrollIntoView({ block: "start" });
   }
 
   function gathered() {
     const groups = new Map(); // output text -> workers
-    for (const job of jobs.values()) {
+    for (const job of shown) {
       const text = job.parts.map((p) => (p.dropped !== undefined ? `[${p.dropped} bytes dropped]\n` : p.text)).join("");
       const key = `${job.state}\u0000${job.status}\u0000${text}`;
       if (!groups.has(key)) groups.set(key, { jobs: [], parts: job.parts });
@@ -203,7 +244,7 @@ export function showPool(main, context, poolId) {
           h(
             "h3",
             {},
-            h("span", { class: "mono" }, group.jobs.map((j) => j.worker_id).join(", ")),
+            h("span", { class: "mono" }, workerNames(group.jobs.map((j) => j.worker_id))),
             h("span", { class: "muted" }, ` (${group.jobs.length} worker${group.jobs.length === 1 ? "" : "s"})`),
             badge(group.jobs[0].state),
           ),
@@ -213,23 +254,34 @@ export function showPool(main, context, poolId) {
   }
 
   function drawOutputs() {
-    if (mode === "gathered") fill(outputs, gathered());
-    else fill(outputs, [...jobs.values()].map(outputBlock));
+    if (mode === "gathered") {
+      outputList.show([]);
+      fill(outputs, gathered());
+    } else {
+      outputList.show(shown);
+    }
   }
 
-  // Redraw what changed state, at most once a frame.
-  function changed() {
+  // Redraw what changed, at most once a frame: the counts, and the rows
+  // and outputs drawn of the jobs that changed.
+  function changed(job) {
+    if (job) dirty.add(job);
     if (redraw) return;
     redraw = requestAnimationFrame(() => {
       redraw = null;
       pool.counts = {};
-      for (const job of jobs.values()) pool.counts[job.state] = (pool.counts[job.state] || 0) + 1;
+      for (const each of jobs.values()) pool.counts[each.state] = (pool.counts[each.state] || 0) + 1;
       updateHead();
-      for (const job of jobs.values()) {
-        jobRow(job);
-        if (job.badge) fill(job.badge, badge(job.state));
+      stateChoices();
+      for (const each of dirty) {
+        if (each.row) jobRow(each);
+        if (each.badge) fill(each.badge, badge(each.state));
       }
-      if (mode === "gathered") drawOutputs();
+      const through = new Set(shown);
+      const moved = filter.state.value && [...dirty].some((each) => through.has(each) !== (each.state === filter.state.value));
+      dirty.clear();
+      if (moved) refilter();
+      else if (mode === "gathered") drawOutputs();
     });
   }
 
@@ -259,7 +311,7 @@ export function showPool(main, context, poolId) {
       pool = summary;
       for (const final of data.jobs) {
         const known = jobs.get(final.worker_id);
-        if (known) Object.assign(known, final);
+        if (known) changed(Object.assign(known, final));
       }
     } else if (!job) {
       return;
@@ -274,7 +326,7 @@ export function showPool(main, context, poolId) {
     } else if (event.name === "ended") {
       Object.assign(job, { state: data.state, status: data.status, ended_at: data.at });
     }
-    changed();
+    changed(job);
   }
 
   async function follow() {
@@ -298,6 +350,7 @@ export function showPool(main, context, poolId) {
       const answer = await call(`/pools/${encodeURIComponent(poolId)}?results=false`, { signal });
       const { jobs: list, ...summary } = answer;
       pool = summary;
+      list.sort((a, b) => byName(a.worker_id, b.worker_id));
       for (const job of list) jobs.set(job.worker_id, { ...job, parts: [] });
     } catch (error) {
       context.failed(error, head);
@@ -307,8 +360,11 @@ export function showPool(main, context, poolId) {
     drawJobs();
     drawTabs();
     drawOutputs();
+    // The time of each running job drawn goes on.
     ticker = setInterval(() => {
-      if (pool.state === "running") changed();
+      if (pool.state !== "running") return;
+      for (const job of rowList.items.slice(0, rowList.drawn)) if (job.state === "running") changed(job);
+      changed();
     }, 1000);
     follow();
   }
@@ -316,6 +372,8 @@ export function showPool(main, context, poolId) {
   load();
   return () => {
     controller.abort();
+    rowList.stop();
+    outputList.stop();
     clearInterval(ticker);
     if (redraw) cancelAnimationFrame(redraw);
   };
