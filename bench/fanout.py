@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import treq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +44,14 @@ async def fan_out(reactor: Any, cluster: Cluster, prefix: str, count: int) -> fl
     return took
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 async def measure(reactor: Any, args: argparse.Namespace, cluster: Cluster) -> None:
+    assert cluster.master is not None
+    master = psutil.Process(cluster.master.pid)
     connected = 0
     for count in sorted(args.workers):
         prefix = f"s{count}-"
@@ -53,10 +61,14 @@ async def measure(reactor: Any, args: argparse.Namespace, cluster: Cluster) -> N
         connected += count
         print(f"{count} simulated workers joined in {time.perf_counter() - began:.1f} s")
         await fan_out(reactor, cluster, prefix, count)  # warm up
+        master_before, here_before = cpu_seconds(master), time.process_time()
         times = [await fan_out(reactor, cluster, prefix, count) for _ in range(args.runs)]
+        master_cpu = (cpu_seconds(master) - master_before) / args.runs
+        here_cpu = (time.process_time() - here_before) / args.runs
         print(f"  one `true` pool on {count} workers, POST /job?wait to the answer:"
               f" median {statistics.median(times) * 1000:.0f} ms, worst {max(times) * 1000:.0f} ms"
-              f" ({args.runs} runs)")
+              f" ({args.runs} runs); CPU per pool: master {master_cpu * 1000:.0f} ms,"
+              f" simulated workers and client {here_cpu * 1000:.0f} ms")
         disconnect(factories)
 
 

@@ -277,6 +277,47 @@ def test_a_change_waits_to_be_written_with_others_unless_someone_hurries() -> No
     assert store.saved[-1] == ["new"] and answered == [None]
 
 
+def test_a_change_with_a_longer_delay_waits_for_it_alone() -> None:
+    """A big pool's row waits its own delay, gathering its changes, while a
+    small pool's changes are written at the usual pace; a flush writes all."""
+    from twisted.internet.defer import succeed
+
+    from pcci.master.store import WRITE_DELAY, BatchedWriter, StoredPool
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.saved: list[list[str]] = []
+
+        def save(self, rows):
+            self.saved.append([row.id for row in rows])
+            return succeed(None)
+
+    def row(key: str) -> StoredPool:
+        return StoredPool(key, 0.0, None, "running", "x", ["a"], {}, {})
+
+    clock = Clock()
+    store = Recorder()
+    writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
+    writer.mark("big", lambda: row("big"), delay=0.5)
+    writer.mark("small", lambda: row("small"))
+    clock.advance(WRITE_DELAY)
+    assert store.saved == [["small"]]
+    for _ in range(10):  # the big pool changes on: its write is not put off
+        writer.mark("big", lambda: row("big"), delay=0.5)
+        clock.advance(0.04)
+    assert store.saved == [["small"]]
+    clock.advance(0.1)  # 0.5 s after its first change
+    assert store.saved == [["small"], ["big"]]
+    # Ended, the big pool is written as soon as a small one.
+    writer.mark("big", lambda: row("big"), delay=0.5)
+    writer.mark("big", lambda: row("big"))
+    clock.advance(WRITE_DELAY)
+    assert store.saved[-1] == ["big"]
+    writer.mark("big", lambda: row("big"), delay=0.5)
+    writer.flush()
+    assert len(store.saved) == 4 and not writer.pending()
+
+
 def test_named_tokens() -> None:
     import tempfile
 

@@ -604,16 +604,18 @@ class BatchedWriter:
     tried again until it goes through.  C{committed(key)} fires once the
     latest change of that key is on disk.
 
-    A change is written L{WRITE_DELAY} after it is made, unless someone
-    waits for it in a hurry: then in the next turn.  (A pool's start is
-    answered once stored; its end is not, and its write leaves the answer
-    the reactor's time to go out first.)
+    A change is written L{WRITE_DELAY} after it is made (or the delay its
+    C{mark} gives), unless someone waits for it in a hurry: then in the
+    next turn.  (A pool's start is answered once stored; its end is not,
+    and its write leaves the answer the reactor's time to go out first.)
     """
 
     def __init__(self, store: PoolStore, clock: Any) -> None:
         self.store = store
         self.clock = clock
         self._changed: dict[str, Callable[[], StoredPool]] = {}
+        #: When each changed key is to be written.
+        self._due: dict[str, float] = {}
         self._waiting: dict[str, list[Deferred[None]]] = {}
         #: Keys someone waits for in a hurry.
         self._hurried: set[str] = set()
@@ -625,10 +627,16 @@ class BatchedWriter:
         #: Why the last write (or look at the store) failed, while it fails.
         self.trouble: str | None = None
 
-    def mark(self, key: str, snapshot: Callable[[], StoredPool]) -> None:
-        """C{key} changed: C{snapshot()} makes its row when it is written."""
+    def mark(self, key: str, snapshot: Callable[[], StoredPool], delay: float = WRITE_DELAY) -> None:
+        """
+        C{key} changed: C{snapshot()} makes its row when it is written,
+        C{delay} from now at the latest (an earlier change may have it
+        written sooner).
+        """
         self._changed[key] = snapshot
-        self._schedule(WRITE_DELAY)
+        now = self.clock.seconds()
+        self._due[key] = min(self._due.get(key, now + delay), now + delay)
+        self._schedule(self._due[key] - now)
 
     def committed(self, key: str, hurry: bool = True) -> Deferred[None]:
         """
@@ -680,19 +688,41 @@ class BatchedWriter:
     def _schedule(self, delay: float) -> None:
         if self._writing:
             return  # _written schedules what is left
+        delay = max(0.0, delay)
         if self._call is None:
-            self._call = self.clock.callLater(delay, self.flush)
+            self._call = self.clock.callLater(delay, self._write_due)
         elif self._call.getTime() > self.clock.seconds() + delay:
             self._call.reset(delay)
 
+    def _schedule_next(self, least: float = 0.0) -> None:
+        """Write what changed when the first of it is due, C{least} from now at the soonest."""
+        if self._hurried:
+            self._schedule(0)
+        elif self._changed:
+            self._schedule(max(least, min(self._due.values()) - self.clock.seconds()))
+
+    def _write_due(self) -> None:
+        self._call = None
+        soon = self.clock.seconds() + 0.001  # what a timer's rounding may leave a hair short
+        due = [key for key in self._changed if key in self._hurried or self._due[key] <= soon]
+        if due:
+            self._write(due)
+        else:
+            self._schedule_next()
+
     def flush(self) -> Deferred[None]:
-        """Write what changed now; fires when it is written (or failed)."""
+        """Write all that changed now; fires when it is written (or failed)."""
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
         if self._writing or not self._changed:
             return self._idle()
-        changed, self._changed = self._changed, {}
+        return self._write(list(self._changed))
+
+    def _write(self, keys: list[str]) -> Deferred[None]:
+        changed = {key: self._changed.pop(key) for key in keys}
+        for key in keys:
+            del self._due[key]
         rows = [snapshot() for snapshot in changed.values()]
         self._in_flight = {key: self._waiting.pop(key, []) for key in changed}
         self._hurried -= changed.keys()
@@ -718,7 +748,7 @@ class BatchedWriter:
             for d in waiters:
                 d.callback(None)
         if self._changed:
-            self._schedule(0 if self._hurried else WRITE_DELAY)
+            self._schedule_next(least=WRITE_DELAY)
         else:
             drained, self._drained = self._drained, []
             for d in drained:
@@ -737,6 +767,8 @@ class BatchedWriter:
             )
         # Changes made meanwhile are newer: keep them over the failed ones.
         self._changed = {**changed, **self._changed}
+        for key in changed:
+            self._due.setdefault(key, self.clock.seconds())
         for key, waiters in self._in_flight.items():
             self._waiting.setdefault(key, [])[:0] = waiters
         self._in_flight = {}
