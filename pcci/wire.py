@@ -168,13 +168,17 @@ class FrameTooLong(ProtocolError):
     """A frame over L{MAX_FRAME}."""
 
 
+#: Made once: C{json.dumps} with options makes an encoder each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """
     Encode one message as a frame, terminator included.
 
     @raise FrameTooLong: if the frame would exceed L{MAX_FRAME}.
     """
-    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(message)
     # "EOM" can only occur inside a JSON string (keys and values alike), where
     # an escaped "E" means the same thing.
     data = text.replace("EOM", "\\u0045OM").encode("utf-8")

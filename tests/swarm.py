@@ -23,6 +23,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from pcci.auth import read_secret
+from pcci.clock import StallWatch
 from pcci.daemon import raise_file_limit
 from pcci.worker.connection import WorkerFactory
 from pcci.worker.jobs import HeldJob, JobTable
@@ -63,13 +64,19 @@ async def connect(
     reactor: Any, endpoint: IStreamClientEndpoint, secret: bytes, names: list[str],
     heartbeat: float, jobs: type[JobTable] = JobTable,
 ) -> list[WorkerFactory]:
-    """Workers C{names} joined to the master at C{endpoint}, C{AT_ONCE} at a time."""
+    """
+    Workers C{names} joined to the master at C{endpoint}, C{AT_ONCE} at a
+    time.  They share one stall watch, as one process stalls as a whole
+    (10,000 of them ticking twice a second would be the simulator's load).
+    """
+    stall = StallWatch(reactor)
 
     async def join(name: str) -> WorkerFactory:
         factory = WorkerFactory(
             reactor, name, secret, jobs(reactor, name, 5.0), heartbeat=heartbeat,
             collect=lambda disk, running: defer.succeed(dict(FIGURES)),
         )
+        factory.stall = stall
         connection = await endpoint.connect(factory)
         await connection.joined
         return factory
