@@ -34,6 +34,9 @@ MIN_FRAME = 256 * 1024
 #: escaping can grow a character to six bytes, still far below MAX_FRAME.
 OUTPUT_CHUNK = 32 * 1024
 
+#: The most bytes an C{output_data} frame may carry: a chunk in UTF-8.
+MAX_OUTPUT_DATA = 4 * OUTPUT_CHUNK
+
 #: Worker names: what a hostname or a label holds, nothing that needs quoting.
 VALID_NAME = re.compile(r"[A-Za-z0-9_.@:-]{1,255}\Z")
 NAME_RULE = "1 to 255 letters, digits and any of _ . @ : -"
@@ -83,6 +86,7 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "heartbeat": {"figures": dict},
     "started": {"pool": str, "pid": int},
     "output": {"pool": str, "data": str, "stream": str},
+    "output_data": {"pool": str, "stream": str, "seq": int, "size": int},
     "ended": {"pool": str, "status": int},
     "put_need": {"pool": str, "paths": list, "more": bool},
     "put_ack": {"pool": str, "written": int},
@@ -262,6 +266,11 @@ class FramedJSONProtocol(LineReceiver):
         except Exception:
             # A bug in one handler must not cost the connection and its jobs.
             self.log.failure("error handling {code!r} frame", code=message["code"])
+
+    def send_raw(self, header: dict[str, Any], data: bytes) -> None:
+        """A frame, then C{data} as raw bytes (its C{size}): no encoding to pay."""
+        if self.transport is not None:
+            self.transport.writeSequence([encode({**header, "size": len(data)}), data])
 
     def receive_raw(self, size: int, then: Callable[[bytes], None]) -> None:
         """

@@ -19,7 +19,7 @@ from pcci.auth import check_proof, proof
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.pushes import Push, Spool, read_archive
 from pcci.master.state import ClusterState
-from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
+from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
 
 
 def frames(transport: StringTransport) -> list[dict]:
@@ -59,7 +59,7 @@ def test_hello_registers_the_worker_and_is_welcomed() -> None:
     protocol.dataReceived(hello())
     assert state.roster.links["node1"] is protocol
     assert protocol.address == "192.0.2.1:5000"
-    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION}]
+    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True}]
     assert [call.getTime() for call in clock.getDelayedCalls()] == [15]  # the watchdog
 
 
@@ -204,7 +204,7 @@ def test_a_worker_one_version_back_runs_jobs_but_gets_no_files() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello(version=PROTOCOL_VERSION - 1))
-    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION - 1}]
+    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION - 1, "output_data": True}]
     pool = started(state.dispatcher.submit("true", ["node1"]))
     protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
     clock.advance(0)
@@ -251,7 +251,7 @@ class TestHandshake:
         state, clock = setup()
         protocol, transport = connect(state, clock, secret=SECRET)
         answers, _ = authenticated_hello(protocol, transport)
-        assert answers == [{"code": "welcome", "version": PROTOCOL_VERSION}]
+        assert answers == [{"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True}]
         assert state.roster.links["node1"] is protocol
 
     def test_wrong_secret_is_refused(self) -> None:
@@ -408,6 +408,36 @@ def test_output_keeps_its_stream_and_an_end_its_reason() -> None:
     job = pool.jobs["node1"]
     assert [(c.text, c.stream) for c in job.output.chunks()] == [("err", "stderr")]
     assert (job.status, job.state, pool.counts()) == (124, "timed_out", {"timed_out": 1})
+
+
+def test_output_data_carries_any_bytes_raw_across_any_split() -> None:
+    """Output as raw UTF-8 after an output_data frame: the terminator, frame
+    lookalikes and a character cut between reads come back intact."""
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    pool = started(state.dispatcher.submit("x", ["node1"]))
+    texts = ['EOM {"code":"ended"}EOM\n', "é€😀 half", "\x00\r\n"]
+    wire = encode({"code": "started", "pool": pool.id, "pid": 7})
+    for seq, text in enumerate(texts, 1):
+        data = text.encode("utf-8")
+        header = {"code": "output_data", "pool": pool.id, "stream": "stdout", "seq": seq, "size": len(data)}
+        wire += encode(header) + data
+    wire += encode({"code": "ended", "pool": pool.id, "status": 0})
+    for at in range(len(wire)):  # one byte at a time
+        protocol.dataReceived(wire[at:at + 1])
+    job = pool.jobs["node1"]
+    assert [c.text for c in job.output.chunks()] == texts
+    assert (job.state, transport.disconnecting) == ("ok", False)
+
+
+def test_output_data_of_a_wrong_size_drops_the_connection() -> None:
+    for size in (0, MAX_OUTPUT_DATA + 1):
+        state, clock = setup()
+        protocol, transport = connect(state, clock)
+        protocol.dataReceived(hello())
+        protocol.dataReceived(encode({"code": "output_data", "pool": "p", "stream": "stdout", "seq": 1, "size": size}))
+        assert transport.disconnecting
 
 
 def test_an_unknown_stream_or_reason_drops_the_connection() -> None:

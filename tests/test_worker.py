@@ -128,6 +128,29 @@ def test_unparseable_command_ends_at_once_with_127() -> None:
     assert factory.jobs.held == {}
 
 
+def test_output_goes_raw_to_a_master_whose_welcome_offers_it() -> None:
+    """A master that says output_data gets output as raw UTF-8 bytes after
+    a frame; one that does not (an older master) gets output frames."""
+    _, protocol, transport = connect(welcome=False)
+    frames(transport)
+    protocol.dataReceived(encode({"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True}))
+    frames(transport)
+    protocol.dataReceived(encode({"code": "run", "pool": "p1", "cmd": "echo 'open"}))
+    header, rest = transport.value().split(TERMINATOR, 1)
+    message = json.loads(header)
+    data, ended = rest[: message["size"]], rest[message["size"]:]
+    assert {k: message[k] for k in ("code", "pool", "stream", "seq")} == {
+        "code": "output_data", "pool": "p1", "stream": "stderr", "seq": 1,
+    }
+    assert "cannot parse command" in data.decode("utf-8") and "data" not in message
+    assert json.loads(ended.removesuffix(TERMINATOR))["code"] == "ended"
+
+    _, protocol, transport = connect()  # welcomed without output_data
+    frames(transport)
+    protocol.dataReceived(encode({"code": "run", "pool": "p1", "cmd": "echo 'open"}))
+    assert [f["code"] for f in frames(transport)] == ["output", "ended"]
+
+
 def test_missing_executable_ends_with_127() -> None:
     _, protocol, transport = connect()
     frames(transport)

@@ -25,6 +25,7 @@ from pcci.wire import (
     MAX_FRAME,
     MISSED_HEARTBEATS,
     PROTOCOL_VERSION,
+    MAX_OUTPUT_DATA,
     STREAMS,
     WORKER_MESSAGES,
     FramedJSONProtocol,
@@ -166,7 +167,7 @@ class WorkerConnection(FramedJSONProtocol):
         self._last_frame = self.clock.seconds()
         self.factory.joined(self)
         # Welcomed first: adding the worker may send it attach, ack and kill.
-        self.sendMessage("welcome", version=self.version)
+        self.sendMessage("welcome", version=self.version, output_data=True)
         if self.version < PROTOCOL_VERSION:
             self.log.info(
                 "worker {name} speaks protocol {version}, one version back: it runs"
@@ -223,10 +224,21 @@ class WorkerConnection(FramedJSONProtocol):
             self.protocolViolation(f"unknown stream {message['stream']!r}")
         elif seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
             self.protocolViolation("an output seq that is not an integer")
-        elif self._current():
-            self.dispatcher.job_output(
-                self.name, message["pool"], message["data"], message["stream"], seq
-            )
+        else:
+            self._output(message, message["data"])
+
+    def handle_output_data(self, message: dict[str, Any]) -> None:
+        """Output as raw UTF-8 bytes after the frame (the welcome offered it)."""
+        if message["stream"] not in STREAMS:
+            self.protocolViolation(f"unknown stream {message['stream']!r}")
+        elif not 0 < message["size"] <= MAX_OUTPUT_DATA:
+            self.protocolViolation(f"output_data of {message['size']} bytes")
+        else:
+            self.receive_raw(message["size"], lambda data: self._output(message, data.decode("utf-8", "replace")))
+
+    def _output(self, message: dict[str, Any], text: str) -> None:
+        if self._current():
+            self.dispatcher.job_output(self.name, message["pool"], text, message["stream"], message.get("seq"))
 
     def handle_ended(self, message: dict[str, Any]) -> None:
         reason = message.get("reason")

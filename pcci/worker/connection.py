@@ -79,6 +79,9 @@ class MasterConnection(FramedJSONProtocol):
         self._ready = False
         #: The master refused this worker's protocol version (logged by the factory).
         self._refused = False
+        #: The master takes output as raw bytes after an C{output_data} frame
+        #: (its welcome says so); else as the C{data} of C{output} frames.
+        self.output_data = False
         #: Pushes and fetches under way, by pool id.
         self.transfers: dict[str, Receiver | Sender] = {}
         #: Fires when the master welcomes this worker; fails if it never does.
@@ -160,6 +163,7 @@ class MasterConnection(FramedJSONProtocol):
             self.transport.abortConnection()
             return
         self._ready = True
+        self.output_data = message.get("output_data") is True
         self.jobs.connected(self)
         self.joined.callback(self)
         self._beat = LoopingCall(self._heartbeat)
@@ -334,7 +338,11 @@ class MasterConnection(FramedJSONProtocol):
     # The job table's link (MasterLink)
 
     def report(self, code: str, pool: str, **fields: Any) -> None:
-        self.sendMessage(code, pool=pool, **fields)
+        if code == "output" and self.output_data:
+            data = fields.pop("data").encode("utf-8")
+            self.send_raw({"code": "output_data", "pool": pool, **fields}, data)
+        else:
+            self.sendMessage(code, pool=pool, **fields)
 
     # IPushProducer, for the transport to the master
 
