@@ -42,7 +42,7 @@ def start_time(pid: int) -> float | None:
 def start_ticks(pid: int) -> int | str | None:
     """
     When a process started, as the kernel counts (clock ticks since boot,
-    field 22 of C{/proc/<pid>/stat}): one read, at every job's start.  With
+    field 22 of C{/proc/<pid>/stat}): one read, once a job is journaled.  With
     no C{/proc}, psutil's start time, as text.
     """
     try:
@@ -87,7 +87,9 @@ class JobJournal:
         self._stopping = False
 
     def add(self, pgid: int, marker: str) -> None:
-        self.entries[pgid] = {"pgid": pgid, "ticks": start_ticks(pgid), "marker": marker}
+        # When it started is read as the journal is written: most jobs have
+        # ended by then, and cost no read.
+        self.entries[pgid] = {"pgid": pgid, "marker": marker}
         self._changed()
 
     def remove(self, pgid: int) -> None:
@@ -124,6 +126,9 @@ class JobJournal:
     def _flush(self) -> None:
         self._call = None
         self._dirty = False
+        for entry in self.entries.values():
+            if "ticks" not in entry:
+                entry["ticks"] = start_ticks(entry["pgid"])
         text = json.dumps({"jobs": list(self.entries.values())})
         if text == self._written:
             return
