@@ -90,6 +90,7 @@ export function showPool(main, context, poolId) {
       h("pre", { class: "cmd-line mono" }, pool.cmd),
       title.meta,
     );
+    if (title.again) title.again.setAttribute("href", againAddress()); // its workers never change
     updateHead();
   }
 
@@ -104,7 +105,6 @@ export function showPool(main, context, poolId) {
 
   function updateHead() {
     fill(title.state, badge(pool.state));
-    if (title.again) title.again.setAttribute("href", againAddress());
     if (title.kill) title.kill.hidden = pool.state !== "running";
     // A pool of files is sent again with pcci cp or fetch, not retried.
     if (title.retry) title.retry.hidden = pool.kind !== "run" || ![...jobs.values()].some((job) => RETRIED.has(job.state));
