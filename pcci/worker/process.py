@@ -16,6 +16,7 @@ has exited is killed: a job leaves nothing running behind it.
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import shlex
 import shutil
@@ -227,9 +228,12 @@ class JobProcess:
         if executable is None:
             self._not_started(f"{argv[0]}: command not found")
             return
+        # Without input, the child reads /dev/null: one pipe fewer to make,
+        # watch and close (a tenth of a millisecond of a short job).
+        fds = None if self._stdin else {0: null_input(), 1: "r", 2: "r"}
         try:
             self._transport = GroupLeaderProcess(
-                self._reactor, executable, argv, self._env, self.cwd, JobProtocol(self)
+                self._reactor, executable, argv, self._env, self.cwd, JobProtocol(self), childFDs=fds
             )
         except OSError as e:
             self._not_started(f"{argv[0]}: cannot start: {e}")
@@ -462,6 +466,12 @@ class JobProcess:
 #: rather than search the PATH again.
 _found: dict[tuple[str, str], str] = {}
 FOUND_KEPT = 1024
+
+
+@functools.cache
+def null_input() -> int:
+    """/dev/null, open for reading, for the jobs with no input (open once, kept)."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def find_program(program: str, path: str) -> str | None:
