@@ -70,6 +70,9 @@ def object_pieces(value: dict[str, Any]) -> Iterator[bytes]:
     C{json.dumps(value)} in pieces, a long string value (megabytes of a
     job's output) cut into several: the reactor encodes a piece at a time.
     """
+    if not any(isinstance(item, str) and len(item) > STRING_PIECE for item in value.values()):
+        yield json.dumps(value).encode()  # the usual case: one piece
+        return
     pending = [b"{"]
     for index, (key, item) in enumerate(value.items()):
         pending.append(b"%s%s: " % (b", " if index else b"", json.dumps(key).encode()))
