@@ -48,7 +48,10 @@ AT_ONCE = 32
 
 
 class InstantJobs(JobTable):
-    """A worker's jobs that end as soon as they are asked for, with status 0."""
+    """
+    A worker's jobs that end with status 0 as soon as they are asked for,
+    but C{sleep N}, which ends N seconds later.
+    """
 
     def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
         held = HeldJob(pool_id, self.max_output)
@@ -56,6 +59,13 @@ class InstantJobs(JobTable):
         held.pid = 1
         self.held[pool_id] = held
         self._report(held, "started", pid=held.pid)
+        words = cmd.split()
+        if len(words) == 2 and words[0] == "sleep":
+            self.reactor.callLater(float(words[1]), self._end, held)
+        else:
+            self._end(held)
+
+    def _end(self, held: HeldJob) -> None:
         held.end = (0, None)
         self._report_end(held)
 

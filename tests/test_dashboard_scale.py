@@ -139,3 +139,23 @@ def test_a_pool_on_ten_thousand_workers(page: Page, fleet: tuple[Cluster, str]) 
     page.wait_text("#outputs .gathered h3", f"({FLEET} workers)")
     assert page.text("#outputs .gathered h3").startswith("sim-[00000-09999]")
     assert page.find("#run-again").get_attribute("href").endswith("workers=sim-%5B00000-09999%5D")
+
+
+def test_a_pool_on_ten_thousand_workers_as_it_runs(page: Page, fleet: tuple[Cluster, str]) -> None:
+    """The page of a running pool paints as fast, and follows its 20,000
+    events (each job's start and end) while a filter still answers."""
+    cluster, _ = fleet
+    code, answer = cluster.request("POST", "/job", {"cmd": "sleep 6", "workers": ["sim-*"]})
+    assert code == 200, answer
+    took = painted(page, f"#/pools/{answer['pool_id']}", """
+        document.querySelector('#pool-state')?.innerText === 'running'
+        && document.querySelector('#pool-jobs tr[data-worker=sim-00000]')""")
+    print(f"page of a running pool on {FLEET} workers painted in {took:.2f} s")
+    assert took < PAINT
+    page.find("#jobs-filter").send_keys("sim-0000")
+    page.wait(lambda d: count(page, "#pool-jobs tbody tr") == 10, "ten rows")
+    page.wait_text(".view-head", f"{FLEET} ok")
+    page.wait_text("#pool-state", "ok")  # the pool's own end, its last event
+    assert page.driver.execute_script(
+        "return [...document.querySelectorAll('#pool-jobs tbody tr')].every((tr) => tr.dataset.state === 'ok')"
+    )
