@@ -8,13 +8,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from fakes import FakeLink
 from pcci.master.events import pool_events
 from pcci.master.schedules import RUNS_KEPT, SKIPPED, STARTED, Schedule
 from pcci.master.state import ClusterState, Settings
-from pcci.master.store import SCHEMA_VERSION, PoolQuery, SQLiteStore, StoreError, open_database
+from pcci.master.store import (
+    SCHEMA_VERSION, WRITE_DELAY, BatchedWriter, PoolQuery, SQLiteStore, StoredPool, StoreError, open_database,
+)
 
 
 def test_a_new_database_carries_its_schema_version(tmp_path: Path) -> None:
@@ -242,35 +245,35 @@ def test_a_failed_write_is_logged_and_tried_again_until_it_goes_through() -> Non
     assert store.saved == [["p1", "p2"]] and done == [None]
 
 
+class Recorder:
+    """A store that writes at once, keeping the keys of each write."""
+
+    def __init__(self) -> None:
+        self.saved: list[list[str]] = []
+
+    def save(self, rows: list[StoredPool]) -> Deferred[None]:
+        self.saved.append([row.id for row in rows])
+        return succeed(None)
+
+
+def running_row(key: str) -> StoredPool:
+    return StoredPool(key, 0.0, None, "running", "x", ["a"], {}, {})
+
+
 def test_a_change_waits_to_be_written_with_others_unless_someone_hurries() -> None:
-    from twisted.internet.defer import succeed
-
-    from pcci.master.store import WRITE_DELAY, BatchedWriter, StoredPool
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.saved: list[list[str]] = []
-
-        def save(self, rows):
-            self.saved.append([row.id for row in rows])
-            return succeed(None)
-
-    def row(key: str) -> StoredPool:
-        return StoredPool(key, 0.0, None, "running", "x", ["a"], {}, {})
-
     clock = Clock()
     store = Recorder()
     writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
-    writer.mark("ended", lambda: row("ended"))
+    writer.mark("ended", lambda: running_row("ended"))
     acked: list = []
     writer.committed("ended", hurry=False).addCallback(acked.append)  # an ack waits, calmly
     clock.advance(0)
     assert store.saved == []
-    writer.mark("other", lambda: row("other"))
+    writer.mark("other", lambda: running_row("other"))
     clock.advance(WRITE_DELAY)
     assert store.saved == [["ended", "other"]] and acked == [None]
     # A new pool's answer waits for its write: the next turn.
-    writer.mark("new", lambda: row("new"))
+    writer.mark("new", lambda: running_row("new"))
     answered: list = []
     writer.committed("new").addCallback(answered.append)
     clock.advance(0)
@@ -280,40 +283,25 @@ def test_a_change_waits_to_be_written_with_others_unless_someone_hurries() -> No
 def test_a_change_with_a_longer_delay_waits_for_it_alone() -> None:
     """A big pool's row waits its own delay, gathering its changes, while a
     small pool's changes are written at the usual pace; a flush writes all."""
-    from twisted.internet.defer import succeed
-
-    from pcci.master.store import WRITE_DELAY, BatchedWriter, StoredPool
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.saved: list[list[str]] = []
-
-        def save(self, rows):
-            self.saved.append([row.id for row in rows])
-            return succeed(None)
-
-    def row(key: str) -> StoredPool:
-        return StoredPool(key, 0.0, None, "running", "x", ["a"], {}, {})
-
     clock = Clock()
     store = Recorder()
     writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
-    writer.mark("big", lambda: row("big"), delay=0.5)
-    writer.mark("small", lambda: row("small"))
+    writer.mark("big", lambda: running_row("big"), delay=0.5)
+    writer.mark("small", lambda: running_row("small"))
     clock.advance(WRITE_DELAY)
     assert store.saved == [["small"]]
     for _ in range(10):  # the big pool changes on: its write is not put off
-        writer.mark("big", lambda: row("big"), delay=0.5)
+        writer.mark("big", lambda: running_row("big"), delay=0.5)
         clock.advance(0.04)
     assert store.saved == [["small"]]
     clock.advance(0.1)  # 0.5 s after its first change
     assert store.saved == [["small"], ["big"]]
     # Ended, the big pool is written as soon as a small one.
-    writer.mark("big", lambda: row("big"), delay=0.5)
-    writer.mark("big", lambda: row("big"))
+    writer.mark("big", lambda: running_row("big"), delay=0.5)
+    writer.mark("big", lambda: running_row("big"))
     clock.advance(WRITE_DELAY)
     assert store.saved[-1] == ["big"]
-    writer.mark("big", lambda: row("big"), delay=0.5)
+    writer.mark("big", lambda: running_row("big"), delay=0.5)
     writer.flush()
     assert len(store.saved) == 4 and not writer.pending()
 
