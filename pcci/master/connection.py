@@ -23,9 +23,9 @@ from pcci.transfer import CHUNK
 from pcci.wire import (
     END_REASONS,
     MAX_FRAME,
+    MAX_OUTPUT_DATA,
     MISSED_HEARTBEATS,
     PROTOCOL_VERSION,
-    MAX_OUTPUT_DATA,
     STREAMS,
     WORKER_MESSAGES,
     FramedJSONProtocol,
@@ -234,11 +234,15 @@ class WorkerConnection(FramedJSONProtocol):
         elif not 0 < message["size"] <= MAX_OUTPUT_DATA:
             self.protocolViolation(f"output_data of {message['size']} bytes")
         else:
-            self.receive_raw(message["size"], lambda data: self._output(message, data.decode("utf-8", "replace")))
+            self.receive_raw(
+                message["size"], lambda data: self._output(message, data.decode("utf-8", "replace"))
+            )
 
     def _output(self, message: dict[str, Any], text: str) -> None:
         if self._current():
-            self.dispatcher.job_output(self.name, message["pool"], text, message["stream"], message.get("seq"))
+            self.dispatcher.job_output(
+                self.name, message["pool"], text, message["stream"], message.get("seq")
+            )
 
     def handle_ended(self, message: dict[str, Any]) -> None:
         reason = message.get("reason")

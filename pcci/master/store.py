@@ -635,8 +635,8 @@ class BatchedWriter:
         """
         self._changed[key] = snapshot
         now = self.clock.seconds()
-        self._due[key] = min(self._due.get(key, now + delay), now + delay)
-        self._schedule(self._due[key] - now)
+        due = self._due[key] = min(self._due.get(key, now + delay), now + delay)
+        self._schedule(due - now)
 
     def committed(self, key: str, hurry: bool = True) -> Deferred[None]:
         """

@@ -156,9 +156,10 @@ export function showNodes(main, context) {
       const online = workers.filter((w) => w.online).length;
       fill(summary, `${online} online, ${workers.length - online} lost · ${workers.reduce((n, w) => n + (w.jobs_running || 0), 0)} jobs running`);
       show();
-      // A new worker has too few figures for a chart yet: look again soon.
+      // A new worker has too few figures for a chart yet: look again soon
+      // (in a small fleet: a big one's list is too big to fetch every second).
       const drawn = list.items.slice(0, list.drawn);
-      if (drawn.some((w) => w.online && !(histories.get(w.id)?.columns.time.length >= 2))) next = SOON;
+      if (next === REFRESH && drawn.some((w) => w.online && !(histories.get(w.id)?.columns.time.length >= 2))) next = SOON;
     } catch (error) {
       context.failed(error, grid);
       if (error.status === 401) return;
