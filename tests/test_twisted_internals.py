@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import types
@@ -66,6 +67,24 @@ PRIVATE = re.compile(
     r"|\._(pendingTimedCalls|newTimedCalls|listOpenFDs|getFileActions|trySpawnInsteadOfFork"
     r"|setupChild|fork|writeDisconnecting|tempDataBuffer)\b"
 )
+
+
+def test_a_job_pipe_is_read_a_full_pipe_at_a_time() -> None:
+    """What a child wrote while the worker was busy comes in one read, not
+    in pieces of Twisted's 8 KiB, each a turn of the reactor."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.write(write_end, b"x" * 60_000)
+    received: list[bytes] = []
+    child = types.SimpleNamespace(childDataReceived=lambda name, data: received.append(data))
+    reader = twisted_internals.WideProcessReader(SelectReactor(), child, 1, read_end)
+    try:
+        reader.doRead()
+        assert [len(data) for data in received] == [60_000]
+        os.close(write_end)
+        assert reader.doRead() is not None  # the end of the pipe: the reader is done
+    finally:
+        os.close(read_end)
 
 
 def test_no_other_module_touches_them() -> None:
