@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
@@ -214,6 +216,15 @@ def test_cancelled_wait_leaves_nothing_behind() -> None:
 def test_rfc3339() -> None:
     assert rfc3339(None) is None
     assert rfc3339(0.25) == "1970-01-01T00:00:00.250Z"
+    assert rfc3339(1.9999996) == "1970-01-01T00:00:02.000Z"  # rounded to the µs first
+
+
+@given(st.floats(min_value=-1e10, max_value=1e10) | st.integers(-10**10, 10**10).map(lambda n: n / 1e6))
+def test_rfc3339_writes_what_datetime_would(seconds: float) -> None:
+    from datetime import datetime, timezone
+
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    assert rfc3339(seconds) == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TestOutputBuffer:

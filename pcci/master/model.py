@@ -11,9 +11,10 @@ from the monotonic clock.
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
@@ -50,12 +51,31 @@ STATUS_LOST = -1
 STATUS_CANCELLED = -2
 
 
+#: The last whole second written out, and its text: a pool's jobs start
+#: and end within a few seconds, and an answer or a stored row writes
+#: thousands of their times.
+_last_second: tuple[float, str] = (float("nan"), "")
+
+
 def rfc3339(seconds: float | None) -> str | None:
-    """A POSIX time as RFC 3339 UTC with milliseconds, or None."""
+    """
+    A POSIX time as RFC 3339 UTC with milliseconds, or None: what
+    C{datetime.fromtimestamp(seconds, timezone.utc)} would write, rounded to
+    the microsecond the same way, then cut to the millisecond.
+    """
+    global _last_second
     if seconds is None:
         return None
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    fraction, whole = math.modf(seconds)
+    micro = round(fraction * 1e6)  # half to even, as datetime does
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1_000_000
+    last = _last_second
+    if last[0] != whole:
+        last = _last_second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{last[1]}.{micro // 1000:03d}Z"
 
 
 class WorkerLink(Protocol):
