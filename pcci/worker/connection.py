@@ -28,7 +28,6 @@ from pcci.wire import (
     STATUS_NOT_STARTED,
     FramedJSONProtocol,
     ProtocolError,
-    encode,
     peer_address,
     run_options,
 )
@@ -311,9 +310,7 @@ class MasterConnection(FramedJSONProtocol):
             message["path"],
             message["recursive"],
             lambda code, **fields: self._from_transfer(pool_id, code, fields),
-            lambda header, data: self.transport.write(
-                encode({"code": "get_data", "pool": pool_id, **header}) + data
-            ),
+            lambda header, data: self.send_raw({"code": "get_data", "pool": pool_id, **header}, data),
         )
         sender.start()
 
