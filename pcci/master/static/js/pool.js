@@ -277,8 +277,12 @@ export function showPool(main, context, poolId) {
         if (each.row) jobRow(each);
         if (each.badge) fill(each.badge, badge(each.state));
       }
-      const through = new Set(shown);
-      const moved = filter.state.value && [...dirty].some((each) => through.has(each) !== (each.state === filter.state.value));
+      // With a state filter, a job whose state changed may enter or leave the list.
+      let moved = false;
+      if (filter.state.value) {
+        const through = new Set(shown);
+        moved = [...dirty].some((each) => through.has(each) !== (each.state === filter.state.value));
+      }
       dirty.clear();
       if (moved) refilter();
       else if (mode === "gathered") drawOutputs();
