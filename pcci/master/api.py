@@ -130,6 +130,16 @@ def _read_json(request: IRequest, max_body: int, required: bool = True) -> Any:
         raise APIError(400, "invalid JSON: nested too deeply") from None
 
 
+def _read_object(request: IRequest, max_body: int, required: bool = True) -> dict[str, Any]:
+    """The request's JSON body, which must be an object ({} when it has none and none is required)."""
+    body = _read_json(request, max_body, required)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise APIError(400, "the body must be a JSON object")
+    return body
+
+
 def _string_list(value: Any, what: str, most: int) -> list[str]:
     if (
         not isinstance(value, list)
@@ -217,6 +227,14 @@ def _text_arg(request: IRequest, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise APIError(400, f"{name} must be UTF-8 text") from None
+
+
+def _absolute_path_arg(request: IRequest, name: str) -> str:
+    """A query argument naming a place on the workers: an absolute path."""
+    path = _text_arg(request, name)
+    if not path or not path.startswith("/") or "\0" in path:
+        raise APIError(400, f"{name} must be an absolute path on the workers")
+    return path
 
 
 #: What C{owner} may be: a user, and a group, by name.
@@ -447,9 +465,7 @@ class MasterAPI:
         kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if kind != ARCHIVE_TYPE:
             raise APIError(415, "send the files as a tar archive with Content-Type: application/x-tar")
-        dest = _text_arg(request, "dest")
-        if not dest or not dest.startswith("/") or "\0" in dest:
-            raise APIError(400, "dest must be an absolute path on the workers")
+        dest = _absolute_path_arg(request, "dest")
         mode = _text_arg(request, "mode")
         try:
             chosen = None if mode is None else int(mode, 8)
@@ -508,9 +524,7 @@ class MasterAPI:
         Read C{path} on the workers the query selects (C{pcci fetch}): a
         pool whose jobs gather what each worker sends into an archive.
         """
-        path = _text_arg(request, "path")
-        if not path or not path.startswith("/") or "\0" in path:
-            raise APIError(400, "path must be an absolute path on the workers")
+        path = _absolute_path_arg(request, "path")
         recursive = _bool_arg(request, "recursive", False)
         self._permit(request, permits.check_files)
         workers = self._selected(request)
@@ -718,11 +732,7 @@ class MasterAPI:
         than ok (or in the C{states} the body lists): a new pool, answered
         as C{POST /job} answers, that carries C{retry_of}.
         """
-        body = _read_json(request, self.max_body, required=False)
-        if body is None:
-            body = {}
-        if not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object")
+        body = _read_object(request, self.max_body, required=False)
         unknown = set(body) - {"states", "wait_offline"}
         if unknown:
             raise APIError(400, "a retry takes only states and wait_offline, not " + ", ".join(sorted(unknown)))
@@ -992,9 +1002,7 @@ class MasterAPI:
     def token_create(self, request: IRequest) -> Deferred[bytes]:
         """Make a token (kept hashed in the store); the answer is the only place it is shown."""
         book = self._book(request)
-        body = _read_json(request, self.max_body)
-        if not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object")
+        body = _read_object(request, self.max_body)
         unknown = set(body) - {"name", "read_only", "workers", "labels", "commands"}
         if unknown:
             raise APIError(400, "a token has only name, read_only, workers, labels and commands, not "
