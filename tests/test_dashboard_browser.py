@@ -23,7 +23,7 @@ from cluster import Cluster, processes_with
 from pcci.nodes import expand, split_item
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -113,9 +113,11 @@ class Page:
         self.expected_errors = ["status of 401"]
 
     def wait(self, check: Callable[[WebDriver], Any], what: str) -> Any:
-        return WebDriverWait(self.driver, DEADLINE, poll_frequency=0.05).until(
-            check, f"timed out waiting for {what}"
-        )
+        try:
+            return WebDriverWait(self.driver, DEADLINE, poll_frequency=0.05).until(check)
+        except TimeoutException:
+            shown = self.driver.execute_script("return document.body.innerText").strip()[:600]
+            raise TimeoutException(f"timed out waiting for {what}; the page showed:\n{shown}") from None
 
     def find(self, css: str) -> Any:
         return self.wait(lambda d: d.find_element(By.CSS_SELECTOR, css), css)
@@ -159,6 +161,26 @@ def test_a_wrong_token_gets_a_clear_message(page: Page) -> None:
     page.wait_text("#sign-in [role=alert]", "The master refused this token")
     assert page.driver.execute_script("return sessionStorage.getItem('pcci.token')") is None
     page.shoot("sign-in-refused")
+
+
+def test_a_token_saved_while_the_first_answer_is_on_its_way_is_kept(page: Page) -> None:
+    """The page's first /whoami goes without a token and is refused; a token
+    stored meanwhile (another script, a test) is not the one refused, and
+    is kept.  The network is slowed so that the refusal surely comes after."""
+    driver = page.driver
+    driver.execute_cdp_cmd("Network.enable", {})
+    slow = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+    try:
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {**slow, "latency": 1000})
+        driver.refresh()
+        driver.execute_script("sessionStorage.setItem('pcci.token', arguments[0])", ADMIN)
+        page.find("#sign-in")
+        assert driver.execute_script("return sessionStorage.getItem('pcci.token')") == ADMIN
+    finally:
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", slow)
+        driver.execute_cdp_cmd("Network.disable", {})
+    driver.refresh()
+    page.wait_text("#who-name", "alice")
 
 
 def test_nodes_show_both_workers_with_their_figures(page: Page) -> None:

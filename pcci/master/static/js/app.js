@@ -135,13 +135,14 @@ async function start() {
   document.getElementById("sign-out").addEventListener("click", () => signOut());
   window.addEventListener("hashchange", route);
   setInterval(() => ageTimes(main), 10000);
+  const token = savedToken();
   try {
-    signedIn(await call("/whoami", { token: savedToken() }));
+    signedIn(await call("/whoami", { token }));
   } catch (error) {
     if (error.status === 401) {
-      const had = savedToken();
-      saveToken(null);
-      showSignIn(had ? "The master no longer accepts this token: sign in again." : null);
+      // Forget the token refused, not one saved while the answer was on its way.
+      if (savedToken() === token) saveToken(null);
+      showSignIn(token ? "The master no longer accepts this token: sign in again." : null);
     }
     else fill(main, notice(`pcci: ${error.message}`, "error"));
   }
