@@ -129,7 +129,10 @@ class Page:
         return self.driver.execute_script(script, css)
 
     def wait_text(self, css: str, expected: str) -> None:
-        self.wait(lambda d: expected in self.text(css), f"{expected!r} in {css}")
+        try:
+            self.wait(lambda d: expected in self.text(css), f"{expected!r} in {css}")
+        except TimeoutException as e:
+            raise TimeoutException(f"{e.msg}\n{css} showed: {self.text(css)[:300]!r}") from None
 
     def sign_in(self, token: str) -> None:
         field = self.find("#token")

@@ -111,8 +111,29 @@ def test_the_nodes_of_ten_thousand_workers(page: Page) -> None:
     page.wait_text("#nodes", "No worker matches this filter.")
 
 
+#: Run in each new document: notes any moment the head of the page says
+#: "running" (of an ended pool, it never should, even as its events replay).
+WATCH_RUNNING = """
+window.sawRunning = [];
+new MutationObserver(() => {
+  const head = document.querySelector('.view-head')?.textContent || '';
+  if (/\\brunning\\b/.test(head)) window.sawRunning.push(head.slice(0, 300));
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
 def test_a_pool_on_ten_thousand_workers(page: Page, fleet: tuple[Cluster, str]) -> None:
     _, pool = fleet
+    watch = page.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH_RUNNING})
+    try:
+        showing_the_ended_pool(page, pool)
+    finally:
+        page.driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", watch)
+    # Its events, replayed for the output, never showed a job running again.
+    assert page.driver.execute_script("return window.sawRunning") == []
+
+
+def showing_the_ended_pool(page: Page, pool: str) -> None:
     took = painted(page, f"#/pools/{pool}", """
         document.querySelector('#pool-state')?.innerText === 'ok'
         && document.querySelector('.view-head')?.innerText.includes('10000 ok')
@@ -123,6 +144,14 @@ def test_a_pool_on_ten_thousand_workers(page: Page, fleet: tuple[Cluster, str]) 
     assert 0 < rows <= 200
     assert count(page, "#outputs section") <= 100
     page.shoot("pool-fleet")
+
+    # The rows scroll in a box of their own: scrolled to its end, more are
+    # drawn, and what is below it (the tabs, the outputs) stays in place.
+    tabs_top = "return document.querySelector('#tab-gathered').getBoundingClientRect().top + window.scrollY"
+    below = page.driver.execute_script(tabs_top)
+    page.driver.execute_script("const box = document.querySelector('.rows-box'); box.scrollTop = box.scrollHeight")
+    page.wait(lambda d: count(page, "#pool-jobs tbody tr") > rows, "more rows")
+    assert page.driver.execute_script(tabs_top) == below
 
     # One worker, found by its name, then the state filter: none failed.
     page.find("#jobs-filter").send_keys("sim-09999")

@@ -9,7 +9,8 @@ const NEAR = "1200px"; // how close to the view the end may come before more is 
 
 export class LazyList {
   // `container` holds the drawn elements; render(item) gives an item's.
-  constructor(container, render, { page = 100, noun = "items" } = {}) {
+  // With `root`, the list scrolls in that element rather than in the page.
+  constructor(container, render, { page = 100, noun = "items", root = null } = {}) {
     this.container = container;
     this.render = render;
     this.page = page;
@@ -19,7 +20,7 @@ export class LazyList {
     this.more = h("p", { class: "muted more", role: "status" });
     this.observer = new IntersectionObserver((entries) => {
       if (entries.some((entry) => entry.isIntersecting)) this.next();
-    }, { rootMargin: NEAR });
+    }, { root, rootMargin: NEAR });
     this.observer.observe(this.more);
   }
 

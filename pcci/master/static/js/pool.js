@@ -17,6 +17,9 @@ function piece(part) {
   return part.stream === "stderr" ? h("span", { class: "stderr" }, part.text) : document.createTextNode(part.text);
 }
 
+// The states of a job not started yet.
+const BEFORE_START = new Set(["pending", "waiting"]);
+
 // The ends a retry runs again: every one but ok.
 const RETRIED = new Set(["failed", "killed", "timed_out", "lost", "not_started", "cancelled"]);
 
@@ -46,11 +49,14 @@ export function showPool(main, context, poolId) {
   filter.state.addEventListener("change", () => refilter());
   const rows = h("tbody");
   const table = h("div", { id: "pool-jobs" });
+  // The rows scroll in a box of their own: what is below them (the outputs)
+  // stays in reach however many rows are drawn.
+  const rowBox = h("div", { class: "rows-box" });
   const tabs = h("div", { class: "tabs", role: "tablist" });
   const outputs = h("div", { id: "outputs" });
-  const rowList = new LazyList(rows, jobRow, { page: 100, noun: "jobs" });
+  const rowList = new LazyList(rows, jobRow, { page: 100, noun: "jobs", root: rowBox });
   const outputList = new LazyList(outputs, outputBlock, { page: 20, noun: "outputs" });
-  fill(main, head, status, table, rowList.more, tabs, outputs, outputList.more);
+  fill(main, head, status, table, tabs, outputs, outputList.more);
 
   async function retry() {
     title.retry.disabled = true;
@@ -148,11 +154,15 @@ export function showPool(main, context, poolId) {
     fill(
       table,
       jobs.size > 1 ? h("div", { class: "filters" }, filter.name, filter.state) : null,
-      h(
-        "table",
-        { class: "jobs" },
-        h("thead", {}, h("tr", {}, ["Worker", "State", "Exit status", "Took", "PID", ""].map((t) => h("th", {}, t)))),
-        rows,
+      fill(
+        rowBox,
+        h(
+          "table",
+          { class: "jobs" },
+          h("thead", {}, h("tr", {}, ["Worker", "State", "Exit status", "Took", "PID", ""].map((t) => h("th", {}, t)))),
+          rows,
+        ),
+        rowList.more,
       ),
     );
     stateChoices();
@@ -320,7 +330,9 @@ export function showPool(main, context, poolId) {
     } else if (!job) {
       return;
     } else if (event.name === "started") {
-      Object.assign(job, { state: "running", pid: data.pid, started_at: data.at });
+      Object.assign(job, { pid: data.pid, started_at: data.at });
+      // An ended pool's events replay from its start: an end stays an end.
+      if (BEFORE_START.has(job.state)) job.state = "running";
     } else if (event.name === "output") {
       append(job, { stream: data.stream, text: data.data });
       return;
