@@ -144,9 +144,11 @@ def test_a_failed_pool_is_told_signed_and_again_after_a_500(
     assert message["link"] == f"http://pcci.lab/#/pools/{failed['id']}"
     assert "output" not in message
     assert len(flaky.received) == 2  # the ok pool was not told
-    text = metrics_text(own_cluster)
-    assert 'pcci_webhook_deliveries_total{result="sent"} 1.0' in text
-    assert 'pcci_webhook_deliveries_total{result="retried"}' in text
+    # Counted once the master has read the endpoint's answer, a moment
+    # after the endpoint had the request.
+    sent = 'pcci_webhook_deliveries_total{result="sent"} 1.0'
+    poll(lambda: sent in metrics_text(own_cluster), what="the delivery counted as sent")
+    assert 'pcci_webhook_deliveries_total{result="retried"}' in metrics_text(own_cluster)
 
 
 def test_a_pool_s_own_notify_url_hears_every_end_with_slack_text(
