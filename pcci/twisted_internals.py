@@ -22,7 +22,10 @@ reaches inside it, and nowhere else does:
     until the reactor next polls, after whatever else the turn does (log
     lines, store work); L{send_now} calls its C{doWrite} (and reads
     C{_writeDisconnecting} and C{_tempDataBuffer}, and does nothing where
-    they are missing) to send the bytes someone waits for first.
+    they are missing) to send the bytes someone waits for first, and
+    L{write_now} sends a frame straight on the connection's C{socket} when
+    nothing waits before it (no C{dataBuffer}, C{_tempDataBuffer} or
+    C{TLS}).
 
 L{check} runs at import and fails loudly (an ImportError naming the
 missing piece) on a Twisted that changed any of them; its test runs in CI.
@@ -216,17 +219,17 @@ def rebase_timers(reactor: Any, seconds: Callable[[], float]) -> None:
     heapq.heapify(reactor._pendingTimedCalls)
 
 
-def send_now(transport: Any) -> None:
+def _open_tcp(transport: Any, writes_through: bool = False) -> Any:
     """
-    Send what C{transport} holds now rather than at the reactor's next poll.
-
-    Only a plain TCP connection that is open, not closing and has no
-    producer (whose C{resumeProducing} the write could call back into);
-    anything else is left to the reactor.  A send that fails leaves the
-    connection registered for writing, so the reactor meets the error at
-    its next poll and closes it as it always does.
+    The plain TCP connection under C{transport}'s wrappers, if it is open,
+    not closing and has no producer (whose C{resumeProducing} a write could
+    call back into); else None.  With C{writes_through}, only under
+    wrappers that pass writes on unchanged (a connection limit's), not
+    under one that changes them (TLS's C{TLSMemoryBIOProtocol}).
     """
     while isinstance(transport, ProtocolWrapper):
+        if writes_through and type(transport).write is not ProtocolWrapper.write:
+            return None
         transport = transport.transport
     if (
         isinstance(transport, _tcp.Connection)
@@ -234,6 +237,49 @@ def send_now(transport: Any) -> None:
         and not transport.disconnecting
         and not getattr(transport, "_writeDisconnecting", True)
         and transport.producer is None
-        and (transport.dataBuffer or getattr(transport, "_tempDataBuffer", None))
     ):
-        transport.doWrite()
+        return transport
+    return None
+
+
+def send_now(transport: Any) -> None:
+    """
+    Send what C{transport} holds now rather than at the reactor's next poll.
+
+    Only a plain TCP connection (see L{_open_tcp}); anything else is left to
+    the reactor.  A send that fails leaves the connection registered for
+    writing, so the reactor meets the error at its next poll and closes it
+    as it always does.
+    """
+    connection = _open_tcp(transport)
+    if connection is not None and (
+        connection.dataBuffer or getattr(connection, "_tempDataBuffer", None)
+    ):
+        connection.doWrite()
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport} and send it now.  With nothing waiting
+    before it on a plain TCP connection, TLS in no layer, straight on the
+    socket: one C{send()}, where a write through the transport also has the
+    reactor watch the connection for writing and stop again.  What the
+    socket does not take (or all of it, elsewhere) goes through the
+    transport, then L{send_now}.
+    """
+    connection = _open_tcp(transport, writes_through=True)
+    if (
+        connection is not None
+        and getattr(connection, "TLS", True) is False
+        and not connection.dataBuffer
+        and getattr(connection, "_tempDataBuffer", True) == []
+    ):
+        try:
+            sent = connection.socket.send(data)
+        except OSError:
+            sent = 0  # full (EAGAIN), or broken: the transport's write meets it as usual
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+    send_now(transport)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
-from pcci.twisted_internals import send_now
+from pcci.twisted_internals import write_now
 
 PROTOCOL_VERSION = 4
 TERMINATOR = b"EOM"
@@ -247,9 +247,11 @@ class FramedJSONProtocol(LineReceiver):
     def sendMessage(self, code: str, **fields: Any) -> None:
         if self.transport is None:
             return
-        self.transport.write(encode({"code": code, **fields}))
+        data = encode({"code": code, **fields})
         if code in URGENT:
-            send_now(self.transport)
+            write_now(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def lineReceived(self, line: bytes) -> None:
         self.frame_received()

@@ -16,7 +16,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 import pcci
 from pcci import twisted_internals
-from pcci.twisted_internals import HOOKS, check, rebase_timers, send_now, spawned_by_twisted
+from pcci.twisted_internals import HOOKS, check, rebase_timers, send_now, spawned_by_twisted, write_now
 
 
 def test_this_twisted_has_every_private_name_pcci_uses() -> None:
@@ -103,9 +103,11 @@ class Writers:
 
     def __init__(self) -> None:
         self.writers: set[object] = set()
+        self.watched = 0  # times a connection was watched for writing
 
     def addWriter(self, writer: object) -> None:
         self.writers.add(writer)
+        self.watched += 1
 
     def removeWriter(self, writer: object) -> None:
         self.writers.discard(writer)
@@ -145,3 +147,65 @@ def test_a_closing_connection_is_left_to_the_reactor() -> None:
     with pytest.raises(BlockingIOError):
         theirs.recv(100)
     assert made in reactor.writers
+
+
+def test_a_frame_goes_straight_on_the_socket_when_nothing_waits() -> None:
+    made, theirs, reactor = connection()
+    wrapper = ProtocolWrapper(WrappingFactory(None), Protocol())
+    wrapper.transport = made
+    write_now(wrapper, b"run")
+    assert theirs.recv(100) == b"run"
+    assert reactor.watched == 0  # one send(), the reactor never involved
+
+
+def test_a_frame_after_bytes_already_written_keeps_its_place() -> None:
+    made, theirs, reactor = connection()
+    made.write(b"first, ")
+    write_now(made, b"then the frame")
+    assert theirs.recv(100) == b"first, then the frame"
+    assert made not in reactor.writers
+
+
+def test_what_the_socket_does_not_take_waits_in_the_transport() -> None:
+    made, theirs, reactor = connection()
+    made.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * 4096  # 1 MiB, more than the socket takes
+    write_now(made, data)
+    assert made in reactor.writers  # the rest is the reactor's to send
+    received = b""
+    while len(received) < len(data):
+        try:
+            received += theirs.recv(1 << 20)
+        except BlockingIOError:
+            made.doWrite()  # what the reactor does when the socket has room
+    assert received == data
+
+
+class Encrypting(ProtocolWrapper):
+    """A wrapper that changes what is written, as TLS's does."""
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data.swapcase())
+
+
+def test_tls_and_closing_connections_write_through_the_transport() -> None:
+    made, theirs, reactor = connection()
+    tls = Encrypting(WrappingFactory(None), Protocol())
+    tls.transport = made
+    limit = ProtocolWrapper(WrappingFactory(None), Protocol())
+    limit.transport = tls
+    write_now(limit, b"secret")
+    assert theirs.recv(100) == b"SECRET"  # through the TLS layer's write
+    made, theirs, reactor = connection()
+    written: list[bytes] = []
+    made.TLS = True  # TLS started on the connection itself
+    made.write = written.append  # type: ignore[method-assign]
+    write_now(made, b"secret")
+    assert written == [b"secret"]
+    made, theirs, reactor = connection()
+    made.loseConnection()
+    write_now(made, b"late")
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)
+    assert made in reactor.writers
+
