@@ -130,14 +130,18 @@ def _read_json(request: IRequest, max_body: int, required: bool = True) -> Any:
         raise APIError(400, "invalid JSON: nested too deeply") from None
 
 
-def _read_object(request: IRequest, max_body: int, required: bool = True) -> dict[str, Any]:
-    """The request's JSON body, which must be an object ({} when it has none and none is required)."""
-    body = _read_json(request, max_body, required)
+def _object(body: Any) -> dict[str, Any]:
+    """A JSON body that must be an object ({} for no body)."""
     if body is None:
         return {}
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object")
     return body
+
+
+def _read_object(request: IRequest, max_body: int, required: bool = True) -> dict[str, Any]:
+    """The request's JSON body, which must be an object ({} when it has none and none is required)."""
+    return _object(_read_json(request, max_body, required))
 
 
 def _string_list(value: Any, what: str, most: int) -> list[str]:
@@ -686,9 +690,7 @@ class MasterAPI:
 
     def _kill(self, pool: Pool, request: IRequest, body: Any) -> Deferred[bytes]:
         pool_id = pool.id
-        if body is not None and not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object")
-        items = body.get("workers") if body else None
+        items = _object(body).get("workers")
         try:
             workers = None
             if items is not None:
@@ -800,8 +802,7 @@ class MasterAPI:
 
     def _checked_schedule(self, request: IRequest, body: Any, existing: Schedule | None) -> Schedule:
         """A schedule from a C{POST} body, or C{existing} changed by a C{PATCH} body, checked."""
-        if not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object")
+        body = _object(body)
         unknown = set(body) - SCHEDULE_FIELDS - JOB_FIELDS
         if unknown:
             raise APIError(400, "a schedule has no " + ", ".join(sorted(unknown)))
