@@ -32,7 +32,7 @@ def workers_in_scope(
     if online:
         workers = dict(roster.online_labels())
     else:
-        workers = {name: record.labels for name, record in roster.records.items()}
+        workers = dict(roster.known_labels())
     scope = _scope(token)
     return workers if scope is None else dict(scope.within(workers))
 
@@ -67,8 +67,7 @@ def check_names(token: APIToken | None, roster: Roster, items: list[str], most: 
     scope = _scope(token)
     if scope is None:
         return
-    known = {name: record.labels for name, record in roster.records.items()}
-    outside = scope.outside(items, known, most)
+    outside = scope.outside(items, roster.known_labels(), most)
     if outside:
         raise Forbidden(f"outside this token's scope: {fold(outside)}")
 

@@ -165,6 +165,10 @@ class Roster:
         """The connected workers, each with its labels."""
         return {name: link.labels for name, link in self.links.items()}
 
+    def known_labels(self) -> dict[str, dict[str, str]]:
+        """Every worker known, online or not, each with its labels."""
+        return {name: record.labels for name, record in self.records.items()}
+
     def heartbeat(self, name: str, figures: dict[str, Any]) -> None:
         """Keep a worker's latest figures, and add them to its history."""
         record = self.records.get(name)
