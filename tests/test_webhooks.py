@@ -119,3 +119,16 @@ def test_a_hanging_endpoint_times_out_and_holds_no_other() -> None:
     assert calls == ["http://hangs", "http://fine"] and results == ["sent"]
     clock.advance(5.0)
     assert results == ["sent", "retried"]
+
+
+def test_a_url_the_client_cannot_use_is_tried_again_like_a_failed_answer() -> None:
+    clock, queue = Clock(), Queue()
+
+    def post(url: str, body: bytes, headers: Any) -> Deferred[int]:
+        raise ValueError(f"unsupported URL {url}")  # before any Deferred, as treq may
+
+    notifier = Notifier(clock, clock.seconds, queue, post, SECRET, hooks=(Hook("nonsense://x"),))
+    results: list[str] = []
+    notifier.on_result = results.append
+    notifier.pool_ended(failed_pool())
+    assert results == ["retried"] and queue.rows[1]["attempts"] == 1

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -217,11 +217,8 @@ class Notifier:
             b"X-Pcci-Signature": [signature(self.secret, delivery.body).encode()],
             b"X-Pcci-Delivery": [str(delivery.id).encode()],
         }
-        try:
-            d = self.post(delivery.url, delivery.body, headers)
-        except Exception as e:  # a URL the client cannot even use
-            d = Deferred()
-            d.errback(e)
+        # A URL the client cannot even use fails as an answer would.
+        d = maybeDeferred(self.post, delivery.url, delivery.body, headers)
         d.addTimeout(TIMEOUT, self.clock)
 
         def answered(status: int) -> Deferred[None]:
