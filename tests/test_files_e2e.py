@@ -119,6 +119,27 @@ def test_refusals(pair: Cluster, tmp_path: Path) -> None:
     assert code == 403 and not (dest / "x").exists()
 
 
+def test_an_upload_shorter_than_its_members_is_refused_and_the_master_goes_on(
+    pair: Cluster, tmp_path: Path
+) -> None:
+    """A 10 KiB tar claiming a gigabyte, sparse or truncated: a 400 naming it, not a spinning master."""
+    sparse = tmp_path / "holes.img"
+    with sparse.open("wb") as f:
+        f.truncate(1 << 30)
+    subprocess.run(["tar", "-S", "-cf", str(tmp_path / "s.tar"), "-C", str(tmp_path), "holes.img"], check=True)
+    claims = tarfile.TarInfo("claims.bin")
+    claims.size = 1 << 30
+    truncated = claims.tobuf(format=tarfile.GNU_FORMAT) + b"x" * 10_000
+    dest = tmp_path / "dest"
+    for body, name in (((tmp_path / "s.tar").read_bytes(), "holes.img"), (truncated, "claims.bin")):
+        code, answer = push(pair, body, f"workers=f1,f2&dest={dest}/&mkdir=1")
+        assert code == 400 and answer["message"].startswith(name), answer
+        assert pair.request("GET", "/health", timeout=5)[0] == 200
+    assert not dest.exists()
+    code, answer = push(pair, tar((member("after"), b"ok\n")), f"workers=f1&dest={dest}/&mkdir=1")
+    assert code == 200 and (dest / "after").read_bytes() == b"ok\n"
+
+
 def test_a_reader_never_sees_a_partial_file(pair: Cluster, tmp_path: Path) -> None:
     dest = tmp_path / "seen"
     payloads = [os.urandom(2_000_000) for _ in range(3)]

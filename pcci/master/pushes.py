@@ -37,6 +37,10 @@ class ArchiveError(ValueError):
     """An upload that is not a tar of files, directories and links, or holds an unsafe path."""
 
 
+class ShortRead(ArchiveError):
+    """The spooled upload holds fewer bytes than a member said it has."""
+
+
 class Spool:
     """The uploaded archive, read at any offset without moving a shared position."""
 
@@ -44,12 +48,28 @@ class Spool:
         self.file = file
         self._fd = file.fileno() if not isinstance(file, io.BytesIO) else None
 
-    def read(self, offset: int, size: int) -> bytes:
-        """Bytes at C{offset}: a read from a local file of at most L{CHUNK}, bounded."""
+    @property
+    def size(self) -> int:
+        """Bytes the upload really holds."""
         if self._fd is None:
             assert isinstance(self.file, io.BytesIO)
-            return bytes(self.file.getbuffer()[offset:offset + size])
-        return os.pread(self._fd, size, offset)
+            return self.file.getbuffer().nbytes
+        return os.fstat(self._fd).st_size
+
+    def read(self, offset: int, size: int) -> bytes:
+        """
+        Exactly C{size} bytes at C{offset} (a bounded read of a local file).
+
+        @raise ShortRead: the upload ends before them.
+        """
+        if self._fd is None:
+            assert isinstance(self.file, io.BytesIO)
+            data = bytes(self.file.getbuffer()[offset:offset + size])
+        else:
+            data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise ShortRead(f"the upload ends at byte {offset + len(data)}, before byte {offset + size}")
+        return data
 
     def close(self) -> None:
         self.file.close()
@@ -76,10 +96,11 @@ def read_archive(spool: Spool) -> Archive:
     entries: list[Entry] = []
     offsets: dict[str, int] = {}
     spool.file.seek(0)
+    uploaded = spool.size
     try:
         with tarfile.open(fileobj=spool.file, mode="r:") as archive:
             for member in archive:
-                entries.append(_entry(member, spool))
+                entries.append(_entry(member, spool, uploaded))
                 if member.isreg():
                     offsets[entries[-1].path] = member.offset_data
     except tarfile.TarError as e:
@@ -89,7 +110,7 @@ def read_archive(spool: Spool) -> Archive:
     return Archive(entries, offsets)
 
 
-def _entry(member: tarfile.TarInfo, spool: Spool) -> Entry:
+def _entry(member: tarfile.TarInfo, spool: Spool, uploaded: int) -> Entry:
     name = member.name[2:] if member.name.startswith("./") else member.name
     try:
         path = safe_path(name.rstrip("/"))
@@ -102,6 +123,13 @@ def _entry(member: tarfile.TarInfo, spool: Spool) -> Entry:
         return Entry(path, "link", mode=mode, mtime=mtime, target=member.linkname)
     if not member.isreg():
         raise ArchiveError(f"{path}: only files, directories and symbolic links are pushed")
+    if member.issparse() or member.type == tarfile.GNUTYPE_SPARSE:
+        # Its size is not the bytes the archive holds: pack it without -S (--sparse).
+        raise ArchiveError(f"{path}: a sparse file (tar -S) is not pushed: pack it without -S")
+    if member.size < 0 or member.offset_data + member.size > uploaded:
+        raise ArchiveError(
+            f"{path}: its {member.size} bytes run past the end of the upload ({uploaded} bytes)"
+        )
     digest = hashlib.sha256()
     for offset in range(0, member.size, 1024 * 1024):
         digest.update(spool.read(member.offset_data + offset, min(1024 * 1024, member.size - offset)))
@@ -239,7 +267,11 @@ class _Sender:
                     break
                 self.current, self.offset = self.needed.popleft(), 0
             size = sizes[self.current]
-            frame, count = frames.frame(self.current, self.offset, size)
+            try:
+                frame, count = frames.frame(self.current, self.offset, size)
+            except (ShortRead, OSError) as e:
+                self._stop(f"{self.current}: {e}")
+                return
             self.link.transport.write(frame)
             self.offset += count
             self.sent += count
@@ -248,3 +280,9 @@ class _Sender:
         if self.told and self.current is None and not self.needed:
             self.done = True
             self.link.sendMessage("put_end", pool=self.job.pool_id)
+
+    def _stop(self, why: str) -> None:
+        """The spool cannot give what was promised: the worker drops the push, and its job fails."""
+        self.done = True
+        self.link.kill_job(self.job.pool_id)
+        self.push.dispatcher.fail(self.job, f"push stopped: the upload cannot be read: {why}")
