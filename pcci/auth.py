@@ -125,7 +125,10 @@ class APIToken:
 
 
 #: What a line of a tokens file holds.
-TOKEN_LINE = "TOKEN [read] [name=NAME] [workers=TARGETS] [labels=KEY[=VALUE]] [commands=GLOB]"
+TOKEN_LINE = (
+    "TOKEN [read] [name=NAME] [workers=TARGETS] [labels=KEY[=VALUE]] [commands=GLOB]"
+    " [stdin=yes] [cwd=DIR] [notify=URL]"
+)
 
 
 def parse_token_line(words: list[str], name: str) -> tuple[str, bool, str, Scope | None]:
@@ -137,11 +140,14 @@ def parse_token_line(words: list[str], name: str) -> tuple[str, bool, str, Scope
     """
     value, rest = words[0], words[1:]
     read_only = False
-    parts: dict[str, list[str]] = {"workers": [], "labels": [], "commands": []}
+    parts: dict[str, list[str]] = {"workers": [], "labels": [], "commands": [], "cwd": [], "notify": []}
+    stdin = False
     for word in rest:
         key, sep, text = word.partition("=")
         if word == "read":
             read_only = True
+        elif word == "stdin=yes":
+            stdin = True
         elif key == "name" and NAME.match(text):
             name = text
         elif sep and key in parts and text:
@@ -151,7 +157,7 @@ def parse_token_line(words: list[str], name: str) -> tuple[str, bool, str, Scope
     if len(value) < 16:
         raise ValueError("a token needs 16 characters or more")
     try:
-        scope = Scope(*(tuple(parts[k]) for k in ("workers", "labels", "commands")))
+        scope = Scope(**{k: tuple(v) for k, v in parts.items()}, stdin=stdin)
     except ScopeError as e:
         raise ValueError(str(e)) from None
     return value, read_only, name, scope if scope.limited else None

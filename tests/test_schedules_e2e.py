@@ -156,7 +156,7 @@ def test_a_pool_s_own_notify_url_hears_every_end_with_slack_text(
 ) -> None:
     slack = Receiver()
     receivers.append(slack)
-    own_cluster.start_master("--webhook-format", "slack")
+    own_cluster.start_master("--webhook-format", "slack", "--notify-allow", "127.0.0.0/8")
     own_cluster.start_worker("w1")
     code, body = own_cluster.request(
         "POST", "/job?wait=30", {"cmd": "echo hi", "workers": ["w1"], "notify": [slack.url], "notify_on": "ended"}

@@ -44,6 +44,7 @@ from pcci.master.schedules import (
     check_name,
     check_timezone,
 )
+from pcci.master.outbound import AddressPolicy
 from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
@@ -52,7 +53,7 @@ from pcci.master import permits
 from pcci.master.targets import TargetError, resolve
 from pcci.master.tokens import TokenBook, TokenError
 from pcci.nodes import fold
-from pcci.scopes import Scope, ScopeError
+from pcci.scopes import GRANTS, Scope, ScopeError
 
 log = Logger()
 
@@ -298,6 +299,7 @@ class MasterAPI:
         max_body: int = MAX_BODY,
         max_command: int = MAX_COMMAND,
         max_workers: int = MAX_WORKERS,
+        notify_policy: AddressPolicy = AddressPolicy(),
     ) -> None:
         self.clock = state.clock
         self.state = state
@@ -307,6 +309,8 @@ class MasterAPI:
         self.max_body = max_body
         self.max_command = min(max_command, COMMAND_CEILING)
         self.max_workers = max_workers
+        #: Where pools' notify URLs may point (see L{pcci.master.outbound}).
+        self.notify_policy = notify_policy
         self.metrics = metrics or MasterMetrics(state)
         self.dashboard = dashboard.StaticFiles()
         #: The tokens requests need (set by L{resource}); None: no auth.
@@ -416,7 +420,7 @@ class MasterAPI:
             asked = parse_submission(body, self.max_command, self.max_workers)
         except SpecError as e:
             raise APIError(400, str(e)) from None
-        self._permit(request, permits.check_command, asked.cmd, asked.options.env)
+        self._permit(request, permits.check_run, asked.cmd, asked.options, asked.notify, self.notify_policy)
         offline = asked.wait_offline is not None
         workers = self._select(request, asked.workers, asked.labels, asked.exclude, offline)
         if dry_run:
@@ -771,7 +775,7 @@ class MasterAPI:
                 f"workers offline: {fold(offline)}: retry with wait_offline to run there"
                 " when they come back",
             )
-        self._permit(request, permits.check_command, pool.cmd, pool.options.env)
+        self._permit(request, permits.check_run, pool.cmd, pool.options, pool.notify, self.notify_policy)
         self._select(request, workers, [], [], offline=wait_offline is not None)
         return self._start(
             request,
@@ -836,7 +840,7 @@ class MasterAPI:
             asked = parse_submission(schedule.job, self.max_command, self.max_workers)
         except (ScheduleError, SpecError) as e:
             raise APIError(400, str(e)) from None
-        self._permit(request, permits.check_command, asked.cmd, asked.options.env)
+        self._permit(request, permits.check_run, asked.cmd, asked.options, asked.notify, self.notify_policy)
         if asked.workers:
             try:
                 self._permit(request, permits.check_names, self.roster, asked.workers, self.max_workers)
@@ -968,7 +972,7 @@ class MasterAPI:
                 raise ScheduleError(f"the token {who} that made it is gone or may only read")
         try:
             asked = parse_submission(schedule.job, self.max_command, self.max_workers)
-            permits.check_command(token, asked.cmd, asked.options.env)
+            permits.check_run(token, asked.cmd, asked.options, asked.notify, self.notify_policy)
             offline = asked.wait_offline is not None
             workers = permits.select_workers(
                 token, self.roster, asked.workers, asked.labels, asked.exclude, self.max_workers, offline
@@ -1004,17 +1008,17 @@ class MasterAPI:
         """Make a token (kept hashed in the store); the answer is the only place it is shown."""
         book = self._book(request)
         body = _read_object(request, self.max_body)
-        unknown = set(body) - {"name", "read_only", "workers", "labels", "commands"}
+        fields = ("name", "read_only", "workers", "labels", "commands", *GRANTS)
+        unknown = set(body) - set(fields)
         if unknown:
-            raise APIError(400, "a token has only name, read_only, workers, labels and commands, not "
-                           + ", ".join(sorted(unknown)))
+            raise APIError(400, f"a token has only {', '.join(fields)}, not " + ", ".join(sorted(unknown)))
         name, read_only = body.get("name"), body.get("read_only", False)
         if not isinstance(name, str):
             raise APIError(400, "name must be a string")
         if not isinstance(read_only, bool):
             raise APIError(400, "read_only must be true or false")
         try:
-            scope = Scope.from_json({k: body[k] for k in ("workers", "labels", "commands") if k in body})
+            scope = Scope.from_json({k: body[k] for k in fields[2:] if k in body})
             making = book.create(name, read_only, scope, _who(request))
         except (ScopeError, TokenError) as e:
             raise APIError(getattr(e, "status", 400), str(e)) from None

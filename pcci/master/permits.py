@@ -7,9 +7,11 @@ creator's token.  See C{docs/security.md}.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from pcci.auth import APIToken
+from pcci.master.jobspec import JobOptions
+from pcci.master.outbound import AddressPolicy, RefusedURL, check_url
 from pcci.master.roster import Roster
 from pcci.master.targets import select
 from pcci.nodes import fold
@@ -72,19 +74,47 @@ def check_names(token: APIToken | None, roster: Roster, items: list[str], most: 
         raise Forbidden(f"outside this token's scope: {fold(outside)}")
 
 
-def check_command(token: APIToken | None, cmd: str, env: Mapping[str, str]) -> None:
+def check_run(
+    token: APIToken | None,
+    cmd: str,
+    options: JobOptions,
+    notify: Sequence[str] = (),
+    policy: AddressPolicy = AddressPolicy(),
+) -> None:
     """
-    @raise Forbidden: a command outside the token's patterns, or C{env}
-        set by a token limited to some commands.
+    What a run asks beyond its workers, checked against C{token}: its
+    command, options and C{notify} URLs.
+
+    @raise Forbidden: a notify URL the master will not send to (for any
+        token: see L{pcci.master.outbound}) or the token's line does not
+        grant; for a token limited to some commands, a command outside its
+        patterns, C{env}, and C{stdin} or C{cwd} its line does not grant.
     """
+    for url in notify:
+        try:
+            check_url(url, policy)
+        except RefusedURL as e:
+            raise Forbidden(f"notify {e}") from None
     scope = _scope(token)
-    if scope is None or not scope.commands:
+    if scope is None:
+        return
+    for url in notify:
+        if not scope.allows_notify(url):
+            granted = ", ".join(repr(u) for u in scope.notify) or "none (its line has no notify=)"
+            raise Forbidden(f"this token may not notify {url!r}: the URLs it may notify are {granted}")
+    if not scope.commands:
         return
     if not scope.allows_command(cmd):
         allowed = ", ".join(repr(c) for c in scope.commands)
         raise Forbidden(f"this token may not run {cmd!r}: it may run {allowed}")
-    if env:
+    if options.env:
         raise Forbidden("this token may run only its commands: env cannot be set")
+    if options.stdin is not None and not scope.stdin:
+        raise Forbidden("this token may run only its commands: stdin needs stdin=yes in its line")
+    if options.cwd is not None and not scope.allows_cwd(options.cwd):
+        raise Forbidden(
+            f"this token may run only its commands: cwd {options.cwd!r} needs a cwd= of its line to match"
+        )
 
 
 def check_files(token: APIToken | None) -> None:

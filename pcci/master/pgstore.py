@@ -40,6 +40,7 @@ from pcci.master.store import (
     StoredPool,
     StoredToken,
     ThreadedStore,
+    due_deliveries_query,
     page_filters,
 )
 
@@ -142,6 +143,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS owner TEXT;
 ALTER TABLE pools ADD COLUMN IF NOT EXISTS schedule TEXT;
 CREATE INDEX IF NOT EXISTS pools_schedule ON pools (schedule, id);
 """
@@ -453,21 +455,23 @@ class PostgresStore(ThreadedStore):
 
         self._transaction(note)
 
-    def _add_delivery(self, url: str, body: bytes, now: float) -> None:
+    def _add_delivery(self, url: str, body: bytes, now: float, owner: str | None) -> None:
         self._execute(
-            "INSERT INTO deliveries (url, body, created_at, next_at) VALUES (%s, %s, %s, %s)",
-            (url, body, now, now),
+            "INSERT INTO deliveries (url, body, created_at, next_at, owner) VALUES (%s, %s, %s, %s, %s)",
+            (url, body, now, now, owner),
         )
 
-    def _due_deliveries(self, now: float, lease: float, most: int) -> list[Delivery]:
+    def _due_deliveries(
+        self, now: float, lease: float, most: int, owned: bool, busy: tuple[str, ...]
+    ) -> list[Delivery]:
         """Due deliveries, held for C{lease} seconds: no other master takes them meanwhile."""
         rows = self._execute(
-            "UPDATE deliveries SET next_at = %s WHERE id IN (SELECT id FROM deliveries"
-            " WHERE next_at <= %s ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, url, body, attempts, created_at",
-            (now + lease, now, most),
+            due_deliveries_query("%s", owned, busy, " FOR UPDATE SKIP LOCKED"), (now + lease, now, *busy, most)
         )
-        return [Delivery(id, url, bytes(body), attempts, created) for id, url, body, attempts, created in rows]
+        return [Delivery(i, url, bytes(body), n, created, owner) for i, url, body, n, created, owner in rows]
+
+    def _queued_deliveries(self, owner: str) -> int:
+        return self._execute("SELECT count(*) FROM deliveries WHERE owner = %s", (owner,))[0][0]
 
     def _delivery_done(self, delivery_id: int) -> None:
         self._execute("DELETE FROM deliveries WHERE id = %s", (delivery_id,))

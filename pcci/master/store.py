@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
 """
 
+#: Whose pool a delivery tells of (NULL: the master's own hook), added
+#: without a new schema version: a master that does not know it leaves it NULL.
+DELIVERY_OWNER = "ALTER TABLE deliveries ADD COLUMN owner TEXT"
+
 #: From schema 1 to 2: who submitted each pool and the schedule that
 #: started it, as columns; by column, those missing.
 NEW_COLUMNS = {
@@ -148,6 +152,20 @@ class Delivery:
     body: bytes
     attempts: int
     created_at: float
+    #: The token whose pool asked for it ("" without auth); None for the master's own hooks.
+    owner: str | None = None
+
+
+def due_deliveries_query(mark: str, owned: bool, busy: tuple[str, ...], lock: str = "") -> str:
+    """The statement that leases due deliveries of one lane, in an engine's placeholders."""
+    owners = "owner IS NOT NULL" if owned else "owner IS NULL"
+    if busy:
+        owners += f" AND owner NOT IN ({', '.join([mark] * len(busy))})"
+    return (
+        f"UPDATE deliveries SET next_at = {mark} WHERE id IN (SELECT id FROM deliveries"
+        f" WHERE next_at <= {mark} AND {owners} ORDER BY next_at LIMIT {mark}{lock})"
+        " RETURNING id, url, body, attempts, created_at, owner"
+    )
 
 
 @dataclass(frozen=True)
@@ -214,9 +232,13 @@ class PoolStore(Protocol):
 
     # Webhook deliveries: see pcci.master.webhooks.DeliveryStore.
 
-    def add_delivery(self, url: str, body: bytes, now: float) -> Deferred[None]: ...
+    def add_delivery(self, url: str, body: bytes, now: float, owner: str | None = None) -> Deferred[None]: ...
 
-    def due_deliveries(self, now: float, lease: float, most: int) -> Deferred[list[Delivery]]: ...
+    def due_deliveries(
+        self, now: float, lease: float, most: int, owned: bool = False, busy: tuple[str, ...] = ()
+    ) -> Deferred[list[Delivery]]: ...
+
+    def queued_deliveries(self, owner: str) -> Deferred[int]: ...
 
     def delivery_done(self, delivery_id: int) -> Deferred[None]: ...
 
@@ -269,7 +291,7 @@ class ThreadedStore:
     and C{_save}, C{_unfinished}, C{_get}, C{_claim}, C{_page}, C{_expire},
     C{_tokens}, C{_add_token}, C{_remove_token}, C{_schedules},
     C{_put_schedule}, C{_remove_schedule}, C{_claim_run}, C{_note_run},
-    C{_add_delivery}, C{_due_deliveries}, C{_delivery_done},
+    C{_add_delivery}, C{_due_deliveries}, C{_queued_deliveries}, C{_delivery_done},
     C{_delivery_later} for the calls of L{PoolStore} of the same names.
     """
 
@@ -334,11 +356,16 @@ class ThreadedStore:
     def note_run(self, name: str, run: dict[str, Any]) -> Deferred[None]:
         return self._run(self._note_run, name, run)
 
-    def add_delivery(self, url: str, body: bytes, now: float) -> Deferred[None]:
-        return self._run(self._add_delivery, url, body, now)
+    def add_delivery(self, url: str, body: bytes, now: float, owner: str | None = None) -> Deferred[None]:
+        return self._run(self._add_delivery, url, body, now, owner)
 
-    def due_deliveries(self, now: float, lease: float, most: int) -> Deferred[list[Delivery]]:
-        return self._run(self._due_deliveries, now, lease, most)
+    def due_deliveries(
+        self, now: float, lease: float, most: int, owned: bool = False, busy: tuple[str, ...] = ()
+    ) -> Deferred[list[Delivery]]:
+        return self._run(self._due_deliveries, now, lease, most, owned, busy)
+
+    def queued_deliveries(self, owner: str) -> Deferred[int]:
+        return self._run(self._queued_deliveries, owner)
 
     def delivery_done(self, delivery_id: int) -> Deferred[None]:
         return self._run(self._delivery_done, delivery_id)
@@ -492,22 +519,24 @@ class SQLiteStore(ThreadedStore):
                     (json.dumps(runs), int(run["outcome"] == SKIPPED), name),
                 )
 
-    def _add_delivery(self, url: str, body: bytes, now: float) -> None:
+    def _add_delivery(self, url: str, body: bytes, now: float, owner: str | None) -> None:
         with self.db:
             self.db.execute(
-                "INSERT INTO deliveries (url, body, created_at, next_at) VALUES (?, ?, ?, ?)",
-                (url, body, now, now),
+                "INSERT INTO deliveries (url, body, created_at, next_at, owner) VALUES (?, ?, ?, ?, ?)",
+                (url, body, now, now, owner),
             )
 
-    def _due_deliveries(self, now: float, lease: float, most: int) -> list[Delivery]:
+    def _due_deliveries(
+        self, now: float, lease: float, most: int, owned: bool, busy: tuple[str, ...]
+    ) -> list[Delivery]:
         with self.db:
             rows = self.db.execute(
-                "UPDATE deliveries SET next_at = ? WHERE id IN (SELECT id FROM deliveries"
-                " WHERE next_at <= ? ORDER BY next_at LIMIT ?)"
-                " RETURNING id, url, body, attempts, created_at",
-                (now + lease, now, most),
+                due_deliveries_query("?", owned, busy), (now + lease, now, *busy, most)
             ).fetchall()
-        return [Delivery(id, url, bytes(body), attempts, created) for id, url, body, attempts, created in rows]
+        return [Delivery(i, url, bytes(body), n, created, owner) for i, url, body, n, created, owner in rows]
+
+    def _queued_deliveries(self, owner: str) -> int:
+        return self.db.execute("SELECT count(*) FROM deliveries WHERE owner = ?", (owner,)).fetchone()[0]
 
     def _delivery_done(self, delivery_id: int) -> None:
         with self.db:
@@ -555,6 +584,8 @@ def open_database(path: str) -> sqlite3.Connection:
                 for statement in migration.split(";"):
                     if statement.strip():
                         db.execute(statement)
+        if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}:
+            db.execute(DELIVERY_OWNER)
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -32,12 +33,13 @@ from pcci.master.guards import bounded_request
 from pcci.master.limits import ConnectionBudget, ConnectionLimit
 from pcci.master.history import DEFAULT_MAX_POOLS
 from pcci.master.metrics import MasterMetrics
+from pcci.master.outbound import AddressPolicy, http_post
 from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.jobspec import NOTIFY_ON
 from pcci.master.schedules import Scheduler
 from pcci.twisted_internals import send_now
-from pcci.master.webhooks import FORMATS, Hook, Notifier, treq_post
+from pcci.master.webhooks import FORMATS, Hook, Notifier
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.state import ClusterState, Settings
 from pcci.master.tokens import TokenBook
@@ -124,6 +126,17 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["webhook"] = []
+        self["notify-allow"] = []
+
+    def opt_notify_allow(self, cidr: str) -> None:
+        """
+        Addresses (a CIDR, e.g. 127.0.0.0/8) pools' notify URLs may reach
+        though loopback, link-local or unspecified; repeatable.
+        """
+        try:
+            self["notify-allow"].append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError as e:
+            raise usage.UsageError(f"--notify-allow {cidr!r}: {e}") from None
 
     def opt_webhook(self, url: str) -> None:
         """A URL told of each pool's end (as --webhook-on says); repeatable."""
@@ -295,13 +308,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_body=options["max-body"],
         max_command=options["max-command"],
         max_workers=options["max-workers"],
+        notify_policy=AddressPolicy(tuple(options["notify-allow"])),
     )
     scheduler = api.scheduler = Scheduler(
         reactor, time.time, store, api.run_schedule, lambda pool_id: _running(state, pool_id),
         seconds=bool(os.environ.get(CRON_SECONDS)),
     )
     notifier = Notifier(
-        reactor, time.time, store, treq_post(reactor), options.webhook_secret,
+        reactor, time.time, store, http_post(reactor, api.notify_policy), options.webhook_secret,
         hooks=tuple(Hook(url, options["webhook-on"]) for url in options["webhook"]),
         form=options["webhook-format"], output=options["webhook-output"],
     )

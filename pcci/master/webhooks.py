@@ -9,6 +9,14 @@ the store first: it survives a restart, is tried again with backoff for
 an hour on errors and timeouts, and is dropped, logged and counted past
 that.  Deliveries run beside everything else, a few at a time, each with a
 timeout: a dead endpoint delays no pool, no answer and no other endpoint.
+
+A pool's C{notify} deliveries are a user's, not the master's: they are
+signed with a key of their own (L{notify_key}), so a receiver of the
+master's hooks never takes one for its own; they say whose they are
+(C{X-Pcci-Requested-By}); they go in a lane of their own, so the master's
+hooks never wait behind them; and each token has at most
+L{PER_OWNER_IN_FLIGHT} on their way and L{PER_OWNER_QUEUED} waiting.
+Where they may go is L{pcci.master.outbound}'s to say.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pcci.master.model import OK, Pool, rfc3339
+from pcci.master.outbound import Post
 from pcci.master.store import Delivery
 
 log = Logger()
@@ -39,9 +48,14 @@ KEEP_TRYING = 3600.0
 FIRST_BACKOFF = 5.0
 MAX_BACKOFF = 600.0
 
-#: Deliveries on their way at once, and how often the queue is looked at.
+#: Deliveries on their way at once, in each lane (the master's hooks, pools' notify URLs),
+#: and how often the queue is looked at.
 IN_FLIGHT = 16
 POLL_INTERVAL = 1.0
+
+#: A token's pools' deliveries on their way at once, and waiting, at most.
+PER_OWNER_IN_FLIGHT = 4
+PER_OWNER_QUEUED = 100
 
 #: Lines of a failed job's output a delivery carries, with C{--webhook-output}.
 OUTPUT_LINES = 20
@@ -52,10 +66,20 @@ FORMATS = ("json", "slack")
 class DeliveryStore(Protocol):
     """What deliveries need of the master's store (see L{pcci.master.store})."""
 
-    def add_delivery(self, url: str, body: bytes, now: float) -> Deferred[None]: ...
+    def add_delivery(self, url: str, body: bytes, now: float, owner: str | None = None) -> Deferred[None]:
+        """Queue a delivery: the master's own (C{owner} None), or one of a token's pools (its name)."""
 
-    def due_deliveries(self, now: float, lease: float, most: int) -> Deferred[list[Delivery]]:
-        """Up to C{most} deliveries due now, each held for C{lease} seconds (no other master takes it)."""
+    def due_deliveries(
+        self, now: float, lease: float, most: int, owned: bool = False, busy: tuple[str, ...] = ()
+    ) -> Deferred[list[Delivery]]:
+        """
+        Up to C{most} deliveries due now, the master's own or (C{owned})
+        pools' but those of C{busy} owners, each held for C{lease} seconds
+        (no other master takes it).
+        """
+
+    def queued_deliveries(self, owner: str) -> Deferred[int]:
+        """How many deliveries of C{owner}'s pools wait."""
 
     def delivery_done(self, delivery_id: int) -> Deferred[None]: ...
 
@@ -65,6 +89,11 @@ class DeliveryStore(Protocol):
 def signature(secret: bytes, body: bytes) -> str:
     """The C{X-Pcci-Signature} header of C{body}."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def notify_key(secret: bytes) -> bytes:
+    """The key pools' C{notify} deliveries are signed with: made from the webhook secret, never it."""
+    return hmac.new(secret, b"pcci notify", hashlib.sha256).hexdigest().encode()
 
 
 def pool_message(pool: Pool, link: str | None, output: bool) -> dict[str, Any]:
@@ -123,8 +152,27 @@ class Hook:
         return self.on == "ended" or pool.state != OK
 
 
-#: Sends C{body} to C{url} with C{headers}; fires with the answer's status.
-Post = Callable[[str, bytes, dict[bytes, list[bytes]]], Deferred[int]]
+class _Lane:
+    """Deliveries of one kind on their way: the master's hooks', or pools' (by owner)."""
+
+    def __init__(self, owned: bool) -> None:
+        self.owned = owned
+        self.in_flight = 0
+        self.pumping = False
+        self.by_owner: dict[str, int] = {}
+
+    def busy(self) -> tuple[str, ...]:
+        return tuple(owner for owner, n in self.by_owner.items() if n >= PER_OWNER_IN_FLIGHT)
+
+    def took(self, delivery: Delivery, n: int) -> None:
+        self.in_flight += n
+        if self.owned:
+            owner = delivery.owner or ""
+            count = self.by_owner.get(owner, 0) + n
+            if count:
+                self.by_owner[owner] = count
+            else:
+                del self.by_owner[owner]
 
 
 class Notifier:
@@ -147,14 +195,16 @@ class Notifier:
         self.store = store
         self.post = post
         self.secret = secret
+        self.notify_secret = notify_key(secret)
         self.hooks = list(hooks)
         self.form = form
         self.output = output
         self.link = link
-        #: Called with each delivery's result: sent, retried, dropped (for metrics).
+        #: Called with each of the master's hooks' deliveries' result: sent,
+        #: retried, dropped (for metrics; pools' own are not counted there, or
+        #: a token could learn from them which addresses answer).
         self.on_result: Callable[[str], None] = lambda result: None
-        self._in_flight = 0
-        self._pumping = False
+        self._lanes = (_Lane(owned=False), _Lane(owned=True))
         self._loop: LoopingCall | None = None
 
     def start(self) -> None:
@@ -172,58 +222,94 @@ class Notifier:
 
     def pool_ended(self, pool: Pool) -> None:
         """Queue a delivery for each hook that wants this pool's end."""
-        hooks = self.hooks + [Hook(url, pool.notify_on) for url in pool.notify]
-        wanted = [hook for hook in hooks if hook.wants(pool)]
-        if not wanted:
+        hooks = [hook for hook in self.hooks if hook.wants(pool)]
+        notify = [url for url in pool.notify if Hook(url, pool.notify_on).wants(pool)]
+        if not hooks and not notify:
             return
         message: dict[str, Any] = pool_message(pool, self.link(pool.id), self.output)
-        if self.form == "slack":
-            message = slack_message(message)
-        body = json.dumps(message).encode()
         now = self.wall()
-        for hook in wanted:
-            self.store.add_delivery(hook.url, body, now).addCallbacks(
-                lambda _: self.pump(),
-                lambda f, url=hook.url: log.error("webhook to {url} not queued: {why}", url=url,
-                                                  why=f.getErrorMessage()),
+        if hooks:
+            body = self._body(message, "webhook")
+            for hook in hooks:
+                self._queue(hook.url, body, now, None)
+        if notify:
+            owner = pool.submitted_by or ""
+            body = self._body(message, "notify")
+
+            def queue(waiting: int) -> None:
+                room = PER_OWNER_QUEUED - waiting
+                for url in notify[max(room, 0):]:
+                    log.warn("webhook to {url} for {owner}'s pool {pool} not queued: {n} wait already",
+                             url=url, owner=owner or "anyone", pool=pool.id, n=waiting)
+                for url in notify[:max(room, 0)]:
+                    self._queue(url, body, now, owner)
+
+            self.store.queued_deliveries(owner).addCallbacks(
+                queue, lambda f: log.error("webhook queue unreadable: {why}", why=f.getErrorMessage())
             )
+
+    def _body(self, message: dict[str, Any], source: str) -> bytes:
+        told = {**message, "source": source}
+        return json.dumps(slack_message(told) if self.form == "slack" else told).encode()
+
+    def _queue(self, url: str, body: bytes, now: float, owner: str | None) -> None:
+        self.store.add_delivery(url, body, now, owner).addCallbacks(
+            lambda _: self.pump(),
+            lambda f: log.error("webhook to {url} not queued: {why}", url=url, why=f.getErrorMessage()),
+        )
 
     # Delivering
 
-    def pump(self) -> Deferred[None] | None:
-        """Send what is due, as many as the room in flight allows."""
-        room = IN_FLIGHT - self._in_flight
-        if self._pumping or room <= 0:
-            return None
-        self._pumping = True
+    def pump(self) -> None:
+        """Send what is due in each lane, as many as its room in flight allows."""
+        for lane in self._lanes:
+            self._pump(lane)
+
+    def _pump(self, lane: _Lane) -> None:
+        room = IN_FLIGHT - lane.in_flight
+        if lane.pumping or room <= 0:
+            return
+        lane.pumping = True
 
         def send(due: list[Delivery]) -> None:
             for delivery in due:
-                self._send(delivery)
+                if lane.owned and lane.by_owner.get(delivery.owner or "", 0) >= PER_OWNER_IN_FLIGHT:
+                    # Its owner's share is on its way: back in the queue, due now.
+                    self.store.delivery_later(delivery.id, delivery.attempts, self.wall()).addErrback(
+                        lambda f: log.error("webhook queue unwritable: {why}", why=f.getErrorMessage())
+                    )
+                else:
+                    self._send(lane, delivery)
 
         def done(result: Any) -> None:
-            self._pumping = False
+            lane.pumping = False
 
-        d = self.store.due_deliveries(self.wall(), TIMEOUT * 6, room)
+        d = self.store.due_deliveries(self.wall(), TIMEOUT * 6, room, lane.owned, lane.busy())
         d.addCallback(send)
         d.addErrback(lambda f: log.error("webhook queue unreadable: {why}", why=f.getErrorMessage()))
-        return d.addBoth(done)
+        d.addBoth(done)
 
-    def _send(self, delivery: Delivery) -> None:
-        self._in_flight += 1
+    def _send(self, lane: _Lane, delivery: Delivery) -> None:
+        lane.took(delivery, 1)
+        owned = delivery.owner is not None
         headers = {
             b"Content-Type": [b"application/json"],
             b"User-Agent": [b"pcci-webhook"],
-            b"X-Pcci-Signature": [signature(self.secret, delivery.body).encode()],
+            b"X-Pcci-Signature": [
+                signature(self.notify_secret if owned else self.secret, delivery.body).encode()
+            ],
             b"X-Pcci-Delivery": [str(delivery.id).encode()],
+            b"X-Pcci-Source": [b"notify" if owned else b"webhook"],
         }
+        if owned:
+            headers[b"X-Pcci-Requested-By"] = [(delivery.owner or "anyone").encode()]
         # A URL the client cannot even use fails as an answer would.
-        d = maybeDeferred(self.post, delivery.url, delivery.body, headers)
+        d = maybeDeferred(self.post, delivery.url, delivery.body, headers, owned)
         d.addTimeout(TIMEOUT, self.clock)
 
         def answered(status: int) -> Deferred[None]:
             if 200 <= status < 300:
-                self.on_result("sent")
+                self._counted(delivery, "sent")
                 return self.store.delivery_done(delivery.id)
             return self._failed(delivery, f"HTTP {status}")
 
@@ -231,11 +317,15 @@ class Notifier:
             return self._failed(delivery, failure.getErrorMessage() or failure.type.__name__)
 
         def finished(_: Any) -> None:
-            self._in_flight -= 1
+            lane.took(delivery, -1)
 
         d.addCallbacks(answered, failed)
         d.addErrback(lambda f: log.error("webhook bookkeeping failed: {why}", why=f.getErrorMessage()))
         d.addBoth(finished)
+
+    def _counted(self, delivery: Delivery, result: str) -> None:
+        if delivery.owner is None:
+            self.on_result(result)
 
     def _failed(self, delivery: Delivery, why: str) -> Deferred[None]:
         attempts = delivery.attempts + 1
@@ -244,27 +334,9 @@ class Notifier:
         if now + wait > delivery.created_at + KEEP_TRYING:
             log.error("webhook to {url} dropped after {n} tries over an hour: {why}",
                       url=delivery.url, n=attempts, why=why)
-            self.on_result("dropped")
+            self._counted(delivery, "dropped")
             return self.store.delivery_done(delivery.id)
         log.warn("webhook to {url} failed ({why}): trying again in {wait:g} s",
                  url=delivery.url, why=why, wait=wait)
-        self.on_result("retried")
+        self._counted(delivery, "retried")
         return self.store.delivery_later(delivery.id, attempts, now + wait)
-
-
-def treq_post(reactor: Any) -> Post:
-    """L{Post} with treq, on connections of its own (none kept between deliveries)."""
-    import treq
-    from twisted.web.client import HTTPConnectionPool
-
-    pool = HTTPConnectionPool(reactor, persistent=False)
-
-    def post(url: str, body: bytes, headers: dict[bytes, list[bytes]]) -> Deferred[int]:
-        d = treq.post(url, data=body, headers=headers, pool=pool, reactor=reactor, timeout=TIMEOUT)
-
-        def read(response: Any) -> Deferred[int]:
-            return treq.content(response).addCallback(lambda _: response.code)
-
-        return d.addCallback(read)
-
-    return post

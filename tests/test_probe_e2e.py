@@ -1,0 +1,156 @@
+"""
+What a hostile probe tried against real daemons, and what now stops it:
+pools' notify URLs as a weapon (addresses, redirects, huge answers).
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+from cluster import Cluster, poll
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-token-for-the-probe-tests"
+ALICE = "alice-token-for-the-probe-tests"
+HOOKED = "hooked-token-for-the-probe-test"
+
+
+class Endpoint:
+    """A local HTTP server: answers each POST with C{size} bytes (streamed), or a redirect."""
+
+    def __init__(self, size: int = 0, redirect: str | None = None) -> None:
+        self.hits: list[str] = []
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                endpoint.hits.append(f"POST {self.path}")
+                if redirect is not None:
+                    self.send_response(303)
+                    self.send_header("Location", redirect)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                chunk = b"x" * 65536
+                sent = 0
+                try:
+                    while sent < size:
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                except OSError:
+                    endpoint.hits.append("dropped")
+
+            def do_GET(self) -> None:
+                endpoint.hits.append(f"GET {self.path}")
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoints() -> Iterator[list[Endpoint]]:
+    made: list[Endpoint] = []
+    yield made
+    for endpoint in made:
+        endpoint.close()
+
+
+def start(cluster: Cluster, *args: str) -> None:
+    tokens = cluster.directory / "tokens"
+    tokens.write_text(
+        f"{ADMIN} name=admin\n"
+        f"{ALICE} name=alice commands=uptime\n"
+        f"{HOOKED} name=hooked commands=uptime notify='http://127.0.0.1:*/hook'\n"
+    )
+    tokens.chmod(0o600)
+    cluster.start_master("--api-token-file", str(tokens), *args)
+    cluster.token = ADMIN
+    cluster.start_worker("w1")
+
+
+def notify(cluster: Cluster, url: str, token: str = ADMIN) -> tuple[int, Any]:
+    return cluster.request(
+        "POST", "/job?wait=30", {"cmd": "uptime", "workers": ["w1"], "notify": [url], "notify_on": "ended"},
+        token=token,
+    )
+
+
+def test_notify_reaches_no_loopback_in_any_spelling_and_needs_a_grant(
+    own_cluster: Cluster, endpoints: list[Endpoint]
+) -> None:
+    target = Endpoint()
+    endpoints.append(target)
+    start(own_cluster)
+    port = target.port
+    for host in ("127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "localhost", "[::1]",
+                 "[::ffff:127.0.0.1]", "169.254.169.254", "0.0.0.0"):
+        code, body = notify(own_cluster, f"http://{host}:{port}/hook")
+        assert code == 403 and "notify" in body["message"], (host, body)
+    # A scoped token needs notify= in its line, and then only its URLs.
+    code, body = notify(own_cluster, "https://hooks.example.com/x", token=ALICE)
+    assert code == 403 and "may not notify" in body["message"]
+    assert target.hits == []
+
+
+def test_a_redirect_is_never_followed_and_a_huge_answer_is_never_read(
+    own_cluster: Cluster, endpoints: list[Endpoint]
+) -> None:
+    huge = Endpoint(size=600 * 2**20)
+    elsewhere = Endpoint()
+    bouncer = Endpoint(redirect=elsewhere.url)
+    endpoints += [huge, elsewhere, bouncer]
+    start(own_cluster, "--notify-allow", "127.0.0.0/8")
+    master = psutil.Process(own_cluster.master.pid)
+    before = master.memory_info().rss
+    for _ in range(3):
+        code, body = notify(own_cluster, huge.url, token=HOOKED)
+        assert code == 200, body
+    code, body = notify(own_cluster, bouncer.url)
+    assert code == 200, body
+    poll(lambda: huge.hits.count("dropped") >= 3, timeout=30, what="the master dropping the huge answers")
+    poll(lambda: bouncer.hits, what="the redirecting endpoint's request")
+    grown = master.memory_info().rss - before
+    assert grown < 40 * 2**20, f"the master grew by {grown} bytes"
+    assert elsewhere.hits == []  # the 303 was not followed, as a GET or at all
+    assert own_cluster.request("GET", "/health")[0] == 200
+
+
+def test_a_name_resolving_to_loopback_is_refused_when_sent(
+    own_cluster: Cluster, endpoints: list[Endpoint]
+) -> None:
+    """A name is checked after resolving it: a delivery to it never leaves."""
+    target = Endpoint()
+    endpoints.append(target)
+    start(own_cluster)
+    name = socket.gethostname()
+    addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    if not any(a.startswith("127.") or a == "::1" for a in addresses):
+        pytest.skip(f"{name} does not resolve to loopback here")
+    code, body = notify(own_cluster, f"http://{name}:{target.port}/hook")
+    assert code == 200, body
+    log = Path(own_cluster.master.log)
+    poll(lambda: "resolves to" in log.read_text(), what="the refused delivery logged")
+    assert target.hits == []
