@@ -440,3 +440,10 @@ def test_several_masters_the_first_that_answers_is_used_and_kept() -> None:
     down = MasterClient("http://down:1,http://down:2", TOKEN, Masters(answered.stub))
     with pytest.raises(CLIError, match="cannot connect to any master: http://down:1: Connection refused; http://down:2"):
         drive(answered, down.call("GET", "/workers"))
+
+
+def test_a_scope_is_written_as_a_tokens_line_grants_included() -> None:
+    from pcci.cli.views import _scope_text
+
+    scope = {"workers": ["lab*"], "labels": [], "commands": ["make test"], "stdin": True, "cwd": ["/srv/app"]}
+    assert _scope_text(scope) == "workers='lab*' commands='make test' stdin=yes cwd=/srv/app"

@@ -59,6 +59,47 @@ class TestScope:
                     "make test `id`", "make test > /etc/passwd", "make test\nid", "uptime -p"):
             assert not scope.allows_command(cmd), cmd
 
+    @pytest.mark.parametrize(
+        "cmd, allowed",
+        [
+            ("/opt/tools/bin/check", True),
+            ("/opt/tools/bin/check --all -v", True),
+            ("/opt/tools/bin/./check", True),  # made normal, it is the same program
+            ("/opt/tools//bin/check", True),
+            ("//opt/tools/bin/check", True),
+            ("/opt/tools/bin/../../../bin/sh", False),  # the probe's escape
+            ("/opt/tools/bin/../bin/check", False),  # .. anywhere: a link on the way could lead out
+            ("/opt/tools/bin/check/../../../../bin/sh", False),
+            ("/opt/tools/bin/..", False),
+            ("/opt/tools/bin/sub/check", False),  # * never matches /
+            ("/opt/tools/bin/", False),
+            ('"/opt/tools/bin/"../../../bin/sh', False),  # quoting cannot smuggle what runs
+            ("/opt/tools/bin/che'ck'", False),
+            ("/opt/tools/bin/che\\ck", False),
+            ("check", False),  # a relative program is not one of the directory's
+            ("./check", False),
+            ("bin/check", False),
+            ("opt/tools/bin/check", False),
+        ],
+    )
+    def test_a_wildcard_never_climbs_out_of_the_program_s_directory(self, cmd: str, allowed: bool) -> None:
+        assert Scope(commands=("/opt/tools/bin/*",)).allows_command(cmd) is allowed
+
+    @pytest.mark.parametrize(
+        "cmd, allowed",
+        [
+            ("nvidia-smi", True),
+            ("nvidia-smi -q -d TEMP", True),
+            ("nvidia-smi-extra", True),
+            ("nvidia-smi/../../bin/sh", False),
+            ("nvidia-smi/x", False),
+            ("./nvidia-smi", False),
+            ("tools/nvidia-smi", False),
+        ],
+    )
+    def test_a_relative_program_pattern_matches_only_programs_on_the_path(self, cmd: str, allowed: bool) -> None:
+        assert Scope(commands=("nvidia-smi*",)).allows_command(cmd) is allowed
+
     def test_workers_and_labels_both_hold(self) -> None:
         scope = Scope(workers=("lab[01-20]",), labels=("gpu", "os=linux"))
         assert scope.allows_worker("lab03", {"gpu": "", "os": "linux"})
@@ -128,6 +169,44 @@ class TestScopedToken:
         assert code == 403 and "env" in body["message"]
         code, _, body = lab.request("POST", "/fetches?path=/etc/passwd&workers=a", b"", headers=AS_ALICE)
         assert code == 403 and "files need a token without commands=" in body["message"]
+
+    @pytest.mark.parametrize(
+        "extra",
+        [{"stdin": "all: ; id\n"}, {"stdin": ""}, {"cwd": "/tmp"}, {"cwd": "/"}, {"env": {"MAKEFLAGS": "-f/dev/stdin"}}],
+    )
+    def test_stdin_and_cwd_need_their_grant_with_command_patterns(
+        self, lab: Client, extra: dict[str, Any], audit_lines: list[str]
+    ) -> None:
+        code, _, body = lab.request("POST", "/job", {"cmd": "uptime", "workers": ["a"], **extra}, headers=AS_ALICE)
+        assert code == 403 and next(iter(extra)) in body["message"], body
+        assert lab.links["a"].runs == []
+        assert any("refused alice POST /job" in line for line in audit_lines)
+
+    def test_a_line_grants_stdin_and_some_directories(self) -> None:
+        granted = "make-" + "m" * 26
+        scope = Scope(commands=("make test",), stdin=True, cwd=("/srv/app", "/srv/builds/*"))
+        client = Client(tokens=[APIToken(granted.encode(), False, "make", scope)])
+        as_make = {**JSON, "Authorization": [f"Bearer {granted}"]}
+        for cwd, code in (("/srv/app", 200), ("/srv/app/", 200), ("/srv/builds/42", 200), ("/srv/builds/42/x", 403),
+                          ("/srv/builds/../../etc", 403), ("/srv/other", 403), ("srv/app", 403)):
+            got = client.request(
+                "POST", "/job", {"cmd": "make test", "workers": ["a"], "stdin": "x", "cwd": cwd}, headers=as_make
+            )[0]
+            assert got == code, cwd
+
+    def test_a_tokens_line_names_its_grants(self, tmp_path: Path) -> None:
+        file = tmp_path / "tokens"
+        file.write_text(f"{ALICE} name=ci commands='make test' stdin=yes cwd=/srv/app notify='https://hooks.example.com/*'\n")
+        (ci,) = auth.read_tokens(file)
+        assert ci.scope == Scope(commands=("make test",), stdin=True, cwd=("/srv/app",),
+                                 notify=("https://hooks.example.com/*",))
+        assert ci.scope.describe() == (
+            "commands=make test stdin=yes cwd=/srv/app notify=https://hooks.example.com/*"
+        )
+        assert ci.describe()["scope"]["stdin"] is True
+        file.write_text(f"{ALICE} commands=x cwd=/srv/../etc\n")
+        with pytest.raises(auth.AuthConfigError, match="cwd"):
+            auth.read_tokens(file)
 
     def test_it_sees_only_its_workers_and_its_pools(self, lab: Client) -> None:
         theirs = lab.submit("uptime", ["b"])

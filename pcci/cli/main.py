@@ -462,20 +462,27 @@ def token() -> None:
 @click.option("--read", "read_only", is_flag=True, help="It may only read.")
 @click.option("-w", "--workers", multiple=True, metavar="TARGET", help="Only these workers (names, node sets, globs); repeatable.")
 @click.option("-l", "--labels", multiple=True, metavar="LABEL", help="Only workers holding KEY or KEY=VALUE; repeatable (all must hold).")
-@click.option("-c", "--commands", multiple=True, metavar="GLOB", help="Only commands matching this glob (wildcards never match ; & | < > $ ` ( ) or a newline); repeatable (any may match).")
+@click.option("-c", "--commands", multiple=True, metavar="GLOB", help="Only commands matching this glob (wildcards never match ; & | < > $ ` ( ) or a newline, nor / in the program); repeatable (any may match).")
+@click.option("--stdin", "stdin", is_flag=True, help="With --commands: its runs may feed the command's standard input.")
+@click.option("--cwd", "cwd", multiple=True, metavar="DIR", help="With --commands: a directory (glob) its runs may start in; repeatable.")
+@click.option("--notify", "notify", multiple=True, metavar="URL", help="A URL (glob) its pools may ask to be told of their end; repeatable.")
 @click.pass_obj
-def token_create(cfg: Config, name: str, read_only: bool, **scope: tuple[str, ...]) -> None:
+def token_create(cfg: Config, name: str, read_only: bool, stdin: bool, **scope: tuple[str, ...]) -> None:
     """
     Make a token named NAME and print it: the only time it is shown.
 
     
       pcci token create alice -w 'lab[01-20]' -l gpu -c 'nvidia-smi*' -c uptime
-      pcci token create ci -w 'build*' -c 'make test'
+      pcci token create ci -w 'build*' -c 'make test' --cwd /srv/app
+      pcci token create alerts -c uptime --notify 'https://hooks.slack.com/services/*'
       pcci token create grafana --read
     """
     from pcci.cli.views import create_token
 
-    go(create_token, cfg, name, read_only, {k: list(v) for k, v in scope.items() if v})
+    asked: dict[str, Any] = {k: list(v) for k, v in scope.items() if v}
+    if stdin:
+        asked["stdin"] = True
+    go(create_token, cfg, name, read_only, asked)
 
 
 @token.command("ls")

@@ -192,14 +192,18 @@ async def show_token(cfg: Config) -> int:
     return 0
 
 
-def _scope_text(scope: dict[str, list[str]] | None) -> str:
-    """A scope as a tokens file line writes it: C{workers=lab* commands=uptime}."""
+def _scope_text(scope: dict[str, Any] | None) -> str:
+    """A scope as a tokens file line writes it: C{workers=lab* commands=uptime stdin=yes}."""
     if not scope:
         return "-"
-    return " ".join(f"{kind}={shlex.quote(item)}" for kind, items in scope.items() for item in items)
+    return " ".join(
+        f"{kind}={shlex.quote(item)}"
+        for kind, items in scope.items()
+        for item in (["yes"] if items is True else [] if items is False else items)
+    )
 
 
-async def create_token(cfg: Config, name: str, read_only: bool, scope: dict[str, list[str]]) -> int:
+async def create_token(cfg: Config, name: str, read_only: bool, scope: dict[str, Any]) -> int:
     answer = await cfg.client().call("POST", "/tokens", {"name": name, "read_only": read_only, **scope})
     cfg.out.write(answer["token"] + "\n")
     cfg.err.write(f"pcci: token {name} made: this is the only time it is shown\n")

@@ -44,10 +44,10 @@ const STATE_WORDS = {
   offline: "lost",
 };
 
-// A scope as a tokens file writes it: workers=lab* commands=uptime.
+// A scope as a tokens file writes it: workers=lab* commands=uptime stdin=yes.
 export function scopeText(scope) {
   return Object.entries(scope)
-    .flatMap(([kind, items]) => items.map((item) => `${kind}=${item}`))
+    .flatMap(([kind, items]) => (items === true ? ["yes"] : items === false ? [] : items).map((item) => `${kind}=${item}`))
     .join(" ");
 }
 
