@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from pcci.worker.connection import JoinFailed, WorkerFactory
 from pcci.worker.jobs import JobTable
-from pcci.worker.dialer import MasterDialer
+from pcci.worker.dialer import HELD_LONG, MasterDialer
 
 
 class Endpoint:
@@ -109,3 +109,31 @@ def _fired(value):
     d = Deferred()
     d.callback(value)
     return d
+
+
+def test_a_replaced_connection_redials_with_backoff_that_grows_in_a_row() -> None:
+    clock = Clock()
+    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    joinings = [Joining() for _ in range(4)]
+    endpoint = Endpoint([lambda j=j: _fired(j) for j in joinings])
+    dialer = MasterDialer(clock, [endpoint], factory, lambda n: 2.0 ** n)
+    dialer.startService()
+    waits = []
+    for joining in joinings[:3]:
+        joining.welcomed = True
+        joining.joined.callback(joining)
+        factory.replacements += 1  # the master said another took the name
+        factory.on_lost(joining)
+        (call,) = clock.getDelayedCalls()
+        waits.append(call.getTime() - clock.seconds())
+        clock.advance(waits[-1])
+    assert waits == [2.0, 4.0, 8.0]
+    # Held for long, a replacement starts the count again.
+    joinings[3].welcomed = True
+    joinings[3].joined.callback(joinings[3])
+    clock.advance(HELD_LONG + 1)
+    factory.replacements += 1
+    factory.on_lost(joinings[3])
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == 2.0
+    dialer.stopService()

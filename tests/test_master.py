@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from fakes import started
 from pcci.auth import check_proof, proof
@@ -135,17 +135,32 @@ def test_a_worker_back_within_the_grace_carries_on_with_its_jobs() -> None:
     assert kept.jobs["node1"].state == "ok"
 
 
-def test_duplicate_name_dismisses_the_old_connection() -> None:
+def test_duplicate_name_replaces_the_old_connection_says_so_and_lets_it_come_back() -> None:
     state, clock = setup()
-    old, old_transport = connect(state, clock, 1)
-    old.dataReceived(hello())
-    frames(old_transport)
-    new, new_transport = connect(state, clock, 2)
-    new.dataReceived(hello())
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "pcci.audit":
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        old, old_transport = connect(state, clock, 1)
+        old.dataReceived(hello())
+        frames(old_transport)
+        new, new_transport = connect(state, clock, 2)
+        new.dataReceived(hello())
+    finally:
+        globalLogPublisher.removeObserver(observe)
     assert state.roster.links["node1"] is new
     (bye,) = frames(old_transport)
-    assert bye["code"] == "bye" and bye["reconnect"] is False
+    # Not reconnect=False: an impostor must not stop the real worker for good.
+    assert bye["code"] == "bye" and bye["reconnect"] is True and bye["replaced"] is True
     assert "192.0.2.1:2" in bye["reason"]
+    assert lines == [
+        "worker node1 connected from 192.0.2.1:2 while connected from 192.0.2.1:1:"
+        " the connection from 192.0.2.1:1 is replaced"
+    ]
     assert old_transport.disconnecting
     for _ in range(3):  # a half-open ghost never closes by itself
         clock.advance(5)

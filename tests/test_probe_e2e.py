@@ -154,3 +154,16 @@ def test_a_name_resolving_to_loopback_is_refused_when_sent(
     log = Path(own_cluster.master.log)
     poll(lambda: "resolves to" in log.read_text(), what="the refused delivery logged")
     assert target.hits == []
+
+
+def test_a_worker_whose_name_is_taken_stays_up_and_the_audit_log_names_both(own_cluster: Cluster) -> None:
+    own_cluster.start_master()
+    real = own_cluster.start_worker("db1")
+    impostor = own_cluster.start_worker("db1", "--state-dir", str(own_cluster.directory / "impostor"), wait=False)
+    log = Path(own_cluster.master.log)
+    poll(lambda: "is replaced" in log.read_text(), what="the takeover in the audit log")
+    line = next(line for line in log.read_text().splitlines() if "is replaced" in line)
+    assert "[pcci.audit" in line and line.count("127.0.0.1:") == 3
+    # The real worker was told to come back, not to quit: it is still running and comes back.
+    poll(lambda: log.read_text().count("is replaced") >= 2, timeout=30, what="the real worker back")
+    assert real.process.poll() is None and impostor.process.poll() is None

@@ -178,6 +178,15 @@ def test_bye_without_reconnect_dismisses_the_worker() -> None:
     assert transport.disconnecting
 
 
+def test_a_worker_whose_name_was_taken_comes_back_slower_each_time_in_a_row() -> None:
+    reasons: list[str] = []
+    factory, protocol, transport = connect(on_dismissed=reasons.append)
+    bye = {"code": "bye", "reason": "another worker connected as 'pi1' from 10.0.0.9:4000",
+           "reconnect": True, "replaced": True}
+    protocol.dataReceived(encode(bye))
+    assert reasons == [] and transport.disconnecting and factory.replacements == 1
+
+
 def test_bye_with_reconnect_only_closes() -> None:
     reasons: list[str] = []
     _, protocol, transport = connect(on_dismissed=reasons.append)

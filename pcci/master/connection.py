@@ -307,7 +307,9 @@ class WorkerConnection(FramedJSONProtocol):
             self.sendMessage("ack", pool=pool_id)
 
     def dismiss(self, reason: str) -> None:
-        self.sendMessage("bye", reason=reason, reconnect=False)
+        # Not reconnect=False: an impostor holding the secret must not stop
+        # the real worker for good.  It comes back, slower each time.
+        self.sendMessage("bye", reason=reason, reconnect=True, replaced=True)
         self.transport.loseConnection()
         # A half-open ghost never acknowledges the close: do not keep it forever.
         if self._watchdog is not None and self._watchdog.active():

@@ -104,7 +104,7 @@ class WorkerLink(Protocol):
     def kill_job(self, pool_id: str) -> None: ...
 
     def dismiss(self, reason: str) -> None:
-        """Tell the worker why it is dropped, ask it not to reconnect, close."""
+        """Tell the worker another connection took its name, and close: it may come back, with backoff."""
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from pcci.master.health import HealthHistory, clean_figures
 from pcci.master.model import Job, WorkerLink, WorkerRecord
 
 log = Logger()
+audit = Logger(namespace="pcci.audit")
 
 DEFAULT_HISTORY = 3600.0
 DEFAULT_FORGET_AFTER = 7 * 24 * 3600.0
@@ -69,9 +70,12 @@ class Roster:
         """Register a worker; a connection under a connected name replaces it."""
         old = self.links.get(link.name)
         if old is not None and old is not link:
-            log.warn(
-                "worker {name} reconnected from {new}: dropping its old"
-                " connection from {old}",
+            # The same worker back before its old connection was seen to
+            # close, or another machine holding the cluster secret: the
+            # audit log names both, and the old one may come back.
+            audit.warn(
+                "worker {name} connected from {new} while connected from {old}:"
+                " the connection from {old} is replaced",
                 name=link.name,
                 new=link.address,
                 old=old.address,

@@ -188,6 +188,8 @@ class MasterConnection(FramedJSONProtocol):
             # The master (or this worker) is being upgraded: keep trying.
             self._refused = True
             self.factory.refused(message["reason"])
+        elif message.get("replaced") is True:
+            self.factory.replaced(message["reason"])
         else:
             self.log.error("master closed this connection: {reason}", reason=message["reason"])
             if not message["reconnect"]:
@@ -399,6 +401,9 @@ class WorkerFactory(Factory):
         self.on_lost: Callable[[MasterConnection], None] = lambda connection: None
         self._refusal_logged: float | None = None
         self._file_threads: ThreadPool | None = None
+        #: Times in a row another connection took this worker's name: the
+        #: dialer waits longer before each next try.
+        self.replacements = 0
 
     def file_threads(self) -> ThreadPool:
         """The one thread pushed files are written in, started when first needed."""
@@ -413,6 +418,15 @@ class WorkerFactory(Factory):
 
     def stopFactory(self) -> None:
         self.stall.stop()
+
+    def replaced(self, reason: str) -> None:
+        """Another connection took this worker's name: come back, slower each time in a row."""
+        self.replacements += 1
+        self.log.error(
+            "the master dropped this connection: {reason}; if that is not this worker"
+            " reconnecting, another machine holds the cluster secret and this worker's name",
+            reason=reason,
+        )
 
     def dismissed(self, reason: str) -> None:
         self.log.error("worker {name} will not reconnect: {reason}", name=self.name, reason=reason)

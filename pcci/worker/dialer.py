@@ -24,6 +24,10 @@ from pcci.worker.connection import JoinFailed, MasterConnection, WorkerFactory
 
 log = Logger()
 
+#: Seconds a connection must have lasted for its replacement not to count
+#: as one more in a row.
+HELD_LONG = 300.0
+
 
 class MasterDialer(Service):
     """
@@ -51,6 +55,7 @@ class MasterDialer(Service):
         #: The master dialed, or held: its index in C{endpoints}.
         self.current = choose(len(self.endpoints))
         self._failures = 0
+        self._joined_at = 0.0
         self._dialing: Deferred[Any] | None = None
         self._next: IDelayedCall | None = None
         factory.on_lost = self._lost
@@ -78,6 +83,7 @@ class MasterDialer(Service):
     def _joined(self, connection: MasterConnection) -> None:
         self._dialing = None
         self._failures = 0
+        self._joined_at = self.reactor.seconds()
 
     def _failed(self, failure: Failure) -> None:
         self._dialing = None
@@ -101,5 +107,10 @@ class MasterDialer(Service):
         if count > 1:
             self.current = (self.current + 1) % count
         delay = self.retry(self._failures // count)
+        replaced = self.factory.replacements
+        if replaced:
+            if self.reactor.seconds() - self._joined_at > HELD_LONG:
+                self.factory.replacements = replaced = 1  # held long: a fresh start
+            delay = max(delay, self.retry(replaced))
         self._failures += 1
         self._next = self.reactor.callLater(delay, self._dial)
