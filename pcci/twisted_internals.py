@@ -27,6 +27,10 @@ reaches inside it, and nowhere else does:
     nothing waits before it (no C{dataBuffer}, C{_tempDataBuffer} or
     C{TLS}).
 
+  - B{Twisted's own 400 answers carry the API's headers.}  C{HTTPChannel}
+    answers a request it cannot parse with a bare C{400} written by
+    C{_respondToBadRequestAndDisconnect}; L{http_channel} overrides it.
+
 L{check} runs at import and fails loudly (an ImportError naming the
 missing piece) on a Twisted that changed any of them; its test runs in CI.
 """
@@ -46,6 +50,7 @@ from twisted.internet import process as _process
 from twisted.internet import tcp as _tcp
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.http import HTTPChannel
 
 #: Each private name, and the parameters pcci passes or expects.
 HOOKS: dict[str, tuple[str, ...]] = {
@@ -91,6 +96,22 @@ def check(module: Any = _process) -> None:
 
 
 check()
+if not callable(getattr(HTTPChannel, "_respondToBadRequestAndDisconnect", None)):
+    raise ImportError(
+        "this Twisted lacks HTTPChannel._respondToBadRequestAndDisconnect, which pcci"
+        " needs: install a Twisted version pcci supports (see setup.cfg)"
+    )
+
+
+def http_channel(bad_request: bytes) -> type[HTTPChannel]:
+    """An HTTP channel that answers a request it cannot parse with C{bad_request}, then closes."""
+
+    class Channel(HTTPChannel):
+        def _respondToBadRequestAndDisconnect(self) -> None:
+            self.transport.write(bad_request)
+            self.loseConnection()
+
+    return Channel
 
 
 #: Bytes read from a child's pipe at once: all that a full pipe holds

@@ -163,12 +163,29 @@ def test_bad_submissions_are_400_and_create_nothing(
     assert client.links["a"].runs == []
 
 
-def test_wrong_content_type_is_415(client: Client) -> None:
-    code, _, answer = client.request(
-        "POST", "/job", {"cmd": "true", "workers": ["a"]},
-        headers={"Content-Type": ["application/x-www-form-urlencoded"]},
-    )
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": ["application/x-www-form-urlencoded"]},
+        {},  # none at all: what docs/api.md says is a 415, not a pool
+        {"Content-Type": ["text/plain"]},
+        {"Content-Type": ["application/jsonx"]},
+        {"Content-Type": [""]},
+    ],
+)
+def test_a_json_body_not_sent_as_json_is_415_and_starts_nothing(client: Client, headers: dict) -> None:
+    code, answer_headers, answer = client.request("POST", "/job", {"cmd": "true", "workers": ["a"]}, headers=headers)
     assert code == 415 and "application/json" in answer["message"]
+    assert answer_headers.getRawHeaders("X-Content-Type-Options") == ["nosniff"]
+    assert client.state.history.pools == {} and client.links["a"].runs == []
+
+
+def test_json_with_a_charset_is_json(client: Client) -> None:
+    code, _, _ = client.request(
+        "POST", "/job", {"cmd": "true", "workers": ["a"]},
+        headers={"Content-Type": ["application/json; charset=utf-8"]},
+    )
+    assert code == 200
 
 
 def test_body_over_the_limit_is_413(client: Client) -> None:

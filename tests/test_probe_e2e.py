@@ -167,3 +167,61 @@ def test_a_worker_whose_name_is_taken_stays_up_and_the_audit_log_names_both(own_
     # The real worker was told to come back, not to quit: it is still running and comes back.
     poll(lambda: log.read_text().count("is replaced") >= 2, timeout=30, what="the real worker back")
     assert real.process.poll() is None and impostor.process.poll() is None
+
+
+HEADERS = (b"content-security-policy: ", b"x-content-type-options: nosniff", b"x-frame-options: deny",
+           b"referrer-policy: no-referrer")
+
+
+def raw(cluster: Cluster, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", cluster.api_port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                return answer
+            answer += piece
+
+
+def test_raw_answers_carry_the_security_headers(own_cluster: Cluster) -> None:
+    own_cluster.start_master("--max-body", "200")
+    for request, status in (
+        (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n", b"400"),  # Twisted's own 400
+        (b"NOT AN HTTP REQUEST LINE AT ALL\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nBad Header Without Colon\r\n\r\n", b"400"),
+        (b"POST /job HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{", b"413"),
+    ):
+        answer = raw(own_cluster, request)
+        head = answer.split(b"\r\n\r\n")[0].lower()
+        assert answer.startswith(b"HTTP/1.1 " + status), answer
+        assert all(header in head for header in HEADERS), answer
+        assert b'"message"' in answer
+
+
+def test_signed_in_clients_do_not_use_up_their_address_s_share(own_cluster: Cluster) -> None:
+    """Streams held by a read-only token behind one address lock no one else out."""
+    reader = "reader-token-of-the-probe-tests"
+    tokens = own_cluster.directory / "tokens"
+    tokens.write_text(f"{ADMIN} name=admin\n{reader} read name=grafana\n")
+    tokens.chmod(0o600)
+    own_cluster.start_master("--api-token-file", str(tokens), "--max-connections", "4")
+    own_cluster.token = ADMIN
+    own_cluster.start_worker("w1")
+    pool = own_cluster.submit("sleep 30", ["w1"])
+    streams = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", own_cluster.api_port), timeout=10)
+            sock.sendall(
+                f"GET /pools/{pool}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\n\r\n".encode()
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            streams.append(sock)
+        # Twice the address's share is held, signed in: the admin still gets in.
+        code, workers = own_cluster.request("GET", "/workers", timeout=10)
+        assert code == 200 and [w["id"] for w in workers] == ["w1"]
+    finally:
+        for sock in streams:
+            sock.close()
+        own_cluster.request("PUT", f"/kill/{pool}")

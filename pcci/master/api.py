@@ -116,13 +116,9 @@ def _read_json(request: IRequest, max_body: int, required: bool = True) -> Any:
         if required:
             raise APIError(400, "a JSON body is required")
         return None
-    content_type = request.getHeader(b"content-type")
-    if content_type is not None:
-        media = content_type.split(b";", 1)[0].strip().lower()
-        if media != b"application/json":
-            raise APIError(
-                415, "send the body as JSON with Content-Type: application/json"
-            )
+    content_type = request.getHeader(b"content-type") or b""
+    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise APIError(415, "send the body as JSON with Content-Type: application/json")
     try:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:

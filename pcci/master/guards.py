@@ -47,12 +47,19 @@ def is_public(request: IRequest) -> bool:
     return request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX)
 
 
+#: The headers every answer of the API port carries, those written raw included.
+SECURITY_HEADERS = (
+    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"X-Frame-Options", b"DENY"),
+    (b"Referrer-Policy", b"no-referrer"),
+)
+
+
 def secure(request: IRequest) -> None:
-    """The headers every answer of the API port carries."""
-    request.setHeader(b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode())
-    request.setHeader(b"X-Content-Type-Options", b"nosniff")
-    request.setHeader(b"X-Frame-Options", b"DENY")
-    request.setHeader(b"Referrer-Policy", b"no-referrer")
+    """Give an answer the headers every answer of the API port carries."""
+    for name, value in SECURITY_HEADERS:
+        request.setHeader(name, value)
 
 
 def json_error(request: IRequest, status: int, message: str) -> bytes:
@@ -66,12 +73,18 @@ def refuse(transport: Any, status: bytes, message: str) -> None:
     Answer C{status} with C{{"message": ...}} straight on the connection and
     close it: for a request refused before the web server has parsed it.
     """
-    body = json.dumps({"message": message}).encode() + b"\n"
-    transport.write(
-        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body)
-    )
+    transport.write(raw_answer(status, message))
     transport.loseConnection()
+
+
+def raw_answer(status: bytes, message: str) -> bytes:
+    """An answer written straight on a connection: JSON, with the security headers, closing it."""
+    body = json.dumps({"message": message}).encode() + b"\n"
+    headers = b"".join(b"%s: %s\r\n" % header for header in SECURITY_HEADERS)
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n%s"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, headers, len(body), body)
+    )
 
 
 #: The content type of an upload of files (C{POST /files}), which may be
@@ -199,6 +212,11 @@ class TokenGuard(Resource):
                 return refused(
                     request, 401, "a valid token is required: Authorization: Bearer <token>", None
                 )
+            # Signed in: its connection no longer counts against its address's
+            # share of unproven ones (a NAT's or a proxy's other users).
+            proved = getattr(getattr(request.channel, "transport", None), "proved", None)
+            if proved is not None:
+                proved()
             if token.read_only and request.method not in READ_METHODS:
                 return refused(request, 403, "this token is read-only", token)
             request.api_token = token  # type: ignore[attr-defined]

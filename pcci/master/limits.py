@@ -83,6 +83,10 @@ class GuardedConnection(ProtocolWrapper):
         """No request under way: the connection waits for one."""
         return self.idle_since is not None
 
+    def proved(self) -> None:
+        """Its peer proved itself (a valid token, a worker's handshake): it stops counting per address."""
+        self.factory.prove(self)
+
     def request_arrived(self) -> None:
         self._disarm()
         self.idle_since = None

@@ -29,7 +29,7 @@ from pcci.master.api import (
     MasterAPI,
 )
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
-from pcci.master.guards import bounded_request
+from pcci.master.guards import bounded_request, raw_answer
 from pcci.master.limits import ConnectionBudget, ConnectionLimit
 from pcci.master.history import DEFAULT_MAX_POOLS
 from pcci.master.metrics import MasterMetrics
@@ -38,7 +38,7 @@ from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.jobspec import NOTIFY_ON
 from pcci.master.schedules import Scheduler
-from pcci.twisted_internals import send_now
+from pcci.twisted_internals import http_channel, send_now
 from pcci.master.webhooks import FORMATS, Hook, Notifier
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.state import ClusterState, Settings
@@ -360,6 +360,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         parsePOSTFormSubmission=False,
     )
     site.noisy = False
+    site.protocol = http_channel(raw_answer(b"400 Bad Request", "the request is not valid HTTP"))
     api_port = ListeningService(
         reactor,
         serverFromString(reactor, options["api"]),
