@@ -140,6 +140,15 @@ def test_an_upload_shorter_than_its_members_is_refused_and_the_master_goes_on(
     assert code == 200 and (dest / "after").read_bytes() == b"ok\n"
 
 
+def test_empty_files_count_as_written(pair: Cluster, tmp_path: Path) -> None:
+    dest = tmp_path / "empties"
+    code, answer = push(pair, tar(*((member(f"e{n}"), b"") for n in range(3)), (member("full"), b"x\n")),
+                        f"workers=f1&dest={dest}/&mkdir=1")
+    assert code == 200 and answer["pool"]["state"] == "ok", answer
+    assert answer["pool"]["jobs"][0]["result"].startswith("4 files written (2 bytes), 0 unchanged")
+    assert sorted(p.name for p in dest.iterdir()) == ["e0", "e1", "e2", "full"]
+
+
 def test_a_reader_never_sees_a_partial_file(pair: Cluster, tmp_path: Path) -> None:
     dest = tmp_path / "seen"
     payloads = [os.urandom(2_000_000) for _ in range(3)]

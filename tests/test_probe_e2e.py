@@ -225,3 +225,21 @@ def test_signed_in_clients_do_not_use_up_their_address_s_share(own_cluster: Clus
         for sock in streams:
             sock.close()
         own_cluster.request("PUT", f"/kill/{pool}")
+
+
+def test_a_push_of_too_many_entries_is_refused_with_the_option_to_change(own_cluster: Cluster, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    own_cluster.start_master("--max-push-entries", "50")
+    own_cluster.start_worker("w1")
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as archive:
+        for n in range(51):
+            archive.addfile(tarfile.TarInfo(f"e{n}"), io.BytesIO(b""))
+    code, answer = own_cluster.request(
+        "POST", f"/files?workers=w1&dest={tmp_path}/out/&mkdir=1", raw=body.getvalue(),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert code == 400 and "more than 50 entries (--max-push-entries)" in answer["message"]
+    assert not (tmp_path / "out").exists()

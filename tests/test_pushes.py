@@ -127,3 +127,10 @@ def test_a_whole_push_still_goes(tmp_path: Path) -> None:
     sent = transport.value()
     assert sent.count(b'"code":"put_data"') == 4 and b"put_end" in sent and b'"code":"kill"' not in sent
     assert payload[:1000] in sent and pool.jobs["node1"].state == "running"
+
+
+def test_more_entries_than_allowed_are_refused_before_they_are_all_read() -> None:
+    members = [(tarfile.TarInfo(f"e{n}"), b"") for n in range(11)]
+    with pytest.raises(ArchiveError, match="more than 10 entries"):
+        read_archive(Spool(archive_of(*members)), max_entries=10)
+    assert len(read_archive(Spool(archive_of(*members[:10])), max_entries=10).entries) == 10

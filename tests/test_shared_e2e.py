@@ -177,10 +177,21 @@ def test_a_scoped_token_schedules_only_within_its_scope(lab: Cluster) -> None:
                                                      "workers": ["w3"]}, token=ALICE)
     assert (code, body["message"]) == (403, "outside this token's scope: w3")
     code, body = lab.request("POST", "/schedules", {"name": "a3", "cmd": "uptime", **hourly}, token=ALICE)
-    assert code == 201 and body["created_by"] == "alice"
+    # A scoped token's names are its own: under its name, never another's.
+    assert code == 201 and body["created_by"] == "alice" and body["name"] == "alice:a3"
     assert lab.request("POST", "/schedules", {"name": "adm", "cmd": "true", **hourly})[0] == 201
-    assert [s["name"] for s in lab.request("GET", "/schedules", token=ALICE)[1]] == ["a3"]
+    assert [s["name"] for s in lab.request("GET", "/schedules", token=ALICE)[1]] == ["alice:a3"]
     assert lab.request("DELETE", "/schedules/adm", token=ALICE)[0] == 404
-    assert {s["name"] for s in lab.request("GET", "/schedules")[1]} == {"a3", "adm"}
-    for name in ("a3", "adm"):
+    # The administrator's "adm" is none of its business: its own "adm" is made, and says nothing of the other.
+    code, body = lab.request("POST", "/schedules", {"name": "adm", "cmd": "uptime", **hourly}, token=ALICE)
+    assert code == 201 and body["name"] == "alice:adm", body
+    code, body = lab.request("POST", "/schedules?dry_run=true", {"name": "adm", "cmd": "uptime", **hourly}, token=ALICE)
+    assert code == 200 and body["name"] == "alice:adm"
+    code, body = lab.request("POST", "/schedules", {"name": "adm", "cmd": "uptime", **hourly}, token=ALICE)
+    assert code == 409 and body["message"] == "a schedule named alice:adm exists already"
+    assert lab.request("PATCH", "/schedules/a3", {"paused": True}, token=ALICE)[1]["paused"] is True
+    assert lab.request("GET", "/schedules/alice:a3", token=ALICE)[1]["paused"] is True
+    assert {s["name"] for s in lab.request("GET", "/schedules")[1]} == {"alice:a3", "alice:adm", "adm"}
+    assert lab.request("DELETE", "/schedules/adm", token=ALICE)[0] == 200  # its own
+    for name in ("alice:a3", "adm"):
         assert lab.request("DELETE", f"/schedules/{name}")[0] == 200

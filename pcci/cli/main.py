@@ -472,7 +472,7 @@ def token_create(cfg: Config, name: str, read_only: bool, stdin: bool, **scope: 
     Make a token named NAME and print it: the only time it is shown.
 
     
-      pcci token create alice -w 'lab[01-20]' -l gpu -c 'nvidia-smi*' -c uptime
+      pcci token create alice -w 'lab[01-20]' -l gpu -c nvidia-smi -c uptime
       pcci token create ci -w 'build*' -c 'make test' --cwd /srv/app
       pcci token create alerts -c uptime --notify 'https://hooks.slack.com/services/*'
       pcci token create grafana --read

@@ -45,7 +45,7 @@ from pcci.master.schedules import (
     check_timezone,
 )
 from pcci.master.outbound import AddressPolicy
-from pcci.master.pushes import Archive, ArchiveError, Push, Spool, read_archive
+from pcci.master.pushes import MAX_ENTRIES, Archive, ArchiveError, Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
 from pcci.master.store import PoolQuery
@@ -296,6 +296,7 @@ class MasterAPI:
         max_command: int = MAX_COMMAND,
         max_workers: int = MAX_WORKERS,
         notify_policy: AddressPolicy = AddressPolicy(),
+        max_push_entries: int = MAX_ENTRIES,
     ) -> None:
         self.clock = state.clock
         self.state = state
@@ -307,6 +308,7 @@ class MasterAPI:
         self.max_workers = max_workers
         #: Where pools' notify URLs may point (see L{pcci.master.outbound}).
         self.notify_policy = notify_policy
+        self.max_push_entries = max_push_entries
         self.metrics = metrics or MasterMetrics(state)
         self.dashboard = dashboard.StaticFiles()
         #: The tokens requests need (set by L{resource}); None: no auth.
@@ -505,7 +507,7 @@ class MasterAPI:
             failure.trap(ArchiveError)
             raise APIError(400, failure.getErrorMessage())
 
-        return deferToThread(read_archive, spool).addCallbacks(archived, refused)
+        return deferToThread(read_archive, spool, self.max_push_entries).addCallbacks(archived, refused)
 
     @staticmethod
     def _audit_start(pool: Pool, who: str | None) -> Pool:
@@ -792,13 +794,27 @@ class MasterAPI:
     def _schedule(self, request: IRequest, name: str) -> Deferred[Schedule]:
         """A schedule the request's token may see (a scoped token sees its own)."""
 
+        names = {name, self._own_name(request, name)}
+
         def found(schedules: list[Schedule]) -> Schedule:
             for schedule in schedules:
-                if schedule.name == name and self._may_see(request, schedule.created_by):
+                if schedule.name in names and self._may_see(request, schedule.created_by):
                     return schedule
             raise APIError(404, f"no schedule {name}")
 
         return self._schedules_store().schedules().addCallback(found)
+
+    @staticmethod
+    def _own_name(request: IRequest, name: str) -> str:
+        """
+        A schedule's name as a scoped token's: under its own name
+        (C{alice:nightly}), so that no name it picks is another's, whose
+        schedules it cannot see.
+        """
+        token = _token(request)
+        if token is None or token.scope is None or name.startswith(f"{token.name}:"):
+            return name
+        return f"{token.name}:{name}"
 
     def _checked_schedule(self, request: IRequest, body: Any, existing: Schedule | None) -> Schedule:
         """A schedule from a C{POST} body, or C{existing} changed by a C{PATCH} body, checked."""
@@ -810,14 +826,15 @@ class MasterAPI:
         try:
             if existing is None:
                 schedule = Schedule(
-                    name=check_name(body.get("name")),
+                    name=check_name(self._own_name(request, check_name(body.get("name")))),
                     cron="",
                     job={},
                     created_by=_who(request),
                     created_at=self.state.wall(),
                 )
             else:
-                if "name" in body and body["name"] != existing.name:
+                renamed = body.get("name", existing.name)
+                if not isinstance(renamed, str) or self._own_name(request, renamed) != existing.name:
                     raise ScheduleError("a schedule cannot be renamed: make a new one")
                 schedule = replace(existing)
             if existing is None or "cron" in body:
@@ -927,7 +944,7 @@ class MasterAPI:
             def put(found: bool) -> Deferred[bytes]:
                 if not found:
                     raise APIError(404, f"no schedule {name}")
-                audit.info("{who} changed schedule {name}: {fields}", who=_who(request), name=name,
+                audit.info("{who} changed schedule {name}: {fields}", who=_who(request), name=schedule.name,
                            fields=", ".join(sorted(body)))
                 return self._changed_schedule(request, schedule, 200)
 
@@ -941,13 +958,13 @@ class MasterAPI:
             def removed(found: bool) -> Deferred[bytes]:
                 if not found:
                     raise APIError(404, f"no schedule {name}")
-                audit.info("{who} removed schedule {name}", who=_who(request), name=name)
+                audit.info("{who} removed schedule {name}", who=_who(request), name=schedule.name)
                 assert self.scheduler is not None
                 return self.scheduler.reload().addCallback(
-                    lambda _: _json(request, {"name": name, "message": f"schedule {name} removed"})
+                    lambda _: _json(request, {"name": schedule.name, "message": f"schedule {schedule.name} removed"})
                 )
 
-            return self._schedules_store().remove_schedule(name).addCallback(removed)
+            return self._schedules_store().remove_schedule(schedule.name).addCallback(removed)
 
         return self._schedule(request, name).addCallback(remove)
 

@@ -87,11 +87,18 @@ class Archive:
         return sum(entry.size for entry in self.entries)
 
 
-def read_archive(spool: Spool) -> Archive:
+#: Entries of one push, by default: each costs the master about a KiB
+#: while the push lasts.
+MAX_ENTRIES = 100_000
+
+
+def read_archive(spool: Spool, max_entries: int = MAX_ENTRIES) -> Archive:
     """
     List a tar's entries and hash its files (blocking: run it in a thread).
 
-    @raise ArchiveError: not a tar, an entry of another kind, an unsafe path.
+    @raise ArchiveError: not a tar, more than C{max_entries} entries, an
+        entry of another kind, an unsafe path, or one whose bytes run past
+        the upload's end.
     """
     entries: list[Entry] = []
     offsets: dict[str, int] = {}
@@ -99,7 +106,13 @@ def read_archive(spool: Spool) -> Archive:
     uploaded = spool.size
     try:
         with tarfile.open(fileobj=spool.file, mode="r:") as archive:
-            for member in archive:
+            while (member := archive.next()) is not None:
+                archive.members.clear()  # tarfile's list of every member: not needed here
+                if len(entries) >= max_entries:
+                    raise ArchiveError(
+                        f"the archive holds more than {max_entries} entries (--max-push-entries):"
+                        " push it in parts"
+                    )
                 entries.append(_entry(member, spool, uploaded))
                 if member.isreg():
                     offsets[entries[-1].path] = member.offset_data

@@ -34,6 +34,7 @@ from pcci.master.limits import ConnectionBudget, ConnectionLimit
 from pcci.master.history import DEFAULT_MAX_POOLS
 from pcci.master.metrics import MasterMetrics
 from pcci.master.outbound import AddressPolicy, http_post
+from pcci.master.pushes import MAX_ENTRIES
 from pcci.master.peers import Peers
 from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.jobspec import NOTIFY_ON
@@ -109,6 +110,7 @@ class Options(usage.Options):
         ["max-pools", None, DEFAULT_MAX_POOLS, "Pools kept; past it the oldest finished is dropped.", positive_int],
         ["max-body", None, MAX_BODY, "Bytes of a request body.", positive_int],
         ["max-file", None, MAX_FILE, "Bytes of an upload of files (pcci cp, POST /files).", positive_int],
+        ["max-push-entries", None, MAX_ENTRIES, "Files, directories and links in one push (pcci cp, POST /files).", positive_int],
         ["max-command", None, MAX_COMMAND, f"Characters of a command (at most {COMMAND_CEILING}).", positive_int],
         ["max-workers", None, MAX_WORKERS, "Workers in one pool.", positive_int],
         ["max-frame", None, MAX_FRAME, f"Bytes of a frame from a worker ({MIN_FRAME} to {MAX_FRAME}).", positive_int],
@@ -309,6 +311,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_command=options["max-command"],
         max_workers=options["max-workers"],
         notify_policy=AddressPolicy(tuple(options["notify-allow"])),
+        max_push_entries=options["max-push-entries"],
     )
     scheduler = api.scheduler = Scheduler(
         reactor, time.time, store, api.run_schedule, lambda pool_id: _running(state, pool_id),

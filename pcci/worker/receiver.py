@@ -77,6 +77,8 @@ class Receiver:
         self.errors: list[str] = []
         self.unchanged = 0
         self.written = 0
+        #: Empty files written (they need no bytes, so no put_need).
+        self.empty = 0
         self.acked = 0
         #: Bytes received and not yet written.
         self._queued = 0
@@ -166,6 +168,7 @@ class Receiver:
                     if entry.size == 0:
                         self._open(target)
                         self._close(target)
+                        self.empty += 1
                     else:
                         self.files[entry.path] = target
                         needed.append(entry.path)
@@ -275,7 +278,7 @@ class Receiver:
         missing = [t.path for t in self.files.values() if t.written < t.entry.size and t.error is None]
         errors = self.errors + [t.error for t in self.files.values() if t.error is not None]
         errors += [f"{path}: not received whole" for path in missing]
-        sent = len(self.files) - sum(1 for t in self.files.values() if t.error is not None)
+        sent = len(self.files) - sum(1 for t in self.files.values() if t.error is not None) + self.empty
         summary = f"{sent} files written ({self.written} bytes), {self.unchanged} unchanged\n"
         text = summary + "".join(f"pcci: {error}\n" for error in errors)
         self._finish(1 if errors else 0, text)
