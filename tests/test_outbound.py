@@ -36,6 +36,8 @@ STRICT = AddressPolicy()
         "http://[::1]:8080/",
         "http://[::ffff:127.0.0.1]/",
         "http://[0:0:0:0:0:ffff:7f00:1]/",
+        "http://[::127.0.0.1]/",
+        "http://[fe80::1%25eth0]/",
         "http://localhost:8080/",
         "http://LOCALHOST./",
         "http://api.localhost/",

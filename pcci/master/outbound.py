@@ -45,6 +45,7 @@ CONNECT_TIMEOUT = 5.0
 
 _BROADCAST = ipaddress.ip_address("255.255.255.255")
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class RefusedURL(ValueError):
@@ -59,8 +60,11 @@ class AddressPolicy:
 
     def refusal(self, address: Address) -> str | None:
         """Why C{address} may not be reached (None: it may)."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            elif address in _IPV4_COMPATIBLE and int(address) > 1:  # ::127.0.0.1, deprecated but parsed
+                address = ipaddress.IPv4Address(int(address))
         if any(address in network for network in self.allowed):
             return None
         if address.is_loopback:

@@ -208,16 +208,31 @@ class Push:
             self.options["mode"] = mode
         if owner is not None:
             self.options["owner"] = owner
-        #: Each file's size, and the entries as C{put} frames carry them.
+        #: Each file's size.
         self.sizes = {entry.path: entry.size for entry in archive.entries if entry.kind == "file"}
-        self.manifest = list(batches(archive.entries))
+        #: The C{put} frames, the same for every worker: encoded once, when the pool's id is known.
+        self.put_frames: list[bytes] = []
         self.senders: dict[str, _Sender] = {}
         self.frames: FrameCache | None = None
+
+    def _encode_entries(self, pool_id: str) -> list[bytes]:
+        """The entries as C{put} frames: bytes, a few per thousand entries, not a dict per entry."""
+        frames = []
+        pending = None
+        for batch in batches(self.archive.entries):
+            if pending is not None:
+                frames.append(encode({"code": "put", "pool": pool_id, "dest": self.dest, "entries": pending,
+                                      "more": True, **self.options}))
+            pending = batch
+        frames.append(encode({"code": "put", "pool": pool_id, "dest": self.dest, "entries": pending,
+                              "more": False, **self.options}))
+        return frames
 
     def start(self, job: Job, link: WorkerLink) -> None:
         """Start the push to one worker (the pool's way of starting a job)."""
         if self.frames is None:
             self.frames = FrameCache(job.pool_id, self.spool, self.archive)
+            self.put_frames = self._encode_entries(job.pool_id)
             self.registry[job.pool_id] = self  # its workers' answers find it
         refusal = transfer_refusal(link, "push through it", "receive files")
         if refusal is not None:
@@ -230,6 +245,7 @@ class Push:
         """The pool ended: its spool goes."""
         self.senders.clear()
         self.frames = None
+        self.put_frames = []
         self.spool.close()
 
 
@@ -249,12 +265,8 @@ class _Sender:
         self.done = False
 
     def start(self) -> None:
-        push = self.push
-        for n, batch in enumerate(push.manifest, 1):
-            more = n < len(push.manifest)
-            self.link.sendMessage(
-                "put", pool=self.job.pool_id, dest=push.dest, entries=batch, more=more, **push.options
-            )
+        for frame in self.push.put_frames:
+            self.link.transport.write(frame)
 
     def need(self, paths: list[str], more: bool) -> None:
         sizes = self.push.sizes
