@@ -25,6 +25,10 @@ class TargetError(ValueError):
     """Targets that cannot be resolved; its message says why."""
 
 
+class TooMany(TargetError):
+    """An item that stands for more names than allowed."""
+
+
 def is_glob(item: str) -> bool:
     return "*" in item or "?" in item
 
@@ -92,13 +96,13 @@ def expand(item: str, most: int) -> list[str]:
             names.append(part)
             continue
         if range_size(part) > most:
-            raise TargetError(f"{part!r} stands for more than {most} workers")
+            raise TooMany(f"{part!r} stands for more than {most} workers")
         try:
             names.extend(NodeSet(part, resolver=RESOLVER_NOGROUP))
         except NodeSetParseError as e:
             raise TargetError(f"{part!r} is not a node set: {e}") from None
         if len(names) > most:
-            raise TargetError(f"{item!r} stands for more than {most} workers")
+            raise TooMany(f"{item!r} stands for more than {most} workers")
     return names
 
 

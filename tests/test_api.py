@@ -562,3 +562,21 @@ def test_an_object_in_pieces_is_its_json(value: dict, long_text: str) -> None:
     assert b"".join(pieces) == json.dumps(value).encode()
     # At worst 12 bytes a character: a character past U+FFFF, as two escapes.
     assert max(len(p) for p in pieces) <= 12 * streaming.STRING_PIECE + 100
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"cmd": "true", "workers": ["a", "b", "c"]},
+        {"cmd": "true", "workers": ["w[1-3]"]},
+        {"cmd": "true", "workers": ["*"], "labels": []},
+        {"cmd": "true", "workers": ["a"], "exclude": ["x", "y", "z"]},
+    ],
+)
+def test_too_many_workers_says_which_option_raises_the_limit(body: dict) -> None:
+    client = Client(max_workers=2)
+    client.links["c"] = FakeLink("c")
+    client.state.roster.join(client.links["c"])
+    code, _, answer = client.request("POST", "/job", body)
+    assert code == 400 and "more than 2" in answer["message"], answer
+    assert answer["message"].endswith("a pool holds at most that many (the master's --max-workers raises it)")

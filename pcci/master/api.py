@@ -50,7 +50,7 @@ from pcci.master.state import ClusterState
 from pcci.master.streaming import JSONStream, json_list_pieces, json_object_pieces
 from pcci.master.store import PoolQuery
 from pcci.master import permits
-from pcci.master.targets import TargetError, resolve
+from pcci.master.targets import POOL_LIMIT, TargetError, resolve
 from pcci.master.tokens import TokenBook, TokenError
 from pcci.nodes import fold
 from pcci.scopes import GRANTS, Scope, ScopeError
@@ -149,7 +149,7 @@ def _string_list(value: Any, what: str, most: int) -> list[str]:
     ):
         raise APIError(400, f"{what} must be a non-empty list of worker names")
     if len(value) > most:
-        raise APIError(400, f"{what} names more than {most} workers")
+        raise APIError(400, f"{what} names more than {most} workers" + POOL_LIMIT)
     return value
 
 

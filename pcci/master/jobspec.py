@@ -16,6 +16,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from pcci.master.targets import POOL_LIMIT
+
 #: Longest timeout and batch wait, in seconds: 30 days.
 MAX_SECONDS = 30 * 24 * 3600.0
 
@@ -115,11 +117,11 @@ def _count(value: Any, name: str) -> int:
     return value
 
 
-def _strings(value: Any, name: str, most: int) -> list[str]:
+def _strings(value: Any, name: str, most: int, why: str = "") -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise SpecError(f"{name} must be a list of non-empty strings")
     if len(value) > most:
-        raise SpecError(f"{name} holds more than {most} items")
+        raise SpecError(f"{name} holds more than {most} items{why}")
     return [_text(v, name) for v in value]
 
 
@@ -198,13 +200,13 @@ def parse_submission(body: Any, max_command: int, max_workers: int) -> Submissio
     cmd = check_cmd(body.get("cmd"), max_command)
     workers = body.get("workers")
     if workers is not None:
-        workers = _strings(workers, "workers", max_workers)
+        workers = _strings(workers, "workers", max_workers, POOL_LIMIT)
         if not workers:
             raise SpecError("workers must name at least one worker")
     labels = _strings(body.get("labels") or [], "labels", 64)
     if workers is None and not labels:
         raise SpecError("workers must be a non-empty list of workers (or give labels)")
-    exclude = _strings(body.get("exclude") or [], "exclude", max_workers)
+    exclude = _strings(body.get("exclude") or [], "exclude", max_workers, POOL_LIMIT)
     notify, notify_on = parse_notify(body)
     return Submission(
         cmd, workers, labels, exclude, parse_options(body), parse_rollout(body),

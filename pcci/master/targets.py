@@ -13,8 +13,19 @@ import fnmatch
 from typing import Iterable, Mapping
 
 from pcci.labels import has_labels, parse_label
-from pcci.nodes import TargetError, expand, is_glob
+from pcci.nodes import TargetError, TooMany, expand, is_glob
 from pcci.wire import VALID_NAME
+
+#: What a message about too many workers adds: where the limit comes from.
+POOL_LIMIT = ": a pool holds at most that many (the master's --max-workers raises it)"
+
+
+def _expanded(item: str, most: int) -> list[str]:
+    try:
+        return expand(item, most)
+    except TooMany as e:
+        raise TargetError(str(e) + POOL_LIMIT) from None
+
 
 def resolve(
     items: Iterable[str],
@@ -37,7 +48,7 @@ def resolve(
     chosen: dict[str, None] = {}
     absent: list[str] = []
     for item in items:
-        for name in expand(item, most):
+        for name in _expanded(item, most):
             if is_glob(name):
                 matched = [c for c in known if fnmatch.fnmatchcase(c, name)]
                 if not matched:
@@ -50,7 +61,7 @@ def resolve(
             else:
                 absent.append(name)
         if len(chosen) > most:
-            raise TargetError(f"{field} names more than {most} workers")
+            raise TargetError(f"{field} names more than {most} workers" + POOL_LIMIT)
     if absent:
         raise TargetError(f"{missing}: " + ", ".join(dict.fromkeys(absent)))
     return list(chosen)
@@ -87,7 +98,7 @@ def select(
         # Excluding a worker that is not there is no error: it is excluded.
         out: set[str] = set()
         for item in exclude:
-            for name in expand(item, most):
+            for name in _expanded(item, most):
                 if is_glob(name):
                     out.update(n for n in chosen if fnmatch.fnmatchcase(n, name))
                 else:
@@ -96,7 +107,7 @@ def select(
     if not chosen:
         raise TargetError(_nobody(workers, labels, exclude))
     if len(chosen) > most:
-        raise TargetError(f"the request selects {len(chosen)} workers, more than {most}")
+        raise TargetError(f"the request selects {len(chosen)} workers, more than {most}" + POOL_LIMIT)
     return chosen
 
 
