@@ -76,6 +76,10 @@ class Hello:
     labels: dict[str, str]
     #: The jobs the worker holds: C{{"pool", "ended"}} each.
     jobs: list[dict[str, Any]]
+    #: The worker remembers every job it was sent, across restarts: a
+    #: master may ask again for a job it may never have had (C{run} with
+    #: C{sent_ago}; see L{pcci.worker.received}).
+    remembers_jobs: bool = False
 
     @classmethod
     def parse(cls, message: dict[str, Any], secret: bytes | None) -> Hello:
@@ -104,6 +108,7 @@ class Hello:
             heartbeat=float(message["heartbeat"]),
             labels=labels,
             jobs=held_jobs(message),
+            remembers_jobs=message.get("remembers_jobs") is True,
         )
 
 

@@ -53,7 +53,12 @@ END_KILLED = "killed"
 END_TIMED_OUT = "timed_out"
 END_NOT_STARTED = "not_started"
 END_CANCELLED = "cancelled"
-END_REASONS = (END_KILLED, END_TIMED_OUT, END_NOT_STARTED, END_CANCELLED)
+#: A job asked again (C{sent_ago}) that the worker may have run before a restart.
+END_LOST = "lost"
+END_REASONS = (END_KILLED, END_TIMED_OUT, END_NOT_STARTED, END_CANCELLED, END_LOST)
+
+#: Exit status of a job whose end its worker could not observe.
+STATUS_LOST = -1
 
 #: The streams of C{output} messages.
 STREAMS = ("stdout", "stderr")

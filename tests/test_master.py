@@ -17,6 +17,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from fakes import started
 from pcci.auth import check_proof, proof
 from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from pcci.master.jobspec import JobOptions
 from pcci.master.pushes import Push, Spool, read_archive
 from pcci.master.state import ClusterState
 from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
@@ -104,6 +105,36 @@ def test_connection_lost_fails_running_jobs_after_the_grace() -> None:
     assert pool.status is None  # it may come back
     clock.advance(0.1)
     assert pool.status == 1 and pool.jobs["node1"].state == "lost"
+
+
+def test_a_worker_that_remembers_its_jobs_is_asked_again_for_one_it_came_back_without() -> None:
+    """Its run may have gone through a master that died: asked again, it runs once, or says it is lost."""
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello(remembers_jobs=True))
+    never_had = started(state.dispatcher.submit("echo once", ["node1"], JobOptions(env={"A": "1"})))
+    had = started(state.dispatcher.submit("sleep 9", ["node1"]))
+    protocol.connectionLost(None)
+    clock.advance(3)
+    again, transport = connect(state, clock, 2)
+    again.dataReceived(hello(remembers_jobs=True))
+    runs = {f["pool"]: f for f in frames(transport) if f["code"] == "run"}
+    assert runs[never_had.id] == {"code": "run", "pool": never_had.id, "cmd": "echo once", "env": {"A": "1"},
+                                  "sent_ago": 3.0}
+    assert runs[had.id]["sent_ago"] == 3.0
+    assert never_had.status is None and had.status is None  # neither lost: the worker tells
+    again.dataReceived(
+        encode({"code": "started", "pool": never_had.id, "pid": 7})
+        + encode({"code": "output", "pool": never_had.id, "data": "once\n", "stream": "stdout", "seq": 1})
+        + encode({"code": "ended", "pool": never_had.id, "status": 0})
+        + encode({"code": "output", "pool": had.id, "data": "pcci: job lost: restarted\n", "stream": "stderr"})
+        + encode({"code": "ended", "pool": had.id, "status": -1, "reason": "lost"})
+    )
+    assert never_had.jobs["node1"].state == "ok" and never_had.jobs["node1"].output.text() == "once\n"
+    lost = had.jobs["node1"]
+    assert (lost.state, lost.status) == ("lost", -1) and "restarted" in lost.output.text()
+    clock.advance(60)
+    assert never_had.state == "ok"
 
 
 def test_a_worker_back_within_the_grace_carries_on_with_its_jobs() -> None:

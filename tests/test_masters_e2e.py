@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -132,6 +133,72 @@ def test_a_job_carries_on_when_its_master_is_killed(tmp_path: Path, pg_url: str)
         assert [d["data"] for _, n, d in rest if n == "output"] == ["b\n"]
         assert rest[-1][1] == "pool" and rest[-1][2]["state"] == "ok"
         assert "took over 1 pools of masters gone" in other.master.log_text()
+    finally:
+        m2.stop()
+        m1.stop()
+
+
+def test_a_pool_accepted_while_its_worker_s_master_dies_runs_once(tmp_path: Path, pg_url: str) -> None:
+    """The run goes as mail to a master that is dying: the worker, come to the survivor, runs it once."""
+    m1, m2 = masters(tmp_path, pg_url)
+    try:
+        # A worker that has remembered the jobs it was sent for an hour, not one just made.
+        (m1.directory / "worker-state").mkdir(mode=0o700)
+        (m1.directory / "worker-state" / "worker-w1.received").write_text(
+            f"pcci received jobs 1 {time.time() - 3600:.3f}\n"
+        )
+        m1.start_worker(
+            "w1", "--master", f"tcp:127.0.0.1:{m2.worker_port}", "--heartbeat", "0.5", wait=False
+        )
+        for master in (m1, m2):
+            master.wait_for_workers("w1")
+        holder, other, survivor = (m1, m2, "m2") if holders(m1)["w1"] == "m1" else (m2, m1, "m1")
+        runs = tmp_path / "runs"
+        assert holder.master is not None
+        holder.master.signal(signal.SIGSTOP)  # it takes the mail, and never passes it on
+        try:
+            pool_ids = [other.submit(f"sh -c 'echo {n} >> {runs}; echo out{n}'", ["w1"]) for n in range(3)]
+        finally:
+            holder.master.signal(signal.SIGKILL)
+            holder.master.signal(signal.SIGCONT)
+        poll(lambda: holders(other).get("w1") == survivor, what="w1 on the survivor")
+        for n, pool_id in enumerate(pool_ids):
+            job = other.wait_pool(pool_id, timeout=30)["jobs"][0]
+            assert (job["state"], job["result"]) == ("ok", f"out{n}\n"), job
+        assert sorted(runs.read_text().split()) == ["0", "1", "2"]  # each once
+    finally:
+        m2.stop()
+        m1.stop()
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_no_output_is_dropped_or_doubled_across_a_take_over(tmp_path: Path, pg_url: str, late: bool) -> None:
+    """An event stream on the other master, opened at once or once the first line is out."""
+    m1, m2 = masters(tmp_path, pg_url)
+    try:
+        m1.start_worker(
+            "w1", "--master", f"tcp:127.0.0.1:{m2.worker_port}", "--heartbeat", "0.5", wait=False
+        )
+        for master in (m1, m2):
+            master.wait_for_workers("w1")
+        holder, other, survivor = (m1, m2, "m2") if holders(m1)["w1"] == "m1" else (m2, m1, "m1")
+        pool_id = holder.submit("sh -c 'for i in 1 2 3 4 5 6 7 8; do echo line$i; sleep 0.25; done'", ["w1"])
+        if late:
+            poll(lambda: "line1" in holder.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["result"])
+        events = read_events(open_events(other, pool_id))
+        seen = []
+        for _, name, data in events:
+            if name == "output":
+                seen.append(data["data"])
+                if "line2" in "".join(seen):
+                    break
+        assert holder.master is not None
+        holder.master.signal(signal.SIGKILL)
+        pool = other.wait_pool(pool_id, timeout=30)
+        job = pool["jobs"][0]
+        assert job["state"] == "ok" and job["result"] == "".join(f"line{i}\n" for i in range(1, 9)), job
+        rest = [d["data"] for _, n, d in events if n == "output"]
+        assert "".join(seen + rest) == job["result"]  # the stream too: nothing lost, nothing twice
     finally:
         m2.stop()
         m1.stop()

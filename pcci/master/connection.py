@@ -134,6 +134,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.version = hello.version
         self.labels = hello.labels
         self.held_jobs = hello.jobs
+        self.remembers_jobs = hello.remembers_jobs
         self.heartbeat = hello.heartbeat
         if self.secret is None:
             self._register()

@@ -249,7 +249,7 @@ class Dispatcher:
                 self._note(job, f"pcci: job lost: worker {job.worker_id} left before its turn\n")
                 self._end_job(job, STATUS_LOST, LOST)
                 continue
-            job.sent = True
+            job.sent, job.sent_at = True, self.wall()
             self.roster.running(job.worker_id)[pool.id] = job
             if pool.start is not None:
                 pool.start(job, link)
@@ -375,7 +375,7 @@ class Dispatcher:
         for pool_id, job in list(running.items()):
             if pool_id in held:
                 link.attach_job(pool_id, job.seq)
-            else:
+            elif not self._ask_again(link, job):
                 del running[pool_id]
                 self._note(job, "pcci: job lost: its worker came back without it (restarted?)\n")
                 self._end_job(job, STATUS_LOST, LOST)
@@ -385,6 +385,25 @@ class Dispatcher:
                     self._take_over, link, pool_id, bool(job.get("ended"))
                 )
         self._arrived(link)
+
+    def _ask_again(self, link: WorkerLink, job: Job) -> bool:
+        """
+        A worker came back without a job it was sent: it may never have had
+        it (its C{run} went through a master that died).  One that remembers
+        every job it was sent is asked again: it runs the job if it surely
+        never had it, else says it is lost.  False for a worker that cannot
+        tell (an older one), or a job that moves files.
+        """
+        pool = self.history.pools.get(job.pool_id)
+        if pool is None or pool.start is not None or job.sent_at is None or not link.remembers_jobs:
+            return False
+        sent_ago = max(0.0, self.wall() - job.sent_at)
+        log.info(
+            "pool {pool}: {worker} came back without its job: asked again (sent {ago:.1f} s ago)",
+            pool=pool.id, worker=link.name, ago=sent_ago,
+        )
+        link.run_job(pool.id, pool.cmd, {**pool.options.wire(), "sent_ago": round(sent_ago, 3)})
+        return True
 
     def _take_over(self, job: Job | str | None, link: WorkerLink, pool_id: str, ended: bool) -> None:
         """
@@ -423,12 +442,22 @@ class Dispatcher:
         self._note(job, f"pcci: {why}\n")
         self._end_job(job, 1, FAILED)
 
-    def job_gone(self, worker: str, pool_id: str) -> None:
-        """The master holding a worker says the worker does not hold this job."""
-        job = self.roster.running(worker).pop(pool_id, None)
-        if job is not None:
-            self._note(job, "pcci: job lost: its worker no longer holds it\n")
-            self._end_job(job, STATUS_LOST, LOST)
+    def job_gone(self, worker: str, pool_id: str, not_there: bool = False) -> None:
+        """
+        The master holding a worker says the worker does not hold this job;
+        C{not_there}: that master no longer holds the worker (it answers a
+        C{run}), which joins another, or is given up after the grace.
+        """
+        running = self.roster.running(worker)
+        job = running.get(pool_id)
+        if job is None or not_there:
+            return
+        link = self.roster.links.get(worker)
+        if link is not None and self._ask_again(link, job):
+            return
+        del running[pool_id]
+        self._note(job, "pcci: job lost: its worker no longer holds it\n")
+        self._end_job(job, STATUS_LOST, LOST)
 
     def _give_up(self, jobs: list[Job], reason: str) -> None:
         """A worker did not come back within the grace: its jobs are lost."""
@@ -482,6 +511,8 @@ class Dispatcher:
         state = reason if reason in END_REASONS else (OK if status == 0 else FAILED)
         if state == END_CANCELLED:
             status = STATUS_CANCELLED
+        elif state == LOST:
+            status = STATUS_LOST
         elif state == TIMED_OUT:
             status = STATUS_TIMED_OUT
         self._end_job(job, status, state)

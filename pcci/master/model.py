@@ -25,6 +25,7 @@ from pcci.master.health import HealthHistory
 from pcci.master.jobspec import JobOptions, Rollout
 from pcci.master.store import StoredPool
 from pcci.output import OutputBuffer
+from pcci.wire import STATUS_LOST as WIRE_STATUS_LOST
 
 #: A job's state, in words: what happened to it.  (The wire's C{END_*}
 #: reasons are the same words for the states a worker reports.)
@@ -45,7 +46,7 @@ JOB_STATES = (PENDING, WAITING, RUNNING, OK, FAILED, KILLED, TIMED_OUT, LOST, NO
 RETRIED_STATES = (FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
 
 #: Status of a job whose end pcci could not observe (its worker was lost).
-STATUS_LOST = -1
+STATUS_LOST = WIRE_STATUS_LOST
 
 #: Status of a job that never started (its pool was killed first).
 STATUS_CANCELLED = -2
@@ -92,6 +93,9 @@ class WorkerLink(Protocol):
     #: The master holding it, when another does (see L{pcci.master.peers});
     #: None when it is connected to this one.
     master: str | None
+    #: It remembers every job it was sent: a job it comes back without may
+    #: be asked of it again (see L{pcci.worker.received}).
+    remembers_jobs: bool
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None: ...
 
@@ -156,8 +160,9 @@ class Job:
     ended_at: float | None = None
     #: Seconds from start to end, on the monotonic clock.
     duration: float | None = None
-    #: Sent to its worker (a rolling pool holds some back).
+    #: Sent to its worker (a rolling pool holds some back), and when (wall clock).
     sent: bool = False
+    sent_at: float | None = None
     #: The sequence number of the last output chunk its worker sent.
     seq: int = 0
     #: The ids of its C{started} and C{ended} events; 0 until they happen.
@@ -200,6 +205,7 @@ class Job:
             "ended_at": self.ended_at,
             "duration": self.duration,
             "sent": self.sent,
+            "sent_at": self.sent_at,
             "started_event": self.started_event,
             "ended_event": self.ended_event,
             "output": None if self.status is None else self.output.to_record(),
@@ -211,6 +217,7 @@ class Job:
         for key in ("pid", "status", "state", "started_at", "ended_at", "duration", "sent",
                     "started_event", "ended_event"):
             setattr(job, key, record[key])
+        job.sent_at = record.get("sent_at")
         return job
 
     def to_json(self, results: bool = True) -> dict[str, Any]:

@@ -86,6 +86,7 @@ class RemoteLink:
         self.connected_at = row["connected_at"]
         self.heartbeat = row["heartbeat"]
         self.labels = dict(row["labels"])
+        self.remembers_jobs = bool(row.get("remembers_jobs"))
         self.held_jobs: list[dict[str, Any]] = []
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
@@ -290,7 +291,7 @@ class Peers:
                 if here:
                     link.kill_job(pool_id)
             elif not here or (kind == "attach" and not self.holds(link, pool_id)):
-                self.mail(sender, "gone", worker=worker, pool=pool_id)
+                self.mail(sender, "gone", worker=worker, pool=pool_id, of=kind)
             else:
                 self.relays[(worker, pool_id)] = sender
                 if kind == "run":
@@ -305,7 +306,7 @@ class Peers:
         elif kind == "ended":
             dispatcher.job_ended(worker, pool_id, letter["status"], letter["reason"])
         elif kind == "gone":
-            dispatcher.job_gone(worker, pool_id)
+            dispatcher.job_gone(worker, pool_id, letter.get("of") == "run")
         elif kind == "watch":
             self._watched(pool_id)
         elif kind == "kill_pool" and pool_id in self.history.pools:
@@ -369,6 +370,7 @@ class Peers:
                 "online": record.online if online is None else online,
                 "jobs_running": self.roster.running_jobs(name)
                 + sum(1 for (w, _) in self.relays if w == name),
+                "remembers_jobs": bool(getattr(link, "remembers_jobs", False)),
             }
             if link is None:  # its connection is gone: so are the jobs carried on it
                 for key in [key for key in self.relays if key[0] == name]:

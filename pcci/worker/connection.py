@@ -104,6 +104,7 @@ class MasterConnection(FramedJSONProtocol):
             hostname=socket.gethostname(),
             labels=factory.labels,
             jobs=self.jobs.held_jobs(),
+            remembers_jobs=self.jobs.received is not None,
         )
         self.sendMessage("hello", **hello)
 
@@ -253,7 +254,10 @@ class MasterConnection(FramedJSONProtocol):
             self.sendMessage("output", pool=pool_id, data=f"pcci: {e}\n", stream="stderr")
             self.sendMessage("ended", pool=pool_id, status=STATUS_NOT_STARTED, reason=END_NOT_STARTED)
             return
-        self.jobs.run(pool_id, message["cmd"], options)
+        sent_ago = message.get("sent_ago")
+        if not isinstance(sent_ago, (int, float)) or isinstance(sent_ago, bool) or not sent_ago >= 0:
+            sent_ago = None
+        self.jobs.run(pool_id, message["cmd"], options, sent_ago)
 
     def handle_kill(self, message: dict[str, Any]) -> None:
         if self._handshake_done():
@@ -337,7 +341,7 @@ class MasterConnection(FramedJSONProtocol):
     # The job table's link (MasterLink)
 
     def report(self, code: str, pool: str, **fields: Any) -> None:
-        if code == "output" and self.output_data:
+        if code == "output" and self.output_data and "seq" in fields:  # a note of pcci's has none
             data = fields.pop("data").encode("utf-8")
             self.send_raw({"code": "output_data", "pool": pool, **fields}, data)
         else:

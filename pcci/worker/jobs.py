@@ -24,13 +24,19 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from pcci.output import DEFAULT_MAX_OUTPUT, Chunk, OutputBuffer
+from pcci.wire import END_LOST, STATUS_LOST
 from pcci.worker.journal import JobJournal
 from pcci.worker.process import JobProcess
+from pcci.worker.received import ReceivedJobs
 
 log = Logger()
 
 #: Ended jobs kept for a master that has not acknowledged them, at most.
 MAX_UNACKED = 10_000
+
+#: Seconds of doubt about when a job asked again was first sent (the
+#: masters' clocks and this machine's, the way between them).
+SENT_MARGIN = 2.0
 
 
 def default_max_jobs() -> int:
@@ -78,8 +84,11 @@ class JobTable:
         max_jobs: int | None = None,
         journal: JobJournal | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        received: ReceivedJobs | None = None,
     ) -> None:
         self.reactor = reactor
+        #: The jobs this worker was sent, across its restarts (None: it keeps no such memory).
+        self.received = received
         self.kill_grace = kill_grace
         self.max_jobs = max_jobs or default_max_jobs()
         self.max_output = max_output
@@ -108,10 +117,24 @@ class JobTable:
 
     # What the master asks
 
-    def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
+    def run(self, pool_id: str, cmd: str, options: dict[str, Any], sent_ago: float | None = None) -> None:
+        """
+        Run a job.  With C{sent_ago}, the master asks again for a job first
+        sent that many seconds ago, which this worker may have had: it runs
+        only if this worker is sure it never did, else it ends C{lost}.
+        """
         if pool_id in self.held:
             log.warn("pool {pool} is already running here", pool=pool_id)
             return
+        refusal = self._had(pool_id, sent_ago)
+        if refusal is not None:
+            log.warn("pool {pool}: not run: {why}", pool=pool_id, why=refusal)
+            if self.link is not None:
+                self.link.report("output", pool_id, data=f"pcci: job lost: {refusal}\n", stream="stderr")
+                self.link.report("ended", pool_id, status=STATUS_LOST, reason=END_LOST)
+            return
+        if self.received is not None:
+            self.received.add(pool_id)  # before it starts: a restart then knows it had it
         held = HeldJob(pool_id, self.max_output)
         held.attached = True
         self.held[pool_id] = held
@@ -152,6 +175,22 @@ class JobTable:
             process.pause()
         self.enqueue(process)
         log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
+
+    def _had(self, pool_id: str, sent_ago: float | None) -> str | None:
+        """Why a job may have run here before (None: it surely did not)."""
+        received = self.received
+        if received is not None and received.had(pool_id):
+            return "this worker had it before it restarted (its run was killed then)"
+        if sent_ago is None:
+            return None
+        if received is None:
+            return "this worker keeps no memory of the jobs it was sent"
+        if received.wall() - sent_ago < received.since + SENT_MARGIN:
+            return (
+                "this worker came back without a memory of the jobs it was sent going back to it"
+                " (its state directory was new, or emptied)"
+            )
+        return None
 
     def kill(self, pool_id: str) -> None:
         held = self.held.get(pool_id)

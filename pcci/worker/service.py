@@ -22,6 +22,7 @@ from pcci.worker.health import start_cpu_sampling
 from pcci.worker.jobs import JobTable
 from pcci.worker.journal import JobJournal, kill_leftovers
 from pcci.worker.reaper import become_subreaper, reap_orphans
+from pcci.worker.received import ReceivedJobs
 
 log = Logger()
 
@@ -61,6 +62,10 @@ class WorkerService(MultiService):
             kill_grace,
             max_jobs=max_jobs,
             journal=None if journal is None else JobJournal(journal, reactor),
+            # Beside the journal: worker-NAME.received.
+            received=None if journal is None else ReceivedJobs(journal.with_name(
+                journal.name.removesuffix(".jobs.json") + ".received"
+            )),
         )
         self.factory = WorkerFactory(
             reactor,
@@ -96,6 +101,9 @@ class WorkerService(MultiService):
             return
         d = deferToThread(kill_leftovers, journal.path, self.jobs.marker_prefix, self.kill_grace)
         d.addErrback(lambda f: log.failure("cannot clean up after the last run", f))
+        if self.jobs.received is not None:
+            d.addCallback(lambda _: deferToThread(self.jobs.received.load))
+            d.addErrback(lambda f: log.failure("cannot read the jobs this worker was sent", f))
         d.addCallback(lambda _: self._connect())
 
     def _connect(self) -> None:
@@ -112,6 +120,8 @@ class WorkerService(MultiService):
         d.addCallback(lambda _: self._disconnect())
         if self.jobs.journal is not None:
             d.addCallback(lambda _: self.jobs.journal.stop())
+        if self.jobs.received is not None:
+            d.addCallback(lambda _: self.jobs.received.close())
         d.addCallback(lambda _: MultiService.stopService(self))
         return d
 
