@@ -131,6 +131,13 @@ def test_a_worker_that_remembers_its_jobs_is_asked_again_for_one_it_came_back_wi
         + encode({"code": "ended", "pool": had.id, "status": -1, "reason": "lost"})
     )
     assert never_had.jobs["node1"].state == "ok" and never_had.jobs["node1"].output.text() == "once\n"
+    # A push is no command to run again: its job is lost, as before.
+    push = started(state.dispatcher.submit("push 1 entries", ["node1"], kind="push", start=lambda job, link: None))
+    again.connectionLost(None)
+    third, transport = connect(state, clock, 3)
+    third.dataReceived(hello(remembers_jobs=True))
+    assert push.jobs["node1"].state == "lost"
+    assert not [f for f in frames(transport) if f["code"] == "run" and f["pool"] == push.id]
     lost = had.jobs["node1"]
     assert (lost.state, lost.status) == ("lost", -1) and "restarted" in lost.output.text()
     clock.advance(60)

@@ -235,6 +235,8 @@ class Dispatcher:
             elif link.master is not None or self.holds(link, pool.id):
                 running[pool.id] = job
                 link.attach_job(pool.id, job.seq)  # its holder says if it is gone
+            elif self._ask_again(link, job):
+                running[pool.id] = job
             else:
                 self._note(job, "pcci: job lost: its worker does not hold it\n")
                 self._end_job(job, STATUS_LOST, LOST)
@@ -395,7 +397,7 @@ class Dispatcher:
         tell (an older one), or a job that moves files.
         """
         pool = self.history.pools.get(job.pool_id)
-        if pool is None or pool.start is not None or job.sent_at is None or not link.remembers_jobs:
+        if pool is None or pool.kind != "run" or job.sent_at is None or not link.remembers_jobs:
             return False
         sent_ago = max(0.0, self.wall() - job.sent_at)
         log.info(
