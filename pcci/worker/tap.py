@@ -33,7 +33,7 @@ class Options(usage.Options):
         ["heartbeat", None, DEFAULT_HEARTBEAT, "Seconds between heartbeats (health figures) to the master.", seconds],
         ["disk", None, "/", "The filesystem whose use heartbeats report."],
         ["max-jobs", None, None, "Jobs run at once; the rest wait in order (default: 4 per CPU).", positive_int],
-        ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where this worker keeps its journal of running jobs."],
+        ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where this worker keeps its journal of running jobs, and the jobs it was sent."],
     ]
 
     def __init__(self) -> None:
