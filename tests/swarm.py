@@ -53,7 +53,7 @@ class InstantJobs(JobTable):
     but C{sleep N}, which ends N seconds later.
     """
 
-    def run(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
+    def run(self, pool_id: str, cmd: str, options: dict[str, Any], sent_ago: float | None = None) -> None:
         held = HeldJob(pool_id, self.max_output)
         held.attached = True
         held.pid = 1
