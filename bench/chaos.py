@@ -6,7 +6,7 @@ PostgreSQL is restarted, or a worker's connection is cut (the worker
 frozen past three heartbeats, then let go).
 
 Each pool runs, on a few random workers,
-``sh -c 'echo "$PCCI_JOB" >> RUNS; sleep 0.4; echo done'``: the worker
+``sh -c 'echo "$PCCI_JOB" >> RUNS; echo start; sleep 0.4; echo done'``: the worker
 marks each job's processes with its name and pool (C{PCCI_JOB}), so RUNS
 says which job ran, and how often.  At the end it waits for every pool
 accepted (answered 200) to end, checks, and prints:
@@ -14,7 +14,7 @@ accepted (answered 200) to end, checks, and prints:
 - never ended: pools accepted that did not end;
 - ran twice: jobs RUNS holds more than once;
 - wrong end: jobs of workers that never died that did not end ``ok``
-  with their whole output;
+  with their whole output (a line before a master may die, one after);
 - wrongly lost: ``lost`` jobs of workers that never died;
 
 and exits 1 if any of them is not 0.
@@ -109,7 +109,7 @@ def load(fleet: Fleet, token: str, runs: Path, stop: threading.Event, accepted: 
     """One client: a pool of 1 to 3 random workers on a random master, about ten a second."""
     chance = random.Random(seed)
     names = sorted(fleet.deaths)
-    cmd = f"sh -c 'echo \"$PCCI_JOB\" >> {runs}; sleep 0.4; echo done'"
+    cmd = f"sh -c 'echo \"$PCCI_JOB\" >> {runs}; echo start; sleep 0.4; echo done'"
     while not stop.is_set():
         ports = fleet.urls()
         if not ports:
@@ -238,7 +238,7 @@ def main() -> int:
                     lost += 1
                     if not died:
                         wrongly_lost.append((pool["id"], job["worker_id"], job["result"]))
-                elif not died and (job["state"] != "ok" or job["result"] != "done\n"):
+                elif not died and (job["state"] != "ok" or job["result"] != "start\ndone\n"):
                     wrong.append((pool["id"], job["worker_id"], job["state"], job["result"]))
         print(f"chaos run: {load_ended - started:.0f} s, seed {seed}, {args.masters} masters,"
               f" {args.workers} workers, {args.clients} clients")
