@@ -128,16 +128,19 @@ def load(fleet: Fleet, token: str, runs: Path, stop: threading.Event, accepted: 
         time.sleep(chance.uniform(0.05, 0.15))
 
 
-def chaos(fleet: Fleet, server: Postgres, stop: threading.Event, seed: int, counts: Counter[str]) -> None:
+def chaos(fleet: Fleet, server: Postgres, stop: threading.Event, seed: int, counts: Counter[str],
+          actions: list[tuple[float, str]]) -> None:
     chance = random.Random(seed)
     while not stop.wait(chance.uniform(2.0, 5.0)):
         action = chance.choice(["master", "worker", "postgres", "cut"])
         counts[action] += 1
+        actions.append((time.time(), action))
         if action == "master":
             n = chance.randrange(len(fleet.masters))
             master = fleet.masters[n]
             assert master.master is not None
             fleet.down.add(f"m{n + 1}")
+            actions[-1] = (actions[-1][0], f"master m{n + 1}")
             master.master.signal(signal.SIGKILL)
             master.master.process.wait()
             time.sleep(chance.uniform(0.5, 2.0))
@@ -146,6 +149,7 @@ def chaos(fleet: Fleet, server: Postgres, stop: threading.Event, seed: int, coun
         elif action == "worker":
             name = chance.choice(sorted(fleet.workers))
             began = time.time()
+            actions[-1] = (began, f"worker {name}")
             fleet.workers[name].signal(signal.SIGKILL)
             fleet.workers[name].process.wait()
             time.sleep(chance.uniform(0.2, 2.0))
@@ -157,9 +161,16 @@ def chaos(fleet: Fleet, server: Postgres, stop: threading.Event, seed: int, coun
             server.start()
         else:  # cut: silent past three heartbeats, the master drops it; its jobs run on
             name = chance.choice(sorted(fleet.workers))
+            actions[-1] = (actions[-1][0], f"cut {name}")
             fleet.workers[name].signal(signal.SIGSTOP)
             time.sleep(chance.uniform(2.0, 4.0))
             fleet.workers[name].signal(signal.SIGCONT)
+
+
+def last_action(actions: list[tuple[float, str]], at: float) -> str:
+    """The action last before (or just after) C{at}, and how far from it."""
+    near = min(actions, key=lambda a: abs(a[0] - at), default=None)
+    return "none" if near is None else f"{near[1]} {at - near[0]:+.1f} s"
 
 
 def died_during(fleet: Fleet, worker: str, start: float, end: float) -> bool:
@@ -194,6 +205,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the daemons' logs and state, and say where")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     directory = Path(tempfile.mkdtemp(prefix="pcci-chaos-"))
@@ -210,10 +222,11 @@ def main() -> int:
         runs.touch()
         accepted: list[dict[str, Any]] = []
         counts: Counter[str] = Counter()
+        actions: list[tuple[float, str]] = []
         stop = threading.Event()
         threads = [threading.Thread(target=load, args=(fleet, token, runs, stop, accepted, seed + n))
                    for n in range(args.clients)]
-        threads.append(threading.Thread(target=chaos, args=(fleet, server, stop, seed, counts)))
+        threads.append(threading.Thread(target=chaos, args=(fleet, server, stop, seed, counts, actions)))
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -239,7 +252,8 @@ def main() -> int:
                     if not died:
                         wrongly_lost.append((pool["id"], job["worker_id"], job["result"]))
                 elif not died and (job["state"] != "ok" or job["result"] != "start\ndone\n"):
-                    wrong.append((pool["id"], job["worker_id"], job["state"], job["result"]))
+                    wrong.append((pool["id"], job["worker_id"], job["state"], job["result"],
+                                  last_action(actions, pool["at"])))
         print(f"chaos run: {load_ended - started:.0f} s, seed {seed}, {args.masters} masters,"
               f" {args.workers} workers, {args.clients} clients")
         print("  actions: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
@@ -258,7 +272,10 @@ def main() -> int:
         if fleet is not None:
             fleet.stop()
         server.destroy()
-        shutil.rmtree(directory, ignore_errors=True)
+        if args.keep:
+            print(f"  logs and state kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
