@@ -80,6 +80,12 @@ class Hello:
     #: master may ask again for a job it may never have had (C{run} with
     #: C{sent_ago}; see L{pcci.worker.received}).
     remembers_jobs: bool = False
+    #: Its output pieces' C{seq} run without a gap: a stretch dropped past
+    #: its cap is one note numbered C{first}..C{seq}, and its C{ended} says
+    #: the last piece's C{seq}.  A master then drops a piece that arrives
+    #: past a gap, and asks for what it missed (see
+    #: L{pcci.master.dispatch.Dispatcher.job_output}).
+    contiguous_seq: bool = False
 
     @classmethod
     def parse(cls, message: dict[str, Any], secret: bytes | None) -> Hello:
@@ -109,6 +115,7 @@ class Hello:
             labels=labels,
             jobs=held_jobs(message),
             remembers_jobs=message.get("remembers_jobs") is True,
+            contiguous_seq=message.get("contiguous_seq") is True,
         )
 
 

@@ -37,6 +37,9 @@ class Dropped(NamedTuple):
     size: int
     #: The event id of the first piece dropped.
     event: int
+    #: The event id just before the first piece kept after them (the last
+    #: one dropped whole), or None when nothing is kept after them.
+    last: int | None = None
 
 
 def utf8_size(text: str) -> int:
@@ -156,16 +159,21 @@ class OutputBuffer:
     def marker(self) -> str:
         return f"\n[pcci: {self.dropped} bytes of output dropped]\n"
 
-    def chunks(self, after: int = -1) -> Iterator[Chunk | Dropped]:
+    def chunks(self, after: int = -1, whole: bool = False) -> Iterator[Chunk | Dropped]:
         """
         The chunks kept in order, with what was dropped between them; with
-        C{after}, only those whose event id is above it.
+        C{after}, only those whose event id is above it.  C{whole} (a
+        worker's replay, whose reader must get every number above C{after})
+        gives what was dropped also when C{after} falls within it.
         """
         key = lambda chunk: chunk.event  # noqa: E731
         start = bisect.bisect_right(self._head, after, key=key)
         yield from itertools.islice(self._head, start, None)
-        if self.dropped and (self._dropped_event or 0) > after:
-            yield Dropped(self.dropped, self._dropped_event or 0)
+        if self.dropped:
+            first = self._dropped_event or 0
+            last = self._tail[0].event - 1 if self._tail else None
+            if first > after or (whole and (last is None or last > after)):
+                yield Dropped(self.dropped, first, last)
         start = bisect.bisect_right(self._tail, after, key=key)
         yield from itertools.islice(self._tail, start, None)
 

@@ -18,6 +18,7 @@ class FakeLink:
     held_jobs: list[dict[str, Any]] = field(default_factory=list)
     master: str | None = None
     remembers_jobs: bool = False
+    contiguous_seq: bool = False
     attached: list[tuple[str, int]] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     runs: list[tuple[str, str]] = field(default_factory=list)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
@@ -14,7 +14,7 @@ from pcci.master.history import TooManyPools
 from pcci.master.model import STATUS_LOST, Pool, rfc3339
 from pcci.master.state import ClusterState, Settings
 from pcci.master.store import PoolQuery
-from pcci.output import OutputBuffer
+from pcci.output import Chunk, OutputBuffer
 
 
 def cluster(*names: str, **kwargs) -> tuple[ClusterState, Clock, dict[str, FakeLink]]:
@@ -253,6 +253,64 @@ class TestOutputBuffer:
         assert "\ufffd" not in out.text()
         assert out.text().rpartition("]\n")[2] == "é" * 5
         assert out.dropped == 30
+
+
+def test_pieces_past_a_gap_wait_for_the_worker_to_send_them_again() -> None:
+    # A master that died had read piece 1 of a relayed job; its successor
+    # reads piece 2 and the end late, from the mail, before the replay it asked.
+    state, _, links = cluster("a")
+    links["a"].contiguous_seq = True
+    pool = started(state.dispatcher.submit("x", ["a"]))
+    state.dispatcher.job_output("a", pool.id, "done\n", "stdout", 2)
+    state.dispatcher.job_ended("a", pool.id, 0, seq=2)
+    job = pool.jobs["a"]
+    assert (job.output.text(), job.status) == ("", None)
+    assert links["a"].attached == [(pool.id, 0)]  # asked once, for all after 0
+    state.dispatcher.job_ended("a", pool.id, 0, seq=2)
+    assert links["a"].attached == [(pool.id, 0)]
+    for seq, text in enumerate(["start\n", "done\n"], 1):  # the replay
+        state.dispatcher.job_output("a", pool.id, text, "stdout", seq)
+    state.dispatcher.job_ended("a", pool.id, 0, seq=2)
+    assert (job.output.text(), job.state) == ("start\ndone\n", "ok")
+
+
+def test_an_older_worker_s_pieces_are_taken_past_a_gap() -> None:
+    state, _, links = cluster("a")  # its hello did not say contiguous_seq
+    pool = started(state.dispatcher.submit("x", ["a"]))
+    state.dispatcher.job_output("a", pool.id, "b", "stdout", 2)
+    state.dispatcher.job_output("a", pool.id, "a", "stdout", 1)  # had: a number not above
+    state.dispatcher.job_ended("a", pool.id, 0)
+    assert (pool.jobs["a"].output.text(), pool.state) == ("b", "ok") and not links["a"].attached
+
+
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=40),
+    limit=st.integers(2, 60),
+    after=st.integers(0, 40),
+)
+@example(sizes=[1] * 30, limit=10, after=10)  # within what was dropped
+def test_a_worker_s_replay_after_any_piece_reaches_the_master_whole(
+    sizes: list[int], limit: int, after: int
+) -> None:
+    kept = OutputBuffer(limit)  # the worker's, capped
+    for seq, size in enumerate(sizes, 1):
+        kept.append(chr(ord("a") + seq % 26) * size, "stdout", seq)
+    after = min(after, len(sizes))
+    state, _, links = cluster("a")
+    links["a"].contiguous_seq = True
+    pool = started(state.dispatcher.submit("x", ["a"]))
+    job = pool.jobs["a"]
+    job.seq = after
+    for piece in kept.chunks(after, whole=True):
+        if isinstance(piece, Chunk):
+            state.dispatcher.job_output("a", pool.id, piece.text, piece.stream, piece.event)
+        else:
+            last = len(sizes) if piece.last is None else piece.last
+            state.dispatcher.job_output("a", pool.id, "[dropped]", "stderr", last, piece.event)
+    state.dispatcher.job_ended("a", pool.id, 0, seq=len(sizes))
+    assert job.state == "ok" and not links["a"].attached  # nothing missed: never asked again
+    if after == 0:
+        assert job.output.text() == kept.text().replace(kept.marker(), "[dropped]")
 
 
 def test_history_covers_the_period_within_a_bound() -> None:

@@ -111,7 +111,26 @@ def test_hello_names_the_worker_and_the_protocol_version() -> None:
     (hello,) = frames(transport)
     assert hello["code"] == "hello" and len(hello["nonce"]) >= 32
     assert (hello["name"], hello["version"]) == ("pi1", PROTOCOL_VERSION)
+    assert hello["contiguous_seq"] is True
     assert transport.producer is not None  # output is flow-controlled
+
+
+def test_a_replay_numbers_every_piece_after_the_master_s_last() -> None:
+    factory, protocol, transport = connect()
+    frames(transport)
+    held = HeldJob("p1", max_output=10)
+    for seq in range(1, 31):  # 30 bytes through a 10-byte cap: 6 to 25 dropped
+        held.seq = seq
+        held.output.append(str(seq % 10), "stdout", seq)
+    held.end = (0, None)
+    factory.jobs.held["p1"] = held
+    protocol.dataReceived(encode({"code": "attach", "pool": "p1", "after": 10}))  # within the drop
+    sent = [f for f in frames(transport) if f["code"] != "heartbeat"]
+    note, *pieces, ended = sent
+    assert (note["first"], note["seq"], note["stream"]) == (6, 25, "stderr")
+    assert "20 bytes of output dropped" in note["data"]
+    assert [p["seq"] for p in pieces] == [26, 27, 28, 29, 30]
+    assert ended == {"code": "ended", "pool": "p1", "status": 0, "seq": 30}
 
 
 def test_unparseable_command_ends_at_once_with_127() -> None:
@@ -120,7 +139,7 @@ def test_unparseable_command_ends_at_once_with_127() -> None:
     protocol.dataReceived(encode({"code": "run", "pool": "p1", "cmd": "echo 'open"}))
     output, ended = frames(transport)
     assert output["code"] == "output" and "cannot parse command" in output["data"]
-    assert ended == {"code": "ended", "pool": "p1", "status": 127, "reason": "not_started"}
+    assert ended == {"code": "ended", "pool": "p1", "status": 127, "reason": "not_started", "seq": 1}
     assert factory.jobs.running == set()
     # Held until the master acknowledges the end.
     assert factory.jobs.held["p1"].end == (127, "not_started")
@@ -310,7 +329,7 @@ def test_a_queued_job_is_pending_and_a_kill_cancels_it() -> None:
     assert frames(transport) == []  # pending: not started, nothing to say
     protocol.dataReceived(encode({"code": "kill", "pool": "p2"}))
     assert frames(transport) == [
-        {"code": "ended", "pool": "p2", "status": -1, "reason": "cancelled"}
+        {"code": "ended", "pool": "p2", "status": -1, "reason": "cancelled", "seq": 0}
     ]
     assert not factory.jobs.queue or all(job.ended for job in factory.jobs.queue)
 

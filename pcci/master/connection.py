@@ -135,6 +135,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.labels = hello.labels
         self.held_jobs = hello.jobs
         self.remembers_jobs = hello.remembers_jobs
+        self.contiguous_seq = hello.contiguous_seq
         self.heartbeat = hello.heartbeat
         if self.secret is None:
             self._register()
@@ -220,10 +221,9 @@ class WorkerConnection(FramedJSONProtocol):
             self.dispatcher.job_started(self.name, message["pool"], message["pid"])
 
     def handle_output(self, message: dict[str, Any]) -> None:
-        seq = message.get("seq")
         if message["stream"] not in STREAMS:
             self.protocolViolation(f"unknown stream {message['stream']!r}")
-        elif seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        elif not _optional_ints(message, "seq", "first"):
             self.protocolViolation("an output seq that is not an integer")
         else:
             self._output(message, message["data"])
@@ -234,6 +234,8 @@ class WorkerConnection(FramedJSONProtocol):
             self.protocolViolation(f"unknown stream {message['stream']!r}")
         elif not 0 < message["size"] <= MAX_OUTPUT_DATA:
             self.protocolViolation(f"output_data of {message['size']} bytes")
+        elif not _optional_ints(message, "first"):
+            self.protocolViolation("an output seq that is not an integer")
         else:
             self.receive_raw(
                 message["size"], lambda data: self._output(message, data.decode("utf-8", "replace"))
@@ -242,15 +244,20 @@ class WorkerConnection(FramedJSONProtocol):
     def _output(self, message: dict[str, Any], text: str) -> None:
         if self._current():
             self.dispatcher.job_output(
-                self.name, message["pool"], text, message["stream"], message.get("seq")
+                self.name, message["pool"], text, message["stream"], message.get("seq"),
+                message.get("first"),
             )
 
     def handle_ended(self, message: dict[str, Any]) -> None:
         reason = message.get("reason")
         if reason is not None and reason not in END_REASONS:
             self.protocolViolation(f"unknown end reason {reason!r}")
+        elif not _optional_ints(message, "seq"):
+            self.protocolViolation("an ended seq that is not an integer")
         elif self._current():
-            self.dispatcher.job_ended(self.name, message["pool"], message["status"], reason)
+            self.dispatcher.job_ended(
+                self.name, message["pool"], message["status"], reason, message.get("seq")
+            )
 
     # A push's and a fetch's answers (see pcci.master.pushes and fetches)
 
@@ -357,3 +364,11 @@ class WorkerPortFactory(Factory):
 
     def buildProtocol(self, addr: IAddress) -> WorkerConnection:
         return WorkerConnection(self)
+
+
+def _optional_ints(message: dict[str, Any], *keys: str) -> bool:
+    """Whether each of C{keys} the message has is an integer (not a boolean)."""
+    return all(
+        message.get(key) is None or (isinstance(message[key], int) and not isinstance(message[key], bool))
+        for key in keys
+    )

@@ -234,7 +234,7 @@ class Dispatcher:
                 self.roster.adopt(job)
             elif link.master is not None or self.holds(link, pool.id):
                 running[pool.id] = job
-                link.attach_job(pool.id, job.seq)  # its holder says if it is gone
+                self._attach(link, job)  # its holder says if it is gone
             elif self._ask_again(link, job):
                 running[pool.id] = job
             else:
@@ -370,13 +370,13 @@ class Dispatcher:
         if link.master is not None:
             # Another master holds it: that one tells if a job is gone.
             for pool_id, job in running.items():
-                link.attach_job(pool_id, job.seq)
+                self._attach(link, job)
             self._arrived(link)
             return
         held = {job["pool"]: job for job in link.held_jobs}
         for pool_id, job in list(running.items()):
             if pool_id in held:
-                link.attach_job(pool_id, job.seq)
+                self._attach(link, job)
             elif not self._ask_again(link, job):
                 del running[pool_id]
                 self._note(job, "pcci: job lost: its worker came back without it (restarted?)\n")
@@ -429,7 +429,7 @@ class Dispatcher:
                 worker=link.name,
             )
             running[pool_id] = job
-            link.attach_job(pool_id, job.seq)
+            self._attach(link, job)
             # Its other jobs' workers may come here too, or end lost after the grace.
             self._adopt_in_flight(self.history.pools[pool_id])
         elif pool_id not in running:
@@ -491,25 +491,77 @@ class Dispatcher:
         data: str,
         stream: str = "stdout",
         seq: int | None = None,
+        first: int | None = None,
     ) -> None:
-        if self.relay(worker, pool_id, "output", {"data": data, "stream": stream, "seq": seq}):
+        """
+        A piece of a job's output, numbered C{seq} (C{first}..C{seq} for a
+        note standing for pieces its worker dropped); a note of pcci's has
+        no number.
+        """
+        fields = {"data": data, "stream": stream, "seq": seq, "first": first}
+        if self.relay(worker, pool_id, "output", fields):
             return
         job = self.roster.running(worker).get(pool_id)
         if job is None:
             return
         if seq is not None:
-            if seq <= job.seq:
-                return  # sent again after a reconnection: the master has it
-            job.seq = seq
+            if not self._in_order(job, seq if first is None else first, seq):
+                return
+            job.seq = max(job.seq, seq)
         self._add_output(job, data, stream)
 
-    def job_ended(self, worker: str, pool_id: str, status: int, reason: str | None = None) -> None:
-        if self.relay(worker, pool_id, "ended", {"status": status, "reason": reason}):
+    def _in_order(self, job: Job, first: int, last: int) -> bool:
+        """
+        Whether the piece numbered C{first}..C{last} is the next of its
+        job's output.  One the master has (sent again after a reconnection)
+        is not.  Neither is one past a gap, from a worker whose pieces run
+        without one: pieces were lost on their way (a master that died
+        had read them, or a letter of a master gone comes late), so the
+        worker is asked again for all after the last one in order.
+        """
+        if last <= job.seq and first != job.seq + 1:
+            return False  # had (a note for an empty stretch is numbered first = last + 1)
+        if first <= job.seq + 1:
+            return True
+        link = self.roster.links.get(job.worker_id)
+        if link is not None and not link.contiguous_seq:
+            return True  # an older worker: its pieces can skip numbers
+        self._ask_again_after(job)
+        return False
+
+    def _ask_again_after(self, job: Job) -> None:
+        """Ask a job's worker for its output after the last piece in order, unless asked already."""
+        link = self.roster.links.get(job.worker_id)
+        if link is None or job.asked_after == job.seq:
+            return  # when it comes back, it is asked (see _reattach)
+        log.info(
+            "pool {pool}: pieces of {worker}'s output arrived past a gap: asked again for all after {seq}",
+            pool=job.pool_id, worker=job.worker_id, seq=job.seq,
+        )
+        self._attach(link, job)
+
+    def _attach(self, link: WorkerLink, job: Job) -> None:
+        """Carry on with a job its worker holds: its output after the last piece the master has."""
+        job.asked_after = job.seq
+        link.attach_job(job.pool_id, job.seq)
+
+    def job_ended(
+        self, worker: str, pool_id: str, status: int, reason: str | None = None, seq: int | None = None
+    ) -> None:
+        """A job ended; C{seq}, when its worker says it, numbers its last piece of output."""
+        if self.relay(worker, pool_id, "ended", {"status": status, "reason": reason, "seq": seq}):
             return
-        job = self.roster.running(worker).pop(pool_id, None)
+        running = self.roster.running(worker)
+        job = running.get(pool_id)
         if job is None:
-            self._ack(worker, pool_id)  # not ours (any more): let the worker forget it
+            link = self.roster.links.get(worker)
+            if pool_id in self.history.pools or (link is not None and link.master is None):
+                self._ack(worker, pool_id)  # not ours (any more): let the worker forget it
+            return  # else another master's, told late: that one acks it
+        if seq is not None and seq > job.seq:
+            self._ask_again_after(job)  # pieces it sums up are missing: they come again with it
             return
+        del running[pool_id]
         state = reason if reason in END_REASONS else (OK if status == 0 else FAILED)
         if state == END_CANCELLED:
             status = STATUS_CANCELLED

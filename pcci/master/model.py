@@ -96,6 +96,8 @@ class WorkerLink(Protocol):
     #: It remembers every job it was sent: a job it comes back without may
     #: be asked of it again (see L{pcci.worker.received}).
     remembers_jobs: bool
+    #: Its output's C{seq} run without a gap (see L{pcci.handshake.Hello}).
+    contiguous_seq: bool
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None: ...
 
@@ -165,6 +167,9 @@ class Job:
     sent_at: float | None = None
     #: The sequence number of the last output chunk its worker sent.
     seq: int = 0
+    #: The C{seq} after which its worker was last asked for its output
+    #: (C{attach}): a replay from there is on its way.
+    asked_after: int | None = None
     #: The ids of its C{started} and C{ended} events; 0 until they happen.
     started_event: int = 0
     ended_event: int = 0

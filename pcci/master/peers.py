@@ -87,6 +87,7 @@ class RemoteLink:
         self.heartbeat = row["heartbeat"]
         self.labels = dict(row["labels"])
         self.remembers_jobs = bool(row.get("remembers_jobs"))
+        self.contiguous_seq = bool(row.get("contiguous_seq"))
         self.held_jobs: list[dict[str, Any]] = []
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
@@ -302,9 +303,11 @@ class Peers:
         elif kind == "started":
             dispatcher.job_started(worker, pool_id, letter["pid"])
         elif kind == "output":
-            dispatcher.job_output(worker, pool_id, letter["data"], letter["stream"], letter["seq"])
+            dispatcher.job_output(
+                worker, pool_id, letter["data"], letter["stream"], letter["seq"], letter.get("first")
+            )
         elif kind == "ended":
-            dispatcher.job_ended(worker, pool_id, letter["status"], letter["reason"])
+            dispatcher.job_ended(worker, pool_id, letter["status"], letter["reason"], letter.get("seq"))
         elif kind == "gone":
             dispatcher.job_gone(worker, pool_id, letter.get("of") == "run")
         elif kind == "watch":
@@ -371,6 +374,7 @@ class Peers:
                 "jobs_running": self.roster.running_jobs(name)
                 + sum(1 for (w, _) in self.relays if w == name),
                 "remembers_jobs": bool(getattr(link, "remembers_jobs", False)),
+                "contiguous_seq": bool(getattr(link, "contiguous_seq", False)),
             }
             if link is None:  # its connection is gone: so are the jobs carried on it
                 for key in [key for key in self.relays if key[0] == name]:

@@ -105,6 +105,7 @@ class MasterConnection(FramedJSONProtocol):
             labels=factory.labels,
             jobs=self.jobs.held_jobs(),
             remembers_jobs=self.jobs.received is not None,
+            contiguous_seq=True,
         )
         self.sendMessage("hello", **hello)
 

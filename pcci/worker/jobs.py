@@ -206,12 +206,13 @@ class JobTable:
         held.attached = True
         if held.pid is not None:
             self._report(held, "started", pid=held.pid)
-        for piece in held.output.chunks(after):
+        for piece in held.output.chunks(after, whole=True):
             if isinstance(piece, Chunk):
                 self._report(held, "output", data=piece.text, stream=piece.stream, seq=piece.event)
-            else:
+            else:  # one note stands for the pieces dropped: numbered first..seq
                 note = f"\n[pcci: {piece.size} bytes of output dropped]\n"
-                self._report(held, "output", data=note, stream="stderr", seq=piece.event)
+                last = held.seq if piece.last is None else piece.last
+                self._report(held, "output", data=note, stream="stderr", seq=last, first=piece.event)
         if held.end is not None:
             self._report_end(held)
 
@@ -259,10 +260,11 @@ class JobTable:
     def _report_end(self, held: HeldJob) -> None:
         assert held.end is not None
         status, reason = held.end
+        # seq: the output it sums up, so that a master missing some asks again.
         if reason is None:
-            self._report(held, "ended", status=status)
+            self._report(held, "ended", status=status, seq=held.seq)
         else:
-            self._report(held, "ended", status=status, reason=reason)
+            self._report(held, "ended", status=status, reason=reason, seq=held.seq)
 
     def _bound_unacked(self) -> None:
         ended = [key for key, held in self.held.items() if held.end is not None]
