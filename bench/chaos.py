@@ -134,13 +134,12 @@ def chaos(fleet: Fleet, server: Postgres, stop: threading.Event, seed: int, coun
     while not stop.wait(chance.uniform(2.0, 5.0)):
         action = chance.choice(["master", "worker", "postgres", "cut"])
         counts[action] += 1
-        actions.append((time.time(), action))
         if action == "master":
             n = chance.randrange(len(fleet.masters))
             master = fleet.masters[n]
             assert master.master is not None
             fleet.down.add(f"m{n + 1}")
-            actions[-1] = (actions[-1][0], f"master m{n + 1}")
+            actions.append((time.time(), f"master m{n + 1}"))
             master.master.signal(signal.SIGKILL)
             master.master.process.wait()
             time.sleep(chance.uniform(0.5, 2.0))
@@ -149,26 +148,27 @@ def chaos(fleet: Fleet, server: Postgres, stop: threading.Event, seed: int, coun
         elif action == "worker":
             name = chance.choice(sorted(fleet.workers))
             began = time.time()
-            actions[-1] = (began, f"worker {name}")
+            actions.append((began, f"worker {name}"))
             fleet.workers[name].signal(signal.SIGKILL)
             fleet.workers[name].process.wait()
             time.sleep(chance.uniform(0.2, 2.0))
             fleet.start_worker(name)
             fleet.deaths[name].append((began, time.time() + 3))
         elif action == "postgres":
+            actions.append((time.time(), "postgres"))
             server.stop()
             time.sleep(chance.uniform(0.5, 3.0))
             server.start()
         else:  # cut: silent past three heartbeats, the master drops it; its jobs run on
             name = chance.choice(sorted(fleet.workers))
-            actions[-1] = (actions[-1][0], f"cut {name}")
+            actions.append((time.time(), f"cut {name}"))
             fleet.workers[name].signal(signal.SIGSTOP)
             time.sleep(chance.uniform(2.0, 4.0))
             fleet.workers[name].signal(signal.SIGCONT)
 
 
-def last_action(actions: list[tuple[float, str]], at: float) -> str:
-    """The action last before (or just after) C{at}, and how far from it."""
+def nearest_action(actions: list[tuple[float, str]], at: float) -> str:
+    """The action nearest in time to C{at}, and how far from it."""
     near = min(actions, key=lambda a: abs(a[0] - at), default=None)
     return "none" if near is None else f"{near[1]} {at - near[0]:+.1f} s"
 
@@ -253,7 +253,7 @@ def main() -> int:
                         wrongly_lost.append((pool["id"], job["worker_id"], job["result"]))
                 elif not died and (job["state"] != "ok" or job["result"] != "start\ndone\n"):
                     wrong.append((pool["id"], job["worker_id"], job["state"], job["result"],
-                                  last_action(actions, pool["at"])))
+                                  nearest_action(actions, pool["at"])))
         print(f"chaos run: {load_ended - started:.0f} s, seed {seed}, {args.masters} masters,"
               f" {args.workers} workers, {args.clients} clients")
         print("  actions: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
