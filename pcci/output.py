@@ -6,10 +6,9 @@ jobs, bounds its memory).
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections import deque
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 #: Output kept per job, by default.
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
@@ -40,6 +39,19 @@ class Dropped(NamedTuple):
     #: The event id just before the first piece kept after them (the last
     #: one dropped whole), or None when nothing is kept after them.
     last: int | None = None
+
+
+def _first_above(chunks: Sequence[Chunk], event: int) -> int:
+    """The index of the first of C{chunks} (in event order) whose event id is above C{event}."""
+    # bisect's key= is Python 3.10+: the worker runs on 3.9.
+    low, high = 0, len(chunks)
+    while low < high:
+        middle = (low + high) // 2
+        if chunks[middle].event <= event:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def utf8_size(text: str) -> int:
@@ -166,16 +178,13 @@ class OutputBuffer:
         worker's replay, whose reader must get every number above C{after})
         gives what was dropped also when C{after} falls within it.
         """
-        key = lambda chunk: chunk.event  # noqa: E731
-        start = bisect.bisect_right(self._head, after, key=key)
-        yield from itertools.islice(self._head, start, None)
+        yield from itertools.islice(self._head, _first_above(self._head, after), None)
         if self.dropped:
             first = self._dropped_event or 0
             last = self._tail[0].event - 1 if self._tail else None
             if first > after or (whole and (last is None or last > after)):
                 yield Dropped(self.dropped, first, last)
-        start = bisect.bisect_right(self._tail, after, key=key)
-        yield from itertools.islice(self._tail, start, None)
+        yield from itertools.islice(self._tail, _first_above(self._tail, after), None)
 
     def text(self) -> str:
         marker = self.marker() if self.dropped else ""
