@@ -32,7 +32,7 @@ from typing import Callable
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
+from cluster import Cluster
 
 
 class Client:

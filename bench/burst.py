@@ -18,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bench import Client, at_once  # noqa: E402
-from cluster import Cluster  # noqa: E402
+from cluster import Cluster
+
+from bench import Client, at_once
 
 
 def main() -> None:

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster, Daemon, poll  # noqa: E402
-from postgres import Postgres  # noqa: E402
+from cluster import Cluster, Daemon, poll
+from postgres import Postgres
 
 #: Seconds a worker's jobs wait for it before they are lost.
 GRACE = 20
@@ -105,7 +105,9 @@ def call(port: int, token: str, method: str, path: str, body: Any = None, timeou
         connection.close()
 
 
-def load(fleet: Fleet, token: str, runs: Path, stop: threading.Event, accepted: list[dict[str, Any]], seed: int) -> None:
+def load(
+    fleet: Fleet, token: str, runs: Path, stop: threading.Event, accepted: list[dict[str, Any]], seed: int
+) -> None:
     """One client: a pool of 1 to 3 random workers on a random master, about ten a second."""
     chance = random.Random(seed)
     names = sorted(fleet.deaths)
@@ -128,8 +130,14 @@ def load(fleet: Fleet, token: str, runs: Path, stop: threading.Event, accepted: 
         time.sleep(chance.uniform(0.05, 0.15))
 
 
-def chaos(fleet: Fleet, server: Postgres, stop: threading.Event, seed: int, counts: Counter[str],
-          actions: list[tuple[float, str]]) -> None:
+def chaos(
+    fleet: Fleet,
+    server: Postgres,
+    stop: threading.Event,
+    seed: int,
+    counts: Counter[str],
+    actions: list[tuple[float, str]],
+) -> None:
     chance = random.Random(seed)
     while not stop.wait(chance.uniform(2.0, 5.0)):
         action = chance.choice(["master", "worker", "postgres", "cut"])
@@ -224,8 +232,10 @@ def main() -> int:
         counts: Counter[str] = Counter()
         actions: list[tuple[float, str]] = []
         stop = threading.Event()
-        threads = [threading.Thread(target=load, args=(fleet, token, runs, stop, accepted, seed + n))
-                   for n in range(args.clients)]
+        threads = [
+            threading.Thread(target=load, args=(fleet, token, runs, stop, accepted, seed + n))
+            for n in range(args.clients)
+        ]
         threads.append(threading.Thread(target=chaos, args=(fleet, server, stop, seed, counts, actions)))
         started = time.monotonic()
         for thread in threads:
@@ -252,10 +262,13 @@ def main() -> int:
                     if not died:
                         wrongly_lost.append((pool["id"], job["worker_id"], job["result"]))
                 elif not died and (job["state"] != "ok" or job["result"] != "start\ndone\n"):
-                    wrong.append((pool["id"], job["worker_id"], job["state"], job["result"],
-                                  nearest_action(actions, pool["at"])))
-        print(f"chaos run: {load_ended - started:.0f} s, seed {seed}, {args.masters} masters,"
-              f" {args.workers} workers, {args.clients} clients")
+                    wrong.append(
+                        (pool["id"], job["worker_id"], job["state"], job["result"], nearest_action(actions, pool["at"]))
+                    )
+        print(
+            f"chaos run: {load_ended - started:.0f} s, seed {seed}, {args.masters} masters,"
+            f" {args.workers} workers, {args.clients} clients"
+        )
         print("  actions: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
         jobs = sum(len(p["workers"]) for p in accepted)
         print(f"  pools accepted: {len(accepted)} ({jobs} jobs), lost where a worker died: {lost}")
@@ -263,8 +276,12 @@ def main() -> int:
         print(f"  ran twice: {len(twice)}")
         print(f"  wrong end: {len(wrong)}")
         print(f"  wrongly lost: {len(wrongly_lost)}")
-        for what, items in (("never ended", never), ("ran twice", twice), ("wrong end", wrong),
-                            ("wrongly lost", wrongly_lost)):
+        for what, items in (
+            ("never ended", never),
+            ("ran twice", twice),
+            ("wrong end", wrong),
+            ("wrongly lost", wrongly_lost),
+        ):
             for item in items[:5]:
                 print(f"    {what}: {item}")
         return 1 if never or twice or wrong or wrongly_lost else 0

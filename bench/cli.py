@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
+from cluster import Cluster
 
 PCCI = str(Path(sys.executable).parent / "pcci")
 

@@ -25,8 +25,8 @@ import psutil
 import treq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulated import Cluster, connect, with_master  # noqa: E402
-from swarm import InstantJobs, disconnect  # noqa: E402
+from simulated import Cluster, connect, with_master
+from swarm import InstantJobs, disconnect
 
 
 async def fan_out(reactor: Any, cluster: Cluster, prefix: str, count: int) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster, Daemon  # noqa: E402
+from cluster import Cluster, Daemon
 
 PCCI = str(Path(sys.executable).parent / "pcci")
 

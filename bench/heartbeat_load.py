@@ -22,8 +22,8 @@ import psutil
 from twisted.internet import task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulated import Cluster, connect, with_master  # noqa: E402
-from swarm import disconnect  # noqa: E402
+from simulated import Cluster, connect, with_master
+from swarm import disconnect
 
 
 async def simulate(reactor, args: argparse.Namespace, cluster: Cluster) -> None:
@@ -42,7 +42,9 @@ async def simulate(reactor, args: argparse.Namespace, cluster: Cluster) -> None:
     busy = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
     online = len(cluster.request("GET", "/workers")[1])
     history = len(cluster.request("GET", "/workers/sim0000")[1]["history"]["time"])
-    print(f"master CPU over {wall_after - wall_before:.0f} s: {100 * busy / (wall_after - wall_before):.1f}% of one core")
+    print(
+        f"master CPU over {wall_after - wall_before:.0f} s: {100 * busy / (wall_after - wall_before):.1f}% of one core"
+    )
     print(f"master RSS: {peak_rss / 2**20:.0f} MiB at most in the window")
     print(f"workers still online: {online} of {args.workers}; history of one: {history} heartbeats")
     disconnect(factories)
@@ -55,8 +57,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--window", type=float, default=30.0)
     args = parser.parse_args()
-    with_master(lambda reactor, cluster: simulate(reactor, args, cluster),
-                "--max-connections", str(args.workers + 10))
+    with_master(lambda reactor, cluster: simulate(reactor, args, cluster), "--max-connections", str(args.workers + 10))
+
 
 if __name__ == "__main__":
     main()

@@ -29,9 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import Client, at_once  # noqa: E402
-from cluster import Cluster, poll  # noqa: E402
-from postgres import Postgres  # noqa: E402
+from cluster import Cluster, poll
+from postgres import Postgres
+
+from bench import Client, at_once
 
 
 def pools_per_second(masters: list[Cluster], clients: int, pools: int, label: str) -> float:

@@ -30,8 +30,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bench import at_once  # noqa: E402
-from cluster import Cluster  # noqa: E402  (the end-to-end tests' daemon harness)
+from cluster import Cluster
+
+from bench import at_once
 
 POOLS = 25
 READERS = 20

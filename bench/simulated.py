@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import swarm  # noqa: E402  (the simulator, beside the end-to-end tests' daemon harness)
-from cluster import Cluster  # noqa: E402
+import swarm
+from cluster import Cluster
 
-from pcci.auth import read_secret  # noqa: E402
-from pcci.worker.connection import WorkerFactory  # noqa: E402
-from pcci.worker.jobs import JobTable  # noqa: E402
+from pcci.auth import read_secret
+from pcci.worker.connection import WorkerFactory
+from pcci.worker.jobs import JobTable
 
 
 async def connect(

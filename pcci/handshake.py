@@ -84,7 +84,7 @@ class Hello:
     #: its cap is one note numbered C{first}..C{seq}, and its C{ended} says
     #: the last piece's C{seq}.  A master then drops a piece that arrives
     #: past a gap, and asks for what it missed (see
-    #: L{pcci.master.dispatch.Dispatcher.job_output}).
+    #: L{pcci.master.cluster.dispatch.Dispatcher.job_output}).
     contiguous_seq: bool = False
 
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import platform
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 #: Label keys, and the values they may hold.
 LABEL_KEY = re.compile(r"[A-Za-z0-9_./-]{1,63}\Z")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Callable, NamedTuple
 
 #: Output kept per job, by default.
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
@@ -26,7 +27,7 @@ class Chunk(NamedTuple):
     text: str
     size: int  # bytes of UTF-8
     stream: str  # "stdout" or "stderr"
-    #: Its event id within the pool (see L{pcci.master.events}).
+    #: Its event id within the pool (see L{pcci.master.cluster.events}).
     event: int = 0
 
 
@@ -194,7 +195,7 @@ class OutputBuffer:
             + "".join(c.text for c in self._tail)
         )
 
-    # As stored (see pcci.master.store)
+    # As stored (see pcci.master.store.sqlite)
 
     def to_record(self) -> dict[str, object]:
         return {

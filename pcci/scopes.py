@@ -12,8 +12,9 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pcci.labels import has_labels, parse_label
 from pcci.nodes import TargetError, expand, is_glob

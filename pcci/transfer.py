@@ -17,8 +17,9 @@ See C{docs/protocol.md}.
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 #: Bytes of a file after one C{put_data} frame, at most: they follow it
 #: raw, not as a frame (no encoding to pay for), and never exceed the
@@ -86,7 +87,8 @@ class Entry:
         """
         if not isinstance(body, dict) or body.get("kind") not in KINDS:
             raise ValueError("an entry must be an object with a kind of file, dir or link")
-        path = safe_path(body.get("path") if isinstance(body.get("path"), str) else "")
+        path = body.get("path")
+        path = safe_path(path if isinstance(path, str) else "")
         mode, mtime = body.get("mode"), body.get("mtime")
         if not isinstance(mode, int) or not 0 <= mode <= 0o7777 or not isinstance(mtime, (int, float)):
             raise ValueError(f"entry {path!r}: a mode (0 to 0o7777) and an mtime are needed")
@@ -123,7 +125,7 @@ def file_mode(mode: int) -> int:
     return stat.S_IMODE(mode)
 
 
-def os_reason(error: BaseException, path: str = "") -> str:
+def os_reason(error: BaseException | None, path: str = "") -> str:
     """An error as one line: the OS's reason after the path it concerns."""
     if isinstance(error, OSError) and error.strerror:
         return f"{error.filename or path}: {error.strerror}"

@@ -108,7 +108,8 @@ def http_channel(bad_request: bytes) -> type[HTTPChannel]:
 
     class Channel(HTTPChannel):
         def _respondToBadRequestAndDisconnect(self) -> None:
-            self.transport.write(bad_request)
+            if self.transport is not None:
+                self.transport.write(bad_request)
             self.loseConnection()
 
     return Channel
@@ -184,10 +185,12 @@ class GroupLeaderProcess(_process.Process):
     def _fork(self, *args: Any, **kwargs: Any) -> None:
         super()._fork(*args, **kwargs)
         # In the parent, before Twisted may reap a child that exited at once.
-        self.spawned_pid = self.pid
+        pid = self.pid
+        assert pid is not None, "a forked process has a pid"
+        self.spawned_pid = pid
         try:
             # Also from this side, so the group exists before we may signal it.
-            os.setpgid(self.pid, self.pid)
+            os.setpgid(pid, pid)
         except OSError:
             pass  # the child already exec'ed, in its group
 
@@ -210,10 +213,10 @@ def _spawn_file_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:
     posix_spawn file actions giving the child the pipes of C{fdmap} (child
     fd to parent fd) and closing the rest, with Twisted's own planner.
     """
-    fd_state = []
+    fd_state: list[tuple[int, bool]] = []
     for fd in _process._listOpenFDs():
         try:
-            fd_state.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+            fd_state.append((fd, bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)))
         except OSError:
             continue
     return _process._getFileActions(

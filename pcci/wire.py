@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
@@ -285,7 +286,8 @@ class FramedJSONProtocol(LineReceiver):
         file's piece), not frames: hand them to C{then}, then read frames
         again.  Called from a frame's handler.
         """
-        self._raw_left, self._raw_then, self._raw_parts = size, then, []
+        self._raw_left, self._raw_then = size, then
+        self._raw_parts: list[bytes] = []
         self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -317,7 +319,17 @@ class FramedJSONProtocol(LineReceiver):
             why=why,
         )
         self.clearLineBuffer()
-        self.transport.abortConnection()
+        self.abort_connection()
+
+    def close_connection(self) -> None:
+        """Close the connection once what is written is sent."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort_connection(self) -> None:
+        """Drop the connection now, whatever is left unsent."""
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
 
 
 def peer_address(transport: Any) -> str:

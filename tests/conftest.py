@@ -3,11 +3,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-
 from cluster import Cluster, processes_with
 
 if TYPE_CHECKING:

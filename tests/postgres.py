@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import execute
 
-from pcci.master.pgstore import PostgresStore
+from pcci.master.store.postgres import PostgresStore
 
 #: The role and database the master uses.
 USER = DATABASE = "pcci"

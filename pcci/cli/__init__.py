@@ -2,8 +2,11 @@
 The C{pcci} command: run commands on the cluster from a terminal.
 
 It talks to the master only through the REST API (see C{docs/api.md}).
-C{main} holds the commands and their options; C{client} the HTTP calls;
-C{render} what a person reads; C{run} the C{pcci run} command.
+C{main} holds the command group and C{go()}; C{config} the settings every
+command shares and the option groups declared once; C{client} and C{http}
+the HTTP calls; C{render} what a person reads; C{run}, C{files} and
+C{views} the commands themselves.  This module is the entry point, and
+imports as little as it can.
 """
 
 from __future__ import annotations

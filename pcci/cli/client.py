@@ -9,7 +9,8 @@ the exit status it means.
 from __future__ import annotations
 
 import json
-from typing import IO, Any, Awaitable, Callable
+from collections.abc import Awaitable
+from typing import IO, Any, Callable
 from urllib.parse import quote, urlencode
 
 #: Exit statuses of the command line's own failures.
@@ -232,7 +233,8 @@ class MasterClient:
                 await on_interrupt()  # then read on, from the last event seen
             except Exception as e:
                 if last[0] is None:
-                    raise CLIError(f"the master at {self.url} stopped answering: {_reason(e)}", EXIT_UNREACHABLE) from None
+                    message = f"the master at {self.url} stopped answering: {_reason(e)}"
+                    raise CLIError(message, EXIT_UNREACHABLE) from None
         return last[0]
 
 
@@ -254,4 +256,3 @@ def _reason(error: BaseException) -> str:
         return _reason(reasons[0].value)
     text = getattr(error, "strerror", None) or str(error).strip() or type(error).__name__
     return text.rstrip(".")
-

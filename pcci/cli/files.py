@@ -11,7 +11,7 @@ from typing import IO, Any
 from urllib.parse import urlencode
 
 from pcci.cli.client import EXIT_USAGE, CLIError
-from pcci.cli.main import Config
+from pcci.cli.config import Config
 from pcci.cli.run import follow_pool
 
 

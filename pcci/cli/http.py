@@ -18,7 +18,8 @@ person.
 from __future__ import annotations
 
 import http.client
-from typing import IO, Any, Callable, Coroutine, Generator, Generic, TypeVar
+from collections.abc import Coroutine, Generator
+from typing import IO, Any, Callable, Generic, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")

@@ -10,122 +10,20 @@ line on stderr and an exit status.
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Awaitable, Callable, Coroutine, NoReturn
+from typing import Any
 
 import click
 
 from pcci import __version__
-from pcci.cli import EXIT_INTERRUPTED
-
-DEFAULT_URL = "http://localhost:8080"
-DEFAULT_TOKEN_FILE = Path("~/.pcci/api-token")
-
-
-
-def read_token_file(path: Path) -> str:
-    """The first token of a token file (the master's format: C{TOKEN [read]} a line)."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        words = line.split()
-        if words and not words[0].startswith("#"):
-            return words[0]
-    raise click.UsageError(f"no token in {path}")
-
-
-def locate_token(token_file: str | None) -> tuple[str | None, str]:
-    """The token and where it came from: PCCI_TOKEN, --token-file, ~/.pcci/api-token."""
-    if os.environ.get("PCCI_TOKEN"):
-        return os.environ["PCCI_TOKEN"].strip(), "PCCI_TOKEN"
-    path = Path(token_file).expanduser() if token_file else DEFAULT_TOKEN_FILE.expanduser()
-    try:
-        return read_token_file(path), str(path)
-    except FileNotFoundError:
-        if token_file:
-            raise click.BadParameter(f"{path} does not exist", param_hint="--token-file")
-        return None, ""
-    except OSError as e:
-        raise click.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="--token-file")
-
-
-@dataclass
-class Config:
-    """What every subcommand needs: where the master is, and the streams."""
-
-    url: str = DEFAULT_URL
-    token: str | None = None
-    token_source: str = ""
-    ca_file: str | None = None
-    out: IO[str] = field(default_factory=lambda: sys.stdout)
-    err: IO[str] = field(default_factory=lambda: sys.stderr)
-    #: What sends requests (see L{pcci.cli.client.MasterClient}); the
-    #: standard library's when None (tests pass treq's, over a StubTreq).
-    http: Any = None
-    #: What the first Ctrl-C does, for a command that handles it (C{pcci
-    #: run} kills its pool); None: Ctrl-C ends the command.
-    on_interrupt: Callable[[], Awaitable[None]] | None = None
-    color: bool | None = None
-
-    def client(self) -> Any:
-        from pcci.cli.client import MasterClient
-
-        if self.http is None:
-            from pcci.cli.http import StdlibHTTP
-
-            if self.ca_file is not None and not Path(self.ca_file).is_file():
-                raise click.BadParameter(f"{self.ca_file} is not a file", param_hint="--ca-file")
-            self.http = StdlibHTTP(self.ca_file)
-        return MasterClient(self.url, self.token, self.http, self.token_source)
-
-    def terminal(self) -> Any:
-        from pcci.cli.render import Terminal
-
-        return Terminal(self.out, self.err, self.color)
-
-
-Command = Callable[..., Coroutine[Any, Any, int]]
-
-
-def go(command: Command, cfg: Config, *args: Any) -> NoReturn:
-    """
-    Run C{command(cfg, *args)} to its end and exit with its status.  A
-    L{CLIError} is one line on stderr and its status; Ctrl-C, unless the
-    command handles it, is C{pcci: interrupted} and status 130.
-    """
-    from pcci.cli.client import CLIError
-    from pcci.cli.http import run_now
-
-    # From now on Ctrl-C is the command's (pcci.cli.start ended it at once so far).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        status = run_now(command(cfg, *args))
-    except CLIError as e:
-        cfg.err.write(f"pcci: {e.message}\n")
-        raise SystemExit(e.status) from None
-    except KeyboardInterrupt:
-        cfg.err.write("pcci: interrupted\n")
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    raise SystemExit(status)
-
-
-# The commands.
-
-TARGETS_HELP = "A worker name, a node set (pi[01-16]) or a glob (pi*), or several separated by commas; repeatable."
-
-
-def _targets(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options that choose workers: -w, -l and -x, as every command that acts on some takes them."""
-    for option in reversed((
-        click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help=TARGETS_HELP),
-        click.option("-l", "--label", "labels", multiple=True, metavar="LABEL",
-                     help="KEY or KEY=VALUE: only workers holding it; repeatable."),
-        click.option("-x", "--exclude", multiple=True, metavar="TARGET", help="Leave these out; repeatable."),
-    )):
-        command = option(command)
-    return command
+from pcci.cli.config import DEFAULT_URL, Config, go, locate_token
+from pcci.cli.options import (
+    JOB_OPTIONS,
+    TARGETS_HELP,
+    job_options,
+    json_option,
+    targets,
+    wait_offline_option,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,69 +49,18 @@ def cli(ctx: click.Context, url: str, token_file: str | None, ca_file: str | Non
     ctx.obj = Config(url=url, token=token, token_source=source, ca_file=ca_file)
 
 
-def _env(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    env = {}
-    for value in values:
-        key, sep, text = value.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
-        env[key] = text
-    return env
-
-
-def _batch(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
-    if value is None:
-        return None
-    text = value.strip()
-    number = text[:-1] if text.endswith("%") else text
-    if not number.isdigit() or int(number) < 1 or (text.endswith("%") and int(number) > 100):
-        raise click.BadParameter("a number of jobs, 1 or more, or N% with N from 1 to 100")
-    return text if text.endswith("%") else int(number)
-
-
-#: What a duration's last letter means, in seconds.
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """C{90}, C{90s}, C{30m}, C{1h}, C{2d}: seconds."""
-    if value is None:
-        return None
-    text = value.strip().lower()
-    unit = UNITS.get(text[-1:], 0)
-    try:
-        seconds = float(text[:-1] if unit else text) * (unit or 1)
-    except ValueError:
-        seconds = -1
-    if not seconds > 0:
-        raise click.BadParameter("a duration: seconds, or a number and s, m, h or d (30m, 1h)")
-    return seconds
-
-
-WAIT_OFFLINE_HELP = "Jobs on workers known but offline wait this long for them (90s, 30m, 1h); globs and labels then select offline workers too."
-
-
 @cli.command(context_settings={"allow_interspersed_args": False})
-@_targets
-@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Kill a job that runs longer (it ends timed_out, status 124).")
-@click.option("-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE",
-              help="Set a variable for the command; repeatable.")
-@click.option("--cwd", metavar="DIR", help="The command's working directory on each worker.")
-@click.option("--stdin", "stdin", type=click.File("r", encoding="utf-8"), metavar="FILE|-",
-              help="Give this file (- for this terminal's input) to each job's standard input.")
-@click.option("--batch", callback=_batch, metavar="N|N%",
-              help="Run at most N jobs at once (or N% of the workers).")
-@click.option("--batch-wait", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Seconds between a job's end and the next start.")
-@click.option("--max-failures", type=click.IntRange(min=1), metavar="N",
-              help="Start no more jobs once N have failed.")
-@click.option("--wait-offline", callback=_duration, metavar="DURATION", help=WAIT_OFFLINE_HELP)
-@click.option("-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it.")
+@targets
+@job_options
+@click.option(
+    "-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it."
+)
 @click.option("--diff", is_flag=True, help="With --gather: each output as a diff against the most common.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@json_option("the ended pool")
 @click.option("--detach", is_flag=True, help="Print the pool id and exit at once.")
-@click.option("-n", "--dry-run", is_flag=True, help="Print the workers the targets select, one a line, and run nothing.")
+@click.option(
+    "-n", "--dry-run", is_flag=True, help="Print the workers the targets select, one a line, and run nothing."
+)
 @click.argument("command", nargs=-1, required=True)
 @click.pass_obj
 def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
@@ -232,6 +79,7 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
       pcci run -w build1 --cwd /srv/app -e CI=1 -- make test
       pcci run -n -l gpu -x 'gpu[3-4]' -- true
       pcci run -w 'pi*' --wait-offline 1h -- apt-get -y upgrade
+      pcci run -l rack=3 --notify https://hooks.example/pcci -- make deploy
     """
     from pcci.cli.run import RunRequest, run_pool
 
@@ -239,15 +87,20 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
         raise click.UsageError("choose workers with -w TARGET or -l LABEL")
     if options["diff"]:
         options["gather"] = True
-    stdin = options.pop("stdin")
-    request = RunRequest(command=list(command), stdin=None if stdin is None else stdin.read(), **options)
+    request = RunRequest(command=list(command), **_read_stdin(options))
     go(run_pool, cfg, request)
 
 
+def _read_stdin(options: dict[str, Any]) -> dict[str, Any]:
+    """The options with C{--stdin}'s file read: a pool request carries the text."""
+    stdin = options.pop("stdin")
+    return {**options, "stdin": None if stdin is None else stdin.read()}
+
+
 @cli.command()
-@_targets
+@targets
 @click.option("-r", "--recursive", is_flag=True, help="Fetch a directory, and all it holds.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@json_option("the ended pool")
 @click.argument("path")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.pass_obj
@@ -275,12 +128,16 @@ def fetch(cfg: Config, path: str, dest: str, **options: Any) -> None:
 
 
 @cli.command()
-@_targets
+@targets
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories, and all they hold.")
 @click.option("--mode", metavar="OCTAL", help="The files' mode on the workers (default: as here).")
-@click.option("--owner", metavar="USER[:GROUP]", help="The files' owner on the workers (the worker must run as root; default: the worker's user).")
+@click.option(
+    "--owner",
+    metavar="USER[:GROUP]",
+    help="The files' owner on the workers (the worker must run as root; default: the worker's user).",
+)
 @click.option("--mkdir", is_flag=True, help="Make the destination directory (and its parents) if missing.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@json_option("the ended pool")
 @click.argument("paths", nargs=-1, required=True)
 @click.pass_obj
 def cp(cfg: Config, paths: tuple[str, ...], **options: Any) -> None:
@@ -320,11 +177,17 @@ def cp(cfg: Config, paths: tuple[str, ...], **options: Any) -> None:
 @cli.command()
 @click.argument("pool", required=False)
 @click.option("--last", is_flag=True, help="Retry the latest pool this token started.")
-@click.option("--states", metavar="STATE,...",
-              help="Retry the jobs that ended so (default: every state but ok): failed, killed, timed_out, lost, not_started, cancelled.")
-@click.option("--wait-offline", callback=_duration, metavar="DURATION", help=WAIT_OFFLINE_HELP)
-@click.option("-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the ended pool, as JSON.")
+@click.option(
+    "--states",
+    metavar="STATE,...",
+    help="Retry the jobs that ended so (default: every state but ok): failed, killed, timed_out, lost, "
+    "not_started, cancelled.",
+)
+@wait_offline_option()
+@click.option(
+    "-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it."
+)
+@json_option("the ended pool")
 @click.option("--detach", is_flag=True, help="Print the new pool's id and exit at once.")
 @click.pass_obj
 def retry(cfg: Config, pool: str | None, last: bool, states: str | None, **options: Any) -> None:
@@ -332,7 +195,7 @@ def retry(cfg: Config, pool: str | None, last: bool, states: str | None, **optio
     Run POOL's command again on the workers where it did not end ok: a new
     pool, followed as pcci run follows one.
 
-    
+    \b
       pcci retry 019a5f3c-...
       pcci run -w 'pi*' -- make test; pcci retry --last --states failed,timed_out
     """
@@ -354,19 +217,24 @@ def schedule() -> None:
 
 @schedule.command("add")
 @click.argument("name")
-@click.option("--cron", required=True, metavar="LINE", help="Five fields (minute hour day month weekday), or @hourly, @daily, @weekly, @monthly.")
-@click.option("--tz", "timezone", metavar="ZONE", help="The IANA time zone the cron line is read in (default UTC), e.g. Europe/Berlin.")
-@_targets
-@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Kill a job that runs longer.")
-@click.option("-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE", help="Set a variable for the command; repeatable.")
-@click.option("--cwd", metavar="DIR", help="The command's working directory on each worker.")
-@click.option("--batch", callback=_batch, metavar="N|N%", help="Run at most N jobs at once (or N% of the workers).")
-@click.option("--max-failures", type=click.IntRange(min=1), metavar="N", help="Start no more jobs once N have failed.")
-@click.option("--wait-offline", callback=_duration, metavar="DURATION", help=WAIT_OFFLINE_HELP)
-@click.option("--overlap", is_flag=True, help="Start a run even while the previous one still runs (else it is skipped).")
+@click.option(
+    "--cron",
+    required=True,
+    metavar="LINE",
+    help="Five fields (minute hour day month weekday), or @hourly, @daily, @weekly, @monthly.",
+)
+@click.option(
+    "--tz",
+    "timezone",
+    metavar="ZONE",
+    help="The IANA time zone the cron line is read in (default UTC), e.g. Europe/Berlin.",
+)
+@targets
+@job_options
+@click.option(
+    "--overlap", is_flag=True, help="Start a run even while the previous one still runs (else it is skipped)."
+)
 @click.option("--catch-up", is_flag=True, help="At a master's start, run the latest run missed while no master was up.")
-@click.option("--notify", multiple=True, metavar="URL", help="POST each pool's end to this URL (a webhook); repeatable.")
-@click.option("--notify-on", type=click.Choice(["failed", "ended"]), default="failed", show_default=True, help="Which ends are told.")
 @click.option("--paused", is_flag=True, help="Make it paused: it runs once resumed.")
 @click.argument("command", nargs=-1, required=True)
 @click.pass_obj
@@ -383,22 +251,17 @@ def schedule_add(cfg: Config, name: str, command: tuple[str, ...], **options: An
 
     if not options["targets"] and not options["labels"]:
         raise click.UsageError("choose workers with -w TARGET or -l LABEL")
-    body = RunRequest(
-        command=list(command),
-        **{k: options.pop(k) for k in ("targets", "labels", "exclude", "timeout", "env", "cwd", "batch",
-                                        "max_failures", "wait_offline")},
-    ).body()
-    body.update(name=name, cron=options["cron"], overlap=options["overlap"],
-                catch_up=options["catch_up"], paused=options["paused"], notify_on=options["notify_on"])
+    job = {k: options.pop(k) for k in ("targets", "labels", "exclude", *JOB_OPTIONS)}
+    body = RunRequest(command=list(command), **_read_stdin(job)).body()
+    body.update(name=name, cron=options["cron"], overlap=options["overlap"], catch_up=options["catch_up"],
+                paused=options["paused"])
     if options["timezone"]:
         body["timezone"] = options["timezone"]
-    if options["notify"]:
-        body["notify"] = list(options["notify"])
     go(add_schedule, cfg, body)
 
 
 @schedule.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print the schedules as JSON.")
+@json_option("the schedules")
 @click.pass_obj
 def schedule_ls(cfg: Config, as_json: bool) -> None:
     """The schedules: name, cron line, next run, last outcome, command."""
@@ -409,7 +272,7 @@ def schedule_ls(cfg: Config, as_json: bool) -> None:
 
 @schedule.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the schedule as JSON.")
+@json_option("the schedule")
 @click.pass_obj
 def schedule_show(cfg: Config, name: str, as_json: bool) -> None:
     """One schedule: what it runs, its next runs, its latest runs and pools."""
@@ -460,18 +323,45 @@ def token() -> None:
 @token.command("create")
 @click.argument("name")
 @click.option("--read", "read_only", is_flag=True, help="It may only read.")
-@click.option("-w", "--workers", multiple=True, metavar="TARGET", help="Only these workers (names, node sets, globs); repeatable.")
-@click.option("-l", "--labels", multiple=True, metavar="LABEL", help="Only workers holding KEY or KEY=VALUE; repeatable (all must hold).")
-@click.option("-c", "--commands", multiple=True, metavar="GLOB", help="Only commands matching this glob (wildcards never match ; & | < > $ ` ( ) or a newline, nor / in the program); repeatable (any may match).")
+@click.option(
+    "-w", "--workers", multiple=True, metavar="TARGET", help="Only these workers (names, node sets, globs); repeatable."
+)
+@click.option(
+    "-l",
+    "--labels",
+    multiple=True,
+    metavar="LABEL",
+    help="Only workers holding KEY or KEY=VALUE; repeatable (all must hold).",
+)
+@click.option(
+    "-c",
+    "--commands",
+    multiple=True,
+    metavar="GLOB",
+    help="Only commands matching this glob (wildcards "
+    "never match ; & | < > $ ` ( ) or a newline, nor / in the program); repeatable (any may match).",
+)
 @click.option("--stdin", "stdin", is_flag=True, help="With --commands: its runs may feed the command's standard input.")
-@click.option("--cwd", "cwd", multiple=True, metavar="DIR", help="With --commands: a directory (glob) its runs may start in; repeatable.")
-@click.option("--notify", "notify", multiple=True, metavar="URL", help="A URL (glob) its pools may ask to be told of their end; repeatable.")
+@click.option(
+    "--cwd",
+    "cwd",
+    multiple=True,
+    metavar="DIR",
+    help="With --commands: a directory (glob) its runs may start in; repeatable.",
+)
+@click.option(
+    "--notify",
+    "notify",
+    multiple=True,
+    metavar="URL",
+    help="A URL (glob) its pools may ask to be told of their end; repeatable.",
+)
 @click.pass_obj
 def token_create(cfg: Config, name: str, read_only: bool, stdin: bool, **scope: tuple[str, ...]) -> None:
     """
     Make a token named NAME and print it: the only time it is shown.
 
-    
+    \b
       pcci token create alice -w 'lab[01-20]' -l gpu -c nvidia-smi -c uptime
       pcci token create ci -w 'build*' -c 'make test' --cwd /srv/app
       pcci token create alerts -c uptime --notify 'https://hooks.slack.com/services/*'
@@ -486,7 +376,7 @@ def token_create(cfg: Config, name: str, read_only: bool, stdin: bool, **scope: 
 
 
 @token.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
+@json_option("the tokens")
 @click.pass_obj
 def token_ls(cfg: Config, as_json: bool) -> None:
     """Every token's name, where it comes from and its scope; never a token."""
@@ -507,7 +397,7 @@ def token_revoke(cfg: Config, name: str) -> None:
 
 @cli.command()
 @click.option("--all", "every", is_flag=True, help="Also the workers seen before and now offline.")
-@click.option("--json", "as_json", is_flag=True, help="Print the workers as JSON.")
+@json_option("the workers")
 @click.pass_obj
 def workers(cfg: Config, every: bool, as_json: bool) -> None:
     """
@@ -523,9 +413,10 @@ def workers(cfg: Config, every: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
-              help="How many pools, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Print the pools as JSON.")
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many pools, newest first."
+)
+@json_option("the pools")
 @click.pass_obj
 def pools(cfg: Config, limit: int, as_json: bool) -> None:
     """
@@ -541,7 +432,7 @@ def pools(cfg: Config, limit: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("pool")
-@click.option("--json", "as_json", is_flag=True, help="Print the pool as JSON.")
+@json_option("the pool")
 @click.pass_obj
 def show(cfg: Config, pool: str, as_json: bool) -> None:
     """
@@ -557,7 +448,9 @@ def show(cfg: Config, pool: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("pool")
-@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help="Only these workers' output. " + TARGETS_HELP)
+@click.option(
+    "-w", "--workers", "targets", multiple=True, metavar="TARGET", help="Only these workers' output. " + TARGETS_HELP
+)
 @click.option("-f", "--follow", is_flag=True, help="Go on printing output as it comes, until the pool ends.")
 @click.pass_obj
 def logs(cfg: Config, pool: str, targets: tuple[str, ...], follow: bool) -> None:
@@ -575,7 +468,9 @@ def logs(cfg: Config, pool: str, targets: tuple[str, ...], follow: bool) -> None
 
 @cli.command()
 @click.argument("pool")
-@click.option("-w", "--workers", "targets", multiple=True, metavar="TARGET", help="Only on these workers. " + TARGETS_HELP)
+@click.option(
+    "-w", "--workers", "targets", multiple=True, metavar="TARGET", help="Only on these workers. " + TARGETS_HELP
+)
 @click.pass_obj
 def kill(cfg: Config, pool: str, targets: tuple[str, ...]) -> None:
     """

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 from collections import defaultdict
-from typing import IO, TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import IO, TYPE_CHECKING, Any
 
 from pcci.nodes import fold
 
@@ -112,9 +113,11 @@ class Terminal:
         """C{text} in C{style} as terminal codes, or as it is without colour."""
         if not self.color:
             return text
+        from rich.console import COLOR_SYSTEMS
         from rich.style import Style
 
-        return Style.parse(style).render(text, color_system=self.console.color_system)
+        system = COLOR_SYSTEMS.get(self.console.color_system or "")
+        return Style.parse(style).render(text, color_system=system)
 
     # The progress line: one line on stderr, redrawn in place.
 
@@ -278,7 +281,10 @@ def counts_text(counts: dict[str, int]) -> Text:
 
     order = list(STATE_WORDS)
     text = Text()
-    for state, number in sorted(counts.items(), key=lambda kv: (kv[0] not in order, order.index(kv[0]) if kv[0] in order else 0)):
+    def rank(state: str) -> tuple[bool, int]:
+        return (state not in order, order.index(state) if state in order else 0)
+
+    for state, number in sorted(counts.items(), key=lambda kv: rank(kv[0])):
         words, color = STATE_WORDS.get(state, (state, "red"))
         if text:
             text.append(" ")

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from pcci.cli import EXIT_INTERRUPTED
 from pcci.cli.client import CLIError, Event
-from pcci.cli.main import EXIT_INTERRUPTED, Config
-from pcci.nodes import fold
+from pcci.cli.config import Config
 from pcci.cli.render import (
     LinePrinter,
     exit_status,
@@ -18,6 +18,7 @@ from pcci.cli.render import (
     print_summary,
     progress_text,
 )
+from pcci.nodes import fold
 
 
 @dataclass
@@ -36,6 +37,8 @@ class RunRequest:
     batch_wait: float | None = None
     max_failures: int | None = None
     wait_offline: float | None = None
+    notify: tuple[str, ...] = ()
+    notify_on: str = "failed"
     gather: bool = False
     diff: bool = False
     as_json: bool = False
@@ -47,9 +50,11 @@ class RunRequest:
         body: dict[str, Any] = {"cmd": shlex.join(self.command)}
         if self.targets:
             body["workers"] = list(self.targets)
-        for key in ("labels", "exclude"):
+        for key in ("labels", "exclude", "notify"):
             if getattr(self, key):
                 body[key] = list(getattr(self, key))
+        if self.notify_on != "failed":
+            body["notify_on"] = self.notify_on
         if self.env:
             body["env"] = self.env
         for key in ("timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures", "wait_offline"):

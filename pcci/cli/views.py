@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pcci.cli.client import Event
-from pcci.cli.main import Config
+from pcci.cli.config import Config
 from pcci.cli.render import LinePrinter, counts_text, print_gathered, print_summary, table
 from pcci.nodes import TargetError, fold, select_among
 

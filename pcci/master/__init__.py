@@ -1,5 +1,20 @@
 """
-The master: the worker port (L{connection}), the cluster's state
-(L{state}), the REST API (L{api}, behind L{guards}), metrics, and the twistd
-plugin's service construction (L{tap}).
+The master, a folder per concern (see docs/architecture.md):
+
+- L{cluster}: the domain — pools and jobs (model, events), who is connected
+  (roster), sending jobs and taking their output (dispatch), history,
+  targets, job specs, health and schedules. It imports no HTTP and no
+  database engine.
+- L{links}: the worker port — one protocol per connected worker.
+- L{peers}: several masters on one PostgreSQL store — mail, relayed links,
+  replicas, the lease, the LISTEN connection.
+- L{store}: where pools, tokens, schedules and deliveries are kept, in
+  SQLite or PostgreSQL.
+- L{http}: the REST API, its guards and limits, streaming, metrics, the
+  OpenAPI document and the dashboard.
+- L{access}: API tokens and what a scoped token may do.
+- L{transfers}: files pushed to workers and fetched from them.
+- L{webhooks}: notifications of ended pools, and the checks on where
+  outbound requests may go.
+- L{tap} and L{services}: the twistd plugin's service construction.
 """

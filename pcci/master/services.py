@@ -17,22 +17,22 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IListeningPort,
+    IProtocolFactory,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from pcci.daemon import stop_with_error
-from pcci.master.state import ClusterState
-from pcci.master.store import PoolStore, StoreError
+from pcci.master.cluster.state import ClusterState
+from pcci.master.store.base import PoolStore, StoreError
 
 if TYPE_CHECKING:
-    from pcci.master.peers import Peers
-    from pcci.master.schedules import Scheduler
-    from pcci.master.tokens import TokenBook
-    from pcci.master.webhooks import Notifier
+    from pcci.master.access.tokens import TokenBook
+    from pcci.master.cluster.schedules import Scheduler
+    from pcci.master.peers.peers import Peers
+    from pcci.master.webhooks.notifier import Notifier
 
 log = Logger()
 
@@ -47,7 +47,7 @@ class ListeningService(Service):
         self,
         reactor: Any,
         endpoint: IStreamServerEndpoint,
-        factory: Factory,
+        factory: IProtocolFactory,
         what: str,
     ) -> None:
         self.reactor = reactor
@@ -128,7 +128,7 @@ class LocalPortEndpoint:
         self.reactor = reactor
         self.port = port
 
-    def connect(self, factory: Factory) -> Deferred[Any]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
         d = self.port.when_listening()
         return d.addCallback(
             lambda port: local_client_endpoint(self.reactor, port).connect(factory)

@@ -21,33 +21,30 @@ from twisted.web.server import Site
 
 from pcci import auth, daemon
 from pcci.daemon import stop_with_error
-from pcci.master.api import (
-    COMMAND_CEILING,
-    MAX_BODY,
-    MAX_COMMAND,
-    MAX_WORKERS,
-    MasterAPI,
-)
-from pcci.master.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
-from pcci.master.guards import bounded_request, raw_answer
-from pcci.master.limits import ConnectionBudget, ConnectionLimit
-from pcci.master.history import DEFAULT_MAX_POOLS
-from pcci.master.metrics import MasterMetrics
-from pcci.master.outbound import AddressPolicy, http_post
-from pcci.master.pushes import MAX_ENTRIES
-from pcci.master.peers import Peers
-from pcci.master.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
-from pcci.master.jobspec import NOTIFY_ON
-from pcci.master.schedules import Scheduler
-from pcci.twisted_internals import http_channel, send_now
-from pcci.master.webhooks import FORMATS, Hook, Notifier
+from pcci.master.access.tokens import TokenBook
+from pcci.master.cluster.history import DEFAULT_MAX_POOLS
+from pcci.master.cluster.jobspec import NOTIFY_ON
+from pcci.master.cluster.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
+from pcci.master.cluster.schedules import Scheduler
+from pcci.master.cluster.state import ClusterState, Settings
+from pcci.master.http.api import MasterAPI
+from pcci.master.http.common import COMMAND_CEILING, MAX_BODY, MAX_COMMAND, MAX_WORKERS, APILimits
+from pcci.master.http.guards import bounded_request, raw_answer
+from pcci.master.http.limits import ConnectionBudget, ConnectionLimit
+from pcci.master.http.metrics import MasterMetrics
+from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from pcci.master.peers.peers import Peers
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
-from pcci.master.state import ClusterState, Settings
-from pcci.master.tokens import TokenBook
-from pcci.master.pgstore import PostgresStore, check_database, is_postgres_url
-from pcci.master.store import SQLiteStore, StoreError, ThreadedStore, open_database
+from pcci.master.store.base import StoreError
+from pcci.master.store.postgres import PostgresStore, check_database, is_postgres_url
+from pcci.master.store.sqlite import SQLiteStore, open_database
+from pcci.master.store.threaded import ThreadedStore
+from pcci.master.transfers.pushes import MAX_ENTRIES
+from pcci.master.webhooks.notifier import FORMATS, Hook, Notifier
+from pcci.master.webhooks.outbound import AddressPolicy, http_post
 from pcci.options import positive_int, seconds
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
+from pcci.twisted_internals import http_channel, send_now
 from pcci.wire import MAX_FRAME, MIN_FRAME
 from pcci.worker.connection import default_name
 from pcci.worker.service import WorkerService
@@ -92,37 +89,48 @@ class Options(usage.Options):
     optFlags = [
         ["local-worker", None, "Also run a worker named after this host in this process."],
         ["no-auth", None, "No API tokens and no cluster secret: for trusted networks only."],
-        ["webhook-output", None, "Webhook deliveries carry the last 20 lines of each failed job's output (it may hold secrets)."],
+        ["webhook-output", None, "Webhook deliveries carry the last 20 lines of each failed job's output (it may hold "
+            "secrets)."],
     ]
     optParameters = [
         ["api", None, "tcp:8080", "Endpoint of the REST API."],
         ["listen", None, "tcp:7000", "Endpoint workers connect to."],
         ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where the API token and the cluster secret are kept."],
-        ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME] [workers=…] [labels=…] [commands=…]'), instead of <state-dir>/api-token; reread on SIGHUP."],
+        ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME] [workers=…] [labels=…] "
+            "[commands=…]'), instead of <state-dir>/api-token; reread on SIGHUP."],
         ["retention", None, RETENTION, "Seconds a finished pool is kept (on disk: see --db).", seconds],
-        ["db", None, None, "Where pools are kept: an SQLite file (default: <state-dir>/pcci.db; ':memory:' keeps none), or a PostgreSQL URI (postgresql://...) that several masters share.", str],
+        ["db", None, None, "Where pools are kept: an SQLite file (default: <state-dir>/pcci.db; ':memory:' keeps "
+            "none), or a PostgreSQL URI (postgresql://...) that several masters share.", str],
         ["name", None, None, "This master's name among masters sharing a PostgreSQL --db (default: this host's name)."],
-        ["reconnect-grace", None, DEFAULT_RECONNECT_GRACE, "Seconds a disconnected worker's running jobs wait for it before they are lost.", seconds],
+        ["reconnect-grace", None, DEFAULT_RECONNECT_GRACE, "Seconds a disconnected worker's running jobs wait for it "
+            "before they are lost.", seconds],
         ["max-output", None, DEFAULT_MAX_OUTPUT, "Bytes of output kept per job.", positive_int],
-        ["max-output-total", None, DEFAULT_MAX_OUTPUT_TOTAL, "Bytes of output kept in memory over all jobs.", positive_int],
+        ["max-output-total", None, DEFAULT_MAX_OUTPUT_TOTAL, "Bytes of output kept in memory over all "
+            "jobs.", positive_int],
         ["forget-after", None, DEFAULT_FORGET_AFTER, "Seconds an offline worker is remembered.", seconds],
         ["history", None, DEFAULT_HISTORY, "Seconds of health figures kept per worker.", seconds],
         ["max-pools", None, DEFAULT_MAX_POOLS, "Pools kept; past it the oldest finished is dropped.", positive_int],
         ["max-body", None, MAX_BODY, "Bytes of a request body.", positive_int],
         ["max-file", None, MAX_FILE, "Bytes of an upload of files (pcci cp, POST /files).", positive_int],
-        ["max-push-entries", None, MAX_ENTRIES, "Files, directories and links in one push (pcci cp, POST /files).", positive_int],
+        ["max-push-entries", None, MAX_ENTRIES, "Files, directories and links in one push (pcci cp, POST "
+            "/files).", positive_int],
         ["max-command", None, MAX_COMMAND, f"Characters of a command (at most {COMMAND_CEILING}).", positive_int],
         ["max-workers", None, MAX_WORKERS, "Workers in one pool.", positive_int],
         ["max-frame", None, MAX_FRAME, f"Bytes of a frame from a worker ({MIN_FRAME} to {MAX_FRAME}).", positive_int],
-        ["max-connections", None, MAX_CONNECTIONS, "Connections from one address, on each port, until they prove themselves.", positive_int],
+        ["max-connections", None, MAX_CONNECTIONS, "Connections from one address, on each port, until they prove "
+            "themselves.", positive_int],
         ["max-jobs", None, None, "Local worker: jobs run at once (default: 4 per CPU).", positive_int],
-        ["http-timeout", None, HTTP_TIMEOUT, "Seconds before a silent HTTP connection is closed, and for a request to arrive whole.", seconds],
+        ["http-timeout", None, HTTP_TIMEOUT, "Seconds before a silent HTTP connection is closed, and for a request to "
+            "arrive whole.", seconds],
         ["handshake-timeout", None, HANDSHAKE_TIMEOUT, "Seconds a worker has to complete its handshake.", seconds],
         ["kill-grace", None, 5.0, "Local worker: seconds from SIGTERM to SIGKILL.", seconds],
         ["webhook-on", None, "failed", "Which pools' ends --webhook URLs hear of: failed, or ended (every one)."],
-        ["webhook-format", None, "json", "What a delivery's body is: json, or slack (a message Slack or Mattermost shows)."],
-        ["webhook-secret-file", None, None, "The secret deliveries are signed with (default: <state-dir>/webhook-secret, made at first start)."],
-        ["public-url", None, None, "The dashboard's address as people reach it, for the links in deliveries (default: http://<this host>:<API port>/)."],
+        ["webhook-format", None, "json", "What a delivery's body is: json, or slack (a message Slack or Mattermost "
+            "shows)."],
+        ["webhook-secret-file", None, None, "The secret deliveries are signed with (default: "
+            "<state-dir>/webhook-secret, made at first start)."],
+        ["public-url", None, None, "The dashboard's address as people reach it, for the links in deliveries (default: "
+            "http://<this host>:<API port>/)."],
     ]
 
     def __init__(self) -> None:
@@ -307,11 +315,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     api = MasterAPI(
         state,
         MasterMetrics(state),
-        max_body=options["max-body"],
-        max_command=options["max-command"],
-        max_workers=options["max-workers"],
-        notify_policy=AddressPolicy(tuple(options["notify-allow"])),
-        max_push_entries=options["max-push-entries"],
+        APILimits(
+            max_body=options["max-body"],
+            max_command=options["max-command"],
+            max_workers=options["max-workers"],
+            notify_policy=AddressPolicy(tuple(options["notify-allow"])),
+            max_push_entries=options["max-push-entries"],
+        ),
     )
     scheduler = api.scheduler = Scheduler(
         reactor, time.time, store, api.run_schedule, lambda pool_id: _running(state, pool_id),
@@ -363,7 +373,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         parsePOSTFormSubmission=False,
     )
     site.noisy = False
-    site.protocol = http_channel(raw_answer(b"400 Bad Request", "the request is not valid HTTP"))
+    # Twisted types Site.protocol as its own factory function; any callable
+    # that makes an HTTP channel does.
+    site.protocol = http_channel(  # type: ignore[method-assign,assignment]
+        raw_answer(b"400 Bad Request", "the request is not valid HTTP")
+    )
     api_port = ListeningService(
         reactor,
         serverFromString(reactor, options["api"]),

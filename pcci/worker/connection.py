@@ -6,10 +6,10 @@ master's requests handed to the job table (L{pcci.worker.jobs}).
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
@@ -21,6 +21,7 @@ from zope.interface import implementer
 from pcci.clock import StallWatch
 from pcci.handshake import WorkerHandshake, is_version_refusal
 from pcci.labels import default_labels
+from pcci.transfer import CHUNK
 from pcci.wire import (
     END_NOT_STARTED,
     MASTER_MESSAGES,
@@ -33,7 +34,6 @@ from pcci.wire import (
 )
 from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
-from pcci.transfer import CHUNK
 from pcci.worker.receiver import Receiver
 from pcci.worker.sender import Sender
 
@@ -97,7 +97,7 @@ class MasterConnection(FramedJSONProtocol):
         factory = self.factory
         factory.connection = self
         self._last_frame = factory.reactor.seconds()
-        self.transport.registerProducer(self, True)
+        cast(IConsumer, self.transport).registerProducer(self, True)
         self._handshake = WorkerHandshake(factory.secret, factory.name)
         hello = self._handshake.hello(
             heartbeat=factory.heartbeat,
@@ -149,7 +149,7 @@ class MasterConnection(FramedJSONProtocol):
                 " refusing its commands",
                 peer=peer,
             )
-            self.transport.abortConnection()
+            self.abort_connection()
             return
         self.sendMessage("auth", **auth)
 
@@ -161,7 +161,7 @@ class MasterConnection(FramedJSONProtocol):
                 " refusing its commands",
                 peer=peer_address(self.transport),
             )
-            self.transport.abortConnection()
+            self.abort_connection()
             return
         self._ready = True
         self.output_data = message.get("output_data") is True
@@ -181,7 +181,7 @@ class MasterConnection(FramedJSONProtocol):
 
         def failed(failure: Failure) -> None:
             self.log.failure("heartbeats stopped", failure)
-            self.transport.abortConnection()
+            self.abort_connection()
 
         looping.addErrback(failed)
 
@@ -203,8 +203,9 @@ class MasterConnection(FramedJSONProtocol):
         Close the connection.  The producer goes first: over TLS, a
         transport with a producer registered waits for it before closing.
         """
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        if self.transport is not None:
+            cast(IConsumer, self.transport).unregisterProducer()
+        self.close_connection()
 
     # Heartbeats both ways: figures go out, any frame back proves the master lives.
 
@@ -220,7 +221,7 @@ class MasterConnection(FramedJSONProtocol):
         silent = self.factory.reactor.seconds() - since
         if silent >= MISSED_HEARTBEATS * self.factory.heartbeat:
             self.log.warn("master silent for {silent:.1f} s: reconnecting", silent=silent)
-            self.transport.abortConnection()
+            self.abort_connection()
             return
         if self._collecting:
             return  # the last measurement is still stuck (a hung disk?)
@@ -362,7 +363,7 @@ class MasterConnection(FramedJSONProtocol):
         pass
 
 
-class WorkerFactory(Factory):
+class WorkerFactory(Factory["MasterConnection"]):
     """
     A worker's settings, its job table, and its connection of the moment.
 

@@ -12,7 +12,8 @@ C{prepareConnection} raises on such a close.)
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -76,7 +77,8 @@ class MasterDialer(Service):
         self._next = None
         if not self.running:
             return
-        d = self._dialing = self.endpoints[self.current].connect(self.factory)
+        d: Deferred[Any] = self.endpoints[self.current].connect(self.factory)
+        self._dialing = d
         d.addCallback(lambda connection: connection.joined)
         d.addCallbacks(self._joined, self._failed)
 

@@ -8,6 +8,7 @@ import time
 
 import psutil
 
+
 def start_cpu_sampling() -> None:
     """Prime psutil's CPU counter so the first heartbeat has a real figure."""
     psutil.cpu_percent(interval=None)

@@ -179,10 +179,8 @@ def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
             pgid = int(entry["pgid"])
         except (KeyError, TypeError, ValueError):
             continue
-        if "ticks" in entry:
-            then, now = entry["ticks"], start_ticks(pgid)
-        else:
-            then, now = entry.get("started"), start_time(pgid)
+        then = entry.get("ticks", entry.get("started"))
+        now: object = start_ticks(pgid) if "ticks" in entry else start_time(pgid)
         if now is not None and then is not None and now != then:
             continue  # the pid was reused by a stranger: not ours
         pgids.add(pgid)

@@ -21,7 +21,8 @@ import os
 import shlex
 import shutil
 import signal
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 import psutil
 from twisted.internet.defer import Deferred
@@ -32,6 +33,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pcci.output import on_own_line
+from pcci.twisted_internals import GroupLeaderProcess
 from pcci.wire import (
     END_CANCELLED,
     END_KILLED,
@@ -41,8 +44,6 @@ from pcci.wire import (
     STATUS_NOT_STARTED,
     STATUS_TIMED_OUT,
 )
-from pcci.output import on_own_line
-from pcci.twisted_internals import GroupLeaderProcess
 from pcci.worker.reaper import MARKER, find_processes, marker_of, reap_orphans
 
 log = Logger()
@@ -63,10 +64,10 @@ BACKUP_TIMEOUT = 10.0
 
 def exit_status(reason: Failure) -> int:
     """The shell's convention: the exit code, or 128+N when killed by signal N."""
-    value = reason.value
-    if getattr(value, "signal", None) is not None:
-        return 128 + value.signal
-    return getattr(value, "exitCode", None) or 0
+    signal = getattr(reason.value, "signal", None)
+    if signal is not None:
+        return 128 + int(signal)
+    return getattr(reason.value, "exitCode", None) or 0
 
 
 def job_processes(leader: int | None, pgid: int, marker: str) -> list[psutil.Process]:
@@ -361,6 +362,7 @@ class JobProcess:
         self._poll_call = None
         if self.ended:
             return
+        assert self.pid is not None, "the job was started"
         if not self._has_leftovers(self.pid, self.marker):
             self._end()
             return
@@ -439,9 +441,8 @@ class JobProcess:
         leader = None if self.exited else self.pid
         assert self.pid is not None
         d = self._list_processes(leader, self.pid, self.marker)
-        d.addCallback(self._signal_found, signum)
-        d.addErrback(lambda f: log.failure("cannot list job processes", f))
-        return d
+        signalled = d.addCallback(self._signal_found, signum)
+        return signalled.addErrback(lambda f: log.failure("cannot list job processes", f))
 
     def _signal_found(self, processes: Iterable[psutil.Process], signum: int) -> None:
         for proc in processes:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pcci.transfer import NEED_PER_FRAME, WINDOW, Entry, UnsafePath, os_reason, report_end
@@ -125,7 +126,7 @@ class Receiver:
 
     def _in_thread(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
         d = deferToThreadPool(self.reactor, self.threads, work, *args)
-        d.addErrback(lambda f: self._fail(f"pcci: {os_reason(f.value)}"))
+        d.addErrback(self._failed)
         return d
 
     def _plan(self) -> list[str]:
@@ -282,6 +283,10 @@ class Receiver:
         summary = f"{sent} files written ({self.written} bytes), {self.unchanged} unchanged\n"
         text = summary + "".join(f"pcci: {error}\n" for error in errors)
         self._finish(1 if errors else 0, text)
+
+    def _failed(self, failure: Failure) -> None:
+        """A write in the file thread failed: the push ends with why."""
+        self._fail(f"pcci: {os_reason(failure.value)}")
 
     def _fail(self, why: str) -> None:
         if self._ended:

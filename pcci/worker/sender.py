@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pcci.transfer import CHUNK, WINDOW, Entry, batches, file_mode, os_reason, report_end
@@ -68,7 +69,7 @@ class Sender:
 
     def _in_thread(self, work: Callable[..., Any], *args: Any) -> Any:
         d = deferToThreadPool(self.reactor, self.threads, work, *args)
-        d.addErrback(lambda f: self._finish(1, f"pcci: {os_reason(f.value)}\n"))
+        d.addErrback(self._failed)
         return d
 
     def _list(self) -> list[Entry]:
@@ -158,6 +159,10 @@ class Sender:
         lines = [f"{self.count} files read ({self.sent} bytes)\n"]
         lines += [f"pcci: {path} changed while it was read\n" for path in self.changed]
         self._finish(1 if self.changed else 0, "".join(lines))
+
+    def _failed(self, failure: Failure) -> None:
+        """A read in the file thread failed: the fetch ends with why."""
+        self._finish(1, f"pcci: {os_reason(failure.value)}\n")
 
     def _finish(self, status: int, text: str, reason: str | None = None) -> None:
         if self.ended:

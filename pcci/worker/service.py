@@ -5,8 +5,9 @@ backoff forever, and kills its running jobs when it stops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
@@ -99,10 +100,11 @@ class WorkerService(MultiService):
         if journal is None:
             self._connect()
             return
-        d = deferToThread(kill_leftovers, journal.path, self.jobs.marker_prefix, self.kill_grace)
+        d: Deferred[Any] = deferToThread(kill_leftovers, journal.path, self.jobs.marker_prefix, self.kill_grace)
         d.addErrback(lambda f: log.failure("cannot clean up after the last run", f))
-        if self.jobs.received is not None:
-            d.addCallback(lambda _: deferToThread(self.jobs.received.load))
+        received = self.jobs.received
+        if received is not None:
+            d.addCallback(lambda _: deferToThread(received.load))
             d.addErrback(lambda f: log.failure("cannot read the jobs this worker was sent", f))
         d.addCallback(lambda _: self._connect())
 
@@ -113,15 +115,16 @@ class WorkerService(MultiService):
     def stopService(self) -> Deferred[None]:
         if self._reaper.running:
             self._reaper.stop()
-        d = self.jobs.kill_all()
+        d: Deferred[Any] = self.jobs.kill_all()
         # Never hang shutdown on a process that will not die.
         d.addTimeout(self.kill_grace + 5, self.reactor)
         d.addErrback(lambda f: log.failure("jobs still running at shutdown", f))
         d.addCallback(lambda _: self._disconnect())
-        if self.jobs.journal is not None:
-            d.addCallback(lambda _: self.jobs.journal.stop())
-        if self.jobs.received is not None:
-            d.addCallback(lambda _: self.jobs.received.close())
+        journal, received = self.jobs.journal, self.jobs.received
+        if journal is not None:
+            d.addCallback(lambda _: journal.stop())
+        if received is not None:
+            d.addCallback(lambda _: received.close())
         d.addCallback(lambda _: MultiService.stopService(self))
         return d
 

@@ -10,9 +10,9 @@ from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
 from pcci import auth, daemon
+from pcci.labels import default_labels, parse_label
 from pcci.options import positive_int, seconds
 from pcci.wire import HEARTBEAT_RANGE, NAME_RULE, VALID_NAME
-from pcci.labels import default_labels, parse_label
 from pcci.worker.connection import DEFAULT_HEARTBEAT, default_name
 from pcci.worker.service import WorkerService
 
@@ -33,7 +33,8 @@ class Options(usage.Options):
         ["heartbeat", None, DEFAULT_HEARTBEAT, "Seconds between heartbeats (health figures) to the master.", seconds],
         ["disk", None, "/", "The filesystem whose use heartbeats report."],
         ["max-jobs", None, None, "Jobs run at once; the rest wait in order (default: 4 per CPU).", positive_int],
-        ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where this worker keeps its journal of running jobs, and the jobs it was sent."],
+        ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where this worker keeps its journal of running jobs, and the "
+            "jobs it was sent."],
     ]
 
     def __init__(self) -> None:

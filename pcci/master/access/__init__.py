@@ -1,0 +1,3 @@
+"""
+Who may do what: API tokens, and the permits a scoped token gives.
+"""

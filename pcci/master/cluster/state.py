@@ -1,0 +1,120 @@
+"""
+The master's state: its three rooms, built together.
+
+  - the L{Roster} (L{pcci.master.cluster.roster}): who is connected, what each
+    worker runs, the timers that wait for those that left;
+  - the L{PoolHistory} (L{pcci.master.cluster.history}): pools in memory and in
+    the store, within their budgets;
+  - the L{Dispatcher} (L{pcci.master.cluster.dispatch}): pools from submission to
+    their end, and the workers' reports.
+
+The wire protocol reports to the roster and the dispatcher; the REST API
+reads the rooms and asks the dispatcher to start and kill pools.  Neither
+touches the other.  Timers and durations use the C{clock} (the reactor,
+on monotonic time); the times shown to people come from C{wall}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from pcci.master.cluster.dispatch import Dispatcher
+from pcci.master.cluster.history import DEFAULT_CACHE, DEFAULT_MAX_POOLS, DEFAULT_RETENTION, PoolHistory
+from pcci.master.cluster.roster import (
+    DEFAULT_FORGET_AFTER,
+    DEFAULT_HISTORY,
+    DEFAULT_RECONNECT_GRACE,
+    Roster,
+)
+from pcci.master.store.base import PoolStore
+
+if TYPE_CHECKING:
+    from pcci.master.cluster.model import Pool
+    from pcci.master.transfers.fetches import Fetch
+    from pcci.master.transfers.pushes import Push
+from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
+
+
+class OtherMasters(Protocol):
+    """The other masters on the same store, as the API asks them (L{pcci.master.peers.peers.Peers})."""
+
+    def kill_elsewhere(self, pool: Pool, workers: list[str] | None) -> Deferred[list[str]]:
+        """Ask the master running C{pool} to kill it (or its jobs on C{workers}); fires with the workers asked."""
+
+@dataclass(frozen=True)
+class Settings:
+    """What the master's options set of its state (see C{twistd pcci-master --help})."""
+
+    retention: float = DEFAULT_RETENTION
+    max_pools: int = DEFAULT_MAX_POOLS
+    max_output: int = DEFAULT_MAX_OUTPUT
+    max_output_total: int = DEFAULT_MAX_OUTPUT_TOTAL
+    #: Finished pools kept in memory when a store keeps them all.
+    cache: int = DEFAULT_CACHE
+    #: Seconds of health figures kept per worker.
+    history: float = DEFAULT_HISTORY
+    forget_after: float = DEFAULT_FORGET_AFTER
+    reconnect_grace: float = DEFAULT_RECONNECT_GRACE
+
+
+class ClusterState:
+    """The roster, the pools' history and the dispatcher of one master."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: Settings = Settings(),
+        store: PoolStore | None = None,
+        wall: Callable[[], float] | None = None,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.clock = clock
+        #: Wall-clock time for what people read; the clock's own in tests.
+        self.wall = wall or clock.seconds
+        self.settings = settings
+        self.roster = Roster(
+            clock,
+            self.wall,
+            history=settings.history,
+            forget_after=settings.forget_after,
+            reconnect_grace=settings.reconnect_grace,
+        )
+        self.history = PoolHistory(
+            clock,
+            self.wall,
+            store,
+            retention=settings.retention,
+            max_pools=settings.max_pools,
+            max_output=settings.max_output,
+            max_output_total=settings.max_output_total,
+            cache=settings.cache,
+        )
+        self.dispatcher = Dispatcher(clock, self.wall, self.roster, self.history, new_id)
+        #: The other masters on the same PostgreSQL store, if any
+        #: (L{pcci.master.peers.peers.Peers} sets it).
+        self.peers: OtherMasters | None = None
+        #: Pushes under way (see L{pcci.master.transfers.pushes}), and fetches with
+        #: their archives (L{pcci.master.transfers.fetches}), by pool id.
+        self.pushes: dict[str, Push] = {}
+        self.fetches: dict[str, Fetch] = {}
+        self.dispatcher.pool_end_hooks.append(self._transfer_ended)
+
+    def _transfer_ended(self, pool: Pool) -> None:
+        push = self.pushes.pop(pool.id, None)
+        if push is not None:
+            push.ended()
+        fetch = self.fetches.get(pool.id)
+        if fetch is not None:
+            fetch.ended()
+
+    def stop(self) -> None:
+        """Cancel every timer: the master is shutting down."""
+        self.dispatcher.stop()
+        self.roster.stop()
+        self.history.stop()
+        for fetch in list(self.fetches.values()):
+            fetch.forget()

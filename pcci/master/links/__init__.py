@@ -1,0 +1,3 @@
+"""
+The worker port: the protocol each connected worker speaks to this master.
+"""

@@ -1,0 +1,3 @@
+"""
+Files: pushed to workers, and fetched from them.
+"""

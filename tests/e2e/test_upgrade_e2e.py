@@ -1,0 +1,105 @@
+"""
+Upgrades in any order: a worker of an earlier commit of this repository
+(the previous protocol) joins a master of this commit and runs, kills and
+carries on with jobs; one two protocols back is refused, and told so.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from cluster import Cluster, poll
+
+pytestmark = pytest.mark.e2e
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+#: The last commit whose workers speak protocol 2, two before this.
+PROTOCOL_2 = "6b48596cbe0ff81b090e5a7328a68b2fec25efac"
+#: A released state speaking protocol 3, the one before this (4 brought pushes).
+PROTOCOL_3 = "e8c0c12a6dda7b072020a73b097b9d4f65f3babb"
+
+
+def checkout(commit: str, into: Path) -> Path:
+    """The package of an earlier commit, as its source tree (no install needed)."""
+    if shutil.which("git") is None or not (REPOSITORY / ".git").exists():
+        if os.environ.get("CI"):
+            pytest.fail("the upgrade tests need this repository's git history")
+        pytest.skip("needs this repository's git history")
+    archive = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "archive", commit, "pcci", "twisted"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def old_worker(cluster: Cluster, commit: str, tmp_path: Path, name: str) -> None:
+    tree = checkout(commit, tmp_path / commit[:7])
+    # PYTHONPATH comes before the installed pcci: twistd runs the old one.
+    cluster.start_worker(name, "--heartbeat", "0.5", env={"PYTHONPATH": str(tree)})
+
+
+def kill_a_job(cluster: Cluster, worker: str, marker: str) -> None:
+    """A running job of C{worker} killed through the master ends killed."""
+    pool_id = cluster.submit(f"sleep {marker}", [worker])
+    poll(lambda: cluster.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the start")
+    assert cluster.request("PUT", f"/kill/{pool_id}")[0] == 200
+    assert cluster.wait_pool(pool_id)["jobs"][0]["state"] == "killed"
+
+
+def test_a_worker_of_the_previous_protocol_runs_kills_and_carries_on(
+    own_cluster: Cluster, tmp_path: Path, marker: str
+) -> None:
+    c = own_cluster
+    c.start_master()
+    old_worker(c, PROTOCOL_3, tmp_path, "old")
+    assert "worker old speaks protocol 3, one version back" in c.master.log_text()
+    pool = c.run("sh -c 'echo out; echo err >&2; exit 3'", ["old"])
+    job = pool["jobs"][0]
+    assert (job["state"], job["status"], job["result"]) == ("failed", 3, "out\nerr\n")
+    kill_a_job(c, "old", marker)
+    # A push to it fails, saying why; the old worker never saw a frame it does not know.
+    code, answer = c.request(
+        "POST", f"/files?workers=old&dest={tmp_path}/&wait=20", raw=tar_of("x", b"x"),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert code == 200 and "speaks protocol 3: upgrade it" in answer["pool"]["jobs"][0]["result"]
+    # Carried on across a master restart: the new master attaches the old worker's job.
+    go = tmp_path / "go"
+    pool_id = c.submit(f"sh -c 'echo a; while [ ! -e {go} ]; do sleep 0.05; done; echo b'", ["old"])
+    poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["result"] == "a\n",
+         what="the first line")
+    assert c.master is not None
+    c.master.stop()
+    c.start_master()
+    c.wait_for_workers("old")
+    go.touch()
+    job = c.wait_pool(pool_id, timeout=30)["jobs"][0]
+    assert (job["state"], job["status"], job["result"]) == ("ok", 0, "a\nb\n")
+
+
+def test_a_worker_two_protocols_back_is_refused(own_cluster: Cluster, tmp_path: Path) -> None:
+    c = own_cluster
+    c.start_master()
+    tree = checkout(PROTOCOL_2, tmp_path / PROTOCOL_2[:7])
+    c.start_worker("older", env={"PYTHONPATH": str(tree)}, wait=False)
+    poll(lambda: "speaks protocol 2: refused" in c.master.log_text(), what="the refusal")
+    assert "older" not in c.workers()
+
+
+def tar_of(name: str, data: bytes) -> bytes:
+    """A tar holding one file."""
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as archive:
+        member = tarfile.TarInfo(name)
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    return body.getvalue()

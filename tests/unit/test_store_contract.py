@@ -1,0 +1,156 @@
+"""
+One contract, both engines: every test here runs against SQLite and against
+PostgreSQL (a throwaway server, see tests/postgres.py), through the calls of
+L{pcci.master.store.base.PoolStore}, the delivery lease included.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import started as result
+
+from pcci.master.cluster.schedules import Schedule
+from pcci.master.store.base import PoolQuery, StoredPool, StoredToken
+from pcci.master.store.sqlite import open_database
+
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A store that runs its calls at once, on each engine, and a way to open another on the same data."""
+    if request.param == "sqlite":
+        from test_store import SyncStore as SQLiteSync
+
+        path = str(tmp_path / "pcci.db")
+        opened: list[Any] = []
+
+        def open_store(master: str = "m1") -> Any:
+            store = SQLiteSync(open_database(path))
+            store.open()
+            opened.append(store)
+            return store
+    else:
+        from postgres import SyncStore as PostgresSync
+
+        url = request.getfixturevalue("pg_url")
+        opened = []
+
+        def open_store(master: str = "m1") -> Any:
+            store = PostgresSync(url, None, master)
+            store.open()
+            opened.append(store)
+            return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+def pool(pool_id: str, workers: list[str], cmd: str = "true", ended: float | None = None) -> StoredPool:
+    state = "running" if ended is None else "ok"
+    return StoredPool(
+        id=pool_id, started_at=1.0, ended_at=ended, state=state, cmd=cmd, workers=workers,
+        summary={"id": pool_id, "state": state}, record={"id": pool_id, "ended_at": ended},
+        submitted_by="alice",
+    )
+
+
+def test_pools_are_kept_paged_and_expired(engine: Any) -> None:
+    store = engine()
+    result(store.save([pool("p1", ["a", "b"], "echo one", 20.0), pool("p2", ["b"], "uname")]))
+    assert result(store.get("p1"))["ended_at"] == 20.0
+    assert result(store.get("nope")) is None
+    ids = lambda page: [p["id"] for p in page]  # noqa: E731
+    assert ids(result(store.page(PoolQuery(), 10))) == ["p2", "p1"]
+    assert ids(result(store.page(PoolQuery(), 1))) == ["p2"]
+    assert ids(result(store.page(PoolQuery(before="p2"), 10))) == ["p1"]
+    assert ids(result(store.page(PoolQuery(worker="a"), 10))) == ["p1"]
+    assert ids(result(store.page(PoolQuery(cmd="name"), 10))) == ["p2"]
+    assert ids(result(store.page(PoolQuery(submitted_by="bob"), 10))) == []
+    assert result(store.claim("p1")) is None  # ended: nothing to carry on
+    assert result(store.expire(30.0)) == 1
+    assert ids(result(store.page(PoolQuery(), 10))) == ["p2"]
+
+
+def test_tokens_are_kept_by_name(engine: Any) -> None:
+    store = engine()
+    alice = StoredToken("alice", "digest-a", {"read_only": True})
+    assert result(store.add_token(alice)) is True
+    assert result(store.add_token(StoredToken("alice", "digest-b", {}))) is False  # the name is taken
+    assert result(store.add_token(StoredToken("bob", "digest-c", {}))) is True
+    assert result(engine("m2").tokens()) == [alice, StoredToken("bob", "digest-c", {})]  # seen from another
+    assert result(store.remove_token("alice")) is True
+    assert result(store.remove_token("alice")) is False
+    assert [t.name for t in result(store.tokens())] == ["bob"]
+
+
+def test_schedules_are_kept_and_a_run_is_claimed_once(engine: Any) -> None:
+    store, other = engine("m1"), engine("m2")
+    tick = Schedule(name="tick", cron="*/5 * * * *", job={"cmd": "true", "workers": ["a"]}, created_by="alice")
+    assert result(store.put_schedule(tick, True)) is True
+    assert result(store.put_schedule(tick, True)) is False  # exists
+    assert result(store.claim_run("tick", 300.0)) is True
+    assert result(other.claim_run("tick", 300.0)) is False  # that run is the first master's
+    assert result(other.claim_run("tick", 600.0)) is True
+    result(store.note_run("tick", {"outcome": "skipped", "at": 600.0}))
+    (kept,) = result(other.schedules())
+    assert kept.last_run == 600.0 and kept.skipped == 1
+    assert result(store.remove_schedule("tick")) is True
+    assert result(other.schedules()) == []
+
+
+def test_a_delivery_is_leased_then_due_again_unless_done(engine: Any) -> None:
+    store = engine()
+    result(store.add_delivery("http://h/1", b"one", 100.0))
+    result(store.add_delivery("http://h/2", b"two", 100.0, owner="alice"))
+    (mine,) = result(store.due_deliveries(100.0, 30.0, 10))  # the master's own lane
+    assert (mine.url, mine.body, mine.attempts, mine.owner) == ("http://h/1", b"one", 0, None)
+    assert result(store.due_deliveries(110.0, 30.0, 10)) == []  # leased until 130
+    (again,) = result(store.due_deliveries(131.0, 30.0, 10))  # the lease ran out
+    assert again.id == mine.id
+    result(store.delivery_later(mine.id, 1, 200.0))
+    assert result(store.due_deliveries(199.0, 30.0, 10)) == []
+    (later,) = result(store.due_deliveries(200.0, 30.0, 10))
+    assert later.attempts == 1
+    result(store.delivery_done(mine.id))
+    assert result(store.due_deliveries(1000.0, 30.0, 10)) == []
+    # Users' lane: by owner, a busy owner's left for later.
+    assert result(store.queued_deliveries("alice")) == 1
+    assert result(store.due_deliveries(100.0, 30.0, 10, owned=True, busy=("alice",))) == []
+    (theirs,) = result(store.due_deliveries(100.0, 30.0, 10, owned=True))
+    assert theirs.owner == "alice"
+
+
+def test_the_delivery_lease_never_hands_one_delivery_to_two_masters(engine: Any) -> None:
+    """Masters leasing at once (each in a thread of its own) share the queue: each delivery goes to one."""
+    first, second = engine("m1"), engine("m2")
+    for n in range(60):
+        result(first.add_delivery(f"http://h/{n}", b"x", 100.0))
+    taken: dict[str, list[int]] = {"m1": [], "m2": []}
+    start = threading.Barrier(2)
+
+    def lease(store: Any, name: str) -> None:
+        start.wait()
+        for _ in range(100):  # 60 deliveries, 3 at a time: far fewer leases than this
+            batch = store._due_deliveries(100.0, 60.0, 3, False, ())
+            if not batch:
+                return
+            taken[name] += [d.id for d in batch]
+
+    threads = [threading.Thread(target=lease, args=(s, n)) for s, n in ((first, "m1"), (second, "m2"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(taken["m1"] + taken["m2"]) == sorted(set(taken["m1"] + taken["m2"]))  # none twice
+    assert len(taken["m1"]) + len(taken["m2"]) == 60  # and none left behind
+
+
+def test_the_store_answers_a_ping(engine: Any) -> None:
+    assert result(engine().ping()) is None
