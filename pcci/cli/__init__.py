@@ -2,8 +2,8 @@
 The C{pcci} command: run commands on the cluster from a terminal.
 
 It talks to the master only through the REST API (see C{docs/api.md}).
-C{main} holds the command group and C{go()}; C{config} the settings every
-command shares and the option groups declared once; C{client} and C{http}
+C{main} holds the command group; C{config} the settings every command
+shares and C{go()}; C{options} the option groups declared once; C{client} and C{http}
 the HTTP calls; C{render} what a person reads; C{run}, C{files} and
 C{views} the commands themselves.  This module is the entry point, and
 imports as little as it can.
