@@ -328,7 +328,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         seconds=bool(os.environ.get(CRON_SECONDS)),
     )
     notifier = Notifier(
-        reactor, time.time, store, http_post(reactor, api.notify_policy), options.webhook_secret,
+        reactor, time.time, store, http_post(reactor, api.limits.notify_policy), options.webhook_secret,
         hooks=tuple(Hook(url, options["webhook-on"]) for url in options["webhook"]),
         form=options["webhook-format"], output=options["webhook-output"],
     )

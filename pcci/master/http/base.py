@@ -4,6 +4,7 @@ The REST API's shared part: one Klein app, the state behind it, and its errors.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 from klein import Klein
@@ -68,14 +69,11 @@ class APIBase:
         self.roster = state.roster
         self.history = state.history
         self.dispatcher = state.dispatcher
-        self.max_body = limits.max_body
-        self.max_command = min(limits.max_command, COMMAND_CEILING)
-        self.max_workers = limits.max_workers
-        #: Where pools' notify URLs may point (see L{pcci.master.webhooks.outbound}).
-        self.notify_policy = limits.notify_policy
-        self.max_push_entries = limits.max_push_entries
+        self.limits = replace(limits, max_command=min(limits.max_command, COMMAND_CEILING))
         self.launcher = Launcher(
-            self.roster, self.dispatcher, LaunchLimits(self.max_command, self.max_workers, self.notify_policy)
+            self.roster,
+            self.dispatcher,
+            LaunchLimits(self.limits.max_command, self.limits.max_workers, self.limits.notify_policy),
         )
         self.metrics = metrics or MasterMetrics(state)
         self.dashboard = dashboard.StaticFiles()
@@ -114,7 +112,7 @@ class APIBase:
         """The workers a request selects, within its token's scope (see L{permits})."""
         try:
             return permits.select_workers(
-                request_token(request), self.roster, names, labels, exclude, self.max_workers, offline
+                request_token(request), self.roster, names, labels, exclude, self.limits.max_workers, offline
             )
         except permits.Forbidden as e:
             raise self._refuse(request, str(e)) from None

@@ -78,7 +78,7 @@ class FileRoutes(APIBase):
             failure.trap(ArchiveError)
             raise APIError(400, failure.getErrorMessage())
 
-        return deferToThread(read_archive, spool, self.max_push_entries).addCallbacks(archived, refused)
+        return deferToThread(read_archive, spool, self.limits.max_push_entries).addCallbacks(archived, refused)
 
     @app.route("/fetches", methods=["POST"])
     def fetch(self, request: IRequest) -> Deferred[bytes]:

@@ -57,7 +57,7 @@ class PoolRoutes(APIBase):
         """
         wait = wait_seconds(request)
         dry_run = bool_arg(request, "dry_run", False)
-        body = read_json(request, self.max_body)
+        body = read_json(request, self.limits.max_body)
         try:
             launch = self.launcher.prepare(request_token(request), body)
         except (SpecError, TargetError) as e:
@@ -159,7 +159,7 @@ class PoolRoutes(APIBase):
     @app.route("/kill/<string:pool_id>", methods=["PUT"])
     def kill(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         """Kill a pool's jobs: all, or those its C{workers} select."""
-        body = read_json(request, self.max_body, required=False)
+        body = read_json(request, self.limits.max_body, required=False)
         return self._pool(request, pool_id).addCallback(self._kill, request, body)
 
     def _kill(self, pool: Pool, request: IRequest, body: Any) -> Deferred[bytes]:
@@ -169,9 +169,9 @@ class PoolRoutes(APIBase):
             workers = None
             if items is not None:
                 workers = resolve(
-                    string_list(items, "workers", self.max_workers),
+                    string_list(items, "workers", self.limits.max_workers),
                     pool.jobs,
-                    self.max_workers,
+                    self.limits.max_workers,
                     missing=f"workers not in pool {pool_id}",
                 )
             if self.history.is_elsewhere(pool):
@@ -208,7 +208,7 @@ class PoolRoutes(APIBase):
         than ok (or in the C{states} the body lists): a new pool, answered
         as C{POST /job} answers, that carries C{retry_of}.
         """
-        body = read_object(request, self.max_body, required=False)
+        body = read_object(request, self.limits.max_body, required=False)
         unknown = set(body) - {"states", "wait_offline"}
         if unknown:
             raise APIError(400, "a retry takes only states and wait_offline, not " + ", ".join(sorted(unknown)))
@@ -245,7 +245,7 @@ class PoolRoutes(APIBase):
                 f"workers offline: {fold(offline)}: retry with wait_offline to run there"
                 " when they come back",
             )
-        self._permit(request, permits.check_run, pool.cmd, pool.options, pool.notify, self.notify_policy)
+        self._permit(request, permits.check_run, pool.cmd, pool.options, pool.notify, self.limits.notify_policy)
         self._select(request, workers, [], [], offline=wait_offline is not None)
         return self._start(
             request,

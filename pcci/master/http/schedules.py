@@ -106,13 +106,13 @@ class ScheduleRoutes(APIBase):
             # A field set to null is removed: the job goes back to its default.
             job = {**schedule.job, **{k: v for k, v in body.items() if k in JOB_FIELDS}}
             schedule.job = {k: v for k, v in job.items() if v is not None}
-            asked = parse_submission(schedule.job, self.max_command, self.max_workers)
+            asked = parse_submission(schedule.job, self.limits.max_command, self.limits.max_workers)
         except (ScheduleError, SpecError) as e:
             raise APIError(400, str(e)) from None
-        self._permit(request, permits.check_run, asked.cmd, asked.options, asked.notify, self.notify_policy)
+        self._permit(request, permits.check_run, asked.cmd, asked.options, asked.notify, self.limits.notify_policy)
         if asked.workers:
             try:
-                self._permit(request, permits.check_names, self.roster, asked.workers, self.max_workers)
+                self._permit(request, permits.check_names, self.roster, asked.workers, self.limits.max_workers)
             except TargetError as e:
                 raise APIError(400, str(e)) from None
         return schedule
@@ -165,7 +165,7 @@ class ScheduleRoutes(APIBase):
         With C{?dry_run=true}, check it and tell its next runs, keeping nothing.
         """
         store = self._schedules_store()
-        schedule = self._checked_schedule(request, read_json(request, self.max_body), None)
+        schedule = self._checked_schedule(request, read_json(request, self.limits.max_body), None)
         if bool_arg(request, "dry_run", False):
             assert self.scheduler is not None
             runs = [rfc3339(at) for at in self.scheduler.next_runs(schedule)]
@@ -201,7 +201,7 @@ class ScheduleRoutes(APIBase):
     @app.route("/schedules/<string:name>", methods=["PATCH"])
     def schedule_change(self, request: IRequest, name: str) -> Deferred[bytes]:
         """Change a schedule: any of its fields but its name (C{paused} pauses and resumes it)."""
-        body = read_json(request, self.max_body)
+        body = read_json(request, self.limits.max_body)
 
         def change(existing: Schedule) -> Deferred[bytes]:
             schedule = self._checked_schedule(request, body, existing)

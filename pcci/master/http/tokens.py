@@ -46,7 +46,7 @@ class TokenRoutes(APIBase):
     def token_create(self, request: IRequest) -> Deferred[bytes]:
         """Make a token (kept hashed in the store); the answer is the only place it is shown."""
         book = self._book(request)
-        body = read_object(request, self.max_body)
+        body = read_object(request, self.limits.max_body)
         fields = ("name", "read_only", "workers", "labels", "commands", *GRANTS)
         unknown = set(body) - set(fields)
         if unknown:
