@@ -37,18 +37,19 @@ class AuthConfigError(Exception):
 # Files
 
 
-def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
+def ensure_state_dir(path: str | os.PathLike[str], secret: bool = True) -> Path:
     """
     Create the state directory (mode 0700) and its secrets (0600) where
-    absent, or empty (a first start that was interrupted).  Secrets are
-    written whole or not at all.
+    absent, or empty (a first start that was interrupted): the API token
+    and, with C{secret}, the cluster secret.  Secrets are written whole or
+    not at all.
     """
     state_dir = Path(path).expanduser()
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
     for name, make in (
         (API_TOKEN_FILE, lambda: secrets.token_urlsafe(32)),
-        (CLUSTER_SECRET_FILE, lambda: secrets.token_hex(32)),
+        *([(CLUSTER_SECRET_FILE, lambda: secrets.token_hex(32))] if secret else []),
     ):
         file = state_dir / name
         try:

@@ -64,7 +64,7 @@ def file_limit() -> int:
     return WANTED_FILES if soft == resource.RLIM_INFINITY else soft
 
 
-def stop_with_error(reactor: Any) -> None:
-    """Stop the daemon, cleanly, and exit with status 1 so supervisors see it."""
-    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+def stop_with_error(reactor: Any, status: int = 1) -> None:
+    """Stop the daemon, cleanly, and exit with C{status} so supervisors see it."""
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, status)
     reactor.callWhenRunning(reactor.stop)

@@ -98,6 +98,11 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "put_ack": {"pool": str, "written": int},
     "get_entries": {"pool": str, "entries": list, "more": bool},
     "get_data": {"pool": str, "path": str, "offset": int, "size": int},
+    # Identities (see pcci.identity): a join instead of a hello, over TLS;
+    # once welcomed, a renewal, or an enrollment by the cluster secret.
+    "join": {"token": str, "name": str, "csr": str, "labels": dict},
+    "renew": {"csr": str},
+    "enroll": {"csr": str},
 }
 MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "challenge": {"nonce": str, "proof": str},
@@ -113,6 +118,9 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "put_end": {"pool": str},
     "get": {"pool": str, "path": str, "recursive": bool},
     "get_ack": {"pool": str, "read": int},
+    # The answer to a join, renew or enroll: a certificate and the CA's, or
+    # (both empty) a refusal whose reason says why.
+    "certificate": {"certificate": str, "ca": str, "state": str, "reason": str},
 }
 
 

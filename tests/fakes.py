@@ -26,6 +26,8 @@ class FakeLink:
     options: list[dict[str, Any]] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)
     dismissed: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+    auth: str = "secret"
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
         self.runs.append((pool_id, cmd))
@@ -42,6 +44,9 @@ class FakeLink:
 
     def dismiss(self, reason: str) -> None:
         self.dismissed.append(reason)
+
+    def revoke(self, reason: str) -> None:
+        self.revoked.append(reason)
 
 
 def started(d: Any) -> Any:

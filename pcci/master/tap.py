@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ from twisted.web.server import Site
 
 from pcci import auth, daemon
 from pcci.daemon import stop_with_error
+from pcci.identity import IdentityError
+from pcci.master.access.ca import ClusterCA
+from pcci.master.access.enrollment import Enrollment
 from pcci.master.access.tokens import TokenBook
 from pcci.master.cluster.history import DEFAULT_MAX_POOLS
 from pcci.master.cluster.jobspec import NOTIFY_ON
@@ -32,7 +36,9 @@ from pcci.master.http.common import COMMAND_CEILING, MAX_BODY, MAX_COMMAND, MAX_
 from pcci.master.http.guards import bounded_request, raw_answer
 from pcci.master.http.limits import ConnectionBudget, ConnectionLimit
 from pcci.master.http.metrics import MasterMetrics
+from pcci.master.links.admission import Gate, recheck
 from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from pcci.master.links.tls import SniffingFactory
 from pcci.master.peers.peers import Peers
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.store.base import StoreError
@@ -88,14 +94,19 @@ class Options(usage.Options):
     )
     optFlags = [
         ["local-worker", None, "Also run a worker named after this host in this process."],
-        ["no-auth", None, "No API tokens and no cluster secret: for trusted networks only."],
+        ["no-auth", None, "No API tokens and no worker identities or secret: for trusted networks only."],
+        ["approve-workers", None, "Every worker that joins waits for a person: pcci workers approve NAME."],
         ["webhook-output", None, "Webhook deliveries carry the last 20 lines of each failed job's output (it may hold "
             "secrets)."],
     ]
     optParameters = [
         ["api", None, "tcp:8080", "Endpoint of the REST API."],
         ["listen", None, "tcp:7000", "Endpoint workers connect to."],
-        ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where the API token and the cluster secret are kept."],
+        ["state-dir", None, auth.DEFAULT_STATE_DIR, "Where the API token, the cluster CA (and any cluster secret) "
+            "are kept."],
+        ["worker-auth", None, None, "How workers prove themselves: identity (a certificate of this cluster's CA, got "
+            "with a join token), secret (the cluster secret), or both.  Default: identity on a new state directory, "
+            "both where a cluster secret is kept already."],
         ["api-token-file", None, None, "API tokens, one a line ('TOKEN [read] [name=NAME] [workers=…] [labels=…] "
             "[commands=…]'), instead of <state-dir>/api-token; reread on SIGHUP."],
         ["retention", None, RETENTION, "Seconds a finished pool is kept (on disk: see --db).", seconds],
@@ -200,6 +211,8 @@ class Options(usage.Options):
                 " pcci-worker beside the master instead"
             )
         self.secret: bytes | None = None
+        self.ca: ClusterCA | None = None
+        self.worker_auth = "none"
         self.tokens: list[auth.APIToken] | None = None
         self.token_file = ""
         self.state_dir = Path(self["state-dir"]).expanduser()
@@ -212,34 +225,69 @@ class Options(usage.Options):
         except (OSError, auth.AuthConfigError) as e:
             raise usage.UsageError(str(e)) from None
         if self["no-auth"]:
+            if self["worker-auth"] not in (None, "none"):
+                raise usage.UsageError("--no-auth admits any worker: drop --worker-auth")
             return
+        self.secret_file = self.state_dir / auth.CLUSTER_SECRET_FILE
+        self.worker_auth = mode = self._worker_auth()
         try:
-            state_dir = self.state_dir = auth.ensure_state_dir(self["state-dir"])
-            self.secret_file = state_dir / auth.CLUSTER_SECRET_FILE
-            self.secret = auth.read_secret(self.secret_file)
+            state_dir = self.state_dir = auth.ensure_state_dir(self["state-dir"], secret=mode != "identity")
+            if mode != "identity":
+                self.secret = auth.read_secret(self.secret_file)
+            self.ca = ClusterCA.open(state_dir)
             self.token_file = self["api-token-file"] or str(state_dir / auth.API_TOKEN_FILE)
             # The token the master made itself is the administrator's.
             self.tokens = auth.read_tokens(self.token_file, self.unnamed)
-        except (OSError, auth.AuthConfigError) as e:
+        except (OSError, auth.AuthConfigError, IdentityError) as e:
             raise usage.UsageError(str(e)) from None
+
+    def _worker_auth(self) -> str:
+        """
+        C{--worker-auth}, or its default: identities only on a new state
+        directory, both kinds where a cluster secret is kept (an upgrade
+        stops no worker), the secret alone with C{--listen ssl:} (TLS with
+        the user's own certificates).
+        """
+        mode = self["worker-auth"]
+        if mode not in (None, "identity", "secret", "both"):
+            raise usage.UsageError("--worker-auth is identity, secret or both")
+        own_tls = self["listen"].split(":", 1)[0] in ("ssl", "tls")
+        if mode is None:
+            had_secret = self.secret_file.is_file() and self.secret_file.stat().st_size > 0
+            mode = "secret" if own_tls else "both" if had_secret else "identity"
+        if own_tls and mode != "secret":
+            raise usage.UsageError(
+                "--listen ssl: is TLS with your own certificates and the cluster secret"
+                " (--worker-auth secret); for identities, --listen tcp: and the master's"
+                " own CA makes the TLS"
+            )
+        return str(mode)
 
 
 def _announce(options: Options, port: IListeningPort) -> None:
     """Log how to use this master: the auth mode, the token, how workers join."""
-    if options.secret is None:
+    address = join_endpoint(options["listen"], port, options.ca is not None and options.worker_auth != "secret")
+    if options.worker_auth == "none":
         log.warn(
             "authentication is OFF (--no-auth): anyone who reaches the API can run"
             " commands on every worker, and any program can join as a worker"
         )
-        join = ""
-    else:
-        log.info("API token in {file}", file=options.token_file)
-        join = f" --secret-file <a copy of {options.secret_file}>"
-    log.info(
-        "workers join with: twistd -n pcci-worker --master {address}{join}",
-        address=join_endpoint(options["listen"], port),
-        join=join,
-    )
+        log.info("workers join with: twistd -n pcci-worker --master {address} --no-auth", address=address)
+        return
+    log.info("API token in {file}", file=options.token_file)
+    if options.worker_auth != "secret":
+        log.info(
+            "workers join by identity: 'pcci join-token create' prints the line to run on a new"
+            " machine (twistd -n pcci-worker --join {address} --token ...)",
+            address=address,
+        )
+    if options.worker_auth != "identity":
+        log.info(
+            "workers {also}join with: twistd -n pcci-worker --master {address} --secret-file <a copy of {file}>",
+            also="also " if options.worker_auth == "both" else "",
+            address=address,
+            file=options.secret_file,
+        )
 
 
 #: Set (to anything) in the environment, cron lines take a seconds field
@@ -267,12 +315,14 @@ def _pool_link(base: str) -> Callable[[str], str]:
     return lambda pool_id: f"{base.rstrip('/')}/#/pools/{pool_id}"
 
 
-def join_endpoint(listen: str, port: IListeningPort) -> str:
+def join_endpoint(listen: str, port: IListeningPort, identities: bool = False) -> str:
     """The client endpoint a worker on another machine dials to reach C{port}."""
     where = port.getHost()
     if not hasattr(where, "port"):
         return listen  # a unix socket: the same path
     address = f"{socket.gethostname()}:{where.port}"
+    if identities:
+        return f"tls:{address}"
     if listen.split(":", 1)[0] in ("ssl", "tls"):
         return f"tls:{address}:trustRoots=<directory of your CA certificate>"
     return f"tcp:{address}"
@@ -343,16 +393,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         if tokens is not None:
             peers.on_tokens = tokens.refresh
     StateService(reactor, state, store, peers, tokens, scheduler, notifier).setServiceParent(master)
+    enrollment = None
+    if options.ca is not None:
+        enrollment = api.enrollment = Enrollment(store, options.ca, time.time, options["approve-workers"])
+        if peers is not None:
+            peers.on_identity = lambda name: recheck(state.roster, enrollment, name)
+    local = None
+    if options["local-worker"] and options.worker_auth != "none":
+        local = (default_name(), secrets.token_hex(32).encode())
     budget = ConnectionBudget.for_file_limit(daemon.file_limit())
+    workers = WorkerPortFactory(
+        state,
+        reactor,
+        Gate(options.worker_auth, options.secret, enrollment, local),
+        handshake_timeout=options["handshake-timeout"],
+        max_frame=options["max-frame"],
+        on_joined=lambda connection: worker_limit.prove(connection.outer_transport),
+    )
+    identities = options.ca is not None and options.worker_auth != "secret"
     worker_limit = ConnectionLimit(
-        WorkerPortFactory(
-            state,
-            reactor,
-            options.secret,
-            handshake_timeout=options["handshake-timeout"],
-            max_frame=options["max-frame"],
-            on_joined=lambda connection: worker_limit.prove(connection.transport),
-        ),
+        SniffingFactory(workers, options.ca.server_tls() if identities and options.ca else None, reactor),
         options["max-connections"],
         reactor,
         budget,
@@ -363,6 +423,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     workers_port.setServiceParent(master)
     workers_port.when_listening().addCallback(lambda port: _announce(options, port))
+    workers_port.when_listening().addCallback(
+        lambda port: setattr(api, "join_address", join_endpoint(options["listen"], port, identities))
+    )
     site = AnsweringSite(
         api.resource(tokens),
         requestFactory=bounded_request(options["max-body"], options["max-file"], tokens),
@@ -399,12 +462,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             lambda port: setattr(notifier, "link", _pool_link(public_url(options["api"], port)))
         )
     if options["local-worker"]:
-        name = default_name()
+        name = local[0] if local is not None else default_name()
         WorkerService(
             reactor,
             [LocalPortEndpoint(reactor, workers_port)],
             name,
-            options.secret,
+            None if local is None else local[1],
             options["kill-grace"],
             max_jobs=options["max-jobs"],
             journal=options.state_dir / f"worker-{name}.jobs.json",

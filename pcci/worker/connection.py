@@ -6,6 +6,8 @@ master's requests handed to the job table (L{pcci.worker.jobs}).
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred
@@ -20,6 +22,7 @@ from zope.interface import implementer
 
 from pcci.clock import StallWatch
 from pcci.handshake import WorkerHandshake, is_version_refusal
+from pcci.identity import EXIT_STATUSES, IdentityError, WorkerIdentity
 from pcci.labels import default_labels
 from pcci.transfer import CHUNK
 from pcci.wire import (
@@ -83,6 +86,10 @@ class MasterConnection(FramedJSONProtocol):
         self.output_data = False
         #: Pushes and fetches under way, by pool id.
         self.transfers: dict[str, Receiver | Sender] = {}
+        #: The master signs keys (its welcome says so): renewals, enrollment.
+        self.identities = False
+        #: The identity whose key the master was asked to sign.
+        self._asked: WorkerIdentity | None = None
         #: Fires when the master welcomes this worker; fails if it never does.
         self.joined: Deferred[MasterConnection] = Deferred()
         #: Fires when the connection is closed, what was written sent.
@@ -165,6 +172,9 @@ class MasterConnection(FramedJSONProtocol):
             return
         self._ready = True
         self.output_data = message.get("output_data") is True
+        self.identities = message.get("identities") is True
+        if self.identities and self.factory.identity is None and self.factory.enroll:
+            self._ask("enroll", self.factory.new_identity())
         self.jobs.connected(self)
         self.joined.callback(self)
         self._beat = LoopingCall(self._heartbeat)
@@ -186,17 +196,51 @@ class MasterConnection(FramedJSONProtocol):
         looping.addErrback(failed)
 
     def handle_bye(self, message: dict[str, Any]) -> None:
-        if is_version_refusal(message):
-            # The master (or this worker) is being upgraded: keep trying.
+        if is_version_refusal(message) or message.get("pending") is True:
+            # The master (or this worker) is being upgraded, or a person is
+            # to approve this worker: keep trying.
             self._refused = True
             self.factory.refused(message["reason"])
         elif message.get("replaced") is True:
             self.factory.replaced(message["reason"])
         else:
+            self.factory.exit_status = EXIT_STATUSES.get(message.get("refusal", ""), 1)
             self.log.error("master closed this connection: {reason}", reason=message["reason"])
             if not message["reconnect"]:
                 self.factory.dismissed(message["reason"])
         self.close()
+
+    def _ask(self, code: str, identity: WorkerIdentity) -> None:
+        """Ask the master to sign this worker's key: C{enroll} (by the secret) or C{renew}."""
+        self._asked = identity
+        self.sendMessage(code, csr=identity.request())
+
+    def _renew_if_due(self) -> None:
+        identity = self.factory.identity
+        if self.identities and self._asked is None and identity is not None and identity.needs_renewal(time.time()):
+            self.log.info("this worker's certificate ends soon: asking the master for a new one")
+            self._ask("renew", identity)
+
+    def handle_certificate(self, message: dict[str, Any]) -> None:
+        identity, self._asked = self._asked, None
+        if identity is None:
+            self.protocolViolation("a certificate not asked for")
+            return
+        if message["reason"]:
+            self.log.error("the master refused to sign this worker's key: {reason}", reason=message["reason"])
+            return
+        enrolled = self.factory.identity is None
+        try:
+            identity.keep(message["certificate"], message["ca"])
+        except IdentityError as e:
+            self.log.error("{why}", why=str(e))
+            return
+        self.factory.identity = identity
+        if enrolled:
+            self.log.info("worker {name} enrolled: reconnecting with its own identity", name=identity.name)
+            self.close()
+        else:
+            self.log.info("worker {name}'s certificate renewed", name=identity.name)
 
     def close(self) -> None:
         """
@@ -223,6 +267,7 @@ class MasterConnection(FramedJSONProtocol):
             self.log.warn("master silent for {silent:.1f} s: reconnecting", silent=silent)
             self.abort_connection()
             return
+        self._renew_if_due()
         if self._collecting:
             return  # the last measurement is still stuck (a hung disk?)
         self._collecting = True
@@ -388,10 +433,21 @@ class WorkerFactory(Factory["MasterConnection"]):
         disk: str = "/",
         collect: Callable[[str, int], Deferred[dict[str, Any]]] | None = None,
         labels: dict[str, str] | None = None,
+        identity: WorkerIdentity | None = None,
+        state_dir: Path | None = None,
+        enroll: bool = False,
     ) -> None:
         self.reactor = reactor
         self.name = name
         self.secret = secret
+        #: This worker's certificate and key, once it has them: it dials
+        #: with them (see L{pcci.worker.joining.IdentityEndpoint}).
+        self.identity = identity
+        self.state_dir = state_dir
+        #: Ask a master that welcomed it by the secret for an identity.
+        self.enroll = enroll
+        #: The status to exit with when the master says never to come back.
+        self.exit_status = 1
         self.jobs = jobs
         self.heartbeat = heartbeat
         self.disk = disk
@@ -434,6 +490,10 @@ class WorkerFactory(Factory["MasterConnection"]):
             reason=reason,
         )
 
+    def new_identity(self) -> WorkerIdentity:
+        assert self.state_dir is not None, "a worker that enrolls keeps its identity in its state directory"
+        return WorkerIdentity.fresh(self.state_dir, self.name)
+
     def dismissed(self, reason: str) -> None:
         self.log.error("worker {name} will not reconnect: {reason}", name=self.name, reason=reason)
         self.on_dismissed(reason)
@@ -443,8 +503,4 @@ class WorkerFactory(Factory["MasterConnection"]):
         now = self.reactor.seconds()
         if self._refusal_logged is None or now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
             self._refusal_logged = now
-            self.log.error(
-                "the master refuses this worker: {reason}; trying again until one of"
-                " them is upgraded",
-                reason=reason,
-            )
+            self.log.error("the master refuses this worker for now: {reason}; trying again", reason=reason)

@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from pcci.identity import WorkerIdentity
 from pcci.worker.connection import DEFAULT_HEARTBEAT, WorkerFactory
 from pcci.worker.dialer import MasterDialer
 from pcci.worker.health import start_cpu_sampling
@@ -55,6 +56,9 @@ class WorkerService(MultiService):
         max_jobs: int | None = None,
         journal: Path | None = None,
         labels: dict[str, str] | None = None,
+        identity: WorkerIdentity | None = None,
+        enroll: bool = False,
+        before_connect: Callable[[], Deferred[Any]] | None = None,
     ) -> None:
         super().__init__()
         self.jobs = JobTable(
@@ -77,7 +81,12 @@ class WorkerService(MultiService):
             heartbeat=heartbeat,
             disk=disk,
             labels=labels,
+            identity=identity,
+            state_dir=None if journal is None else journal.parent,
+            enroll=enroll,
         )
+        #: What must be done before dialing: a join, with C{--join}.
+        self.before_connect = before_connect
         # A connection counts as made once the master welcomed this worker:
         # failed handshakes back off like failed connects.
         self.client = MasterDialer(reactor, endpoints, self.factory, RETRY_POLICY)
@@ -109,6 +118,10 @@ class WorkerService(MultiService):
         d.addCallback(lambda _: self._connect())
 
     def _connect(self) -> None:
+        if self.before_connect is not None:
+            before, self.before_connect = self.before_connect, None
+            before().addCallback(lambda _: self._connect())
+            return
         if self.running and self.client.parent is None:
             self.client.setServiceParent(self)
 

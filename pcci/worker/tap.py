@@ -6,28 +6,40 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from pcci import auth, daemon
+from pcci.identity import IdentityError, JoinToken, WorkerIdentity
 from pcci.labels import default_labels, parse_label
 from pcci.options import positive_int, seconds
 from pcci.wire import HEARTBEAT_RANGE, NAME_RULE, VALID_NAME
 from pcci.worker.connection import DEFAULT_HEARTBEAT, default_name
-from pcci.worker.service import WorkerService
+from pcci.worker.joining import IdentityEndpoint, JoinRefused, join_until_done
+from pcci.worker.service import RETRY_POLICY, WorkerService
+
+log = Logger()
 
 
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a pcci worker: keep a connection to the master and run its jobs. "
-        "It needs the cluster secret of the master (its <state-dir>/cluster-secret)."
+        "It joins once with a token (--join tls:HOST:PORT --token TOKEN, as pcci join-token create prints it), "
+        "then connects with its own identity; or it holds the cluster secret (--secret-file)."
     )
     optFlags = [
         ["no-auth", None, "Join a master started with --no-auth, trusting whichever master answers."],
+        ["enroll", None, "Once welcomed by the cluster secret, ask for this worker's own identity, then connect "
+            "with it."],
     ]
     optParameters = [
         ["name", None, None, "Name of this worker (default: the hostname)."],
+        ["join", None, None, "A master's worker port to join (tls:HOST:PORT), with --token; once joined, this worker "
+            "dials it with its identity (and --join again does nothing)."],
+        ["token", None, None, "The join token for --join."],
         ["secret-file", None, None, "The cluster secret (default: ~/.pcci/cluster-secret, if there)."],
         ["kill-grace", None, 5.0, "Seconds from SIGTERM to SIGKILL when a job is killed.", seconds],
         ["heartbeat", None, DEFAULT_HEARTBEAT, "Seconds between heartbeats (health figures) to the master.", seconds],
@@ -55,6 +67,8 @@ class Options(usage.Options):
         self.labels[key] = value
 
     def postOptions(self) -> None:
+        if self["join"]:
+            self.masters = [self["join"], *[m for m in self.masters if m != self["join"]]]
         self.masters = self.masters or ["tcp:localhost:7000"]
         low, high = HEARTBEAT_RANGE
         if not low <= self["heartbeat"] <= high:
@@ -73,22 +87,50 @@ class Options(usage.Options):
             raise usage.UsageError(f"cannot use --state-dir {state_dir}: {e}") from None
         self.journal = state_dir / f"worker-{self['name']}.jobs.json"
         self.secret: bytes | None = None
+        self.token: JoinToken | None = None
+        try:
+            self.identity = WorkerIdentity.load(state_dir, self["name"])
+        except IdentityError as e:
+            raise usage.UsageError(str(e)) from None
         if self["no-auth"]:
             return
+        self._join_options()
         path = self["secret-file"]
+        if path is None and (self.identity is not None or self.token is not None):
+            return  # its identity is enough
         if path is None:
             default = Path(auth.DEFAULT_STATE_DIR, auth.CLUSTER_SECRET_FILE).expanduser()
             if not default.exists():
                 raise usage.UsageError(
-                    "a worker needs the cluster secret: --secret-file PATH (a copy of"
-                    " the master's <state-dir>/cluster-secret), or --no-auth to join a"
-                    " master started with --no-auth"
+                    "a worker needs an identity or the cluster secret: --join tls:HOST:PORT"
+                    " --token TOKEN (pcci join-token create prints the line), --secret-file"
+                    " PATH (a copy of the master's <state-dir>/cluster-secret), or --no-auth"
+                    " to join a master started with --no-auth"
                 )
             path = str(default)
         try:
             self.secret = auth.read_secret(path)
         except auth.AuthConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _join_options(self) -> None:
+        """C{--join} with C{--token} (read now: a token that is not one stops the start), and C{--enroll}."""
+        if self["join"] is None:
+            if self["token"] is not None:
+                raise usage.UsageError("--token goes with --join tls:HOST:PORT")
+        elif self.identity is None:
+            if self["token"] is None:
+                raise usage.UsageError("--join needs --token TOKEN (pcci join-token create prints it)")
+            if not self["join"].startswith(("tls:", "tcp:")):
+                raise usage.UsageError("--join is a master's worker port: tls:HOST:PORT")
+            try:
+                self.token = JoinToken.parse(self["token"])
+            except IdentityError as e:
+                raise usage.UsageError(f"--token: {e}") from None
+        if self["enroll"] and self["secret-file"] is None and not Path(
+            auth.DEFAULT_STATE_DIR, auth.CLUSTER_SECRET_FILE
+        ).expanduser().exists():
+            raise usage.UsageError("--enroll asks by the cluster secret: give --secret-file")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -97,12 +139,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     daemon.prepare(reactor)
 
     def dismissed(reason: str) -> None:
-        # Another worker holds this name: stop for good instead of flapping.
-        reactor.stop()
+        # The master says never to come back (revoked, or a name not its
+        # own): stop for good, with a status a supervisor will not restart.
+        daemon.stop_with_error(reactor, service.factory.exit_status)
 
-    return WorkerService(
+    service = WorkerService(
         reactor,
-        [clientFromString(reactor, master) for master in options.masters],
+        [IdentityEndpoint(reactor, master, lambda: service.factory.identity) for master in options.masters],
         options["name"],
         options.secret,
         options["kill-grace"],
@@ -112,4 +155,33 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_jobs=options["max-jobs"],
         journal=options.journal,
         labels=options.labels,
+        identity=options.identity,
+        enroll=options["enroll"],
+        before_connect=None if options.token is None else lambda: _join(reactor, options, service),
     )
+    return service
+
+
+def _join(reactor: Any, options: Options, service: WorkerService) -> Deferred[None]:
+    """Join with the token, once; a refusal stops the worker with its status."""
+    assert options.token is not None and options.journal is not None
+    identity = WorkerIdentity.fresh(options.journal.parent, options["name"])
+    d = join_until_done(reactor, options["join"], options.token, identity, options.labels, RETRY_POLICY)
+
+    def joined(state: str) -> None:
+        service.factory.identity = identity
+        log.info(
+            "worker {name} joined its cluster ({state}); it connects with its own identity from now on",
+            name=options["name"], state=state,
+        )
+        if state == "pending":
+            log.info("a person approves it with: pcci workers approve {name}", name=options["name"])
+
+    def refused(failure: Failure) -> Deferred[None]:
+        failure.trap(JoinRefused)
+        refusal: JoinRefused = failure.value  # type: ignore[assignment]
+        log.error("cannot join: {reason}", reason=refusal.reason)
+        daemon.stop_with_error(reactor, refusal.status)
+        return Deferred()  # never dials
+
+    return d.addCallbacks(joined, refused)

@@ -18,6 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from pcci.auth import check_proof, proof
 from pcci.master.cluster.jobspec import JobOptions
 from pcci.master.cluster.state import ClusterState
+from pcci.master.links.admission import Gate
 from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.transfers.pushes import Push, Spool, read_archive
 from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
@@ -30,7 +31,7 @@ def frames(transport: StringTransport) -> list[dict]:
 
 
 def connect(state: ClusterState, clock: Clock, port: int = 5000, secret: bytes | None = None):
-    factory = WorkerPortFactory(state, clock, secret)
+    factory = WorkerPortFactory(state, clock, Gate.by_secret(secret))
     protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", port))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", port))
     protocol.makeConnection(transport)

@@ -99,6 +99,9 @@ class WorkerLink(Protocol):
     remembers_jobs: bool
     #: Its output's C{seq} run without a gap (see L{pcci.handshake.Hello}).
     contiguous_seq: bool
+    @property
+    def auth(self) -> str:
+        """How it proved itself: identity, secret, local or none (see L{pcci.master.links.admission})."""
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None: ...
 
@@ -112,6 +115,9 @@ class WorkerLink(Protocol):
 
     def dismiss(self, reason: str) -> None:
         """Tell the worker another connection took its name, and close: it may come back, with backoff."""
+
+    def revoke(self, reason: str) -> None:
+        """Tell the worker its identity was revoked, and close: it may not come back."""
 
 
 @dataclass(eq=False)
@@ -131,6 +137,8 @@ class WorkerRecord:
     master: str | None = None
     #: Jobs it runs, as the other master holding it counts them.
     jobs_elsewhere: int | None = None
+    #: How it proved itself (see L{WorkerLink.auth}).
+    auth: str = ""
 
     def to_json(self, jobs_running: int) -> dict[str, Any]:
         return {
@@ -143,6 +151,7 @@ class WorkerRecord:
             "last_seen": rfc3339(self.last_seen),
             "heartbeat_seconds": self.heartbeat,
             "labels": self.labels,
+            "auth": self.auth,
             "health": self.figures,
         }
 

@@ -94,6 +94,7 @@ class Roster:
             self.records[link.name] = record
         record.address, record.connected_at = link.address, now
         record.labels = dict(link.labels)
+        record.auth = link.auth
         record.online, record.last_seen = True, now
         record.master, record.jobs_elsewhere = link.master or self.name, None
         if link.master is None:
@@ -116,6 +117,21 @@ class Roster:
         if link.master is None:
             self.on_change(link.name)
         self._wait_for(link.name, reason)
+
+    def revoke(self, name: str, reason: str) -> None:
+        """
+        A worker's identity was revoked or denied: its connection here goes,
+        and its running jobs end lost at once (it may not come back for
+        them).  One another master holds is that master's to close.
+        """
+        link = self.links.get(name)
+        if link is not None:
+            if link.master is not None:
+                return
+            self.leave(link, reason)
+            link.revoke(reason)
+        _cancel(self._graces.pop(name, None))
+        self._give_up_on(name, reason)
 
     def _wait_for(self, name: str, reason: str) -> None:
         if not self._running.get(name) or name in self._graces:

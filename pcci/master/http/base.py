@@ -16,6 +16,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pcci.master.access import permits
+from pcci.master.access.enrollment import Enrollment
 from pcci.master.access.tokens import TokenBook
 from pcci.master.cluster.dispatch import SubmitError
 from pcci.master.cluster.history import StoreUnavailable, TooManyPools
@@ -81,6 +82,10 @@ class APIBase:
         self.tokens: TokenBook | None = None
         #: The schedules' timers (set by the master's builder); None: no schedules.
         self.scheduler: Scheduler | None = None
+        #: Workers' identities (set by the master's builder); None: no auth.
+        self.enrollment: Enrollment | None = None
+        #: The worker port as a joining machine dials it (set once it listens).
+        self.join_address = "tls:<master>:7000"
 
     def resource(self, tokens: TokenBook | None) -> IResource:
         """The API as a web resource; with C{tokens}, only for their bearers."""

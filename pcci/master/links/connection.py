@@ -10,15 +10,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pcci.clock import StallWatch
-from pcci.handshake import (
-    HELD_JOBS,
-    OLDEST_ACCEPTED,
-    Hello,
-    MasterHandshake,
-    accepts,
-    refusal,
-)
+from pcci.handshake import HELD_JOBS, Hello
 from pcci.master.cluster.state import ClusterState
+from pcci.master.links.admission import Admission, Gate
 from pcci.transfer import CHUNK
 from pcci.wire import (
     END_REASONS,
@@ -56,7 +50,6 @@ class WorkerConnection(FramedJSONProtocol):
         self.roster = factory.state.roster
         self.dispatcher = factory.state.dispatcher
         self.clock = factory.clock
-        self.secret = factory.secret
         self.handshake_timeout = factory.handshake_timeout
         self.MAX_LENGTH = factory.max_frame
         #: Empty until its hello is accepted.
@@ -72,8 +65,14 @@ class WorkerConnection(FramedJSONProtocol):
         self._watchdog: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
         self._hello: Hello | None = None
-        self._handshake: MasterHandshake | None = None
+        self._proved = False
         self._refused = False
+        #: Set by the port: the connection is over TLS, and its outermost transport.
+        self.tls = False
+        self.outer_transport: Any = None
+        #: The connection closed (an answer from the store may come after).
+        self.gone = False
+        self.admission = Admission(self, factory.gate)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -94,12 +93,13 @@ class WorkerConnection(FramedJSONProtocol):
         self._handshake_call = None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.gone = True
         self._cancel_handshake_timeout()
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         if self.name:
             self.roster.leave(self, "disconnected")
-        elif self._hello is not None and not self._refused:
+        elif self._hello is not None and not self._refused and self.admission.handshake is not None:
             self.log.warn(
                 "worker {name} at {peer} left during the handshake: does it hold"
                 " this cluster's secret?",
@@ -110,26 +110,15 @@ class WorkerConnection(FramedJSONProtocol):
     # Messages from the worker
 
     def handle_hello(self, message: dict[str, Any]) -> None:
-        if self._hello is not None:
+        if self._hello is not None or self.admission.busy:
             self.protocolViolation("a second hello")
             return
-        version = message["version"]
-        if not accepts(version):
-            self.log.warn(
-                "worker at {peer} speaks protocol {version}: refused (this master"
-                " accepts {oldest} to {ours}); it will try again",
-                peer=self.address,
-                version=version,
-                oldest=OLDEST_ACCEPTED,
-                ours=PROTOCOL_VERSION,
-            )
-            self.sendMessage("bye", **refusal(version))
-            self.close_connection()
-            return
         try:
-            hello = Hello.parse(message, self.secret)
+            hello = self.admission.read_hello(message)
         except ProtocolError as e:
             self.protocolViolation(str(e))
+            return
+        if hello is None:
             return
         self._hello = hello
         self.version = hello.version
@@ -138,39 +127,46 @@ class WorkerConnection(FramedJSONProtocol):
         self.remembers_jobs = hello.remembers_jobs
         self.contiguous_seq = hello.contiguous_seq
         self.heartbeat = hello.heartbeat
-        if self.secret is None:
-            self._register()
-            return
-        self._handshake = MasterHandshake(self.secret, hello)
-        self.sendMessage("challenge", **self._handshake.challenge())
+        self.admission.hello(hello)
 
     def handle_auth(self, message: dict[str, Any]) -> None:
-        if self._handshake is None or self.name:
+        if self.admission.handshake is None or self.name or self._proved:
             self.protocolViolation("an auth out of place")
             return
-        if not self._handshake.check_auth(message):
-            self.log.warn(
-                "worker {name} at {peer} failed to prove it holds the cluster"
-                " secret: connection closed",
-                name=self._handshake.hello.name,
-                peer=self.address,
-            )
-            self.sendMessage(
-                "bye", reason="authentication failed: wrong cluster secret", reconnect=True
-            )
-            self._refused = True  # logged already: connectionLost need not
-            self.close_connection()
-            return
-        self._register()
+        self._proved = True
+        self.admission.auth(message)
 
-    def _register(self) -> None:
+    def handle_join(self, message: dict[str, Any]) -> None:
+        self.admission.join(message)
+
+    def handle_renew(self, message: dict[str, Any]) -> None:
+        self.admission.renew(message)
+
+    def handle_enroll(self, message: dict[str, Any]) -> None:
+        self.admission.enroll(message)
+
+    @property
+    def auth(self) -> str:
+        """How this worker proved itself: identity, secret, local or none."""
+        return self.admission.how
+
+    def refuse(self, fields: dict[str, Any]) -> None:
+        """Send this C{bye}, and close: the worker is not admitted (or no more)."""
+        self.sendMessage("bye", **fields)
+        self._refused = True  # logged already: connectionLost need not
+        self.close_connection()
+
+    def admitted(self) -> None:
         assert self._hello is not None
         self._cancel_handshake_timeout()
         self.name = self._hello.name
         self._last_frame = self.clock.seconds()
         self.factory.joined(self)
         # Welcomed first: adding the worker may send it attach, ack and kill.
-        self.sendMessage("welcome", version=self.version, output_data=True)
+        welcome: dict[str, Any] = {"version": self.version, "output_data": True}
+        if self.admission.identities:
+            welcome["identities"] = True  # it may renew, or enroll
+        self.sendMessage("welcome", **welcome)
         if self.version < PROTOCOL_VERSION:
             self.log.info(
                 "worker {name} speaks protocol {version}, one version back: it runs"
@@ -320,12 +316,20 @@ class WorkerConnection(FramedJSONProtocol):
         # the real worker for good.  It comes back, slower each time.
         self.sendMessage("bye", reason=reason, reconnect=True, replaced=True)
         self.close_connection()
-        # A half-open ghost never acknowledges the close: do not keep it forever.
+        self._abort_later()
+
+    def _abort_later(self) -> None:
+        """A half-open ghost never acknowledges the close: do not keep it forever."""
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         self._watchdog = self.clock.callLater(
             MISSED_HEARTBEATS * self.heartbeat, self.abort_connection
         )
+
+    def revoke(self, reason: str) -> None:
+        """Its identity was revoked: tell it never to come back, and close."""
+        self.refuse({"reason": reason, "reconnect": False, "refusal": "revoked"})
+        self._abort_later()
 
 
 class WorkerPortFactory(Factory["WorkerConnection"]):
@@ -340,14 +344,15 @@ class WorkerPortFactory(Factory["WorkerConnection"]):
         self,
         state: ClusterState,
         clock: IReactorTime,
-        secret: bytes | None,
+        gate: Gate,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_frame: int = MAX_FRAME,
         on_joined: Callable[[WorkerConnection], None] = lambda connection: None,
     ) -> None:
         self.state = state
         self.clock = clock
-        self.secret = secret
+        #: Who may be a worker, and how each proves it (see L{pcci.master.links.admission}).
+        self.gate = gate
         self.handshake_timeout = handshake_timeout
         self.max_frame = max_frame
         self.stall = StallWatch(clock)

@@ -90,6 +90,7 @@ class RemoteLink:
         self.labels = dict(row["labels"])
         self.remembers_jobs = bool(row.get("remembers_jobs"))
         self.contiguous_seq = bool(row.get("contiguous_seq"))
+        self.auth = str(row.get("auth", ""))
         self.held_jobs: list[dict[str, Any]] = []
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
@@ -106,6 +107,9 @@ class RemoteLink:
 
     def dismiss(self, reason: str) -> None:
         """Another master's connection: not this one's to close."""
+
+    def revoke(self, reason: str) -> None:
+        """Another master's connection: it closes it, told by the store (C{i:<name>})."""
 
 
 class Peers:
@@ -130,6 +134,8 @@ class Peers:
         self.on_fenced: Callable[[], None] = lambda: None
         #: Reads the API tokens again: a master made or revoked one.
         self.on_tokens: Callable[[], Deferred[None]] = lambda: succeed(None)
+        #: Called with the name of a worker whose identity another master moved.
+        self.on_identity: Callable[[str], None] = lambda name: None
         #: Reads the schedules again: a master made, changed or removed one.
         self.on_schedules: Callable[[], Deferred[None]] = lambda: succeed(None)
         self._outbox: list[tuple[str, dict[str, Any]]] = []
@@ -215,6 +221,8 @@ class Peers:
             self._read("tokens", self.on_tokens)
         elif kind == "s":
             self._read("schedules", self.on_schedules)
+        elif kind == "i":
+            self.on_identity(what)
 
     def _read(self, key: str, read: Callable[[], Deferred[Any]]) -> None:
         """Read now, or once more after the read under way."""
@@ -377,6 +385,7 @@ class Peers:
                 + sum(1 for (w, _) in self.relays if w == name),
                 "remembers_jobs": bool(getattr(link, "remembers_jobs", False)),
                 "contiguous_seq": bool(getattr(link, "contiguous_seq", False)),
+                "auth": record.auth,
             }
             if link is None:  # its connection is gone: so are the jobs carried on it
                 for key in [key for key in self.relays if key[0] == name]:

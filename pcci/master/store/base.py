@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -99,6 +99,56 @@ class StoredToken:
     digest: str
     #: C{read_only}, C{scope}, C{created_at}, C{created_by}.
     record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredJoinToken:
+    """A join token: its SHA-256, never its value (see L{pcci.identity.JoinToken})."""
+
+    id: str
+    digest: str
+    #: C{name} (a glob), C{labels}, C{uses}, C{used}, C{expires_at},
+    #: C{approve}, C{created_by}, C{created_at}; C{revoked}.
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredIdentity:
+    """A worker's name bound to its key (see L{pcci.master.store.identities})."""
+
+    name: str
+    #: Its key's SHA-256 (L{pcci.identity.key_fingerprint}).
+    fingerprint: str
+    state: str
+    #: C{labels}, C{joined_at}, C{how} (token, enroll), C{token}, C{not_after}; C{reason}.
+    record: dict[str, Any]
+
+
+class IdentityStore(Protocol):
+    """Join tokens and identities, shared by the masters of a store."""
+
+    def join_tokens(self) -> Deferred[list[StoredJoinToken]]: ...
+
+    def add_join_token(self, token: StoredJoinToken) -> Deferred[None]: ...
+
+    def revoke_join_token(self, token_id: str) -> Deferred[bool]: ...
+
+    def identities(self) -> Deferred[list[StoredIdentity]]: ...
+
+    def identity(self, name: str) -> Deferred[StoredIdentity | None]: ...
+
+    def put_identity(self, identity: StoredIdentity) -> Deferred[bool]:
+        """Keep it, unless another key owns its name: false then."""
+
+    def join(
+        self, token_id: str, digest: str, check: Callable[[dict[str, Any]], str | None],
+        new: Callable[[dict[str, Any]], StoredIdentity],
+    ) -> Deferred[tuple[str, Any]]:
+        """Spend a use of a token on a new identity (see L{pcci.master.store.identities.join})."""
+
+    def set_identity_state(
+        self, name: str, state: str, allowed: tuple[str, ...], note: dict[str, Any]
+    ) -> Deferred[StoredIdentity | None]: ...
 
 
 class PoolStore(Protocol):

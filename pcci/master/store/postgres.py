@@ -74,7 +74,7 @@ CONNECTION_SETTINGS: dict[str, Any] = {
 #: The channel masters C{NOTIFY} on; payloads name what changed (ids only):
 #: C{m:<master>} mail for a master, C{e:<pool>} new events of a pool,
 #: C{w} workers moved, C{t} API tokens made or revoked, C{s} schedules
-#: made, changed or removed.
+#: made, changed or removed, C{i:<worker>} a worker's identity moved.
 CHANNEL = "pcci"
 
 #: Seconds an ended pool's events stay, for the masters still showing it.
@@ -239,6 +239,15 @@ class PostgresStore(ThreadedStore):
         except psycopg.OperationalError:
             connection.close()  # made again at the next call
             raise
+
+    _mark = "%s"
+    _lock = " FOR UPDATE"
+
+    def _transact(self, work: Any) -> Any:
+        return self._transaction(work)
+
+    def _identity_changed(self, cursor: Any, name: str) -> None:
+        cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"i:{name}"))
 
     def _ping(self) -> None:
         self._execute("SELECT 1")

@@ -79,6 +79,16 @@ class SQLiteStore(ThreadedStore):
 
     # Each call below runs in the store's thread, once open.
 
+    _mark = "?"
+    _lock = ""  # one master, one thread: each transaction is alone
+
+    def _transact(self, work: Any) -> Any:
+        with self.db:
+            return work(self.db.cursor())
+
+    def _identity_changed(self, cursor: Any, name: str) -> None:
+        pass  # no other master to tell
+
     @property
     def db(self) -> sqlite3.Connection:
         assert self._db is not None, "the store is not open"

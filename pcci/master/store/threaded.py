@@ -13,7 +13,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from pcci.master.cluster.schedules import Schedule
-from pcci.master.store.base import Delivery, PoolQuery, StoredPool, StoredToken
+from pcci.master.store import identities as ids
+from pcci.master.store.base import (
+    Delivery,
+    PoolQuery,
+    StoredIdentity,
+    StoredJoinToken,
+    StoredPool,
+    StoredToken,
+)
 
 T = TypeVar("T")
 
@@ -51,6 +59,13 @@ class ThreadedStore:
     _queued_deliveries: Callable[[str], int]
     _delivery_done: Callable[[int], None]
     _delivery_later: Callable[[int, int, float], None]
+    #: C{work(cursor)} in one transaction, and the engine's SQL: its
+    #: parameter mark, the clause that locks a row read, and what tells the
+    #: other masters an identity changed (C{notify(cursor, name)}).
+    _transact: Callable[[Callable[[Any], Any]], Any]
+    _mark: str
+    _lock: str
+    _identity_changed: Callable[[Any, str], None]
 
     def __init__(self, reactor: Any, name: str) -> None:
         self._reactor = reactor
@@ -129,6 +144,58 @@ class ThreadedStore:
 
     def delivery_later(self, delivery_id: int, attempts: int, at: float) -> Deferred[None]:
         return self._run(self._delivery_later, delivery_id, attempts, at)
+
+    # Join tokens and identities: the engines' SQL is one (see identities.py).
+
+    def _sql(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        return self._run(self._transact, lambda cursor: work(cursor, self._mark, *args))
+
+    def join_tokens(self) -> Deferred[list[StoredJoinToken]]:
+        return self._sql(ids.join_tokens)
+
+    def add_join_token(self, token: StoredJoinToken) -> Deferred[None]:
+        return self._sql(ids.add_join_token, token)
+
+    def revoke_join_token(self, token_id: str) -> Deferred[bool]:
+        return self._sql(ids.revoke_join_token, token_id)
+
+    def identities(self) -> Deferred[list[StoredIdentity]]:
+        return self._sql(ids.identities)
+
+    def identity(self, name: str) -> Deferred[StoredIdentity | None]:
+        return self._sql(ids.identity, name)
+
+    def put_identity(self, identity: StoredIdentity) -> Deferred[bool]:
+        def put(cursor: Any, mark: str) -> bool:
+            kept = ids.put_identity(cursor, mark, identity, self._lock)
+            if kept:
+                self._identity_changed(cursor, identity.name)
+            return kept
+
+        return self._sql(put)
+
+    def join(
+        self, token_id: str, digest: str, check: Callable[[dict[str, Any]], str | None],
+        new: Callable[[dict[str, Any]], StoredIdentity],
+    ) -> Deferred[tuple[str, Any]]:
+        def join(cursor: Any, mark: str) -> tuple[str, Any]:
+            outcome = ids.join(cursor, mark, self._lock, token_id, digest, check, new)
+            if isinstance(outcome[1], StoredIdentity):
+                self._identity_changed(cursor, outcome[1].name)
+            return outcome
+
+        return self._sql(join)
+
+    def set_identity_state(
+        self, name: str, state: str, allowed: tuple[str, ...], note: dict[str, Any]
+    ) -> Deferred[StoredIdentity | None]:
+        def move(cursor: Any, mark: str) -> StoredIdentity | None:
+            moved = ids.set_state(cursor, mark, self._lock, name, state, allowed, note)
+            if moved is not None:
+                self._identity_changed(cursor, name)
+            return moved
+
+        return self._sql(move)
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)

@@ -65,3 +65,15 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS owner TEXT;
 ALTER TABLE pools ADD COLUMN IF NOT EXISTS schedule TEXT;
 CREATE INDEX IF NOT EXISTS pools_schedule ON pools (schedule, id);
+-- Join tokens (their SHA-256) and workers' identities (see pcci/master/store/identities.py).
+CREATE TABLE IF NOT EXISTS join_tokens (
+    id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identities (
+    name TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL
+);

@@ -32,3 +32,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
+-- Join tokens (their SHA-256) and workers' identities (see pcci/master/store/identities.py).
+CREATE TABLE IF NOT EXISTS join_tokens (
+    id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identities (
+    name TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL
+);

@@ -1,0 +1,86 @@
+"""
+TLS and plain TCP on one worker port, told apart by a connection's first
+byte: a TLS record of a handshake starts with 0x16, a frame of the wire
+protocol never does (see L{pcci.wire}).  So workers with identities and
+workers of before (the cluster secret, in the clear) share the port while
+a cluster moves over, and an identity-only master can still answer a
+plain connection with a C{bye} that says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from pcci.master.links.connection import WorkerPortFactory
+
+#: The first byte of a TLS handshake record.
+TLS_HANDSHAKE = b"\x16"
+
+
+class Sniffer(Protocol):
+    """A new connection until its first byte: then TLS or plain, for the rest of it."""
+
+    def __init__(self, factory: SniffingFactory, addr: IAddress | None) -> None:
+        self.factory = factory
+        self.addr = addr
+        self.inner: Protocol | None = None
+        self._timeout: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._timeout = self.factory.clock.callLater(self.factory.workers.handshake_timeout, self._silent)
+
+    def _silent(self) -> None:
+        self._timeout = None
+        if self.inner is None and self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is None:
+            if self._timeout is not None and self._timeout.active():
+                self._timeout.cancel()
+            self.inner = self._choose(data[:1] == TLS_HANDSHAKE)
+            self.inner.makeConnection(self.transport)
+        self.inner.dataReceived(data)
+
+    def _choose(self, tls: bool) -> Protocol:
+        workers = self.factory.workers
+        connection = workers.buildProtocol(self.addr)
+        connection.outer_transport = self.transport
+        if not tls or self.factory.tls is None:
+            return connection
+        connection.tls = True
+        return TLSMemoryBIOProtocol(self.factory.tls, connection)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+
+class SniffingFactory(Factory[Sniffer]):
+    """The worker port: L{WorkerConnection}s, over TLS with C{tls} settings when a worker speaks it."""
+
+    noisy = False
+
+    def __init__(self, workers: WorkerPortFactory, tls: Any, clock: IReactorTime) -> None:
+        self.workers = workers
+        self.clock = clock
+        self.tls = None if tls is None else TLSMemoryBIOFactory(tls, False, workers)
+
+    def doStart(self) -> None:
+        super().doStart()
+        self.workers.doStart()
+
+    def doStop(self) -> None:
+        self.workers.doStop()
+        super().doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> Sniffer:
+        return Sniffer(self, addr)
+
