@@ -114,15 +114,19 @@ class Cluster:
     """
     A master and its workers, with a small REST client.
 
-    Authentication is on, as by default: the master keeps its secrets in
-    C{state/} of the directory, the client sends its API token and workers
-    get C{--secret-file}.  With C{auth=False} everything runs C{--no-auth}.
+    Authentication is on: the master keeps its secrets in C{state/} of the
+    directory and the client sends its API token.  Workers prove themselves
+    as C{worker_auth} says: C{secret} (C{--secret-file}), or C{identity}
+    (the default on a new state directory: each worker joins once with a
+    token made for its name).  With C{auth=False} everything runs
+    C{--no-auth}.
     """
 
-    def __init__(self, directory: Path, auth: bool = True) -> None:
+    def __init__(self, directory: Path, auth: bool = True, worker_auth: str = "secret") -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.auth = auth
+        self.worker_auth = worker_auth
         self.state_dir = directory / "state"
         self.api_port = free_port()
         self.worker_port = free_port()
@@ -138,6 +142,8 @@ class Cluster:
         auth = ["--state-dir", str(self.state_dir)]
         if not self.auth:
             auth.append("--no-auth")
+        elif "--worker-auth" not in args and self.worker_auth != "identity":
+            auth += ["--worker-auth", self.worker_auth]  # identity: the default on a new state dir
         self.master = self._start(
             "master", "pcci-master",
             "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
@@ -163,17 +169,29 @@ class Cluster:
     def start_worker(
         self, name: str, *args: str, wait: bool = True, env: dict[str, str] | None = None
     ) -> Daemon:
-        auth = ["--secret-file", str(self.secret_file)] if self.auth else ["--no-auth"]
         if "--state-dir" not in args:
             args = ("--state-dir", str(self.directory / "worker-state"), *args)
+        state_dir = Path(args[args.index("--state-dir") + 1])
+        where = ["--master", f"tcp:127.0.0.1:{self.worker_port}"]
+        if not self.auth:
+            auth = ["--no-auth"]
+        elif self.worker_auth == "identity":
+            where = ["--join", f"tls:127.0.0.1:{self.worker_port}"]
+            auth = [] if (state_dir / "identity" / f"{name}.crt").exists() else ["--token", self.join_token(name)]
+        else:
+            auth = ["--secret-file", str(self.secret_file)]
         daemon = self._start(
-            f"worker-{name}-{len(self.daemons)}", "pcci-worker",
-            "--master", f"tcp:127.0.0.1:{self.worker_port}", "--name", name, *auth, *args,
-            env=env,
+            f"worker-{name}-{len(self.daemons)}", "pcci-worker", *where, "--name", name, *auth, *args, env=env,
         )
         if wait:
             self.wait_for_workers(name)
         return daemon
+
+    def join_token(self, name: str = "*", **fields: Any) -> str:
+        """A join token made through the API, for workers named C{name}."""
+        code, answer = self.request("POST", "/join-tokens", {"name": name, **fields})
+        assert code == 201, answer
+        return str(answer["token"])
 
     def _start(
         self, name: str, plugin: str, *args: str, files: int | None = None,

@@ -19,6 +19,7 @@ from pcci.cli.config import DEFAULT_URL, Config, go, locate_token
 from pcci.cli.options import (
     JOB_OPTIONS,
     TARGETS_HELP,
+    duration,
     job_options,
     json_option,
     targets,
@@ -395,21 +396,119 @@ def token_revoke(cfg: Config, name: str) -> None:
     go(revoke_token, cfg, name)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--all", "every", is_flag=True, help="Also the workers seen before and now offline.")
 @json_option("the workers")
-@click.pass_obj
-def workers(cfg: Config, every: bool, as_json: bool) -> None:
+@click.pass_context
+def workers(ctx: click.Context, every: bool, as_json: bool) -> None:
     """
-    The workers: state, address, health figures, jobs, labels.
+    The workers: state, address, health figures, jobs, labels; and their
+    identities: who waits for approval, approve, deny, revoke.
 
     \b
       pcci workers
       pcci workers --all --json
+      pcci workers pending
+      pcci workers approve pi07
+      pcci workers revoke pi07
     """
-    from pcci.cli.views import show_workers
+    if ctx.invoked_subcommand is None:
+        from pcci.cli.views import show_workers
 
-    go(show_workers, cfg, every, as_json)
+        go(show_workers, ctx.obj, every, as_json)
+
+
+@workers.command("identities")
+@json_option("the identities")
+@click.pass_obj
+def workers_identities(cfg: Config, as_json: bool) -> None:
+    """Every worker's identity: its key's fingerprint, state, labels and how it joined."""
+    from pcci.cli.identities import list_identities
+
+    go(list_identities, cfg, False, as_json)
+
+
+@workers.command("pending")
+@json_option("the pending workers")
+@click.pass_obj
+def workers_pending(cfg: Config, as_json: bool) -> None:
+    """The workers that joined and wait for approval, with their keys' fingerprints."""
+    from pcci.cli.identities import list_identities
+
+    go(list_identities, cfg, True, as_json)
+
+
+def _decision(verb: str, summary: str) -> None:
+    @workers.command(verb, help=summary)
+    @click.argument("name")
+    @click.pass_obj
+    def command(cfg: Config, name: str) -> None:
+        from pcci.cli.identities import decide
+
+        go(decide, cfg, name, verb)
+
+
+_decision("approve", "Approve the pending worker NAME: it connects at its next try.")
+_decision("deny", "Deny the pending worker NAME: it is told never to come back, and stops.")
+_decision(
+    "revoke",
+    "Revoke the worker NAME: its connection closes at once and its jobs end lost, on every"
+    " master; it comes back only by joining again with a new token.",
+)
+
+
+@cli.group("join-token")
+def join_token() -> None:
+    """Join tokens: one line brings a new machine in as a worker with its own identity."""
+
+
+@join_token.command("create")
+@click.option("--name", "pattern", default="*", show_default=True, metavar="PATTERN",
+              help="A glob the worker's name must match (a plain name also goes into the printed line).")
+@click.option("--label", "-l", "labels", multiple=True, metavar="K=V", help="A label bound to the worker (repeatable).")
+@click.option("--uses", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="Workers that may join with it.")
+@click.option("--ttl", default="1h", show_default=True, callback=duration, help="How long it lives: 90s, 30m, 1h, 2d.")
+@click.option("--approve", is_flag=True, help="Each worker that joins waits for pcci workers approve.")
+@click.pass_obj
+def join_token_create(cfg: Config, pattern: str, labels: tuple[str, ...], uses: int, ttl: float, approve: bool) -> None:
+    """
+    Make a join token and print the line to run on the new machine.
+
+    \b
+      pcci join-token create --name pi07
+      pcci join-token create --name 'lab*' --uses 20 --label room=b12 --ttl 2h
+      pcci join-token create --approve
+    """
+    from pcci.cli.identities import create_join_token
+    from pcci.labels import parse_label
+
+    try:
+        asked = {"name": pattern, "labels": dict(parse_label(label) for label in labels), "uses": uses,
+                 "ttl": ttl, "approve": approve}
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    go(create_join_token, cfg, asked)
+
+
+@join_token.command("ls")
+@json_option("the join tokens")
+@click.pass_obj
+def join_token_ls(cfg: Config, as_json: bool) -> None:
+    """Every join token: its state, names, uses and end; never a token."""
+    from pcci.cli.identities import list_join_tokens
+
+    go(list_join_tokens, cfg, as_json)
+
+
+@join_token.command("revoke")
+@click.argument("token_id", metavar="ID")
+@click.pass_obj
+def join_token_revoke(cfg: Config, token_id: str) -> None:
+    """Revoke the join token ID: no worker joins with it any more."""
+    from pcci.cli.identities import revoke_join_token
+
+    go(revoke_join_token, cfg, token_id)
 
 
 @cli.command()

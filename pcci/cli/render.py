@@ -8,6 +8,7 @@ for tables): output into a pipe costs no rich at all.
 from __future__ import annotations
 
 import difflib
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any
@@ -38,6 +39,17 @@ STATE_WORDS = {
     "pending": ("pending", "blue"),
     "waiting": ("waiting", "yellow"),
 }
+
+
+def json_out(out: IO[str], value: Any) -> int:
+    """Write C{value} as indented JSON: what C{--json} prints; status 0."""
+    out.write(json.dumps(value, indent=2) + "\n")
+    return 0
+
+
+def labels_text(labels: dict[str, str]) -> str:
+    """Labels as C{pcci workers} shows them: C{gpu,rack=a}, or C{-}."""
+    return ",".join(k if v == "" else f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
 def exit_status(pool: dict[str, Any]) -> int:

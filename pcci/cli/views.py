@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -10,16 +9,11 @@ from urllib.parse import quote
 
 from pcci.cli.client import Event
 from pcci.cli.config import Config
-from pcci.cli.render import LinePrinter, counts_text, print_gathered, print_summary, table
+from pcci.cli.render import LinePrinter, counts_text, json_out, labels_text, print_gathered, print_summary, table
 from pcci.nodes import TargetError, fold, select_among
 
 if TYPE_CHECKING:
     from rich.text import Text
-
-
-def _json_out(cfg: Config, value: Any) -> int:
-    cfg.out.write(json.dumps(value, indent=2) + "\n")
-    return 0
 
 
 def _pool_path(pool_id: str) -> str:
@@ -61,13 +55,12 @@ def _figure(health: dict[str, Any] | None, key: str, form: str) -> str:
 async def show_workers(cfg: Config, every: bool, as_json: bool) -> int:
     workers = await cfg.client().call("GET", "/workers", all="true" if every else None)
     if as_json:
-        return _json_out(cfg, workers)
+        return json_out(cfg.out, workers)
     terminal = cfg.terminal()
     now = datetime.now(timezone.utc)
     rows = []
     for w in workers:
         health = w.get("health")
-        labels = ",".join(k if v == "" else f"{k}={v}" for k, v in sorted(w.get("labels", {}).items()))
         rows.append([
             w["id"],
             "online" if w["online"] else "offline",
@@ -78,7 +71,7 @@ async def show_workers(cfg: Config, every: bool, as_json: bool) -> int:
             _used(health, "disk"),
             _figure(health, "temperature_celsius", "{:.0f}°C"),
             str(w["jobs_running"]),
-            labels or "-",
+            labels_text(w.get("labels", {})),
             _ago(w.get("last_seen"), now),
         ])
     columns = ["NAME", "STATE", "ADDRESS", "CPU", "LOAD", "MEMORY", "DISK", "TEMP", "JOBS", "LABELS", "LAST SEEN"]
@@ -99,7 +92,7 @@ def _duration(pool: dict[str, Any]) -> str:
 async def show_pools(cfg: Config, limit: int, as_json: bool) -> int:
     pools = await cfg.client().call("GET", "/pools", limit=limit, results="false")
     if as_json:
-        return _json_out(cfg, pools)
+        return json_out(cfg.out, pools)
     terminal = cfg.terminal()
     now = datetime.now(timezone.utc)
     rows = [
@@ -120,7 +113,7 @@ async def show_pools(cfg: Config, limit: int, as_json: bool) -> int:
 async def show_pool(cfg: Config, pool_id: str, as_json: bool) -> int:
     pool = await cfg.client().call("GET", _pool_path(pool_id))
     if as_json:
-        return _json_out(cfg, pool)
+        return json_out(cfg.out, pool)
     terminal = cfg.terminal()
     terminal.out.write(
         f"pool {pool['id']}: {pool['cmd']}\n"
@@ -213,7 +206,7 @@ async def create_token(cfg: Config, name: str, read_only: bool, scope: dict[str,
 async def list_tokens(cfg: Config, as_json: bool) -> int:
     tokens = await cfg.client().call("GET", "/tokens")
     if as_json:
-        return _json_out(cfg, tokens)
+        return json_out(cfg.out, tokens)
     rows = [
         [t["name"], "read" if t["read_only"] else "run", t["source"], _scope_text(t["scope"]),
          t.get("created_by") or ""]
@@ -259,7 +252,7 @@ async def add_schedule(cfg: Config, body: dict[str, Any]) -> int:
 async def list_schedules(cfg: Config, as_json: bool) -> int:
     schedules = await cfg.client().call("GET", "/schedules")
     if as_json:
-        return _json_out(cfg, schedules)
+        return json_out(cfg.out, schedules)
     rows = [
         [s["name"], s["cron"] + ("" if s["timezone"] == "UTC" else f" ({s['timezone']})"),
          "paused" if s["paused"] else _when(s["next_runs"][0] if s["next_runs"] else None),
@@ -273,7 +266,7 @@ async def list_schedules(cfg: Config, as_json: bool) -> int:
 async def show_schedule(cfg: Config, name: str, as_json: bool) -> int:
     s = await cfg.client().call("GET", "/schedules/" + quote(name, safe=""))
     if as_json:
-        return _json_out(cfg, s)
+        return json_out(cfg.out, s)
     out = cfg.out
     out.write(f"{s['name']}: {s['cmd']}\n")
     targets = " ".join(s.get("workers") or []) or "-"

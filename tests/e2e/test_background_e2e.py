@@ -56,8 +56,8 @@ def test_master_and_worker_run_in_the_background_and_stop_on_sigterm(tmp_path: P
         pids.append(
             in_background(
                 tmp_path, "worker", "pcci-worker", "--name", "bg",
-                "--master", f"tcp:127.0.0.1:{c.worker_port}",
-                "--secret-file", str(c.secret_file),
+                # A new master admits workers by identity: the worker joins with a token.
+                "--join", f"tls:127.0.0.1:{c.worker_port}", "--token", c.join_token("bg"),
                 "--state-dir", str(tmp_path / "worker-state"),
             )
         )

@@ -15,7 +15,8 @@ import pytest
 from fakes import started as result
 
 from pcci.master.cluster.schedules import Schedule
-from pcci.master.store.base import PoolQuery, StoredPool, StoredToken
+from pcci.master.store import identities as ids
+from pcci.master.store.base import PoolQuery, StoredIdentity, StoredJoinToken, StoredPool, StoredToken
 from pcci.master.store.sqlite import open_database
 
 ENGINES = ["sqlite", "postgresql"]
@@ -150,6 +151,62 @@ def test_the_delivery_lease_never_hands_one_delivery_to_two_masters(engine: Any)
         thread.join(timeout=60)
     assert sorted(taken["m1"] + taken["m2"]) == sorted(set(taken["m1"] + taken["m2"]))  # none twice
     assert len(taken["m1"]) + len(taken["m2"]) == 60  # and none left behind
+
+
+def identity(name: str, fingerprint: str = "SHA256:a", state: str = "approved") -> StoredIdentity:
+    return StoredIdentity(name, fingerprint, state, {"labels": {}, "joined_at": 1.0, "how": "token"})
+
+
+def test_identities_own_their_names_until_revoked(engine: Any) -> None:
+    store = engine()
+    assert result(store.put_identity(identity("w")))
+    assert result(store.put_identity(identity("w")))  # the same key: kept again
+    assert not result(store.put_identity(identity("w", "SHA256:b")))  # another key: refused
+    moved = result(store.set_identity_state("w", "revoked", ("approved",), {"decided_by": "admin"}))
+    assert (moved.state, moved.record["decided_by"]) == ("revoked", "admin")
+    assert result(store.set_identity_state("w", "approved", ("pending",), {})) is None
+    assert result(store.put_identity(identity("w", "SHA256:b")))  # revoked: the name is free
+    assert [(i.name, i.fingerprint) for i in result(store.identities())] == [("w", "SHA256:b")]
+    assert result(store.identity("nobody")) is None
+
+
+def test_join_tokens_are_kept_hashed_and_revoked(engine: Any) -> None:
+    store = engine()
+    record = {"name": "*", "labels": {}, "uses": 1, "used": 0, "expires_at": 100.0}
+    result(store.add_join_token(StoredJoinToken("t1", "digest", record)))
+    assert result(store.revoke_join_token("t1"))
+    assert not result(store.revoke_join_token("t2"))
+    (kept,) = result(store.join_tokens())
+    assert (kept.id, kept.digest, kept.record["revoked"]) == ("t1", "digest", True)
+
+
+def test_a_single_use_token_joins_one_worker_when_two_masters_join_at_once(engine: Any) -> None:
+    """Two masters spending the same token at once (each in a thread): one worker joins."""
+    first, second = engine("m1"), engine("m2")
+    for n in range(20):
+        record = {"name": "*", "labels": {}, "uses": 1, "used": 0, "expires_at": 100.0}
+        result(first.add_join_token(StoredJoinToken(f"t{n}", "d", record)))
+    outcomes: dict[str, list[str]] = {"m1": [], "m2": []}
+    start = threading.Barrier(2)
+
+    def spend(store: Any, name: str) -> None:
+        start.wait()
+        for n in range(20):
+            code, _ = store._transact(lambda cursor, n=n: ids.join(
+                cursor, store._mark, store._lock, f"t{n}", "d",
+                lambda record: "join token used up" if record["used"] >= record["uses"] else None,
+                lambda record: identity(f"{name}-{n}", f"SHA256:{name}"),
+            ))
+            outcomes[name].append(code)
+
+    threads = [threading.Thread(target=spend, args=(s, n)) for s, n in ((first, "m1"), (second, "m2"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for n in range(20):
+        assert sorted([outcomes["m1"][n], outcomes["m2"][n]]) == ["ok", "token"], n
+    assert len(result(first.identities())) == 20
 
 
 def test_the_store_answers_a_ping(engine: Any) -> None:

@@ -13,10 +13,14 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from pcci.master.links.connection import WorkerPortFactory
+from pcci.wire import peer_address
+
+log = Logger()
 
 #: The first byte of a TLS handshake record.
 TLS_HANDSHAKE = b"\x16"
@@ -37,6 +41,10 @@ class Sniffer(Protocol):
     def _silent(self) -> None:
         self._timeout = None
         if self.inner is None and self.transport is not None:
+            log.warn(
+                "closing connection from {peer}: no handshake within {seconds:g} seconds",
+                peer=peer_address(self.transport), seconds=self.factory.workers.handshake_timeout,
+            )
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:

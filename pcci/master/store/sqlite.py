@@ -80,10 +80,11 @@ class SQLiteStore(ThreadedStore):
     # Each call below runs in the store's thread, once open.
 
     _mark = "?"
-    _lock = ""  # one master, one thread: each transaction is alone
+    _lock = ""  # BEGIN IMMEDIATE locks the database for the transaction
 
     def _transact(self, work: Any) -> Any:
         with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # what it reads stays so until it commits
             return work(self.db.cursor())
 
     def _identity_changed(self, cursor: Any, name: str) -> None:
