@@ -6,7 +6,9 @@ A real master; the workers are simulated in this one process over the real
 wire protocol (pcci's own worker connection and handshake), with jobs that
 end at once with status 0, so the figure is the master's and the wire's,
 not 10,000 processes'.  Each size is timed --runs times; the median and
-the worst are printed.
+the worst are printed.  The workers connect as a new master wants them:
+each with its identity (joined with a token), over mutual TLS;
+--worker-auth secret measures plain TCP and the cluster secret instead.
 
     python bench/fanout.py --workers 1000 10000
 """
@@ -76,9 +78,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--worker-auth", choices=["identity", "secret"], default="identity",
+                        help="workers over mutual TLS with identities (the default), or plain TCP with the secret")
     args = parser.parse_args()
+    print(f"workers by {args.worker_auth}")
     with_master(lambda reactor, cluster: measure(reactor, args, cluster),
-                "--max-connections", str(sum(args.workers) + 10), "--max-workers", str(max(args.workers)))
+                "--max-connections", str(sum(args.workers) + 10), "--max-workers", str(max(args.workers)),
+                worker_auth=args.worker_auth)
 
 if __name__ == "__main__":
     main()

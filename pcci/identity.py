@@ -211,10 +211,15 @@ class WorkerIdentity:
             raise IdentityError(f"the master sent a certificate that is not one: {e}") from None
         if certificate.public_key() != self.key.public_key() or common_name(certificate) != self.name:
             raise IdentityError("the master sent a certificate for another key or name")
-        _, certificate_path, ca_path = self.paths(self.directory.parent, self.name)
-        write_atomically(ca_path, certificate_pem(ca))
-        write_atomically(certificate_path, certificate_pem(certificate))
         self.certificate, self.ca = certificate, ca
+        self.save()
+
+    def save(self) -> None:
+        """Write the certificate and the CA's beside the key."""
+        assert self.certificate is not None and self.ca is not None
+        _, certificate_path, ca_path = self.paths(self.directory.parent, self.name)
+        write_atomically(ca_path, certificate_pem(self.ca))
+        write_atomically(certificate_path, certificate_pem(self.certificate))
 
     def needs_renewal(self, now: float) -> bool:
         if self.certificate is None:

@@ -138,7 +138,7 @@ class Cluster:
     def secret_file(self) -> Path:
         return self.state_dir / "cluster-secret"
 
-    def start_master(self, *args: str, files: int | None = None) -> Daemon:
+    def start_master(self, *args: str, files: int | None = None, env: dict[str, str] | None = None) -> Daemon:
         auth = ["--state-dir", str(self.state_dir)]
         if not self.auth:
             auth.append("--no-auth")
@@ -148,7 +148,7 @@ class Cluster:
             "master", "pcci-master",
             "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
             "--listen", f"tcp:{self.worker_port}:interface=127.0.0.1", *auth, *args,
-            files=files,
+            files=files, env=env,
         )
         poll(lambda: self.up(), what="the master's API")
         if self.auth:

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from pcci.auth import read_secret
 from pcci.clock import StallWatch
 from pcci.daemon import raise_file_limit
+from pcci.identity import JoinToken, WorkerIdentity, new_key
 from pcci.worker.connection import WorkerFactory
 from pcci.worker.jobs import HeldJob, JobTable
+from pcci.worker.joining import join
 
 FIGURES = {
     "cpu_ratio": 0.12,
@@ -70,24 +72,57 @@ class InstantJobs(JobTable):
         self._report_end(held)
 
 
+class KeptInMemory(WorkerIdentity):
+    """A simulated worker's identity: its certificate is not written anywhere."""
+
+    def save(self) -> None:
+        pass
+
+
+async def identities(reactor: Any, description: str, token: str, names: list[str]) -> dict[str, WorkerIdentity]:
+    """
+    An identity for each of C{names}, joined with C{token} (a token of as
+    many uses) as a real worker joins.  The swarm shares one key: making a
+    key is each real worker's own cost, not the master's.
+    """
+    key = new_key()
+    parsed = JoinToken.parse(token)
+    made: dict[str, WorkerIdentity] = {}
+
+    async def one(name: str) -> None:
+        identity = KeptInMemory(Path("/nonexistent"), name, key)
+        await join(reactor, description, parsed, identity, {})
+        made[name] = identity
+
+    for start in range(0, len(names), AT_ONCE):
+        await defer.gatherResults(
+            [defer.ensureDeferred(one(name)) for name in names[start:start + AT_ONCE]], consumeErrors=True,
+        )
+    return made
+
+
 async def connect(
-    reactor: Any, endpoint: IStreamClientEndpoint, secret: bytes, names: list[str],
+    reactor: Any, endpoint: IStreamClientEndpoint, secret: bytes | None, names: list[str],
     heartbeat: float, jobs: type[JobTable] = JobTable,
+    identities: dict[str, WorkerIdentity] | None = None,
 ) -> list[WorkerFactory]:
     """
-    Workers C{names} joined to the master at C{endpoint}, C{AT_ONCE} at a
-    time.  They share one stall watch, as one process stalls as a whole
-    (10,000 of them ticking twice a second would be the simulator's load).
+    Workers C{names} joined to the master at C{endpoint} (with the secret,
+    or over mutual TLS with C{identities}), C{AT_ONCE} at a time.  They
+    share one stall watch, as one process stalls as a whole (10,000 of
+    them ticking twice a second would be the simulator's load).
     """
     stall = StallWatch(reactor)
 
     async def join(name: str) -> WorkerFactory:
+        identity = None if identities is None else identities[name]
         factory = WorkerFactory(
             reactor, name, secret, jobs(reactor, name, 5.0), heartbeat=heartbeat,
-            collect=lambda disk, running: defer.succeed(dict(FIGURES)),
+            collect=lambda disk, running: defer.succeed(dict(FIGURES)), identity=identity,
         )
         factory.stall = stall
-        connection = await endpoint.connect(factory)
+        dial = endpoint if identity is None else wrapClientTLS(identity.client_tls(), endpoint)
+        connection = await dial.connect(factory)
         await connection.joined
         return factory
 

@@ -105,7 +105,10 @@ class MasterConnection(FramedJSONProtocol):
         factory.connection = self
         self._last_frame = factory.reactor.seconds()
         cast(IConsumer, self.transport).registerProducer(self, True)
-        self._handshake = WorkerHandshake(factory.secret, factory.name)
+        # Over mutual TLS with its identity, TLS proved the master (its CA's
+        # certificate): there is no secret to prove, either way.
+        by_identity = factory.identity is not None and factory.identity.certificate is not None
+        self._handshake = WorkerHandshake(None if by_identity else factory.secret, factory.name)
         hello = self._handshake.hello(
             heartbeat=factory.heartbeat,
             hostname=socket.gethostname(),

@@ -53,7 +53,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A master with two workers, node1 and node2, and two named tokens; its
     cron lines may have seconds (tests only)."""
     directory = tmp_path_factory.mktemp("web")
-    c = Cluster(directory)
+    c = Cluster(directory, worker_auth="both")  # the secret's workers, and identities too
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("PCCI_TEST_CRON_SECONDS", "1")
@@ -553,6 +553,24 @@ def test_a_schedule_made_run_paused_changed_and_removed(page: Page) -> None:
         page.wait_text("#schedules", "No schedule yet")
     finally:
         page.cluster.request("DELETE", "/schedules/tick")
+
+
+def test_a_worker_waiting_for_approval_is_listed_with_its_key_and_approved(page: Page) -> None:
+    c = page.cluster
+    token = c.join_token("pi-new", approve=True)
+    c._start("join-pi-new", "pcci-worker", "--join", f"tls:127.0.0.1:{c.worker_port}", "--token", token,
+             "--name", "pi-new", "--heartbeat", "1", "--state-dir", str(c.directory / "state-pi-new"))
+    try:
+        page.sign_in(ADMIN)
+        page.wait_text("#nodes-pending", "pi-new")
+        (pending,) = c.request("GET", "/workers/pending")[1]
+        page.wait_text("#nodes-pending li[data-worker=pi-new]", pending["fingerprint"])
+        page.shoot("nodes-pending")
+        page.find("#nodes-pending li[data-worker=pi-new] .approve").click()
+        page.wait_text("article[data-worker=pi-new]", "by its identity")
+        page.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, "#nodes-pending"), "the list of pending gone")
+    finally:
+        c.request("POST", "/workers/pi-new/revoke")
 
 
 def test_a_pool_page_carries_on_across_a_master_restart(page: Page, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from cluster import Cluster, poll
 
+from pcci.identity import EXIT_NAME
+
 pytestmark = pytest.mark.e2e
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -24,6 +26,8 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 PROTOCOL_2 = "6b48596cbe0ff81b090e5a7328a68b2fec25efac"
 #: A released state speaking protocol 3, the one before this (4 brought pushes).
 PROTOCOL_3 = "e8c0c12a6dda7b072020a73b097b9d4f65f3babb"
+#: The landing before identities: every worker held the cluster secret.
+BEFORE_IDENTITIES = "eb8d179e4348abd84e813fabd7daa5eae5158246"
 
 
 def checkout(commit: str, into: Path) -> Path:
@@ -103,3 +107,40 @@ def tar_of(name: str, data: bytes) -> bytes:
         member.size = len(data)
         archive.addfile(member, io.BytesIO(data))
     return body.getvalue()
+
+
+def test_an_upgraded_master_admits_both_kinds_and_a_worker_moves_over_with_enroll(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The previous landing's master and worker; the master upgraded (both kinds); the worker enrolls."""
+    c = own_cluster
+    before = {"PYTHONPATH": str(checkout(BEFORE_IDENTITIES, tmp_path / "before"))}
+    c.worker_auth = "identity"  # no --worker-auth: the old master has none, the new one chooses
+    old_master = c.start_master(env=before)
+    c.worker_auth = "secret"  # the workers hold the secret the old master made
+    old_worker = c.start_worker("w1", "--heartbeat", "0.5", env=before)
+    assert c.run("echo before", ["w1"])["state"] == "ok"
+    old_master.stop()
+    c.worker_auth = "identity"
+    c.start_master()
+    log = c.master.log_text()
+    assert "workers also join with" in log and "pcci join-token create" in log  # both kinds
+    c.wait_for_workers("w1")  # the old worker came back by the secret: no worker stopped
+    assert {w["id"]: w["auth"] for w in c.request("GET", "/workers")[1]} == {"w1": "secret"}
+    assert c.run("echo after", ["w1"])["jobs"][0]["result"] == "after\n"
+    # Upgraded, the worker asks once for its identity, then connects with it.
+    old_worker.stop()
+    c.worker_auth = "secret"
+    c.start_worker("w1", "--heartbeat", "0.5", "--enroll", wait=False)
+    poll(lambda: {w["id"]: w["auth"] for w in c.request("GET", "/workers")[1]}.get("w1") == "identity",
+         what="w1 back by its identity")
+    (identity,) = c.request("GET", "/identities")[1]
+    assert (identity["name"], identity["how"], identity["state"]) == ("w1", "enroll", "approved")
+    # Its name is its identity's now: the secret alone no longer takes it.
+    impostor = c._start(
+        "impostor", "pcci-worker", "--master", f"tcp:127.0.0.1:{c.worker_port}", "--name", "w1",
+        "--secret-file", str(c.secret_file), "--state-dir", str(tmp_path / "impostor"),
+    )
+    assert impostor.process.wait(30) == EXIT_NAME
+    assert "holding the cluster secret asked for w1, which an identity owns" in c.master.log_text()
+    assert c.run("echo still me", ["w1"])["jobs"][0]["result"] == "still me\n"

@@ -268,8 +268,8 @@ class Admission:
         if self.greeted:
             connection.protocolViolation("a join after a hello")
             return
-        if self.busy or self.enrollment is None or self.mode == "none":
-            self.refuse("this master does not take join tokens", reconnect=False, code="token")
+        if self.busy or self.enrollment is None or self.mode in ("none", "secret"):
+            self.refuse("this master does not take join tokens (--worker-auth secret)", reconnect=False, code="token")
             return
         if not connection.tls:
             self.refuse("join over TLS (tls:HOST:PORT), so that the token's pin can be checked",

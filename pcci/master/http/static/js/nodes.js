@@ -1,6 +1,8 @@
 // Nodes: every worker the master has seen, online or lost, with its labels,
-// jobs and health figures, and small charts of their history.  From
-// GET /workers?all=true and GET /workers/<name>, refreshed live.
+// jobs and health figures, and small charts of their history; above them,
+// the workers that joined and wait for a person's approval, each with its
+// key's fingerprint.  From GET /workers?all=true, GET /workers/<name> and
+// GET /workers/pending, refreshed live.
 
 import { call } from "./api.js";
 import { sparkline } from "./chart.js";
@@ -11,6 +13,46 @@ const REFRESH = 5000; // ms between lists of workers
 const PER_WORKER = 1; // ms more between them for each worker: 10 s for 10,000, whose list is 5 MB
 const SOON = 1000; // ms, while a new worker has too few figures for a chart
 const HISTORY_REFRESH = 15000; // ms between each worker's history
+
+// How a worker proved itself to its master (GET /workers' auth).
+const AUTH_WORDS = { identity: "by its identity", secret: "by the cluster secret", local: "the master's own", none: "no auth" };
+
+// The workers waiting for approval: name, key, where from, and what to do.
+function pendingList(pending, decided) {
+  if (!pending.length) return null;
+  const decide = (worker, decision) => async (event) => {
+    event.target.disabled = true;
+    try {
+      await call(`/workers/${encodeURIComponent(worker.name)}/${decision}`, { method: "POST" });
+    } finally {
+      decided();
+    }
+  };
+  return h(
+    "section",
+    { class: "card pending", id: "nodes-pending", "aria-label": "Workers waiting for approval" },
+    h("h2", {}, `Waiting for approval (${pending.length})`),
+    h("p", { class: "muted" }, "Compare each key with the machine's before approving it: pcci workers pending shows the same."),
+    h(
+      "ul",
+      {},
+      pending.map((worker) =>
+        h(
+          "li",
+          { dataset: { worker: worker.name } },
+          h("strong", {}, worker.name),
+          " ",
+          h("code", { class: "fingerprint" }, worker.fingerprint),
+          h("span", { class: "muted" }, ` from ${worker.address || "?"} · joined `, when(new Date(worker.joined_at * 1000).toISOString())),
+          " ",
+          h("button", { type: "button", class: "small approve", onclick: decide(worker, "approve") }, "Approve"),
+          " ",
+          h("button", { type: "button", class: "small quiet deny", onclick: decide(worker, "deny") }, "Deny"),
+        ),
+      ),
+    ),
+  );
+}
 
 function percent(ratio) {
   return ratio === null || ratio === undefined ? "–" : `${Math.round(ratio * 100)} %`;
@@ -66,6 +108,7 @@ function card(worker, history) {
       { class: "muted node-where" },
       worker.address || "",
       worker.master ? ` · on master ${worker.master}` : "",
+      worker.auth ? ` · ${AUTH_WORDS[worker.auth] || worker.auth}` : "",
       worker.online ? " · connected " : " · last seen ",
       when(worker.online ? worker.connected_at : worker.last_seen),
     ),
@@ -106,6 +149,7 @@ function controls(redraw) {
 
 export function showNodes(main, context) {
   const summary = h("p", { class: "muted", id: "nodes-summary" });
+  const waiting = h("div", { id: "nodes-waiting" });
   const grid = h("div", { class: "grid", id: "nodes" }, notice("Loading workers…"));
   const histories = new Map(); // name -> {at, columns}
   const asked = new Set(); // names whose history is on its way
@@ -133,7 +177,7 @@ export function showNodes(main, context) {
 
   const list = new LazyList(grid, draw, { page: 60, noun: "workers" });
   const filter = controls(() => show());
-  fill(main, h("div", { class: "view-head" }, h("h1", {}, "Nodes"), summary, filter.form), grid, list.more);
+  fill(main, h("div", { class: "view-head" }, h("h1", {}, "Nodes"), summary, filter.form), waiting, grid, list.more);
 
   function show() {
     const text = filter.name.value.trim().toLowerCase();
@@ -141,7 +185,7 @@ export function showNodes(main, context) {
     const shown = workers.filter((w) => (!state || w.online === (state === "online")) && matches(w, text));
     list.show(shown);
     if (!workers.length) {
-      fill(grid, notice("No worker has connected yet: start one with twistd -n pcci-worker --master tcp:<this host>:7000 (see the README)."));
+      fill(grid, notice("No worker has connected yet: pcci join-token create prints the line that brings a machine in (see the README)."));
     } else if (!shown.length) {
       fill(grid, notice("No worker matches this filter."));
     }
@@ -151,6 +195,9 @@ export function showNodes(main, context) {
     let next = REFRESH;
     try {
       workers = await call("/workers?all=true", { signal: controller.signal });
+      // Only an administrator's token sees who waits (and none with --no-auth).
+      const pending = await call("/workers/pending", { signal: controller.signal }).catch(() => []);
+      fill(waiting, pendingList(pending, () => { clearTimeout(timer); refresh(); }));
       workers.sort((a, b) => Number(b.online) - Number(a.online) || byName(a.id, b.id));
       next = Math.max(REFRESH, workers.length * PER_WORKER);
       const online = workers.filter((w) => w.online).length;
