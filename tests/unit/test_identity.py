@@ -13,7 +13,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fakes import started as result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_store import SyncStore
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -325,3 +328,145 @@ def test_a_renewal_is_for_the_same_key_of_an_approved_identity(ca: ClusterCA, cl
 def test_a_token_request_out_of_its_rules_is_refused(body: dict[str, Any], why: str) -> None:
     with pytest.raises(ValueError, match=why):
         TokenRequest.parse(body)
+
+
+# The wire: a master's port, a worker's connection
+
+
+def port(e: Enrollment, clock: Clock, mode: str = "identity", tls: bool = True) -> tuple[Any, Any]:
+    """A master's connection on a TLS port (without a certificate) taking joins for C{e}."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from pcci.master.cluster.state import ClusterState
+    from pcci.master.links.admission import Gate
+    from pcci.master.links.connection import WorkerPortFactory
+
+    state = ClusterState(clock)
+    factory = WorkerPortFactory(state, clock, Gate(mode, None, e, None))
+    connection = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+    connection.tls = tls
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 5000))
+    connection.makeConnection(transport)
+    return connection, transport
+
+
+def said(transport: Any) -> list[dict[str, Any]]:
+    import json
+
+    from pcci.wire import TERMINATOR
+
+    return [json.loads(frame) for frame in transport.value().split(TERMINATOR) if frame]
+
+
+def test_a_join_over_the_wire_gets_a_certificate_and_the_connection_closes(
+    ca: ClusterCA, clock: Clock, tmp_path: Path
+) -> None:
+    from pcci.wire import encode
+
+    e = enrollment(ca, clock, tmp_path)
+    connection, transport = port(e, clock)
+    request = make_request(new_key(), "pi01")
+    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "pi01", "csr": request,
+                                    "labels": {"rack": "a"}}))
+    (answer,) = said(transport)
+    assert answer["code"] == "certificate" and answer["state"] == "approved" and answer["ca"] == ca.pem
+    assert transport.disconnecting
+    # Plain TCP: no join (the worker could not have checked the pin).
+    connection, transport = port(e, clock, tls=False)
+    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "pi02", "csr": request,
+                                    "labels": {}}))
+    (bye,) = said(transport)
+    assert (bye["code"], bye["refusal"], bye["reconnect"]) == ("bye", "token", False)
+
+
+def test_a_master_on_the_secret_alone_takes_no_join(ca: ClusterCA, clock: Clock, tmp_path: Path) -> None:
+    from pcci.wire import encode
+
+    e = enrollment(ca, clock, tmp_path)
+    connection, transport = port(e, clock, mode="secret")
+    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "w", "csr": "x", "labels": {}}))
+    (bye,) = said(transport)
+    assert bye["refusal"] == "token" and "secret" in bye["reason"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    token=st.one_of(st.text(max_size=90), st.just("VALID")),
+    name=st.text(max_size=40),
+    csr=st.one_of(st.text(max_size=300), st.just("VALID")),
+    labels=st.dictionaries(st.text(max_size=10), st.one_of(st.text(max_size=10), st.integers()), max_size=3),
+    extra=st.binary(max_size=200),
+)
+def test_any_join_frame_is_answered_or_refused_and_never_raises(
+    ca: ClusterCA, tmp_path: Path, token: str, name: str, csr: str, labels: dict[str, Any], extra: bytes
+) -> None:
+    """The join is fuzzed like the rest of the port: an answer or a refusal, nothing else."""
+    from twisted.logger import globalLogPublisher
+
+    from pcci.wire import encode
+
+    clock = Clock()
+    clock.advance(START)
+    directory = tmp_path / str(next(_runs))
+    directory.mkdir()
+    e = enrollment(ca, clock, directory)
+    if token == "VALID":
+        token = token_for(e, name="*")
+    if csr == "VALID":
+        csr = make_request(new_key(), "w")
+    failures: list[dict[str, Any]] = []
+    observer = lambda event: failures.append(event) if "log_failure" in event else None  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        connection, transport = port(e, clock)
+        connection.dataReceived(encode({"code": "join", "token": token, "name": name, "csr": csr, "labels": labels}))
+        connection.dataReceived(extra)
+        connection.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert failures == []
+    answers = said(transport) if transport.value().endswith(b"EOM") else []
+    codes = [a["code"] for a in answers][:1]
+    assert codes in ([], ["certificate"], ["bye"])
+    if codes == ["certificate"]:
+        assert result(e.store.identity(name)).state == "approved"
+
+
+_runs = iter(range(10**9))
+
+
+def test_a_worker_asks_for_a_new_certificate_in_its_last_month_and_keeps_it(ca: ClusterCA, tmp_path: Path) -> None:
+    """The worker's side: a welcome that offers identities, a certificate near its end, a renewal kept."""
+    import datetime
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from pcci.identity import certificate_pem
+    from pcci.wire import PROTOCOL_VERSION, encode
+    from pcci.worker.connection import WorkerFactory
+    from pcci.worker.jobs import JobTable
+
+    identity = WorkerIdentity.fresh(tmp_path, "pi1")
+    ending = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=70)  # 20 days left
+    identity.keep(certificate_pem(ca.sign_worker(check_request(identity.request()), "pi1", ending)), ca.pem)
+    clock = Clock()
+    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"), heartbeat=1, identity=identity,
+                            collect=lambda disk, jobs: succeed({}))
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    transport.clear()
+    protocol.dataReceived(encode({"code": "welcome", "version": PROTOCOL_VERSION, "identities": True}))
+    renew = [f for f in said(transport) if f["code"] == "renew"]
+    assert len(renew) == 1
+    request = check_request(renew[0]["csr"])
+    assert key_fingerprint(request) == key_fingerprint(identity.certificate)
+    fresh = ca.sign_worker(request, "pi1")
+    protocol.dataReceived(encode({"code": "certificate", "certificate": certificate_pem(fresh), "ca": ca.pem,
+                                  "state": "approved", "reason": ""}))
+    assert factory.identity is identity and identity.certificate == fresh
+    kept = WorkerIdentity.load(tmp_path, "pi1")
+    assert kept is not None and kept.certificate == fresh
+    assert not transport.disconnecting  # a renewal keeps the connection
