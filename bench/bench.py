@@ -175,9 +175,12 @@ def main() -> None:
     parser.add_argument("--master", nargs="*", default=[], help="more options for the first master")
     parser.add_argument("--postgres", action="store_true",
                         help="also pools/s with PostgreSQL as the store (a throwaway server)")
+    parser.add_argument("--worker-auth", choices=["identity", "secret"], default="identity",
+                        help="workers over mutual TLS with identities (the default), or plain TCP with the secret")
     args = parser.parse_args()
+    print(f"workers by {args.worker_auth}")
     with tempfile.TemporaryDirectory() as directory:
-        cluster = Cluster(Path(directory))
+        cluster = Cluster(Path(directory), worker_auth=args.worker_auth)
         try:
             cluster.start_master("--retention", "5", *args.master)
             cluster.start_worker("w1")

@@ -72,9 +72,12 @@ async def show_workers(cfg: Config, every: bool, as_json: bool) -> int:
             _figure(health, "temperature_celsius", "{:.0f}°C"),
             str(w["jobs_running"]),
             labels_text(w.get("labels", {})),
+            w.get("auth") or "-",
             _ago(w.get("last_seen"), now),
         ])
-    columns = ["NAME", "STATE", "ADDRESS", "CPU", "LOAD", "MEMORY", "DISK", "TEMP", "JOBS", "LABELS", "LAST SEEN"]
+    columns = [
+        "NAME", "STATE", "ADDRESS", "CPU", "LOAD", "MEMORY", "DISK", "TEMP", "JOBS", "LABELS", "AUTH", "LAST SEEN",
+    ]
     terminal.print_table(table(columns, rows))
     if not workers:
         cfg.err.write("pcci: no worker is connected\n")
