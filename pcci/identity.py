@@ -221,6 +221,17 @@ class WorkerIdentity:
         write_atomically(ca_path, certificate_pem(self.ca))
         write_atomically(certificate_path, certificate_pem(self.certificate))
 
+    def set_aside(self) -> None:
+        """
+        The master revoked this identity: its certificate is kept as
+        C{NAME.crt.revoked}, so that C{--join} with a new token joins again
+        (with the same key).
+        """
+        _, certificate_path, _ = self.paths(self.directory.parent, self.name)
+        if certificate_path.exists():
+            certificate_path.replace(certificate_path.with_name(certificate_path.name + ".revoked"))
+        self.certificate = None
+
     def needs_renewal(self, now: float) -> bool:
         if self.certificate is None:
             return False

@@ -100,7 +100,7 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "get_data": {"pool": str, "path": str, "offset": int, "size": int},
     # Identities (see pcci.identity): a join instead of a hello, over TLS;
     # once welcomed, a renewal, or an enrollment by the cluster secret.
-    "join": {"token": str, "name": str, "csr": str, "labels": dict},
+    "join": {"token": str, "name": str, "csr": str},
     "renew": {"csr": str},
     "enroll": {"csr": str},
 }

@@ -91,7 +91,7 @@ async def identities(reactor: Any, description: str, token: str, names: list[str
 
     async def one(name: str) -> None:
         identity = KeptInMemory(Path("/nonexistent"), name, key)
-        await join(reactor, description, parsed, identity, {})
+        await join(reactor, description, parsed, identity)
         made[name] = identity
 
     for start in range(0, len(names), AT_ONCE):

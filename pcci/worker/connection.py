@@ -207,7 +207,10 @@ class MasterConnection(FramedJSONProtocol):
         elif message.get("replaced") is True:
             self.factory.replaced(message["reason"])
         else:
-            self.factory.exit_status = EXIT_STATUSES.get(message.get("refusal", ""), 1)
+            refusal = message.get("refusal", "")
+            self.factory.exit_status = EXIT_STATUSES.get(refusal, 1)
+            if refusal == "revoked" and self.factory.identity is not None and not message["reconnect"]:
+                self.factory.identity.set_aside()
             self.log.error("master closed this connection: {reason}", reason=message["reason"])
             if not message["reconnect"]:
                 self.factory.dismissed(message["reason"])

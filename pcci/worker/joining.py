@@ -89,10 +89,7 @@ class JoinConnection(FramedJSONProtocol):
             factory.fail(JoinRefused(EXIT_PIN, f"{e} (master at {peer_address(self.transport)})"))
             self.abort_connection()
             return
-        self.sendMessage(
-            "join", token=str(factory.token), name=factory.identity.name, labels=factory.labels,
-            csr=factory.identity.request(),
-        )
+        self.sendMessage("join", token=str(factory.token), name=factory.identity.name, csr=factory.identity.request())
 
     def handle_certificate(self, message: dict[str, Any]) -> None:
         try:
@@ -119,10 +116,9 @@ class JoinFactory(Factory[JoinConnection]):
     protocol = JoinConnection
     noisy = False
 
-    def __init__(self, token: JoinToken, identity: WorkerIdentity, labels: dict[str, str]) -> None:
+    def __init__(self, token: JoinToken, identity: WorkerIdentity) -> None:
         self.token = token
         self.identity = identity
-        self.labels = labels
         #: Fires with the identity's state (approved, pending), or fails.
         self.done: Deferred[str] = Deferred()
 
@@ -135,14 +131,12 @@ class JoinFactory(Factory[JoinConnection]):
             self.done.errback(error)
 
 
-def join(
-    reactor: Any, description: str, token: JoinToken, identity: WorkerIdentity, labels: dict[str, str]
-) -> Deferred[str]:
+def join(reactor: Any, description: str, token: JoinToken, identity: WorkerIdentity) -> Deferred[str]:
     """
     Join once: the identity's state, or a failure: L{JoinRefused} (give
     up) or another (the master unreachable or busy: try again).
     """
-    factory = JoinFactory(token, identity, labels)
+    factory = JoinFactory(token, identity)
     # Nothing trusted yet: the pin is checked by hand once TLS is up.
     anything = ssl.CertificateOptions(enableSessionTickets=False)
     endpoint = wrapClientTLS(anything, clientFromString(reactor, plain_endpoint(description)))
@@ -152,8 +146,7 @@ def join(
 
 
 def join_until_done(
-    reactor: Any, description: str, token: JoinToken, identity: WorkerIdentity, labels: dict[str, str],
-    retry: Callable[[int], float],
+    reactor: Any, description: str, token: JoinToken, identity: WorkerIdentity, retry: Callable[[int], float]
 ) -> Deferred[str]:
     """
     Join, trying again after C{retry(attempts)} seconds while the master
@@ -163,7 +156,7 @@ def join_until_done(
     attempts = [0]
 
     def attempt() -> None:
-        join(reactor, description, token, identity, labels).addCallbacks(done.callback, failed)
+        join(reactor, description, token, identity).addCallbacks(done.callback, failed)
 
     def failed(failure: Failure) -> None:
         if failure.check(JoinRefused):

@@ -166,7 +166,7 @@ def _join(reactor: Any, options: Options, service: WorkerService) -> Deferred[No
     """Join with the token, once; a refusal stops the worker with its status."""
     assert options.token is not None and options.journal is not None
     identity = WorkerIdentity.fresh(options.journal.parent, options["name"])
-    d = join_until_done(reactor, options["join"], options.token, identity, options.labels, RETRY_POLICY)
+    d = join_until_done(reactor, options["join"], options.token, identity, RETRY_POLICY)
 
     def joined(state: str) -> None:
         service.factory.identity = identity

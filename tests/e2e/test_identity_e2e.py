@@ -153,7 +153,7 @@ def test_a_certificate_is_its_own_name_only_and_bad_requests_are_refused(fresh: 
     assert bye["code"] == "bye" and "identity only" in bye["reason"]
     # A join whose request is not one: refused, and the token kept.
     token = c.join_token("x")
-    (bye,) = frames_over_tls(c, "x", [{"code": "join", "token": token, "name": "x", "csr": "junk", "labels": {}}])
+    (bye,) = frames_over_tls(c, "x", [{"code": "join", "token": token, "name": "x", "csr": "junk"}])
     assert (bye["code"], bye["refusal"]) == ("bye", "csr")
     assert [t["used"] for t in c.request("GET", "/join-tokens")[1] if t["name"] == "x"] == [0]
     # Garbage on the port drops that connection and nothing else.
@@ -183,10 +183,16 @@ def test_approval_then_revocation_ends_the_worker_and_its_jobs(fresh: Cluster, m
     job = c.wait_pool(pool_id)["jobs"][0]
     assert job["state"] == "lost" and "revoked" in job["result"]
     assert "pi07" not in workers(c)
-    # It cannot come back with its certificate: refused, and stops again.
+    # The worker set its certificate aside; put back, it is refused, and stops again.
+    kept = c.directory / "state-pi07" / "identity" / "pi07.crt"
+    assert not kept.exists()
+    kept.with_name("pi07.crt.revoked").rename(kept)
     again = c._start("again", "pcci-worker", "--master", f"tcp:127.0.0.1:{c.worker_port}", "--name", "pi07",
                      "--state-dir", str(c.directory / "state-pi07"))
     assert exit_status(again) == EXIT_REVOKED
+    # Back only by joining again, with a new token.
+    joiner(c, "pi07", c.join_token("pi07"))
+    c.wait_for_workers("pi07")
     assert c.request("POST", "/workers/pi07/approve")[0] == 409
     assert c.request("POST", "/workers/nobody/revoke")[0] == 404
 

@@ -201,7 +201,7 @@ def test_a_certificate_is_renewed_in_its_last_month(tmp_path: Path, ca: ClusterC
 
 
 def join(e: Enrollment, token: str, name: str = "pi01", key: Any = None) -> Any:
-    return e.join(token, name, {"os": "linux"}, make_request(key or new_key(), name), "192.0.2.7:5000")
+    return e.join(token, name, make_request(key or new_key(), name), "192.0.2.7:5000")
 
 
 def test_a_token_joins_once_binds_its_labels_and_is_then_used_up(ca: ClusterCA, clock: Clock, tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_a_token_joins_once_binds_its_labels_and_is_then_used_up(ca: ClusterCA, 
     certificate = x509.load_pem_x509_certificate(signed.certificate.encode())
     assert common_name(certificate) == "pi01"
     identity = result(e.store.identity("pi01"))
-    assert identity.record["labels"] == {"os": "linux", "room": "b12"}
+    assert identity.record["labels"] == {"room": "b12"}  # the token's: the worker's own come with each hello
     assert refusal(join(e, token, "pi02")).reason == "join token used up"
     assert [t["state"] for t in result(e.tokens())] == ["used"]
 
@@ -259,7 +259,7 @@ def test_a_name_outside_the_pattern_or_owned_by_another_key_is_refused(
 def test_a_request_that_is_not_one_spends_nothing(ca: ClusterCA, clock: Clock, tmp_path: Path) -> None:
     e = enrollment(ca, clock, tmp_path)
     token = token_for(e)
-    refused = refusal(e.join(token, "w", {}, "not a request", "192.0.2.7:1"))
+    refused = refusal(e.join(token, "w", "not a request", "192.0.2.7:1"))
     assert refused.code == "csr"
     result(join(e, token, "w"))
 
@@ -293,9 +293,9 @@ def test_a_master_that_approves_every_worker_holds_each_pending(ca: ClusterCA, c
 def test_enrollment_by_the_secret_never_takes_an_owned_name(ca: ClusterCA, clock: Clock, tmp_path: Path) -> None:
     e = enrollment(ca, clock, tmp_path)
     result(join(e, token_for(e), "db1"))
-    refused = refusal(e.enroll("db1", make_request(new_key(), "db1"), {}, "192.0.2.9:1"))
+    refused = refusal(e.enroll("db1", make_request(new_key(), "db1"), "192.0.2.9:1"))
     assert refused.code == "name"
-    signed = result(e.enroll("old1", make_request(new_key(), "old1"), {"os": "linux"}, "192.0.2.9:1"))
+    signed = result(e.enroll("old1", make_request(new_key(), "old1"), "192.0.2.9:1"))
     assert signed.state == "approved"
     assert result(e.store.identity("old1")).record["how"] == "enroll"
 
@@ -367,15 +367,13 @@ def test_a_join_over_the_wire_gets_a_certificate_and_the_connection_closes(
     e = enrollment(ca, clock, tmp_path)
     connection, transport = port(e, clock)
     request = make_request(new_key(), "pi01")
-    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "pi01", "csr": request,
-                                    "labels": {"rack": "a"}}))
+    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "pi01", "csr": request}))
     (answer,) = said(transport)
     assert answer["code"] == "certificate" and answer["state"] == "approved" and answer["ca"] == ca.pem
     assert transport.disconnecting
     # Plain TCP: no join (the worker could not have checked the pin).
     connection, transport = port(e, clock, tls=False)
-    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "pi02", "csr": request,
-                                    "labels": {}}))
+    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "pi02", "csr": request}))
     (bye,) = said(transport)
     assert (bye["code"], bye["refusal"], bye["reconnect"]) == ("bye", "token", False)
 
@@ -385,7 +383,7 @@ def test_a_master_on_the_secret_alone_takes_no_join(ca: ClusterCA, clock: Clock,
 
     e = enrollment(ca, clock, tmp_path)
     connection, transport = port(e, clock, mode="secret")
-    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "w", "csr": "x", "labels": {}}))
+    connection.dataReceived(encode({"code": "join", "token": token_for(e), "name": "w", "csr": "x"}))
     (bye,) = said(transport)
     assert bye["refusal"] == "token" and "secret" in bye["reason"]
 
@@ -395,11 +393,11 @@ def test_a_master_on_the_secret_alone_takes_no_join(ca: ClusterCA, clock: Clock,
     token=st.one_of(st.text(max_size=90), st.just("VALID")),
     name=st.text(max_size=40),
     csr=st.one_of(st.text(max_size=300), st.just("VALID")),
-    labels=st.dictionaries(st.text(max_size=10), st.one_of(st.text(max_size=10), st.integers()), max_size=3),
+    more=st.dictionaries(st.text(max_size=10), st.one_of(st.text(max_size=10), st.integers()), max_size=3),
     extra=st.binary(max_size=200),
 )
 def test_any_join_frame_is_answered_or_refused_and_never_raises(
-    ca: ClusterCA, tmp_path: Path, token: str, name: str, csr: str, labels: dict[str, Any], extra: bytes
+    ca: ClusterCA, tmp_path: Path, token: str, name: str, csr: str, more: dict[str, Any], extra: bytes
 ) -> None:
     """The join is fuzzed like the rest of the port: an answer or a refusal, nothing else."""
     from twisted.logger import globalLogPublisher
@@ -420,7 +418,7 @@ def test_any_join_frame_is_answered_or_refused_and_never_raises(
     globalLogPublisher.addObserver(observer)
     try:
         connection, transport = port(e, clock)
-        connection.dataReceived(encode({"code": "join", "token": token, "name": name, "csr": csr, "labels": labels}))
+        connection.dataReceived(encode({**more, "code": "join", "token": token, "name": name, "csr": csr}))
         connection.dataReceived(extra)
         connection.connectionLost(None)
     finally:

@@ -152,9 +152,7 @@ class Enrollment:
 
     # Joining, enrolling, renewing
 
-    def join(
-        self, token_text: str, name: str, labels: dict[str, str], request_text: str, peer: str
-    ) -> Deferred[Signed]:
+    def join(self, token_text: str, name: str, request_text: str, peer: str) -> Deferred[Signed]:
         """
         A worker joining with a token: its certificate, or a L{Refused}
         failure, each audited.
@@ -174,8 +172,10 @@ class Enrollment:
 
         def new(record: dict[str, Any]) -> StoredIdentity:
             state = "pending" if record.get("approve") or self.approve_all else "approved"
+            # The token's labels are bound to the identity; the worker's own
+            # come with each hello, and may change.
             return StoredIdentity(name, fingerprint, state, {
-                "labels": {**labels, **record.get("labels", {})}, "joined_at": now, "how": "token",
+                "labels": record.get("labels", {}), "joined_at": now, "how": "token",
                 "token": token.id, "address": peer,
             })
 
@@ -205,14 +205,14 @@ class Enrollment:
         certificate = self.ca.sign_worker(request, identity.name, self._now())
         return Signed(certificate_pem(certificate), self.ca.pem, identity.state)
 
-    def enroll(self, name: str, request_text: str, labels: dict[str, str], peer: str) -> Deferred[Signed]:
+    def enroll(self, name: str, request_text: str, peer: str) -> Deferred[Signed]:
         """A worker that proved it holds the cluster secret asks for its identity (C{--enroll})."""
         try:
             request = check_request(request_text)
         except IdentityError as e:
             return self._refused(Refused("csr", str(e)), name, peer)
         identity = StoredIdentity(name, key_fingerprint(request), "pending" if self.approve_all else "approved", {
-            "labels": labels, "joined_at": self.wall(), "how": "enroll", "address": peer,
+            "labels": {}, "joined_at": self.wall(), "how": "enroll", "address": peer,
         })
 
         def kept(done: bool) -> Signed | Deferred[Signed]:

@@ -29,7 +29,6 @@ from twisted.python.failure import Failure
 
 from pcci.handshake import OLDEST_ACCEPTED, Hello, MasterHandshake, accepts, refusal
 from pcci.identity import common_name, is_worker_certificate, key_fingerprint
-from pcci.labels import check_labels
 from pcci.master.access.enrollment import Enrollment, Refused, Signed
 from pcci.wire import PROTOCOL_VERSION
 
@@ -275,13 +274,8 @@ class Admission:
             self.refuse("join over TLS (tls:HOST:PORT), so that the token's pin can be checked",
                         reconnect=False, code="token")
             return
-        try:
-            labels = check_labels(message["labels"])
-        except ValueError as e:
-            connection.protocolViolation(str(e))
-            return
         self.busy = True
-        d = self.enrollment.join(message["token"], message["name"], labels, message["csr"], connection.address)
+        d = self.enrollment.join(message["token"], message["name"], message["csr"], connection.address)
         self._answer(d, close=True)
 
     def renew(self, message: dict[str, Any]) -> None:
@@ -297,7 +291,7 @@ class Admission:
             return
         self.busy = True
         connection = self.connection
-        self._answer(self.enrollment.enroll(connection.name, message["csr"], connection.labels, connection.address))
+        self._answer(self.enrollment.enroll(connection.name, message["csr"], connection.address))
 
     def _answer(self, d: Deferred[Signed], close: bool = False) -> None:
         connection = self.connection
