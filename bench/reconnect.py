@@ -11,6 +11,7 @@ back in GET /workers.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import treq
 from twisted.internet import task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulated import Cluster, connect, with_master
@@ -26,6 +28,18 @@ from simulated import Cluster, connect, with_master
 from pcci.worker.dialer import MasterDialer
 from pcci.worker.joining import IdentityEndpoint
 from pcci.worker.service import RETRY_POLICY
+
+
+#: Why the simulated workers' dials failed, and how often.
+FAILED: Counter[str] = Counter()
+
+
+class CountingDialer(MasterDialer):
+    """The worker's dialer, counting why its dials fail (each failure backs it off)."""
+
+    def _failed(self, failure: Any) -> None:
+        FAILED[failure.getErrorMessage()[:80]] += 1
+        super()._failed(failure)
 
 
 async def online(cluster: Cluster) -> int:
@@ -46,11 +60,17 @@ async def measure(reactor: Any, args: argparse.Namespace, cluster: Cluster, mast
         endpoint = plain if factory.identity is None else IdentityEndpoint(
             reactor, f"tcp:127.0.0.1:{cluster.worker_port}", lambda f=factory: f.identity
         )
-        dialer = MasterDialer(reactor, [endpoint], factory, RETRY_POLICY)
+        dialer = CountingDialer(reactor, [endpoint], factory, RETRY_POLICY)
         dialer.running = True  # connected already: it redials when the connection goes
     assert cluster.master is not None
+    said: Counter[str] = Counter()  # what the simulated workers logged, warnings and up
+    globalLogPublisher.addObserver(
+        lambda event: said.update([formatEvent(event)[:90]]) if event["log_level"] >= LogLevel.warn else None
+    )
     # Blocking calls, in a thread: the simulated workers go on meanwhile.
+    stopping = time.perf_counter()
     await threads.deferToThread(cluster.master.stop)
+    print(f"  the master stopped in {time.perf_counter() - stopping:.1f} s")
     began = time.perf_counter()
     await threads.deferToThread(cluster.start_master, *master_args)
     restarted = time.perf_counter() - began
@@ -66,6 +86,14 @@ async def measure(reactor: Any, args: argparse.Namespace, cluster: Cluster, mast
           f" its start began (by {cluster.worker_auth})")
     for at, seen in counts[:: max(1, len(counts) // 8)]:
         print(f"    {at:5.1f} s: {seen}")
+    log = cluster.master.log_text().splitlines()
+    warned = Counter(line.split("] ", 1)[-1][:70] for line in log if "#warn]" in line or "#error]" in line)
+    for what, count in warned.most_common(5):
+        print(f"    the master warned {count} times: {what}")
+    for why, count in FAILED.most_common(5):
+        print(f"    dials failed {count} times: {why}")
+    for what, count in said.most_common(5):
+        print(f"    workers said {count} times: {what}")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import base64
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -163,6 +163,7 @@ class WorkerIdentity:
     key: PrivateKey
     certificate: x509.Certificate | None = None
     ca: x509.Certificate | None = None
+    _tls: tuple[x509.Certificate, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
     def paths(state_dir: Path, name: str) -> tuple[Path, Path, Path]:
@@ -239,16 +240,23 @@ class WorkerIdentity:
         return ends - now < RENEW_DAYS * 86400
 
     def client_tls(self) -> Any:
-        """Twisted's client TLS settings: this identity, and the cluster's CA as the only trust."""
+        """
+        Twisted's client TLS settings: this identity, and the cluster's CA as
+        the only trust.  Made once per certificate (an OpenSSL context is
+        costly to make; one serves every connection).
+        """
         from twisted.internet import ssl
 
         assert self.certificate is not None and self.ca is not None
-        own = ssl.PrivateCertificate.loadPEM(certificate_pem(self.certificate).encode() + key_pem(self.key))
-        return ssl.optionsForClientTLS(
-            MASTER_HOSTNAME,
-            trustRoot=ssl.Certificate.loadPEM(certificate_pem(self.ca).encode()),
-            clientCertificate=own,
-        )
+        if self._tls is None or self._tls[0] is not self.certificate:
+            own = ssl.PrivateCertificate.loadPEM(certificate_pem(self.certificate).encode() + key_pem(self.key))
+            options = ssl.optionsForClientTLS(
+                MASTER_HOSTNAME,
+                trustRoot=ssl.Certificate.loadPEM(certificate_pem(self.ca).encode()),
+                clientCertificate=own,
+            )
+            self._tls = (self.certificate, options)
+        return self._tls[1]
 
 
 def check_pinned_chain(chain: list[x509.Certificate], expected: str) -> None:

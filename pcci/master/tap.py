@@ -315,6 +315,21 @@ def _pool_link(base: str) -> Callable[[str], str]:
     return lambda pool_id: f"{base.rstrip('/')}/#/pools/{pool_id}"
 
 
+#: Connections waiting to be accepted on the worker port, unless --listen
+#: says: Twisted's 50 overflows when thousands of workers come back at once
+#: after a restart, and the kernel then makes each one it dropped wait
+#: seconds (SYN retries: 1, 3, 7, 15, 31 s).  The kernel caps it
+#: (net.core.somaxconn).
+WORKER_BACKLOG = 4096
+
+
+def with_backlog(listen: str) -> str:
+    """C{listen} with L{WORKER_BACKLOG}, for the endpoints that take one and do not say."""
+    if listen.split(":", 1)[0] in ("tcp", "ssl", "unix") and "backlog=" not in listen:
+        return f"{listen}:backlog={WORKER_BACKLOG}"
+    return listen
+
+
 def join_endpoint(listen: str, port: IListeningPort, identities: bool = False) -> str:
     """The client endpoint a worker on another machine dials to reach C{port}."""
     where = port.getHost()
@@ -419,7 +434,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         "workers",
     )
     workers_port = ListeningService(
-        reactor, serverFromString(reactor, options["listen"]), worker_limit, "workers"
+        reactor, serverFromString(reactor, with_backlog(options["listen"])), worker_limit, "workers"
     )
     workers_port.setServiceParent(master)
     workers_port.when_listening().addCallback(lambda port: _announce(options, port))
