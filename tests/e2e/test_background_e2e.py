@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -61,7 +62,10 @@ def test_master_and_worker_run_in_the_background_and_stop_on_sigterm(tmp_path: P
                 "--state-dir", str(tmp_path / "worker-state"),
             )
         )
-        c.wait_for_workers("bg")
+        c.wait_for_workers("bg", socket.gethostname())
+        # A new master's own worker needs nothing: a secret only that process holds.
+        auth = {w["id"]: w["auth"] for w in c.request("GET", "/workers")[1]}
+        assert auth == {"bg": "identity", socket.gethostname(): "local"}
         pool = c.run("echo from the background", ["bg"])
         assert pool["state"] == "ok" and pool["jobs"][0]["result"] == "from the background\n"
         code, page = c.request("GET", "/pools?limit=5", timeout=10)

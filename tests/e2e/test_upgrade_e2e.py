@@ -63,6 +63,7 @@ def test_a_worker_of_the_previous_protocol_runs_kills_and_carries_on(
     own_cluster: Cluster, tmp_path: Path, marker: str
 ) -> None:
     c = own_cluster
+    c.worker_auth = "both"  # identities, and the secret of before
     c.start_master()
     old_worker(c, PROTOCOL_3, tmp_path, "old")
     assert "worker old speaks protocol 3, one version back" in c.master.log_text()
