@@ -36,7 +36,7 @@ from pcci.master.http.common import COMMAND_CEILING, MAX_BODY, MAX_COMMAND, MAX_
 from pcci.master.http.guards import bounded_request, raw_answer
 from pcci.master.http.limits import ConnectionBudget, ConnectionLimit
 from pcci.master.http.metrics import MasterMetrics
-from pcci.master.links.admission import Gate, recheck
+from pcci.master.links.admission import MODES, Gate, recheck
 from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.links.tls import SniffingFactory
 from pcci.master.peers.peers import Peers
@@ -249,7 +249,7 @@ class Options(usage.Options):
         the user's own certificates).
         """
         mode = self["worker-auth"]
-        if mode not in (None, "identity", "secret", "both"):
+        if mode is not None and (mode not in MODES or mode == "none"):
             raise usage.UsageError("--worker-auth is identity, secret or both")
         own_tls = self["listen"].split(":", 1)[0] in ("ssl", "tls")
         if mode is None:

@@ -13,8 +13,8 @@ A worker proves itself one of three ways (C{--worker-auth}):
 
 Without a certificate a connection may also C{join} with a token (TLS
 only), and a worker welcomed by the secret may C{enroll} once.  Every
-refusal is audited; those that trying again cannot mend carry a C{code}
-and ask the worker not to reconnect.
+refusal is audited; those that trying again cannot mend say which
+(C{refusal}) and ask the worker not to reconnect.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ class Admission:
 
     @property
     def identities(self) -> bool:
-        return self.enrollment is not None
+        """This master admits identities: it takes joins, renewals and enrollments."""
+        return self.enrollment is not None and self.mode in ("identity", "both")
 
     def _certificate(self) -> x509.Certificate | None:
         get = getattr(self.connection.transport, "getPeerCertificate", None) if self.connection.tls else None
@@ -203,7 +204,7 @@ class Admission:
     def _by_certificate(self, hello: Hello, certificate: x509.Certificate) -> None:
         connection = self.connection
         owner = common_name(certificate)
-        if self.enrollment is None or self.mode == "secret":
+        if self.enrollment is None or not self.identities:
             self.refuse("this master does not admit workers by identity (--worker-auth secret)", reconnect=True)
             return
         if owner is None or not is_worker_certificate(certificate):
@@ -267,7 +268,7 @@ class Admission:
         if self.greeted:
             connection.protocolViolation("a join after a hello")
             return
-        if self.busy or self.enrollment is None or self.mode in ("none", "secret"):
+        if self.busy or self.enrollment is None or not self.identities:
             self.refuse("this master does not take join tokens (--worker-auth secret)", reconnect=False, code="token")
             return
         if not connection.tls:
@@ -286,7 +287,7 @@ class Admission:
         self._answer(self.enrollment.renew(self.connection.name, self.fingerprint, message["csr"]))
 
     def enroll(self, message: dict[str, Any]) -> None:
-        if self.how != "secret" or self.busy or self.enrollment is None:
+        if self.how != "secret" or self.busy or self.enrollment is None or not self.identities:
             self.connection.protocolViolation("an enrollment without the cluster secret")
             return
         self.busy = True
