@@ -15,10 +15,13 @@ from pcci.cli.render import json_out, labels_text, table
 
 
 def _in(seconds: float) -> str:
-    """A time from now, in words a person reads: 59m, 3h, 2d, or how long ago."""
+    """A time from now, in words a person reads: in 45m, in 1h, in 2d, or 3h ago."""
     left = seconds - time.time()
-    size = abs(left)
-    text = f"{size / 86400:.0f}d" if size >= 86400 else f"{size / 3600:.0f}h" if size >= 3600 else f"{size / 60:.0f}m"
+    minutes = round(abs(left) / 60)
+    if minutes >= 1440:
+        text = f"{round(minutes / 1440)}d"
+    else:
+        text = f"{round(minutes / 60)}h" if minutes >= 60 else f"{minutes}m"
     return f"in {text}" if left >= 0 else f"{text} ago"
 
 
