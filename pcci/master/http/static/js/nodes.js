@@ -195,9 +195,12 @@ export function showNodes(main, context) {
     let next = REFRESH;
     try {
       workers = await call("/workers?all=true", { signal: controller.signal });
-      // Only an administrator's token sees who waits (and none with --no-auth).
-      const pending = await call("/workers/pending", { signal: controller.signal }).catch(() => []);
-      fill(waiting, pendingList(pending, () => { clearTimeout(timer); refresh(); }));
+      // Only an administrator's token sees who waits (and nobody with --no-auth).
+      const session = context.session;
+      if (session?.auth && session.admin) {
+        const pending = await call("/workers/pending", { signal: controller.signal }).catch(() => []);
+        fill(waiting, pendingList(pending, () => { clearTimeout(timer); refresh(); }));
+      }
       workers.sort((a, b) => Number(b.online) - Number(a.online) || byName(a.id, b.id));
       next = Math.max(REFRESH, workers.length * PER_WORKER);
       const online = workers.filter((w) => w.online).length;
