@@ -229,8 +229,9 @@ def test_joining_approval_and_revocation_across_two_masters(tmp_path: Path, pg_u
         poll(lambda: m1.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the job's start")
         assert m1.request("POST", "/workers/w1/revoke")[0] == 200  # m2 holds it, and closes it
         assert exit_status(worker) == EXIT_REVOKED
-        # Its job ends lost at once (m1 hears that w1 left m2, whose grace is none).
-        assert m1.wait_pool(pool_id)["jobs"][0]["state"] == "lost"
+        # Its job ends lost at once (m1 hears that w1 left m2, and why).
+        job = m1.wait_pool(pool_id)["jobs"][0]
+        assert job["state"] == "lost" and "left master m2: identity revoked" in job["result"], job
         poll(lambda: "w1" not in workers(m1), what="w1 gone from m1")
         # A second join with the spent token, at either master: refused.
         assert exit_status(joiner(m1, "w2", token)) == EXIT_TOKEN

@@ -139,6 +139,8 @@ class WorkerRecord:
     jobs_elsewhere: int | None = None
     #: How it proved itself (see L{WorkerLink.auth}).
     auth: str = ""
+    #: Why its connection went, while it is offline.
+    left: str = ""
 
     def to_json(self, jobs_running: int) -> dict[str, Any]:
         return {

@@ -110,6 +110,7 @@ class Roster:
             return
         del self.links[link.name]
         self.records[link.name].online = False
+        self.records[link.name].left = reason
         self._forgets[link.name] = self.clock.callLater(
             self.forget_after, self._forget, link.name
         )

@@ -386,6 +386,7 @@ class Peers:
                 "remembers_jobs": bool(getattr(link, "remembers_jobs", False)),
                 "contiguous_seq": bool(getattr(link, "contiguous_seq", False)),
                 "auth": record.auth,
+                "left": record.left,
             }
             if link is None:  # its connection is gone: so are the jobs carried on it
                 for key in [key for key in self.relays if key[0] == name]:
@@ -418,7 +419,8 @@ class Peers:
                 if row["figures"] and row["last_seen"] != record.last_seen:
                     self.roster.heartbeat(name, row["figures"])
             elif link is not None and link.master == master:
-                self.roster.leave(link, f"left master {master}")
+                why = row.get("left")
+                self.roster.leave(link, f"left master {master}" + (f": {why}" if why else ""))
 
     # Replicas of other masters' running pools
 
