@@ -11,9 +11,9 @@ back in GET /workers.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from simulated import Cluster, connect, with_master
 from pcci.worker.dialer import MasterDialer
 from pcci.worker.joining import IdentityEndpoint
 from pcci.worker.service import RETRY_POLICY
-
 
 #: Why the simulated workers' dials failed, and how often.
 FAILED: Counter[str] = Counter()

@@ -16,8 +16,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 from pcci.master.links.connection import WorkerPortFactory
+from pcci.twisted_internals import write_now
 from pcci.wire import peer_address
 
 log = Logger()
@@ -62,13 +64,39 @@ class Sniffer(Protocol):
         if not tls or self.factory.tls is None:
             return connection
         connection.tls = True
-        return TLSMemoryBIOProtocol(self.factory.tls, connection)
+        return TLSOverSocket(self.factory.tls, connection)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         if self.inner is not None:
             self.inner.connectionLost(reason)
+
+
+class WritesThrough:
+    """
+    The transport under TLS, whose writes go straight on the socket when
+    nothing waits before them (L{write_now}): a TLS record then costs one
+    C{send()}, not also the reactor's watch for writing and its end (two
+    C{epoll_ctl}), as a plain connection's frames do already.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        directlyProvides(self, providedBy(transport))
+
+    def write(self, data: bytes) -> None:
+        write_now(self._transport, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class TLSOverSocket(TLSMemoryBIOProtocol):
+    """Twisted's TLS, its records written through L{WritesThrough}."""
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(WritesThrough(transport))
 
 
 class SniffingFactory(Factory[Sniffer]):
