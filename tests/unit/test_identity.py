@@ -468,3 +468,51 @@ def test_a_worker_asks_for_a_new_certificate_in_its_last_month_and_keeps_it(ca: 
     kept = WorkerIdentity.load(tmp_path, "pi1")
     assert kept is not None and kept.certificate == fresh
     assert not transport.disconnecting  # a renewal keeps the connection
+
+
+def test_the_port_tells_tls_from_plain_by_the_first_byte_and_drops_the_silent(ca: ClusterCA, tmp_path: Path) -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.interfaces import ITransport
+    from twisted.internet.testing import StringTransport
+
+    from pcci.master.cluster.state import ClusterState
+    from pcci.master.links.admission import Gate
+    from pcci.master.links.connection import WorkerConnection, WorkerPortFactory
+    from pcci.master.links.tls import SniffingFactory, TLSOverSocket, WritesThrough
+    from pcci.wire import encode
+
+    clock = Clock()
+    workers = WorkerPortFactory(ClusterState(clock), clock, Gate("identity", None, None, None))
+    port = SniffingFactory(workers, ca.server_tls(), clock)
+    address = IPv4Address("TCP", "192.0.2.1", 5000)
+
+    def connected() -> tuple[Any, StringTransport]:
+        sniffer = port.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        sniffer.makeConnection(transport)
+        return sniffer, transport
+
+    plain, transport = connected()
+    plain.dataReceived(encode({"code": "hello", "name": "w", "version": 4, "nonce": "n" * 32, "heartbeat": 5}))
+    assert isinstance(plain.inner, WorkerConnection) and not plain.inner.tls
+    assert b"identity only" in transport.value()  # and it is told why
+    tls, transport = connected()
+    tls.dataReceived(b"\x16\x03\x01\x00\x05hello")  # a TLS record (a broken one)
+    assert isinstance(tls.inner, TLSOverSocket) and tls.inner.wrappedProtocol.tls
+    assert isinstance(tls.inner.transport, WritesThrough) and ITransport.providedBy(tls.inner.transport)
+    silent, transport = connected()
+    clock.advance(workers.handshake_timeout)
+    assert silent.inner is None and transport.disconnecting
+
+
+def test_writes_through_fall_back_to_the_transport_beneath() -> None:
+    from twisted.internet.testing import StringTransport
+
+    from pcci.master.links.tls import WritesThrough
+
+    beneath = StringTransport()
+    through = WritesThrough(beneath)
+    through.write(b"record")  # not a TCP socket: through the transport, in order
+    through.writeSequence([b" and", b" more"])
+    assert beneath.value() == b"record and more"
+    assert through.getPeer() == beneath.getPeer()
