@@ -1,4 +1,4 @@
-"""The worker, and every module of pcci it imports, runs on Python 3.9."""
+"""The worker, and every module of pcci it imports, runs on Python 3.9; the master says it needs 3.11."""
 
 from __future__ import annotations
 
@@ -29,3 +29,14 @@ def test_the_worker_needs_nothing_past_python_3_9() -> None:
         capture_output=True, text=True,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_master_on_an_older_python_says_what_it_needs_in_one_line() -> None:
+    older = "import sys; sys.version_info = (3, 9, 18, 'final', 0); sys.version = '3.9.18 (old)'; import pcci.master"
+    done = subprocess.run([sys.executable, "-c", older], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "pcci-master needs Python 3.11 or newer, and this is 3.9.18: run the master on a newer Python"
+        " (a worker runs on 3.9 or newer)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", "import pcci.master"]).returncode == 0
