@@ -140,6 +140,8 @@ class Options(usage.Options):
             "shows)."],
         ["webhook-secret-file", None, None, "The secret deliveries are signed with (default: "
             "<state-dir>/webhook-secret, made at first start)."],
+        ["join-address", None, None, "HOST:PORT of the worker port as new machines reach it, for the line pcci "
+            "join-token create prints (default: this host's name and the --listen port)."],
         ["public-url", None, None, "The dashboard's address as people reach it, for the links in deliveries (default: "
             "http://<this host>:<API port>/)."],
     ]
@@ -438,9 +440,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     workers_port.setServiceParent(master)
     workers_port.when_listening().addCallback(lambda port: _announce(options, port))
-    workers_port.when_listening().addCallback(
-        lambda port: setattr(api, "join_address", join_endpoint(options["listen"], port, identities))
-    )
+    if options["join-address"]:
+        api.join_address = f"tls:{options['join-address']}"
+    else:
+        workers_port.when_listening().addCallback(
+            lambda port: setattr(api, "join_address", join_endpoint(options["listen"], port, identities))
+        )
     site = AnsweringSite(
         api.resource(tokens),
         requestFactory=bounded_request(options["max-body"], options["max-file"], tokens),

@@ -200,13 +200,15 @@ def test_approval_then_revocation_ends_the_worker_and_its_jobs(fresh: Cluster, m
 def test_join_tokens_and_decisions_are_an_administrator_s(tmp_path: Path) -> None:
     c = Cluster(tmp_path, worker_auth="identity")
     try:
-        c.start_master_with_tokens("a" * 32, "r" * 32)
+        c.start_master_with_tokens("a" * 32, "r" * 32, "--join-address", "master.lab:7000")
         for method, path in (("GET", "/join-tokens"), ("POST", "/join-tokens"), ("GET", "/workers/pending"),
                              ("POST", "/workers/x/revoke"), ("GET", "/identities")):
             code, answer = c.request(method, path, {} if method == "POST" else None, token="r" * 32)
             assert code == 403 and answer["message"], (method, path)
         code, answer = c.request("POST", "/join-tokens", {"uses": 0})
         assert code == 400 and "uses" in answer["message"]
+        code, answer = c.request("POST", "/join-tokens", {"name": "pi07"})
+        assert code == 201 and answer["command"].startswith("twistd -n pcci-worker --join tls:master.lab:7000 ")
     finally:
         c.stop()
 
