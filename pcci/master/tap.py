@@ -287,7 +287,7 @@ def _announce(options: Options, port: IListeningPort) -> None:
         log.info(
             "workers {also}join with: twistd -n pcci-worker --master {address} --secret-file <a copy of {file}>",
             also="also " if options.worker_auth == "both" else "",
-            address=address,
+            address=join_endpoint(options["listen"], port),  # in the clear, or the user's own TLS
             file=options.secret_file,
         )
 
