@@ -192,12 +192,12 @@ def test_a_single_use_token_joins_one_worker_when_two_masters_join_at_once(engin
     def spend(store: Any, name: str) -> None:
         start.wait()
         for n in range(20):
-            code, _ = store._transact(lambda cursor, n=n: ids.join(
+            outcome = store._transact(lambda cursor, n=n: ids.join(
                 cursor, store._mark, store._lock, f"t{n}", "d",
-                lambda record: "join token used up" if record["used"] >= record["uses"] else None,
+                lambda record: ("token", "join token used up") if record["used"] >= record["uses"] else None,
                 lambda record: identity(f"{name}-{n}", f"SHA256:{name}"),
             ))
-            outcomes[name].append(code)
+            outcomes[name].append("ok" if isinstance(outcome, StoredIdentity) else outcome[0])
 
     threads = [threading.Thread(target=spend, args=(s, n)) for s, n in ((first, "m1"), (second, "m2"))]
     for thread in threads:

@@ -14,12 +14,12 @@ from fnmatch import fnmatchcase
 from typing import Any, Callable
 
 from cryptography import x509
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from pcci.identity import IdentityError, JoinToken, certificate_pem, key_fingerprint
 from pcci.master.access.ca import ClusterCA, check_request
-from pcci.master.store.base import IdentityStore, StoredIdentity, StoredJoinToken
+from pcci.master.store.base import IdentityStore, Refusal, StoredIdentity, StoredJoinToken
 from pcci.master.store.identities import OWNING
 from pcci.wire import NAME_RULE, VALID_NAME
 
@@ -65,31 +65,40 @@ class TokenRequest:
         return cls(name, check_labels(body.get("labels", {})), uses, float(ttl), approve)
 
 
-def token_problem(record: dict[str, Any], name: str, now: float) -> str | None:
-    """What keeps a token of this record from joining a worker named C{name} now; None if nothing."""
+#: Why a token that is not active joins nobody.
+ENDED = {"revoked": "join token revoked", "used": "join token used up", "expired": "join token expired"}
+
+
+def token_state(record: dict[str, Any], now: float) -> str:
+    """A token's state now: C{active}, or one of L{ENDED}."""
     if record.get("revoked"):
-        return "join token revoked"
-    if now >= record["expires_at"]:
-        return "join token expired"
+        return "revoked"
     if record.get("used", 0) >= record["uses"]:
-        return "join token used up"
+        return "used"
+    return "expired" if now >= record["expires_at"] else "active"
+
+
+def token_problem(record: dict[str, Any], name: str, now: float) -> Refusal | None:
+    """What keeps a token of this record from joining a worker named C{name} now; None if nothing."""
+    state = token_state(record, now)
+    if state != "active":
+        return "token", ENDED[state]
     if not fnmatchcase(name, record["name"]):
-        return f"name {name!r} is outside this token's pattern {record['name']!r}"
+        return "name", f"name {name!r} is outside this token's pattern {record['name']!r}"
     return None
 
 
 def token_view(token: StoredJoinToken, now: float) -> dict[str, Any]:
     """A token as C{GET /join-tokens} shows it: never its secret."""
-    record = token.record
-    if record.get("revoked"):
-        state = "revoked"
-    elif record.get("used", 0) >= record["uses"]:
-        state = "used"
-    elif now >= record["expires_at"]:
-        state = "expired"
-    else:
-        state = "active"
-    return {"id": token.id, "state": state, **record}
+    return {"id": token.id, "state": token_state(token.record, now), **token.record}
+
+
+def read_request(text: str) -> x509.CertificateSigningRequest:
+    """A worker's certificate request, checked (L{check_request}); else a L{Refused} of code C{csr}."""
+    try:
+        return check_request(text)
+    except IdentityError as e:
+        raise Refused("csr", str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -159,12 +168,12 @@ class Enrollment:
         """
         try:
             token = JoinToken.parse(token_text)
+        except IdentityError as e:
+            return self._refused(Refused("token", str(e)), name, peer)
+        try:
             if not VALID_NAME.match(name):
                 raise Refused("name", f"invalid worker name {name!r}: a name is {NAME_RULE}")
-            request = check_request(request_text)
-        except IdentityError as e:
-            code = "token" if "join token" in str(e) else "csr"
-            return self._refused(Refused(code, str(e)), name, peer)
+            request = read_request(request_text)
         except Refused as e:
             return self._refused(e, name, peer)
         now = self.wall()
@@ -181,10 +190,9 @@ class Enrollment:
 
         d = self.store.join(token.id, token.digest, lambda record: token_problem(record, name, now), new)
 
-        def joined(outcome: tuple[str, Any]) -> Deferred[Signed] | Signed:
-            code, result = outcome
-            if code != "ok":
-                return self._refused(Refused(code, result["reason"]), name, peer)
+        def joined(result: StoredIdentity | Refusal) -> Deferred[Signed] | Signed:
+            if not isinstance(result, StoredIdentity):
+                return self._refused(Refused(*result), name, peer)
             audit.info(
                 "worker {name} joined from {peer} with token {token} ({fingerprint}): {state}",
                 name=name, peer=peer, token=token.id, fingerprint=fingerprint, state=result.state,
@@ -197,9 +205,7 @@ class Enrollment:
         audit.warn(
             "join as {name!r} from {peer} refused: {reason}", name=name, peer=peer, reason=refusal.reason
         )
-        d: Deferred[Any] = Deferred()
-        d.errback(refusal)
-        return d
+        return fail(refusal)
 
     def _sign(self, request: x509.CertificateSigningRequest, identity: StoredIdentity) -> Signed:
         certificate = self.ca.sign_worker(request, identity.name, self._now())
@@ -208,9 +214,9 @@ class Enrollment:
     def enroll(self, name: str, request_text: str, peer: str) -> Deferred[Signed]:
         """A worker that proved it holds the cluster secret asks for its identity (C{--enroll})."""
         try:
-            request = check_request(request_text)
-        except IdentityError as e:
-            return self._refused(Refused("csr", str(e)), name, peer)
+            request = read_request(request_text)
+        except Refused as e:
+            return self._refused(e, name, peer)
         identity = StoredIdentity(name, key_fingerprint(request), "pending" if self.approve_all else "approved", {
             "labels": {}, "joined_at": self.wall(), "how": "enroll", "address": peer,
         })
@@ -227,9 +233,9 @@ class Enrollment:
     def renew(self, name: str, fingerprint: str, request_text: str) -> Deferred[Signed]:
         """A new certificate for the key a connected identity already holds."""
         try:
-            request = check_request(request_text)
-        except IdentityError as e:
-            return self._refused(Refused("csr", str(e)), name, "renewal")
+            request = read_request(request_text)
+        except Refused as e:
+            return self._refused(e, name, "renewal")
         if key_fingerprint(request) != fingerprint:
             return self._refused(Refused("csr", "a renewal is for the same key"), name, "renewal")
         d = self.store.set_identity_state(name, "approved", ("approved",), {"renewed_at": self.wall()})

@@ -124,6 +124,10 @@ class StoredIdentity:
     record: dict[str, Any]
 
 
+#: Why a join is refused: a code (C{token}, C{name}) and a sentence.
+Refusal = tuple[str, str]
+
+
 class IdentityStore(Protocol):
     """Join tokens and identities, shared by the masters of a store."""
 
@@ -141,9 +145,9 @@ class IdentityStore(Protocol):
         """Keep it, unless another key owns its name: false then."""
 
     def join(
-        self, token_id: str, digest: str, check: Callable[[dict[str, Any]], str | None],
+        self, token_id: str, digest: str, check: Callable[[dict[str, Any]], Refusal | None],
         new: Callable[[dict[str, Any]], StoredIdentity],
-    ) -> Deferred[tuple[str, Any]]:
+    ) -> Deferred[StoredIdentity | Refusal]:
         """Spend a use of a token on a new identity (see L{pcci.master.store.identities.join})."""
 
     def set_identity_state(

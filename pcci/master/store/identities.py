@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pcci.master.store.base import StoredIdentity, StoredJoinToken
+from pcci.master.store.base import Refusal, StoredIdentity, StoredJoinToken
 
 #: What an identity may be.
 STATES = ("pending", "approved", "denied", "revoked")
@@ -74,30 +74,29 @@ def put_identity(cursor: Any, mark: str, new: StoredIdentity, lock: str = "") ->
 
 def join(
     cursor: Any, mark: str, lock: str, token_id: str, digest: str,
-    check: Callable[[dict[str, Any]], str | None], new: Callable[[dict[str, Any]], StoredIdentity],
-) -> tuple[str, StoredIdentity | dict[str, Any]]:
+    check: Callable[[dict[str, Any]], Refusal | None], new: Callable[[dict[str, Any]], StoredIdentity],
+) -> StoredIdentity | Refusal:
     """
     Spend one use of a join token on a new identity, or nothing.
 
     C{check(record)} says what is wrong with the token for this join (None:
-    nothing); C{new(record)} is the identity it makes.  The answer is
-    C{("ok", identity)}, or C{(code, {"reason": …})} with code C{token} or
-    C{name}.
+    nothing); C{new(record)} is the identity it makes.  The answer is that
+    identity, or a refusal: C{(code, reason)}, the code C{token} or C{name}.
     """
     cursor.execute(f"SELECT digest, record FROM join_tokens WHERE id = {mark}{lock}", (token_id,))
     row = cursor.fetchone()
     if row is None or row[0] != digest:
-        return "token", {"reason": "unknown join token"}
+        return "token", "unknown join token"
     record = json.loads(row[1])
     wrong = check(record)
     if wrong is not None:
-        return ("name" if wrong.startswith("name") else "token"), {"reason": wrong}
+        return wrong
     made = new(record)
     if not put_identity(cursor, mark, made, lock):
-        return "name", {"reason": f"name {made.name!r} belongs to another worker's key: revoke it first"}
+        return "name", f"name {made.name!r} belongs to another worker's key: revoke it first"
     record["used"] = record.get("used", 0) + 1
     cursor.execute(f"UPDATE join_tokens SET record = {mark} WHERE id = {mark}", (json.dumps(record), token_id))
-    return "ok", made
+    return made
 
 
 def set_state(cursor: Any, mark: str, lock: str, name: str, state: str, allowed: tuple[str, ...],

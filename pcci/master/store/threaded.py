@@ -17,6 +17,7 @@ from pcci.master.store import identities as ids
 from pcci.master.store.base import (
     Delivery,
     PoolQuery,
+    Refusal,
     StoredIdentity,
     StoredJoinToken,
     StoredPool,
@@ -175,13 +176,13 @@ class ThreadedStore:
         return self._sql(put)
 
     def join(
-        self, token_id: str, digest: str, check: Callable[[dict[str, Any]], str | None],
+        self, token_id: str, digest: str, check: Callable[[dict[str, Any]], Refusal | None],
         new: Callable[[dict[str, Any]], StoredIdentity],
-    ) -> Deferred[tuple[str, Any]]:
-        def join(cursor: Any, mark: str) -> tuple[str, Any]:
+    ) -> Deferred[StoredIdentity | Refusal]:
+        def join(cursor: Any, mark: str) -> StoredIdentity | Refusal:
             outcome = ids.join(cursor, mark, self._lock, token_id, digest, check, new)
-            if isinstance(outcome[1], StoredIdentity):
-                self._identity_changed(cursor, outcome[1].name)
+            if isinstance(outcome, StoredIdentity):
+                self._identity_changed(cursor, outcome.name)
             return outcome
 
         return self._sql(join)
