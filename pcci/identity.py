@@ -63,13 +63,10 @@ def _b32(size: int) -> str:
     return base64.b32encode(secrets.token_bytes(size)).decode().rstrip("=").lower()
 
 
-def pin(der: bytes) -> str:
-    """The SHA-256 of C{der} (a CA certificate), URL-safe base64: what a token carries."""
-    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
-
-
 def certificate_pin(certificate: x509.Certificate) -> str:
-    return pin(certificate.public_bytes(serialization.Encoding.DER))
+    """The SHA-256 of a (CA) certificate, URL-safe base64: what a join token carries."""
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
 
 
 def key_fingerprint(certificate: x509.Certificate | x509.CertificateSigningRequest) -> str:
@@ -85,7 +82,7 @@ class JoinToken:
     """
     A join token as a person pastes it: C{ID.SECRET.PIN}, 79 characters.
     The master keeps C{ID} and the SHA-256 of C{SECRET}; C{PIN} is its
-    CA's (see L{pin}), so the worker knows which master to trust before it
+    CA's (see L{certificate_pin}), so the worker knows which master to trust before it
     sends anything.
     """
 

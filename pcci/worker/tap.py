@@ -23,6 +23,11 @@ from pcci.worker.service import RETRY_POLICY, WorkerService
 log = Logger()
 
 
+def default_secret() -> Path:
+    """Where a worker looks for the cluster secret when no --secret-file says."""
+    return Path(auth.DEFAULT_STATE_DIR, auth.CLUSTER_SECRET_FILE).expanduser()
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -99,7 +104,7 @@ class Options(usage.Options):
         if path is None and (self.identity is not None or self.token is not None):
             return  # its identity is enough
         if path is None:
-            default = Path(auth.DEFAULT_STATE_DIR, auth.CLUSTER_SECRET_FILE).expanduser()
+            default = default_secret()
             if not default.exists():
                 raise usage.UsageError(
                     "a worker needs an identity or the cluster secret: --join tls:HOST:PORT"
@@ -127,9 +132,7 @@ class Options(usage.Options):
                 self.token = JoinToken.parse(self["token"])
             except IdentityError as e:
                 raise usage.UsageError(f"--token: {e}") from None
-        if self["enroll"] and self["secret-file"] is None and not Path(
-            auth.DEFAULT_STATE_DIR, auth.CLUSTER_SECRET_FILE
-        ).expanduser().exists():
+        if self["enroll"] and self["secret-file"] is None and not default_secret().exists():
             raise usage.UsageError("--enroll asks by the cluster secret: give --secret-file")
 
 
