@@ -172,11 +172,12 @@ class Admission:
         self.connection.sendMessage("challenge", **self.handshake.challenge())
 
     def auth(self, message: dict[str, Any]) -> None:
-        """The worker's proof: good, it is admitted unless an identity owns its name."""
+        """The worker's proof (once): good, it is admitted unless an identity owns its name."""
         connection = self.connection
-        assert self.handshake is not None
-        name = self.handshake.hello.name
-        if not self.handshake.check_auth(message):
+        handshake, self.handshake = self.handshake, None
+        assert handshake is not None
+        name = handshake.hello.name
+        if not handshake.check_auth(message):
             log.warn(
                 "worker {name} at {peer} failed to prove it holds the cluster secret: connection closed",
                 name=name, peer=connection.address,

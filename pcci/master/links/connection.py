@@ -65,7 +65,6 @@ class WorkerConnection(FramedJSONProtocol):
         self._watchdog: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
         self._hello: Hello | None = None
-        self._proved = False
         self._refused = False
         #: Set by the port: the connection is over TLS, and its outermost transport.
         self.tls = False
@@ -130,10 +129,9 @@ class WorkerConnection(FramedJSONProtocol):
         self.admission.hello(hello)
 
     def handle_auth(self, message: dict[str, Any]) -> None:
-        if self.admission.handshake is None or self.name or self._proved:
+        if self.admission.handshake is None or self.name:
             self.protocolViolation("an auth out of place")
             return
-        self._proved = True
         self.admission.auth(message)
 
     def handle_join(self, message: dict[str, Any]) -> None:
