@@ -36,6 +36,7 @@ from pcci.master.http.common import COMMAND_CEILING, MAX_BODY, MAX_COMMAND, MAX_
 from pcci.master.http.guards import bounded_request, raw_answer
 from pcci.master.http.limits import ConnectionBudget, ConnectionLimit
 from pcci.master.http.metrics import MasterMetrics
+from pcci.master.install.kit import InstallKit
 from pcci.master.links.admission import MODES, Gate, recheck
 from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.links.tls import SniffingFactory
@@ -142,8 +143,10 @@ class Options(usage.Options):
             "<state-dir>/webhook-secret, made at first start)."],
         ["join-address", None, None, "HOST:PORT of the worker port as new machines reach it, for the line pcci "
             "join-token create prints (default: this host's name and the --listen port)."],
-        ["public-url", None, None, "The dashboard's address as people reach it, for the links in deliveries (default: "
-            "http://<this host>:<API port>/)."],
+        ["public-url", None, None, "The API's address as people and new machines reach it, for the links in "
+            "deliveries and the install line of join tokens (default: http://<this host>:<API port>/)."],
+        ["wheelhouse", None, None, "A directory of wheels served at /wheelhouse/: the dependencies new workers install "
+            "from, for labs with no route to a package index (see docs/offline.md)."],
     ]
 
     def __init__(self) -> None:
@@ -207,6 +210,9 @@ class Options(usage.Options):
                 f"--max-frame is between {MIN_FRAME} and {MAX_FRAME}: workers never"
                 f" send frames over {MAX_FRAME}"
             )
+        self.wheelhouse = None if self["wheelhouse"] is None else Path(self["wheelhouse"]).expanduser()
+        if self.wheelhouse is not None and not self.wheelhouse.is_dir():
+            raise usage.UsageError(f"--wheelhouse {self.wheelhouse}: not a directory")
         if self["local-worker"] and not self["listen"].startswith(("tcp", "unix")):
             raise usage.UsageError(
                 "--local-worker dials a tcp: or unix: --listen; over TLS, run"
@@ -428,6 +434,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         on_joined=lambda connection: worker_limit.prove(connection.outer_transport),
     )
     identities = options.ca is not None and options.worker_auth != "secret"
+    if identities:
+        api.install_kit = InstallKit(reactor, options.wheelhouse)
     worker_limit = ConnectionLimit(
         SniffingFactory(workers, options.ca.server_tls() if identities and options.ca else None, reactor),
         options["max-connections"],
@@ -475,12 +483,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         "the REST API",
     )
     api_port.setServiceParent(master)
+    def reached_at(url: str) -> None:
+        notifier.link = _pool_link(url)
+        api.public_url = url
+
     if options["public-url"]:
-        notifier.link = _pool_link(options["public-url"])
+        reached_at(options["public-url"])
     else:
-        api_port.when_listening().addCallback(
-            lambda port: setattr(notifier, "link", _pool_link(public_url(options["api"], port)))
-        )
+        api_port.when_listening().addCallback(lambda port: reached_at(public_url(options["api"], port)))
     if options["local-worker"]:
         name = local[0] if local is not None else default_name()
         WorkerService(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
@@ -39,6 +39,8 @@ class Options(usage.Options):
         ["no-auth", None, "Join a master started with --no-auth, trusting whichever master answers."],
         ["enroll", None, "Once welcomed by the cluster secret, ask for this worker's own identity, then connect "
             "with it."],
+        ["join-only", None, "Join with --join and --token, keep the identity, and exit (status 0; 0 at once if this "
+            "worker has joined already): for installers, which then start the worker without the token."],
     ]
     optParameters = [
         ["name", None, None, "Name of this worker (default: the hostname)."],
@@ -120,6 +122,8 @@ class Options(usage.Options):
 
     def _join_options(self) -> None:
         """C{--join} with C{--token} (read now: a token that is not one stops the start), and C{--enroll}."""
+        if self["join-only"] and self["join"] is None:
+            raise usage.UsageError("--join-only needs --join tls:HOST:PORT and --token TOKEN")
         if self["join"] is None:
             if self["token"] is not None:
                 raise usage.UsageError("--token goes with --join tls:HOST:PORT")
@@ -140,11 +144,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     daemon.prepare(reactor)
+    if options["join-only"]:
+        return JoinOnly(reactor, options)
 
     def dismissed(reason: str) -> None:
         # The master says never to come back (revoked, or a name not its
         # own): stop for good, with a status a supervisor will not restart.
         daemon.stop_with_error(reactor, service.factory.exit_status)
+
+    def use_identity(identity: WorkerIdentity) -> None:
+        service.factory.identity = identity
 
     service = WorkerService(
         reactor,
@@ -160,19 +169,35 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         labels=options.labels,
         identity=options.identity,
         enroll=options["enroll"],
-        before_connect=None if options.token is None else lambda: _join(reactor, options, service),
+        before_connect=None if options.token is None else lambda: _join(reactor, options, use_identity),
     )
     return service
 
 
-def _join(reactor: Any, options: Options, service: WorkerService) -> Deferred[None]:
-    """Join with the token, once; a refusal stops the worker with its status."""
+class JoinOnly(Service):
+    """C{--join-only}: join (unless joined already), then stop the daemon."""
+
+    def __init__(self, reactor: Any, options: Options) -> None:
+        self.reactor = reactor
+        self.options = options
+
+    def startService(self) -> None:
+        super().startService()
+        if self.options.token is None:
+            log.info("worker {name} has joined already: its identity is kept", name=self.options["name"])
+            self.reactor.callWhenRunning(self.reactor.stop)
+            return
+        _join(self.reactor, self.options, lambda identity: self.reactor.stop())
+
+
+def _join(reactor: Any, options: Options, then: Callable[[WorkerIdentity], None]) -> Deferred[None]:
+    """Join with the token, once, then C{then(identity)}; a refusal stops the worker with its status."""
     assert options.token is not None and options.journal is not None
     identity = WorkerIdentity.fresh(options.journal.parent, options["name"])
     d = join_until_done(reactor, options["join"], options.token, identity, RETRY_POLICY)
 
     def joined(state: str) -> None:
-        service.factory.identity = identity
+        then(identity)
         log.info(
             "worker {name} joined its cluster ({state}); it connects with its own identity from now on",
             name=options["name"], state=state,

@@ -2,7 +2,7 @@
 The master's REST API (Klein): PCCI 1.x's routes (C{POST /job},
 C{GET /pool/<id>}, C{GET /pools}, C{GET /workers}, C{PUT /kill/<id>}) kept
 as they were, and the others, one module per noun (L{pools}, L{files},
-L{schedules}, L{tokens}, L{identities}, L{workers}, L{meta}) on one Klein app.
+L{schedules}, L{tokens}, L{identities}, L{install}, L{workers}, L{meta}) on one Klein app.
 
 It reads and changes the L{ClusterState}; it never touches a connection.
 Every answer is JSON, errors included: C{{"message": ...}} with a status
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pcci.master.http.files import FileRoutes
 from pcci.master.http.identities import IdentityRoutes
+from pcci.master.http.install import InstallRoutes
 from pcci.master.http.meta import MetaRoutes
 from pcci.master.http.pools import PoolRoutes
 from pcci.master.http.schedules import ScheduleRoutes
@@ -21,6 +22,6 @@ from pcci.master.http.workers import WorkerRoutes
 
 
 class MasterAPI(
-    PoolRoutes, FileRoutes, ScheduleRoutes, TokenRoutes, IdentityRoutes, WorkerRoutes, MetaRoutes
+    PoolRoutes, FileRoutes, ScheduleRoutes, TokenRoutes, IdentityRoutes, InstallRoutes, WorkerRoutes, MetaRoutes
 ):
     """The REST routes, over one L{ClusterState}: every noun's, on one Klein app."""

@@ -44,6 +44,7 @@ from pcci.master.http.common import (
 from pcci.master.http.guards import TokenGuard, audit, refused
 from pcci.master.http.metrics import MasterMetrics
 from pcci.master.http.streaming import JSONStream
+from pcci.master.install.kit import InstallKit
 
 log = Logger()
 
@@ -86,6 +87,10 @@ class APIBase:
         self.enrollment: Enrollment | None = None
         #: The worker port as a joining machine dials it (set once it listens).
         self.join_address = "tls:<master>:7000"
+        #: This API as other machines reach it (set once it listens).
+        self.public_url = "http://<master>:8080/"
+        #: What new machines install (set by the master's builder); None: no installs served.
+        self.install_kit: InstallKit | None = None
 
     def resource(self, tokens: TokenBook | None) -> IResource:
         """The API as a web resource; with C{tokens}, only for their bearers."""

@@ -35,16 +35,16 @@ CONTENT_SECURITY_POLICY = (
 )
 
 #: Paths anyone may read, without a token: the page and its files (they
-#: hold no data), and the health check.
-PUBLIC_PATHS = (b"/", b"/health")
-PUBLIC_PREFIX = b"/ui/"
+#: hold no data), the health check, and what a new machine installs.
+PUBLIC_PATHS = (b"/", b"/health", b"/install.sh")
+PUBLIC_PREFIXES = (b"/ui/", b"/dist/", b"/wheelhouse/")
 
 
 def is_public(request: IRequest) -> bool:
     """Whether C{request} may go through without a token."""
     if request.method not in (b"GET", b"HEAD"):
         return request.path == b"/health"
-    return request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX)
+    return request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
 
 
 #: The headers every answer of the API port carries, those written raw included.

@@ -9,21 +9,32 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from pcci.identity import JoinToken
 from pcci.master.access.enrollment import Enrollment, TokenRequest
 from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import APIError, json_answer, read_object, request_token, who_asks
+from pcci.master.install.kit import Kit
 from pcci.master.store.base import StoredIdentity
+
+log = Logger()
+
+
+def plain_name(pattern: str) -> str | None:
+    """A token's name pattern when it is one name, which the joining machine then takes."""
+    return None if any(c in pattern for c in "*?[") else pattern
 
 
 def join_line(address: str, token: JoinToken, pattern: str) -> str:
-    """The line that joins a new machine, run on it."""
+    """The line that joins a new machine where pcci is installed already, run on it."""
     words = ["twistd", "-n", "pcci-worker", "--join", address, "--token", str(token)]
-    if not any(c in pattern for c in "*?["):
-        words += ["--name", pattern]
+    name = plain_name(pattern)
+    if name is not None:
+        words += ["--name", name]
     return " ".join(shlex.quote(word) for word in words)
 
 
@@ -53,12 +64,25 @@ class IdentityRoutes(APIBase):
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
-        def made(result: tuple[JoinToken, dict[str, Any]]) -> bytes:
+        def made(result: tuple[JoinToken, dict[str, Any]]) -> Deferred[bytes]:
             token, view = result
-            return json_answer(request, {
-                **view, "token": str(token), "command": join_line(self.join_address, token, wanted.name),
+            joining = join_line(self.join_address, token, wanted.name)
+            answer = {
+                **view, "token": str(token), "command": joining, "join_command": joining,
                 "message": "join token made: this is the only time it is shown",
-            }, 201)
+            }
+            if self.install_kit is None:
+                return succeed(json_answer(request, answer, 201))
+
+            def with_line(kit: Kit) -> bytes:
+                answer["command"] = kit.line(self.public_url, self.join_address, str(token), plain_name(wanted.name))
+                return json_answer(request, answer, 201)
+
+            def without_line(failure: Failure) -> bytes:
+                log.failure("no install line: the install kit cannot be made", failure)
+                return json_answer(request, answer, 201)
+
+            return self.install_kit.get().addCallbacks(with_line, without_line)
 
         return enrollment.create_token(wanted, who_asks(request) or "admin").addCallback(made)
 
