@@ -19,6 +19,7 @@ the workers at leisure never stops a worker for good.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ FILES = 4  # put, put_data, put_end, get, get_ack; put_need, put_ack, get_entrie
 
 #: Longest nonce accepted from a worker.
 MAX_NONCE = 128
+
+#: What a version looks like: 2.0.0, 2.1.0.dev3, 3.11.7, 3.13.0rc1+.
+VERSION_TEXT = re.compile(r"[0-9A-Za-z.+-]{1,40}\Z")
 
 
 def accepts(version: int) -> bool:
@@ -86,6 +90,9 @@ class Hello:
     #: past a gap, and asks for what it missed (see
     #: L{pcci.master.cluster.dispatch.Dispatcher.job_output}).
     contiguous_seq: bool = False
+    #: The pcci and Python it runs, as it says them ("" from a worker too old to say).
+    pcci_version: str = ""
+    python_version: str = ""
 
     @classmethod
     def parse(cls, message: dict[str, Any], secret: bytes | None) -> Hello:
@@ -116,7 +123,14 @@ class Hello:
             jobs=held_jobs(message),
             remembers_jobs=message.get("remembers_jobs") is True,
             contiguous_seq=message.get("contiguous_seq") is True,
+            pcci_version=_version(message.get("pcci_version")),
+            python_version=_version(message.get("python_version")),
         )
+
+
+def _version(said: Any) -> str:
+    """A version a worker says of itself, if it is one (a short run of letters, digits and C{.+-}); else ""."""
+    return said if isinstance(said, str) and VERSION_TEXT.match(said) else ""
 
 
 class MasterHandshake:

@@ -60,15 +60,21 @@ class Daemon:
         *args: str,
         files: int | None = None,
         env: dict[str, str] | None = None,
+        program: str | None = None,
     ) -> None:
         """With C{files}, the daemon may open at most that many files; C{env}
-        is added to its environment."""
+        is added to its environment.  With C{program}, that runs instead of
+        this venv's twistd (C{plugin} is then its first argument), logging
+        to its standard output."""
         self.name = name
         self.log = directory / f"{name}.log"
-        command = [
-            TWISTD, "--nodaemon", "--pidfile=",
-            f"--logfile={self.log}", plugin, *args,
-        ]
+        if program is None:
+            command = [TWISTD, "--nodaemon", "--pidfile=", f"--logfile={self.log}", plugin, *args]
+            out: Any = subprocess.DEVNULL
+        else:
+            command = [program, plugin, *args] if plugin else [program, *args]
+            out = self.log.open("ab")
+
         def limit_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
@@ -76,10 +82,12 @@ class Daemon:
         # only when asked for.
         self.process = subprocess.Popen(
             command, cwd=directory, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=None if files is None else limit_files,
             env=None if env is None else {**os.environ, **env},
         )
+        if program is not None:
+            out.close()  # the daemon has its own
 
     @property
     def pid(self) -> int:

@@ -28,6 +28,8 @@ class FakeLink:
     dismissed: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     auth: str = "secret"
+    pcci_version: str = "2.0.0"
+    python_version: str = "3.11.2"
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
         self.runs.append((pool_id, cmd))

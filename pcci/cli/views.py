@@ -52,6 +52,14 @@ def _figure(health: dict[str, Any] | None, key: str, form: str) -> str:
     return "-" if value is None else form.format(value)
 
 
+def _software(worker: dict[str, Any]) -> str:
+    """The pcci and Python a worker runs: 2.0.0/py3.11.2 ("-" from a worker too old to say)."""
+    pcci, python = worker.get("pcci_version"), worker.get("python_version")
+    if not pcci:
+        return "-"
+    return f"{pcci}/py{python}" if python else pcci
+
+
 async def show_workers(cfg: Config, every: bool, as_json: bool) -> int:
     workers = await cfg.client().call("GET", "/workers", all="true" if every else None)
     if as_json:
@@ -73,10 +81,12 @@ async def show_workers(cfg: Config, every: bool, as_json: bool) -> int:
             str(w["jobs_running"]),
             labels_text(w.get("labels", {})),
             w.get("auth") or "-",
+            _software(w),
             _ago(w.get("last_seen"), now),
         ])
     columns = [
-        "NAME", "STATE", "ADDRESS", "CPU", "LOAD", "MEMORY", "DISK", "TEMP", "JOBS", "LABELS", "AUTH", "LAST SEEN",
+        "NAME", "STATE", "ADDRESS", "CPU", "LOAD", "MEMORY", "DISK", "TEMP", "JOBS", "LABELS", "AUTH", "VERSION",
+        "LAST SEEN",
     ]
     terminal.print_table(table(columns, rows))
     if not workers:

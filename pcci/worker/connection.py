@@ -5,6 +5,7 @@ master's requests handed to the job table (L{pcci.worker.jobs}).
 
 from __future__ import annotations
 
+import platform
 import socket
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from pcci import __version__
 from pcci.clock import StallWatch
 from pcci.handshake import WorkerHandshake, is_version_refusal
 from pcci.identity import EXIT_STATUSES, IdentityError, WorkerIdentity
@@ -116,6 +118,8 @@ class MasterConnection(FramedJSONProtocol):
             jobs=self.jobs.held_jobs(),
             remembers_jobs=self.jobs.received is not None,
             contiguous_seq=True,
+            pcci_version=__version__,
+            python_version=platform.python_version(),
         )
         self.sendMessage("hello", **hello)
 

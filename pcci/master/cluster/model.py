@@ -91,6 +91,9 @@ class WorkerLink(Protocol):
     labels: dict[str, str]
     #: The jobs its hello said it holds: C{{"pool", "ended"}} each.
     held_jobs: list[dict[str, Any]]
+    #: The pcci and Python it runs ("" when it does not say).
+    pcci_version: str
+    python_version: str
     @property
     def master(self) -> str | None:
         """The master holding it, when another does (see L{pcci.master.peers.peers}); None when this one does."""
@@ -141,6 +144,9 @@ class WorkerRecord:
     auth: str = ""
     #: Why its connection went, while it is offline.
     left: str = ""
+    #: The pcci and Python it runs, as it said when it connected.
+    pcci_version: str = ""
+    python_version: str = ""
 
     def to_json(self, jobs_running: int) -> dict[str, Any]:
         return {
@@ -154,6 +160,8 @@ class WorkerRecord:
             "heartbeat_seconds": self.heartbeat,
             "labels": self.labels,
             "auth": self.auth,
+            "pcci_version": self.pcci_version,
+            "python_version": self.python_version,
             "health": self.figures,
         }
 

@@ -95,6 +95,7 @@ class Roster:
         record.address, record.connected_at = link.address, now
         record.labels = dict(link.labels)
         record.auth = link.auth
+        record.pcci_version, record.python_version = link.pcci_version, link.python_version
         record.online, record.last_seen = True, now
         record.master, record.jobs_elsewhere = link.master or self.name, None
         if link.master is None:

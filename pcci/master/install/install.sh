@@ -75,6 +75,12 @@ has_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>
 
 ours() { [ -f "$UNIT" ] && grep -q "^# Written by pcci's install.sh" "$UNIT"; }
 
+running() {  # running PID: alive, and not a zombie its parent has yet to reap
+    kill -0 "$1" 2>/dev/null || return 1
+    [ -r "/proc/$1/stat" ] || return 0
+    [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -c1)" != Z ]
+}
+
 stop_worker() {
     if ours && has_systemd; then
         systemctl disable --now pcci-worker >/dev/null 2>&1 || true
@@ -84,7 +90,7 @@ stop_worker() {
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || return 0
     for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
-        kill -0 "$pid" 2>/dev/null || return 0
+        running "$pid" || return 0
         sleep 1
     done
     die "the worker (pid $pid) does not stop: not removing $prefix"
@@ -191,8 +197,9 @@ if [ ! -f "$here/.complete" ]; then
     else
         from=
     fi
+    # Byte-compiled as it is first imported: half the install's time saved.
     # shellcheck disable=SC2086
-    $pip install $from "$work/$PCCI_WHEEL" >"$work/pip.log" 2>&1 ||
+    $pip install --no-compile $from "$work/$PCCI_WHEEL" >"$work/pip.log" 2>&1 ||
         { tail -n 15 "$work/pip.log" >&2; die "pip cannot install pcci $PCCI_VERSION in $here"; }
     touch "$here/.complete"
 fi
@@ -262,7 +269,7 @@ else
     [ "$service" = yes ] && say "no systemd here: the worker is not started as a service"
     say "worker $name (pcci $PCCI_VERSION, Python $version) installed; start it with: $prefix/bin/pcci-worker"
     pid=$(cat "$state/worker.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    if [ -n "$pid" ] && running "$pid"; then
         say "the worker running now (pid $pid) keeps its version until it is started again"
     fi
 fi

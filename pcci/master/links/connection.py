@@ -58,6 +58,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.heartbeat = 0.0
         self.labels: dict[str, str] = {}
         self.held_jobs: list[dict[str, Any]] = []
+        self.pcci_version = self.python_version = ""
         self.master: str | None = None  # connected here
         #: The protocol version spoken on this connection: the worker's.
         self.version = PROTOCOL_VERSION
@@ -122,6 +123,7 @@ class WorkerConnection(FramedJSONProtocol):
         self._hello = hello
         self.version = hello.version
         self.labels = hello.labels
+        self.pcci_version, self.python_version = hello.pcci_version, hello.python_version
         self.held_jobs = hello.jobs
         self.remembers_jobs = hello.remembers_jobs
         self.contiguous_seq = hello.contiguous_seq

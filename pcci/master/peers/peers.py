@@ -91,6 +91,8 @@ class RemoteLink:
         self.remembers_jobs = bool(row.get("remembers_jobs"))
         self.contiguous_seq = bool(row.get("contiguous_seq"))
         self.auth = str(row.get("auth", ""))
+        self.pcci_version = str(row.get("pcci_version", ""))
+        self.python_version = str(row.get("python_version", ""))
         self.held_jobs: list[dict[str, Any]] = []
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
@@ -387,6 +389,8 @@ class Peers:
                 "contiguous_seq": bool(getattr(link, "contiguous_seq", False)),
                 "auth": record.auth,
                 "left": record.left,
+                "pcci_version": record.pcci_version,
+                "python_version": record.python_version,
             }
             if link is None:  # its connection is gone: so are the jobs carried on it
                 for key in [key for key in self.relays if key[0] == name]:

@@ -109,6 +109,8 @@ function card(worker, history) {
       worker.address || "",
       worker.master ? ` · on master ${worker.master}` : "",
       worker.auth ? ` · ${AUTH_WORDS[worker.auth] || worker.auth}` : "",
+      worker.pcci_version ? ` · pcci ${worker.pcci_version}` : "",
+      worker.python_version ? `, Python ${worker.python_version}` : "",
       worker.online ? " · connected " : " · last seen ",
       when(worker.online ? worker.connected_at : worker.last_seen),
     ),

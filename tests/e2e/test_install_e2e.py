@@ -1,0 +1,207 @@
+"""
+The one line a join token comes with, run for real: the master serves
+C{install.sh}, its wheel and a wheelhouse; the script installs a worker in
+a prefix of its own (C{--no-service}: no systemd here), which joins with
+its identity and runs a job; run again from a master of a newer version,
+it upgrades in place and keeps the identity; C{--uninstall} leaves nothing.
+Each refusal is one line: a token that is not one, a pin of another
+master, a Python older than 3.9.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cluster import Cluster, Daemon, poll, processes_with
+
+import pcci
+from pcci.master.install.wheel import build
+
+pytestmark = pytest.mark.e2e
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+OLD_VERSION = "1.99.0"
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pcci's dependencies as wheels, as a lab without a package index keeps them."""
+    where = tmp_path_factory.mktemp("wheelhouse")
+    wheel = build()
+    (where / wheel.name).write_bytes(wheel.data)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(where),
+         str(where / wheel.name)],
+        check=True, timeout=300,
+    )
+    (where / wheel.name).unlink()
+    return where
+
+
+@pytest.fixture(scope="module")
+def older_pcci(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This tree as an older version: on PYTHONPATH, a master of it serves a wheel of that version."""
+    tree = tmp_path_factory.mktemp("older")
+    for package in ("pcci", "twisted"):
+        shutil.copytree(REPOSITORY / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    init = tree / "pcci" / "__init__.py"
+    init.write_text(init.read_text().replace(f'"{pcci.__version__}"', f'"{OLD_VERSION}"'))
+    return tree
+
+
+def install_master(c: Cluster, wheelhouse: Path, env: dict[str, str] | None = None) -> None:
+    c.start_master(
+        "--wheelhouse", str(wheelhouse),
+        "--public-url", f"http://127.0.0.1:{c.api_port}",
+        "--join-address", f"127.0.0.1:{c.worker_port}",
+        env=env,
+    )
+
+
+def run(line: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The install line with C{extra} options, as a shell runs it."""
+    assert line.startswith("(") and line.endswith(")")
+    line = line[:-1] + "".join(f" {word}" for word in extra) + ")"
+    return subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=300)
+
+
+def script(c: Cluster, tmp_path: Path) -> Path:
+    """The master's install.sh, fetched as the line fetches it."""
+    path = tmp_path / "install.sh"
+    subprocess.run(["curl", "-fsS", "-o", str(path), f"http://127.0.0.1:{c.api_port}/install.sh"], check=True)
+    return path
+
+
+def start_installed(c: Cluster, prefix: Path) -> Daemon:
+    daemon = Daemon(c.directory, f"installed-{len(c.daemons)}", "", program=str(prefix / "bin" / "pcci-worker"))
+    c.daemons.append(daemon)
+    return daemon
+
+
+def online(c: Cluster, name: str) -> dict:
+    def found() -> dict | None:
+        for worker in c.request("GET", "/workers")[1]:
+            if worker["id"] == name:
+                return worker
+        return None
+
+    return poll(found, what=f"worker {name} online")
+
+
+def refusals(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The lines of a refusal: the script's own (pcci: …) but its progress."""
+    return [line for line in result.stderr.splitlines() if not re.match(r"pcci: (installing|joining) ", line)]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the install line uses curl")
+def test_one_line_installs_a_worker_that_joins_upgrades_in_place_and_uninstalls(
+    own_cluster: Cluster, wheelhouse: Path, older_pcci: Path, tmp_path: Path
+) -> None:
+    c = own_cluster
+    c.worker_auth = "identity"
+    prefix = tmp_path / "opt"
+    install_master(c, wheelhouse, env={"PYTHONPATH": str(older_pcci)})
+    code, made = c.request("POST", "/join-tokens", {"name": "node1"})
+    assert code == 201 and made["command"].endswith(f"--name node1)")
+    assert "sha256sum -c" in made["command"] and made["join_command"].startswith("twistd -n pcci-worker --join")
+
+    # The one line: installed from the master's wheel and wheelhouse, joined, ready to start.
+    first = run(made["command"], "--prefix", str(prefix), "--no-service")
+    assert first.returncode == 0, first.stderr
+    assert f"start it with: {prefix}/bin/pcci-worker" in first.stderr
+    assert os.readlink(prefix / "current").startswith(f"versions/{OLD_VERSION}-")
+    worker = start_installed(c, prefix)
+    assert online(c, "node1")["pcci_version"] == OLD_VERSION
+    pool = c.run("echo installed by one line", ["node1"])
+    assert pool["jobs"][0]["result"] == "installed by one line\n"
+    fingerprint = {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"]
+
+    # A token of another master's CA: refused in one line, and nothing is left of the try.
+    code, made2 = c.request("POST", "/join-tokens", {"name": "node2"})
+    token = made2["token"]
+    other_pin = token[:-43] + ("A" if token[-43] != "A" else "B") + token[-42:]
+    pinned = run(made2["command"].replace(token, other_pin), "--prefix", str(prefix), "--no-service")
+    assert pinned.returncode == 1
+    assert refusals(pinned) == [
+        f"pcci: cannot join: the master's CA does not match the token's pin: not the master that made the token"
+        f" (or someone in between); nothing was sent (master at 127.0.0.1:{c.worker_port})"
+    ]
+    assert not (prefix / "state" / "identity" / "node2.crt").exists()
+
+    # A master of this version: the script run again upgrades in place, keeping the identity.
+    c.master.stop()
+    install_master(c, wheelhouse)
+    again = subprocess.run(
+        ["sh", str(script(c, tmp_path)), "--url", f"http://127.0.0.1:{c.api_port}",
+         "--join", f"tls:127.0.0.1:{c.worker_port}", "--name", "node1", "--prefix", str(prefix), "--no-service"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "keeps its version until it is started again" in again.stderr
+    assert os.readlink(prefix / "current").startswith(f"versions/{pcci.__version__}-")
+    assert len(list((prefix / "versions").iterdir())) == 2  # the one before is kept
+    worker.stop()
+    start_installed(c, prefix)
+    poll(lambda: online(c, "node1")["pcci_version"] == pcci.__version__, what="the upgraded worker")
+    assert c.run("echo upgraded", ["node1"])["jobs"][0]["result"] == "upgraded\n"
+    assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint
+
+    # Uninstalled: the running worker stopped, the prefix gone.
+    gone = subprocess.run(
+        ["sh", str(script(c, tmp_path)), "--uninstall", "--prefix", str(prefix), "--no-service"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stderr == f"pcci: worker removed: {prefix} is gone\n"
+    assert not prefix.exists()
+    assert processes_with(str(prefix)) == []
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the install line uses curl")
+def test_the_script_refuses_a_bad_token_an_old_python_and_a_swapped_script_each_in_one_line(
+    own_cluster: Cluster, wheelhouse: Path, tmp_path: Path
+) -> None:
+    c = own_cluster
+    c.worker_auth = "identity"
+    install_master(c, wheelhouse)
+    path = script(c, tmp_path)
+    prefix = tmp_path / "opt"
+    where = ["--url", f"http://127.0.0.1:{c.api_port}", "--join", f"tls:127.0.0.1:{c.worker_port}",
+             "--prefix", str(prefix), "--no-service"]
+
+    def attempt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(path), *where, *args], capture_output=True, text=True, timeout=60,
+                              env=None if env is None else {**os.environ, **env})
+
+    bad = attempt("--token", "not-a-token")
+    assert (bad.returncode, bad.stderr) == (
+        1, "pcci: --token is not a join token (ID.SECRET.PIN, as pcci join-token create prints it)\n"
+    )
+    # A python3 3.8 first on the PATH.
+    old = tmp_path / "bin"
+    old.mkdir()
+    (old / "python3").write_text("#!/bin/sh\necho 3.8\n")
+    (old / "python3").chmod(0o755)
+    token = c.join_token("node1")
+    older = attempt("--token", token, env={"PATH": f"{old}:{os.environ['PATH']}"})
+    assert older.returncode == 1
+    assert re.fullmatch(r"pcci: \S+/python3 is Python 3\.8; a worker needs 3\.9 or newer: .+\n", older.stderr)
+    assert not prefix.exists()
+
+    # The line checks the script against its hash before it runs it.
+    code, made = c.request("POST", "/join-tokens", {"name": "node2"})
+    pin = re.search(r'echo "([0-9a-f]{64})  \$f"', made["command"])
+    assert pin is not None
+    swapped = subprocess.run(
+        ["sh", "-c", made["command"].replace(pin.group(1), "0" * 64)], capture_output=True, text=True, timeout=60
+    )
+    assert (swapped.returncode, swapped.stderr) == (
+        1, "pcci: install.sh does not match the hash in this line: not run\n"
+    )
+    assert not prefix.exists()
