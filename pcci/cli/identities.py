@@ -25,14 +25,17 @@ def _in(seconds: float) -> str:
     return f"in {text}" if left >= 0 else f"{text} ago"
 
 
-async def create_join_token(cfg: Config, asked: dict[str, Any]) -> int:
+async def create_join_token(cfg: Config, asked: dict[str, Any], installed: bool) -> int:
     answer = await cfg.client().call("POST", "/join-tokens", asked)
+    line = answer.get("join_command", answer["command"]) if installed else answer["command"]
+    # The join line alone where the master serves no installs (or is older).
+    where = "where pcci is installed" if line == answer.get("join_command", line) else "as root"
     cfg.err.write(
         f"pcci: join token {answer['id']} made for {answer['name']!r}, {answer['uses']} use(s),"
         f" ends {_in(answer['expires_at'])}: this is the only time it is shown\n"
-        "pcci: on the new machine, run:\n"
+        f"pcci: on the new machine, {where}, run:\n"
     )
-    cfg.out.write(answer["command"] + "\n")
+    cfg.out.write(line + "\n")
     return 0
 
 

@@ -470,10 +470,15 @@ def join_token() -> None:
               help="Workers that may join with it.")
 @click.option("--ttl", default="1h", show_default=True, callback=duration, help="How long it lives: 90s, 30m, 1h, 2d.")
 @click.option("--approve", is_flag=True, help="Each worker that joins waits for pcci workers approve.")
+@click.option("--installed", is_flag=True,
+              help="Print the line for a machine where pcci is installed already (twistd pcci-worker --join).")
 @click.pass_obj
-def join_token_create(cfg: Config, pattern: str, labels: tuple[str, ...], uses: int, ttl: float, approve: bool) -> None:
+def join_token_create(
+    cfg: Config, pattern: str, labels: tuple[str, ...], uses: int, ttl: float, approve: bool, installed: bool
+) -> None:
     """
-    Make a join token and print the line to run on the new machine.
+    Make a join token and print the one line that installs, joins and starts
+    a worker, to run as root on the new machine.
 
     \b
       pcci join-token create --name pi07
@@ -488,7 +493,7 @@ def join_token_create(cfg: Config, pattern: str, labels: tuple[str, ...], uses: 
                  "ttl": ttl, "approve": approve}
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    go(create_join_token, cfg, asked)
+    go(create_join_token, cfg, asked, installed)
 
 
 @join_token.command("ls")

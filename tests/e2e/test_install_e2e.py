@@ -107,12 +107,17 @@ def test_one_line_installs_a_worker_that_joins_upgrades_in_place_and_uninstalls(
     c.worker_auth = "identity"
     prefix = tmp_path / "opt"
     install_master(c, wheelhouse, env={"PYTHONPATH": str(older_pcci)})
-    code, made = c.request("POST", "/join-tokens", {"name": "node1"})
-    assert code == 201 and made["command"].endswith(f"--name node1)")
-    assert "sha256sum -c" in made["command"] and made["join_command"].startswith("twistd -n pcci-worker --join")
-
-    # The one line: installed from the master's wheel and wheelhouse, joined, ready to start.
-    first = run(made["command"], "--prefix", str(prefix), "--no-service")
+    # The one line, as pcci join-token create prints it: installed from the
+    # master's wheel and wheelhouse, joined, ready to start.
+    made = subprocess.run(
+        [str(Path(sys.executable).parent / "pcci"), "join-token", "create", "--name", "node1"],
+        env={**os.environ, "PCCI_URL": f"http://127.0.0.1:{c.api_port}", "PCCI_TOKEN": c.token or ""},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert made.returncode == 0 and made.stderr.endswith("pcci: on the new machine, as root, run:\n")
+    line = made.stdout.strip()
+    assert "sha256sum -c" in line and line.endswith("--name node1)")
+    first = run(line, "--prefix", str(prefix), "--no-service")
     assert first.returncode == 0, first.stderr
     assert f"start it with: {prefix}/bin/pcci-worker" in first.stderr
     assert os.readlink(prefix / "current").startswith(f"versions/{OLD_VERSION}-")
@@ -124,6 +129,7 @@ def test_one_line_installs_a_worker_that_joins_upgrades_in_place_and_uninstalls(
 
     # A token of another master's CA: refused in one line, and nothing is left of the try.
     code, made2 = c.request("POST", "/join-tokens", {"name": "node2"})
+    assert made2["join_command"].startswith("twistd -n pcci-worker --join")
     token = made2["token"]
     other_pin = token[:-43] + ("A" if token[-43] != "A" else "B") + token[-42:]
     pinned = run(made2["command"].replace(token, other_pin), "--prefix", str(prefix), "--no-service")

@@ -135,6 +135,7 @@ case $version in
 esac
 "$python" -c 'import venv, ensurepip' 2>/dev/null ||
     die "$python has no venv module: $(suggest)"
+python=$("$python" -c 'import sys; print(sys.executable)')  # not a shim (pyenv's): it runs often
 
 work=$(mktemp -d)
 made=
@@ -187,12 +188,16 @@ if [ ! -f "$here/.complete" ]; then
         $pip download --dest "$work/wheels" --no-index --find-links "$url/wheelhouse/" \
             --trusted-host "$host" "$work/$PCCI_WHEEL" >"$work/pip.log" 2>&1 ||
             { tail -n 15 "$work/pip.log" >&2; die "cannot fetch pcci's dependencies from $url/wheelhouse/"; }
-        for file in "$work/wheels"/*; do
-            base=${file##*/}
-            [ "$base" = "$PCCI_WHEEL" ] && continue
-            echo "$PCCI_WHEELHOUSE" | grep -qxF "$(sha256 "$file") $base" ||
-                die "$url/wheelhouse/$base does not match its hash: not installed"
-        done
+        bad=$(printf '%s\n' "$PCCI_WHEELHOUSE" | "$python" -c '
+import hashlib, os, sys
+known = set(sys.stdin.read().splitlines())
+for name in sorted(os.listdir(sys.argv[1])):
+    with open(os.path.join(sys.argv[1], name), "rb") as f:
+        if name != sys.argv[2] and hashlib.sha256(f.read()).hexdigest() + " " + name not in known:
+            print(name)
+            break
+' "$work/wheels" "$PCCI_WHEEL")
+        [ -z "$bad" ] || die "$url/wheelhouse/$bad does not match its hash: not installed"
         from="--no-index --find-links $work/wheels"
     else
         from=
