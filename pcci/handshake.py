@@ -93,6 +93,8 @@ class Hello:
     #: The pcci and Python it runs, as it says them ("" from a worker too old to say).
     pcci_version: str = ""
     python_version: str = ""
+    #: It can upgrade itself when the master asks (C{upgrade}).
+    upgrades: bool = False
 
     @classmethod
     def parse(cls, message: dict[str, Any], secret: bytes | None) -> Hello:
@@ -125,6 +127,7 @@ class Hello:
             contiguous_seq=message.get("contiguous_seq") is True,
             pcci_version=_version(message.get("pcci_version")),
             python_version=_version(message.get("python_version")),
+            upgrades=message.get("upgrades") is True,
         )
 
 

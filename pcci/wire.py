@@ -103,6 +103,8 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "join": {"token": str, "name": str, "csr": str},
     "renew": {"csr": str},
     "enroll": {"csr": str},
+    # How an upgrade the master asked for goes (see pcci.worker.upgrade).
+    "upgrade_status": {"state": str, "reason": str},
 }
 MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "challenge": {"nonce": str, "proof": str},
@@ -121,6 +123,10 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     # The answer to a join, renew or enroll: a certificate and the CA's, or
     # (both empty) a refusal whose reason says why.
     "certificate": {"certificate": str, "ca": str, "state": str, "reason": str},
+    # Install this version beside the running one and restart into it
+    # (only to a worker whose hello said upgrades).
+    "upgrade": {"version": str, "wheel": str, "url": str, "sha256": str, "wheelhouse": dict, "find_links": str,
+                "deadline": (int, float)},
 }
 
 

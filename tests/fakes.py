@@ -27,9 +27,11 @@ class FakeLink:
     kills: list[str] = field(default_factory=list)
     dismissed: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    upgrade_orders: list[dict[str, Any]] = field(default_factory=list)
     auth: str = "secret"
     pcci_version: str = "2.0.0"
     python_version: str = "3.11.2"
+    upgrades: bool = False
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
         self.runs.append((pool_id, cmd))
@@ -37,6 +39,9 @@ class FakeLink:
 
     def kill_job(self, pool_id: str) -> None:
         self.kills.append(pool_id)
+
+    def upgrade(self, order: dict[str, Any]) -> None:
+        self.upgrade_orders.append(order)
 
     def attach_job(self, pool_id: str, after: int) -> None:
         self.attached.append((pool_id, after))

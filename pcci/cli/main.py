@@ -411,6 +411,7 @@ def workers(ctx: click.Context, every: bool, as_json: bool) -> None:
       pcci workers pending
       pcci workers approve pi07
       pcci workers revoke pi07
+      pcci workers upgrade --batch 5
     """
     if ctx.invoked_subcommand is None:
         from pcci.cli.views import show_workers
@@ -436,6 +437,37 @@ def workers_pending(cfg: Config, as_json: bool) -> None:
     from pcci.cli.identities import list_identities
 
     go(list_identities, cfg, True, as_json)
+
+
+@workers.command("upgrade")
+@targets
+@click.option("--batch", default="100%", show_default=True, metavar="N|N%",
+              help="Workers upgraded at once: a number, or a share of those chosen; the next batch starts when "
+                   "this one is back.")
+@click.option("--deadline", default="60s", show_default=True, callback=duration,
+              help="How long a new version has to reach a master before the worker goes back to the old one.")
+@json_option("the ended upgrade")
+@click.pass_obj
+def workers_upgrade(cfg: Config, batch: str, deadline: float, as_json: bool, **options: Any) -> None:
+    """
+    Upgrade workers to the master's version: each installs it beside the
+    running one, waits for its jobs to end, and restarts into it; one whose
+    new version does not come back goes back to the old one.  Only workers
+    installed by the install line (pcci join-token create) upgrade themselves.
+
+    \b
+      pcci workers upgrade                      # every worker, all at once
+      pcci workers upgrade -l rack=b --batch 5  # five at a time
+      pcci workers upgrade -w 'pi*' --batch 20%
+    """
+    from pcci.cli.upgrades import upgrade_workers
+
+    body: dict[str, Any] = {"batch": batch, "deadline": deadline}
+    for key, values in (("workers", options["targets"]), ("labels", options["labels"]),
+                        ("exclude", options["exclude"])):
+        if values:
+            body[key] = list(values)
+    go(upgrade_workers, cfg, body, as_json)
 
 
 def _decision(verb: str, summary: str) -> None:

@@ -41,6 +41,7 @@ from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
 from pcci.worker.receiver import Receiver
 from pcci.worker.sender import Sender
+from pcci.worker.upgrade import Upgrader
 
 #: Seconds between heartbeats, by default.
 DEFAULT_HEARTBEAT = 5.0
@@ -120,6 +121,7 @@ class MasterConnection(FramedJSONProtocol):
             contiguous_seq=True,
             pcci_version=__version__,
             python_version=platform.python_version(),
+            upgrades=factory.upgrader is not None,
         )
         self.sendMessage("hello", **hello)
 
@@ -183,6 +185,8 @@ class MasterConnection(FramedJSONProtocol):
         if self.identities and self.factory.identity is None and self.factory.enroll:
             self._ask("enroll", self.factory.new_identity())
         self.jobs.connected(self)
+        if self.factory.upgrader is not None:
+            self.factory.upgrader.welcomed(message.get("upgrades") is True)
         self.joined.callback(self)
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = self.factory.reactor
@@ -315,6 +319,15 @@ class MasterConnection(FramedJSONProtocol):
         if not isinstance(sent_ago, (int, float)) or isinstance(sent_ago, bool) or not sent_ago >= 0:
             sent_ago = None
         self.jobs.run(pool_id, message["cmd"], options, sent_ago)
+
+    def handle_upgrade(self, message: dict[str, Any]) -> None:
+        if not self._handshake_done():
+            return
+        upgrader = self.factory.upgrader
+        if upgrader is None:
+            self.sendMessage("upgrade_status", state="failed", reason="this worker was not installed by install.sh")
+        else:
+            upgrader.start(message)
 
     def handle_kill(self, message: dict[str, Any]) -> None:
         if self._handshake_done():
@@ -476,6 +489,14 @@ class WorkerFactory(Factory["MasterConnection"]):
         #: Times in a row another connection took this worker's name: the
         #: dialer waits longer before each next try.
         self.replacements = 0
+        #: Upgrades this worker when the master asks (None: install.sh did not install it).
+        self.upgrader: Upgrader | None = None
+
+    def tell_upgrade(self, state: str, reason: str) -> None:
+        """Say how an upgrade goes to the master of the moment, if one welcomed this worker."""
+        connection = self.connection
+        if connection is not None and connection.welcomed:
+            connection.sendMessage("upgrade_status", state=state, reason=reason)
 
     def file_threads(self) -> ThreadPool:
         """The one thread pushed files are written in, started when first needed."""

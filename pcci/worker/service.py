@@ -25,6 +25,7 @@ from pcci.worker.jobs import JobTable
 from pcci.worker.journal import JobJournal, kill_leftovers
 from pcci.worker.reaper import become_subreaper, reap_orphans
 from pcci.worker.received import ReceivedJobs
+from pcci.worker.upgrade import Upgrader, installed_prefix
 
 log = Logger()
 
@@ -85,6 +86,9 @@ class WorkerService(MultiService):
             state_dir=None if journal is None else journal.parent,
             enroll=enroll,
         )
+        prefix = installed_prefix()
+        if prefix is not None and journal is not None:
+            self.factory.upgrader = Upgrader(reactor, prefix, journal.parent, self.jobs, self.factory.tell_upgrade)
         #: What must be done before dialing: a join, with C{--join}.
         self.before_connect = before_connect
         # A connection counts as made once the master welcomed this worker:
@@ -101,6 +105,8 @@ class WorkerService(MultiService):
     def startService(self) -> None:
         start_cpu_sampling()
         super().startService()
+        if self.factory.upgrader is not None:
+            self.factory.upgrader.restarted()
         if become_subreaper():
             self._reaper.start(REAP_INTERVAL, now=False).addErrback(
                 lambda f: log.failure("reaping stopped", f)

@@ -94,6 +94,8 @@ class WorkerLink(Protocol):
     #: The pcci and Python it runs ("" when it does not say).
     pcci_version: str
     python_version: str
+    #: It can upgrade itself (it was installed by install.sh).
+    upgrades: bool
     @property
     def master(self) -> str | None:
         """The master holding it, when another does (see L{pcci.master.peers.peers}); None when this one does."""
@@ -121,6 +123,9 @@ class WorkerLink(Protocol):
 
     def revoke(self, reason: str) -> None:
         """Tell the worker its identity was revoked, and close: it may not come back."""
+
+    def upgrade(self, order: dict[str, Any]) -> None:
+        """Tell the worker to install this version and restart into it (see L{pcci.master.cluster.upgrades})."""
 
 
 @dataclass(eq=False)

@@ -56,6 +56,8 @@ class Roster:
         self.name: str | None = None
         #: Called with each worker that joined, once it is listed.
         self.on_join: Callable[[WorkerLink], None] = lambda link: None
+        #: Called after C{on_join}, each with each worker that joined.
+        self.join_hooks: list[Callable[[WorkerLink], None]] = []
         #: Called with the name of each worker connected here that joined,
         #: left or was forgotten (see L{pcci.master.peers.peers}).
         self.on_change: Callable[[str], None] = lambda name: None
@@ -104,6 +106,8 @@ class Roster:
         else:
             log.info("worker {name} joined master {master}", name=link.name, master=link.master)
         self.on_join(link)
+        for hook in self.join_hooks:
+            hook(link)
 
     def leave(self, link: WorkerLink, reason: str) -> None:
         """A worker's connection is gone: its running jobs wait the grace for it."""

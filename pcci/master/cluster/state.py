@@ -30,6 +30,7 @@ from pcci.master.cluster.roster import (
     DEFAULT_RECONNECT_GRACE,
     Roster,
 )
+from pcci.master.cluster.upgrades import Upgrades
 from pcci.master.store.base import PoolStore
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class ClusterState:
             cache=settings.cache,
         )
         self.dispatcher = Dispatcher(clock, self.wall, self.roster, self.history, new_id)
+        #: Workers upgraded from this master (POST /workers/upgrade).
+        self.upgrades = Upgrades(clock, self.wall, self.roster)
         #: The other masters on the same PostgreSQL store, if any
         #: (L{pcci.master.peers.peers.Peers} sets it).
         self.peers: OtherMasters | None = None

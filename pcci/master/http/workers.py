@@ -1,18 +1,30 @@
 """
-The REST API's workers (C{/workers}, C{/workers/<name>}).
+The REST API's workers (C{/workers}, C{/workers/<name>}), and their
+upgrades from this master (C{/workers/upgrade}, see
+L{pcci.master.cluster.upgrades}).
 """
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
+from pcci.master.cluster.upgrades import DEFAULT_DEADLINE, batch_size
 from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import (
     APIError,
     bool_arg,
     json_answer,
+    read_object,
     request_scope,
+    request_token,
+    string_list,
+    who_asks,
 )
+from pcci.master.install.kit import Kit
+
+#: Names, globs or labels a rollout's request may list.
+MAX_TARGETS = 10_000
 
 
 class WorkerRoutes(APIBase):
@@ -43,3 +55,53 @@ class WorkerRoutes(APIBase):
         body["history"] = record.history.columns()
         return json_answer(request, body)
 
+
+    @app.route("/workers/upgrade", methods=["POST"])
+    def workers_upgrade(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Upgrade workers to this master's version, C{batch} at a time: 202,
+        the rollout to follow at C{GET /workers/upgrade/<id>}.
+        """
+        token = request_token(request)
+        if token is not None and not token.admin:
+            raise self._refuse(request, "only a full token without a scope may upgrade workers")
+        if self.install_kit is None:
+            raise APIError(409, "this master serves no install kit (--no-auth, or --worker-auth secret)")
+        body = read_object(request, self.limits.max_body, required=False)
+        unknown = set(body) - {"workers", "labels", "exclude", "batch", "deadline"}
+        if unknown:
+            raise APIError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        names = None if body.get("workers") is None else string_list(body["workers"], "workers", MAX_TARGETS)
+        labels = [] if body.get("labels") is None else string_list(body["labels"], "labels", MAX_TARGETS)
+        exclude = [] if body.get("exclude") is None else string_list(body["exclude"], "exclude", MAX_TARGETS)
+        deadline = body.get("deadline", DEFAULT_DEADLINE)
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 1 <= deadline <= 3600:
+            raise APIError(400, "deadline is seconds the new version has to reach a master: 1 to 3600")
+        chosen = self._select(request, names, labels, exclude)
+        try:
+            size = batch_size(body.get("batch", len(chosen)), len(chosen))
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+
+        def start(kit: Kit) -> bytes:
+            base = self.public_url.rstrip("/")
+            order = {
+                "version": kit.version, "wheel": kit.wheel.name, "url": f"{base}/dist/{kit.wheel.name}",
+                "sha256": kit.wheel.sha256,
+                "wheelhouse": {name: sha256 for name, (_, sha256) in kit.wheelhouse.items()},
+                "find_links": f"{base}/wheelhouse/" if kit.wheelhouse else "", "deadline": float(deadline),
+            }
+            rollout = self.state.upgrades.start(chosen, size, order, who_asks(request) or "admin")
+            return json_answer(request, {
+                **rollout.to_json(), "message": f"upgrading {len(chosen)} workers to {kit.version}, {size} at a time",
+            }, 202)
+
+        return self.install_kit.get().addCallback(start)
+
+    @app.route("/workers/upgrade/<string:rollout_id>", methods=["GET"])
+    def workers_upgrade_status(self, request: IRequest, rollout_id: str) -> bytes:
+        """How a rollout goes: each worker's state, the version it runs, and why it did not upgrade."""
+        rollout = self.state.upgrades.rollouts.get(rollout_id)
+        if rollout is None:
+            raise APIError(404, f"no upgrade {rollout_id} (unknown, or long ended)")
+        return json_answer(request, rollout.to_json())

@@ -33,6 +33,10 @@ class Kit:
     script: bytes
 
     @property
+    def version(self) -> str:
+        return self.wheel.version
+
+    @property
     def script_sha256(self) -> str:
         return hashlib.sha256(self.script).hexdigest()
 
@@ -73,7 +77,7 @@ def render(wheel: Wheel, wheelhouse: dict[str, tuple[Path, str]]) -> bytes:
     template = files("pcci.master.install").joinpath("install.sh").read_text()
     manifest = "\n".join(f"{sha256} {name}" for name, (_, sha256) in wheelhouse.items())
     for mark, value in (
-        ("@VERSION@", wheel.name.split("-")[1]),
+        ("@VERSION@", wheel.version),
         ("@WHEEL@", wheel.name),
         ("@WHEEL_SHA256@", wheel.sha256),
         ("@WHEELHOUSE@", manifest),

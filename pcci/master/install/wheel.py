@@ -33,6 +33,10 @@ class Wheel:
     data: bytes
     sha256: str
 
+    @property
+    def version(self) -> str:
+        return self.name.split("-")[1]
+
 
 def package_files() -> list[tuple[str, Path]]:
     """Each file of pcci's packages and its twistd plugins, as (name in the wheel, where it is)."""

@@ -59,6 +59,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.labels: dict[str, str] = {}
         self.held_jobs: list[dict[str, Any]] = []
         self.pcci_version = self.python_version = ""
+        self.upgrades = False
         self.master: str | None = None  # connected here
         #: The protocol version spoken on this connection: the worker's.
         self.version = PROTOCOL_VERSION
@@ -124,6 +125,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.version = hello.version
         self.labels = hello.labels
         self.pcci_version, self.python_version = hello.pcci_version, hello.python_version
+        self.upgrades = hello.upgrades
         self.held_jobs = hello.jobs
         self.remembers_jobs = hello.remembers_jobs
         self.contiguous_seq = hello.contiguous_seq
@@ -163,7 +165,8 @@ class WorkerConnection(FramedJSONProtocol):
         self._last_frame = self.clock.seconds()
         self.factory.joined(self)
         # Welcomed first: adding the worker may send it attach, ack and kill.
-        welcome: dict[str, Any] = {"version": self.version, "output_data": True}
+        # upgrades: it may say how an upgrade went (upgrade_status).
+        welcome: dict[str, Any] = {"version": self.version, "output_data": True, "upgrades": True}
         if self.admission.identities:
             welcome["identities"] = True  # it may renew, or enroll
         self.sendMessage("welcome", **welcome)
@@ -302,6 +305,13 @@ class WorkerConnection(FramedJSONProtocol):
 
     def kill_job(self, pool_id: str) -> None:
         self.sendMessage("kill", pool=pool_id)
+
+    def upgrade(self, order: dict[str, Any]) -> None:
+        self.sendMessage("upgrade", **order)
+
+    def handle_upgrade_status(self, message: dict[str, Any]) -> None:
+        if self._current():
+            self.factory.state.upgrades.status(self.name, message["state"], message["reason"][:1000])
 
     def attach_job(self, pool_id: str, after: int) -> None:
         if self.version >= HELD_JOBS:  # an older worker holds no job across connections

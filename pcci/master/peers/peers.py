@@ -93,6 +93,8 @@ class RemoteLink:
         self.auth = str(row.get("auth", ""))
         self.pcci_version = str(row.get("pcci_version", ""))
         self.python_version = str(row.get("python_version", ""))
+        #: Upgraded by the master holding it, not by this one.
+        self.upgrades = False
         self.held_jobs: list[dict[str, Any]] = []
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
@@ -112,6 +114,9 @@ class RemoteLink:
 
     def revoke(self, reason: str) -> None:
         """Another master's connection: it closes it, told by the store (C{i:<name>})."""
+
+    def upgrade(self, order: dict[str, Any]) -> None:
+        """Another master's connection: a rollout there upgrades it."""
 
 
 class Peers:

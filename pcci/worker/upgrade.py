@@ -1,0 +1,316 @@
+"""
+A worker upgrading itself when its master says C{upgrade} (see
+L{pcci.master.cluster.upgrades}).
+
+Only a worker that C{install.sh} installed upgrades itself: it runs from
+C{PREFIX/versions/<version>-<hash>}, and C{PREFIX/current} points there.
+Told to upgrade, it fetches the master's wheel and checks its hash,
+installs it in a venv of its own beside the running one (the
+dependencies from the index, or from the master's wheelhouse, each file
+checked against its hash), checks the new version imports and says the
+version asked for, then waits until it holds no job (running jobs run to
+their end, and the master has their ends), points C{current} at the new
+version and restarts into it (the same process, C{exec}).
+
+The new version must reach a master within the order's C{deadline}:
+else it points C{current} back and restarts into the old version, which
+tells the master why once it is back.  C{<state-dir>/upgrade.json}
+carries what the restart must know.
+
+Python 3.9: a worker imports this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
+
+from pcci.files import write_atomically
+from pcci.worker.jobs import JobTable
+
+log = Logger()
+
+#: The mark install.sh leaves in its prefix.
+MARK = ".pcci-install"
+#: What a restart into a new version (or back) must know, in the state directory.
+RECORD = "upgrade.json"
+#: Seconds between looks at the jobs, while waiting for them to end.
+DRAIN_INTERVAL = 0.5
+
+
+class UpgradeFailed(Exception):
+    """An upgrade that stopped: the old version runs on."""
+
+
+def installed_prefix(venv: Path = Path(sys.prefix)) -> Path | None:
+    """The prefix install.sh made, when this worker runs from it; else None."""
+    prefix = venv.parent.parent
+    if venv.parent.name == "versions" and (prefix / MARK).is_file() and (prefix / "current").is_symlink():
+        return prefix
+    return None
+
+
+def read_record(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((state_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_record(state_dir: Path, record: dict[str, Any] | None) -> None:
+    if record is None:
+        try:
+            (state_dir / RECORD).unlink()
+        except FileNotFoundError:
+            pass
+    else:
+        write_atomically(state_dir / RECORD, json.dumps(record))
+
+
+def point_current(prefix: Path, version_dir: str) -> None:
+    """C{PREFIX/current} → C{versions/<version_dir>}, in one step."""
+    link = prefix / "current"
+    new = prefix / ".current.new"
+    if new.is_symlink() or new.exists():
+        new.unlink()
+    new.symlink_to(Path("versions") / version_dir)
+    os.replace(new, link)
+
+
+def restart_into(reactor: Any, venv: Path, argv: list[str] = sys.argv) -> None:
+    """
+    Stop the daemon cleanly (its services stop, its files are written),
+    then become the twistd of C{venv}, with the same arguments, in the same
+    process (a supervisor sees no exit).
+    """
+    args = argv[1:]
+    for i, arg in enumerate(args):  # the new twistd writes it again: this process's is not another's
+        path = arg[len("--pidfile="):] if arg.startswith("--pidfile=") else (
+            args[i + 1] if arg == "--pidfile" and i + 1 < len(args) else None
+        )
+        if path:
+            reactor.addSystemEventTrigger("after", "shutdown", _remove, path)
+    python, twistd = str(venv / "bin" / "python"), str(venv / "bin" / "twistd")
+    reactor.addSystemEventTrigger("after", "shutdown", os.execv, python, [python, twistd, *args])
+    reactor.callWhenRunning(reactor.stop)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: str) -> None:
+    """Download C{url} to C{dest} and check its hash (blocking: in a thread)."""
+    with urllib.request.urlopen(url, timeout=60) as answer, dest.open("wb") as out:
+        shutil.copyfileobj(answer, out)
+    if sha256_of(dest) != sha256:
+        raise UpgradeFailed(f"{url} does not match its hash")
+
+
+def unknown_files(directory: Path, hashes: dict[str, str], skip: str) -> list[str]:
+    """The files of C{directory} whose hash is not C{hashes}' (blocking: in a thread)."""
+    return [
+        path.name for path in sorted(directory.iterdir())
+        if path.name != skip and hashes.get(path.name) != sha256_of(path)
+    ]
+
+
+class Upgrader:
+    """Upgrades this worker when its master asks, and after a restart, sees it through or back."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        prefix: Path,
+        state_dir: Path,
+        jobs: JobTable,
+        say: Callable[[str, str], None],
+        restart: Callable[[Path], None] | None = None,
+        venv: Path = Path(sys.prefix),
+    ) -> None:
+        self.reactor = reactor
+        self.prefix = prefix
+        self.state_dir = state_dir
+        self.jobs = jobs
+        #: Tell the master how it goes: C{(state, reason)}.
+        self.say = say
+        self.restart = restart or (lambda venv: restart_into(reactor, venv))
+        #: The version directory this worker runs from.
+        self.venv = venv
+        self.busy = False
+        self._deadline: Any = None
+        #: What to tell the master once back after going back (C{(state, reason)}).
+        self.to_tell: tuple[str, str] | None = None
+
+    # Asked by the master
+
+    def start(self, order: dict[str, Any]) -> None:
+        if self.busy:
+            self.say("failed", "an upgrade is under way already")
+            return
+        self.busy = True
+        d = self._upgrade(order)
+
+        def failed(failure: Any) -> None:
+            self.busy = False
+            why = failure.getErrorMessage() if failure.check(UpgradeFailed) else repr(failure.value)
+            log.error("upgrade to {version} failed: {why}; this version runs on", version=order["version"], why=why)
+            self.say("failed", why)
+
+        d.addErrback(failed)
+
+    @inlineCallbacks
+    def _upgrade(self, order: dict[str, Any]) -> Any:
+        version, wheel = order["version"], order["wheel"]
+        if "/" in wheel or not wheel.endswith(".whl"):
+            raise UpgradeFailed(f"not a wheel's name: {wheel!r}")
+        target = f"{version}-{order['sha256'][:12]}"
+        new = self.prefix / "versions" / target
+        if new == self.venv:
+            raise UpgradeFailed(f"{target} is the version this worker runs")
+        log.info("upgrading to pcci {version}: installing it in {new}", version=version, new=new)
+        self.say("installing", "")
+        work = Path(tempfile.mkdtemp(prefix="pcci-upgrade-"))
+        try:
+            if not (new / ".complete").is_file():
+                yield self._install(order, new, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        said = yield self._run(str(new / "bin" / "python"), "-c",
+                               "import pcci, pcci.worker.tap; print(pcci.__version__)")
+        if said.strip() != version:
+            raise UpgradeFailed(f"the installed pcci says it is {said.strip()!r}, not {version}")
+        self.say("draining", "")
+        yield self._idle()
+        write_record(self.state_dir, {
+            "state": "restarting", "from": self.venv.name, "to": target, "version": version,
+            "deadline": float(order["deadline"]),
+        })
+        point_current(self.prefix, target)
+        log.info("restarting into pcci {version}", version=version)
+        self.say("restarting", "")
+        self.restart(new)
+
+    @inlineCallbacks
+    def _install(self, order: dict[str, Any], new: Path, work: Path) -> Any:
+        shutil.rmtree(new, ignore_errors=True)
+        wheel = work / order["wheel"]
+        yield deferToThread(fetch, order["url"], wheel, order["sha256"])
+        try:
+            yield self._run(sys.executable, "-m", "venv", str(new))
+            pip = [str(new / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+            source: list[str] = []
+            if order["find_links"]:
+                wheels = work / "wheels"
+                host = urlsplit(order["find_links"]).hostname or ""
+                yield self._run(*pip, "download", "--dest", str(wheels), "--no-index", "--find-links",
+                                order["find_links"], "--trusted-host", host, str(wheel))
+                unknown = yield deferToThread(unknown_files, wheels, order["wheelhouse"], wheel.name)
+                if unknown:
+                    raise UpgradeFailed(f"{unknown[0]} from the wheelhouse does not match its hash")
+                source = ["--no-index", "--find-links", str(wheels)]
+            yield self._run(*pip, "install", "--no-compile", *source, str(wheel))
+            (new / ".complete").touch()
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+
+    def _run(self, program: str, *args: str) -> Deferred[str]:
+        """Run a program to its end: its output, or L{UpgradeFailed} with its last lines."""
+        d = getProcessOutputAndValue(program, args, env=dict(os.environ), reactor=self.reactor)
+
+        def done(result: tuple[bytes, bytes, int]) -> str:
+            out, err, status = result
+            if status != 0:
+                last = (err or out).decode("utf-8", "replace").strip().splitlines()[-3:]
+                raise UpgradeFailed(f"{os.path.basename(program)} {' '.join(args[:2])} failed: {' / '.join(last)}")
+            return out.decode("utf-8", "replace")
+
+        return d.addCallback(done)
+
+    def _idle(self) -> Deferred[None]:
+        """Fires once this worker holds no job: none running, waiting, or with an end the master lacks."""
+        jobs = self.jobs
+        if not jobs.held and not jobs.queue:
+            return succeed(None)
+        log.info("upgrade: waiting for {count} jobs to end", count=len(jobs.held))
+        done: Deferred[None] = Deferred()
+
+        def look() -> None:
+            if not jobs.held and not jobs.queue:
+                loop.stop()
+                done.callback(None)
+
+        loop = LoopingCall(look)
+        loop.clock = self.reactor
+        loop.start(DRAIN_INTERVAL, now=False)
+        return done
+
+    # After a restart
+
+    def restarted(self) -> None:
+        """At start: in a new version, watch the deadline; back in the old one, keep what to tell the master."""
+        record = read_record(self.state_dir)
+        if record is None:
+            return
+        if record.get("state") == "restarting" and record.get("to") == self.venv.name:
+            deadline = float(record.get("deadline", 60))
+            log.info("running pcci {version} after an upgrade: it must reach a master within {deadline:.0f} s",
+                     version=record.get("version"), deadline=deadline)
+            self._deadline = self.reactor.callLater(deadline, self._go_back, record)
+            return
+        reason = str(record.get("reason") or f"pcci {record.get('version')} did not start")
+        log.warn("back in this version after an upgrade that did not hold: {reason}", reason=reason)
+        self.to_tell = ("rolled_back", reason)
+        write_record(self.state_dir, None)
+
+    def welcomed(self, may_tell: bool) -> None:
+        """A master welcomed this worker: an upgrade holds, or the master hears why it did not."""
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+            self._deadline = None
+            write_record(self.state_dir, None)
+            log.info("the upgrade holds: this version reached a master")
+        if self.to_tell is not None and may_tell:
+            self.say(*self.to_tell)
+            self.to_tell = None
+
+    def _go_back(self, record: dict[str, Any]) -> None:
+        self._deadline = None
+        old = str(record.get("from", ""))
+        if not old or not (self.prefix / "versions" / old).is_dir():
+            log.error("pcci {version} reached no master, and the version before it is gone: staying",
+                      version=record.get("version"))
+            write_record(self.state_dir, None)
+            return
+        reason = f"pcci {record.get('version')} reached no master within {record.get('deadline', 60):.0f} s"
+        log.error("{reason}: going back to {old}", reason=reason, old=old)
+        write_record(self.state_dir, {**record, "state": "rolled_back", "reason": reason})
+        point_current(self.prefix, old)
+        self.restart(self.prefix / "versions" / old)
