@@ -3,7 +3,9 @@ The one line a join token comes with, run for real: the master serves
 C{install.sh}, its wheel and a wheelhouse; the script installs a worker in
 a prefix of its own (C{--no-service}: no systemd here), which joins with
 its identity and runs a job; run again from a master of a newer version,
-it upgrades in place and keeps the identity; C{--uninstall} leaves nothing.
+it upgrades in place and keeps the identity; a master of this version
+upgrades it while a job runs (C{pcci workers upgrade}); C{--uninstall}
+leaves nothing.
 Each refusal is one line: a token that is not one, a pin of another
 master, a Python older than 3.9.
 """
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from cluster import Cluster, Daemon, poll, processes_with
@@ -26,7 +29,8 @@ from pcci.master.install.wheel import build
 pytestmark = pytest.mark.e2e
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-OLD_VERSION = "1.99.0"
+#: Older versions of this tree, as workers and masters run them.
+OLDEST, OLDER = "1.99.0", "1.99.1"
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +49,17 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def older_pcci(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def older(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """This tree as an older version: on PYTHONPATH, a master of it serves a wheel of that version."""
-    tree = tmp_path_factory.mktemp("older")
-    for package in ("pcci", "twisted"):
-        shutil.copytree(REPOSITORY / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
-    init = tree / "pcci" / "__init__.py"
-    init.write_text(init.read_text().replace(f'"{pcci.__version__}"', f'"{OLD_VERSION}"'))
+
+    def tree(version: str) -> Path:
+        where = tmp_path_factory.mktemp(f"pcci-{version}")
+        for package in ("pcci", "twisted"):
+            shutil.copytree(REPOSITORY / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
+        init = where / "pcci" / "__init__.py"
+        init.write_text(init.read_text().replace(f'"{pcci.__version__}"', f'"{version}"'))
+        return where
+
     return tree
 
 
@@ -100,13 +108,13 @@ def refusals(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the install line uses curl")
-def test_one_line_installs_a_worker_that_joins_upgrades_in_place_and_uninstalls(
-    own_cluster: Cluster, wheelhouse: Path, older_pcci: Path, tmp_path: Path
+def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_and_uninstalls(
+    own_cluster: Cluster, wheelhouse: Path, older: Callable[[str], Path], tmp_path: Path
 ) -> None:
     c = own_cluster
     c.worker_auth = "identity"
     prefix = tmp_path / "opt"
-    install_master(c, wheelhouse, env={"PYTHONPATH": str(older_pcci)})
+    install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLDEST))})
     # The one line, as pcci join-token create prints it: installed from the
     # master's wheel and wheelhouse, joined, ready to start.
     made = subprocess.run(
@@ -120,9 +128,9 @@ def test_one_line_installs_a_worker_that_joins_upgrades_in_place_and_uninstalls(
     first = run(line, "--prefix", str(prefix), "--no-service")
     assert first.returncode == 0, first.stderr
     assert f"start it with: {prefix}/bin/pcci-worker" in first.stderr
-    assert os.readlink(prefix / "current").startswith(f"versions/{OLD_VERSION}-")
+    assert os.readlink(prefix / "current").startswith(f"versions/{OLDEST}-")
     worker = start_installed(c, prefix)
-    assert online(c, "node1")["pcci_version"] == OLD_VERSION
+    assert online(c, "node1")["pcci_version"] == OLDEST
     pool = c.run("echo installed by one line", ["node1"])
     assert pool["jobs"][0]["result"] == "installed by one line\n"
     fingerprint = {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"]
@@ -140,9 +148,9 @@ def test_one_line_installs_a_worker_that_joins_upgrades_in_place_and_uninstalls(
     ]
     assert not (prefix / "state" / "identity" / "node2.crt").exists()
 
-    # A master of this version: the script run again upgrades in place, keeping the identity.
+    # A master of a newer version: the script run again upgrades in place, keeping the identity.
     c.master.stop()
-    install_master(c, wheelhouse)
+    install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLDER))})
     again = subprocess.run(
         ["sh", str(script(c, tmp_path)), "--url", f"http://127.0.0.1:{c.api_port}",
          "--join", f"tls:127.0.0.1:{c.worker_port}", "--name", "node1", "--prefix", str(prefix), "--no-service"],
@@ -150,11 +158,32 @@ def test_one_line_installs_a_worker_that_joins_upgrades_in_place_and_uninstalls(
     )
     assert again.returncode == 0, again.stderr
     assert "keeps its version until it is started again" in again.stderr
-    assert os.readlink(prefix / "current").startswith(f"versions/{pcci.__version__}-")
+    assert os.readlink(prefix / "current").startswith(f"versions/{OLDER}-")
     assert len(list((prefix / "versions").iterdir())) == 2  # the one before is kept
     worker.stop()
     start_installed(c, prefix)
-    poll(lambda: online(c, "node1")["pcci_version"] == pcci.__version__, what="the upgraded worker")
+    poll(lambda: online(c, "node1")["pcci_version"] == OLDER, what="the upgraded worker")
+    assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint
+
+    # A master of this version upgrades it while a job runs: the job ends
+    # ok with its whole output before the worker restarts into the new version.
+    c.master.stop()
+    install_master(c, wheelhouse)
+    online(c, "node1")
+    pool_id = c.submit("sh -c 'for i in $(seq 1 30); do echo tick $i; sleep 0.5; done'", ["node1"])
+    poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the job's start")
+    upgraded = subprocess.run(
+        [str(Path(sys.executable).parent / "pcci"), "workers", "upgrade", "-w", "node1", "--batch", "1"],
+        env={**os.environ, "PCCI_URL": f"http://127.0.0.1:{c.api_port}", "PCCI_TOKEN": c.token or ""},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr + upgraded.stdout
+    assert "node1: draining" in upgraded.stderr and "node1: done" in upgraded.stderr
+    assert re.search(rf"node1 +done +{OLDER} +{re.escape(pcci.__version__)}", upgraded.stdout)
+    job = c.wait_pool(pool_id)["jobs"][0]
+    assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, 31)))
+    assert online(c, "node1")["pcci_version"] == pcci.__version__
+    assert os.readlink(prefix / "current").startswith(f"versions/{pcci.__version__}-")
     assert c.run("echo upgraded", ["node1"])["jobs"][0]["result"] == "upgraded\n"
     assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint
 
