@@ -87,8 +87,8 @@ class WorkerService(MultiService):
             enroll=enroll,
         )
         prefix = installed_prefix()
-        if prefix is not None and journal is not None:
-            self.factory.upgrader = Upgrader(reactor, prefix, journal.parent, self.jobs, self.factory.tell_upgrade)
+        if prefix is not None:
+            self.factory.upgrader = Upgrader(reactor, prefix, self.jobs, self.factory.tell_upgrade)
         #: What must be done before dialing: a join, with C{--join}.
         self.before_connect = before_connect
         # A connection counts as made once the master welcomed this worker:

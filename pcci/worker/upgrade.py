@@ -14,8 +14,8 @@ version and restarts into it (the same process, C{exec}).
 
 The new version must reach a master within the order's C{deadline}:
 else it points C{current} back and restarts into the old version, which
-tells the master why once it is back.  C{<state-dir>/upgrade.json}
-carries what the restart must know.
+tells the master why once it is back.  C{PREFIX/upgrade.json} carries
+what the restart must know.
 
 Python 3.9: a worker imports this.
 """
@@ -46,7 +46,7 @@ log = Logger()
 
 #: The mark install.sh leaves in its prefix.
 MARK = ".pcci-install"
-#: What a restart into a new version (or back) must know, in the state directory.
+#: What a restart into a new version (or back) must know, in the prefix.
 RECORD = "upgrade.json"
 #: Seconds between looks at the jobs, while waiting for them to end.
 DRAIN_INTERVAL = 0.5
@@ -64,22 +64,22 @@ def installed_prefix(venv: Path = Path(sys.prefix)) -> Path | None:
     return None
 
 
-def read_record(state_dir: Path) -> dict[str, Any] | None:
+def read_record(prefix: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads((state_dir / RECORD).read_text())
+        record = json.loads((prefix / RECORD).read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
 
 
-def write_record(state_dir: Path, record: dict[str, Any] | None) -> None:
+def write_record(prefix: Path, record: dict[str, Any] | None) -> None:
     if record is None:
         try:
-            (state_dir / RECORD).unlink()
+            (prefix / RECORD).unlink()
         except FileNotFoundError:
             pass
     else:
-        write_atomically(state_dir / RECORD, json.dumps(record))
+        write_atomically(prefix / RECORD, json.dumps(record))
 
 
 def point_current(prefix: Path, version_dir: str) -> None:
@@ -148,7 +148,6 @@ class Upgrader:
         self,
         reactor: Any,
         prefix: Path,
-        state_dir: Path,
         jobs: JobTable,
         say: Callable[[str, str], None],
         restart: Callable[[Path], None] | None = None,
@@ -156,7 +155,6 @@ class Upgrader:
     ) -> None:
         self.reactor = reactor
         self.prefix = prefix
-        self.state_dir = state_dir
         self.jobs = jobs
         #: Tell the master how it goes: C{(state, reason)}.
         self.say = say
@@ -208,7 +206,7 @@ class Upgrader:
             raise UpgradeFailed(f"the installed pcci says it is {said.strip()!r}, not {version}")
         self.say("draining", "")
         yield self._idle()
-        write_record(self.state_dir, {
+        write_record(self.prefix, {
             "state": "restarting", "from": self.venv.name, "to": target, "version": version,
             "deadline": float(order["deadline"]),
         })
@@ -276,7 +274,7 @@ class Upgrader:
 
     def restarted(self) -> None:
         """At start: in a new version, watch the deadline; back in the old one, keep what to tell the master."""
-        record = read_record(self.state_dir)
+        record = read_record(self.prefix)
         if record is None:
             return
         if record.get("state") == "restarting" and record.get("to") == self.venv.name:
@@ -288,14 +286,14 @@ class Upgrader:
         reason = str(record.get("reason") or f"pcci {record.get('version')} did not start")
         log.warn("back in this version after an upgrade that did not hold: {reason}", reason=reason)
         self.to_tell = ("rolled_back", reason)
-        write_record(self.state_dir, None)
+        write_record(self.prefix, None)
 
     def welcomed(self, may_tell: bool) -> None:
         """A master welcomed this worker: an upgrade holds, or the master hears why it did not."""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
             self._deadline = None
-            write_record(self.state_dir, None)
+            write_record(self.prefix, None)
             log.info("the upgrade holds: this version reached a master")
         if self.to_tell is not None and may_tell:
             self.say(*self.to_tell)
@@ -307,10 +305,10 @@ class Upgrader:
         if not old or not (self.prefix / "versions" / old).is_dir():
             log.error("pcci {version} reached no master, and the version before it is gone: staying",
                       version=record.get("version"))
-            write_record(self.state_dir, None)
+            write_record(self.prefix, None)
             return
         reason = f"pcci {record.get('version')} reached no master within {record.get('deadline', 60):.0f} s"
         log.error("{reason}: going back to {old}", reason=reason, old=old)
-        write_record(self.state_dir, {**record, "state": "rolled_back", "reason": reason})
+        write_record(self.prefix, {**record, "state": "rolled_back", "reason": reason})
         point_current(self.prefix, old)
         self.restart(self.prefix / "versions" / old)

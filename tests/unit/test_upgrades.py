@@ -132,7 +132,6 @@ def installed(tmp_path: Path, *versions: str) -> Path:
     for version in versions:
         (prefix / "versions" / version).mkdir(parents=True)
     (prefix / MARK).touch()
-    (prefix / "state").mkdir()
     point_current(prefix, versions[0])
     return prefix
 
@@ -145,7 +144,7 @@ class Restarts:
 
 def upgrader(clock: Clock, prefix: Path, venv: str, seen: Restarts) -> Upgrader:
     jobs = JobTable(clock, "w")
-    return Upgrader(clock, prefix, prefix / "state", jobs, lambda state, reason: seen.said.append((state, reason)),
+    return Upgrader(clock, prefix, jobs, lambda state, reason: seen.said.append((state, reason)),
                     seen.into.append, venv=prefix / "versions" / venv)
 
 
@@ -160,7 +159,7 @@ def test_only_a_worker_run_from_an_install_sh_prefix_upgrades_itself(tmp_path: P
 def test_a_new_version_that_reaches_a_master_in_time_holds(tmp_path: Path) -> None:
     prefix = installed(tmp_path, "2.1.0-bbb", "2.0.0-aaa")
     record = {"state": "restarting", "from": "2.0.0-aaa", "to": "2.1.0-bbb", "version": "2.1.0", "deadline": 30}
-    (prefix / "state" / RECORD).write_text(json.dumps(record))
+    (prefix / RECORD).write_text(json.dumps(record))
     clock, seen = Clock(), Restarts()
     new = upgrader(clock, prefix, "2.1.0-bbb", seen)
     new.restarted()
@@ -168,14 +167,14 @@ def test_a_new_version_that_reaches_a_master_in_time_holds(tmp_path: Path) -> No
     new.welcomed(True)
     clock.advance(60)
     assert seen.into == [] and seen.said == []
-    assert not (prefix / "state" / RECORD).exists()
+    assert not (prefix / RECORD).exists()
     assert (prefix / "current").resolve() == prefix / "versions" / "2.1.0-bbb"
 
 
 def test_a_new_version_that_reaches_no_master_goes_back_and_the_old_one_says_why(tmp_path: Path) -> None:
     prefix = installed(tmp_path, "2.1.0-bbb", "2.0.0-aaa")
     record = {"state": "restarting", "from": "2.0.0-aaa", "to": "2.1.0-bbb", "version": "2.1.0", "deadline": 30}
-    (prefix / "state" / RECORD).write_text(json.dumps(record))
+    (prefix / RECORD).write_text(json.dumps(record))
     clock, seen = Clock(), Restarts()
     upgrader(clock, prefix, "2.1.0-bbb", seen).restarted()
     clock.advance(30)
@@ -184,7 +183,7 @@ def test_a_new_version_that_reaches_no_master_goes_back_and_the_old_one_says_why
     # Back in the old version: it tells the first master that may hear it.
     old = upgrader(clock, prefix, "2.0.0-aaa", seen)
     old.restarted()
-    assert not (prefix / "state" / RECORD).exists()
+    assert not (prefix / RECORD).exists()
     old.welcomed(False)  # a master too old to hear it
     assert seen.said == []
     old.welcomed(True)

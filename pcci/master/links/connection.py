@@ -78,15 +78,11 @@ class WorkerConnection(FramedJSONProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.address = peer_address(self.transport)
-        self._handshake_call = self.clock.callLater(
-            self.handshake_timeout, self._handshake_timed_out
-        )
+        self._handshake_call = self.clock.callLater(self.handshake_timeout, self._handshake_timed_out)
 
     def _handshake_timed_out(self) -> None:
         self._handshake_call = None
-        self.protocolViolation(
-            f"no handshake within {self.handshake_timeout:g} seconds"
-        )
+        self.protocolViolation(f"no handshake within {self.handshake_timeout:g} seconds")
 
     def _cancel_handshake_timeout(self) -> None:
         if self._handshake_call is not None and self._handshake_call.active():
@@ -171,16 +167,10 @@ class WorkerConnection(FramedJSONProtocol):
             welcome["identities"] = True  # it may renew, or enroll
         self.sendMessage("welcome", **welcome)
         if self.version < PROTOCOL_VERSION:
-            self.log.info(
-                "worker {name} speaks protocol {version}, one version back: it runs"
-                " jobs as before; upgrade it at leisure",
-                name=self.name,
-                version=self.version,
-            )
+            self.log.info("worker {name} speaks protocol {version}, one version back: it runs jobs as before;"
+                          " upgrade it at leisure", name=self.name, version=self.version)
         self.roster.join(self)
-        self._watchdog = self.clock.callLater(
-            MISSED_HEARTBEATS * self.heartbeat, self._check_alive
-        )
+        self._watchdog = self.clock.callLater(MISSED_HEARTBEATS * self.heartbeat, self._check_alive)
 
     # Lost-worker detection: a half-open connection never reports its end.
 
@@ -195,12 +185,8 @@ class WorkerConnection(FramedJSONProtocol):
             self._watchdog = self.clock.callLater(limit - silent, self._check_alive)
             return
         self._watchdog = None
-        self.log.warn(
-            "worker {name} at {peer} silent for {silent:.1f} s: declared lost",
-            name=self.name,
-            peer=self.address,
-            silent=silent,
-        )
+        self.log.warn("worker {name} at {peer} silent for {silent:.1f} s: declared lost", name=self.name,
+                      peer=self.address, silent=silent)
         self.roster.leave(self, f"lost: silent for {silent:.1f} s")
         self.abort_connection()
 
