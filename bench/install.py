@@ -23,6 +23,20 @@ from cluster import Cluster, Daemon, poll
 from pcci.master.install.wheel import build
 
 
+def wheelhouse_in(root: Path, given: Path | None) -> Path:
+    """C{given}, or a wheelhouse made in C{root}."""
+    if given is not None:
+        return given
+    (root / "wheelhouse").mkdir()
+    return make_wheelhouse(root / "wheelhouse")
+
+
+def install_master(c: Cluster, wheelhouse: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    """A master serving installs on loopback, with C{wheelhouse}."""
+    c.start_master("--wheelhouse", str(wheelhouse), "--public-url", f"http://127.0.0.1:{c.api_port}",
+                   "--join-address", f"127.0.0.1:{c.worker_port}", *args, env=env)
+
+
 def make_wheelhouse(where: Path) -> Path:
     wheel = build()
     (where / wheel.name).write_bytes(wheel.data)
@@ -53,14 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        wheelhouse = args.wheelhouse
-        if wheelhouse is None:
-            (root / "wheelhouse").mkdir()
-            wheelhouse = make_wheelhouse(root / "wheelhouse")
+        wheelhouse = wheelhouse_in(root, args.wheelhouse)
         c = Cluster(root / "cluster", worker_auth="identity")
         try:
-            c.start_master("--wheelhouse", str(wheelhouse), "--public-url", f"http://127.0.0.1:{c.api_port}",
-                           "--join-address", f"127.0.0.1:{c.worker_port}")
+            install_master(c, wheelhouse)
             for run in range(args.runs):
                 installed, online = one_run(c, root / f"opt-{run}", f"node{run}")
                 print(f"run {run + 1}: installed and joined in {installed:.1f} s, online {online:.1f} s after the line")

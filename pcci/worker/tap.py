@@ -39,8 +39,9 @@ class Options(usage.Options):
         ["no-auth", None, "Join a master started with --no-auth, trusting whichever master answers."],
         ["enroll", None, "Once welcomed by the cluster secret, ask for this worker's own identity, then connect "
             "with it."],
-        ["join-only", None, "Join with --join and --token, keep the identity, and exit (status 0; 0 at once if this "
-            "worker has joined already): for installers, which then start the worker without the token."],
+        ["join-only", None, "Join with --join and --token, keep the identity, and exit: 0 once joined (at once if "
+            "this worker has joined already), a refusal's status otherwise.  For installers, which then start the "
+            "worker without the token."],
     ]
     optParameters = [
         ["name", None, None, "Name of this worker (default: the hostname)."],

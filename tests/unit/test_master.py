@@ -23,6 +23,9 @@ from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.transfers.pushes import Push, Spool, read_archive
 from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
 
+#: What this master says to a worker it admits.
+WELCOME = {"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True, "upgrades": True}
+
 
 def frames(transport: StringTransport) -> list[dict]:
     data = transport.value()
@@ -61,7 +64,7 @@ def test_hello_registers_the_worker_and_is_welcomed() -> None:
     protocol.dataReceived(hello())
     assert state.roster.links["node1"] is protocol
     assert protocol.address == "192.0.2.1:5000"
-    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True, "upgrades": True}]
+    assert frames(transport) == [WELCOME]
     assert [call.getTime() for call in clock.getDelayedCalls()] == [15]  # the watchdog
 
 
@@ -258,7 +261,7 @@ def test_a_worker_one_version_back_runs_jobs_but_gets_no_files() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello(version=PROTOCOL_VERSION - 1))
-    assert frames(transport) == [{"code": "welcome", "version": PROTOCOL_VERSION - 1, "output_data": True, "upgrades": True}]
+    assert frames(transport) == [{**WELCOME, "version": PROTOCOL_VERSION - 1}]
     pool = started(state.dispatcher.submit("true", ["node1"]))
     protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
     clock.advance(0)
@@ -305,7 +308,7 @@ class TestHandshake:
         state, clock = setup()
         protocol, transport = connect(state, clock, secret=SECRET)
         answers, _ = authenticated_hello(protocol, transport)
-        assert answers == [{"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True, "upgrades": True}]
+        assert answers == [WELCOME]
         assert state.roster.links["node1"] is protocol
 
     def test_wrong_secret_is_refused(self) -> None:

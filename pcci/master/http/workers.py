@@ -77,6 +77,8 @@ class WorkerRoutes(APIBase):
         deadline = body.get("deadline", DEFAULT_DEADLINE)
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 1 <= deadline <= 3600:
             raise APIError(400, "deadline is seconds the new version has to reach a master: 1 to 3600")
+        if names is None and not labels:
+            names = ["*"]  # every worker the token may use
         chosen = self._select(request, names, labels, exclude)
         try:
             size = batch_size(body.get("batch", len(chosen)), len(chosen))
