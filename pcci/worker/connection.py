@@ -9,7 +9,7 @@ import platform
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -431,7 +431,13 @@ class MasterConnection(FramedJSONProtocol):
         pass
 
 
-class WorkerFactory(Factory["MasterConnection"]):
+if TYPE_CHECKING:
+    _Factory = Factory["MasterConnection"]
+else:  # the Twisted Python 3.9 installs (25.5) has no Factory[...] at run time
+    _Factory = Factory
+
+
+class WorkerFactory(_Factory):
     """
     A worker's settings, its job table, and its connection of the moment.
 

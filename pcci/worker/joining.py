@@ -15,7 +15,7 @@ Python 3.9: a worker imports this.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
@@ -112,7 +112,13 @@ class JoinConnection(FramedJSONProtocol):
         self.factory.fail(Exception(reason.getErrorMessage() if reason else "connection closed"))
 
 
-class JoinFactory(Factory[JoinConnection]):
+if TYPE_CHECKING:
+    _Factory = Factory[JoinConnection]
+else:  # the Twisted Python 3.9 installs (25.5) has no Factory[...] at run time
+    _Factory = Factory
+
+
+class JoinFactory(_Factory):
     protocol = JoinConnection
     noisy = False
 
