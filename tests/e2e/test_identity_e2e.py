@@ -90,8 +90,9 @@ def test_a_new_master_admits_workers_by_identity_only(fresh: Cluster) -> None:
     assert stat.S_IMODE((c.state_dir / "ca.key").stat().st_mode) == 0o600
     assert "pcci join-token create" in c.master.log_text()
     code, made = c.request("POST", "/join-tokens", {"name": "pi01", "labels": {"room": "b12"}})
-    assert code == 201 and made["command"].startswith("twistd -n pcci-worker --join tls:")
-    assert made["command"].endswith(f"--token {made['token']} --name pi01")
+    assert code == 201 and made["join_command"].startswith("twistd -n pcci-worker --join tls:")
+    assert made["join_command"].endswith(f"--token {made['token']} --name pi01")
+    assert made["command"].endswith(f"--token {made['token']} --name pi01)")  # the install line
     joiner(c, "pi01", made["token"])
     c.wait_for_workers("pi01")
     seen = workers(c)["pi01"]
@@ -208,7 +209,8 @@ def test_join_tokens_and_decisions_are_an_administrator_s(tmp_path: Path) -> Non
         code, answer = c.request("POST", "/join-tokens", {"uses": 0})
         assert code == 400 and "uses" in answer["message"]
         code, answer = c.request("POST", "/join-tokens", {"name": "pi07"})
-        assert code == 201 and answer["command"].startswith("twistd -n pcci-worker --join tls:master.lab:7000 ")
+        assert code == 201 and answer["join_command"].startswith("twistd -n pcci-worker --join tls:master.lab:7000 ")
+        assert " --join tls:master.lab:7000 " in answer["command"]  # the install line
     finally:
         c.stop()
 

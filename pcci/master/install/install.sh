@@ -120,11 +120,11 @@ suggest() {
     id=$(. /etc/os-release 2>/dev/null && echo "$ID ${ID_LIKE:-}" || true)
     case $id in
         *debian*|*ubuntu*) echo "apt-get install python3 python3-venv" ;;
-        *rhel*|*fedora*|*centos*|*rocky*|*almalinux*|*amzn*) echo "dnf install python3" ;;
+        *rhel*|*fedora*|*centos*|*rocky*|*almalinux*|*amzn*) echo "dnf install python3.11, then --python /usr/bin/python3.11" ;;
         *suse*) echo "zypper install python3" ;;
         *alpine*) echo "apk add python3" ;;
         *arch*) echo "pacman -S python" ;;
-        *) echo "your system's Python 3 package" ;;
+        *) echo "install your system's Python 3 package, or give one with --python PATH" ;;
     esac
 }
 [ -n "$python" ] || die "no python3 here: a worker needs Python 3.9 or newer: $(suggest)"
