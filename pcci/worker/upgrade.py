@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,6 +51,10 @@ MARK = ".pcci-install"
 RECORD = "upgrade.json"
 #: Seconds between looks at the jobs, while waiting for them to end.
 DRAIN_INTERVAL = 0.5
+#: What an order's version, wheel and hash look like (they name files here).
+VERSION = re.compile(r"[0-9A-Za-z.+]{1,40}\Z")
+WHEEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.whl\Z")
+SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 class UpgradeFailed(Exception):
@@ -133,6 +138,12 @@ def fetch(url: str, dest: Path, sha256: str) -> None:
         raise UpgradeFailed(f"{url} does not match its hash")
 
 
+def remove(directories: list[Path]) -> None:
+    """Remove these directories and all they hold (blocking: in a thread)."""
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def unknown_files(directory: Path, hashes: dict[str, str], skip: str) -> list[str]:
     """The files of C{directory} whose hash is not C{hashes}' (blocking: in a thread)."""
     return [
@@ -165,6 +176,8 @@ class Upgrader:
         self._deadline: Any = None
         #: What to tell the master once back after going back (C{(state, reason)}).
         self.to_tell: tuple[str, str] | None = None
+        #: The version this one replaced, kept to go back to.
+        self._before = ""
 
     # Asked by the master
 
@@ -186,8 +199,8 @@ class Upgrader:
     @inlineCallbacks
     def _upgrade(self, order: dict[str, Any]) -> Any:
         version, wheel = order["version"], order["wheel"]
-        if "/" in wheel or not wheel.endswith(".whl"):
-            raise UpgradeFailed(f"not a wheel's name: {wheel!r}")
+        if not (VERSION.match(version) and WHEEL.match(wheel) and SHA256.match(order["sha256"])):
+            raise UpgradeFailed(f"not a version, wheel and hash: {version!r}, {wheel!r}, {order['sha256']!r}")
         target = f"{version}-{order['sha256'][:12]}"
         new = self.prefix / "versions" / target
         if new == self.venv:
@@ -282,6 +295,7 @@ class Upgrader:
             log.info("running pcci {version} after an upgrade: it must reach a master within {deadline:.0f} s",
                      version=record.get("version"), deadline=deadline)
             self._deadline = self.reactor.callLater(deadline, self._go_back, record)
+            self._before = str(record.get("from", ""))
             return
         reason = str(record.get("reason") or f"pcci {record.get('version')} did not start")
         log.warn("back in this version after an upgrade that did not hold: {reason}", reason=reason)
@@ -295,6 +309,9 @@ class Upgrader:
             self._deadline = None
             write_record(self.prefix, None)
             log.info("the upgrade holds: this version reached a master")
+            old = [v for v in (self.prefix / "versions").iterdir() if v.name not in (self.venv.name, self._before)]
+            if old:
+                deferToThread(remove, old).addErrback(lambda f: log.failure("cannot remove old versions", f))
         if self.to_tell is not None and may_tell:
             self.say(*self.to_tell)
             self.to_tell = None

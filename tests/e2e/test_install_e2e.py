@@ -161,7 +161,7 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     assert os.readlink(prefix / "current").startswith(f"versions/{OLDER}-")
     assert len(list((prefix / "versions").iterdir())) == 2  # the one before is kept
     worker.stop()
-    start_installed(c, prefix)
+    worker = start_installed(c, prefix)
     poll(lambda: online(c, "node1")["pcci_version"] == OLDER, what="the upgraded worker")
     assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint
 
@@ -170,20 +170,38 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     c.master.stop()
     install_master(c, wheelhouse)
     online(c, "node1")
-    pool_id = c.submit("sh -c 'for i in $(seq 1 30); do echo tick $i; sleep 0.5; done'", ["node1"])
+    go = tmp_path / "go"  # the job runs until the worker waits for it
+    pool_id = c.submit(f"sh -c 'i=0; until [ -e {go} ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; echo end'",
+                       ["node1"])
     poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the job's start")
-    upgraded = subprocess.run(
+    upgrading = subprocess.Popen(
         [str(Path(sys.executable).parent / "pcci"), "workers", "upgrade", "-w", "node1", "--batch", "1"],
         env={**os.environ, "PCCI_URL": f"http://127.0.0.1:{c.api_port}", "PCCI_TOKEN": c.token or ""},
-        capture_output=True, text=True, timeout=300,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert upgraded.returncode == 0, upgraded.stderr + upgraded.stdout
-    assert "node1: draining" in upgraded.stderr and "node1: done" in upgraded.stderr
-    assert re.search(rf"node1 +done +{OLDER} +{re.escape(pcci.__version__)}", upgraded.stdout)
+    try:
+        assert upgrading.stderr is not None
+        first = upgrading.stderr.readline()
+        rollout = re.search(r"\(upgrade (\S+)\)", first)
+        assert rollout is not None, first
+        poll(lambda: c.request("GET", f"/workers/upgrade/{rollout.group(1)}")[1]["workers"]["node1"]["state"]
+             == "draining", timeout=120, what="the worker waiting for its job")
+        go.touch()
+        out, err = upgrading.communicate(timeout=300)
+        err = first + err
+    finally:
+        upgrading.kill()
+    assert upgrading.returncode == 0, err + out
+    assert "node1: installing" in err and "node1: done" in err
+    assert re.search(rf"node1 +done +{OLDER} +{re.escape(pcci.__version__)}", out)
     job = c.wait_pool(pool_id)["jobs"][0]
-    assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, 31)))
+    ticks = int(re.findall(r"tick (\d+)\n", job["result"])[-1])
+    assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, ticks + 1)) + "end\n")
     assert online(c, "node1")["pcci_version"] == pcci.__version__
     assert os.readlink(prefix / "current").startswith(f"versions/{pcci.__version__}-")
+    # Once the new version holds, only it and the one before it are kept.
+    poll(lambda: sorted(v.name.split("-")[0] for v in (prefix / "versions").iterdir()) == [OLDER, pcci.__version__],
+         what="the oldest version removed")
     assert c.run("echo upgraded", ["node1"])["jobs"][0]["result"] == "upgraded\n"
     assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint
 

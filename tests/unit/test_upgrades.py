@@ -189,3 +189,12 @@ def test_a_new_version_that_reaches_no_master_goes_back_and_the_old_one_says_why
     old.welcomed(True)
     old.welcomed(True)
     assert seen.said == [("rolled_back", "pcci 2.1.0 reached no master within 30 s")]
+
+
+@pytest.mark.parametrize("field", [{"version": "../../etc"}, {"wheel": "../pcci.whl"}, {"sha256": "beef"}])
+def test_an_order_that_would_name_files_elsewhere_fails_before_anything_is_made(tmp_path: Path, field: dict) -> None:
+    prefix = installed(tmp_path, "2.0.0-aaa")
+    seen = Restarts()
+    upgrader(Clock(), prefix, "2.0.0-aaa", seen).start({**ORDER, **field})
+    assert seen.said[-1][0] == "failed" and seen.said[-1][1].startswith("not a version, wheel and hash")
+    assert [v.name for v in (prefix / "versions").iterdir()] == ["2.0.0-aaa"] and seen.into == []
