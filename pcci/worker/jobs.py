@@ -57,8 +57,11 @@ class MasterLink(Protocol):
 class HeldJob:
     """A job as the worker holds it: its process, kept output, and end."""
 
-    def __init__(self, pool_id: str, max_output: int) -> None:
+    def __init__(self, pool_id: str, max_output: int, cmd: str = "", options: dict[str, Any] | None = None) -> None:
         self.pool_id = pool_id
+        #: What the master asked: kept to hand a job not started yet to this worker's next version.
+        self.cmd = cmd
+        self.options = options or {}
         self.process: JobProcess | None = None
         self.output = OutputBuffer(max_output)
         #: Chunks of output so far; each chunk's C{event} is its number.
@@ -109,6 +112,8 @@ class JobTable:
         self.queue: deque[JobProcess] = deque()
         #: The connection to the master, while there is one.
         self.link: MasterLink | None = None
+        #: No job starts (they wait their turn): this worker is about to restart.
+        self.holding = False
         self._idle: list[Deferred[None]] = []
 
     def held_jobs(self) -> list[dict[str, Any]]:
@@ -117,16 +122,20 @@ class JobTable:
 
     # What the master asks
 
-    def run(self, pool_id: str, cmd: str, options: dict[str, Any], sent_ago: float | None = None) -> None:
+    def run(
+        self, pool_id: str, cmd: str, options: dict[str, Any], sent_ago: float | None = None,
+        handed_over: bool = False,
+    ) -> None:
         """
         Run a job.  With C{sent_ago}, the master asks again for a job first
         sent that many seconds ago, which this worker may have had: it runs
         only if this worker is sure it never did, else it ends C{lost}.
+        C{handed_over}: the version before this one had it, and never started it.
         """
         if pool_id in self.held:
             log.warn("pool {pool} is already running here", pool=pool_id)
             return
-        refusal = self._had(pool_id, sent_ago)
+        refusal = None if handed_over else self._had(pool_id, sent_ago)
         if refusal is not None:
             log.warn("pool {pool}: not run: {why}", pool=pool_id, why=refusal)
             if self.link is not None:
@@ -135,8 +144,8 @@ class JobTable:
             return
         if self.received is not None:
             self.received.add(pool_id)  # before it starts: a restart then knows it had it
-        held = HeldJob(pool_id, self.max_output)
-        held.attached = True
+        held = HeldJob(pool_id, self.max_output, cmd, options)
+        held.attached = not handed_over  # until the master attaches it
         self.held[pool_id] = held
 
         def started(pid: int) -> None:
@@ -279,7 +288,7 @@ class JobTable:
         self._start_queued()
 
     def _start_queued(self) -> None:
-        while self.queue and len(self.running) < self.max_jobs:
+        while self.queue and len(self.running) < self.max_jobs and not self.holding:
             job = self.queue.popleft()
             if job.ended:
                 continue  # cancelled while it waited
@@ -295,6 +304,21 @@ class JobTable:
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)
+
+    def only_waiting(self) -> bool:
+        """Whether every job held waits for a slot (none runs, no end waits for the master)."""
+        return all(held.process is not None and not held.process.started for held in self.held.values())
+
+    def hand_over(self) -> list[dict[str, Any]]:
+        """
+        Let go of the jobs that wait, quietly (they do not end): this
+        worker's next version runs them (see L{pcci.worker.upgrade}).
+        """
+        waiting = [held for held in self.held.values() if held.process is not None and not held.process.started]
+        for held in waiting:
+            del self.held[held.pool_id]
+        self.queue = deque(job for job in self.queue if not any(job is held.process for held in waiting))
+        return [{"pool": held.pool_id, "cmd": held.cmd, "options": held.options} for held in waiting]
 
     def kill_all(self) -> Deferred[None]:
         """Cancel every waiting job, kill every running one; fire when all have ended."""

@@ -8,9 +8,10 @@ Told to upgrade, it fetches the master's wheel and checks its hash,
 installs it in a venv of its own beside the running one (the
 dependencies from the index, or from the master's wheelhouse, each file
 checked against its hash), checks the new version imports and says the
-version asked for, then waits until it holds no job (running jobs run to
-their end, and the master has their ends), points C{current} at the new
-version and restarts into it (the same process, C{exec}).
+version asked for, then starts no job any more and waits until none runs
+and the master has every end, points C{current} at the new version and
+restarts into it (the same process, C{exec}); the jobs sent meanwhile are
+handed to the new version, which runs them.
 
 The new version must reach a master within the order's C{deadline}:
 else it points C{current} back and restarts into the old version, which
@@ -218,10 +219,10 @@ class Upgrader:
         if said.strip() != version:
             raise UpgradeFailed(f"the installed pcci says it is {said.strip()!r}, not {version}")
         self.say("draining", "")
-        yield self._idle()
+        yield self._drained()
         write_record(self.prefix, {
             "state": "restarting", "from": self.venv.name, "to": target, "version": version,
-            "deadline": float(order["deadline"]),
+            "deadline": float(order["deadline"]), "jobs": self.jobs.hand_over(),
         })
         point_current(self.prefix, target)
         log.info("restarting into pcci {version}", version=version)
@@ -265,16 +266,20 @@ class Upgrader:
 
         return d.addCallback(done)
 
-    def _idle(self) -> Deferred[None]:
-        """Fires once this worker holds no job: none running, waiting, or with an end the master lacks."""
+    def _drained(self) -> Deferred[None]:
+        """
+        Fires once no job runs here and the master has every end: the jobs
+        sent meanwhile wait, for the next version to run.
+        """
         jobs = self.jobs
-        if not jobs.held and not jobs.queue:
+        jobs.holding = True
+        if jobs.only_waiting():
             return succeed(None)
         log.info("upgrade: waiting for {count} jobs to end", count=len(jobs.held))
         done: Deferred[None] = Deferred()
 
         def look() -> None:
-            if not jobs.held and not jobs.queue:
+            if jobs.only_waiting():
                 loop.stop()
                 done.callback(None)
 
@@ -290,6 +295,9 @@ class Upgrader:
         record = read_record(self.prefix)
         if record is None:
             return
+        handed = record.get("jobs") if record.get("to") == self.venv.name else None
+        for job in handed if isinstance(handed, list) else []:
+            self.jobs.run(job["pool"], job["cmd"], job["options"], handed_over=True)
         if record.get("state") == "restarting" and record.get("to") == self.venv.name:
             deadline = float(record.get("deadline", 60))
             log.info("running pcci {version} after an upgrade: it must reach a master within {deadline:.0f} s",

@@ -186,6 +186,8 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
         assert rollout is not None, first
         poll(lambda: c.request("GET", f"/workers/upgrade/{rollout.group(1)}")[1]["workers"]["node1"]["state"]
              == "draining", timeout=120, what="the worker waiting for its job")
+        # A job sent meanwhile waits, and the new version runs it.
+        late = c.submit("echo sent while it drained", ["node1"])
         go.touch()
         out, err = upgrading.communicate(timeout=300)
         err = first + err
@@ -197,6 +199,8 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     job = c.wait_pool(pool_id)["jobs"][0]
     ticks = int(re.findall(r"tick (\d+)\n", job["result"])[-1])
     assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, ticks + 1)) + "end\n")
+    late_job = c.wait_pool(late)["jobs"][0]
+    assert (late_job["state"], late_job["result"]) == ("ok", "sent while it drained\n")
     assert online(c, "node1")["pcci_version"] == pcci.__version__
     assert os.readlink(prefix / "current").startswith(f"versions/{pcci.__version__}-")
     # Once the new version holds, only it and the one before it are kept.

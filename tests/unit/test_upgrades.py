@@ -198,3 +198,27 @@ def test_an_order_that_would_name_files_elsewhere_fails_before_anything_is_made(
     upgrader(Clock(), prefix, "2.0.0-aaa", seen).start({**ORDER, **field})
     assert seen.said[-1][0] == "failed" and seen.said[-1][1].startswith("not a version, wheel and hash")
     assert [v.name for v in (prefix / "versions").iterdir()] == ["2.0.0-aaa"] and seen.into == []
+
+
+def test_a_worker_about_to_restart_starts_no_job_and_hands_those_that_wait_to_its_next_version(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    jobs = JobTable(clock, "w", max_jobs=4)
+    jobs.holding = True
+    jobs.run("p1", "true", {"env": {"A": "1"}})
+    assert jobs.only_waiting() and not jobs.running
+    handed = jobs.hand_over()
+    assert handed == [{"pool": "p1", "cmd": "true", "options": {"env": {"A": "1"}}}]
+    assert not jobs.held and not jobs.queue
+    # The next version runs it, though it was sent to the one before.
+    prefix = installed(tmp_path, "2.1.0-bbb", "2.0.0-aaa")
+    record = {"state": "restarting", "from": "2.0.0-aaa", "to": "2.1.0-bbb", "version": "2.1.0", "deadline": 30,
+              "jobs": handed}
+    (prefix / RECORD).write_text(json.dumps(record))
+    seen = Restarts()
+    new = upgrader(clock, prefix, "2.1.0-bbb", seen)
+    new.jobs.holding = True  # it would start it: not in a unit test
+    new.restarted()
+    held = new.jobs.held["p1"]
+    assert (held.cmd, held.options, held.attached) == ("true", {"env": {"A": "1"}}, False)
