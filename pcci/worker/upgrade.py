@@ -24,6 +24,7 @@ Python 3.9: a worker imports this.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -139,6 +140,23 @@ def fetch(url: str, dest: Path, sha256: str) -> None:
         raise UpgradeFailed(f"{url} does not match its hash")
 
 
+def own_pip() -> list[Path] | None:
+    """This venv's pip: its package and its .dist-info (None without one)."""
+    try:
+        dist = importlib.metadata.distribution("pip")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [Path(str(dist.locate_file("pip"))), Path(str(dist.locate_file(f"pip-{dist.version}.dist-info")))]
+    return found if all(path.is_dir() for path in found) else None
+
+
+def copy_pip(venv: Path) -> None:
+    """Give C{venv} (of this Python, made without pip) this venv's pip (blocking: in a thread)."""
+    site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    for path in own_pip() or []:
+        shutil.copytree(path, site / path.name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def remove(directories: list[Path]) -> None:
     """Remove these directories and all they hold (blocking: in a thread)."""
     for directory in directories:
@@ -235,7 +253,11 @@ class Upgrader:
         wheel = work / order["wheel"]
         yield deferToThread(fetch, order["url"], wheel, order["sha256"])
         try:
-            yield self._run(sys.executable, "-m", "venv", str(new))
+            if own_pip() is None:
+                yield self._run(sys.executable, "-m", "venv", str(new))
+            else:  # pip copied from this venv: no ensurepip, 7 s of CPU saved
+                yield self._run(sys.executable, "-m", "venv", "--without-pip", str(new))
+                yield deferToThread(copy_pip, new)
             pip = [str(new / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
             source: list[str] = []
             if order["find_links"]:
