@@ -162,7 +162,10 @@ class Rollout:
         worker.timer = None
         if worker.state in UNDER_WAY:
             waited = INSTALL_TIME + float(self.order["deadline"])
-            self._end(worker, "failed", f"not back with {self.version} after {waited:.0f} s")
+            why = f"not back with {self.version} after {waited:.0f} s"
+            if worker.state == "draining":
+                why += f" (it waits for its jobs to end: it restarts into {self.version} when they do)"
+            self._end(worker, "failed", why)
             self.next_batch()
 
     def _end(self, worker: WorkerUpgrade, state: str, reason: str) -> None:
