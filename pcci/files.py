@@ -1,9 +1,19 @@
-"""Files written whole or not at all."""
+"""Files written whole or not at all, and files' hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+
+def sha256_of(path: Path) -> str:
+    """A file's SHA-256, in hex, read a megabyte at a time (blocking: in a thread)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:

@@ -23,7 +23,6 @@ Python 3.9: a worker imports this.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -42,7 +41,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
-from pcci.files import write_atomically
+from pcci.files import sha256_of, write_atomically
 from pcci.worker.jobs import JobTable
 
 log = Logger()
@@ -122,14 +121,6 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(url: str, dest: Path, sha256: str) -> None:

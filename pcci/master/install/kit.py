@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 
+from pcci.files import sha256_of
 from pcci.master.install.wheel import Wheel, build
 
 #: The files of a wheelhouse that are served: wheels (and sources) whose
@@ -53,20 +54,12 @@ class Kit:
         )
 
 
-def hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_wheelhouse(where: Path | None) -> dict[str, tuple[Path, str]]:
     """A wheelhouse's served files and their hashes (blocking)."""
     if where is None:
         return {}
     return {
-        path.name: (path, hash_file(path))
+        path.name: (path, sha256_of(path))
         for path in sorted(where.iterdir())
         if path.is_file() and SERVED.match(path.name)
     }
