@@ -27,9 +27,10 @@ def _in(seconds: float) -> str:
 
 async def create_join_token(cfg: Config, asked: dict[str, Any], installed: bool) -> int:
     answer = await cfg.client().call("POST", "/join-tokens", asked)
-    line = answer.get("join_command", answer["command"]) if installed else answer["command"]
-    # The join line alone where the master serves no installs (or is older).
-    where = "where pcci is installed" if line == answer.get("join_command", line) else "as root"
+    # An older master's command is the join line, as is one from a master that serves no installs.
+    joining = answer.get("join_command", answer["command"])
+    line = joining if installed else answer["command"]
+    where = "where pcci is installed" if line == joining else "as root"
     cfg.err.write(
         f"pcci: join token {answer['id']} made for {answer['name']!r}, {answer['uses']} use(s),"
         f" ends {_in(answer['expires_at'])}: this is the only time it is shown\n"

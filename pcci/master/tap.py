@@ -483,6 +483,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         "the REST API",
     )
     api_port.setServiceParent(master)
+
     def reached_at(url: str) -> None:
         notifier.link = _pool_link(url)
         api.public_url = url

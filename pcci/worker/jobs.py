@@ -72,6 +72,11 @@ class HeldJob:
         #: The current connection's master carries on with this job.
         self.attached = False
 
+    @property
+    def waiting(self) -> bool:
+        """It waits for a slot: never started, not cancelled."""
+        return self.process is not None and not self.process.started
+
     def describe(self) -> dict[str, Any]:
         return {"pool": self.pool_id, "ended": self.end is not None}
 
@@ -307,17 +312,17 @@ class JobTable:
 
     def only_waiting(self) -> bool:
         """Whether every job held waits for a slot (none runs, no end waits for the master)."""
-        return all(held.process is not None and not held.process.started for held in self.held.values())
+        return all(held.waiting for held in self.held.values())
 
     def hand_over(self) -> list[dict[str, Any]]:
         """
         Let go of the jobs that wait, quietly (they do not end): this
         worker's next version runs them (see L{pcci.worker.upgrade}).
         """
-        waiting = [held for held in self.held.values() if held.process is not None and not held.process.started]
+        waiting = [held for held in self.held.values() if held.waiting]
         for held in waiting:
             del self.held[held.pool_id]
-        self.queue = deque(job for job in self.queue if not any(job is held.process for held in waiting))
+        self.queue.clear()  # theirs, and those cancelled while they waited
         return [{"pool": held.pool_id, "cmd": held.cmd, "options": held.options} for held in waiting]
 
     def kill_all(self) -> Deferred[None]:

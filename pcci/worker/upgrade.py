@@ -141,10 +141,10 @@ def own_pip() -> list[Path] | None:
     return found if all(path.is_dir() for path in found) else None
 
 
-def copy_pip(venv: Path) -> None:
-    """Give C{venv} (of this Python, made without pip) this venv's pip (blocking: in a thread)."""
+def copy_pip(pip: list[Path], venv: Path) -> None:
+    """Give C{venv} (of this Python, made without pip) this venv's C{pip} (blocking: in a thread)."""
     site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    for path in own_pip() or []:
+    for path in pip:
         shutil.copytree(path, site / path.name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
@@ -244,11 +244,12 @@ class Upgrader:
         wheel = work / order["wheel"]
         yield deferToThread(fetch, order["url"], wheel, order["sha256"])
         try:
-            if own_pip() is None:
+            pip_here = own_pip()
+            if pip_here is None:
                 yield self._run(sys.executable, "-m", "venv", str(new))
             else:  # pip copied from this venv: no ensurepip, 7 s of CPU saved
                 yield self._run(sys.executable, "-m", "venv", "--without-pip", str(new))
-                yield deferToThread(copy_pip, new)
+                yield deferToThread(copy_pip, pip_here, new)
             pip = [str(new / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
             source: list[str] = []
             if order["find_links"]:
