@@ -15,11 +15,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import execute
 
-from pcci.master.store.postgres import PostgresStore
+from pcci.master.store.postgres import PostgresDatabase, PostgresStore
 
 #: The role and database the master uses.
 USER = DATABASE = "pcci"
@@ -84,15 +85,18 @@ class Postgres:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class SyncStore(PostgresStore):
-    """The store with its calls run at once: a unit test has no thread pool running."""
+class SyncDatabase(PostgresDatabase):
+    """The database with its calls run at once: a unit test has no thread pool running."""
 
-    def open(self) -> list:
-        self._open()
-        return self._unfinished()
+    def open(self) -> None:
+        self.connect()
 
-    def _run(self, work, *args):  # type: ignore[override]
-        return execute(work, *args)
+    def run(self, work, *args):  # type: ignore[override]
+        return execute(self.transact, work, *args)
 
     def close(self) -> None:
-        self._close()
+        self.disconnect()
+
+
+def SyncStore(url: str, reactor: Any, master: str) -> PostgresStore:
+    return PostgresStore(SyncDatabase(url, reactor, master))

@@ -43,9 +43,9 @@ from pcci.master.links.tls import SniffingFactory
 from pcci.master.peers.peers import Peers
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.store.base import StoreError
-from pcci.master.store.postgres import PostgresStore, check_database, is_postgres_url
-from pcci.master.store.sqlite import SQLiteStore, open_database
-from pcci.master.store.threaded import ThreadedStore
+from pcci.master.store.postgres import PostgresDatabase, PostgresStore, check_database, is_postgres_url
+from pcci.master.store.sqlite import SQLiteDatabase, open_database
+from pcci.master.store.tables import Store
 from pcci.master.transfers.pushes import MAX_ENTRIES
 from pcci.master.webhooks.notifier import FORMATS, Hook, Notifier
 from pcci.master.webhooks.outbound import AddressPolicy, http_post
@@ -363,11 +363,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options.tokens is not None:
         tokens = TokenBook(options.tokens, None, lambda: auth.read_tokens(options.token_file, options.unnamed))
     daemon.prepare(reactor, on_hangup=tokens.reread if tokens is not None else _nothing_to_reread)
-    store: ThreadedStore
+    store: Store
     if is_postgres_url(options.db_path):
-        store = PostgresStore(options.db_path, reactor, options.master_name)
+        store = PostgresStore(PostgresDatabase(options.db_path, reactor, options.master_name))
     else:
-        store = SQLiteStore(options.db_path, reactor)
+        store = Store(SQLiteDatabase(options.db_path, reactor))
     state = ClusterState(
         reactor,
         Settings(
@@ -384,7 +384,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     master = MultiService()
     if tokens is not None:
-        tokens.store = store
+        tokens.store = store.tokens
     api = MasterAPI(
         state,
         MasterMetrics(state),
@@ -397,11 +397,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
     )
     scheduler = api.scheduler = Scheduler(
-        reactor, time.time, store, api.run_schedule, lambda pool_id: _running(state, pool_id),
+        reactor, time.time, store.schedules, api.run_schedule, lambda pool_id: _running(state, pool_id),
         seconds=bool(os.environ.get(CRON_SECONDS)),
     )
     notifier = Notifier(
-        reactor, time.time, store, http_post(reactor, api.limits.notify_policy), options.webhook_secret,
+        reactor, time.time, store.deliveries, http_post(reactor, api.limits.notify_policy), options.webhook_secret,
         hooks=tuple(Hook(url, options["webhook-on"]) for url in options["webhook"]),
         form=options["webhook-format"], output=options["webhook-output"],
     )
@@ -418,7 +418,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     StateService(reactor, state, store, peers, tokens, scheduler, notifier).setServiceParent(master)
     enrollment = None
     if options.ca is not None:
-        enrollment = api.enrollment = Enrollment(store, options.ca, time.time, options["approve-workers"])
+        enrollment = api.enrollment = Enrollment(store.identities, options.ca, time.time, options["approve-workers"])
         if peers is not None:
             peers.on_identity = lambda name: recheck(state.roster, enrollment, name)
     local = None

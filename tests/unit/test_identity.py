@@ -52,7 +52,7 @@ def clock() -> Clock:
 
 
 def enrollment(ca: ClusterCA, clock: Clock, tmp_path: Path, approve_all: bool = False) -> Enrollment:
-    return Enrollment(SyncStore(open_database(str(tmp_path / "pcci.db"))), ca, clock.seconds, approve_all)
+    return Enrollment(SyncStore(open_database(str(tmp_path / "pcci.db"))).identities, ca, clock.seconds, approve_all)
 
 
 def refusal(d: Any) -> Refused:
@@ -211,7 +211,7 @@ def test_a_token_joins_once_binds_its_labels_and_is_then_used_up(ca: ClusterCA, 
     assert signed.state == "approved" and signed.ca == ca.pem
     certificate = x509.load_pem_x509_certificate(signed.certificate.encode())
     assert common_name(certificate) == "pi01"
-    identity = result(e.store.identity("pi01"))
+    identity = result(e.store.get("pi01"))
     assert identity.record["labels"] == {"room": "b12"}  # the token's: the worker's own come with each hello
     assert refusal(join(e, token, "pi02")).reason == "join token used up"
     assert [t["state"] for t in result(e.tokens())] == ["used"]
@@ -297,7 +297,7 @@ def test_enrollment_by_the_secret_never_takes_an_owned_name(ca: ClusterCA, clock
     assert refused.code == "name"
     signed = result(e.enroll("old1", make_request(new_key(), "old1"), "192.0.2.9:1"))
     assert signed.state == "approved"
-    assert result(e.store.identity("old1")).record["how"] == "enroll"
+    assert result(e.store.get("old1")).record["how"] == "enroll"
 
 
 def test_a_renewal_is_for_the_same_key_of_an_approved_identity(ca: ClusterCA, clock: Clock, tmp_path: Path) -> None:
@@ -428,7 +428,7 @@ def test_any_join_frame_is_answered_or_refused_and_never_raises(
     codes = [a["code"] for a in answers][:1]
     assert codes in ([], ["certificate"], ["bye"])
     if codes == ["certificate"]:
-        assert result(e.store.identity(name)).state == "approved"
+        assert result(e.store.get(name)).state == "approved"
 
 
 _runs = iter(range(10**9))

@@ -31,19 +31,19 @@ def test_which_urls_are_postgresql() -> None:
 def test_pools_round_trip_and_page(pg_url: str) -> None:
     store = SyncStore(pg_url, None, "m1")
     assert store.open() == []
-    result(store.save([pool("p1", ["a", "b"], "echo one"), pool("p2", ["b"], "uname", 10.0)]))
-    result(store.save([pool("p1", ["a", "b"], "echo one", 20.0)]))  # changed: written again
-    assert result(store.get("p1")) == {"id": "p1", "ended_at": 20.0, "owner": "m1"}
-    assert result(store.get("nope")) is None
+    result(store.pools.save([pool("p1", ["a", "b"], "echo one"), pool("p2", ["b"], "uname", 10.0)]))
+    result(store.pools.save([pool("p1", ["a", "b"], "echo one", 20.0)]))  # changed: written again
+    assert result(store.pools.get("p1")) == {"id": "p1", "ended_at": 20.0, "owner": "m1"}
+    assert result(store.pools.get("nope")) is None
     ids = lambda page: [p["id"] for p in page]  # noqa: E731
-    assert ids(result(store.page(PoolQuery(), 10))) == ["p2", "p1"]
-    assert ids(result(store.page(PoolQuery(before="p2"), 10))) == ["p1"]
-    assert ids(result(store.page(PoolQuery(worker="a"), 10))) == ["p1"]
-    assert ids(result(store.page(PoolQuery(cmd="name"), 10))) == ["p2"]
-    assert ids(result(store.page(PoolQuery(), 10, ended_since=15.0))) == ["p1"]
-    assert result(store.expire(15.0)) == 1
-    assert ids(result(store.page(PoolQuery(), 10))) == ["p1"]
-    result(store.save([pool("p3", ["c"])]))
+    assert ids(result(store.pools.page(PoolQuery(), 10))) == ["p2", "p1"]
+    assert ids(result(store.pools.page(PoolQuery(before="p2"), 10))) == ["p1"]
+    assert ids(result(store.pools.page(PoolQuery(worker="a"), 10))) == ["p1"]
+    assert ids(result(store.pools.page(PoolQuery(cmd="name"), 10))) == ["p2"]
+    assert ids(result(store.pools.page(PoolQuery(), 10, ended_since=15.0))) == ["p1"]
+    assert result(store.pools.expire(15.0)) == 1
+    assert ids(result(store.pools.page(PoolQuery(), 10))) == ["p1"]
+    result(store.pools.save([pool("p3", ["c"])]))
     store.close()
     again = SyncStore(pg_url, None, "m1")
     assert again.open() == [{"id": "p3", "ended_at": None}]  # not ended: carried on
@@ -56,6 +56,30 @@ def test_a_newer_schema_is_refused_and_left_alone(pg_url: str) -> None:
         connection.execute("UPDATE meta SET value = %s", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="written by a newer pcci"):
         check_database(pg_url)
+
+
+def test_an_older_database_is_brought_to_this_schema_one_version_at_a_time(pg_url: str) -> None:
+    """Schema 1 (one master, pools only) to the latest, keeping its pools, carried on by the first master."""
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            " CREATE TABLE pools (id TEXT PRIMARY KEY, started_at DOUBLE PRECISION NOT NULL,"
+            " ended_at DOUBLE PRECISION, state TEXT NOT NULL, cmd TEXT NOT NULL, workers TEXT[] NOT NULL,"
+            " summary TEXT NOT NULL, record TEXT NOT NULL);"
+            " INSERT INTO meta VALUES ('schema_version', '1');"
+            " INSERT INTO pools VALUES ('p1', 1.0, NULL, 'running', 'true', ARRAY['a'],"
+            " '{\"id\": \"p1\", \"submitted_by\": \"alice\"}', '{\"id\": \"p1\"}')"
+        )
+    store = SyncStore(pg_url, None, "m1")
+    assert store.open() == [{"id": "p1"}]
+    assert [p["id"] for p in result(store.pools.page(PoolQuery(submitted_by="alice"), 10))] == ["p1"]
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        assert connection.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+        tables = {t for (t,) in connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+        assert {"masters", "workers", "mail", "events", "tokens", "schedules", "deliveries",
+                "join_tokens", "identities"} <= tables
 
 
 def test_a_foreign_pools_table_is_refused(pg_url: str) -> None:
@@ -73,14 +97,14 @@ def test_an_unreachable_database_is_one_sentence() -> None:
 def test_a_broken_connection_is_made_again_at_the_next_call(pg_url: str, postgres: Any) -> None:
     store = SyncStore(pg_url, None, "m1")
     store.open()
-    result(store.save([pool("p1", ["a"])]))
+    result(store.pools.save([pool("p1", ["a"])]))
     postgres.stop()
     try:
         with pytest.raises((psycopg.Error, StoreError)):
-            result(store.get("p1"))
+            result(store.pools.get("p1"))
     finally:
         postgres.start()
-    assert result(store.get("p1")) == {"id": "p1", "ended_at": None, "owner": "m1"}
+    assert result(store.pools.get("p1")) == {"id": "p1", "ended_at": None, "owner": "m1"}
     store.close()
 
 

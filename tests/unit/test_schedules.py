@@ -33,7 +33,7 @@ class MemoryStore:
         self.rows = {s.name: s for s in schedules}
         self.claims: list[tuple[str, float]] = []
 
-    def schedules(self) -> Deferred[list[Schedule]]:
+    def all(self) -> Deferred[list[Schedule]]:
         return succeed([Schedule(**vars(s)) for s in self.rows.values()])
 
     def claim_run(self, name: str, when: float) -> Deferred[bool]:

@@ -6,6 +6,7 @@ import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fakes import FakeLink
@@ -16,7 +17,8 @@ from pcci.master.cluster.events import pool_events
 from pcci.master.cluster.schedules import RUNS_KEPT, SKIPPED, STARTED, Schedule
 from pcci.master.cluster.state import ClusterState, Settings
 from pcci.master.store.base import PoolQuery, StoredPool, StoreError
-from pcci.master.store.sqlite import SCHEMA_VERSION, SQLiteStore, open_database
+from pcci.master.store.sqlite import SCHEMA_VERSION, SQLiteDatabase, open_database
+from pcci.master.store.tables import Store
 from pcci.master.store.writer import WRITE_DELAY, BatchedWriter
 
 
@@ -38,6 +40,56 @@ def test_a_database_of_a_newer_pcci_is_refused_untouched(tmp_path: Path) -> None
     with pytest.raises(StoreError, match="written by a newer pcci"):
         open_database(str(path))
     assert path.read_bytes() == before
+
+
+#: The tables of pcci's first SQLite schema, as a master of that version left them.
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE pools (id TEXT PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, state TEXT NOT NULL,
+    cmd TEXT NOT NULL, workers TEXT NOT NULL, summary TEXT NOT NULL, record TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO pools VALUES ('p1', 1.0, 2.0, 'ok', 'true', ' a ', '{"id": "p1", "submitted_by": "alice"}', '{}');
+"""
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+@pytest.mark.parametrize("owner_early", [False, True])
+def test_an_older_database_is_brought_to_this_schema_one_version_at_a_time(tmp_path: Path, owner_early: bool) -> None:
+    """Schema 1 to the latest, keeping its pools; a column a development version added early is passed over."""
+    path = str(tmp_path / "pcci.db")
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA_1)
+    if owner_early:
+        old.executescript("CREATE TABLE deliveries (id INTEGER PRIMARY KEY, url TEXT NOT NULL, body BLOB NOT NULL,"
+                          " created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL,"
+                          " owner TEXT)")
+    old.close()
+    db = open_database(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    assert {"pools", "tokens", "schedules", "deliveries", "join_tokens", "identities"} <= _tables(db)
+    assert db.execute("SELECT submitted_by, schedule FROM pools WHERE id = 'p1'").fetchone() == ("alice", None)
+    assert "owner" in {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
+    db.close()
+    store = SyncStore(open_database(path))
+    assert [p["id"] for p in result(store.pools.page(PoolQuery(submitted_by="alice"), 10))] == ["p1"]
+    store.close()
+
+
+def test_a_new_database_and_an_upgraded_one_have_the_same_tables(tmp_path: Path) -> None:
+    new = open_database(str(tmp_path / "new.db"))
+    old = sqlite3.connect(str(tmp_path / "old.db"))
+    old.executescript(SCHEMA_1)
+    old.close()
+    upgraded = open_database(str(tmp_path / "old.db"))
+    for table in _tables(new):
+        columns = [row[1:3] for row in new.execute(f"PRAGMA table_info({table})")]
+        assert [row[1:3] for row in upgraded.execute(f"PRAGMA table_info({table})")] == columns, table
+    assert _tables(upgraded) == _tables(new)
+    new.close()
+    upgraded.close()
 
 
 @pytest.mark.parametrize(
@@ -69,22 +121,27 @@ def test_an_unwritable_directory_is_refused(tmp_path: Path) -> None:  # pragma: 
         tmp_path.chmod(0o700)
 
 
-class SyncStore(SQLiteStore):
-    """The store with its calls run at once: a unit test has no thread pool running."""
+class SyncDatabase(SQLiteDatabase):
+    """The database with its calls run at once: a unit test has no thread pool running."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
+        super().__init__(":memory:", None)
         self._db = db
 
-    def open(self) -> list:
-        return self._unfinished()
+    def open(self) -> None:
+        pass
 
-    def _run(self, work, *args):  # type: ignore[override]
+    def run(self, work, *args):  # type: ignore[override]
         from twisted.internet.defer import execute
 
-        return execute(work, *args)
+        return execute(self.transact, work, *args)
 
     def close(self) -> None:
-        self._db.close()
+        self.disconnect()
+
+
+def SyncStore(db: sqlite3.Connection) -> Store:
+    return Store(SyncDatabase(db))
 
 
 def cluster(store: SyncStore, clock: Clock, **kwargs) -> tuple[ClusterState, FakeLink]:
@@ -145,7 +202,7 @@ def test_finished_pools_past_the_retention_are_deleted(tmp_path: Path) -> None:
     clock.advance(60)  # old ended 110 s ago, new 60 s ago; the sweep runs
     assert result(state.history.find(old.id)) is None
     assert result(state.history.find(new.id)) is not None
-    rows = store._db.execute("SELECT id FROM pools").fetchall()
+    rows = store.db._db.execute("SELECT id FROM pools").fetchall()
     assert rows == [(new.id,)]
 
 
@@ -232,7 +289,7 @@ def test_a_failed_write_is_logged_and_tried_again_until_it_goes_through() -> Non
 
     clock = Clock()
     store = FullDisk()
-    writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
+    writer = BatchedWriter(SimpleNamespace(pools=store), clock)  # type: ignore[arg-type]
     row = StoredPool("p1", 0.0, None, "running", "x", ["a"], {}, {})
     writer.mark("p1", lambda: row)
     done: list = []
@@ -264,7 +321,7 @@ def running_row(key: str) -> StoredPool:
 def test_a_change_waits_to_be_written_with_others_unless_someone_hurries() -> None:
     clock = Clock()
     store = Recorder()
-    writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
+    writer = BatchedWriter(SimpleNamespace(pools=store), clock)  # type: ignore[arg-type]
     writer.mark("ended", lambda: running_row("ended"))
     acked: list = []
     writer.committed("ended", hurry=False).addCallback(acked.append)  # an ack waits, calmly
@@ -286,7 +343,7 @@ def test_a_change_with_a_longer_delay_waits_for_it_alone() -> None:
     small pool's changes are written at the usual pace; a flush writes all."""
     clock = Clock()
     store = Recorder()
-    writer = BatchedWriter(store, clock)  # type: ignore[arg-type]
+    writer = BatchedWriter(SimpleNamespace(pools=store), clock)  # type: ignore[arg-type]
     writer.mark("big", lambda: running_row("big"), delay=0.5)
     writer.mark("small", lambda: running_row("small"))
     clock.advance(WRITE_DELAY)
@@ -345,25 +402,25 @@ def check_schedules_in(store, other) -> None:
     same database: kept, changed, claimed once each run, their runs noted.
     """
     tick = Schedule(name="tick", cron="*/5 * * * *", job={"cmd": "true", "workers": ["a"]}, created_by="alice")
-    assert result(store.put_schedule(tick, True)) is True
-    assert result(store.put_schedule(tick, True)) is False  # the name is taken
-    assert result(store.put_schedule(replace(tick, name="nope"), False)) is False  # nothing to change
-    assert result(store.put_schedule(replace(tick, paused=True, job={"cmd": "id"}), False)) is True
-    (found,) = result(other.schedules())
+    assert result(store.schedules.put(tick, True)) is True
+    assert result(store.schedules.put(tick, True)) is False  # the name is taken
+    assert result(store.schedules.put(replace(tick, name="nope"), False)) is False  # nothing to change
+    assert result(store.schedules.put(replace(tick, paused=True, job={"cmd": "id"}), False)) is True
+    (found,) = result(other.schedules.all())
     assert (found.name, found.paused, found.job, found.created_by) == ("tick", True, {"cmd": "id"}, "alice")
     # Each run is started by one master: the first to claim it.
-    assert [result(s.claim_run("tick", 300.0)) for s in (store, other, store)] == [True, False, False]
-    assert result(other.claim_run("tick", 200.0)) is False  # older than the latest
-    assert result(other.claim_run("tick", 600.0)) is True
+    assert [result(s.schedules.claim_run("tick", 300.0)) for s in (store, other, store)] == [True, False, False]
+    assert result(other.schedules.claim_run("tick", 200.0)) is False  # older than the latest
+    assert result(other.schedules.claim_run("tick", 600.0)) is True
     for at in range(RUNS_KEPT + 2):
         outcome = SKIPPED if at % 2 else STARTED
-        result(store.note_run("tick", {"at": float(at), "outcome": outcome}))
-    (found,) = result(store.schedules())
+        result(store.schedules.note_run("tick", {"at": float(at), "outcome": outcome}))
+    (found,) = result(store.schedules.all())
     assert found.last_run == 600.0 and found.skipped == (RUNS_KEPT + 2) // 2
     assert [run["at"] for run in found.runs] == [float(at) for at in range(2, RUNS_KEPT + 2)]  # the latest
-    assert result(other.remove_schedule("tick")) is True
-    assert result(store.remove_schedule("tick")) is False
-    assert result(store.schedules()) == []
+    assert result(other.schedules.remove("tick")) is True
+    assert result(store.schedules.remove("tick")) is False
+    assert result(store.schedules.all()) == []
 
 
 def test_schedules_are_kept_and_each_run_claimed_once(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import pytest
 from fakes import started as result
 
 from pcci.master.cluster.schedules import Schedule
-from pcci.master.store import identities as ids
 from pcci.master.store.base import PoolQuery, StoredIdentity, StoredJoinToken, StoredPool, StoredToken
 from pcci.master.store.sqlite import open_database
 
@@ -64,67 +63,67 @@ def pool(pool_id: str, workers: list[str], cmd: str = "true", ended: float | Non
 
 def test_pools_are_kept_paged_and_expired(engine: Any) -> None:
     store = engine()
-    result(store.save([pool("p1", ["a", "b"], "echo one", 20.0), pool("p2", ["b"], "uname")]))
-    assert result(store.get("p1"))["ended_at"] == 20.0
-    assert result(store.get("nope")) is None
+    result(store.pools.save([pool("p1", ["a", "b"], "echo one", 20.0), pool("p2", ["b"], "uname")]))
+    assert result(store.pools.get("p1"))["ended_at"] == 20.0
+    assert result(store.pools.get("nope")) is None
     ids = lambda page: [p["id"] for p in page]  # noqa: E731
-    assert ids(result(store.page(PoolQuery(), 10))) == ["p2", "p1"]
-    assert ids(result(store.page(PoolQuery(), 1))) == ["p2"]
-    assert ids(result(store.page(PoolQuery(before="p2"), 10))) == ["p1"]
-    assert ids(result(store.page(PoolQuery(worker="a"), 10))) == ["p1"]
-    assert ids(result(store.page(PoolQuery(cmd="name"), 10))) == ["p2"]
-    assert ids(result(store.page(PoolQuery(submitted_by="bob"), 10))) == []
-    assert result(store.claim("p1")) is None  # ended: nothing to carry on
-    assert result(store.expire(30.0)) == 1
-    assert ids(result(store.page(PoolQuery(), 10))) == ["p2"]
+    assert ids(result(store.pools.page(PoolQuery(), 10))) == ["p2", "p1"]
+    assert ids(result(store.pools.page(PoolQuery(), 1))) == ["p2"]
+    assert ids(result(store.pools.page(PoolQuery(before="p2"), 10))) == ["p1"]
+    assert ids(result(store.pools.page(PoolQuery(worker="a"), 10))) == ["p1"]
+    assert ids(result(store.pools.page(PoolQuery(cmd="name"), 10))) == ["p2"]
+    assert ids(result(store.pools.page(PoolQuery(submitted_by="bob"), 10))) == []
+    assert result(store.pools.claim("p1")) is None  # ended: nothing to carry on
+    assert result(store.pools.expire(30.0)) == 1
+    assert ids(result(store.pools.page(PoolQuery(), 10))) == ["p2"]
 
 
 def test_tokens_are_kept_by_name(engine: Any) -> None:
     store = engine()
     alice = StoredToken("alice", "digest-a", {"read_only": True})
-    assert result(store.add_token(alice)) is True
-    assert result(store.add_token(StoredToken("alice", "digest-b", {}))) is False  # the name is taken
-    assert result(store.add_token(StoredToken("bob", "digest-c", {}))) is True
-    assert result(engine("m2").tokens()) == [alice, StoredToken("bob", "digest-c", {})]  # seen from another
-    assert result(store.remove_token("alice")) is True
-    assert result(store.remove_token("alice")) is False
-    assert [t.name for t in result(store.tokens())] == ["bob"]
+    assert result(store.tokens.add(alice)) is True
+    assert result(store.tokens.add(StoredToken("alice", "digest-b", {}))) is False  # the name is taken
+    assert result(store.tokens.add(StoredToken("bob", "digest-c", {}))) is True
+    assert result(engine("m2").tokens.all()) == [alice, StoredToken("bob", "digest-c", {})]  # seen from another
+    assert result(store.tokens.remove("alice")) is True
+    assert result(store.tokens.remove("alice")) is False
+    assert [t.name for t in result(store.tokens.all())] == ["bob"]
 
 
 def test_schedules_are_kept_and_a_run_is_claimed_once(engine: Any) -> None:
     store, other = engine("m1"), engine("m2")
     tick = Schedule(name="tick", cron="*/5 * * * *", job={"cmd": "true", "workers": ["a"]}, created_by="alice")
-    assert result(store.put_schedule(tick, True)) is True
-    assert result(store.put_schedule(tick, True)) is False  # exists
-    assert result(store.claim_run("tick", 300.0)) is True
-    assert result(other.claim_run("tick", 300.0)) is False  # that run is the first master's
-    assert result(other.claim_run("tick", 600.0)) is True
-    result(store.note_run("tick", {"outcome": "skipped", "at": 600.0}))
-    (kept,) = result(other.schedules())
+    assert result(store.schedules.put(tick, True)) is True
+    assert result(store.schedules.put(tick, True)) is False  # exists
+    assert result(store.schedules.claim_run("tick", 300.0)) is True
+    assert result(other.schedules.claim_run("tick", 300.0)) is False  # that run is the first master's
+    assert result(other.schedules.claim_run("tick", 600.0)) is True
+    result(store.schedules.note_run("tick", {"outcome": "skipped", "at": 600.0}))
+    (kept,) = result(other.schedules.all())
     assert kept.last_run == 600.0 and kept.skipped == 1
-    assert result(store.remove_schedule("tick")) is True
-    assert result(other.schedules()) == []
+    assert result(store.schedules.remove("tick")) is True
+    assert result(other.schedules.all()) == []
 
 
 def test_a_delivery_is_leased_then_due_again_unless_done(engine: Any) -> None:
     store = engine()
-    result(store.add_delivery("http://h/1", b"one", 100.0))
-    result(store.add_delivery("http://h/2", b"two", 100.0, owner="alice"))
-    (mine,) = result(store.due_deliveries(100.0, 30.0, 10))  # the master's own lane
+    result(store.deliveries.add("http://h/1", b"one", 100.0))
+    result(store.deliveries.add("http://h/2", b"two", 100.0, owner="alice"))
+    (mine,) = result(store.deliveries.due(100.0, 30.0, 10))  # the master's own lane
     assert (mine.url, mine.body, mine.attempts, mine.owner) == ("http://h/1", b"one", 0, None)
-    assert result(store.due_deliveries(110.0, 30.0, 10)) == []  # leased until 130
-    (again,) = result(store.due_deliveries(131.0, 30.0, 10))  # the lease ran out
+    assert result(store.deliveries.due(110.0, 30.0, 10)) == []  # leased until 130
+    (again,) = result(store.deliveries.due(131.0, 30.0, 10))  # the lease ran out
     assert again.id == mine.id
-    result(store.delivery_later(mine.id, 1, 200.0))
-    assert result(store.due_deliveries(199.0, 30.0, 10)) == []
-    (later,) = result(store.due_deliveries(200.0, 30.0, 10))
+    result(store.deliveries.later(mine.id, 1, 200.0))
+    assert result(store.deliveries.due(199.0, 30.0, 10)) == []
+    (later,) = result(store.deliveries.due(200.0, 30.0, 10))
     assert later.attempts == 1
-    result(store.delivery_done(mine.id))
-    assert result(store.due_deliveries(1000.0, 30.0, 10)) == []
+    result(store.deliveries.done(mine.id))
+    assert result(store.deliveries.due(1000.0, 30.0, 10)) == []
     # Users' lane: by owner, a busy owner's left for later.
-    assert result(store.queued_deliveries("alice")) == 1
-    assert result(store.due_deliveries(100.0, 30.0, 10, owned=True, busy=("alice",))) == []
-    (theirs,) = result(store.due_deliveries(100.0, 30.0, 10, owned=True))
+    assert result(store.deliveries.queued("alice")) == 1
+    assert result(store.deliveries.due(100.0, 30.0, 10, owned=True, busy=("alice",))) == []
+    (theirs,) = result(store.deliveries.due(100.0, 30.0, 10, owned=True))
     assert theirs.owner == "alice"
 
 
@@ -132,14 +131,14 @@ def test_the_delivery_lease_never_hands_one_delivery_to_two_masters(engine: Any)
     """Masters leasing at once (each in a thread of its own) share the queue: each delivery goes to one."""
     first, second = engine("m1"), engine("m2")
     for n in range(60):
-        result(first.add_delivery(f"http://h/{n}", b"x", 100.0))
+        result(first.deliveries.add(f"http://h/{n}", b"x", 100.0))
     taken: dict[str, list[int]] = {"m1": [], "m2": []}
     start = threading.Barrier(2)
 
     def lease(store: Any, name: str) -> None:
         start.wait()
         for _ in range(100):  # 60 deliveries, 3 at a time: far fewer leases than this
-            batch = store._due_deliveries(100.0, 60.0, 3, False, ())
+            batch = result(store.deliveries.due(100.0, 60.0, 3))
             if not batch:
                 return
             taken[name] += [d.id for d in batch]
@@ -159,24 +158,24 @@ def identity(name: str, fingerprint: str = "SHA256:a", state: str = "approved") 
 
 def test_identities_own_their_names_until_revoked(engine: Any) -> None:
     store = engine()
-    assert result(store.put_identity(identity("w")))
-    assert result(store.put_identity(identity("w")))  # the same key: kept again
-    assert not result(store.put_identity(identity("w", "SHA256:b")))  # another key: refused
-    moved = result(store.set_identity_state("w", "revoked", ("approved",), {"decided_by": "admin"}))
+    assert result(store.identities.put(identity("w")))
+    assert result(store.identities.put(identity("w")))  # the same key: kept again
+    assert not result(store.identities.put(identity("w", "SHA256:b")))  # another key: refused
+    moved = result(store.identities.set_state("w", "revoked", ("approved",), {"decided_by": "admin"}))
     assert (moved.state, moved.record["decided_by"]) == ("revoked", "admin")
-    assert result(store.set_identity_state("w", "approved", ("pending",), {})) is None
-    assert result(store.put_identity(identity("w", "SHA256:b")))  # revoked: the name is free
-    assert [(i.name, i.fingerprint) for i in result(store.identities())] == [("w", "SHA256:b")]
-    assert result(store.identity("nobody")) is None
+    assert result(store.identities.set_state("w", "approved", ("pending",), {})) is None
+    assert result(store.identities.put(identity("w", "SHA256:b")))  # revoked: the name is free
+    assert [(i.name, i.fingerprint) for i in result(store.identities.all())] == [("w", "SHA256:b")]
+    assert result(store.identities.get("nobody")) is None
 
 
 def test_join_tokens_are_kept_hashed_and_revoked(engine: Any) -> None:
     store = engine()
     record = {"name": "*", "labels": {}, "uses": 1, "used": 0, "expires_at": 100.0}
-    result(store.add_join_token(StoredJoinToken("t1", "digest", record)))
-    assert result(store.revoke_join_token("t1"))
-    assert not result(store.revoke_join_token("t2"))
-    (kept,) = result(store.join_tokens())
+    result(store.identities.add_join_token(StoredJoinToken("t1", "digest", record)))
+    assert result(store.identities.revoke_join_token("t1"))
+    assert not result(store.identities.revoke_join_token("t2"))
+    (kept,) = result(store.identities.join_tokens())
     assert (kept.id, kept.digest, kept.record["revoked"]) == ("t1", "digest", True)
 
 
@@ -185,17 +184,17 @@ def test_a_single_use_token_joins_one_worker_when_two_masters_join_at_once(engin
     first, second = engine("m1"), engine("m2")
     for n in range(20):
         record = {"name": "*", "labels": {}, "uses": 1, "used": 0, "expires_at": 100.0}
-        result(first.add_join_token(StoredJoinToken(f"t{n}", "d", record)))
+        result(first.identities.add_join_token(StoredJoinToken(f"t{n}", "d", record)))
     outcomes: dict[str, list[str]] = {"m1": [], "m2": []}
     start = threading.Barrier(2)
 
     def spend(store: Any, name: str) -> None:
         start.wait()
         for n in range(20):
-            outcome = store._transact(lambda cursor, n=n: ids.join(
-                cursor, store._mark, store._lock, f"t{n}", "d",
+            outcome = result(store.identities.join(
+                f"t{n}", "d",
                 lambda record: ("token", "join token used up") if record["used"] >= record["uses"] else None,
-                lambda record: identity(f"{name}-{n}", f"SHA256:{name}"),
+                lambda record, n=n: identity(f"{name}-{n}", f"SHA256:{name}"),
             ))
             outcomes[name].append("ok" if isinstance(outcome, StoredIdentity) else outcome[0])
 
@@ -206,7 +205,7 @@ def test_a_single_use_token_joins_one_worker_when_two_masters_join_at_once(engin
         thread.join(timeout=60)
     for n in range(20):
         assert sorted([outcomes["m1"][n], outcomes["m2"][n]]) == ["ok", "token"], n
-    assert len(result(first.identities())) == 20
+    assert len(result(first.identities.all())) == 20
 
 
 def test_the_store_answers_a_ping(engine: Any) -> None:

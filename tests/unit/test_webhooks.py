@@ -34,14 +34,14 @@ class Queue:
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, Any]] = {}
 
-    def add_delivery(self, url: str, body: bytes, now: float, owner: str | None = None) -> Deferred[None]:
+    def add(self, url: str, body: bytes, now: float, owner: str | None = None) -> Deferred[None]:
         self.added = getattr(self, "added", 0) + 1
         self.rows[self.added] = {
             "url": url, "body": body, "created": now, "attempts": 0, "next": now, "owner": owner,
         }
         return succeed(None)
 
-    def due_deliveries(
+    def due(
         self, now: float, lease: float, most: int, owned: bool = False, busy: tuple[str, ...] = ()
     ) -> Deferred[list[Delivery]]:
         due = [
@@ -53,14 +53,14 @@ class Queue:
         return succeed([Delivery(i, self.rows[i]["url"], self.rows[i]["body"], self.rows[i]["attempts"],
                                  self.rows[i]["created"], self.rows[i]["owner"]) for i in due])
 
-    def queued_deliveries(self, owner: str) -> Deferred[int]:
+    def queued(self, owner: str) -> Deferred[int]:
         return succeed(sum(row["owner"] == owner for row in self.rows.values()))
 
-    def delivery_done(self, delivery_id: int) -> Deferred[None]:
+    def done(self, delivery_id: int) -> Deferred[None]:
         del self.rows[delivery_id]
         return succeed(None)
 
-    def delivery_later(self, delivery_id: int, attempts: int, at: float) -> Deferred[None]:
+    def later(self, delivery_id: int, attempts: int, at: float) -> Deferred[None]:
         self.rows[delivery_id].update(attempts=attempts, next=at)
         return succeed(None)
 

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from pcci.identity import IdentityError, JoinToken, certificate_pem, key_fingerprint
 from pcci.master.access.ca import ClusterCA, check_request
-from pcci.master.store.base import IdentityStore, Refusal, StoredIdentity, StoredJoinToken
+from pcci.master.store.base import IdentityTable, Refusal, StoredIdentity, StoredJoinToken
 from pcci.master.store.identities import OWNING
 from pcci.wire import NAME_RULE, VALID_NAME
 
@@ -123,7 +123,7 @@ class Enrollment:
     """The cluster's identities, kept in C{store} and signed by C{ca}."""
 
     def __init__(
-        self, store: IdentityStore, ca: ClusterCA, wall: Callable[[], float], approve_all: bool = False
+        self, store: IdentityTable, ca: ClusterCA, wall: Callable[[], float], approve_all: bool = False
     ) -> None:
         self.store = store
         self.ca = ca
@@ -228,7 +228,7 @@ class Enrollment:
                        name=name, peer=peer, fingerprint=identity.fingerprint)
             return self._sign(request, identity)
 
-        return self.store.put_identity(identity).addCallback(kept)
+        return self.store.put(identity).addCallback(kept)
 
     def renew(self, name: str, fingerprint: str, request_text: str) -> Deferred[Signed]:
         """A new certificate for the key a connected identity already holds."""
@@ -238,7 +238,7 @@ class Enrollment:
             return self._refused(e, name, "renewal")
         if key_fingerprint(request) != fingerprint:
             return self._refused(Refused("csr", "a renewal is for the same key"), name, "renewal")
-        d = self.store.set_identity_state(name, "approved", ("approved",), {"renewed_at": self.wall()})
+        d = self.store.set_state(name, "approved", ("approved",), {"renewed_at": self.wall()})
 
         def renewed(identity: StoredIdentity | None) -> Signed | Deferred[Signed]:
             if identity is None or identity.fingerprint != fingerprint:
@@ -263,11 +263,11 @@ class Enrollment:
                 return None, identity
             return ("pending" if identity.state == "pending" else "revoked"), identity
 
-        return self.store.identity(name).addCallback(judge)
+        return self.store.get(name).addCallback(judge)
 
     def owned(self, name: str) -> Deferred[bool]:
         """Whether an identity owns C{name}: then only its key may use it."""
-        return self.store.identity(name).addCallback(lambda identity: identity is not None and identity.state in OWNING)
+        return self.store.get(name).addCallback(lambda identity: identity is not None and identity.state in OWNING)
 
     # A person's decisions
 
@@ -275,7 +275,7 @@ class Enrollment:
         return self.identities(("pending",))
 
     def identities(self, states: tuple[str, ...] | None = None) -> Deferred[list[dict[str, Any]]]:
-        return self.store.identities().addCallback(lambda found: [
+        return self.store.all().addCallback(lambda found: [
             {"name": i.name, "fingerprint": i.fingerprint, "state": i.state, **i.record}
             for i in found if states is None or i.state in states
         ])
@@ -287,7 +287,7 @@ class Enrollment:
             "deny": ("denied", ("pending",)),
             "revoke": ("revoked", ("pending", "approved")),
         }[decision]
-        d = self.store.set_identity_state(name, state, allowed, {"decided_by": by, "decided_at": self.wall()})
+        d = self.store.set_state(name, state, allowed, {"decided_by": by, "decided_at": self.wall()})
 
         def said(identity: StoredIdentity | None) -> StoredIdentity | None:
             if identity is not None:

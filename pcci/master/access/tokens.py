@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from pcci.auth import NAME, APIToken, AuthConfigError, match_token
 from pcci.master.cluster.model import rfc3339
-from pcci.master.store.base import PoolStore, StoredToken
+from pcci.master.store.base import StoredToken, TokenTable
 from pcci.scopes import Scope
 
 log = Logger()
@@ -44,7 +44,7 @@ class TokenBook:
     def __init__(
         self,
         tokens: list[APIToken],
-        store: PoolStore | None = None,
+        store: TokenTable | None = None,
         reread: Callable[[], list[APIToken]] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -95,7 +95,7 @@ class TokenBook:
                 records[row.name] = record
             self._made, self._records = made, records
 
-        return self.store.tokens().addCallback(read)
+        return self.store.all().addCallback(read)
 
     def _taken(self, name: str) -> bool:
         return name in self._records or any(t.name == name for t in self.file_tokens)
@@ -128,7 +128,7 @@ class TokenBook:
             return self.refresh().addCallback(lambda _: value)
 
         row = StoredToken(name, digest(value.encode()), record)
-        return self.store.add_token(row).addCallback(added)
+        return self.store.add(row).addCallback(added)
 
     def revoke(self, name: str) -> Deferred[None]:
         """
@@ -147,7 +147,7 @@ class TokenBook:
                 raise TokenError(404, f"no token named {name}")
             return self.refresh()
 
-        return self.store.remove_token(name).addCallback(removed)
+        return self.store.remove(name).addCallback(removed)
 
     # Reading
 

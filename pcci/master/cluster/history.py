@@ -240,7 +240,7 @@ class PoolHistory:
             if count:
                 log.info("deleted {count} pools past the retention", count=count)
 
-        d = self.store.expire(self.wall() - self.retention).addCallback(deleted)
+        d = self.store.pools.expire(self.wall() - self.retention).addCallback(deleted)
         d.addErrback(lambda f: log.error("cannot delete old pools: {why}", why=f.getErrorMessage()))
 
     # Reading
@@ -276,7 +276,7 @@ class PoolHistory:
             self._held.append(found)
             return found
 
-        found: Deferred[Pool | None] = self.store.get(pool_id).addCallback(loaded)
+        found: Deferred[Pool | None] = self.store.pools.get(pool_id).addCallback(loaded)
         return found
 
     def is_elsewhere(self, pool: Pool) -> bool:
@@ -305,7 +305,7 @@ class PoolHistory:
             job = _unended(found, worker)
             return job if job is not None and job.sent else None
 
-        return self.store.claim(pool_id).addCallback(loaded)
+        return self.store.pools.claim(pool_id).addCallback(loaded)
 
     def page(self, query: PoolQuery, limit: int) -> Deferred[list[Pool | dict[str, Any]]]:
         """
@@ -317,7 +317,7 @@ class PoolHistory:
         store = self.store
         d: Deferred[Any] = self.writer.flush()
         since = self.wall() - self.retention
-        d.addCallback(lambda _: store.page(query, limit, since))
+        d.addCallback(lambda _: store.pools.page(query, limit, since))
         return d.addCallback(
             lambda summaries: [
                 self.pools.get(summary["id"]) or self.elsewhere.get(summary["id"], summary)

@@ -134,9 +134,15 @@ class Schedule:
 
 
 class SchedulesStore(Protocol):
-    """What the scheduler needs of the master's store (see L{pcci.master.store.base.PoolStore})."""
+    """What the scheduler needs of the master's store (see L{pcci.master.store.schedules})."""
 
-    def schedules(self) -> Deferred[list[Schedule]]: ...
+    def all(self) -> Deferred[list[Schedule]]: ...
+
+    def put(self, schedule: Schedule, create: bool) -> Deferred[bool]:
+        """Keep a new schedule (false if one of its name exists), or change one (false if none)."""
+
+    def remove(self, name: str) -> Deferred[bool]:
+        """Forget a schedule; false if there is none."""
 
     def claim_run(self, name: str, at: float) -> Deferred[bool]:
         """Move C{last_run} to C{at} if it is earlier: true for the one master that did."""
@@ -203,7 +209,7 @@ class Scheduler:
                                  at=_moment(missed, schedule.timezone))
                         self._claim(schedule, missed)
 
-        return self.store.schedules().addCallback(read)
+        return self.store.all().addCallback(read)
 
     def next_runs(self, schedule: Schedule, count: int = 3) -> list[float]:
         """Its next C{count} run times (none while paused)."""

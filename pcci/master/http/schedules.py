@@ -16,6 +16,7 @@ from pcci.master.cluster.model import Pool, rfc3339
 from pcci.master.cluster.schedules import (
     Schedule,
     ScheduleError,
+    SchedulesStore,
     check_cron,
     check_name,
     check_timezone,
@@ -42,10 +43,10 @@ class ScheduleRoutes(APIBase):
 
     # Schedules (see pcci.master.cluster.schedules)
 
-    def _schedules_store(self) -> Any:
+    def _schedules_store(self) -> SchedulesStore:
         if self.scheduler is None or self.history.store is None:
             raise APIError(409, "this master has no store to keep schedules in")
-        return self.history.store
+        return self.history.store.schedules
 
     def _schedule(self, request: IRequest, name: str) -> Deferred[Schedule]:
         """A schedule the request's token may see (a scoped token sees its own)."""
@@ -58,7 +59,7 @@ class ScheduleRoutes(APIBase):
                     return schedule
             raise APIError(404, f"no schedule {name}")
 
-        return self._schedules_store().schedules().addCallback(found)
+        return self._schedules_store().all().addCallback(found)
 
     @staticmethod
     def _own_name(request: IRequest, name: str) -> str:
@@ -156,7 +157,7 @@ class ScheduleRoutes(APIBase):
             shown = [self._schedule_json(s) for s in schedules if self._may_see(request, s.created_by)]
             return gatherResults(shown, consumeErrors=True).addCallback(lambda body: json_answer(request, body))
 
-        return self._schedules_store().schedules().addCallback(answer)
+        return self._schedules_store().all().addCallback(answer)
 
     @app.route("/schedules", methods=["POST"])
     def schedule_create(self, request: IRequest) -> Deferred[bytes]:
@@ -184,7 +185,7 @@ class ScheduleRoutes(APIBase):
             )
             return self._changed_schedule(request, schedule, 201)
 
-        return store.put_schedule(schedule, True).addCallback(put)
+        return store.put(schedule, True).addCallback(put)
 
     def _changed_schedule(self, request: IRequest, schedule: Schedule, status: int) -> Deferred[bytes]:
         scheduler = self.scheduler
@@ -217,7 +218,7 @@ class ScheduleRoutes(APIBase):
                 )
                 return self._changed_schedule(request, schedule, 200)
 
-            return self._schedules_store().put_schedule(schedule, False).addCallback(put)
+            return self._schedules_store().put(schedule, False).addCallback(put)
 
         return self._schedule(request, name).addCallback(change)
 
@@ -232,7 +233,7 @@ class ScheduleRoutes(APIBase):
                 answer = {"name": schedule.name, "message": f"schedule {schedule.name} removed"}
                 return self.scheduler.reload().addCallback(lambda _: json_answer(request, answer))
 
-            return self._schedules_store().remove_schedule(schedule.name).addCallback(removed)
+            return self._schedules_store().remove(schedule.name).addCallback(removed)
 
         return self._schedule(request, name).addCallback(remove)
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from pcci.master.store.postgres import CHANNEL, CONNECTION_SETTINGS, _first_line
+from pcci.master.store.postgres import CONNECTION_SETTINGS, _first_line
+from pcci.master.store.shared import CHANNEL
 
 log = Logger()
 

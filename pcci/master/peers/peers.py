@@ -280,7 +280,7 @@ class Peers:
             self._rows = {**rows, **self._rows}
             self._schedule(RETRY_INTERVAL)
 
-        return self.store.send(mail, events, list(rows.items())).addCallbacks(sent, failed)
+        return self.store.shared.send(mail, events, list(rows.items())).addCallbacks(sent, failed)
 
     def _read_mail(self) -> Deferred[bool]:
         def handle(letters: list[dict[str, Any]]) -> bool:
@@ -291,7 +291,7 @@ class Peers:
                     log.failure("mail from master {sender}", sender=letter.get("from"))
             return len(letters) == MAIL_BATCH  # more wait
 
-        return self.store.receive(MAIL_BATCH).addCallback(handle)
+        return self.store.shared.receive(MAIL_BATCH).addCallback(handle)
 
     def _handle(self, letter: dict[str, Any]) -> None:
         kind, sender = letter["kind"], letter["from"]
@@ -369,7 +369,7 @@ class Peers:
             names = list(pool.jobs) if workers is None else workers
             return [name for name in names if pool.jobs[name].status is None]
 
-        return self.store.mail_owner(pool.id, letter, self.lease).addCallback(sent)
+        return self.store.shared.mail_owner(pool.id, letter, self.lease).addCallback(sent)
 
     # Workers
 
@@ -409,7 +409,7 @@ class Peers:
 
     def _read_workers(self) -> Deferred[None]:
         since = max(0, self._version - WORKERS_LOOKBACK)
-        return self.store.workers(since).addCallback(self._workers_read)
+        return self.store.shared.workers(since).addCallback(self._workers_read)
 
     def _workers_read(self, rows: list[tuple[str, str, dict[str, Any], int]]) -> None:
         for name, master, row, version in rows:
@@ -456,7 +456,7 @@ class Peers:
             for event_id, name, body in events:
                 _apply(replica.pool, event_id, name, body)
 
-        return self.store.events_after(pool_id, replica.pool.last_event).addCallback(apply)
+        return self.store.shared.events_after(pool_id, replica.pool.last_event).addCallback(apply)
 
     def _watched(self, pool_id: str) -> None:
         """
@@ -492,7 +492,7 @@ class Peers:
             if not replica.pool.end_event:
                 _end(replica.pool, Pool.from_record(record, self.history.read_only_output))
 
-        return self.store.get(pool_id).addCallback(read)
+        return self.store.pools.get(pool_id).addCallback(read)
 
     def _drop_idle_replicas(self) -> None:
         idle = self.clock.seconds() - REPLICA_IDLE
@@ -572,7 +572,7 @@ class Peers:
                 log.error("cannot renew this master's lease: {why}", why=failure.getErrorMessage())
             self._leased_since = None
 
-        self.store.lease(self.lease, judge).addCallbacks(renewed, failed)
+        self.store.shared.lease(self.lease, judge).addCallbacks(renewed, failed)
 
 
 class _Replica:

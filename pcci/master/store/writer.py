@@ -154,7 +154,7 @@ class BatchedWriter:
         self._in_flight = {key: self._waiting.pop(key, []) for key in changed}
         self._hurried -= changed.keys()
         self._writing = True
-        d = self.store.save(rows)
+        d = self.store.pools.save(rows)
         d.addCallbacks(self._written, self._failed, errbackArgs=(changed,))
         return d
 

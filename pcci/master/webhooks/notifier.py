@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pcci.master.cluster.model import OK, Pool, rfc3339
-from pcci.master.store.base import Delivery
+from pcci.master.store.base import Delivery, DeliveryTable
 from pcci.master.webhooks.outbound import Post
 
 log = Logger()
@@ -62,29 +62,6 @@ PER_OWNER_QUEUED = 100
 OUTPUT_LINES = 20
 
 FORMATS = ("json", "slack")
-
-
-class DeliveryStore(Protocol):
-    """What deliveries need of the master's store (see L{pcci.master.store.base.PoolStore})."""
-
-    def add_delivery(self, url: str, body: bytes, now: float, owner: str | None = None) -> Deferred[None]:
-        """Queue a delivery: the master's own (C{owner} None), or one of a token's pools (its name)."""
-
-    def due_deliveries(
-        self, now: float, lease: float, most: int, owned: bool = False, busy: tuple[str, ...] = ()
-    ) -> Deferred[list[Delivery]]:
-        """
-        Up to C{most} deliveries due now, the master's own or (C{owned})
-        pools' but those of C{busy} owners, each held for C{lease} seconds
-        (no other master takes it).
-        """
-
-    def queued_deliveries(self, owner: str) -> Deferred[int]:
-        """How many deliveries of C{owner}'s pools wait."""
-
-    def delivery_done(self, delivery_id: int) -> Deferred[None]: ...
-
-    def delivery_later(self, delivery_id: int, attempts: int, at: float) -> Deferred[None]: ...
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -183,7 +160,7 @@ class Notifier:
         self,
         clock: IReactorTime,
         wall: Callable[[], float],
-        store: DeliveryStore,
+        store: DeliveryTable,
         post: Post,
         secret: bytes,
         hooks: tuple[Hook, ...] = (),
@@ -245,7 +222,7 @@ class Notifier:
                 for url in notify[:max(room, 0)]:
                     self._queue(url, body, now, owner)
 
-            self.store.queued_deliveries(owner).addCallbacks(
+            self.store.queued(owner).addCallbacks(
                 queue, lambda f: log.error("webhook queue unreadable: {why}", why=f.getErrorMessage())
             )
 
@@ -254,7 +231,7 @@ class Notifier:
         return json.dumps(slack_message(told) if self.form == "slack" else told).encode()
 
     def _queue(self, url: str, body: bytes, now: float, owner: str | None) -> None:
-        self.store.add_delivery(url, body, now, owner).addCallbacks(
+        self.store.add(url, body, now, owner).addCallbacks(
             lambda _: self.pump(),
             lambda f: log.error("webhook to {url} not queued: {why}", url=url, why=f.getErrorMessage()),
         )
@@ -276,7 +253,7 @@ class Notifier:
             for delivery in due:
                 if lane.owned and lane.by_owner.get(delivery.owner or "", 0) >= PER_OWNER_IN_FLIGHT:
                     # Its owner's share is on its way: back in the queue, due now.
-                    self.store.delivery_later(delivery.id, delivery.attempts, self.wall()).addErrback(
+                    self.store.later(delivery.id, delivery.attempts, self.wall()).addErrback(
                         lambda f: log.error("webhook queue unwritable: {why}", why=f.getErrorMessage())
                     )
                 else:
@@ -285,7 +262,7 @@ class Notifier:
         def done(result: Any) -> None:
             lane.pumping = False
 
-        d = self.store.due_deliveries(self.wall(), TIMEOUT * 6, room, lane.owned, lane.busy())
+        d = self.store.due(self.wall(), TIMEOUT * 6, room, lane.owned, lane.busy())
         d.addCallback(send)
         d.addErrback(lambda f: log.error("webhook queue unreadable: {why}", why=f.getErrorMessage()))
         d.addBoth(done)
@@ -311,7 +288,7 @@ class Notifier:
         def answered(status: int) -> Deferred[None]:
             if 200 <= status < 300:
                 self._counted(delivery, "sent")
-                return self.store.delivery_done(delivery.id)
+                return self.store.done(delivery.id)
             return self._failed(delivery, f"HTTP {status}")
 
         def failed(failure: Failure) -> Deferred[None]:
@@ -336,8 +313,8 @@ class Notifier:
             log.error("webhook to {url} dropped after {n} tries over an hour: {why}",
                       url=delivery.url, n=attempts, why=why)
             self._counted(delivery, "dropped")
-            return self.store.delivery_done(delivery.id)
+            return self.store.done(delivery.id)
         log.warn("webhook to {url} failed ({why}): trying again in {wait:g} s",
                  url=delivery.url, why=why, wait=wait)
         self._counted(delivery, "retried")
-        return self.store.delivery_later(delivery.id, attempts, now + wait)
+        return self.store.later(delivery.id, attempts, now + wait)

@@ -1,6 +1,7 @@
--- The tables of pcci's PostgreSQL store, schema version 3 (see pcci/master/store/postgres.py).
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pools (
+-- The tables of a new PostgreSQL store, schema version 4 (see pcci/master/store/schema.py).
+-- An older store is brought here by upgrade-to-v<N>.sql, one version at a time.
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE pools (
     id TEXT PRIMARY KEY,
     started_at DOUBLE PRECISION NOT NULL,
     ended_at DOUBLE PRECISION,
@@ -8,70 +9,72 @@ CREATE TABLE IF NOT EXISTS pools (
     cmd TEXT NOT NULL,
     workers TEXT[] NOT NULL,
     summary TEXT NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    owner TEXT,
+    submitted_by TEXT,
+    schedule TEXT
 );
-CREATE INDEX IF NOT EXISTS pools_ended ON pools (ended_at);
-CREATE INDEX IF NOT EXISTS pools_workers ON pools USING GIN (workers);
-ALTER TABLE pools ADD COLUMN IF NOT EXISTS owner TEXT;
-CREATE INDEX IF NOT EXISTS pools_owner ON pools (owner) WHERE ended_at IS NULL;
-CREATE TABLE IF NOT EXISTS masters (
+CREATE INDEX pools_ended ON pools (ended_at);
+CREATE INDEX pools_workers ON pools USING GIN (workers);
+CREATE INDEX pools_owner ON pools (owner) WHERE ended_at IS NULL;
+CREATE INDEX pools_submitted_by ON pools (submitted_by, id);
+CREATE INDEX pools_schedule ON pools (schedule, id);
+CREATE TABLE masters (
     id TEXT PRIMARY KEY,
     lock INTEGER NOT NULL,
     pid INTEGER NOT NULL,
     seen TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE SEQUENCE IF NOT EXISTS workers_version;
-CREATE TABLE IF NOT EXISTS workers (
+CREATE SEQUENCE workers_version;
+CREATE TABLE workers (
     name TEXT PRIMARY KEY,
     master TEXT NOT NULL,
     record TEXT NOT NULL,
     version BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS workers_version ON workers (version);
-CREATE TABLE IF NOT EXISTS mail (
+CREATE INDEX workers_by_version ON workers (version);
+CREATE TABLE mail (
     id BIGSERIAL PRIMARY KEY,
     dest TEXT NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS mail_dest ON mail (dest, id);
-CREATE TABLE IF NOT EXISTS events (
+CREATE INDEX mail_dest ON mail (dest, id);
+CREATE TABLE events (
     pool TEXT NOT NULL,
     id INTEGER NOT NULL,
     name TEXT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (pool, id)
 );
-CREATE TABLE IF NOT EXISTS tokens (
+CREATE TABLE tokens (
     name TEXT PRIMARY KEY,
     digest TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS schedules (
+CREATE TABLE schedules (
     name TEXT PRIMARY KEY,
     record TEXT NOT NULL,
     last_run DOUBLE PRECISION NOT NULL DEFAULT 0,
     skipped INTEGER NOT NULL DEFAULT 0,
     runs TEXT NOT NULL DEFAULT '[]'
 );
-CREATE TABLE IF NOT EXISTS deliveries (
+CREATE TABLE deliveries (
     id BIGSERIAL PRIMARY KEY,
     url TEXT NOT NULL,
     body BYTEA NOT NULL,
     created_at DOUBLE PRECISION NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_at DOUBLE PRECISION NOT NULL
+    next_at DOUBLE PRECISION NOT NULL,
+    owner TEXT
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
-ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS owner TEXT;
-ALTER TABLE pools ADD COLUMN IF NOT EXISTS schedule TEXT;
-CREATE INDEX IF NOT EXISTS pools_schedule ON pools (schedule, id);
+CREATE INDEX deliveries_due ON deliveries (next_at);
 -- Join tokens (their SHA-256) and workers' identities (see pcci/master/store/identities.py).
-CREATE TABLE IF NOT EXISTS join_tokens (
+CREATE TABLE join_tokens (
     id TEXT PRIMARY KEY,
     digest TEXT NOT NULL,
     record TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS identities (
+CREATE TABLE identities (
     name TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
     state TEXT NOT NULL,
