@@ -169,7 +169,7 @@ class StateService(Service):
             log.critical("{why}", why=e)
             stop_with_error(self.reactor)
             return
-        carried = self.state.dispatcher.carry_on(records)
+        carried = self.state.reports.carry_on(records)
         if carried:
             log.info("{count} pools were running when the master stopped: their workers"
                      " may carry on with them", count=carried)

@@ -40,7 +40,7 @@ from pcci.master.install.kit import InstallKit
 from pcci.master.links.admission import MODES, Gate, recheck
 from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.master.links.tls import SniffingFactory
-from pcci.master.peers.peers import Peers
+from pcci.master.peers.peers import Notices, Peers
 from pcci.master.services import ListeningService, LocalPortEndpoint, StateService
 from pcci.master.store.base import StoreError
 from pcci.master.store.postgres import PostgresDatabase, PostgresStore, check_database, is_postgres_url
@@ -368,6 +368,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store = PostgresStore(PostgresDatabase(options.db_path, reactor, options.master_name))
     else:
         store = Store(SQLiteDatabase(options.db_path, reactor))
+    enrollment = None
+    if options.ca is not None:
+        enrollment = Enrollment(store.identities, options.ca, time.time, options["approve-workers"])
+    peers = None
+    if isinstance(store, PostgresStore):
+        # What the other masters tell reaches parts built below, once it runs.
+        peers = Peers(reactor, store, Notices(
+            fenced=lambda: stop_with_error(reactor),
+            schedules=lambda: scheduler.reload(),
+            tokens=tokens.refresh if tokens is not None else Notices.tokens,
+            identity=lambda name: recheck(state.roster, enrollment, name) if enrollment is not None else None,
+        ))
     state = ClusterState(
         reactor,
         Settings(
@@ -381,6 +393,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
         store,
         wall=time.time,
+        peers=peers,
     )
     master = MultiService()
     if tokens is not None:
@@ -408,19 +421,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     state.dispatcher.pool_end_hooks.append(notifier.pool_ended)
     notifier.on_result = lambda result: api.metrics.deliveries.labels(result).inc()
     scheduler.on_run = lambda outcome: api.metrics.schedule_runs.labels(outcome).inc()
-    peers = None
-    if isinstance(store, PostgresStore):
-        peers = Peers(reactor, store, state)
-        peers.on_fenced = lambda: stop_with_error(reactor)
-        peers.on_schedules = scheduler.reload
-        if tokens is not None:
-            peers.on_tokens = tokens.refresh
     StateService(reactor, state, store, peers, tokens, scheduler, notifier).setServiceParent(master)
-    enrollment = None
-    if options.ca is not None:
-        enrollment = api.enrollment = Enrollment(store.identities, options.ca, time.time, options["approve-workers"])
-        if peers is not None:
-            peers.on_identity = lambda name: recheck(state.roster, enrollment, name)
+    api.enrollment = enrollment
     local = None
     if options["local-worker"] and options.worker_auth != "none":
         local = (default_name(), secrets.token_hex(32).encode())

@@ -90,8 +90,8 @@ def client() -> Client:
 def test_submit_and_read_a_pool(client: Client) -> None:
     pool_id = client.submit("echo hi", ["a"])
     assert client.links["a"].runs == [(pool_id, "echo hi")]
-    client.state.dispatcher.job_output("a", pool_id, "hi\n")
-    client.state.dispatcher.job_ended("a", pool_id, 0)
+    client.state.reports.job_output("a", pool_id, "hi\n")
+    client.state.reports.job_ended("a", pool_id, 0)
     code, headers, body = client.request("GET", f"/pool/{pool_id}")
     assert code == 200
     assert headers.getRawHeaders("content-type") == ["application/json"]
@@ -213,8 +213,8 @@ def test_unknown_pool_is_404(client: Client) -> None:
 
 def test_expired_pool_is_404(client: Client) -> None:
     pool_id = client.submit("true", ["a"])
-    client.state.dispatcher.job_ended("a", pool_id, 0)
-    client.state.dispatcher.job_ended("b", pool_id, 0)
+    client.state.reports.job_ended("a", pool_id, 0)
+    client.state.reports.job_ended("b", pool_id, 0)
     client.clock.advance(60)
     code, _, _ = client.request("GET", f"/pool/{pool_id}")
     assert code == 404
@@ -250,9 +250,9 @@ def test_submit_with_wait_answers_with_the_ended_pool(client: Client) -> None:
     client.stub.flush()
     assert fired == []
     (pool_id, _), = client.links["a"].runs
-    client.state.dispatcher.job_started("a", pool_id, 3)
-    client.state.dispatcher.job_output("a", pool_id, "hi\n")
-    client.state.dispatcher.job_ended("a", pool_id, 0)
+    client.state.reports.job_started("a", pool_id, 3)
+    client.state.reports.job_output("a", pool_id, "hi\n")
+    client.state.reports.job_ended("a", pool_id, 0)
     code, _, body = client.result(d)
     assert code == 200 and body["pool_id"] == pool_id
     assert body["message"] == "pool started on 1 workers"
@@ -303,7 +303,7 @@ def test_long_poll_answers_when_the_pool_ends(client: Client) -> None:
     client.clock.advance(5)
     client.stub.flush()
     assert fired == []
-    client.state.dispatcher.job_ended("a", pool_id, 0)
+    client.state.reports.job_ended("a", pool_id, 0)
     assert body()[0]["status"] == 0
 
 
@@ -427,8 +427,8 @@ class TestHealth:
         client.state.roster.heartbeat("a", self.FIGURES)
         done = client.submit("true", ["a", "b"])
         client.clock.advance(0.2)
-        client.state.dispatcher.job_ended("a", done, 0)
-        client.state.dispatcher.job_ended("b", done, 2)
+        client.state.reports.job_ended("a", done, 0)
+        client.state.reports.job_ended("b", done, 2)
         client.submit("sleep 9", ["a"])
         response = client.result_of(client.stub.get(f"{URL}/metrics"))
         assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
@@ -461,8 +461,8 @@ def test_grafana_dashboard_queries_only_exported_metrics(client: Client) -> None
     )
     client.state.roster.heartbeat("a", {name: 1.0 for name in FIGURES})
     pool_id = client.submit("true", ["a"])
-    client.state.dispatcher.job_ended("a", pool_id, 0)
-    client.state.dispatcher.job_ended("b", pool_id, 0)
+    client.state.reports.job_ended("a", pool_id, 0)
+    client.state.reports.job_ended("b", pool_id, 0)
     exported = client.result_of(client.result_of(client.stub.get(f"{URL}/metrics")).text())
     names = {
         name
@@ -550,7 +550,7 @@ class TestDryRun:
 
 def test_a_pool_without_its_results(client: Client) -> None:
     pool_id = client.submit("echo hi", ["a"])
-    client.state.dispatcher.job_output("a", pool_id, "hi\n", "stdout")
+    client.state.reports.job_output("a", pool_id, "hi\n", "stdout")
     code, _, body = client.request("GET", f"/pools/{pool_id}?results=false")
     assert code == 200 and "result" not in body["jobs"][0]
     assert client.request("GET", f"/pools/{pool_id}")[2]["jobs"][0]["result"] == "hi\n"

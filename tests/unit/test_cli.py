@@ -294,16 +294,16 @@ def test_run_prints_lines_live_then_the_summary_and_exits_with_the_worst() -> No
 
     def start() -> None:
         pool_id.append(next(iter(state.history.pools)))
-        state.dispatcher.job_started("a", pool_id[0], 10)
-        state.dispatcher.job_started("b", pool_id[0], 11)
-        state.dispatcher.job_output("a", pool_id[0], "one\ntw", "stdout")
+        state.reports.job_started("a", pool_id[0], 10)
+        state.reports.job_started("b", pool_id[0], 11)
+        state.reports.job_output("a", pool_id[0], "one\ntw", "stdout")
 
     def middle() -> None:
         assert out.getvalue() == "a: one\n"  # seen before the job ended
-        state.dispatcher.job_output("a", pool_id[0], "o\n", "stdout")
-        state.dispatcher.job_output("b", pool_id[0], "bad\n", "stderr")
-        state.dispatcher.job_ended("a", pool_id[0], 0)
-        state.dispatcher.job_ended("b", pool_id[0], 3)
+        state.reports.job_output("a", pool_id[0], "o\n", "stdout")
+        state.reports.job_output("b", pool_id[0], "bad\n", "stderr")
+        state.reports.job_ended("a", pool_id[0], 0)
+        state.reports.job_ended("b", pool_id[0], 3)
 
     status = drive(client, run_pool(cfg, RunRequest(["echo", "x"], targets=("*",))), start, middle)
     assert status == 3
@@ -340,9 +340,9 @@ def test_run_json_prints_only_the_ended_pool() -> None:
 
     def end() -> None:
         pool_id = next(iter(client.state.history.pools))
-        client.state.dispatcher.job_started("a", pool_id, 1)
-        client.state.dispatcher.job_output("a", pool_id, "hi\n")
-        client.state.dispatcher.job_ended("a", pool_id, 0)
+        client.state.reports.job_started("a", pool_id, 1)
+        client.state.reports.job_output("a", pool_id, "hi\n")
+        client.state.reports.job_ended("a", pool_id, 0)
 
     assert drive(client, run_pool(cfg, RunRequest(["echo", "hi"], targets=("a",), as_json=True)), end) == 0
     pool = json.loads(out.getvalue())
@@ -356,13 +356,13 @@ def test_ctrl_c_kills_the_pool_and_exits_130() -> None:
 
     def interrupt() -> None:
         pool_id = next(iter(client.state.history.pools))
-        client.state.dispatcher.job_started("a", pool_id, 1)
+        client.state.reports.job_started("a", pool_id, 1)
         ensureDeferred(cfg.on_interrupt())  # as the first Ctrl-C does
 
     def killed() -> None:
         pool_id = next(iter(client.state.history.pools))
         assert client.links["a"].kills == [pool_id]
-        client.state.dispatcher.job_ended("a", pool_id, 143, "killed")
+        client.state.reports.job_ended("a", pool_id, 143, "killed")
 
     assert drive(client, run_pool(cfg, RunRequest(["sleep", "9"], targets=("a",))), interrupt, killed) == 130
     assert "killing pool" in err.getvalue() and "killed: a" in err.getvalue()
@@ -404,8 +404,8 @@ def test_workers_table_and_logs() -> None:
     assert lines[0].split()[:3] == ["NAME", "STATE", "ADDRESS"]
     assert [line.split()[:2] for line in lines[1:]] == [["a", "online"], ["b", "online"]]
     pool_id = client.submit("x")
-    client.state.dispatcher.job_output("a", pool_id, "from a\n")
-    client.state.dispatcher.job_output("b", pool_id, "from b\n")
+    client.state.reports.job_output("a", pool_id, "from a\n")
+    client.state.reports.job_output("b", pool_id, "from b\n")
     cfg, out, _ = config(client)
     assert drive(client, show_logs(cfg, pool_id, ["b"], False)) == 0
     assert out.getvalue() == "b: from b\n"
@@ -452,7 +452,7 @@ def test_ctrl_c_while_following_without_a_handler_ends_the_command() -> None:
 
     async def kill() -> None:
         killed.append(True)
-        client.state.dispatcher.job_ended("a", pool_id, 143, "killed")
+        client.state.reports.job_ended("a", pool_id, 143, "killed")
 
     http = MasterClient("http://master", TOKEN, Interrupted(client.stub))
     with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C leaves

@@ -10,6 +10,7 @@ from fakes import FakeLink, started
 from test_api import Client
 from twisted.internet.task import Clock
 
+from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.cluster.events import pool_events
 from pcci.master.cluster.state import ClusterState, Settings
 from pcci.master.http.common import pool_pieces as _pool_pieces
@@ -31,13 +32,13 @@ def parse(text: str) -> list[tuple[int, str, Any]]:
 def run_pool(client: Client) -> str:
     pool_id = client.submit("x", ["a", "b"])
     state = client.state
-    state.dispatcher.job_started("a", pool_id, 11)
-    state.dispatcher.job_output("a", pool_id, "out\n", "stdout")
-    state.dispatcher.job_started("b", pool_id, 12)
-    state.dispatcher.job_output("a", pool_id, "err\n", "stderr")
-    state.dispatcher.job_output("b", pool_id, "b says\n", "stdout")
-    state.dispatcher.job_ended("a", pool_id, 0)
-    state.dispatcher.job_ended("b", pool_id, 3)
+    state.reports.job_started("a", pool_id, 11)
+    state.reports.job_output("a", pool_id, "out\n", "stdout")
+    state.reports.job_started("b", pool_id, 12)
+    state.reports.job_output("a", pool_id, "err\n", "stderr")
+    state.reports.job_output("b", pool_id, "b says\n", "stdout")
+    state.reports.job_ended("a", pool_id, 0)
+    state.reports.job_ended("b", pool_id, 3)
     return pool_id
 
 
@@ -89,14 +90,14 @@ def test_a_live_stream_sends_events_as_they_come_then_the_pool() -> None:
     (response,) = client._settle(d)
     chunks: list[bytes] = []
     done = treq.collect(response, chunks.append)
-    client.state.dispatcher.job_started("a", pool_id, 7)
+    client.state.reports.job_started("a", pool_id, 7)
     client.stub.flush()
     assert [name for _, name, _ in parse(b"".join(chunks).decode())] == ["started"]
-    client.state.dispatcher.job_output("a", pool_id, "line\n", "stdout")
+    client.state.reports.job_output("a", pool_id, "line\n", "stdout")
     client.stub.flush()
     assert parse(b"".join(chunks).decode())[-1][2]["data"] == "line\n"
     assert not done.called
-    client.state.dispatcher.job_ended("a", pool_id, 0)
+    client.state.reports.job_ended("a", pool_id, 0)
     client._settle(done)
     assert [name for _, name, _ in parse(b"".join(chunks).decode())] == [
         "started", "output", "ended", "pool",
@@ -107,10 +108,10 @@ def test_dropped_output_stands_as_one_event_where_it_was() -> None:
     clock = Clock()
     state = ClusterState(clock, Settings(max_output=100))
     state.roster.join(FakeLink("a"))
-    pool = started(state.dispatcher.submit("x", ["a"]))
-    state.dispatcher.job_started("a", pool.id, 5)
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
+    state.reports.job_started("a", pool.id, 5)
     for i in range(10):
-        state.dispatcher.job_output("a", pool.id, f"{i:019d}\n")  # 20 bytes each
+        state.reports.job_output("a", pool.id, f"{i:019d}\n")  # 20 bytes each
     names = [(e.name, e.data.get("bytes")) for e in pool_events(pool)]
     assert names[0] == ("started", None)
     assert ("dropped", 100) in names
@@ -144,13 +145,13 @@ def test_a_paused_reader_costs_nothing_and_catches_up_in_order() -> None:
     clock = Clock()
     state = ClusterState(clock)
     state.roster.join(FakeLink("a"))
-    pool = started(state.dispatcher.submit("x", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
     request = PacedRequest()
     EventStream(request, pool, 0, clock, _pool_pieces).start()
-    state.dispatcher.job_started("a", pool.id, 5)
+    state.reports.job_started("a", pool.id, 5)
     request.producer.pauseProducing()  # the client stopped reading
     for i in range(1000):
-        state.dispatcher.job_output("a", pool.id, f"{i}\n")
+        state.reports.job_output("a", pool.id, f"{i}\n")
     assert len(request.written) == 2  # nothing buffered for it while paused
     request.producer.resumeProducing()
     events = parse(b"".join(request.written).decode())
@@ -162,7 +163,7 @@ def test_an_idle_stream_gets_a_keep_alive_comment() -> None:
     clock = Clock()
     state = ClusterState(clock)
     state.roster.join(FakeLink("a"))
-    pool = started(state.dispatcher.submit("x", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
     request = PacedRequest()
     done = EventStream(request, pool, 0, clock, _pool_pieces).start()
     clock.advance(KEEP_ALIVE - 0.1)

@@ -16,11 +16,12 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
 from pcci.auth import check_proof, proof
+from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.cluster.jobspec import JobOptions
 from pcci.master.cluster.state import ClusterState
 from pcci.master.links.admission import Gate
 from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
-from pcci.master.transfers.pushes import Push, Spool, read_archive
+from pcci.master.transfers.pushes import Destination, Push, Spool, read_archive
 from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
 
 #: What this master says to a worker it admits.
@@ -73,7 +74,7 @@ def test_a_job_from_submit_to_end() -> None:
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
     frames(transport)
-    pool = started(state.dispatcher.submit("echo EOM", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("echo EOM"), ["node1"]))
     assert frames(transport) == [{"code": "run", "pool": pool.id, "cmd": "echo EOM"}]
     protocol.dataReceived(
         encode({"code": "started", "pool": pool.id, "pid": 99})
@@ -92,7 +93,7 @@ def test_kill_is_sent_to_the_worker() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    pool = started(state.dispatcher.submit("sleep 9", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("sleep 9"), ["node1"]))
     frames(transport)
     state.dispatcher.kill(pool.id)
     assert frames(transport) == [{"code": "kill", "pool": pool.id}]
@@ -102,7 +103,7 @@ def test_connection_lost_fails_running_jobs_after_the_grace() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    pool = started(state.dispatcher.submit("sleep 9", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("sleep 9"), ["node1"]))
     protocol.connectionLost(None)
     assert "node1" not in state.roster.links
     clock.advance(state.roster.reconnect_grace - 0.1)
@@ -116,8 +117,8 @@ def test_a_worker_that_remembers_its_jobs_is_asked_again_for_one_it_came_back_wi
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello(remembers_jobs=True))
-    never_had = started(state.dispatcher.submit("echo once", ["node1"], JobOptions(env={"A": "1"})))
-    had = started(state.dispatcher.submit("sleep 9", ["node1"]))
+    never_had = started(state.dispatcher.submit(PoolOrder("echo once", JobOptions(env={"A": "1"})), ["node1"]))
+    had = started(state.dispatcher.submit(PoolOrder("sleep 9"), ["node1"]))
     protocol.connectionLost(None)
     clock.advance(3)
     again, transport = connect(state, clock, 2)
@@ -136,7 +137,8 @@ def test_a_worker_that_remembers_its_jobs_is_asked_again_for_one_it_came_back_wi
     )
     assert never_had.jobs["node1"].state == "ok" and never_had.jobs["node1"].output.text() == "once\n"
     # A push is no command to run again: its job is lost, as before.
-    push = started(state.dispatcher.submit("push 1 entries", ["node1"], kind="push", start=lambda job, link: None))
+    order = PoolOrder("push 1 entries", kind="push", start=lambda job, link: None)
+    push = started(state.dispatcher.submit(order, ["node1"]))
     again.connectionLost(None)
     third, transport = connect(state, clock, 3)
     third.dataReceived(hello(remembers_jobs=True))
@@ -152,8 +154,8 @@ def test_a_worker_back_within_the_grace_carries_on_with_its_jobs() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    kept = started(state.dispatcher.submit("sleep 9", ["node1"]))
-    dropped = started(state.dispatcher.submit("sleep 9", ["node1"]))
+    kept = started(state.dispatcher.submit(PoolOrder("sleep 9"), ["node1"]))
+    dropped = started(state.dispatcher.submit(PoolOrder("sleep 9"), ["node1"]))
     protocol.dataReceived(encode({"code": "output", "pool": kept.id, "data": "a", "stream": "stdout", "seq": 1}))
     protocol.connectionLost(None)
     clock.advance(10)
@@ -211,7 +213,7 @@ def test_duplicate_name_replaces_the_old_connection_says_so_and_lets_it_come_bac
     old.connectionLost(None)
     assert state.roster.links["node1"] is new
     # Late reports from the replaced connection are ignored.
-    pool = started(state.dispatcher.submit("x", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["node1"]))
     old.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
     assert pool.status is None
 
@@ -262,15 +264,15 @@ def test_a_worker_one_version_back_runs_jobs_but_gets_no_files() -> None:
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello(version=PROTOCOL_VERSION - 1))
     assert frames(transport) == [{**WELCOME, "version": PROTOCOL_VERSION - 1}]
-    pool = started(state.dispatcher.submit("true", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("true"), ["node1"]))
     protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
     clock.advance(0)
     assert [f["code"] for f in frames(transport)] == ["run", "ack"]
     spool = io.BytesIO()
     with tarfile.open(fileobj=spool, mode="w") as archive:
         archive.addfile(tarfile.TarInfo("empty"))
-    push = Push(state.dispatcher, Spool(spool), read_archive(Spool(spool)), "/tmp/", False, None, None, state.pushes)
-    pushed = started(state.dispatcher.submit("push", ["node1"], start=push.start))
+    push = Push(state.reports, Spool(spool), read_archive(Spool(spool)), Destination("/tmp/"), state.pushes)
+    pushed = started(state.dispatcher.submit(PoolOrder("push", start=push.start), ["node1"]))
     assert frames(transport) == []
     job = pushed.jobs["node1"]
     assert job.state == "failed" and "speaks protocol 3: upgrade it" in job.output.text()
@@ -411,7 +413,7 @@ class TestHeartbeats:
         state, clock = setup()
         protocol, transport = connect(state, clock)
         protocol.dataReceived(hello(heartbeat=1))
-        pool = started(state.dispatcher.submit("sleep 100", ["node1"]))
+        pool = started(state.dispatcher.submit(PoolOrder("sleep 100"), ["node1"]))
         for _ in range(5):  # a living worker is never lost
             clock.advance(1)
             protocol.dataReceived(self.heartbeat())
@@ -437,7 +439,7 @@ def test_a_master_waking_from_a_stall_does_not_blame_its_workers() -> None:
     protocol, transport = connect(state, clock)
     protocol.factory.startFactory()  # the stall watch ticks
     protocol.dataReceived(hello(heartbeat=1))
-    pool = started(state.dispatcher.submit("sleep 100", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("sleep 100"), ["node1"]))
     clock.pump([0.5] * 4)
     protocol.dataReceived(encode({"code": "heartbeat", "figures": {}}))
     clock.advance(20)  # SIGSTOPped: the watchdog and the watch are overdue together
@@ -456,7 +458,7 @@ def test_output_keeps_its_stream_and_an_end_its_reason() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    pool = started(state.dispatcher.submit("x", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["node1"]))
     protocol.dataReceived(
         encode({"code": "started", "pool": pool.id, "pid": 7})
         + encode({"code": "output", "pool": pool.id, "data": "err", "stream": "stderr"})
@@ -473,7 +475,7 @@ def test_output_data_carries_any_bytes_raw_across_any_split() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello())
-    pool = started(state.dispatcher.submit("x", ["node1"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["node1"]))
     texts = ['EOM {"code":"ended"}EOM\n', "é€😀 half", "\x00\r\n"]
     wire = encode({"code": "started", "pool": pool.id, "pid": 7})
     for seq, text in enumerate(texts, 1):

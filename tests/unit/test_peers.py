@@ -16,8 +16,9 @@ from fakes import FakeLink, started
 from postgres import SyncStore
 from twisted.internet.task import Clock
 
+from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.cluster.state import ClusterState
-from pcci.master.peers.peers import FIGURES_INTERVAL, Peers
+from pcci.master.peers.peers import FIGURES_INTERVAL, Notices, Peers
 from pcci.master.store.postgres import PostgresStore
 
 
@@ -28,11 +29,10 @@ class Master:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.store: PostgresStore = SyncStore(url, None, name)
-        self.state = ClusterState(self.clock, store=self.store)
-        self.peers = Peers(self.clock, self.store, self.state)
         self.fenced = False
-        self.peers.on_fenced = lambda: setattr(self, "fenced", True)
-        self.dispatcher.carry_on(self.store.open())
+        self.peers = Peers(self.clock, self.store, Notices(fenced=lambda: setattr(self, "fenced", True)))
+        self.state = ClusterState(self.clock, store=self.store, peers=self.peers)
+        self.state.reports.carry_on(self.store.open())
         self.peers.start(listen=False)
         self.links: dict[str, FakeLink] = {}
 
@@ -40,13 +40,17 @@ class Master:
     def dispatcher(self) -> Any:
         return self.state.dispatcher
 
+    @property
+    def reports(self) -> Any:
+        return self.state.reports
+
     def connect(self, name: str, **kwargs: Any) -> FakeLink:
         link = self.links[name] = FakeLink(name, **kwargs)
         self.state.roster.join(link)
         return link
 
     def submit(self, cmd: str, workers: list[str]) -> Any:
-        d = self.dispatcher.submit(cmd, workers)
+        d = self.dispatcher.submit(PoolOrder(cmd), workers)
         self.clock.advance(0)  # written
         return started(d)
 
@@ -106,15 +110,15 @@ def test_a_job_on_the_other_masters_worker_runs_there_and_ends_here(
     settle(m1, m2)
     assert w2.runs == [(pool.id, "uname")]
     # The worker reports to its own master, which relays to the pool's.
-    m2.dispatcher.job_started("w2", pool.id, 42)
-    m2.dispatcher.job_output("w2", pool.id, "Linux\n", "stdout", 1)
-    m2.dispatcher.job_ended("w2", pool.id, 0)
+    m2.reports.job_started("w2", pool.id, 42)
+    m2.reports.job_output("w2", pool.id, "Linux\n", "stdout", 1)
+    m2.reports.job_ended("w2", pool.id, 0)
     assert not m2.state.history.pools  # never m2's
     settle(m1, m2)
     job = pool.jobs["w2"]
     assert (job.state, job.pid, job.output.text()) == ("ok", 42, "Linux\n")
     assert w2.acked == [pool.id]  # once m1 stored the end
-    assert m2.peers.relays == {}
+    assert m2.peers.workers.relays == {}
 
 
 def test_a_master_alone_writes_no_events(pg_url: str) -> None:
@@ -122,7 +126,7 @@ def test_a_master_alone_writes_no_events(pg_url: str) -> None:
     try:
         m1.connect("w1")
         pool = m1.submit("true", ["w1"])
-        m1.dispatcher.job_started("w1", pool.id, 7)
+        m1.reports.job_started("w1", pool.id, 7)
         m1.turn()
         events = m1.store.db.transact(lambda cursor, d: cursor.execute("SELECT count(*) FROM events").fetchone())
         assert m1.peers.alone and events == (0,)
@@ -136,20 +140,20 @@ def test_the_other_master_shows_a_running_pool_live_and_kills_it(
     m1, m2 = pair
     w1 = m1.connect("w1")
     pool = m1.submit("top", ["w1"])
-    m1.dispatcher.job_started("w1", pool.id, 7)
+    m1.reports.job_started("w1", pool.id, 7)
     settle(m1, m2)
     shown = started(m2.state.history.find(pool.id))
     assert shown is not pool and m2.state.history.is_elsewhere(shown)
     heard: list[Any] = []
     shown.listeners.append(heard.append)
-    m1.dispatcher.job_output("w1", pool.id, "busy\n", "stdout", 1)
+    m1.reports.job_output("w1", pool.id, "busy\n", "stdout", 1)
     settle(m1, m2)
     assert [(e.name, e.data["data"]) for e in heard] == [("output", "busy\n")]
     assert shown.jobs["w1"].state == "running" and shown.jobs["w1"].output.text() == "busy\n"
     assert started(m2.peers.kill_elsewhere(shown, None)) == ["w1"]
     settle(m1, m2)
     assert w1.kills == [pool.id]
-    m1.dispatcher.job_ended("w1", pool.id, -9, "killed")
+    m1.reports.job_ended("w1", pool.id, -9, "killed")
     settle(m1, m2)
     assert [e.name for e in heard][-2:] == ["ended", "pool"] and shown.state == "failed"
 
@@ -166,7 +170,7 @@ def test_a_dead_masters_pool_is_taken_over_once(pg_url: str, claimant: str) -> N
         pool = m1.submit("make", ["w3"])
         settle(m1, m2, m3)
         assert w3.runs == [(pool.id, "make")]
-        m3.dispatcher.job_output("w3", pool.id, "half\n", "stdout", 1)
+        m3.reports.job_output("w3", pool.id, "half\n", "stdout", 1)
         settle(m1, m2, m3)
         assert pool.jobs["w3"].output.text() == "half\n"
         m1.stop()  # its connection, and with it its lock, goes
@@ -181,8 +185,8 @@ def test_a_dead_masters_pool_is_taken_over_once(pg_url: str, claimant: str) -> N
         settle(m2, m3)
         # Carried on after the last chunk m1 wrote, not run again.
         assert w3.attached == [(pool.id, 1)] and w3.runs == [(pool.id, "make")]
-        m3.dispatcher.job_output("w3", pool.id, "done\n", "stdout", 2)
-        m3.dispatcher.job_ended("w3", pool.id, 0)
+        m3.reports.job_output("w3", pool.id, "done\n", "stdout", 2)
+        m3.reports.job_ended("w3", pool.id, 0)
         settle(m2, m3)
         taken = owner.state.history.pools[pool.id]
         assert taken.state == "ok" and taken.jobs["w3"].output.text() == "half\ndone\n"

@@ -12,8 +12,9 @@ import pytest
 from fakes import started
 from test_master import connect, frames, hello, setup
 
+from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.cluster.state import ClusterState
-from pcci.master.transfers.pushes import ArchiveError, Push, ShortRead, Spool, read_archive
+from pcci.master.transfers.pushes import ArchiveError, Destination, Push, ShortRead, Spool, read_archive
 from pcci.wire import encode
 
 
@@ -96,8 +97,8 @@ def test_a_spool_that_ends_early_mid_push_fails_that_job_and_never_spins() -> No
     upload = archive_of((tarfile.TarInfo("big"), payload))
     spool = Spool(upload)
     archive = read_archive(spool)
-    push = Push(state.dispatcher, spool, archive, "/tmp/", False, None, None, state.pushes)
-    pool = started(state.dispatcher.submit("push", ["node1"], start=push.start))
+    push = Push(state.reports, spool, archive, Destination("/tmp/"), state.pushes)
+    pool = started(state.dispatcher.submit(PoolOrder("push", start=push.start), ["node1"]))
     assert [f["code"] for f in frames(transport)] == ["put"]
     upload.truncate(archive.offsets["big"] + 1000)  # the spool loses its bytes
     protocol.dataReceived(encode({"code": "put_need", "pool": pool.id, "paths": ["big"], "more": False}))
@@ -120,8 +121,8 @@ def test_a_whole_push_still_goes(tmp_path: Path) -> None:
     payload = b"q" * 600_000
     upload = archive_of((tarfile.TarInfo("big"), payload), (tarfile.TarInfo("empty"), b""))
     spool = Spool(upload)
-    push = Push(state.dispatcher, spool, read_archive(spool), "/tmp/", False, None, None, state.pushes)
-    pool = started(state.dispatcher.submit("push", ["node1"], start=push.start))
+    push = Push(state.reports, spool, read_archive(spool), Destination("/tmp/"), state.pushes)
+    pool = started(state.dispatcher.submit(PoolOrder("push", start=push.start), ["node1"]))
     frames(transport)
     protocol.dataReceived(encode({"code": "put_need", "pool": pool.id, "paths": ["big", "empty"], "more": False}))
     sent = transport.value()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fakes import FakeLink, started
 from twisted.internet.task import Clock
 
+from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.cluster.jobspec import JobOptions, Rollout
 from pcci.master.cluster.model import STATUS_CANCELLED, STATUS_LOST
 from pcci.master.cluster.state import ClusterState
@@ -26,13 +27,13 @@ def sent(links: dict[str, FakeLink]) -> list[str]:
 
 
 def finish(state: ClusterState, pool_id: str, name: str, status: int = 0) -> None:
-    state.dispatcher.job_started(name, pool_id, 100)
-    state.dispatcher.job_ended(name, pool_id, status)
+    state.reports.job_started(name, pool_id, 100)
+    state.reports.job_ended(name, pool_id, status)
 
 
 def test_a_batch_is_a_sliding_window() -> None:
     state, _, links = cluster()
-    pool = started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch=2)))
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=2)), NAMES))
     assert sent(links) == ["w1", "w2"]
     assert [j.state for j in pool.jobs.values()] == ["pending"] * 5
     finish(state, pool.id, "w2")
@@ -47,13 +48,13 @@ def test_a_batch_is_a_sliding_window() -> None:
 
 def test_a_percent_batch_is_rounded_up() -> None:
     state, _, links = cluster()
-    started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch="30%")))
+    started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch="30%")), NAMES))
     assert sent(links) == ["w1", "w2"]  # 1.5 of 5, rounded up
 
 
 def test_batch_wait_separates_an_end_from_the_next_start() -> None:
     state, clock, links = cluster()
-    pool = started(state.dispatcher.submit("x", NAMES[:3], rollout=Rollout(batch=1, batch_wait=10)))
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=1, batch_wait=10)), NAMES[:3]))
     finish(state, pool.id, "w1")
     clock.advance(9.9)
     assert sent(links) == ["w1"]
@@ -63,7 +64,7 @@ def test_batch_wait_separates_an_end_from_the_next_start() -> None:
 
 def test_max_failures_cancels_the_jobs_not_started() -> None:
     state, _, links = cluster()
-    pool = started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch=2, max_failures=2)))
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=2, max_failures=2)), NAMES))
     finish(state, pool.id, "w1", 1)
     assert sent(links) == ["w1", "w2", "w3"]
     finish(state, pool.id, "w2", 0)
@@ -73,26 +74,26 @@ def test_max_failures_cancels_the_jobs_not_started() -> None:
     assert pool.jobs["w5"].status == STATUS_CANCELLED
     # w4 was sent but has not started: it is called back.
     assert links["w4"].kills == [pool.id]
-    state.dispatcher.job_ended("w4", pool.id, -1, "cancelled")
+    state.reports.job_ended("w4", pool.id, -1, "cancelled")
     assert pool.finished and pool.counts() == {"failed": 2, "ok": 1, "cancelled": 2}
 
 
 def test_max_failures_without_batch_calls_back_the_queued_jobs() -> None:
     state, _, links = cluster()
-    pool = started(state.dispatcher.submit("x", NAMES[:3], rollout=Rollout(max_failures=1)))
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(max_failures=1)), NAMES[:3]))
     finish(state, pool.id, "w1", 1)
     assert links["w2"].kills == [pool.id] and links["w3"].kills == [pool.id]
 
 
 def test_killing_a_rolling_pool_cancels_what_waits() -> None:
     state, clock, links = cluster()
-    pool = started(state.dispatcher.submit("x", NAMES, rollout=Rollout(batch=1, batch_wait=5)))
-    state.dispatcher.job_started("w1", pool.id, 100)
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=1, batch_wait=5)), NAMES))
+    state.reports.job_started("w1", pool.id, 100)
     asked = state.dispatcher.kill(pool.id)
     assert asked == list(NAMES)
     assert links["w1"].kills == [pool.id]
     assert [pool.jobs[n].state for n in NAMES[1:]] == ["cancelled"] * 4
-    state.dispatcher.job_ended("w1", pool.id, 143, "killed")
+    state.reports.job_ended("w1", pool.id, 143, "killed")
     clock.advance(60)
     assert sent(links) == ["w1"]
     assert pool.counts() == {"killed": 1, "cancelled": 4}
@@ -100,7 +101,7 @@ def test_killing_a_rolling_pool_cancels_what_waits() -> None:
 
 def test_a_worker_gone_before_its_turn_is_lost_and_the_next_goes() -> None:
     state, _, links = cluster()
-    pool = started(state.dispatcher.submit("x", NAMES[:3], rollout=Rollout(batch=1)))
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=1)), NAMES[:3]))
     state.roster.leave(links["w2"], "disconnected")
     finish(state, pool.id, "w1")
     assert pool.jobs["w2"].status == STATUS_LOST
@@ -111,17 +112,17 @@ def test_a_worker_gone_before_its_turn_is_lost_and_the_next_goes() -> None:
 def test_options_travel_with_each_run() -> None:
     state, _, links = cluster()
     options = JobOptions(timeout=5.0, env={"A": "1"}, cwd="/tmp", stdin="x")
-    started(state.dispatcher.submit("x", ["w1"], options))
+    started(state.dispatcher.submit(PoolOrder("x", options), ["w1"]))
     assert links["w1"].options == [
         {"timeout": 5.0, "env": {"A": "1"}, "cwd": "/tmp", "stdin": "x"}
     ]
-    started(state.dispatcher.submit("x", ["w1"]))
+    started(state.dispatcher.submit(PoolOrder("x"), ["w1"]))
     assert links["w1"].options[-1] == {}
 
 
 def test_a_timed_out_job_reads_124() -> None:
     state, _, _ = cluster()
-    pool = started(state.dispatcher.submit("x", ["w1"], JobOptions(timeout=1.0)))
-    state.dispatcher.job_started("w1", pool.id, 100)
-    state.dispatcher.job_ended("w1", pool.id, 143, "timed_out")
+    pool = started(state.dispatcher.submit(PoolOrder("x", JobOptions(timeout=1.0)), ["w1"]))
+    state.reports.job_started("w1", pool.id, 100)
+    state.reports.job_ended("w1", pool.id, 143, "timed_out")
     assert (pool.jobs["w1"].status, pool.jobs["w1"].state) == (124, "timed_out")

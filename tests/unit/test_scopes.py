@@ -261,9 +261,9 @@ class TestScopedToken:
 
 
 def end(client: Client, pool_id: str, worker: str, status: int, reason: str | None = None) -> None:
-    dispatcher = client.state.dispatcher
-    dispatcher.job_started(worker, pool_id, 1)
-    dispatcher.job_ended(worker, pool_id, status, reason)
+    reports = client.state.reports
+    reports.job_started(worker, pool_id, 1)
+    reports.job_ended(worker, pool_id, status, reason)
 
 
 class TestRetry:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
-from pcci.master.cluster.dispatch import SubmitError
+from pcci.master.cluster.dispatch import PoolOrder, SubmitError
 from pcci.master.cluster.history import TooManyPools
 from pcci.master.cluster.model import STATUS_LOST, Pool, rfc3339
 from pcci.master.cluster.state import ClusterState, Settings
@@ -29,7 +29,7 @@ def cluster(*names: str, **kwargs) -> tuple[ClusterState, Clock, dict[str, FakeL
 
 def test_submit_runs_the_command_on_each_named_worker() -> None:
     state, _, links = cluster("a", "b", "c")
-    pool = started(state.dispatcher.submit("uname -a", ["a", "b", "a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("uname -a"), ["a", "b", "a"]))
     assert links["a"].runs == [(pool.id, "uname -a")]
     assert links["b"].runs == [(pool.id, "uname -a")]
     assert links["c"].runs == []
@@ -41,7 +41,7 @@ def test_submit_runs_the_command_on_each_named_worker() -> None:
 def test_submit_to_unknown_worker_creates_nothing() -> None:
     state, _, links = cluster("a")
     with pytest.raises(SubmitError, match="ghost"):
-        started(state.dispatcher.submit("true", ["a", "ghost"]))
+        started(state.dispatcher.submit(PoolOrder("true"), ["a", "ghost"]))
     assert state.history.pools == {}
     assert links["a"].runs == []
 
@@ -51,19 +51,19 @@ def test_submit_to_unknown_worker_creates_nothing() -> None:
 )
 def test_pool_status(statuses: list[int], expected: int) -> None:
     state, _, _ = cluster("a", "b")
-    pool = started(state.dispatcher.submit("x", ["a", "b"]))
-    state.dispatcher.job_ended("a", pool.id, statuses[0])
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a", "b"]))
+    state.reports.job_ended("a", pool.id, statuses[0])
     assert pool.status is None
-    state.dispatcher.job_ended("b", pool.id, statuses[1])
+    state.reports.job_ended("b", pool.id, statuses[1])
     assert pool.status == expected
 
 
 def test_a_pool_is_finished_once_every_job_has_ended_even_jobs_replaced() -> None:
     state, _, _ = cluster("a", "b", "c")
-    pool = started(state.dispatcher.submit("x", ["a", "b", "c"]))
-    state.dispatcher.job_ended("b", pool.id, 0)  # out of order
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a", "b", "c"]))
+    state.reports.job_ended("b", pool.id, 0)  # out of order
     assert not pool.finished
-    state.dispatcher.job_ended("a", pool.id, 0)
+    state.reports.job_ended("a", pool.id, 0)
     assert not pool.finished
     # A replica's jobs become those of its stored end (pcci.master.peers.peers).
     ended = Pool.from_record(pool.snapshot().record, lambda record: OutputBuffer(100))
@@ -74,15 +74,15 @@ def test_a_pool_is_finished_once_every_job_has_ended_even_jobs_replaced() -> Non
 
 def test_job_fields_and_times() -> None:
     state, clock, _ = cluster("a")
-    pool = started(state.dispatcher.submit("echo hi", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("echo hi"), ["a"]))
     assert pool.jobs["a"].to_json()["state"] == "pending"
     clock.advance(0.5)
-    state.dispatcher.job_started("a", pool.id, 4242)
+    state.reports.job_started("a", pool.id, 4242)
     assert pool.jobs["a"].to_json()["state"] == "running"
-    state.dispatcher.job_output("a", pool.id, "hi\n")
-    state.dispatcher.job_output("a", pool.id, "there\n")
+    state.reports.job_output("a", pool.id, "hi\n")
+    state.reports.job_output("a", pool.id, "there\n")
     clock.advance(1.5)
-    state.dispatcher.job_ended("a", pool.id, 0)
+    state.reports.job_ended("a", pool.id, 0)
     job = pool.to_json()["jobs"][0]
     assert job == {
         "pool": pool.id,
@@ -101,19 +101,19 @@ def test_job_fields_and_times() -> None:
 
 def test_reports_for_unknown_pools_are_ignored() -> None:
     state, _, _ = cluster("a")
-    state.dispatcher.job_started("a", "nope", 1)
-    state.dispatcher.job_output("a", "nope", "x")
-    state.dispatcher.job_ended("a", "nope", 0)
-    state.dispatcher.job_ended("ghost", "nope", 0)
+    state.reports.job_started("a", "nope", 1)
+    state.reports.job_output("a", "nope", "x")
+    state.reports.job_ended("a", "nope", 0)
+    state.reports.job_ended("ghost", "nope", 0)
     assert state.history.pools == {}
 
 
 def test_finished_pools_are_dropped_after_retention() -> None:
     state, clock, _ = cluster("a", retention=10)
-    done = started(state.dispatcher.submit("x", ["a"]))
-    running = started(state.dispatcher.submit("y", ["a"]))
+    done = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
+    running = started(state.dispatcher.submit(PoolOrder("y"), ["a"]))
     clock.advance(5)
-    state.dispatcher.job_ended("a", done.id, 0)
+    state.reports.job_ended("a", done.id, 0)
     clock.advance(9.9)
     assert done.id in state.history.pools
     clock.advance(0.1)
@@ -124,21 +124,21 @@ def test_finished_pools_are_dropped_after_retention() -> None:
 
 def test_past_max_pools_the_oldest_finished_pool_is_dropped() -> None:
     state, _, _ = cluster("a", max_pools=2)
-    old = started(state.dispatcher.submit("x", ["a"]))
-    running = started(state.dispatcher.submit("y", ["a"]))
-    state.dispatcher.job_ended("a", old.id, 0)
-    newest = started(state.dispatcher.submit("z", ["a"]))
+    old = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
+    running = started(state.dispatcher.submit(PoolOrder("y"), ["a"]))
+    state.reports.job_ended("a", old.id, 0)
+    newest = started(state.dispatcher.submit(PoolOrder("z"), ["a"]))
     assert list(state.history.pools) == [running.id, newest.id]
     with pytest.raises(TooManyPools):
-        started(state.dispatcher.submit("w", ["a"]))  # both kept pools still run
+        started(state.dispatcher.submit(PoolOrder("w"), ["a"]))  # both kept pools still run
     assert list(state.history.pools) == [running.id, newest.id]
 
 
 def test_worker_lost_fails_its_running_jobs() -> None:
     state, clock, links = cluster("a", "b")
-    pool = started(state.dispatcher.submit("sleep 100", ["a", "b"]))
-    state.dispatcher.job_ended("b", pool.id, 0)
-    state.dispatcher.job_output("a", pool.id, "a line\n")
+    pool = started(state.dispatcher.submit(PoolOrder("sleep 100"), ["a", "b"]))
+    state.reports.job_ended("b", pool.id, 0)
+    state.reports.job_output("a", pool.id, "a line\n")
     state.roster.leave(links["a"], "disconnected")
     clock.advance(state.roster.reconnect_grace)
     job = pool.jobs["a"]
@@ -150,7 +150,7 @@ def test_worker_lost_fails_its_running_jobs() -> None:
 
 def test_new_connection_under_a_name_replaces_the_old_one() -> None:
     state, _, links = cluster("a")
-    pool = started(state.dispatcher.submit("sleep 100", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("sleep 100"), ["a"]))
     newcomer = FakeLink("a", address="192.0.2.9:1")
     state.roster.join(newcomer)
     assert state.roster.links["a"] is newcomer
@@ -163,8 +163,8 @@ def test_new_connection_under_a_name_replaces_the_old_one() -> None:
 
 def test_kill_asks_only_running_jobs() -> None:
     state, _, links = cluster("a", "b")
-    pool = started(state.dispatcher.submit("sleep 100", ["a", "b"]))
-    state.dispatcher.job_ended("b", pool.id, 0)
+    pool = started(state.dispatcher.submit(PoolOrder("sleep 100"), ["a", "b"]))
+    state.reports.job_ended("b", pool.id, 0)
     assert state.dispatcher.kill(pool.id) == ["a"]
     assert links["a"].kills == [pool.id]
     assert links["b"].kills == []
@@ -172,7 +172,7 @@ def test_kill_asks_only_running_jobs() -> None:
 
 def test_kill_named_workers() -> None:
     state, _, links = cluster("a", "b")
-    pool = started(state.dispatcher.submit("sleep 100", ["a", "b"]))
+    pool = started(state.dispatcher.submit(PoolOrder("sleep 100"), ["a", "b"]))
     assert state.dispatcher.kill(pool.id, ["b"]) == ["b"]
     assert links["a"].kills == []
     with pytest.raises(SubmitError, match="c"):
@@ -183,19 +183,19 @@ def test_kill_named_workers() -> None:
 
 def test_wait_fires_when_the_pool_finishes() -> None:
     state, clock, _ = cluster("a")
-    pool = started(state.dispatcher.submit("x", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
     results: list = []
     state.dispatcher.wait(pool, 30).addCallback(results.append)
     clock.advance(10)
     assert results == []
-    state.dispatcher.job_ended("a", pool.id, 0)
+    state.reports.job_ended("a", pool.id, 0)
     assert results == [pool]
     assert clock.getDelayedCalls() == [state.history._expiries[pool.id]]
 
 
 def test_wait_times_out_with_the_running_pool() -> None:
     state, clock, _ = cluster("a")
-    pool = started(state.dispatcher.submit("x", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
     results: list = []
     state.dispatcher.wait(pool, 30).addCallback(results.append)
     clock.advance(30)
@@ -205,7 +205,7 @@ def test_wait_times_out_with_the_running_pool() -> None:
 
 def test_cancelled_wait_leaves_nothing_behind() -> None:
     state, clock, _ = cluster("a")
-    pool = started(state.dispatcher.submit("x", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
     d = state.dispatcher.wait(pool, 30)
     d.addErrback(lambda f: f.trap(CancelledError))
     d.cancel()
@@ -260,26 +260,26 @@ def test_pieces_past_a_gap_wait_for_the_worker_to_send_them_again() -> None:
     # reads piece 2 and the end late, from the mail, before the replay it asked.
     state, _, links = cluster("a")
     links["a"].contiguous_seq = True
-    pool = started(state.dispatcher.submit("x", ["a"]))
-    state.dispatcher.job_output("a", pool.id, "done\n", "stdout", 2)
-    state.dispatcher.job_ended("a", pool.id, 0, seq=2)
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
+    state.reports.job_output("a", pool.id, "done\n", "stdout", 2)
+    state.reports.job_ended("a", pool.id, 0, seq=2)
     job = pool.jobs["a"]
     assert (job.output.text(), job.status) == ("", None)
     assert links["a"].attached == [(pool.id, 0)]  # asked once, for all after 0
-    state.dispatcher.job_ended("a", pool.id, 0, seq=2)
+    state.reports.job_ended("a", pool.id, 0, seq=2)
     assert links["a"].attached == [(pool.id, 0)]
     for seq, text in enumerate(["start\n", "done\n"], 1):  # the replay
-        state.dispatcher.job_output("a", pool.id, text, "stdout", seq)
-    state.dispatcher.job_ended("a", pool.id, 0, seq=2)
+        state.reports.job_output("a", pool.id, text, "stdout", seq)
+    state.reports.job_ended("a", pool.id, 0, seq=2)
     assert (job.output.text(), job.state) == ("start\ndone\n", "ok")
 
 
 def test_an_older_worker_s_pieces_are_taken_past_a_gap() -> None:
     state, _, links = cluster("a")  # its hello did not say contiguous_seq
-    pool = started(state.dispatcher.submit("x", ["a"]))
-    state.dispatcher.job_output("a", pool.id, "b", "stdout", 2)
-    state.dispatcher.job_output("a", pool.id, "a", "stdout", 1)  # had: a number not above
-    state.dispatcher.job_ended("a", pool.id, 0)
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
+    state.reports.job_output("a", pool.id, "b", "stdout", 2)
+    state.reports.job_output("a", pool.id, "a", "stdout", 1)  # had: a number not above
+    state.reports.job_ended("a", pool.id, 0)
     assert (pool.jobs["a"].output.text(), pool.state) == ("b", "ok") and not links["a"].attached
 
 
@@ -298,16 +298,16 @@ def test_a_worker_s_replay_after_any_piece_reaches_the_master_whole(
     after = min(after, len(sizes))
     state, _, links = cluster("a")
     links["a"].contiguous_seq = True
-    pool = started(state.dispatcher.submit("x", ["a"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
     job = pool.jobs["a"]
     job.seq = after
     for piece in kept.chunks(after, whole=True):
         if isinstance(piece, Chunk):
-            state.dispatcher.job_output("a", pool.id, piece.text, piece.stream, piece.event)
+            state.reports.job_output("a", pool.id, piece.text, piece.stream, piece.event)
         else:
             last = len(sizes) if piece.last is None else piece.last
-            state.dispatcher.job_output("a", pool.id, "[dropped]", "stderr", last, piece.event)
-    state.dispatcher.job_ended("a", pool.id, 0, seq=len(sizes))
+            state.reports.job_output("a", pool.id, "[dropped]", "stderr", last, piece.event)
+    state.reports.job_ended("a", pool.id, 0, seq=len(sizes))
     assert job.state == "ok" and not links["a"].attached  # nothing missed: never asked again
     if after == 0:
         assert job.output.text() == kept.text().replace(kept.marker(), "[dropped]")
@@ -339,15 +339,15 @@ def test_records_outlive_connections() -> None:
 
 def test_total_output_is_bounded_oldest_finished_first() -> None:
     state, _, _ = cluster("a", max_output=1000, max_output_total=2500)
-    old = started(state.dispatcher.submit("x", ["a"]))
-    state.dispatcher.job_output("a", old.id, "o" * 1000)
-    state.dispatcher.job_ended("a", old.id, 0)
-    running = started(state.dispatcher.submit("y", ["a"]))
-    state.dispatcher.job_output("a", running.id, "r" * 1000)
+    old = started(state.dispatcher.submit(PoolOrder("x"), ["a"]))
+    state.reports.job_output("a", old.id, "o" * 1000)
+    state.reports.job_ended("a", old.id, 0)
+    running = started(state.dispatcher.submit(PoolOrder("y"), ["a"]))
+    state.reports.job_output("a", running.id, "r" * 1000)
     assert state.history.output_total == 2000
-    state.dispatcher.job_output("a", running.id, "s" * 600)  # a third job's worth arrives
-    newest = started(state.dispatcher.submit("z", ["a"]))
-    state.dispatcher.job_output("a", newest.id, "n" * 1000)
+    state.reports.job_output("a", running.id, "s" * 600)  # a third job's worth arrives
+    newest = started(state.dispatcher.submit(PoolOrder("z"), ["a"]))
+    state.reports.job_output("a", newest.id, "n" * 1000)
     assert state.history.output_total <= 2500
     assert "1000 bytes of output dropped" in old.jobs["a"].output.text()
     assert old.id in state.history.pools  # the pool stays, its output went
@@ -357,10 +357,10 @@ def test_running_jobs_are_squeezed_when_nothing_else_is_left() -> None:
     from pcci.output import MIN_SQUEEZED
 
     state, _, _ = cluster("a", "b", max_output=4 * MIN_SQUEEZED, max_output_total=5 * MIN_SQUEEZED)
-    pool = started(state.dispatcher.submit("x", ["a", "b"]))
+    pool = started(state.dispatcher.submit(PoolOrder("x"), ["a", "b"]))
     for _ in range(4):
-        state.dispatcher.job_output("a", pool.id, "a" * MIN_SQUEEZED)
-        state.dispatcher.job_output("b", pool.id, "b" * MIN_SQUEEZED)
+        state.reports.job_output("a", pool.id, "a" * MIN_SQUEEZED)
+        state.reports.job_output("b", pool.id, "b" * MIN_SQUEEZED)
     assert state.history.output_total <= 5 * MIN_SQUEEZED
     assert all(job.output.text().endswith(job.worker_id * 100) for job in pool.jobs.values())
 
@@ -383,10 +383,10 @@ def test_pools_listed_newest_first_with_filters_and_paging() -> None:
     made = []
     for i in range(6):
         clock.advance(1)
-        pool = started(state.dispatcher.submit(f"job {i}", ["a"] if i % 2 else ["a", "b"]))
+        pool = started(state.dispatcher.submit(PoolOrder(f"job {i}"), ["a"] if i % 2 else ["a", "b"]))
         made.append(pool)
-    state.dispatcher.job_ended("a", made[1].id, 0)
-    state.dispatcher.job_ended("a", made[3].id, 2)
+    state.reports.job_ended("a", made[1].id, 0)
+    state.reports.job_ended("a", made[3].id, 2)
     ids = lambda pools: [p.id for p in pools]  # noqa: E731
     assert ids(state.history.list_pools()) == ids(reversed(made))
     assert ids(state.history.list_pools(PoolQuery(before=made[3].id))) == ids([made[2], made[1], made[0]])

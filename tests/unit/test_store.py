@@ -13,6 +13,7 @@ from fakes import FakeLink
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.cluster.events import pool_events
 from pcci.master.cluster.schedules import RUNS_KEPT, SKIPPED, STARTED, Schedule
 from pcci.master.cluster.state import ClusterState, Settings
@@ -172,11 +173,11 @@ def test_pools_round_trip_through_the_store(tmp_path: Path) -> None:
     clock = Clock()
     clock.advance(1000)
     state, link = cluster(store, clock, cache=0)
-    pool = submitted(clock, state.dispatcher.submit("echo hi", ["a"], submitted_by="alice"))
-    state.dispatcher.job_started("a", pool.id, 42)
-    state.dispatcher.job_output("a", pool.id, "hi\n", "stdout")
-    state.dispatcher.job_output("a", pool.id, "err\n", "stderr")
-    state.dispatcher.job_ended("a", pool.id, 0)
+    pool = submitted(clock, state.dispatcher.submit(PoolOrder("echo hi", submitted_by="alice"), ["a"]))
+    state.reports.job_started("a", pool.id, 42)
+    state.reports.job_output("a", pool.id, "hi\n", "stdout")
+    state.reports.job_output("a", pool.id, "err\n", "stderr")
+    state.reports.job_ended("a", pool.id, 0)
     before = pool.to_json()
     clock.advance(0.1)  # the write, then the ack after it
     assert link.acked == [pool.id]
@@ -194,11 +195,11 @@ def test_finished_pools_past_the_retention_are_deleted(tmp_path: Path) -> None:
     clock = Clock()
     clock.advance(1000)
     state, _ = cluster(store, clock, cache=0)
-    old = submitted(clock, state.dispatcher.submit("true", ["a"]))
-    state.dispatcher.job_ended("a", old.id, 0)
+    old = submitted(clock, state.dispatcher.submit(PoolOrder("true"), ["a"]))
+    state.reports.job_ended("a", old.id, 0)
     clock.advance(50)
-    new = submitted(clock, state.dispatcher.submit("true", ["a"]))
-    state.dispatcher.job_ended("a", new.id, 0)
+    new = submitted(clock, state.dispatcher.submit(PoolOrder("true"), ["a"]))
+    state.reports.job_ended("a", new.id, 0)
     clock.advance(60)  # old ended 110 s ago, new 60 s ago; the sweep runs
     assert result(state.history.find(old.id)) is None
     assert result(state.history.find(new.id)) is not None
@@ -211,23 +212,23 @@ def test_running_pools_come_back_with_a_new_master(tmp_path: Path) -> None:
     store = SyncStore(open_database(path))
     clock = Clock()
     state, _ = cluster(store, clock)
-    state.dispatcher.submit("sleep 9", ["a"])
+    state.dispatcher.submit(PoolOrder("sleep 9"), ["a"])
     (pool,) = state.history.pools.values()
-    state.dispatcher.job_started("a", pool.id, 7)  # before the pool's first write
+    state.reports.job_started("a", pool.id, 7)  # before the pool's first write
     clock.advance(0.1)
     store.close()
     # A new master on the same file.
     store = SyncStore(open_database(path))
     clock = Clock()
     state = ClusterState(clock, Settings(reconnect_grace=30), store)
-    assert state.dispatcher.carry_on(store.open()) == 1
+    assert state.reports.carry_on(store.open()) == 1
     again = state.history.pools[pool.id]
     assert again.jobs["a"].state == "running" and again.jobs["a"].pid == 7
     link = FakeLink("a", held_jobs=[{"pool": pool.id, "ended": False}])
     state.roster.join(link)
     assert link.attached == [(pool.id, 0)]  # send everything: this master has no output
-    state.dispatcher.job_output("a", pool.id, "done\n", "stdout", 1)
-    state.dispatcher.job_ended("a", pool.id, 0)
+    state.reports.job_output("a", pool.id, "done\n", "stdout", 1)
+    state.reports.job_ended("a", pool.id, 0)
     assert again.state == "ok" and again.jobs["a"].output.text() == "done\n"
     clock.advance(30)
     assert again.jobs["a"].state == "ok"
@@ -238,12 +239,12 @@ def test_a_job_whose_worker_does_not_come_back_is_lost_after_the_grace(tmp_path:
     store = SyncStore(open_database(path))
     first = Clock()
     state, _ = cluster(store, first)
-    pool = submitted(first, state.dispatcher.submit("sleep 9", ["a"]))
+    pool = submitted(first, state.dispatcher.submit(PoolOrder("sleep 9"), ["a"]))
     store.close()
     store = SyncStore(open_database(path))
     clock = Clock()
     state = ClusterState(clock, Settings(reconnect_grace=30), store)
-    state.dispatcher.carry_on(store.open())
+    state.reports.carry_on(store.open())
     clock.advance(30)
     job = state.history.pools[pool.id].jobs["a"]
     assert job.state == "lost" and "did not come back" in job.output.text()
@@ -257,8 +258,8 @@ def test_listing_pages_and_filters_from_the_store(tmp_path: Path) -> None:
     state.roster.join(FakeLink("b"))
     ids = []
     for i in range(30):
-        pool = submitted(clock, state.dispatcher.submit(f"job {i}", ["a"] if i % 2 else ["b"]))
-        state.dispatcher.job_ended(pool.jobs and next(iter(pool.jobs)), pool.id, i % 3)
+        pool = submitted(clock, state.dispatcher.submit(PoolOrder(f"job {i}"), ["a"] if i % 2 else ["b"]))
+        state.reports.job_ended(pool.jobs and next(iter(pool.jobs)), pool.id, i % 3)
         ids.append(pool.id)
     page = result(state.history.page(PoolQuery(), 10))
     listed = [p.id if hasattr(p, "id") else p["id"] for p in page]
@@ -390,10 +391,10 @@ def test_a_store_that_stops_answering_refuses_new_pools_until_it_is_back(tmp_pat
     state, _ = cluster(store, clock)
     clock.advance(PROBE_INTERVAL)  # the store does not answer
     with pytest.raises(StoreUnavailable, match="connection refused"):
-        state.dispatcher.submit("true", ["a"])
+        state.dispatcher.submit(PoolOrder("true"), ["a"])
     assert state.history.pools == {}
     clock.advance(PROBE_INTERVAL)  # it answers again
-    assert submitted(clock, state.dispatcher.submit("true", ["a"])).jobs
+    assert submitted(clock, state.dispatcher.submit(PoolOrder("true"), ["a"])).jobs
 
 
 def check_schedules_in(store, other) -> None:

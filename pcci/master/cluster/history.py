@@ -15,16 +15,17 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Callable, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pcci.master.cluster.model import Job, Pool
+from pcci.master.cluster.peering import IPeers
 from pcci.master.store.base import PoolQuery, PoolStore
 from pcci.master.store.writer import WRITE_DELAY, BatchedWriter
-from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL, MIN_SQUEEZED, OutputBuffer
+from pcci.output import MIN_SQUEEZED, OutputBuffer
 
 log = Logger()
 
@@ -56,6 +57,25 @@ class StoreUnavailable(Exception):
     """The store does not answer: a new pool could not be kept."""
 
 
+class Budgets(Protocol):
+    """What bounds the history (the master's L{pcci.master.cluster.state.Settings})."""
+
+    @property
+    def retention(self) -> float: ...
+
+    @property
+    def max_pools(self) -> int: ...
+
+    @property
+    def max_output(self) -> int: ...
+
+    @property
+    def max_output_total(self) -> int: ...
+
+    @property
+    def cache(self) -> int: ...
+
+
 class PoolHistory:
     """Pools by id, in memory and in the store, within their budgets."""
 
@@ -63,22 +83,20 @@ class PoolHistory:
         self,
         clock: IReactorTime,
         wall: Any,
-        store: PoolStore | None = None,
-        retention: float = DEFAULT_RETENTION,
-        max_pools: int = DEFAULT_MAX_POOLS,
-        max_output: int = DEFAULT_MAX_OUTPUT,
-        max_output_total: int = DEFAULT_MAX_OUTPUT_TOTAL,
-        cache: int = DEFAULT_CACHE,
+        store: PoolStore | None,
+        peers: IPeers,
+        budgets: Budgets,
     ) -> None:
         self.clock = clock
         self.wall = wall
         self.store = store
+        self.peers = peers
         self.writer = None if store is None else BatchedWriter(store, clock)
-        self.retention = retention
-        self.max_pools = max_pools
-        self.max_output = max_output
-        self.max_output_total = max_output_total
-        self.cache = cache
+        self.retention = budgets.retention
+        self.max_pools = budgets.max_pools
+        self.max_output = budgets.max_output
+        self.max_output_total = budgets.max_output_total
+        self.cache = budgets.cache
         #: Pools in memory by id, oldest first.
         self.pools: dict[str, Pool] = {}
         #: Bytes of output held in memory, over every job.
@@ -86,9 +104,8 @@ class PoolHistory:
         #: Finished pools whose output is still held, in the order they ended.
         self._held: deque[Pool] = deque()
         #: Running pools of other masters on the same store, shown here
-        #: (see L{pcci.master.peers.peers}), and how one is made from its record.
+        #: (see L{pcci.master.peers.peers}).
         self.elsewhere: dict[str, Pool] = {}
-        self.replicate: Callable[[dict[str, Any]], Deferred[Pool]] | None = None
         self._expiries: dict[str, IDelayedCall] = {}
         self._expirer: IDelayedCall | None = None
         self._prober: IDelayedCall | None = None
@@ -263,9 +280,10 @@ class PoolHistory:
             if record["ended_at"] is None:
                 # Another master runs it (on the same store): shown live, or
                 # as last written there; not kept here (see is_elsewhere).
-                if self.replicate is not None:
+                live = self.peers.replica(record)
+                if live is not None:
                     # Deferred is typed invariant: a Pool is a Pool or None.
-                    return cast("Deferred[Pool | None]", self.replicate(record))
+                    return cast("Deferred[Pool | None]", live)
                 return Pool.from_record(record, self.read_only_output)
             if record["ended_at"] < self.wall() - self.retention:
                 return None  # past the retention, not yet deleted

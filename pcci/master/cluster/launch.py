@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 
 from pcci.auth import APIToken
 from pcci.master.access import permits
-from pcci.master.cluster.dispatch import Dispatcher
+from pcci.master.cluster.dispatch import Dispatcher, PoolOrder
 from pcci.master.cluster.jobspec import Submission, parse_submission
 from pcci.master.cluster.model import Pool
 from pcci.master.cluster.roster import Roster
@@ -68,7 +68,8 @@ class Launcher:
     def start(self, launch: Launch, submitted_by: str | None, schedule: str | None = None) -> Deferred[Pool]:
         """Submit a prepared request; fires with the pool once stored (see L{Dispatcher.submit})."""
         asked = launch.request
-        return self.dispatcher.submit(
-            asked.cmd, launch.workers, asked.options, asked.rollout, submitted_by,
+        order = PoolOrder(
+            asked.cmd, asked.options, asked.rollout, submitted_by,
             wait_offline=asked.wait_offline, schedule=schedule, notify=asked.notify, notify_on=asked.notify_on,
         )
+        return self.dispatcher.submit(order, launch.workers)

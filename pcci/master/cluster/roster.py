@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from pcci.master.cluster.health import HealthHistory, clean_figures
 from pcci.master.cluster.model import Job, WorkerLink, WorkerRecord
+from pcci.master.cluster.peering import IPeers
 
 log = Logger()
 audit = Logger(namespace="pcci.audit")
@@ -38,6 +39,7 @@ class Roster:
         self,
         clock: IReactorTime,
         wall: Callable[[], float],
+        peers: IPeers,
         history: float = DEFAULT_HISTORY,
         forget_after: float = DEFAULT_FORGET_AFTER,
         reconnect_grace: float = DEFAULT_RECONNECT_GRACE,
@@ -52,15 +54,12 @@ class Roster:
         self.links: dict[str, WorkerLink] = {}
         #: Every worker seen and not yet forgotten, by name.
         self.records: dict[str, WorkerRecord] = {}
-        #: This master's name among masters sharing a store (None alone).
-        self.name: str | None = None
+        #: The other masters on this master's store, told of its workers.
+        self.peers = peers
         #: Called with each worker that joined, once it is listed.
         self.on_join: Callable[[WorkerLink], None] = lambda link: None
         #: Called after C{on_join}, each with each worker that joined.
         self.join_hooks: list[Callable[[WorkerLink], None]] = []
-        #: Called with the name of each worker connected here that joined,
-        #: left or was forgotten (see L{pcci.master.peers.peers}).
-        self.on_change: Callable[[str], None] = lambda name: None
         #: Called with the jobs of a worker that did not come back in time,
         #: and why it left.
         self.on_give_up: Callable[[list[Job], str], None] = lambda jobs, reason: None
@@ -99,10 +98,10 @@ class Roster:
         record.auth = link.auth
         record.pcci_version, record.python_version = link.pcci_version, link.python_version
         record.online, record.last_seen = True, now
-        record.master, record.jobs_elsewhere = link.master or self.name, None
+        record.master, record.jobs_elsewhere = link.master or self.peers.name, None
         if link.master is None:
             log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
-            self.on_change(link.name)
+            self.peers.worker_changed(link.name)
         else:
             log.info("worker {name} joined master {master}", name=link.name, master=link.master)
         self.on_join(link)
@@ -121,7 +120,7 @@ class Roster:
         )
         log.info("worker {name} left: {reason}", name=link.name, reason=reason)
         if link.master is None:
-            self.on_change(link.name)
+            self.peers.worker_changed(link.name)
         self._wait_for(link.name, reason)
 
     def revoke(self, name: str, reason: str) -> None:
@@ -159,8 +158,8 @@ class Roster:
         """An offline worker unseen for C{forget_after}: its record goes."""
         del self._forgets[name]
         record = self.records.pop(name, None)
-        if record is not None and record.master == self.name:
-            self.on_change(name)
+        if record is not None and record.master == self.peers.name:
+            self.peers.worker_changed(name)
         log.info("forgot worker {name}: offline since long", name=name)
 
     # What each worker runs

@@ -6,9 +6,13 @@ The master's state: its three rooms, built together.
   - the L{PoolHistory} (L{pcci.master.cluster.history}): pools in memory and in
     the store, within their budgets;
   - the L{Dispatcher} (L{pcci.master.cluster.dispatch}): pools from submission to
-    their end, and the workers' reports.
+    their end, and L{JobReports} (L{pcci.master.cluster.reports}): the
+    workers' reports of their jobs, and jobs carried on across reconnections.
 
-The wire protocol reports to the roster and the dispatcher; the REST API
+Each is given the master's L{IPeers} (L{pcci.master.cluster.peering}): the
+other masters on its store, or none.
+
+The wire protocol reports to the roster and the reports; the REST API
 reads the rooms and asks the dispatcher to start and kill pools.  Neither
 touches the other.  Timers and durations use the C{clock} (the reactor,
 on monotonic time); the times shown to people come from C{wall}.
@@ -17,13 +21,14 @@ on monotonic time); the times shown to people come from C{wall}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from pcci.master.cluster.dispatch import Dispatcher
 from pcci.master.cluster.history import DEFAULT_CACHE, DEFAULT_MAX_POOLS, DEFAULT_RETENTION, PoolHistory
+from pcci.master.cluster.peering import IPeers, SingleMaster
+from pcci.master.cluster.reports import JobReports
 from pcci.master.cluster.roster import (
     DEFAULT_FORGET_AFTER,
     DEFAULT_HISTORY,
@@ -39,12 +44,6 @@ if TYPE_CHECKING:
     from pcci.master.transfers.pushes import Push
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
 
-
-class OtherMasters(Protocol):
-    """The other masters on the same store, as the API asks them (L{pcci.master.peers.peers.Peers})."""
-
-    def kill_elsewhere(self, pool: Pool, workers: list[str] | None) -> Deferred[list[str]]:
-        """Ask the master running C{pool} to kill it (or its jobs on C{workers}); fires with the workers asked."""
 
 @dataclass(frozen=True)
 class Settings:
@@ -72,39 +71,33 @@ class ClusterState:
         store: PoolStore | None = None,
         wall: Callable[[], float] | None = None,
         new_id: Callable[[], str] | None = None,
+        peers: IPeers | None = None,
     ) -> None:
         self.clock = clock
         #: Wall-clock time for what people read; the clock's own in tests.
         self.wall = wall or clock.seconds
         self.settings = settings
+        #: The other masters on the same PostgreSQL store, if any.
+        self.peers: IPeers = peers or SingleMaster()
         self.roster = Roster(
             clock,
             self.wall,
+            self.peers,
             history=settings.history,
             forget_after=settings.forget_after,
             reconnect_grace=settings.reconnect_grace,
         )
-        self.history = PoolHistory(
-            clock,
-            self.wall,
-            store,
-            retention=settings.retention,
-            max_pools=settings.max_pools,
-            max_output=settings.max_output,
-            max_output_total=settings.max_output_total,
-            cache=settings.cache,
-        )
-        self.dispatcher = Dispatcher(clock, self.wall, self.roster, self.history, new_id)
+        self.history = PoolHistory(clock, self.wall, store, self.peers, settings)
+        self.dispatcher = Dispatcher(clock, self.wall, self.roster, self.history, self.peers, new_id)
+        self.reports = JobReports(self.dispatcher, self.peers)
         #: Workers upgraded from this master (POST /workers/upgrade).
         self.upgrades = Upgrades(clock, self.wall, self.roster)
-        #: The other masters on the same PostgreSQL store, if any
-        #: (L{pcci.master.peers.peers.Peers} sets it).
-        self.peers: OtherMasters | None = None
         #: Pushes under way (see L{pcci.master.transfers.pushes}), and fetches with
         #: their archives (L{pcci.master.transfers.fetches}), by pool id.
         self.pushes: dict[str, Push] = {}
         self.fetches: dict[str, Fetch] = {}
         self.dispatcher.pool_end_hooks.append(self._transfer_ended)
+        self.peers.attach(self)
 
     def _transfer_ended(self, pool: Pool) -> None:
         push = self.pushes.pop(pool.id, None)

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from pcci.master.access import permits
+from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import (
     VALID_OWNER,
@@ -27,7 +28,7 @@ from pcci.master.http.common import (
 )
 from pcci.master.http.guards import ARCHIVE_TYPE
 from pcci.master.transfers.fetches import Fetch
-from pcci.master.transfers.pushes import Archive, ArchiveError, Push, Spool, read_archive
+from pcci.master.transfers.pushes import Archive, ArchiveError, Destination, Push, Spool, read_archive
 
 
 class FileRoutes(APIBase):
@@ -61,12 +62,12 @@ class FileRoutes(APIBase):
 
         def archived(archive: Archive) -> Deferred[bytes]:
             mkdir = bool_arg(request, "mkdir", False)
-            push = Push(self.dispatcher, spool, archive, dest, mkdir, chosen, owner, self.state.pushes)
+            push = Push(self.state.reports, spool, archive, Destination(dest, mkdir, chosen, owner), self.state.pushes)
             cmd = f"push {len(archive.entries)} entries ({archive.size} bytes) to {dest}"
             try:
                 return self._start(
                     request, wait, lambda: self.dispatcher.submit(
-                        cmd, workers, submitted_by=who_asks(request), start=push.start, kind="push"
+                        PoolOrder(cmd, submitted_by=who_asks(request), start=push.start, kind="push"), workers
                     )
                 )
             except APIError:
@@ -90,13 +91,13 @@ class FileRoutes(APIBase):
         recursive = bool_arg(request, "recursive", False)
         self._permit(request, permits.check_files)
         workers = self._selected(request)
-        fetch = Fetch(self.dispatcher, self.clock, path, recursive, self.state.fetches)
+        fetch = Fetch(self.state.reports, self.clock, path, recursive, self.state.fetches)
         cmd = f"fetch {path}" + (" (recursive)" if recursive else "")
         return self._start(
             request,
             wait_seconds(request),
             lambda: self.dispatcher.submit(
-                cmd, workers, submitted_by=who_asks(request), start=fetch.start, kind="fetch"
+                PoolOrder(cmd, submitted_by=who_asks(request), start=fetch.start, kind="fetch"), workers
             ),
         )
 

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from pcci.master.access import permits
-from pcci.master.cluster.dispatch import SubmitError
+from pcci.master.cluster.dispatch import PoolOrder, SubmitError
 from pcci.master.cluster.jobspec import SpecError, parse_wait_offline
 from pcci.master.cluster.model import RETRIED_STATES, Pool
 from pcci.master.cluster.targets import TargetError, resolve
@@ -251,8 +251,11 @@ class PoolRoutes(APIBase):
             request,
             wait,
             lambda: self.dispatcher.submit(
-                pool.cmd, workers, pool.options, pool.rollout, who_asks(request),
-                retry_of=pool.id, wait_offline=wait_offline, notify=pool.notify, notify_on=pool.notify_on,
+                PoolOrder(
+                    pool.cmd, pool.options, pool.rollout, who_asks(request), retry_of=pool.id,
+                    wait_offline=wait_offline, notify=pool.notify, notify_on=pool.notify_on,
+                ),
+                workers,
             ),
         )
 

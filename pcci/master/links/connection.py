@@ -38,7 +38,7 @@ class WorkerConnection(FramedJSONProtocol):
     Until the handshake is done it is nobody: with a cluster secret, the
     master proves it holds the secret in its C{challenge} and the worker
     proves it in its C{auth}, over fresh nonces from both sides.  Once
-    registered, it reports to the roster and the dispatcher and carries the
+    registered, it reports to the roster and the job reports and carries the
     state's requests to the worker.
     """
 
@@ -48,7 +48,7 @@ class WorkerConnection(FramedJSONProtocol):
     def __init__(self, factory: WorkerPortFactory) -> None:
         self.factory = factory
         self.roster = factory.state.roster
-        self.dispatcher = factory.state.dispatcher
+        self.reports = factory.state.reports
         self.clock = factory.clock
         self.handshake_timeout = factory.handshake_timeout
         self.MAX_LENGTH = factory.max_frame
@@ -204,7 +204,7 @@ class WorkerConnection(FramedJSONProtocol):
 
     def handle_started(self, message: dict[str, Any]) -> None:
         if self._current():
-            self.dispatcher.job_started(self.name, message["pool"], message["pid"])
+            self.reports.job_started(self.name, message["pool"], message["pid"])
 
     def handle_output(self, message: dict[str, Any]) -> None:
         if message["stream"] not in STREAMS:
@@ -229,7 +229,7 @@ class WorkerConnection(FramedJSONProtocol):
 
     def _output(self, message: dict[str, Any], text: str) -> None:
         if self._current():
-            self.dispatcher.job_output(
+            self.reports.job_output(
                 self.name, message["pool"], text, message["stream"], message.get("seq"),
                 message.get("first"),
             )
@@ -241,7 +241,7 @@ class WorkerConnection(FramedJSONProtocol):
         elif not _optional_ints(message, "seq"):
             self.protocolViolation("an ended seq that is not an integer")
         elif self._current():
-            self.dispatcher.job_ended(
+            self.reports.job_ended(
                 self.name, message["pool"], message["status"], reason, message.get("seq")
             )
 

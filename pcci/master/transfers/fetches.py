@@ -19,8 +19,8 @@ from typing import IO, Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from pcci.master.cluster.dispatch import Dispatcher
 from pcci.master.cluster.model import Job, WorkerLink
+from pcci.master.cluster.reports import JobReports
 from pcci.master.transfers.pushes import transfer_refusal
 from pcci.transfer import KINDS, WINDOW, safe_path
 
@@ -33,13 +33,13 @@ class Fetch:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        reports: JobReports,
         clock: IReactorTime,
         path: str,
         recursive: bool,
         registry: dict[str, Fetch],
     ) -> None:
-        self.dispatcher = dispatcher
+        self.reports = reports
         self.clock = clock
         self.path = path
         self.recursive = recursive
@@ -54,13 +54,13 @@ class Fetch:
         self.registry[job.pool_id] = self
         refusal = transfer_refusal(link, "fetch through it", "send files")
         if refusal is not None:
-            self.dispatcher.fail(job, refusal)
+            self.reports.fail(job, refusal)
             return
         # Connected to this master (see transfer_refusal): frames go to it directly.
         connection = cast(Any, link)
         self.archives[job.worker_id] = _Archive(job, connection)
         connection.sendMessage("get", pool=job.pool_id, path=self.path, recursive=self.recursive)
-        self.dispatcher.job_started(job.worker_id, job.pool_id, None)
+        self.reports.job_started(job.worker_id, job.pool_id, None)
 
     def ended(self) -> None:
         """The pool ended: its archives are complete, and kept a while."""

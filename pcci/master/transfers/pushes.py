@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from pcci.handshake import FILES
-from pcci.master.cluster.dispatch import Dispatcher
 from pcci.master.cluster.model import Job, WorkerLink
+from pcci.master.cluster.reports import JobReports
 from pcci.transfer import CHUNK, WINDOW, Entry, UnsafePath, batches, safe_path
 from pcci.wire import encode
 
@@ -185,30 +185,40 @@ class FrameCache:
         return found
 
 
+@dataclass(frozen=True)
+class Destination:
+    """Where a push writes on each worker, and how (C{pcci push}'s options)."""
+
+    path: str
+    #: Make the directory and its parents if missing.
+    mkdir: bool = False
+    #: The files' mode, and their owner (C{USER} or C{USER:GROUP}), if set.
+    mode: int | None = None
+    owner: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The fields of the C{put} frame that carry these options."""
+        options: dict[str, Any] = {"mkdir": self.mkdir}
+        if self.mode is not None:
+            options["mode"] = self.mode
+        if self.owner is not None:
+            options["owner"] = self.owner
+        return options
+
+
 class Push:
     """One push: its pool, its archive, and a sender per worker."""
 
     def __init__(
-        self,
-        dispatcher: Dispatcher,
-        spool: Spool,
-        archive: Archive,
-        dest: str,
-        mkdir: bool,
-        mode: int | None,
-        owner: str | None,
+        self, reports: JobReports, spool: Spool, archive: Archive, destination: Destination,
         registry: dict[str, Push],
     ) -> None:
-        self.dispatcher = dispatcher
+        self.reports = reports
         self.registry = registry
         self.spool = spool
         self.archive = archive
-        self.dest = dest
-        self.options: dict[str, Any] = {"mkdir": mkdir}
-        if mode is not None:
-            self.options["mode"] = mode
-        if owner is not None:
-            self.options["owner"] = owner
+        self.dest = destination.path
+        self.options = destination.options()
         #: Each file's size.
         self.sizes = {entry.path: entry.size for entry in archive.entries if entry.kind == "file"}
         #: The C{put} frames, the same for every worker: encoded once, when the pool's id is known.
@@ -237,7 +247,7 @@ class Push:
             self.registry[job.pool_id] = self  # its workers' answers find it
         refusal = transfer_refusal(link, "push through it", "receive files")
         if refusal is not None:
-            self.dispatcher.fail(job, refusal)
+            self.reports.fail(job, refusal)
             return
         sender = self.senders[job.worker_id] = _Sender(self, job, link)
         sender.start()
@@ -274,7 +284,7 @@ class _Sender:
         self.needed.extend(path for path in paths if isinstance(path, str) and path in sizes)
         if not more and not self.told:
             self.told = True
-            self.push.dispatcher.job_started(self.job.worker_id, self.job.pool_id, None)
+            self.push.reports.job_started(self.job.worker_id, self.job.pool_id, None)
         self.pump()
 
     def ack(self, written: int) -> None:
@@ -311,4 +321,4 @@ class _Sender:
         """The spool cannot give what was promised: the worker drops the push, and its job fails."""
         self.done = True
         self.link.kill_job(self.job.pool_id)
-        self.push.dispatcher.fail(self.job, f"push stopped: the upload cannot be read: {why}")
+        self.push.reports.fail(self.job, f"push stopped: the upload cannot be read: {why}")

@@ -1,0 +1,82 @@
+"""
+What the master's state asks of the other masters sharing its store
+(L{IPeers}), and the answer of a master alone (L{SingleMaster}).  The
+state's parts are given their L{IPeers} when they are built; several
+masters on PostgreSQL give them L{pcci.master.peers.peers.Peers}.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import Deferred, fail
+
+if TYPE_CHECKING:
+    from pcci.master.cluster.events import Event
+    from pcci.master.cluster.model import Pool, WorkerLink
+
+
+class IPeers(Protocol):
+    """The other masters on this master's store."""
+
+    #: This master's name among them; None for a master alone.
+    name: str | None
+
+    def attach(self, state: Any) -> None:
+        """
+        The L{pcci.master.cluster.state.ClusterState} these peers serve,
+        once built (its parts were given these peers when they were).
+        """
+
+    def worker_changed(self, name: str) -> None:
+        """A worker connected here joined, left or was forgotten: the others are told."""
+
+    def forward(self, worker: str, pool_id: str, kind: str, fields: dict[str, Any]) -> bool:
+        """
+        A worker's report of a job: relayed to the master whose pool it
+        is, if another (true), else left to this master (false).
+        """
+
+    def holds(self, link: WorkerLink, pool_id: str) -> bool:
+        """Whether a worker connected here holds a job of that pool."""
+
+    def mirror(self, pool: Pool, event: Event) -> None:
+        """An event of one of this master's pools, for the masters that show it."""
+
+    def replica(self, record: dict[str, Any]) -> Deferred[Pool] | None:
+        """Another master's running pool, shown live from its stored record; None: shown as stored."""
+
+    def kill_elsewhere(self, pool: Pool, workers: list[str] | None) -> Deferred[list[str]]:
+        """
+        Ask the master running C{pool} to kill it (or its jobs on
+        C{workers}); fires with the workers asked.
+
+        @raise LookupError: (in the Deferred) no master alive runs it.
+        """
+
+
+class SingleMaster:
+    """The peers of a master alone on its store: none."""
+
+    name: str | None = None
+
+    def attach(self, state: Any) -> None:
+        pass
+
+    def worker_changed(self, name: str) -> None:
+        pass
+
+    def forward(self, worker: str, pool_id: str, kind: str, fields: dict[str, Any]) -> bool:
+        return False
+
+    def holds(self, link: WorkerLink, pool_id: str) -> bool:
+        return any(job["pool"] == pool_id for job in link.held_jobs)
+
+    def mirror(self, pool: Pool, event: Event) -> None:
+        pass
+
+    def replica(self, record: dict[str, Any]) -> Deferred[Pool] | None:
+        return None
+
+    def kill_elsewhere(self, pool: Pool, workers: list[str] | None) -> Deferred[list[str]]:
+        return fail(LookupError(f"pool {pool.id} runs on no master this one knows"))
