@@ -152,15 +152,16 @@ def simulate(count: int, secret_file: str, endpoints: list[str]) -> None:
     from pcci.worker.dialer import MasterDialer
     from pcci.worker.jobs import JobTable
     from pcci.worker.service import RETRY_POLICY
+    from pcci.worker.settings import WorkerSettings
 
     secret = read_secret(Path(secret_file))
     dials = [clientFromString(reactor, endpoint) for endpoint in endpoints]
     figures = {"cpu_ratio": 0.1, "load_1m": 0.5}
     for i in range(count):
         name = f"sim{i:04d}"
+        settings = WorkerSettings(name, secret, heartbeat=0.5)
         factory = WorkerFactory(
-            reactor, name, secret, JobTable(reactor, name, 5.0), heartbeat=0.5,
-            collect=lambda disk, jobs: defer.succeed(dict(figures)),
+            reactor, settings, JobTable(reactor, settings), collect=lambda disk, jobs: defer.succeed(dict(figures)),
         )
         MasterDialer(reactor, dials, factory, RETRY_POLICY).startService()
     reactor.run()

@@ -29,6 +29,7 @@ from pcci.identity import JoinToken, WorkerIdentity, new_key
 from pcci.worker.connection import WorkerFactory
 from pcci.worker.jobs import HeldJob, JobTable
 from pcci.worker.joining import join
+from pcci.worker.settings import WorkerSettings
 
 FIGURES = {
     "cpu_ratio": 0.12,
@@ -60,7 +61,7 @@ class InstantJobs(JobTable):
         held.attached = True
         held.pid = 1
         self.held[pool_id] = held
-        self._report(held, "started", pid=held.pid)
+        self.tell(held, "started", pid=held.pid)
         words = cmd.split()
         if len(words) == 2 and words[0] == "sleep":
             self.reactor.callLater(float(words[1]), self._end, held)
@@ -69,7 +70,7 @@ class InstantJobs(JobTable):
 
     def _end(self, held: HeldJob) -> None:
         held.end = (0, None)
-        self._report_end(held)
+        self.tell_end(held)
 
 
 class KeptInMemory(WorkerIdentity):
@@ -116,9 +117,10 @@ async def connect(
 
     async def join(name: str) -> WorkerFactory:
         identity = None if identities is None else identities[name]
+        settings = WorkerSettings(name, secret, heartbeat=heartbeat)
         factory = WorkerFactory(
-            reactor, name, secret, jobs(reactor, name, 5.0), heartbeat=heartbeat,
-            collect=lambda disk, running: defer.succeed(dict(FIGURES)), identity=identity,
+            reactor, settings, jobs(reactor, settings), identity,
+            collect=lambda disk, running: defer.succeed(dict(FIGURES)),
         )
         factory.stall = stall
         dial = endpoint if identity is None else wrapClientTLS(identity.client_tls(), endpoint)

@@ -55,6 +55,7 @@ from pcci.twisted_internals import http_channel, send_now
 from pcci.wire import MAX_FRAME, MIN_FRAME
 from pcci.worker.connection import default_name
 from pcci.worker.service import WorkerService
+from pcci.worker.settings import WorkerSettings
 
 log = Logger()
 
@@ -499,10 +500,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         WorkerService(
             reactor,
             [LocalPortEndpoint(reactor, workers_port)],
-            name,
-            None if local is None else local[1],
-            options["kill-grace"],
-            max_jobs=options["max-jobs"],
-            journal=options.state_dir / f"worker-{name}.jobs.json",
+            WorkerSettings(
+                name,
+                None if local is None else local[1],
+                kill_grace=options["kill-grace"],
+                max_jobs=options["max-jobs"],
+                journal=options.state_dir / f"worker-{name}.jobs.json",
+            ),
         ).setServiceParent(master)
     return master

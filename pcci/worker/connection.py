@@ -8,7 +8,6 @@ from __future__ import annotations
 import platform
 import socket
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import Deferred
@@ -41,10 +40,10 @@ from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
 from pcci.worker.receiver import Receiver
 from pcci.worker.sender import Sender
+from pcci.worker.settings import WorkerSettings
 from pcci.worker.upgrade import Upgrader
 
 #: Seconds between heartbeats, by default.
-DEFAULT_HEARTBEAT = 5.0
 
 #: Seconds between two log lines saying the master refuses this worker's
 #: protocol version (it is refused at every try, with backoff).
@@ -113,7 +112,7 @@ class MasterConnection(FramedJSONProtocol):
         by_identity = factory.identity is not None and factory.identity.certificate is not None
         self._handshake = WorkerHandshake(None if by_identity else factory.secret, factory.name)
         hello = self._handshake.hello(
-            heartbeat=factory.heartbeat,
+            heartbeat=factory.settings.heartbeat,
             hostname=socket.gethostname(),
             labels=factory.labels,
             jobs=self.jobs.held_jobs(),
@@ -182,7 +181,7 @@ class MasterConnection(FramedJSONProtocol):
         self._ready = True
         self.output_data = message.get("output_data") is True
         self.identities = message.get("identities") is True
-        if self.identities and self.factory.identity is None and self.factory.enroll:
+        if self.identities and self.factory.identity is None and self.factory.settings.enroll:
             self._ask("enroll", self.factory.new_identity())
         self.jobs.connected(self)
         if self.factory.upgrader is not None:
@@ -190,7 +189,7 @@ class MasterConnection(FramedJSONProtocol):
         self.joined.callback(self)
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = self.factory.reactor
-        self._watch(self._beat.start(self.factory.heartbeat, now=True))
+        self._watch(self._beat.start(self.factory.settings.heartbeat, now=True))
         self.log.info(
             "worker {name} joined master at {peer}",
             name=self.factory.name,
@@ -277,7 +276,7 @@ class MasterConnection(FramedJSONProtocol):
         # Silence while this worker stood still is not the master's.
         since = self.factory.stall.quiet_since(self._last_frame)
         silent = self.factory.reactor.seconds() - since
-        if silent >= MISSED_HEARTBEATS * self.factory.heartbeat:
+        if silent >= MISSED_HEARTBEATS * self.factory.settings.heartbeat:
             self.log.warn("master silent for {silent:.1f} s: reconnecting", silent=silent)
             self.abort_connection()
             return
@@ -285,7 +284,7 @@ class MasterConnection(FramedJSONProtocol):
         if self._collecting:
             return  # the last measurement is still stuck (a hung disk?)
         self._collecting = True
-        d = self.factory.collect(self.factory.disk, len(self.jobs.running))
+        d = self.factory.collect(self.factory.settings.disk, len(self.jobs.running))
 
         def send(figures: dict[str, Any]) -> None:
             self.sendMessage("heartbeat", figures=figures)
@@ -454,38 +453,28 @@ class WorkerFactory(_Factory):
     def __init__(
         self,
         reactor: Any,
-        name: str,
-        secret: bytes | None,
+        settings: WorkerSettings,
         jobs: JobTable,
-        on_dismissed: Callable[[str], None] = lambda reason: None,
-        heartbeat: float = DEFAULT_HEARTBEAT,
-        disk: str = "/",
-        collect: Callable[[str, int], Deferred[dict[str, Any]]] | None = None,
-        labels: dict[str, str] | None = None,
         identity: WorkerIdentity | None = None,
-        state_dir: Path | None = None,
-        enroll: bool = False,
+        on_dismissed: Callable[[str], None] = lambda reason: None,
+        collect: Callable[[str, int], Deferred[dict[str, Any]]] | None = None,
     ) -> None:
         self.reactor = reactor
-        self.name = name
-        self.secret = secret
+        self.settings = settings
+        self.name = settings.name
+        self.secret = settings.secret
         #: This worker's certificate and key, once it has them: it dials
         #: with them (see L{pcci.worker.joining.IdentityEndpoint}).
         self.identity = identity
-        self.state_dir = state_dir
-        #: Ask a master that welcomed it by the secret for an identity.
-        self.enroll = enroll
         #: The status to exit with when the master says never to come back.
         self.exit_status = 1
         self.jobs = jobs
-        self.heartbeat = heartbeat
-        self.disk = disk
         self.collect = collect or (
             lambda disk, jobs: deferToThread(collect_figures, disk, jobs)
         )
         self.on_dismissed = on_dismissed
         #: What this worker says of itself, for targeting.
-        self.labels = default_labels() if labels is None else labels
+        self.labels = default_labels() if settings.labels is None else settings.labels
         self.stall = StallWatch(reactor)
         self.connection: MasterConnection | None = None
         #: Called with each connection that closes (the dialer redials).
@@ -528,8 +517,9 @@ class WorkerFactory(_Factory):
         )
 
     def new_identity(self) -> WorkerIdentity:
-        assert self.state_dir is not None, "a worker that enrolls keeps its identity in its state directory"
-        return WorkerIdentity.fresh(self.state_dir, self.name)
+        state_dir = self.settings.state_dir
+        assert state_dir is not None, "a worker that enrolls keeps its identity in its state directory"
+        return WorkerIdentity.fresh(state_dir, self.name)
 
     def dismissed(self, reason: str) -> None:
         self.log.error("worker {name} will not reconnect: {reason}", name=self.name, reason=reason)

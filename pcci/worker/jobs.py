@@ -26,8 +26,9 @@ from twisted.logger import Logger
 from pcci.output import DEFAULT_MAX_OUTPUT, Chunk, OutputBuffer
 from pcci.wire import END_LOST, STATUS_LOST
 from pcci.worker.journal import JobJournal
-from pcci.worker.process import JobProcess
+from pcci.worker.process import Command, JobProcess, KillPolicy
 from pcci.worker.received import ReceivedJobs
+from pcci.worker.settings import WorkerSettings
 
 log = Logger()
 
@@ -87,18 +88,17 @@ class JobTable:
     def __init__(
         self,
         reactor: Any,
-        name: str,
-        kill_grace: float = 5.0,
-        max_jobs: int | None = None,
+        settings: WorkerSettings,
         journal: JobJournal | None = None,
-        max_output: int = DEFAULT_MAX_OUTPUT,
         received: ReceivedJobs | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.reactor = reactor
+        name = settings.name
         #: The jobs this worker was sent, across its restarts (None: it keeps no such memory).
         self.received = received
-        self.kill_grace = kill_grace
-        self.max_jobs = max_jobs or default_max_jobs()
+        self.kill_grace = settings.kill_grace
+        self.max_jobs = settings.max_jobs or default_max_jobs()
         self.max_output = max_output
         self.journal = journal
         #: What jobs' environments start from: this worker's own, read once.
@@ -153,36 +153,18 @@ class JobTable:
         held.attached = not handed_over  # until the master attaches it
         self.held[pool_id] = held
 
-        def started(pid: int) -> None:
-            held.pid = pid
-            self._report(held, "started", pid=pid)
-            if self.journal is not None:
-                self.journal.add(pid, process.marker)
-
-        def output(text: str, stream: str) -> None:
-            held.seq += 1
-            held.output.append(text, stream, held.seq)
-            self._report(held, "output", data=text, stream=stream, seq=held.seq)
-
-        def ended(status: int, reason: str | None) -> None:
-            held.end = (status, reason)
-            held.process = None
-            self._report_end(held)
-            self._job_ended(process)
-            self._bound_unacked()
-
         process = JobProcess(
             self.reactor,
-            cmd,
-            on_started=started,
-            on_output=output,
-            on_ended=ended,
-            kill_grace=self.kill_grace,
-            marker=self.marker_prefix + pool_id,
-            env={**self.environment, **options.get("env", {})},
-            cwd=options.get("cwd"),
-            stdin=options.get("stdin", "").encode("utf-8"),
-            timeout=options.get("timeout"),
+            Command(
+                cmd,
+                env={**self.environment, **options.get("env", {})},
+                marker=self.marker_prefix + pool_id,
+                stdin=options.get("stdin", "").encode("utf-8"),
+                cwd=options.get("cwd"),
+                timeout=options.get("timeout"),
+            ),
+            _Reporting(self, held),
+            KillPolicy(kill_grace=self.kill_grace),
         )
         held.process = process
         if self.link is not None and self.link.paused:
@@ -219,16 +201,16 @@ class JobTable:
             return
         held.attached = True
         if held.pid is not None:
-            self._report(held, "started", pid=held.pid)
+            self.tell(held, "started", pid=held.pid)
         for piece in held.output.chunks(after, whole=True):
             if isinstance(piece, Chunk):
-                self._report(held, "output", data=piece.text, stream=piece.stream, seq=piece.event)
+                self.tell(held, "output", data=piece.text, stream=piece.stream, seq=piece.event)
             else:  # one note stands for the pieces dropped: numbered first..seq
                 note = f"\n[pcci: {piece.size} bytes of output dropped]\n"
                 last = held.seq if piece.last is None else piece.last
-                self._report(held, "output", data=note, stream="stderr", seq=last, first=piece.event)
+                self.tell(held, "output", data=note, stream="stderr", seq=last, first=piece.event)
         if held.end is not None:
-            self._report_end(held)
+            self.tell_end(held)
 
     def acknowledged(self, pool_id: str) -> None:
         """The master keeps the job's end: forget it."""
@@ -266,21 +248,21 @@ class JobTable:
             if held.process is not None:
                 held.process.resume()
 
-    def _report(self, held: HeldJob, code: str, **fields: Any) -> None:
+    def tell(self, held: HeldJob, code: str, **fields: Any) -> None:
         """Tell the master about a job, if a master carries on with it now."""
         if held.attached and self.link is not None:
             self.link.report(code, held.pool_id, **fields)
 
-    def _report_end(self, held: HeldJob) -> None:
+    def tell_end(self, held: HeldJob) -> None:
         assert held.end is not None
         status, reason = held.end
         # seq: the output it sums up, so that a master missing some asks again.
         if reason is None:
-            self._report(held, "ended", status=status, seq=held.seq)
+            self.tell(held, "ended", status=status, seq=held.seq)
         else:
-            self._report(held, "ended", status=status, reason=reason, seq=held.seq)
+            self.tell(held, "ended", status=status, reason=reason, seq=held.seq)
 
-    def _bound_unacked(self) -> None:
+    def bound_unacked(self) -> None:
         ended = [key for key, held in self.held.items() if held.end is not None]
         for key in ended[: max(0, len(ended) - MAX_UNACKED)]:
             del self.held[key]
@@ -300,7 +282,7 @@ class JobTable:
             self.running.add(job)
             job.start()
 
-    def _job_ended(self, job: JobProcess) -> None:
+    def slot_freed(self, job: JobProcess) -> None:
         self.running.discard(job)
         if self.journal is not None and job.pid is not None:
             self.journal.remove(job.pid)
@@ -338,3 +320,32 @@ class JobTable:
         d: Deferred[None] = Deferred()
         self._idle.append(d)
         return d
+
+
+class _Reporting:
+    """What a held job's process tells: kept with the job, and reported to the master."""
+
+    def __init__(self, table: JobTable, held: HeldJob) -> None:
+        self.table = table
+        self.held = held
+
+    def started(self, pid: int) -> None:
+        self.held.pid = pid
+        self.table.tell(self.held, "started", pid=pid)
+        if self.table.journal is not None and self.held.process is not None:
+            self.table.journal.add(pid, self.held.process.marker)
+
+    def output(self, text: str, stream: str) -> None:
+        held = self.held
+        held.seq += 1
+        held.output.append(text, stream, held.seq)
+        self.table.tell(held, "output", data=text, stream=stream, seq=held.seq)
+
+    def ended(self, status: int, reason: str | None) -> None:
+        held, process = self.held, self.held.process
+        held.end = (status, reason)
+        held.process = None
+        self.table.tell_end(held)
+        if process is not None:
+            self.table.slot_freed(process)
+        self.table.bound_unacked()

@@ -22,7 +22,8 @@ import shlex
 import shutil
 import signal
 from collections.abc import Iterable
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import psutil
 from twisted.internet.defer import Deferred
@@ -121,61 +122,62 @@ class JobProtocol(ProcessProtocol):
         self.job.process_ended(reason)
 
 
-class JobProcess:
+class JobReporter(Protocol):
+    """Who hears of a job: as soon as its process exists, each piece of output, its end."""
+
+    def started(self, pid: int) -> None: ...
+
+    def output(self, text: str, stream: str) -> None:
+        """At most L{OUTPUT_CHUNK} characters of one stream, decoded as UTF-8 with replacement."""
+
+    def ended(self, status: int, reason: str | None) -> None:
+        """Exactly once; C{reason} says why when it was not just the command exiting."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """What a job runs, and how."""
+
+    cmd: str
+    #: Its environment (None: the worker's).
+    env: dict[str, str] | None = None
+    #: Set in its environment (C{PCCI_JOB}), to find its processes by.
+    marker: str = ""
+    #: Its standard input, then closed.
+    stdin: bytes = b""
+    cwd: str | None = None
+    #: Seconds it may run before it is killed (ending with status 124).
+    timeout: float | None = None
+
+
+def _list_processes(leader: int | None, pgid: int, marker: str) -> Deferred[list[psutil.Process]]:
+    return deferToThread(job_processes, leader, pgid, marker)
+
+
+@dataclass(frozen=True)
+class KillPolicy:
+    """How a job's processes are killed and waited for."""
+
+    #: Seconds between SIGTERM and SIGKILL.
+    kill_grace: float = 5.0
+    #: Seconds the output of a command that exited is read before its pipes are closed.
+    drain_timeout: float = DRAIN_TIMEOUT
+    #: The job's processes (in a thread: a psutil scan can stall).
+    list_processes: Callable[[int | None, int, str], Deferred[list[psutil.Process]]] = _list_processes
+    #: Whether processes of the job are left (None: L{leftovers_of}).
+    has_leftovers: Callable[[int, str], bool] | None = None
+
+
+class OutputBatches:
     """
-    One command run as the leader of its own process group.
-
-    Reports through three callbacks: C{on_started(pid)} as soon as the
-    process exists, C{on_output(text, stream)} with chunks of at most
-    L{OUTPUT_CHUNK} characters (stdout and stderr in arrival order, decoded
-    as UTF-8 with replacement), and C{on_ended(status, reason)} exactly
-    once, C{reason} saying why when it was not just the command exiting.
-
-    Its standard input is C{stdin}, then closed: a command that reads it
-    never waits for a terminal that is not there.  It runs in C{cwd} (the
-    worker's own directory by default) and, given a C{timeout}, is killed
-    when it has run that long, ending with status 124.
+    A job's output on its way to its reporter: decoded as UTF-8 (with
+    replacement), gathered for L{FLUSH_DELAY} or until L{OUTPUT_CHUNK}
+    characters, consecutive pieces of one stream sent together.
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        cmd: str,
-        *,
-        on_started: Callable[[int], None],
-        on_output: Callable[[str, str], None],
-        on_ended: Callable[[int, str | None], None],
-        kill_grace: float = 5.0,
-        env: dict[str, str] | None = None,
-        marker: str = "",
-        stdin: bytes = b"",
-        cwd: str | None = None,
-        timeout: float | None = None,
-        drain_timeout: float = DRAIN_TIMEOUT,
-        list_processes: Callable[
-            [int | None, int, str], Deferred[list[psutil.Process]]
-        ] = lambda leader, pgid, marker: deferToThread(
-            job_processes, leader, pgid, marker
-        ),
-        has_leftovers: Callable[[int, str], bool] | None = None,
-    ) -> None:
+    def __init__(self, reactor: Any, reporter: JobReporter) -> None:
         self._reactor = reactor
-        self.cmd = cmd
-        self._on_started = on_started
-        self._on_output = on_output
-        self._on_ended = on_ended
-        self._kill_grace = kill_grace
-        self._env = dict(os.environ if env is None else env)
-        self.marker = marker
-        if marker:
-            self._env[MARKER] = marker
-        self._stdin = stdin
-        self.cwd = cwd
-        self.timeout = timeout
-        self._timeout_call: IDelayedCall | None = None
-        self._drain_timeout = drain_timeout
-        self._list_processes = list_processes
-        self._has_leftovers = has_leftovers or leftovers_of
+        self._reporter = reporter
         self._decoders = {
             stream: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for stream in ("stdout", "stderr")
@@ -185,6 +187,76 @@ class JobProcess:
         self._last_text = ""
         self._pending_size = 0
         self._flush_call: IDelayedCall | None = None
+
+    def received(self, data: bytes, stream: str) -> None:
+        self.queue(stream, self._decoders[stream].decode(data))
+
+    def note(self, text: str) -> None:
+        """A note of pcci's on stderr, on a line of its own."""
+        self.queue("stderr", on_own_line(text, self._last_text))
+
+    def finish(self) -> None:
+        """The streams are closed: what their decoders hold goes too."""
+        for stream, decoder in self._decoders.items():
+            self.queue(stream, decoder.decode(b"", final=True))
+        self.flush()
+
+    def queue(self, stream: str, text: str) -> None:
+        if text:
+            self._pending.append((stream, text))
+            self._pending_size += len(text)
+            self._last_text = text
+        if self._pending_size >= OUTPUT_CHUNK:
+            self.flush()
+        elif self._flush_call is None and self._pending:
+            self._flush_call = self._reactor.callLater(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        runs: list[tuple[str, list[str]]] = []
+        for stream, text in pending:
+            if runs and runs[-1][0] == stream:
+                runs[-1][1].append(text)
+            else:
+                runs.append((stream, [text]))
+        for stream, texts in runs:
+            text = "".join(texts)
+            for start in range(0, len(text), OUTPUT_CHUNK):
+                self._reporter.output(text[start : start + OUTPUT_CHUNK], stream)
+
+
+class JobProcess:
+    """
+    One command run as the leader of its own process group, telling its
+    C{reporter} (see L{JobReporter}).
+
+    Its standard input is the command's C{stdin}, then closed: a command
+    that reads it never waits for a terminal that is not there.  It runs in
+    C{cwd} (the worker's own directory by default) and, given a C{timeout},
+    is killed when it has run that long, ending with status 124.  It is
+    killed as its L{KillPolicy} says.
+    """
+
+    def __init__(
+        self, reactor: Any, command: Command, reporter: JobReporter, policy: KillPolicy | None = None
+    ) -> None:
+        self._reactor = reactor
+        self.cmd = command.cmd
+        self._reporter = reporter
+        self._policy = policy = policy or KillPolicy()
+        self._has_leftovers = policy.has_leftovers or leftovers_of
+        self._env = dict(os.environ if command.env is None else command.env)
+        self.marker = command.marker
+        if self.marker:
+            self._env[MARKER] = self.marker
+        self._stdin = command.stdin
+        self.cwd = command.cwd
+        self.timeout = command.timeout
+        self._timeout_call: IDelayedCall | None = None
+        self._output = OutputBatches(reactor, reporter)
         self._drain_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
         self._backup_call: IDelayedCall | None = None
@@ -248,7 +320,7 @@ class JobProcess:
         if self._paused:
             self._transport.pauseProducing()
         self.start_timeout()
-        self._on_started(self.pid)
+        self._reporter.started(self.pid)
 
     def start_timeout(self) -> None:
         """From now on the job has C{timeout} seconds to end."""
@@ -259,58 +331,27 @@ class JobProcess:
         self._timeout_call = None
         if self.exited or self.killing:
             return  # it ended in time; only its leftovers are going
-        self._note(f"pcci: timed out after {self.timeout:g} s: killing the job\n")
-        self._flush()
+        self._output.note(f"pcci: timed out after {self.timeout:g} s: killing the job\n")
+        self._output.flush()
         self.kill(END_TIMED_OUT)
 
     def _not_started(self, reason: str) -> None:
         self.ended = True
         self.status = STATUS_NOT_STARTED
-        self._on_output(f"pcci: {reason}\n", "stderr")
-        self._on_ended(STATUS_NOT_STARTED, END_NOT_STARTED)
+        self._reporter.output(f"pcci: {reason}\n", "stderr")
+        self._reporter.ended(STATUS_NOT_STARTED, END_NOT_STARTED)
 
     def cancel(self) -> None:
         """End a job that was never started."""
         if self.started or self.ended:
             return
         self.ended = True
-        self._on_ended(-1, END_CANCELLED)
+        self._reporter.ended(-1, END_CANCELLED)
 
     # Output
 
     def output_received(self, data: bytes, stream: str) -> None:
-        self._queue(stream, self._decoders[stream].decode(data))
-
-    def _note(self, text: str) -> None:
-        """A note of pcci's on stderr, on a line of its own."""
-        self._queue("stderr", on_own_line(text, self._last_text))
-
-    def _queue(self, stream: str, text: str) -> None:
-        if text:
-            self._pending.append((stream, text))
-            self._pending_size += len(text)
-            self._last_text = text
-        if self._pending_size >= OUTPUT_CHUNK:
-            self._flush()
-        elif self._flush_call is None and self._pending:
-            self._flush_call = self._reactor.callLater(FLUSH_DELAY, self._flush)
-
-    def _flush(self) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        # Consecutive pieces of one stream travel together.
-        runs: list[tuple[str, list[str]]] = []
-        for stream, text in pending:
-            if runs and runs[-1][0] == stream:
-                runs[-1][1].append(text)
-            else:
-                runs.append((stream, [text]))
-        for stream, texts in runs:
-            text = "".join(texts)
-            for start in range(0, len(text), OUTPUT_CHUNK):
-                self._on_output(text[start : start + OUTPUT_CHUNK], stream)
+        self._output.received(data, stream)
 
     def pause(self) -> None:
         """Stop reading output: the connection to the master is full."""
@@ -329,13 +370,13 @@ class JobProcess:
         self.exited = True
         self.status = exit_status(reason)
         self._drain_call = self._reactor.callLater(
-            self._drain_timeout, self._stop_draining
+            self._policy.drain_timeout, self._stop_draining
         )
 
     def _stop_draining(self) -> None:
         """The command exited but its pipes stay open: stop reading them."""
         self._drain_call = None
-        self._note(
+        self._output.note(
             "pcci: the command exited but a background process still holds"
             " its output: it is killed with the job\n"
         )
@@ -349,9 +390,7 @@ class JobProcess:
         self._drain_call = None
         if self.status is None:
             self.status = exit_status(reason)
-        for stream, decoder in self._decoders.items():
-            self._queue(stream, decoder.decode(b"", final=True))
-        self._flush()
+        self._output.finish()
         self._watch_leftovers()
 
     def _watch_leftovers(self) -> None:
@@ -367,8 +406,8 @@ class JobProcess:
             self._end()
             return
         if not self.killing:
-            self._note("pcci: killing the processes the command left running\n")
-            self._flush()
+            self._output.note("pcci: killing the processes the command left running\n")
+            self._output.flush()
             self._start_killing(None)
         self._poll_call = self._reactor.callLater(LEFTOVER_POLL, self._watch_leftovers)
 
@@ -377,24 +416,17 @@ class JobProcess:
             return
         self.ended = True
         self._cancel_timers()
-        self._flush()
+        self._output.flush()
         if self.kill_reason == END_TIMED_OUT:
             self.status = STATUS_TIMED_OUT
-        self._on_ended(self.status if self.status is not None else -1, self.kill_reason)
+        self._reporter.ended(self.status if self.status is not None else -1, self.kill_reason)
 
     def _cancel_timers(self) -> None:
         """The job has ended: none of its timers may fire after it."""
-        for call in (
-            self._kill_call,
-            self._backup_call,
-            self._flush_call,
-            self._poll_call,
-            self._timeout_call,
-            self._drain_call,
-        ):
+        for call in (self._kill_call, self._backup_call, self._poll_call, self._timeout_call, self._drain_call):
             self._cancel(call)
-        self._kill_call = self._backup_call = self._flush_call = None
-        self._poll_call = self._timeout_call = self._drain_call = None
+        self._kill_call = self._backup_call = self._poll_call = self._timeout_call = self._drain_call = None
+        self._output.flush()  # and its timer with it
 
     # Killing
 
@@ -411,7 +443,7 @@ class JobProcess:
         self.killing = True
         self.kill_reason = reason
         self._signal_tree(signal.SIGTERM)
-        self._kill_call = self._reactor.callLater(self._kill_grace, self._sigkill)
+        self._kill_call = self._reactor.callLater(self._policy.kill_grace, self._sigkill)
 
     def _sigkill(self) -> None:
         self._kill_call = None
@@ -440,7 +472,7 @@ class JobProcess:
         """
         leader = None if self.exited else self.pid
         assert self.pid is not None
-        d = self._list_processes(leader, self.pid, self.marker)
+        d = self._policy.list_processes(leader, self.pid, self.marker)
         signalled = d.addCallback(self._signal_found, signum)
         return signalled.addErrback(lambda f: log.failure("cannot list job processes", f))
 

@@ -6,7 +6,6 @@ backoff forever, and kills its running jobs when it stops.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
@@ -18,13 +17,14 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from pcci.identity import WorkerIdentity
-from pcci.worker.connection import DEFAULT_HEARTBEAT, WorkerFactory
+from pcci.worker.connection import WorkerFactory
 from pcci.worker.dialer import MasterDialer
 from pcci.worker.health import start_cpu_sampling
 from pcci.worker.jobs import JobTable
 from pcci.worker.journal import JobJournal, kill_leftovers
 from pcci.worker.reaper import become_subreaper, reap_orphans
 from pcci.worker.received import ReceivedJobs
+from pcci.worker.settings import WorkerSettings
 from pcci.worker.upgrade import Upgrader, installed_prefix
 
 log = Logger()
@@ -48,44 +48,23 @@ class WorkerService(MultiService):
         self,
         reactor: Any,
         endpoints: Sequence[IStreamClientEndpoint],
-        name: str,
-        secret: bytes | None,
-        kill_grace: float,
-        on_dismissed: Callable[[str], None] | None = None,
-        heartbeat: float = DEFAULT_HEARTBEAT,
-        disk: str = "/",
-        max_jobs: int | None = None,
-        journal: Path | None = None,
-        labels: dict[str, str] | None = None,
+        settings: WorkerSettings,
         identity: WorkerIdentity | None = None,
-        enroll: bool = False,
+        on_dismissed: Callable[[str], None] | None = None,
         before_connect: Callable[[], Deferred[Any]] | None = None,
     ) -> None:
         super().__init__()
+        journal = settings.journal
         self.jobs = JobTable(
             reactor,
-            name,
-            kill_grace,
-            max_jobs=max_jobs,
+            settings,
             journal=None if journal is None else JobJournal(journal, reactor),
             # Beside the journal: worker-NAME.received.
             received=None if journal is None else ReceivedJobs(journal.with_name(
                 journal.name.removesuffix(".jobs.json") + ".received"
             )),
         )
-        self.factory = WorkerFactory(
-            reactor,
-            name,
-            secret,
-            self.jobs,
-            on_dismissed or self._dismissed,
-            heartbeat=heartbeat,
-            disk=disk,
-            labels=labels,
-            identity=identity,
-            state_dir=None if journal is None else journal.parent,
-            enroll=enroll,
-        )
+        self.factory = WorkerFactory(reactor, settings, self.jobs, identity, on_dismissed or self._dismissed)
         prefix = installed_prefix()
         if prefix is not None:
             self.factory.upgrader = Upgrader(reactor, prefix, self.jobs, self.factory.tell_upgrade)
@@ -94,7 +73,7 @@ class WorkerService(MultiService):
         # A connection counts as made once the master welcomed this worker:
         # failed handshakes back off like failed connects.
         self.client = MasterDialer(reactor, endpoints, self.factory, RETRY_POLICY)
-        self.kill_grace = kill_grace
+        self.kill_grace = settings.kill_grace
         self.reactor = reactor
         self._reaper = LoopingCall(reap_orphans)
         self._reaper.clock = reactor

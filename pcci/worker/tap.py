@@ -16,9 +16,10 @@ from pcci.identity import IdentityError, JoinToken, WorkerIdentity
 from pcci.labels import default_labels, parse_label
 from pcci.options import positive_int, seconds
 from pcci.wire import HEARTBEAT_RANGE, NAME_RULE, VALID_NAME
-from pcci.worker.connection import DEFAULT_HEARTBEAT, default_name
+from pcci.worker.connection import default_name
 from pcci.worker.joining import IdentityEndpoint, JoinRefused, join_until_done
 from pcci.worker.service import RETRY_POLICY, WorkerService
+from pcci.worker.settings import DEFAULT_HEARTBEAT, WorkerSettings
 
 log = Logger()
 
@@ -156,20 +157,23 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     def use_identity(identity: WorkerIdentity) -> None:
         service.factory.identity = identity
 
-    service = WorkerService(
-        reactor,
-        [IdentityEndpoint(reactor, master, lambda: service.factory.identity) for master in options.masters],
+    settings = WorkerSettings(
         options["name"],
         options.secret,
-        options["kill-grace"],
-        on_dismissed=dismissed,
+        kill_grace=options["kill-grace"],
         heartbeat=options["heartbeat"],
         disk=options["disk"],
         max_jobs=options["max-jobs"],
-        journal=options.journal,
         labels=options.labels,
-        identity=options.identity,
+        journal=options.journal,
         enroll=options["enroll"],
+    )
+    service = WorkerService(
+        reactor,
+        [IdentityEndpoint(reactor, master, lambda: service.factory.identity) for master in options.masters],
+        settings,
+        options.identity,
+        on_dismissed=dismissed,
         before_connect=None if options.token is None else lambda: _join(reactor, options, use_identity),
     )
     return service

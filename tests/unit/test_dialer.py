@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from pcci.worker.connection import JoinFailed, WorkerFactory
 from pcci.worker.dialer import HELD_LONG, MasterDialer
 from pcci.worker.jobs import JobTable
+from pcci.worker.settings import WorkerSettings
 
 
 class Endpoint:
@@ -36,7 +37,7 @@ def test_failed_attempts_back_off_and_a_welcome_resets_them() -> None:
         lambda: fail(ConnectionRefusedError()),
         lambda: _fired(joining),
     ])
-    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    factory = WorkerFactory(clock, WorkerSettings("pi1"), JobTable(clock, WorkerSettings("pi1")))
     delays = []
     dialer = MasterDialer(clock, [endpoint], factory, lambda n: delays.append(n) or 2.0 ** n)
     dialer.startService()
@@ -56,7 +57,7 @@ def test_failed_attempts_back_off_and_a_welcome_resets_them() -> None:
 def test_a_handshake_that_fails_is_a_failed_attempt() -> None:
     clock = Clock()
     joining = Joining()
-    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    factory = WorkerFactory(clock, WorkerSettings("pi1"), JobTable(clock, WorkerSettings("pi1")))
     dialer = MasterDialer(clock, [Endpoint([lambda: _fired(joining)])], factory, lambda n: 5.0)
     dialer.startService()
     factory.on_lost(joining)  # closed before the welcome: not a redial of its own
@@ -70,7 +71,7 @@ def test_several_masters_start_anywhere_and_move_on_when_one_goes() -> None:
     first, second = Joining(), Joining()
     m1 = Endpoint([lambda: _fired(first), lambda: fail(ConnectionRefusedError())])
     m2 = Endpoint([lambda: fail(ConnectionRefusedError()), lambda: _fired(second)])
-    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    factory = WorkerFactory(clock, WorkerSettings("pi1"), JobTable(clock, WorkerSettings("pi1")))
     delays = []
     dialer = MasterDialer(
         clock, [m1, m2], factory, lambda n: delays.append(n) or 1.0, choose=lambda count: 1
@@ -93,7 +94,7 @@ def test_several_masters_start_anywhere_and_move_on_when_one_goes() -> None:
 def test_a_whole_round_of_failures_backs_off() -> None:
     clock = Clock()
     masters = [Endpoint([]), Endpoint([]), Endpoint([])]  # all refuse
-    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    factory = WorkerFactory(clock, WorkerSettings("pi1"), JobTable(clock, WorkerSettings("pi1")))
     delays = []
     dialer = MasterDialer(clock, masters, factory, lambda n: delays.append(n) or 1.0, choose=lambda count: 0)
     dialer.startService()
@@ -113,7 +114,7 @@ def _fired(value):
 
 def test_a_replaced_connection_redials_with_backoff_that_grows_in_a_row() -> None:
     clock = Clock()
-    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"))
+    factory = WorkerFactory(clock, WorkerSettings("pi1"), JobTable(clock, WorkerSettings("pi1")))
     joinings = [Joining() for _ in range(4)]
     endpoint = Endpoint([lambda j=j: _fired(j) for j in joinings])
     dialer = MasterDialer(clock, [endpoint], factory, lambda n: 2.0 ** n)

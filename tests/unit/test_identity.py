@@ -35,6 +35,7 @@ from pcci.identity import (
 from pcci.master.access.ca import ClusterCA, check_request
 from pcci.master.access.enrollment import Enrollment, Refused, TokenRequest
 from pcci.master.store.sqlite import open_database
+from pcci.worker.settings import WorkerSettings
 
 START = 1_800_000_000.0
 
@@ -450,8 +451,10 @@ def test_a_worker_asks_for_a_new_certificate_in_its_last_month_and_keeps_it(ca: 
     ending = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=70)  # 20 days left
     identity.keep(certificate_pem(ca.sign_worker(check_request(identity.request()), "pi1", ending)), ca.pem)
     clock = Clock()
-    factory = WorkerFactory(clock, "pi1", None, JobTable(clock, "pi1"), heartbeat=1, identity=identity,
-                            collect=lambda disk, jobs: succeed({}))
+    settings = WorkerSettings("pi1", heartbeat=1)
+    factory = WorkerFactory(
+        clock, settings, JobTable(clock, settings), identity, collect=lambda disk, jobs: succeed({})
+    )
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
     transport = StringTransport()
     protocol.makeConnection(transport)

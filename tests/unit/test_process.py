@@ -54,13 +54,17 @@ def run(index=0):
         report["status"] = status
         reactor.callLater(0, run, index + 1)
 
-    process.JobProcess(
-        reactor,
-        COMMANDS[index],
-        on_started=lambda pid: report.setdefault("pid", pid),
-        on_output=lambda text, stream: report.update(output=report["output"] + text),
-        on_ended=ended,
-    ).start()
+    class Reporter:
+        def started(self, pid):
+            report.setdefault("pid", pid)
+
+        def output(self, text, stream):
+            report.update(output=report["output"] + text)
+
+        def ended(self, status, reason):
+            ended(status, reason)
+
+    process.JobProcess(reactor, process.Command(COMMANDS[index]), Reporter()).start()
 
 reactor.callWhenRunning(run)
 reactor.run()

@@ -11,21 +11,37 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from pcci.worker.process import BACKUP_TIMEOUT, JobProcess
+from pcci.worker.process import BACKUP_TIMEOUT, Command, JobProcess, KillPolicy
+
+
+class Recorder:
+    """A job's reports, kept in one list: its output (unless told not to) and its end."""
+
+    def __init__(self, kept: list, output: bool = True) -> None:
+        self.kept = kept
+        self.keep_output = output
+
+    def started(self, pid: int) -> None:
+        pass
+
+    def output(self, text: str, stream: str) -> None:
+        if self.keep_output:
+            self.kept.append(("output", stream, text))
+
+    def ended(self, status: int, reason: str | None) -> None:
+        self.kept.append((status, reason))
 
 
 def job(clock: Clock, leftovers: list[bool] | None = None) -> tuple[JobProcess, list]:
     ended: list = []
     left = leftovers if leftovers is not None else [False]
     process = JobProcess(
-        clock,
-        "sleep 100",
-        on_started=lambda pid: None,
-        on_output=lambda text, stream: ended.append(("output", stream, text)),
-        on_ended=lambda status, reason: ended.append((status, reason)),
-        kill_grace=5,
-        list_processes=lambda leader, pgid, marker: succeed([]),
-        has_leftovers=lambda pgid, marker: left.pop(0) if len(left) > 1 else left[0],
+        clock, Command("sleep 100"), Recorder(ended),
+        KillPolicy(
+            kill_grace=5,
+            list_processes=lambda leader, pgid, marker: succeed([]),
+            has_leftovers=lambda pgid, marker: left.pop(0) if len(left) > 1 else left[0],
+        ),
     )
     # As if spawned: our own group id is never signalled by killpg.
     process.started, process.pid = True, os.getpgrp()
@@ -85,10 +101,7 @@ def test_leftovers_are_killed_and_the_job_ends_when_they_are_gone() -> None:
 def test_a_cancelled_job_never_starts() -> None:
     clock = Clock()
     ended: list = []
-    process = JobProcess(
-        clock, "true", on_started=lambda pid: None, on_output=lambda t, s: None,
-        on_ended=lambda status, reason: ended.append((status, reason)),
-    )
+    process = JobProcess(clock, Command("true"), Recorder(ended, output=False))
     process.kill()
     assert ended == [(-1, "cancelled")] and process.ended
 
@@ -98,15 +111,13 @@ def test_a_killed_job_waits_for_its_leftovers_through_sigkill() -> None:
     signals: list[int] = []
     ended: list = []
     process = JobProcess(
-        clock,
-        "sleep 100",
-        on_started=lambda pid: None,
-        on_output=lambda text, stream: None,
-        on_ended=lambda status, reason: ended.append((status, reason)),
-        kill_grace=5,
-        list_processes=lambda leader, pgid, marker: succeed([]),
-        # A leftover that ignores SIGTERM lives until SIGKILL.
-        has_leftovers=lambda pgid, marker: signal.SIGKILL not in signals,
+        clock, Command("sleep 100"), Recorder(ended, output=False),
+        KillPolicy(
+            kill_grace=5,
+            list_processes=lambda leader, pgid, marker: succeed([]),
+            # A leftover that ignores SIGTERM lives until SIGKILL.
+            has_leftovers=lambda pgid, marker: signal.SIGKILL not in signals,
+        ),
     )
     process.started, process.pid = True, os.getpgrp()
     process._signal_found = lambda found, signum: signals.append(signum)  # type: ignore[method-assign]

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from pcci.worker.jobs import SENT_MARGIN, JobTable
 from pcci.worker.received import HEADER, ReceivedJobs
+from pcci.worker.settings import WorkerSettings
 
 
 class Wall:
@@ -68,7 +69,7 @@ def test_an_unreadable_file_is_a_memory_that_begins_now(tmp_path: Path) -> None:
 
 
 def table(memory: ReceivedJobs | None) -> tuple[JobTable, Link, list[str]]:
-    jobs = JobTable(Clock(), "pi1", received=memory)
+    jobs = JobTable(Clock(), WorkerSettings("pi1"), received=memory)
     link = Link()
     jobs.connected(link)
     started: list[str] = []

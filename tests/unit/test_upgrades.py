@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from pcci.master.cluster.state import ClusterState
 from pcci.master.cluster.upgrades import INSTALL_TIME, batch_size
 from pcci.worker.jobs import JobTable
+from pcci.worker.settings import WorkerSettings
 from pcci.worker.upgrade import MARK, RECORD, Upgrader, installed_prefix, point_current
 
 ORDER = {"version": "2.1.0", "wheel": "pcci-2.1.0-py3-none-any.whl", "url": "http://m/dist/x", "sha256": "ab" * 32,
@@ -147,7 +148,7 @@ class Restarts:
 
 
 def upgrader(clock: Clock, prefix: Path, venv: str, seen: Restarts) -> Upgrader:
-    jobs = JobTable(clock, "w")
+    jobs = JobTable(clock, WorkerSettings("w"))
     return Upgrader(clock, prefix, jobs, lambda state, reason: seen.said.append((state, reason)),
                     seen.into.append, venv=prefix / "versions" / venv)
 
@@ -208,7 +209,7 @@ def test_a_worker_about_to_restart_starts_no_job_and_hands_those_that_wait_to_it
     tmp_path: Path,
 ) -> None:
     clock = Clock()
-    jobs = JobTable(clock, "w", max_jobs=4)
+    jobs = JobTable(clock, WorkerSettings("w", max_jobs=4))
     jobs.holding = True
     jobs.run("p1", "true", {"env": {"A": "1"}})
     assert jobs.only_waiting() and not jobs.running

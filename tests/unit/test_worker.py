@@ -13,6 +13,7 @@ from pcci.auth import check_proof, proof
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 from pcci.worker.connection import WorkerFactory
 from pcci.worker.jobs import HeldJob, JobTable
+from pcci.worker.settings import WorkerSettings
 
 
 def frames(transport: StringTransport) -> list[dict]:
@@ -28,8 +29,9 @@ def connect(secret: bytes | None = None, welcome: bool = True, **kwargs):
     """A worker connected to a master that runs --no-auth, welcomed unless told."""
     kwargs.setdefault("collect", lambda disk, jobs: succeed({"jobs_running": jobs}))
     clock = Clock()
-    jobs = JobTable(clock, "pi1", max_jobs=kwargs.pop("max_jobs", None))
-    factory = WorkerFactory(clock, "pi1", secret, jobs, heartbeat=1, **kwargs)
+    settings = WorkerSettings("pi1", secret, heartbeat=1, max_jobs=kwargs.pop("max_jobs", None))
+    jobs = JobTable(clock, settings)
+    factory = WorkerFactory(clock, settings, jobs, **kwargs)
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -307,16 +309,16 @@ class QueuedJob:
 
 
 def test_at_most_max_jobs_run_and_the_rest_wait_in_order() -> None:
-    table = JobTable(Clock(), "pi1", max_jobs=2)
+    table = JobTable(Clock(), WorkerSettings("pi1", max_jobs=2))
     started: list[str] = []
     jobs = [QueuedJob(f"j{i}", started) for i in range(5)]
     for queued in jobs:
         table.enqueue(queued)
     assert started == ["j0", "j1"]
     jobs[3].cancel()  # killed while it waited
-    table._job_ended(jobs[1])
+    table.slot_freed(jobs[1])
     assert started == ["j0", "j1", "j2"]
-    table._job_ended(jobs[0])
+    table.slot_freed(jobs[0])
     assert started == ["j0", "j1", "j2", "j4"]
     assert len(table.running) == 2 and not table.queue
 
