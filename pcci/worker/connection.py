@@ -25,22 +25,19 @@ from pcci.clock import StallWatch
 from pcci.handshake import WorkerHandshake, is_version_refusal
 from pcci.identity import EXIT_STATUSES, IdentityError, WorkerIdentity
 from pcci.labels import default_labels
-from pcci.transfer import CHUNK
 from pcci.wire import (
     END_NOT_STARTED,
     MASTER_MESSAGES,
     MISSED_HEARTBEATS,
     STATUS_NOT_STARTED,
-    FramedJSONProtocol,
     ProtocolError,
     peer_address,
     run_options,
 )
 from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
-from pcci.worker.receiver import Receiver
-from pcci.worker.sender import Sender
 from pcci.worker.settings import WorkerSettings
+from pcci.worker.transfers import TransferFrames
 from pcci.worker.upgrade import Upgrader
 
 #: Seconds between heartbeats, by default.
@@ -60,7 +57,7 @@ def default_name() -> str:
 
 
 @implementer(IPushProducer)
-class MasterConnection(FramedJSONProtocol):
+class MasterConnection(TransferFrames):
     """
     The worker's connection to its master, and the job table's link to it.
 
@@ -74,6 +71,7 @@ class MasterConnection(FramedJSONProtocol):
     factory: WorkerFactory
 
     def __init__(self) -> None:
+        super().__init__()
         self.paused = False
         self._last_frame = 0.0
         self._beat: LoopingCall | None = None
@@ -86,8 +84,6 @@ class MasterConnection(FramedJSONProtocol):
         #: The master takes output as raw bytes after an C{output_data} frame
         #: (its welcome says so); else as the C{data} of C{output} frames.
         self.output_data = False
-        #: Pushes and fetches under way, by pool id.
-        self.transfers: dict[str, Receiver | Sender] = {}
         #: The master signs keys (its welcome says so): renewals, enrollment.
         self.identities = False
         #: The identity whose key the master was asked to sign.
@@ -137,9 +133,7 @@ class MasterConnection(FramedJSONProtocol):
         if self.factory.connection is self:
             self.factory.connection = None
             self.jobs.disconnected()
-        for transfer in list(self.transfers.values()):
-            transfer.abort("the connection to the master closed")
-        self.transfers.clear()
+        self.abort_transfers("the connection to the master closed")
         self.factory.on_lost(self)
         self.closed.callback(None)
 
@@ -331,73 +325,7 @@ class MasterConnection(FramedJSONProtocol):
     def handle_kill(self, message: dict[str, Any]) -> None:
         if self._handshake_done():
             self.jobs.kill(message["pool"])
-            transfer = self.transfers.pop(message["pool"], None)
-            if transfer is not None:
-                transfer.abort("killed")
-
-    # Pushes (pcci cp): see pcci.transfer
-
-    def handle_put(self, message: dict[str, Any]) -> None:
-        if not self._handshake_done():
-            return
-        pool_id = message["pool"]
-        receiver = self.transfers.get(pool_id)
-        if not isinstance(receiver, Receiver):
-            receiver = self.transfers[pool_id] = Receiver(
-                self.factory.reactor,
-                self.factory.file_threads(),
-                pool_id,
-                message["dest"],
-                message,
-                lambda code, **fields: self._from_transfer(pool_id, code, fields),
-            )
-        receiver.entries_received(message["entries"], message["more"])
-
-    def handle_put_data(self, message: dict[str, Any]) -> None:
-        if not self._handshake_done():
-            return
-        if not 0 < message["size"] <= CHUNK:
-            self.protocolViolation(f"put_data of {message['size']} bytes")
-            return
-        receiver = self.transfers.get(message["pool"])
-
-        def received(data: bytes) -> None:
-            if isinstance(receiver, Receiver):  # else a push stopped meanwhile: dropped
-                receiver.data(message["path"], message["offset"], data)
-
-        self.receive_raw(message["size"], received)  # the raw bytes follow
-
-    def handle_put_end(self, message: dict[str, Any]) -> None:
-        receiver = self.transfers.get(message["pool"]) if self._handshake_done() else None
-        if isinstance(receiver, Receiver):
-            receiver.end()
-
-    # Fetches (pcci fetch): see pcci.worker.sender
-
-    def handle_get(self, message: dict[str, Any]) -> None:
-        if not self._handshake_done() or message["pool"] in self.transfers:
-            return
-        pool_id = message["pool"]
-        sender = self.transfers[pool_id] = Sender(
-            self.factory.reactor,
-            self.factory.file_threads(),
-            pool_id,
-            message["path"],
-            message["recursive"],
-            lambda code, **fields: self._from_transfer(pool_id, code, fields),
-            lambda header, data: self.send_raw({"code": "get_data", "pool": pool_id, **header}, data),
-        )
-        sender.start()
-
-    def handle_get_ack(self, message: dict[str, Any]) -> None:
-        sender = self.transfers.get(message["pool"]) if self._handshake_done() else None
-        if isinstance(sender, Sender):
-            sender.ack(message["read"])
-
-    def _from_transfer(self, pool_id: str, code: str, fields: dict[str, Any]) -> None:
-        if code == "ended":
-            self.transfers.pop(pool_id, None)
-        self.sendMessage(code, pool=pool_id, **fields)
+            self.abort_transfers("killed", message["pool"])
 
     def handle_attach(self, message: dict[str, Any]) -> None:
         if self._handshake_done():

@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pcci.transfer import CHUNK, WINDOW, Entry, batches, file_mode, os_reason, report_end
+
+
+class TransferLink(Protocol):
+    """The connection a fetch's frames go through."""
+
+    def transfer_report(self, pool_id: str, code: str, **fields: Any) -> None: ...
+
+    def send_raw(self, header: dict[str, Any], data: bytes) -> None: ...
 
 
 class Sender:
@@ -32,16 +40,14 @@ class Sender:
         pool_id: str,
         path: str,
         recursive: bool,
-        report: Callable[..., None],
-        send_piece: Callable[[dict[str, Any], bytes], None],
+        link: TransferLink,
     ) -> None:
         self.reactor = reactor
         self.threads = threads
         self.pool_id = pool_id
         self.path = path
         self.recursive = recursive
-        self.report = report
-        self.send_piece = send_piece
+        self.link = link
         self.files: deque[tuple[Entry, str]] = deque()
         self.current: tuple[Entry, str] | None = None
         self.fd: int | None = None
@@ -52,6 +58,9 @@ class Sender:
         self.changed: list[str] = []
         self.count = 0
         self.ended = False
+
+    def report(self, code: str, **fields: Any) -> None:
+        self.link.transfer_report(self.pool_id, code, **fields)
 
     def start(self) -> None:
         self._in_thread(self._list).addCallback(self._listed)
@@ -148,7 +157,7 @@ class Sender:
         if data is None or self.ended:
             return
         header = {"path": entry.path, "offset": self.offset, "size": len(data)}
-        self.send_piece(header, data)
+        self.link.send_raw({"code": "get_data", "pool": self.pool_id, **header}, data)
         self.offset += len(data)
         self.sent += len(data)
         if self.offset >= entry.size:
