@@ -31,7 +31,6 @@ from pcci.master.store.base import PoolStore, StoreError
 if TYPE_CHECKING:
     from pcci.master.access.tokens import TokenBook
     from pcci.master.cluster.schedules import Scheduler
-    from pcci.master.peers.peers import Peers
     from pcci.master.webhooks.notifier import Notifier
 
 log = Logger()
@@ -148,7 +147,6 @@ class StateService(Service):
         reactor: Any,
         state: ClusterState,
         store: PoolStore,
-        peers: Peers | None = None,
         tokens: TokenBook | None = None,
         scheduler: Scheduler | None = None,
         notifier: Notifier | None = None,
@@ -156,7 +154,6 @@ class StateService(Service):
         self.reactor = reactor
         self.state = state
         self.store = store
-        self.peers = peers
         self.tokens = tokens
         self.scheduler = scheduler
         self.notifier = notifier
@@ -174,8 +171,7 @@ class StateService(Service):
             log.info("{count} pools were running when the master stopped: their workers"
                      " may carry on with them", count=carried)
         self.state.history.start()
-        if self.peers is not None:
-            self.peers.start()
+        self.state.peers.start()
         if self.tokens is not None:
             self.tokens.refresh().addErrback(
                 lambda f: log.error("cannot read the tokens kept in the store: {why}", why=f.getErrorMessage())
@@ -194,7 +190,7 @@ class StateService(Service):
         if self.notifier is not None:
             self.notifier.stop()
         self.state.stop()
-        d = succeed(None) if self.peers is None else self.peers.stop()
+        d = self.state.peers.stop()
         d.addErrback(lambda f: log.error("workers not marked offline at exit: {why}", why=f.getErrorMessage()))
         d.addCallback(lambda _: self.state.history.flush())
         d.addErrback(lambda f: log.error("pools not written at exit: {why}", why=f.getErrorMessage()))

@@ -47,7 +47,7 @@ from pcci.master.store.postgres import PostgresDatabase, PostgresStore, check_da
 from pcci.master.store.sqlite import SQLiteDatabase, open_database
 from pcci.master.store.tables import Store
 from pcci.master.transfers.pushes import MAX_ENTRIES
-from pcci.master.webhooks.notifier import FORMATS, Hook, Notifier
+from pcci.master.webhooks.notifier import FORMATS, Hook, Hooks, Notifier
 from pcci.master.webhooks.outbound import AddressPolicy, http_post
 from pcci.options import positive_int, seconds
 from pcci.output import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_OUTPUT_TOTAL
@@ -415,14 +415,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         seconds=bool(os.environ.get(CRON_SECONDS)),
     )
     notifier = Notifier(
-        reactor, time.time, store.deliveries, http_post(reactor, api.limits.notify_policy), options.webhook_secret,
-        hooks=tuple(Hook(url, options["webhook-on"]) for url in options["webhook"]),
-        form=options["webhook-format"], output=options["webhook-output"],
+        reactor, time.time, store.deliveries, http_post(reactor, api.limits.notify_policy),
+        Hooks(
+            options.webhook_secret, tuple(Hook(url, options["webhook-on"]) for url in options["webhook"]),
+            form=options["webhook-format"], output=options["webhook-output"],
+        ),
     )
     state.dispatcher.pool_end_hooks.append(notifier.pool_ended)
     notifier.on_result = lambda result: api.metrics.deliveries.labels(result).inc()
     scheduler.on_run = lambda outcome: api.metrics.schedule_runs.labels(outcome).inc()
-    StateService(reactor, state, store, peers, tokens, scheduler, notifier).setServiceParent(master)
+    StateService(reactor, state, store, tokens, scheduler, notifier).setServiceParent(master)
     api.enrollment = enrollment
     local = None
     if options["local-worker"] and options.worker_auth != "none":

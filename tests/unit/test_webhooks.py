@@ -17,6 +17,7 @@ from pcci.master.webhooks.notifier import (
     PER_OWNER_IN_FLIGHT,
     PER_OWNER_QUEUED,
     Hook,
+    Hooks,
     Notifier,
     notify_key,
     pool_message,
@@ -97,7 +98,7 @@ def test_a_delivery_is_signed_retried_with_backoff_then_dropped_after_an_hour() 
         sent.append((clock.seconds(), url, body, headers))
         return next(answers, fail(ConnectionRefusedError()))
 
-    notifier = Notifier(clock, clock.seconds, queue, post, SECRET, hooks=(Hook("http://h/1"),))
+    notifier = Notifier(clock, clock.seconds, queue, post, Hooks(SECRET, (Hook("http://h/1"),)))
     results: list[str] = []
     notifier.on_result = results.append
     notifier.start()
@@ -124,7 +125,7 @@ def test_an_ok_pool_is_told_only_to_hooks_of_every_end() -> None:
         return succeed(200)
 
     notifier = Notifier(
-        clock, clock.seconds, queue, post, SECRET, hooks=(Hook("http://failed-only"), Hook("http://every", "ended"))
+        clock, clock.seconds, queue, post, Hooks(SECRET, (Hook("http://failed-only"), Hook("http://every", "ended")))
     )
     pool = failed_pool()
     pool.jobs["b"].state = "ok"
@@ -140,7 +141,7 @@ def test_a_hanging_endpoint_times_out_and_holds_no_other() -> None:
         calls.append(url)
         return Deferred() if url == "http://hangs" else succeed(200)
 
-    notifier = Notifier(clock, clock.seconds, queue, post, SECRET, hooks=(Hook("http://hangs"), Hook("http://fine")))
+    notifier = Notifier(clock, clock.seconds, queue, post, Hooks(SECRET, (Hook("http://hangs"), Hook("http://fine"))))
     results: list[str] = []
     notifier.on_result = results.append
     notifier.pool_ended(failed_pool())
@@ -155,7 +156,7 @@ def test_a_url_the_client_cannot_use_is_tried_again_like_a_failed_answer() -> No
     def post(url: str, body: bytes, headers: Any, user: bool) -> Deferred[int]:
         raise ValueError(f"unsupported URL {url}")  # before any Deferred, as treq may
 
-    notifier = Notifier(clock, clock.seconds, queue, post, SECRET, hooks=(Hook("nonsense://x"),))
+    notifier = Notifier(clock, clock.seconds, queue, post, Hooks(SECRET, (Hook("nonsense://x"),)))
     results: list[str] = []
     notifier.on_result = results.append
     notifier.pool_ended(failed_pool())
@@ -175,7 +176,7 @@ def test_a_pool_s_notify_is_signed_with_its_own_key_says_whose_and_is_not_counte
         sent.append((url, body, headers, user))
         return succeed(200)
 
-    notifier = Notifier(clock, clock.seconds, queue, post, SECRET, hooks=(Hook("http://admin"),))
+    notifier = Notifier(clock, clock.seconds, queue, post, Hooks(SECRET, (Hook("http://admin"),)))
     results: list[str] = []
     notifier.on_result = results.append
     notifier.pool_ended(notifying_pool("p1", "mallory", ["http://mine"]))
@@ -200,7 +201,7 @@ def test_a_flood_of_notify_never_delays_the_master_s_hooks_nor_other_tokens() ->
         calls.append(url)
         return Deferred() if url.startswith("http://tarpit") else succeed(200)
 
-    notifier = Notifier(clock, clock.seconds, queue, post, SECRET, hooks=(Hook("http://admin-alert"),))
+    notifier = Notifier(clock, clock.seconds, queue, post, Hooks(SECRET, (Hook("http://admin-alert"),)))
     notifier.start()
     for n in range(10):
         pool = notifying_pool(f"flood{n}", "mallory", [f"http://tarpit/{n}/{i}" for i in range(10)])
@@ -219,7 +220,7 @@ def test_a_flood_of_notify_never_delays_the_master_s_hooks_nor_other_tokens() ->
 
 def test_a_token_s_queue_is_capped() -> None:
     clock, queue = Clock(), Queue()
-    notifier = Notifier(clock, clock.seconds, queue, lambda *a: Deferred(), SECRET)
+    notifier = Notifier(clock, clock.seconds, queue, lambda *a: Deferred(), Hooks(SECRET))
     for n in range(PER_OWNER_QUEUED // 10 + 5):
         notifier.pool_ended(notifying_pool(f"p{n}", "mallory", [f"http://x/{n}/{i}" for i in range(10)]))
     notifier.pool_ended(notifying_pool("q", "bob", ["http://bob"]))

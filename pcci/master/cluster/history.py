@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Protocol, cast
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -92,11 +92,7 @@ class PoolHistory:
         self.store = store
         self.peers = peers
         self.writer = None if store is None else BatchedWriter(store, clock)
-        self.retention = budgets.retention
-        self.max_pools = budgets.max_pools
-        self.max_output = budgets.max_output
-        self.max_output_total = budgets.max_output_total
-        self.cache = budgets.cache
+        self.budgets = budgets
         #: Pools in memory by id, oldest first.
         self.pools: dict[str, Pool] = {}
         #: Bytes of output held in memory, over every job.
@@ -144,14 +140,14 @@ class PoolHistory:
     def new_output(self, record: dict[str, Any] | None = None) -> OutputBuffer:
         """A job's output buffer, counted in the budget (from its record, if stored)."""
         if record is None:
-            return OutputBuffer(self.max_output, self._resized)
-        return OutputBuffer.from_record(record, self.max_output, self._resized)
+            return OutputBuffer(self.budgets.max_output, self._resized)
+        return OutputBuffer.from_record(record, self.budgets.max_output, self._resized)
 
     def read_only_output(self, record: dict[str, Any] | None) -> OutputBuffer:
         """A job's output as stored, for a pool only read (outside the budget)."""
         if record is None:
-            return OutputBuffer(self.max_output)
-        return OutputBuffer.from_record(record, self.max_output)
+            return OutputBuffer(self.budgets.max_output)
+        return OutputBuffer.from_record(record, self.budgets.max_output)
 
     def add(self, pool: Pool) -> None:
         """Keep a new pool, written to the store soon."""
@@ -164,18 +160,18 @@ class PoolHistory:
 
         @raise TooManyPools: every pool in memory is running.
         """
-        if len(self.pools) < self.max_pools:
+        if len(self.pools) < self.budgets.max_pools:
             return
         if self.store is not None:
             # The store keeps history: memory only bounds what runs.
             for pool in list(self._held):
-                if len(self.pools) < self.max_pools:
+                if len(self.pools) < self.budgets.max_pools:
                     return
                 self._held.remove(pool)
                 self._let_go(pool)
-            if sum(1 for pool in self.pools.values() if not pool.finished) < self.max_pools:
+            if sum(1 for pool in self.pools.values() if not pool.finished) < self.budgets.max_pools:
                 return
-            raise TooManyPools(f"{self.max_pools} pools are running, the most kept")
+            raise TooManyPools(f"{self.budgets.max_pools} pools are running, the most kept")
         for pool in self.pools.values():
             if pool.finished:
                 self._expiries.pop(pool.id).cancel()
@@ -185,13 +181,13 @@ class PoolHistory:
 
     def ended(self, pool: Pool) -> None:
         """A pool finished: it is kept for the retention, in memory for a while."""
-        self._expiries[pool.id] = self.clock.callLater(self.retention, self._expire, pool.id)
+        self._expiries[pool.id] = self.clock.callLater(self.budgets.retention, self._expire, pool.id)
         self._held.append(pool)
 
     def trim(self) -> None:
         """Let the finished pools past the cache go (the store keeps them)."""
         if self.store is not None:
-            while len(self._held) > self.cache:
+            while len(self._held) > self.budgets.cache:
                 self._let_go(self._held.popleft())
 
     def load(self, records: list[dict[str, Any]]) -> list[Pool]:
@@ -257,7 +253,7 @@ class PoolHistory:
             if count:
                 log.info("deleted {count} pools past the retention", count=count)
 
-        d = self.store.pools.expire(self.wall() - self.retention).addCallback(deleted)
+        d = self.store.pools.expire(self.wall() - self.budgets.retention).addCallback(deleted)
         d.addErrback(lambda f: log.error("cannot delete old pools: {why}", why=f.getErrorMessage()))
 
     # Reading
@@ -285,10 +281,10 @@ class PoolHistory:
                     # Deferred is typed invariant: a Pool is a Pool or None.
                     return cast("Deferred[Pool | None]", live)
                 return Pool.from_record(record, self.read_only_output)
-            if record["ended_at"] < self.wall() - self.retention:
+            if record["ended_at"] < self.wall() - self.budgets.retention:
                 return None  # past the retention, not yet deleted
             found = Pool.from_record(record, self.new_output)
-            while self._held and len(self._held) >= self.cache:
+            while self._held and len(self._held) >= self.budgets.cache:
                 self._let_go(self._held.popleft())
             self.pools[pool_id] = found
             self._held.append(found)
@@ -334,7 +330,7 @@ class PoolHistory:
             return succeed(list(itertools.islice(self.list_pools(query), limit)))
         store = self.store
         d: Deferred[Any] = self.writer.flush()
-        since = self.wall() - self.retention
+        since = self.wall() - self.budgets.retention
         d.addCallback(lambda _: store.pools.page(query, limit, since))
         return d.addCallback(
             lambda summaries: [
@@ -355,9 +351,9 @@ class PoolHistory:
         running jobs' output, until the master holds at most nine tenths of
         the budget.
         """
-        if self.output_total <= self.max_output_total:
+        if self.output_total <= self.budgets.max_output_total:
             return
-        goal = self.max_output_total * 9 // 10
+        goal = self.budgets.max_output_total * 9 // 10
         freeing = 0  # bytes of pools let go, given back once the store has them
         while self.output_total - freeing > goal and self._held:
             pool = self._held.popleft()
@@ -371,24 +367,20 @@ class PoolHistory:
                     job.output.release()
         if self.output_total - freeing <= goal:
             return
-        running = sorted(
-            (
-                job
-                for pool in self.pools.values()
-                for job in pool.jobs.values()
-                if job.status is None
-            ),
-            key=lambda job: job.output.size,
-            reverse=True,
-        )
-        for job in running:
-            if self.output_total <= goal or job.output.size <= MIN_SQUEEZED:
-                break
-            job.output.shrink(max(MIN_SQUEEZED, job.output.size // 2))
+        running = (job for pool in self.pools.values() for job in pool.jobs.values() if job.status is None)
+        _squeeze(running, lambda: self.output_total > goal)
         log.warn(
             "output over the {budget}-byte budget: older output dropped",
-            budget=self.max_output_total,
+            budget=self.budgets.max_output_total,
         )
+
+
+def _squeeze(jobs: Iterable[Job], over: Callable[[], bool]) -> None:
+    """Halve the largest jobs' output, largest first (to L{MIN_SQUEEZED} at least), while C{over()}."""
+    for job in sorted(jobs, key=lambda job: job.output.size, reverse=True):
+        if not over() or job.output.size <= MIN_SQUEEZED:
+            break
+        job.output.shrink(max(MIN_SQUEEZED, job.output.size // 2))
 
 
 def _unended(pool: Pool | None, worker: str) -> Job | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 
 if TYPE_CHECKING:
     from pcci.master.cluster.events import Event
@@ -27,6 +27,12 @@ class IPeers(Protocol):
         The L{pcci.master.cluster.state.ClusterState} these peers serve,
         once built (its parts were given these peers when they were).
         """
+
+    def start(self) -> None:
+        """Begin: the lease, the figures, listening to the other masters."""
+
+    def stop(self) -> Deferred[None]:
+        """End: fires once the others were told this master's workers are offline."""
 
     def worker_changed(self, name: str) -> None:
         """A worker connected here joined, left or was forgotten: the others are told."""
@@ -62,6 +68,12 @@ class SingleMaster:
 
     def attach(self, state: Any) -> None:
         pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
 
     def worker_changed(self, name: str) -> None:
         pass

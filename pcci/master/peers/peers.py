@@ -329,7 +329,7 @@ class Peers:
             key = (pool.id, worker)
             size = self._mirrored.get(key, 0) + len(event.data["data"])
             self._mirrored[key] = size
-            if size > self.history.max_output:
+            if size > self.history.budgets.max_output:
                 return
             job_seq = pool.jobs[worker].seq if seq is None else seq
             body: dict[str, Any] = {**event.data, "seq": job_seq}

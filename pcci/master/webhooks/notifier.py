@@ -130,6 +130,19 @@ class Hook:
         return self.on == "ended" or pool.state != OK
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """The master's own hooks and how deliveries are made (its C{--webhook*} options)."""
+
+    #: What signs the deliveries (see L{signature}).
+    secret: bytes
+    hooks: tuple[Hook, ...] = ()
+    #: C{json}, or C{slack} (a message Slack shows).
+    form: str = "json"
+    #: Whether a failed job's last lines of output go along.
+    output: bool = False
+
+
 class _Lane:
     """Deliveries of one kind on their way: the master's hooks', or pools' (by owner)."""
 
@@ -162,22 +175,17 @@ class Notifier:
         wall: Callable[[], float],
         store: DeliveryTable,
         post: Post,
-        secret: bytes,
-        hooks: tuple[Hook, ...] = (),
-        form: str = "json",
-        output: bool = False,
-        link: Callable[[str], str | None] = lambda pool_id: None,
+        settings: Hooks,
     ) -> None:
         self.clock = clock
         self.wall = wall
         self.store = store
         self.post = post
-        self.secret = secret
-        self.notify_secret = notify_key(secret)
-        self.hooks = list(hooks)
-        self.form = form
-        self.output = output
-        self.link = link
+        self.settings = settings
+        self.secret = settings.secret
+        self.notify_secret = notify_key(settings.secret)
+        #: A pool's page in the dashboard, once the master knows its address.
+        self.link: Callable[[str], str | None] = lambda pool_id: None
         #: Called with each of the master's hooks' deliveries' result: sent,
         #: retried, dropped (for metrics; pools' own are not counted there, or
         #: a token could learn from them which addresses answer).
@@ -200,11 +208,11 @@ class Notifier:
 
     def pool_ended(self, pool: Pool) -> None:
         """Queue a delivery for each hook that wants this pool's end."""
-        hooks = [hook for hook in self.hooks if hook.wants(pool)]
+        hooks = [hook for hook in self.settings.hooks if hook.wants(pool)]
         notify = [url for url in pool.notify if Hook(url, pool.notify_on).wants(pool)]
         if not hooks and not notify:
             return
-        message: dict[str, Any] = pool_message(pool, self.link(pool.id), self.output)
+        message: dict[str, Any] = pool_message(pool, self.link(pool.id), self.settings.output)
         now = self.wall()
         if hooks:
             body = self._body(message, "webhook")
@@ -228,7 +236,7 @@ class Notifier:
 
     def _body(self, message: dict[str, Any], source: str) -> bytes:
         told = {**message, "source": source}
-        return json.dumps(slack_message(told) if self.form == "slack" else told).encode()
+        return json.dumps(slack_message(told) if self.settings.form == "slack" else told).encode()
 
     def _queue(self, url: str, body: bytes, now: float, owner: str | None) -> None:
         self.store.add(url, body, now, owner).addCallbacks(
