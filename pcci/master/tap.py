@@ -32,6 +32,7 @@ from pcci.master.cluster.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DE
 from pcci.master.cluster.schedules import Scheduler
 from pcci.master.cluster.state import ClusterState, Settings
 from pcci.master.http.api import MasterAPI
+from pcci.master.http.base import APIParts
 from pcci.master.http.common import COMMAND_CEILING, MAX_BODY, MAX_COMMAND, MAX_WORKERS, APILimits
 from pcci.master.http.guards import bounded_request, raw_answer
 from pcci.master.http.limits import ConnectionBudget, ConnectionLimit
@@ -360,15 +361,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    tokens = None
-    if options.tokens is not None:
-        tokens = TokenBook(options.tokens, None, lambda: auth.read_tokens(options.token_file, options.unnamed))
-    daemon.prepare(reactor, on_hangup=tokens.reread if tokens is not None else _nothing_to_reread)
     store: Store
     if is_postgres_url(options.db_path):
         store = PostgresStore(PostgresDatabase(options.db_path, reactor, options.master_name))
     else:
         store = Store(SQLiteDatabase(options.db_path, reactor))
+    tokens = None
+    if options.tokens is not None:
+        tokens = TokenBook(options.tokens, store.tokens, lambda: auth.read_tokens(options.token_file, options.unnamed))
+    daemon.prepare(reactor, on_hangup=tokens.reread if tokens is not None else _nothing_to_reread)
     enrollment = None
     if options.ca is not None:
         enrollment = Enrollment(store.identities, options.ca, time.time, options["approve-workers"])
@@ -397,25 +398,23 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         peers=peers,
     )
     master = MultiService()
-    if tokens is not None:
-        tokens.store = store.tokens
-    api = MasterAPI(
-        state,
-        MasterMetrics(state),
-        APILimits(
-            max_body=options["max-body"],
-            max_command=options["max-command"],
-            max_workers=options["max-workers"],
-            notify_policy=AddressPolicy(tuple(options["notify-allow"])),
-            max_push_entries=options["max-push-entries"],
-        ),
+    limits = APILimits(
+        max_body=options["max-body"],
+        max_command=options["max-command"],
+        max_workers=options["max-workers"],
+        notify_policy=AddressPolicy(tuple(options["notify-allow"])),
+        max_push_entries=options["max-push-entries"],
     )
-    scheduler = api.scheduler = Scheduler(
-        reactor, time.time, store.schedules, api.run_schedule, lambda pool_id: _running(state, pool_id),
-        seconds=bool(os.environ.get(CRON_SECONDS)),
+    # A schedule's run starts as the API's POST /job would (the API is built next).
+    scheduler = Scheduler(
+        reactor, time.time, store.schedules, lambda schedule: api.run_schedule(schedule),
+        lambda pool_id: _running(state, pool_id), seconds=bool(os.environ.get(CRON_SECONDS)),
     )
+    identities = options.ca is not None and options.worker_auth != "secret"
+    install_kit = InstallKit(reactor, options.wheelhouse) if identities else None
+    api = MasterAPI(state, MasterMetrics(state), limits, APIParts(tokens, scheduler, enrollment, install_kit))
     notifier = Notifier(
-        reactor, time.time, store.deliveries, http_post(reactor, api.limits.notify_policy),
+        reactor, time.time, store.deliveries, http_post(reactor, limits.notify_policy),
         Hooks(
             options.webhook_secret, tuple(Hook(url, options["webhook-on"]) for url in options["webhook"]),
             form=options["webhook-format"], output=options["webhook-output"],
@@ -425,7 +424,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     notifier.on_result = lambda result: api.metrics.deliveries.labels(result).inc()
     scheduler.on_run = lambda outcome: api.metrics.schedule_runs.labels(outcome).inc()
     StateService(reactor, state, store, tokens, scheduler, notifier).setServiceParent(master)
-    api.enrollment = enrollment
     local = None
     if options["local-worker"] and options.worker_auth != "none":
         local = (default_name(), secrets.token_hex(32).encode())
@@ -438,9 +436,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_frame=options["max-frame"],
         on_joined=lambda connection: worker_limit.prove(connection.outer_transport),
     )
-    identities = options.ca is not None and options.worker_auth != "secret"
-    if identities:
-        api.install_kit = InstallKit(reactor, options.wheelhouse)
     worker_limit = ConnectionLimit(
         SniffingFactory(workers, options.ca.server_tls() if identities and options.ca else None, reactor),
         options["max-connections"],
@@ -460,7 +455,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             lambda port: setattr(api, "join_address", join_endpoint(options["listen"], port, identities))
         )
     site = AnsweringSite(
-        api.resource(tokens),
+        api.resource(),
         requestFactory=bounded_request(options["max-body"], options["max-file"], tokens),
         timeout=options["http-timeout"],
         logFormatter=_access_log_line,

@@ -16,6 +16,7 @@ from pcci.auth import APIToken
 from pcci.master.access.tokens import TokenBook
 from pcci.master.cluster.state import ClusterState, Settings
 from pcci.master.http.api import MasterAPI
+from pcci.master.http.base import APIParts
 from pcci.master.http.common import MAX_BODY, MAX_COMMAND, APILimits
 from pcci.wire import FIGURES
 
@@ -39,17 +40,14 @@ class Client:
         self.links = {name: FakeLink(name) for name in ("a", "b")}
         for link in self.links.values():
             self.state.roster.join(link)
-        api = MasterAPI(self.state, limits=APILimits(**limits))
         self.headers = dict(JSON)
+        book = None
         if tokens:
             self.headers["Authorization"] = [f"Bearer {TOKEN}"]
             extra = tokens if isinstance(tokens, list) else []
-            resource = api.resource(
-                TokenBook([APIToken(TOKEN.encode(), False), APIToken(READER.encode(), True), *extra])
-            )
-        else:
-            resource = api.resource(None)
-        self.stub = StubTreq(resource)
+            book = TokenBook([APIToken(TOKEN.encode(), False), APIToken(READER.encode(), True), *extra])
+        api = MasterAPI(self.state, limits=APILimits(**limits), parts=APIParts(tokens=book))
+        self.stub = StubTreq(api.resource())
 
     def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
         if body is not None and not isinstance(body, bytes):

@@ -25,6 +25,7 @@ from pcci.auth import APIToken
 from pcci.master.access.tokens import TokenBook
 from pcci.master.cluster.state import ClusterState
 from pcci.master.http.api import MasterAPI
+from pcci.master.http.base import APIParts
 from pcci.master.install.kit import Kit, read_wheelhouse, render
 from pcci.master.install.wheel import build
 
@@ -95,9 +96,10 @@ class ReadyKit:
 
 
 def serve(kit: Kit | None) -> StubTreq:
-    api = MasterAPI(ClusterState(Clock()))
-    api.install_kit = None if kit is None else ReadyKit(kit)  # type: ignore[assignment]
-    return StubTreq(api.resource(TokenBook([APIToken(TOKEN.encode(), False)])))
+    book = TokenBook([APIToken(TOKEN.encode(), False)])
+    ready = None if kit is None else ReadyKit(kit)
+    api = MasterAPI(ClusterState(Clock()), parts=APIParts(tokens=book, install_kit=ready))  # type: ignore[arg-type]
+    return StubTreq(api.resource())
 
 
 def get(stub: StubTreq, path: str) -> tuple[int, bytes, str]:

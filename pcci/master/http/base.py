@@ -4,7 +4,7 @@ The REST API's shared part: one Klein app, the state behind it, and its errors.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from klein import Klein
@@ -51,6 +51,20 @@ log = Logger()
 app = Klein()
 
 
+@dataclass(frozen=True)
+class APIParts:
+    """The master's parts its API reaches besides its state; None: this master runs without."""
+
+    #: The tokens requests need (None: no auth).
+    tokens: TokenBook | None = None
+    #: The schedules' timers.
+    scheduler: Scheduler | None = None
+    #: Workers' identities (None: no join tokens).
+    enrollment: Enrollment | None = None
+    #: What new machines install (None: no installs served).
+    install_kit: InstallKit | None = None
+
+
 class APIBase:
     """
     The state every route reads, what a token may see and do, starting a
@@ -65,6 +79,7 @@ class APIBase:
         state: ClusterState,
         metrics: MasterMetrics | None = None,
         limits: APILimits = APILimits(),
+        parts: APIParts = APIParts(),
     ) -> None:
         self.clock = state.clock
         self.state = state
@@ -79,23 +94,18 @@ class APIBase:
         )
         self.metrics = metrics or MasterMetrics(state)
         self.dashboard = dashboard.StaticFiles()
-        #: The tokens requests need (set by L{resource}); None: no auth.
-        self.tokens: TokenBook | None = None
-        #: The schedules' timers (set by the master's builder); None: no schedules.
-        self.scheduler: Scheduler | None = None
-        #: Workers' identities (set by the master's builder); None: no auth.
-        self.enrollment: Enrollment | None = None
+        self.tokens = parts.tokens
+        self.scheduler = parts.scheduler
+        self.enrollment = parts.enrollment
+        self.install_kit = parts.install_kit
         #: The worker port as a joining machine dials it (set once it listens).
         self.join_address = "tls:<master>:7000"
         #: This API as other machines reach it (set once it listens).
         self.public_url = "http://<master>:8080/"
-        #: What new machines install (set by the master's builder); None: no installs served.
-        self.install_kit: InstallKit | None = None
 
-    def resource(self, tokens: TokenBook | None) -> IResource:
-        """The API as a web resource; with C{tokens}, only for their bearers."""
-        self.tokens = tokens
-        return TokenGuard(self.app.resource(), tokens)
+    def resource(self) -> IResource:
+        """The API as a web resource; with tokens, only for their bearers."""
+        return TokenGuard(self.app.resource(), self.tokens)
 
     # What a token may see and do (see pcci.scopes)
 
