@@ -13,6 +13,7 @@ nothing beyond the standard library.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +79,18 @@ FIELDS: tuple[Field, ...] = (
 JOB_FIELDS: dict[str, Field] = {field.name: field for field in FIELDS}
 
 
-def unknown_fields(body: dict[str, Any]) -> list[str]:
-    """The names in C{body} that no field has, sorted."""
-    return sorted(name for name in body if name not in JOB_FIELDS)
+def unknown_fields(body: dict[str, Any], known: Collection[str] = JOB_FIELDS.keys()) -> list[str]:
+    """The names in C{body} that are not C{known} (a pool request's fields), sorted."""
+    return sorted(name for name in body if name not in known)
+
+
+def no_such_fields(what: str, unknown: list[str]) -> str:
+    """
+    The one rule for a body's unknown fields, said one way: refused, by
+    name (C{a pool request has no timout}), so that a typo never goes
+    unnoticed.
+    """
+    return f"{what} has no {', '.join(unknown)} (its fields: see /openapi.json)"
 
 
 def openapi_properties() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import re
 import subprocess
 import zipfile
@@ -140,3 +141,15 @@ def test_a_new_machine_gets_the_script_the_wheel_and_the_wheelhouse_without_a_to
 def test_a_master_that_serves_no_installs_says_so(kit: Kit) -> None:
     code, body, _ = get(serve(None), "/install.sh")
     assert code == 404 and b"serves no install kit" in body
+
+
+def test_an_upgrade_with_a_field_it_does_not_have_is_refused_by_name(kit: Kit) -> None:
+    """Unknown fields are refused by one rule, for an upgrade as for a pool or a schedule."""
+    stub = serve(kit)
+    d = stub.post(
+        "http://m.lab:8080/workers/upgrade", data=json.dumps({"bacth": 2}).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    response = settle(stub, d)
+    body = json.loads(settle(stub, response.content()))
+    assert response.code == 400 and body["message"].startswith("an upgrade has no bacth")

@@ -21,6 +21,7 @@ from pcci.identity import IdentityError, JoinToken, certificate_pem, key_fingerp
 from pcci.master.access.ca import ClusterCA, check_request
 from pcci.master.store.base import IdentityTable, Refusal, StoredIdentity, StoredJoinToken
 from pcci.master.store.identities import OWNING
+from pcci.request import no_such_fields, unknown_fields
 from pcci.wire import NAME_RULE, VALID_NAME
 
 audit = Logger(namespace="pcci.audit")
@@ -47,9 +48,9 @@ class TokenRequest:
     def parse(cls, body: dict[str, Any]) -> TokenRequest:
         from pcci.labels import check_labels
 
-        unknown = set(body) - {"name", "labels", "uses", "ttl", "approve"}
+        unknown = unknown_fields(body, ("name", "labels", "uses", "ttl", "approve"))
         if unknown:
-            raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+            raise ValueError(no_such_fields("a join token", unknown))
         name = body.get("name", "*")
         if not isinstance(name, str) or not name or len(name) > 255:
             raise ValueError("name is a glob of worker names (e.g. 'pi*')")

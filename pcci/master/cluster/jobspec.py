@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pcci.master.cluster.targets import POOL_LIMIT
-from pcci.request import unknown_fields
+from pcci.request import no_such_fields, unknown_fields
 
 #: Longest timeout and batch wait, in seconds: 30 days.
 MAX_SECONDS = 30 * 24 * 3600.0
@@ -202,7 +202,7 @@ def parse_submission(body: Any, max_command: int, max_workers: int) -> Submissio
         raise SpecError("the body must be a JSON object")
     unknown = unknown_fields(body)
     if unknown:
-        raise SpecError("a pool request has no " + ", ".join(unknown) + " (its fields: see /openapi.json)")
+        raise SpecError(no_such_fields("a pool request", unknown))
     cmd = check_cmd(body.get("cmd"), max_command)
     workers = body.get("workers")
     if workers is not None:

@@ -35,7 +35,7 @@ from pcci.master.http.common import (
 )
 from pcci.master.http.guards import audit
 from pcci.master.store.base import PoolQuery
-from pcci.request import JOB_FIELDS
+from pcci.request import JOB_FIELDS, no_such_fields, unknown_fields
 
 
 class ScheduleRoutes(APIBase):
@@ -76,9 +76,9 @@ class ScheduleRoutes(APIBase):
     def _checked_schedule(self, request: IRequest, body: Any, existing: Schedule | None) -> Schedule:
         """A schedule from a C{POST} body, or C{existing} changed by a C{PATCH} body, checked."""
         body = as_object(body)
-        unknown = set(body) - SCHEDULE_FIELDS - set(JOB_FIELDS)
+        unknown = unknown_fields(body, SCHEDULE_FIELDS | JOB_FIELDS.keys())
         if unknown:
-            raise APIError(400, "a schedule has no " + ", ".join(sorted(unknown)))
+            raise APIError(400, no_such_fields("a schedule", unknown))
         assert self.scheduler is not None
         try:
             if existing is None:

@@ -22,9 +22,14 @@ from pcci.master.http.common import (
     who_asks,
 )
 from pcci.master.install.kit import Kit
+from pcci.request import no_such_fields, unknown_fields
 
 #: Names, globs or labels a rollout's request may list.
 MAX_TARGETS = 10_000
+
+
+#: The fields of C{POST /workers/upgrade}.
+UPGRADE_FIELDS = ("workers", "labels", "exclude", "batch", "deadline")
 
 
 class WorkerRoutes(APIBase):
@@ -68,9 +73,9 @@ class WorkerRoutes(APIBase):
         if self.install_kit is None:
             raise APIError(409, "this master serves no install kit (--no-auth, or --worker-auth secret)")
         body = read_object(request, self.limits.max_body, required=False)
-        unknown = set(body) - {"workers", "labels", "exclude", "batch", "deadline"}
+        unknown = unknown_fields(body, UPGRADE_FIELDS)
         if unknown:
-            raise APIError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+            raise APIError(400, no_such_fields("an upgrade", unknown))
         names = None if body.get("workers") is None else string_list(body["workers"], "workers", MAX_TARGETS)
         labels = [] if body.get("labels") is None else string_list(body["labels"], "labels", MAX_TARGETS)
         exclude = [] if body.get("exclude") is None else string_list(body["exclude"], "exclude", MAX_TARGETS)
