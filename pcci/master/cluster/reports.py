@@ -43,8 +43,6 @@ class JobReports:
         self.wall = dispatcher.wall
         self.roster = dispatcher.roster
         self.history = dispatcher.history
-        dispatcher.roster.on_join = self.reattach
-        dispatcher.roster.on_give_up = self.give_up
 
     def carry_on(
         self, records: list[dict[str, Any]], prepare: Callable[[Pool], None] = lambda pool: None

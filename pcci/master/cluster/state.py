@@ -90,6 +90,9 @@ class ClusterState:
         self.history = PoolHistory(clock, self.wall, store, self.peers, settings)
         self.dispatcher = Dispatcher(clock, self.wall, self.roster, self.history, self.peers, new_id)
         self.reports = JobReports(self.dispatcher, self.peers)
+        # Workers coming back and given up on are the reports' to match.
+        self.roster.on_join = self.reports.reattach
+        self.roster.on_give_up = self.reports.give_up
         #: Workers upgraded from this master (POST /workers/upgrade).
         self.upgrades = Upgrades(clock, self.wall, self.roster)
         #: Pushes under way (see L{pcci.master.transfers.pushes}), and fetches with
