@@ -121,6 +121,39 @@ def test_a_job_on_the_other_masters_worker_runs_there_and_ends_here(
     assert m2.peers.workers.relays == {}
 
 
+def test_a_rollout_upgrades_the_other_masters_worker_through_it(pair: tuple[Master, Master]) -> None:
+    """The order goes to the worker's holder, its news come back, and its return ends it done."""
+    m1, m2 = pair
+    w2 = m2.connect("w2", pcci_version="2.0.0", upgrades=True)
+    settle(m1, m2)
+    order = {"version": "2.1.0", "wheel": "pcci-2.1.0-py3-none-any.whl", "sha256": "0" * 64, "deadline": 60}
+    rollout = m1.state.upgrades.start(["w2"], 1, order, "alice")
+    assert rollout.workers["w2"].state == "sent"
+    settle(m1, m2)
+    assert w2.upgrade_orders == [order]
+    m2.state.upgrades.status("w2", "draining", "")  # the worker says so to its own master
+    settle(m1, m2)
+    assert rollout.workers["w2"].state == "draining"
+    m2.state.roster.leave(w2, "disconnected")  # it restarts into the new version
+    m2.connect("w2", pcci_version="2.1.0", upgrades=True)
+    settle(m1, m2)
+    assert (rollout.workers["w2"].state, rollout.workers["w2"].now) == ("done", "2.1.0")
+
+
+def test_a_failed_upgrade_on_the_other_master_says_why_here(pair: tuple[Master, Master]) -> None:
+    m1, m2 = pair
+    w2 = m2.connect("w2", pcci_version="2.0.0", upgrades=True)
+    settle(m1, m2)
+    order = {"version": "2.1.0", "wheel": "pcci-2.1.0-py3-none-any.whl", "sha256": "0" * 64, "deadline": 60}
+    rollout = m1.state.upgrades.start(["w2"], 1, order, "alice")
+    settle(m1, m2)
+    assert w2.upgrade_orders == [order]
+    m2.state.upgrades.status("w2", "failed", "pip: no space left on device")
+    settle(m1, m2)
+    assert (rollout.workers["w2"].state, rollout.workers["w2"].reason) == ("failed", "pip: no space left on device")
+    assert m2.peers.workers.upgrade_orders == {}  # its news told, the relay is let go
+
+
 def test_a_master_alone_writes_no_events(pg_url: str) -> None:
     m1 = Master("m1", pg_url)
     try:

@@ -46,6 +46,12 @@ class IPeers(Protocol):
     def holds(self, link: WorkerLink, pool_id: str) -> bool:
         """Whether a worker connected here holds a job of that pool."""
 
+    def forward_upgrade(self, worker: str, state: str, reason: str) -> bool:
+        """
+        A worker's news of its upgrade (C{upgrade_status}): relayed to the
+        master whose rollout ordered it, if another (true).
+        """
+
     def mirror(self, pool: Pool, event: Event) -> None:
         """An event of one of this master's pools, for the masters that show it."""
 
@@ -83,6 +89,9 @@ class SingleMaster:
 
     def holds(self, link: WorkerLink, pool_id: str) -> bool:
         return any(job["pool"] == pool_id for job in link.held_jobs)
+
+    def forward_upgrade(self, worker: str, state: str, reason: str) -> bool:
+        return False
 
     def mirror(self, pool: Pool, event: Event) -> None:
         pass

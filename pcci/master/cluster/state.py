@@ -94,7 +94,7 @@ class ClusterState:
         self.roster.on_join = self.reports.reattach
         self.roster.on_give_up = self.reports.give_up
         #: Workers upgraded from this master (POST /workers/upgrade).
-        self.upgrades = Upgrades(clock, self.wall, self.roster)
+        self.upgrades = Upgrades(clock, self.wall, self.roster, self.peers)
         #: Pushes under way (see L{pcci.master.transfers.pushes}), and fetches with
         #: their archives (L{pcci.master.transfers.fetches}), by pool id.
         self.pushes: dict[str, Push] = {}

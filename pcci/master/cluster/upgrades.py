@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pcci.master.cluster.model import WorkerLink, rfc3339
+from pcci.master.cluster.peering import IPeers
 from pcci.master.cluster.roster import Roster
 
 log = Logger()
@@ -138,9 +139,6 @@ class Rollout:
         if link.pcci_version == self.version:
             self._end(worker, "current", "")
             return False
-        if link.master is not None:
-            self._end(worker, "unsupported", f"connected to master {link.master}: upgrade it from there")
-            return False
         if not link.upgrades:
             why = (
                 "it runs a pcci too old to upgrade itself: run the install line on it again"
@@ -200,10 +198,11 @@ class Rollout:
 class Upgrades:
     """The rollouts of this master, the running ones and the last ended ones."""
 
-    def __init__(self, clock: IReactorTime, wall: Callable[[], float], roster: Roster) -> None:
+    def __init__(self, clock: IReactorTime, wall: Callable[[], float], roster: Roster, peers: IPeers) -> None:
         self.clock = clock
         self.wall = wall
         self.roster = roster
+        self.peers = peers
         self.rollouts: dict[str, Rollout] = {}
         self._ids = itertools.count(1)
         roster.join_hooks.append(self._joined)
@@ -218,7 +217,12 @@ class Upgrades:
         return rollout
 
     def status(self, name: str, state: str, reason: str) -> None:
-        """A worker's C{upgrade_status}: for the rollouts it is part of."""
+        """
+        A worker's C{upgrade_status}: for the rollouts it is part of, here
+        or on the master whose rollout ordered it (see L{IPeers.forward_upgrade}).
+        """
+        if self.peers.forward_upgrade(name, state, reason):
+            return
         for rollout in self._running_with(name):
             rollout.status(name, state, reason)
 

@@ -45,11 +45,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pcci.master.cluster.events import Event, pool_events
+from pcci.master.cluster.events import Event
 from pcci.master.cluster.model import Pool, WorkerLink
 from pcci.master.cluster.state import ClusterState
 from pcci.master.peers.listener import NotifyListener
-from pcci.master.peers.replicas import REPLICA_IDLE, Replicas, apply_event
+from pcci.master.peers.replicas import REPLICA_IDLE, Replicas
 from pcci.master.peers.workers import RemoteWorkers
 from pcci.master.store.postgres import PostgresStore
 from pcci.master.store.writer import RETRY_INTERVAL, WRITE_DELAY
@@ -67,9 +67,6 @@ FIGURES_INTERVAL = 10.0
 REPLICA_REFRESH = 2.0
 #: Mail read at once, at most.
 MAIL_BATCH = 500
-#: Events waiting to be written, at most (the database away): past it the
-#: oldest go, and other masters show those pools' output once they end.
-MAX_WAITING_EVENTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -99,18 +96,12 @@ class Peers:
         self.workers = RemoteWorkers(self)
         self.replicas = Replicas(self)
         self._outbox: list[tuple[str, dict[str, Any]]] = []
-        self._events: list[tuple[str, int, str, dict[str, Any]]] = []
         self._sending = False
         self._send_call: IDelayedCall | None = None
-        #: Bytes of output mirrored per job: past --max-output, the rest
-        #: shows elsewhere once the job ends.
-        self._mirrored: dict[tuple[str, str], int] = {}
         self._reading: dict[str, bool] = {}  # what is being read -> read again after
         self._leased_since: float | None = None
         self._loops: list[LoopingCall] = []
         self.listener: NotifyListener | None = None
-        #: No other master uses the database: nobody to show events to.
-        self.alone = False
 
     def attach(self, state: ClusterState) -> None:
         """The master's state, built with these peers."""
@@ -131,8 +122,19 @@ class Peers:
     def holds(self, link: WorkerLink, pool_id: str) -> bool:
         return self.workers.holds(link, pool_id)
 
+    def forward_upgrade(self, worker: str, state: str, reason: str) -> bool:
+        return self.workers.forward_upgrade(worker, state, reason)
+
     def replica(self, record: dict[str, Any]) -> Deferred[Pool]:
         return self.replicas.show(record)
+
+    def mirror(self, pool: Pool, event: Event) -> None:
+        self.replicas.mirror(pool, event)
+
+    @property
+    def alone(self) -> bool:
+        """No other master uses the database: nobody to show events to."""
+        return self.replicas.alone
 
     # Starting and stopping
 
@@ -227,22 +229,22 @@ class Peers:
 
     def _send(self) -> Deferred[None]:
         self._send_call = None
-        if self._sending or not (self._outbox or self._events or self.workers.rows):
+        if self._sending or not (self._outbox or self.replicas.events or self.workers.rows):
             return succeed(None)
-        mail, events, rows = self._outbox, self._events, self.workers.rows
-        self._outbox, self._events, self.workers.rows = [], [], {}
+        mail, events, rows = self._outbox, self.replicas.events, self.workers.rows
+        self._outbox, self.replicas.events, self.workers.rows = [], [], {}
         self._sending = True
 
         def sent(_: Any) -> None:
             self._sending = False
-            if self._outbox or self._events or self.workers.rows:
+            if self._outbox or self.replicas.events or self.workers.rows:
                 self.schedule()
 
         def failed(failure: Any) -> None:
             self._sending = False
             log.error("cannot write to the other masters: {why}; trying again",
                       why=failure.getErrorMessage())
-            self._outbox[:0], self._events[:0] = mail, events
+            self._outbox[:0], self.replicas.events[:0] = mail, events
             self.workers.rows = {**rows, **self.workers.rows}
             self.schedule(RETRY_INTERVAL)
 
@@ -260,7 +262,7 @@ class Peers:
         return self.store.shared.receive(MAIL_BATCH).addCallback(handle)
 
     def _handle(self, letter: dict[str, Any]) -> None:
-        kind, worker, pool_id = letter["kind"], letter.get("worker", ""), letter["pool"]
+        kind, worker, pool_id = letter["kind"], letter.get("worker", ""), letter.get("pool", "")
         reports = self.reports
         # To the holder of a worker, from the owner of a pool:
         if kind in ("run", "attach", "ack", "kill"):
@@ -275,7 +277,12 @@ class Peers:
         elif kind == "gone":
             reports.job_gone(worker, pool_id, letter.get("of") == "run")
         elif kind == "watch":
-            self._watched(pool_id)
+            self.replicas.watched(pool_id)
+        # Upgrades: to the holder of a worker, from a master's rollout; and back.
+        elif kind == "upgrade":
+            self.workers.upgrade(letter)
+        elif kind == "upgrade_status":
+            self.state.upgrades.status(worker, letter["state"], letter["reason"])
         elif kind == "kill_pool" and pool_id in self.history.pools:
             self.dispatcher.kill(pool_id, letter["workers"])
 
@@ -298,57 +305,6 @@ class Peers:
 
         return self.store.shared.mail_owner(pool.id, letter, self.lease).addCallback(sent)
 
-    def _watched(self, pool_id: str) -> None:
-        """
-        Another master shows this pool: write its events so far (this master
-        was alone when they happened), and every event from now on.
-        """
-        self.alone = False
-        pool = self.history.pools.get(pool_id)
-        if pool is None or pool.end_event:
-            return
-        events = list(pool_events(pool))
-        # Only each job's last chunk is known to be its worker's latest.
-        last = {e.data["worker"]: e.id for e in events if e.name == "output"}
-        for event in events:
-            worker = event.data["worker"]
-            self.mirror(pool, event, pool.jobs[worker].seq if last.get(worker) == event.id else 0)
-
-    def mirror(self, pool: Pool, event: Event, seq: int | None = None) -> None:
-        """
-        An event of this master's pool: written for the masters that show it
-        (none while this master is alone, until one asks: see L{_watched}).
-        An output event carries its job's C{seq} then (or C{seq}), so that a
-        master taking the pool over knows where its worker is.
-        """
-        replica = self.replicas.shown.get(pool.id)
-        if self.alone and replica is None:
-            return
-        worker = event.data.get("worker", "")
-        if event.name == "output":
-            key = (pool.id, worker)
-            size = self._mirrored.get(key, 0) + len(event.data["data"])
-            self._mirrored[key] = size
-            if size > self.history.budgets.max_output:
-                return
-            job_seq = pool.jobs[worker].seq if seq is None else seq
-            body: dict[str, Any] = {**event.data, "seq": job_seq}
-        elif event.name in ("started", "ended"):
-            job = pool.jobs[worker]
-            body = {"worker": worker, "job": {k: v for k, v in job.to_record().items() if k != "output"}}
-        elif event.name == "pool":
-            body = {"ended_at": pool.ended_at}
-            for key in [key for key in self._mirrored if key[0] == pool.id]:
-                del self._mirrored[key]
-        else:
-            return
-        self._events.append((pool.id, event.id, event.name, body))
-        if len(self._events) > MAX_WAITING_EVENTS:
-            del self._events[: MAX_WAITING_EVENTS // 10]
-        self.schedule()
-        if replica is not None:  # a pool taken over while shown here
-            apply_event(replica.pool, event.id, event.name, body)
-
     # The lease
 
     def _renew(self) -> None:
@@ -366,7 +322,7 @@ class Peers:
                 return
             if self._leased_since is None:
                 self._leased_since = now
-            self.alone = not others
+            self.replicas.alone = not others
             if claimed:
                 log.info("took over {count} pools of masters gone", count=len(claimed))
                 for record, _ in claimed:

@@ -1,7 +1,9 @@
 """
-Other masters' running pools shown on this one: each a replica, built from
-its stored record and the events its owner writes since (see
-L{pcci.master.peers.peers}), dropped once nobody follows it.
+Pools shown across masters: other masters' running pools shown on this
+one, each a replica built from its stored record and the events its owner
+writes since (see L{pcci.master.peers.peers}), dropped once nobody follows
+it; and the events of this master's own pools, written for the masters
+that show them.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from pcci.master.cluster.events import Event
+from pcci.master.cluster.events import Event, pool_events
 from pcci.master.cluster.model import Pool
 from pcci.master.peers.postbox import Postbox
 
 #: Seconds a replica nobody asked for or follows is kept.
 REPLICA_IDLE = 60.0
+#: Events waiting to be written, at most (the database away): past it the
+#: oldest go, and other masters show those pools' output once they end.
+MAX_WAITING_EVENTS = 100_000
 
 
 class _Replica:
@@ -34,6 +39,13 @@ class Replicas:
         self.clock = peers.clock
         self.store = peers.store
         self.shown: dict[str, _Replica] = {}
+        #: Events of this master's pools waiting to be written for the others.
+        self.events: list[tuple[str, int, str, dict[str, Any]]] = []
+        #: Bytes of output mirrored per job: past --max-output, the rest
+        #: shows elsewhere once the job ends.
+        self.mirrored: dict[tuple[str, str], int] = {}
+        #: No other master uses the database: nobody to show events to.
+        self.alone = False
 
     def show(self, record: dict[str, Any]) -> Deferred[Pool]:
         """A running pool of another master, shown live: its record, then its events."""
@@ -87,6 +99,59 @@ class Replicas:
             if not pool.listeners and not pool.waiters and (replica.asked < idle or pool.end_event):
                 del self.shown[pool_id]
                 self.peers.history.elsewhere.pop(pool_id, None)
+
+    # This master's pools, shown on the others
+
+    def watched(self, pool_id: str) -> None:
+        """
+        Another master shows this pool: write its events so far (this master
+        was alone when they happened), and every event from now on.
+        """
+        self.alone = False
+        pool = self.peers.history.pools.get(pool_id)
+        if pool is None or pool.end_event:
+            return
+        events = list(pool_events(pool))
+        # Only each job's last chunk is known to be its worker's latest.
+        last = {e.data["worker"]: e.id for e in events if e.name == "output"}
+        for event in events:
+            worker = event.data["worker"]
+            self.mirror(pool, event, pool.jobs[worker].seq if last.get(worker) == event.id else 0)
+
+    def mirror(self, pool: Pool, event: Event, seq: int | None = None) -> None:
+        """
+        An event of this master's pool: written for the masters that show it
+        (none while this master is alone, until one asks: see L{watched}).
+        An output event carries its job's C{seq} then (or C{seq}), so that a
+        master taking the pool over knows where its worker is.
+        """
+        replica = self.shown.get(pool.id)
+        if self.alone and replica is None:
+            return
+        worker = event.data.get("worker", "")
+        if event.name == "output":
+            key = (pool.id, worker)
+            size = self.mirrored.get(key, 0) + len(event.data["data"])
+            self.mirrored[key] = size
+            if size > self.peers.history.budgets.max_output:
+                return
+            job_seq = pool.jobs[worker].seq if seq is None else seq
+            body: dict[str, Any] = {**event.data, "seq": job_seq}
+        elif event.name in ("started", "ended"):
+            job = pool.jobs[worker]
+            body = {"worker": worker, "job": {k: v for k, v in job.to_record().items() if k != "output"}}
+        elif event.name == "pool":
+            body = {"ended_at": pool.ended_at}
+            for key in [key for key in self.mirrored if key[0] == pool.id]:
+                del self.mirrored[key]
+        else:
+            return
+        self.events.append((pool.id, event.id, event.name, body))
+        if len(self.events) > MAX_WAITING_EVENTS:
+            del self.events[: MAX_WAITING_EVENTS // 10]
+        self.peers.schedule()
+        if replica is not None:  # a pool taken over while shown here
+            apply_event(replica.pool, event.id, event.name, body)
 
 
 def apply_event(pool: Pool, event_id: int, name: str, body: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from pcci.master.cluster.model import WorkerLink
+from pcci.master.cluster.upgrades import UNDER_WAY
 from pcci.master.peers.postbox import Postbox
 
 #: Versions of the workers table read again, for writes committed out of order.
@@ -38,8 +39,8 @@ class RemoteLink:
         self.auth = str(row.get("auth", ""))
         self.pcci_version = str(row.get("pcci_version", ""))
         self.python_version = str(row.get("python_version", ""))
-        #: Upgraded by the master holding it, not by this one.
-        self.upgrades = False
+        #: Whether it can upgrade itself: a rollout here orders it through its holder.
+        self.upgrades = bool(row.get("upgrades"))
         self.held_jobs: list[dict[str, Any]] = []
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
@@ -61,7 +62,7 @@ class RemoteLink:
         """Another master's connection: it closes it, told by the store (C{i:<name>})."""
 
     def upgrade(self, order: dict[str, Any]) -> None:
-        """Another master's connection: a rollout there upgrades it."""
+        self.peers.mail(self.master, "upgrade", worker=self.name, order=order)
 
 
 
@@ -74,9 +75,32 @@ class RemoteWorkers:
         #: Jobs of other masters' pools this master carries for them, on
         #: workers it holds: (worker, pool) -> the pool's owner.
         self.relays: dict[tuple[str, str], str] = {}
+        #: Workers held here upgrading on another master's order: worker -> that master.
+        self.upgrade_orders: dict[str, str] = {}
         #: Rows of workers held here to write (None: forget it).
         self.rows: dict[str, dict[str, Any] | None] = {}
         self.version = 0
+
+    def upgrade(self, letter: dict[str, Any]) -> None:
+        """A rollout of another master orders a worker held here to upgrade: passed on, its news relayed back."""
+        sender, worker = letter["from"], letter["worker"]
+        found = self.peers.roster.links.get(worker)
+        if found is None or found.master is not None:
+            self.peers.mail(sender, "upgrade_status", worker=worker, state="failed",
+                            reason=f"no longer connected to master {self.peers.name}")
+            return
+        self.upgrade_orders[worker] = sender
+        found.upgrade(letter["order"])
+
+    def forward_upgrade(self, worker: str, state: str, reason: str) -> bool:
+        """A worker's news of an upgrade another master ordered: relayed to that master."""
+        owner = self.upgrade_orders.get(worker)
+        if owner is None:
+            return False
+        if state not in UNDER_WAY:
+            del self.upgrade_orders[worker]
+        self.peers.mail(owner, "upgrade_status", worker=worker, state=state, reason=reason)
+        return True
 
     def carry(self, letter: dict[str, Any]) -> None:
         """A master asks this one, holding a worker, to run, attach, acknowledge or kill a job on it."""
@@ -143,6 +167,7 @@ class RemoteWorkers:
                 "left": record.left,
                 "pcci_version": record.pcci_version,
                 "python_version": record.python_version,
+                "upgrades": bool(getattr(link, "upgrades", False)),
             }
             if link is None:  # its connection is gone: so are the jobs carried on it
                 for key in [key for key in self.relays if key[0] == name]:
