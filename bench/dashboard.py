@@ -1,0 +1,42 @@
+"""
+The dashboard at scale: how long the Nodes view and a pool's page take to
+paint in Chromium from a cold load, with 10,000 simulated workers and a
+pool on all of them, against the goal of 2 s each.
+
+It runs tests/e2e/test_dashboard_scale.py (which checks what is drawn and
+prints each page's time) and reads those figures: speed goals are a bench's,
+never a test's, on a machine shared with others.
+
+    python bench/dashboard.py
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+#: Seconds from a cold load to the summary and the first rows.
+GOAL = 2.0
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-n", "0", "tests/e2e/test_dashboard_scale.py"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    figures = re.findall(r"^\.*(.* painted in ([0-9.]+) s)$", run.stdout, re.M)
+    for line, seconds in figures:
+        verdict = "within" if float(seconds) < GOAL else "over"
+        print(f"{line}: {verdict} the {GOAL:g} s goal")
+    if run.returncode != 0 or not figures:
+        print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
