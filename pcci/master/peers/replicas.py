@@ -30,9 +30,8 @@ class _Replica:
         self.asked = asked
 
 
-
 class Replicas:
-    """The replicas this master shows, by pool id."""
+    """The replicas this master shows (by pool id), and its own pools' events written for the others."""
 
     def __init__(self, peers: Postbox) -> None:
         self.peers = peers

@@ -65,7 +65,6 @@ class RemoteLink:
         self.peers.mail(self.master, "upgrade", worker=self.name, order=order)
 
 
-
 class RemoteWorkers:
     """This master's side of the workers table and of the relayed jobs."""
 

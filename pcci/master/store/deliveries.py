@@ -21,7 +21,7 @@ class Deliveries:
 
     def add(self, url: str, body: bytes, now: float, owner: str | None = None) -> Deferred[None]:
         def add(cursor: Any, d: Dialect) -> None:
-            d.run(
+            d.execute(
                 cursor, "INSERT INTO deliveries (url, body, created_at, next_at, owner) VALUES (?, ?, ?, ?, ?)",
                 (url, body, now, now, owner),
             )
@@ -42,7 +42,7 @@ class Deliveries:
             owners = "owner IS NOT NULL" if owned else "owner IS NULL"
             if busy:
                 owners += f" AND owner NOT IN ({', '.join(['?'] * len(busy))})"
-            d.run(
+            d.execute(
                 cursor,
                 "UPDATE deliveries SET next_at = ? WHERE id IN (SELECT id FROM deliveries"
                 f" WHERE next_at <= ? AND {owners} ORDER BY next_at LIMIT ?{d.lock_free})"
@@ -57,13 +57,13 @@ class Deliveries:
         """How many deliveries of one owner wait."""
 
         def count(cursor: Any, d: Dialect) -> int:
-            return int(d.run(cursor, "SELECT count(*) FROM deliveries WHERE owner = ?", (owner,)).fetchone()[0])
+            return int(d.execute(cursor, "SELECT count(*) FROM deliveries WHERE owner = ?", (owner,)).fetchone()[0])
 
         return self._db.run(count)
 
     def done(self, delivery_id: int) -> Deferred[None]:
         def done(cursor: Any, d: Dialect) -> None:
-            d.run(cursor, "DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+            d.execute(cursor, "DELETE FROM deliveries WHERE id = ?", (delivery_id,))
 
         return self._db.run(done)
 
@@ -71,6 +71,8 @@ class Deliveries:
         """Try it again at C{at}, after C{attempts} attempts."""
 
         def later(cursor: Any, d: Dialect) -> None:
-            d.run(cursor, "UPDATE deliveries SET attempts = ?, next_at = ? WHERE id = ?", (attempts, at, delivery_id))
+            d.execute(
+                cursor, "UPDATE deliveries SET attempts = ?, next_at = ? WHERE id = ?", (attempts, at, delivery_id)
+            )
 
         return self._db.run(later)

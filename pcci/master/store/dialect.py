@@ -24,7 +24,7 @@ class Dialect:
         """A statement written with C{?} marks, in this engine's marks."""
         return statement
 
-    def run(self, cursor: Any, statement: str, args: Any = ()) -> Any:
+    def execute(self, cursor: Any, statement: str, args: Any = ()) -> Any:
         """Execute a statement written with C{?} marks; the cursor."""
         cursor.execute(self.sql(statement), args)
         return cursor

@@ -31,34 +31,34 @@ OWNING = ("pending", "approved")
 
 
 def join_tokens(cursor: Any, d: Dialect) -> list[StoredJoinToken]:
-    d.run(cursor, "SELECT id, digest, record FROM join_tokens ORDER BY id")
+    d.execute(cursor, "SELECT id, digest, record FROM join_tokens ORDER BY id")
     return [StoredJoinToken(id, digest, json.loads(record)) for id, digest, record in cursor.fetchall()]
 
 
 def add_join_token(cursor: Any, d: Dialect, token: StoredJoinToken) -> None:
-    d.run(
+    d.execute(
         cursor, "INSERT INTO join_tokens (id, digest, record) VALUES (?, ?, ?)",
         (token.id, token.digest, json.dumps(token.record)),
     )
 
 
 def revoke_join_token(cursor: Any, d: Dialect, token_id: str) -> bool:
-    d.run(cursor, "SELECT record FROM join_tokens WHERE id = ?", (token_id,))
+    d.execute(cursor, "SELECT record FROM join_tokens WHERE id = ?", (token_id,))
     row = cursor.fetchone()
     if row is None:
         return False
     record = {**json.loads(row[0]), "revoked": True}
-    d.run(cursor, "UPDATE join_tokens SET record = ? WHERE id = ?", (json.dumps(record), token_id))
+    d.execute(cursor, "UPDATE join_tokens SET record = ? WHERE id = ?", (json.dumps(record), token_id))
     return True
 
 
 def identities(cursor: Any, d: Dialect) -> list[StoredIdentity]:
-    d.run(cursor, "SELECT name, fingerprint, state, record FROM identities ORDER BY name")
+    d.execute(cursor, "SELECT name, fingerprint, state, record FROM identities ORDER BY name")
     return [StoredIdentity(n, f, s, json.loads(r)) for n, f, s, r in cursor.fetchall()]
 
 
 def identity(cursor: Any, d: Dialect, name: str) -> StoredIdentity | None:
-    d.run(cursor, f"SELECT name, fingerprint, state, record FROM identities WHERE name = ?{d.lock}", (name,))
+    d.execute(cursor, f"SELECT name, fingerprint, state, record FROM identities WHERE name = ?{d.lock}", (name,))
     row = cursor.fetchone()
     return None if row is None else StoredIdentity(row[0], row[1], row[2], json.loads(row[3]))
 
@@ -68,8 +68,8 @@ def put_identity(cursor: Any, d: Dialect, new: StoredIdentity) -> bool:
     old = identity(cursor, d, new.name)
     if old is not None and old.state in OWNING and old.fingerprint != new.fingerprint:
         return False
-    d.run(cursor, "DELETE FROM identities WHERE name = ?", (new.name,))
-    d.run(
+    d.execute(cursor, "DELETE FROM identities WHERE name = ?", (new.name,))
+    d.execute(
         cursor, "INSERT INTO identities (name, fingerprint, state, record) VALUES (?, ?, ?, ?)",
         (new.name, new.fingerprint, new.state, json.dumps(new.record)),
     )
@@ -87,7 +87,7 @@ def join(
     nothing); C{new(record)} is the identity it makes.  The answer is that
     identity, or a refusal: C{(code, reason)}, the code C{token} or C{name}.
     """
-    d.run(cursor, f"SELECT digest, record FROM join_tokens WHERE id = ?{d.lock}", (token_id,))
+    d.execute(cursor, f"SELECT digest, record FROM join_tokens WHERE id = ?{d.lock}", (token_id,))
     row = cursor.fetchone()
     if row is None or row[0] != digest:
         return "token", "unknown join token"
@@ -99,7 +99,7 @@ def join(
     if not put_identity(cursor, d, made):
         return "name", f"name {made.name!r} belongs to another worker's key: revoke it first"
     record["used"] = record.get("used", 0) + 1
-    d.run(cursor, "UPDATE join_tokens SET record = ? WHERE id = ?", (json.dumps(record), token_id))
+    d.execute(cursor, "UPDATE join_tokens SET record = ? WHERE id = ?", (json.dumps(record), token_id))
     return made
 
 
@@ -110,7 +110,7 @@ def set_state(cursor: Any, d: Dialect, name: str, state: str, allowed: tuple[str
     if old is None or old.state not in allowed:
         return None
     record = {**old.record, **note}
-    d.run(
+    d.execute(
         cursor, "UPDATE identities SET state = ?, record = ? WHERE name = ?",
         (state, json.dumps(record), name),
     )

@@ -54,14 +54,14 @@ class Pools:
 
     def unfinished(self, cursor: Any, d: Dialect) -> list[dict[str, Any]]:
         """The records of the pools that had not ended (read at the master's start)."""
-        d.run(cursor, "SELECT record FROM pools WHERE ended_at IS NULL ORDER BY id")
+        d.execute(cursor, "SELECT record FROM pools WHERE ended_at IS NULL ORDER BY id")
         return [json.loads(record) for (record,) in cursor.fetchall()]
 
     def get(self, pool_id: str) -> Deferred[dict[str, Any] | None]:
         """A pool's record, or None."""
 
         def get(cursor: Any, d: Dialect) -> dict[str, Any] | None:
-            row = d.run(cursor, "SELECT record FROM pools WHERE id = ?", (pool_id,)).fetchone()
+            row = d.execute(cursor, "SELECT record FROM pools WHERE id = ?", (pool_id,)).fetchone()
             return None if row is None else json.loads(row[0])
 
         return self._db.run(get)
@@ -74,7 +74,7 @@ class Pools:
         """
 
         def claim(cursor: Any, d: Dialect) -> dict[str, Any] | None:
-            row = d.run(cursor, "SELECT record FROM pools WHERE id = ? AND ended_at IS NULL", (pool_id,)).fetchone()
+            row = d.execute(cursor, "SELECT record FROM pools WHERE id = ? AND ended_at IS NULL", (pool_id,)).fetchone()
             return None if row is None else json.loads(row[0])
 
         return self._db.run(claim)
@@ -98,7 +98,7 @@ class Pools:
                 if value is not None:
                     where.append(test)
                     args.append(value)
-            d.run(cursor, f"SELECT summary FROM pools WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            d.execute(cursor, f"SELECT summary FROM pools WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
                   (*args, limit))
             return [json.loads(summary) for (summary,) in cursor.fetchall()]
 
@@ -109,7 +109,7 @@ class Pools:
         return self._db.run(self._expire, ended_before)
 
     def _expire(self, cursor: Any, d: Dialect, ended_before: float) -> int:
-        d.run(cursor, "DELETE FROM pools WHERE ended_at IS NOT NULL AND ended_at < ?", (ended_before,))
+        d.execute(cursor, "DELETE FROM pools WHERE ended_at IS NOT NULL AND ended_at < ?", (ended_before,))
         return int(cursor.rowcount)
 
 
@@ -140,7 +140,7 @@ class SharedPools(Pools):
 
     def unfinished(self, cursor: Any, d: Dialect) -> list[dict[str, Any]]:
         """This master's pools not ended, and those no master owns (written by pcci 1.x's schema)."""
-        d.run(
+        d.execute(
             cursor,
             "UPDATE pools SET owner = ? WHERE ended_at IS NULL AND (owner IS NULL OR owner = ?) RETURNING id, record",
             (self.master, self.master),
@@ -151,14 +151,14 @@ class SharedPools(Pools):
         """A pool's record, with the master that owns it (C{owner})."""
 
         def get(cursor: Any, d: Dialect) -> dict[str, Any] | None:
-            row = d.run(cursor, "SELECT record, owner FROM pools WHERE id = ?", (pool_id,)).fetchone()
+            row = d.execute(cursor, "SELECT record, owner FROM pools WHERE id = ?", (pool_id,)).fetchone()
             return None if row is None else {**json.loads(row[0]), "owner": row[1]}
 
         return self._db.run(get)
 
     def claim(self, pool_id: str) -> Deferred[dict[str, Any] | str | None]:
         def claim(cursor: Any, d: Dialect) -> dict[str, Any] | str | None:
-            row = d.run(
+            row = d.execute(
                 cursor,
                 "UPDATE pools SET owner = ? WHERE id = ? AND ended_at IS NULL"
                 " AND (owner IS NULL OR owner = ?) RETURNING record",
@@ -166,7 +166,7 @@ class SharedPools(Pools):
             ).fetchone()
             if row is not None:
                 return json.loads(row[0])
-            row = d.run(cursor, "SELECT owner FROM pools WHERE id = ? AND ended_at IS NULL", (pool_id,)).fetchone()
+            row = d.execute(cursor, "SELECT owner FROM pools WHERE id = ? AND ended_at IS NULL", (pool_id,)).fetchone()
             return None if row is None else str(row[0])  # another master runs it
 
         return self._db.run(claim)
@@ -175,7 +175,7 @@ class SharedPools(Pools):
         """Old pools, and the events of pools ended a while ago: one master at a time."""
         if not d.once(cursor):
             return 0  # another master is at it
-        d.run(
+        d.execute(
             cursor,
             "DELETE FROM events WHERE pool IN (SELECT id FROM pools WHERE ended_at < ?)"
             " OR pool NOT IN (SELECT id FROM pools)",

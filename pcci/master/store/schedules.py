@@ -21,7 +21,7 @@ class Schedules:
 
     def all(self) -> Deferred[list[Schedule]]:
         def read(cursor: Any, d: Dialect) -> list[Schedule]:
-            d.run(cursor, "SELECT name, record, last_run, skipped, runs FROM schedules ORDER BY name")
+            d.execute(cursor, "SELECT name, record, last_run, skipped, runs FROM schedules ORDER BY name")
             return [
                 Schedule.from_row(name, json.loads(record), last_run, skipped, json.loads(runs))
                 for name, record, last_run, skipped, runs in cursor.fetchall()
@@ -35,12 +35,12 @@ class Schedules:
         def put(cursor: Any, d: Dialect) -> bool:
             record = json.dumps(schedule.record())
             if create:
-                d.run(
+                d.execute(
                     cursor, "INSERT INTO schedules (name, record) VALUES (?, ?) ON CONFLICT DO NOTHING",
                     (schedule.name, record),
                 )
             else:
-                d.run(cursor, "UPDATE schedules SET record = ? WHERE name = ?", (record, schedule.name))
+                d.execute(cursor, "UPDATE schedules SET record = ? WHERE name = ?", (record, schedule.name))
             return notify_if_changed(cursor, d, CHANGED)
 
         return self._db.run(put)
@@ -49,7 +49,7 @@ class Schedules:
         """Forget a schedule; false if there is none."""
 
         def remove(cursor: Any, d: Dialect) -> bool:
-            d.run(cursor, "DELETE FROM schedules WHERE name = ?", (name,))
+            d.execute(cursor, "DELETE FROM schedules WHERE name = ?", (name,))
             return notify_if_changed(cursor, d, CHANGED)
 
         return self._db.run(remove)
@@ -58,7 +58,7 @@ class Schedules:
         """Move a schedule's C{last_run} to C{at} if earlier: true for the one caller that did."""
 
         def claim(cursor: Any, d: Dialect) -> bool:
-            d.run(cursor, "UPDATE schedules SET last_run = ? WHERE name = ? AND last_run < ?", (at, name, at))
+            d.execute(cursor, "UPDATE schedules SET last_run = ? WHERE name = ? AND last_run < ?", (at, name, at))
             return bool(cursor.rowcount > 0)
 
         return self._db.run(claim)
@@ -67,10 +67,10 @@ class Schedules:
         """Keep a run's outcome (the latest few); count it if skipped."""
 
         def note(cursor: Any, d: Dialect) -> None:
-            row = d.run(cursor, f"SELECT runs FROM schedules WHERE name = ?{d.lock}", (name,)).fetchone()
+            row = d.execute(cursor, f"SELECT runs FROM schedules WHERE name = ?{d.lock}", (name,)).fetchone()
             if row is not None:
                 runs = (json.loads(row[0]) + [run])[-RUNS_KEPT:]
-                d.run(
+                d.execute(
                     cursor, "UPDATE schedules SET runs = ?, skipped = skipped + ? WHERE name = ?",
                     (json.dumps(runs), int(run["outcome"] == SKIPPED), name),
                 )

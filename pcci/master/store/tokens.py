@@ -21,7 +21,7 @@ class Tokens:
 
     def all(self) -> Deferred[list[StoredToken]]:
         def read(cursor: Any, d: Dialect) -> list[StoredToken]:
-            d.run(cursor, "SELECT name, digest, record FROM tokens ORDER BY name")
+            d.execute(cursor, "SELECT name, digest, record FROM tokens ORDER BY name")
             return [StoredToken(name, digest, json.loads(record)) for name, digest, record in cursor.fetchall()]
 
         return self._db.run(read)
@@ -30,7 +30,7 @@ class Tokens:
         """Keep a new token; false if one of that name is kept already."""
 
         def add(cursor: Any, d: Dialect) -> bool:
-            d.run(
+            d.execute(
                 cursor, "INSERT INTO tokens VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (token.name, token.digest, json.dumps(token.record)),
             )
@@ -42,7 +42,7 @@ class Tokens:
         """Forget the token of this name; false if there is none."""
 
         def remove(cursor: Any, d: Dialect) -> bool:
-            d.run(cursor, "DELETE FROM tokens WHERE name = ?", (name,))
+            d.execute(cursor, "DELETE FROM tokens WHERE name = ?", (name,))
             return notify_if_changed(cursor, d, CHANGED)
 
         return self._db.run(remove)
