@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from fakes import FakeLink, started
 from postgres import SyncStore
+from test_upgrades import ORDER
 from twisted.internet.task import Clock
 
 from pcci.master.cluster.dispatch import PoolOrder
@@ -121,16 +122,21 @@ def test_a_job_on_the_other_masters_worker_runs_there_and_ends_here(
     assert m2.peers.workers.relays == {}
 
 
+def upgrade_held_by_the_other(m1: Master, m2: Master) -> tuple[FakeLink, Any]:
+    """A rollout on m1 of a worker m2 holds, its order passed on to the worker."""
+    w2 = m2.connect("w2", pcci_version="2.0.0", upgrades=True)
+    settle(m1, m2)
+    rollout = m1.state.upgrades.start(["w2"], 1, ORDER, "alice")
+    assert rollout.workers["w2"].state == "sent"
+    settle(m1, m2)
+    assert w2.upgrade_orders == [ORDER]
+    return w2, rollout
+
+
 def test_a_rollout_upgrades_the_other_masters_worker_through_it(pair: tuple[Master, Master]) -> None:
     """The order goes to the worker's holder, its news come back, and its return ends it done."""
     m1, m2 = pair
-    w2 = m2.connect("w2", pcci_version="2.0.0", upgrades=True)
-    settle(m1, m2)
-    order = {"version": "2.1.0", "wheel": "pcci-2.1.0-py3-none-any.whl", "sha256": "0" * 64, "deadline": 60}
-    rollout = m1.state.upgrades.start(["w2"], 1, order, "alice")
-    assert rollout.workers["w2"].state == "sent"
-    settle(m1, m2)
-    assert w2.upgrade_orders == [order]
+    w2, rollout = upgrade_held_by_the_other(m1, m2)
     m2.state.upgrades.status("w2", "draining", "")  # the worker says so to its own master
     settle(m1, m2)
     assert rollout.workers["w2"].state == "draining"
@@ -142,12 +148,7 @@ def test_a_rollout_upgrades_the_other_masters_worker_through_it(pair: tuple[Mast
 
 def test_a_failed_upgrade_on_the_other_master_says_why_here(pair: tuple[Master, Master]) -> None:
     m1, m2 = pair
-    w2 = m2.connect("w2", pcci_version="2.0.0", upgrades=True)
-    settle(m1, m2)
-    order = {"version": "2.1.0", "wheel": "pcci-2.1.0-py3-none-any.whl", "sha256": "0" * 64, "deadline": 60}
-    rollout = m1.state.upgrades.start(["w2"], 1, order, "alice")
-    settle(m1, m2)
-    assert w2.upgrade_orders == [order]
+    _, rollout = upgrade_held_by_the_other(m1, m2)
     m2.state.upgrades.status("w2", "failed", "pip: no space left on device")
     settle(m1, m2)
     assert (rollout.workers["w2"].state, rollout.workers["w2"].reason) == ("failed", "pip: no space left on device")

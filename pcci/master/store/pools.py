@@ -32,6 +32,14 @@ _UPDATE = (
 )
 
 
+def _row(p: StoredPool, d: Dialect) -> tuple[Any, ...]:
+    """A pool's values for the columns of L{_COLUMNS}, in their order."""
+    return (
+        p.id, p.started_at, p.ended_at, p.state, p.cmd, d.workers(p.workers),
+        json.dumps(p.summary), json.dumps(p.record), p.submitted_by, p.schedule,
+    )
+
+
 class Pools:
     """The pools of a store one master uses."""
 
@@ -43,13 +51,7 @@ class Pools:
         return self._db.run(self._save, pools)
 
     def _save(self, cursor: Any, d: Dialect, pools: list[StoredPool]) -> None:
-        rows = [
-            (
-                p.id, p.started_at, p.ended_at, p.state, p.cmd, d.workers(p.workers),
-                json.dumps(p.summary), json.dumps(p.record), p.submitted_by, p.schedule,
-            )
-            for p in pools
-        ]
+        rows = [_row(p, d) for p in pools]
         cursor.executemany(d.sql(f"INSERT INTO pools ({_COLUMNS}) VALUES ({', '.join(['?'] * 10)}){_UPDATE}"), rows)
 
     def unfinished(self, cursor: Any, d: Dialect) -> list[dict[str, Any]]:
@@ -125,13 +127,7 @@ class SharedPools(Pools):
         self.master = master
 
     def _save(self, cursor: Any, d: Dialect, pools: list[StoredPool]) -> None:
-        rows = [
-            (
-                p.id, p.started_at, p.ended_at, p.state, p.cmd, d.workers(p.workers),
-                json.dumps(p.summary), json.dumps(p.record), p.submitted_by, p.schedule, self.master,
-            )
-            for p in pools
-        ]
+        rows = [(*_row(p, d), self.master) for p in pools]
         cursor.executemany(
             d.sql(f"INSERT INTO pools ({_COLUMNS}, owner) VALUES ({', '.join(['?'] * 11)}){_UPDATE}"
                   " WHERE pools.owner = excluded.owner"),

@@ -182,7 +182,6 @@ class Notifier:
         self.store = store
         self.post = post
         self.settings = settings
-        self.secret = settings.secret
         self.notify_secret = notify_key(settings.secret)
         #: A pool's page in the dashboard, once the master knows its address.
         self.link: Callable[[str], str | None] = lambda pool_id: None
@@ -282,7 +281,7 @@ class Notifier:
             b"Content-Type": [b"application/json"],
             b"User-Agent": [b"pcci-webhook"],
             b"X-Pcci-Signature": [
-                signature(self.notify_secret if owned else self.secret, delivery.body).encode()
+                signature(self.notify_secret if owned else self.settings.secret, delivery.body).encode()
             ],
             b"X-Pcci-Delivery": [str(delivery.id).encode()],
             b"X-Pcci-Source": [b"notify" if owned else b"webhook"],
