@@ -128,7 +128,7 @@ class APIToken:
 #: What a line of a tokens file holds.
 TOKEN_LINE = (
     "TOKEN [read] [name=NAME] [workers=TARGETS] [labels=KEY[=VALUE]] [commands=GLOB]"
-    " [stdin=yes] [cwd=DIR] [notify=URL]"
+    " [stdin=yes] [cwd=DIR] [notify=URL] [shell=yes]"
 )
 
 
@@ -142,13 +142,13 @@ def parse_token_line(words: list[str], name: str) -> tuple[str, bool, str, Scope
     value, rest = words[0], words[1:]
     read_only = False
     parts: dict[str, list[str]] = {"workers": [], "labels": [], "commands": [], "cwd": [], "notify": []}
-    stdin = False
+    flags = {"stdin": False, "shell": False}
     for word in rest:
         key, sep, text = word.partition("=")
         if word == "read":
             read_only = True
-        elif word == "stdin=yes":
-            stdin = True
+        elif key in flags and text == "yes":
+            flags[key] = True
         elif key == "name" and NAME.match(text):
             name = text
         elif sep and key in parts and text:
@@ -158,7 +158,10 @@ def parse_token_line(words: list[str], name: str) -> tuple[str, bool, str, Scope
     if len(value) < 16:
         raise ValueError("a token needs 16 characters or more")
     try:
-        scope = Scope(**{k: tuple(v) for k, v in parts.items()}, stdin=stdin)
+        scope = Scope(
+            workers=tuple(parts["workers"]), labels=tuple(parts["labels"]), commands=tuple(parts["commands"]),
+            cwd=tuple(parts["cwd"]), notify=tuple(parts["notify"]), stdin=flags["stdin"], shell=flags["shell"],
+        )
     except ScopeError as e:
         raise ValueError(str(e)) from None
     return value, read_only, name, scope if scope.limited else None

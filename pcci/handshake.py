@@ -34,6 +34,7 @@ OLDEST_ACCEPTED = PROTOCOL_VERSION - 1
 #: workers that speak it.
 HELD_JOBS = 3  # hello's jobs, output seq, attach and ack
 FILES = 4  # put, put_data, put_end, get, get_ack; put_need, put_ack, get_entries, get_data
+SHELLS = 5  # shell_open and the frames of a shell
 
 #: Longest nonce accepted from a worker.
 MAX_NONCE = 128

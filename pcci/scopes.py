@@ -102,7 +102,7 @@ def command_as_matched(cmd: str) -> str | None:
 
 
 #: What a scope may grant beyond its limits, as JSON and token lines name them.
-GRANTS = ("stdin", "cwd", "notify")
+GRANTS = ("stdin", "cwd", "notify", "shell")
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ class Scope:
     cwd: tuple[str, ...] = ()
     #: The URLs (globs) its pools may ask to be told of their end.
     notify: tuple[str, ...] = ()
+    #: Whether it may open shells (C{pcci shell}) on its workers.
+    shell: bool = False
     _names: tuple[frozenset[str], tuple[str, ...]] = field(init=False, repr=False, compare=False)
     _patterns: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
@@ -185,10 +187,11 @@ class Scope:
             if not isinstance(value, list):
                 raise ScopeError(f"{kind} must be a list of strings")
             parts[kind] = tuple(value)
-        stdin = body.get("stdin", False)
-        if not isinstance(stdin, bool):
-            raise ScopeError("stdin must be true or false")
-        scope = cls(**parts, stdin=stdin)
+        flags = {key: body.get(key, False) for key in ("stdin", "shell")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise ScopeError(f"{key} must be true or false")
+        scope = cls(**parts, **flags)
         return scope if scope.limited else None
 
     def to_json(self) -> dict[str, Any]:
@@ -203,6 +206,8 @@ class Scope:
             body["cwd"] = list(self.cwd)
         if self.notify:
             body["notify"] = list(self.notify)
+        if self.shell:
+            body["shell"] = True
         return body
 
     @property
@@ -270,4 +275,5 @@ class Scope:
         words += ["stdin=yes"] if self.stdin else []
         words += [f"cwd={c}" for c in self.cwd]
         words += [f"notify={url}" for url in self.notify]
+        words += ["shell=yes"] if self.shell else []
         return " ".join(words)

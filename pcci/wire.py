@@ -19,7 +19,7 @@ from twisted.protocols.basic import LineReceiver
 
 from pcci.twisted_internals import write_now
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 TERMINATOR = b"EOM"
 
 #: Longest frame sent, and accepted by default (terminator excluded).
@@ -105,6 +105,12 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "enroll": {"csr": str},
     # How an upgrade the master asked for goes (see pcci.worker.upgrade).
     "upgrade_status": {"state": str, "reason": str},
+    # A shell (see pcci.worker.shells): its process exists, its output (raw
+    # bytes follow), input written to it, its end.
+    "shell_started": {"shell": str, "pid": int},
+    "shell_output": {"shell": str, "stream": str, "size": int},
+    "shell_ack": {"shell": str, "written": int},
+    "shell_ended": {"shell": str, "status": int, "reason": str},
 }
 MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "challenge": {"nonce": str, "proof": str},
@@ -127,7 +133,24 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     # (only to a worker whose hello said upgrades).
     "upgrade": {"version": str, "wheel": str, "url": str, "sha256": str, "wheelhouse": dict, "find_links": str,
                 "deadline": (int, float)},
+    # A shell: open one, its input (raw bytes follow), the end of its input,
+    # its window's size, output delivered so far, hang up.
+    "shell_open": {"shell": str, "cmd": str, "pty": bool, "rows": int, "cols": int, "user": str, "term": str},
+    "shell_data": {"shell": str, "size": int},
+    "shell_eof": {"shell": str},
+    "shell_resize": {"shell": str, "rows": int, "cols": int},
+    "shell_ack": {"shell": str, "read": int},
+    "shell_close": {"shell": str},
 }
+
+#: The most raw bytes a C{shell_data} or C{shell_output} frame announces.
+MAX_SHELL_DATA = 64 * 1024
+
+#: Bytes of a shell's output sent and not yet acknowledged, at most: the
+#: worker stops reading the shell's terminal there until the master has
+#: delivered them (C{shell_ack}), so a flood costs neither side memory.
+#: The same window bounds input in flight the other way.
+SHELL_WINDOW = 256 * 1024
 
 
 #: Most jobs a hello may list.

@@ -66,3 +66,29 @@ def started(d: Any) -> Any:
     if hasattr(value, "raiseException"):
         value.raiseException()
     return value
+
+
+class FakeShellClient:
+    """The user's side of a shell (L{pcci.master.cluster.shells.ShellClient}), as it was told."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.received: list[tuple[str, bytes]] = []
+        self.end: tuple[int | None, str] | None = None
+        self.input_paused = False
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+
+    def output(self, stream: str, data: bytes) -> None:
+        self.received.append((stream, data))
+
+    def ended(self, status: int | None, reason: str) -> None:
+        assert self.end is None, "ended twice"
+        self.end = (status, reason)
+
+    def pause_input(self) -> None:
+        self.input_paused = True
+
+    def resume_input(self) -> None:
+        self.input_paused = False

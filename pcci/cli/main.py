@@ -357,8 +357,9 @@ def token() -> None:
     metavar="URL",
     help="A URL (glob) its pools may ask to be told of their end; repeatable.",
 )
+@click.option("--shell", "shell", is_flag=True, help="It may open shells (pcci shell) on its workers.")
 @click.pass_obj
-def token_create(cfg: Config, name: str, read_only: bool, stdin: bool, **scope: tuple[str, ...]) -> None:
+def token_create(cfg: Config, name: str, read_only: bool, stdin: bool, shell: bool, **scope: tuple[str, ...]) -> None:
     """
     Make a token named NAME and print it: the only time it is shown.
 
@@ -367,12 +368,15 @@ def token_create(cfg: Config, name: str, read_only: bool, stdin: bool, **scope: 
       pcci token create ci -w 'build*' -c 'make test' --cwd /srv/app
       pcci token create alerts -c uptime --notify 'https://hooks.slack.com/services/*'
       pcci token create grafana --read
+      pcci token create oncall -w 'lab*' --shell
     """
     from pcci.cli.views import create_token
 
     asked: dict[str, Any] = {k: list(v) for k, v in scope.items() if v}
     if stdin:
         asked["stdin"] = True
+    if shell:
+        asked["shell"] = True
     go(create_token, cfg, name, read_only, asked)
 
 
@@ -394,6 +398,36 @@ def token_revoke(cfg: Config, name: str) -> None:
     from pcci.cli.views import revoke_token
 
     go(revoke_token, cfg, name)
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-u", "--user", metavar="USER", help="Who the shell runs as (where the worker runs as root).")
+@click.option("-t/-T", "--tty/--no-tty", "tty", default=None,
+              help="A pseudo-terminal on the worker, or none; by default, one when this standard input is a terminal.")
+@click.argument("node")
+@click.argument("command", nargs=-1)
+@click.pass_obj
+def shell(cfg: Config, node: str, command: tuple[str, ...], user: str | None, tty: bool | None) -> None:
+    """
+    A login shell on NODE, or COMMAND run by its shell, through the master.
+    ~. at the start of a line disconnects; the remote exit status is pcci's.
+
+    \b
+      pcci shell pi07
+      pcci shell -u root db1
+      pcci shell db1 -- tail -f /var/log/syslog
+      pcci shell db1 -- 'ls /srv | wc -l' > count.txt
+    """
+    import os
+
+    from pcci.cli.shell import open_shell
+
+    pty = os.isatty(0) if tty is None else tty
+    if command[:1] == ("--",):  # after NODE, click keeps it
+        command = command[1:]
+    # As ssh does: the words of COMMAND are joined by spaces, for the remote shell.
+    options = {"cmd": " ".join(command), "user": user or "", "pty": pty}
+    raise SystemExit(open_shell(cfg.url, cfg.token, cfg.ca_file, node, options))
 
 
 @cli.group(invoke_without_command=True)

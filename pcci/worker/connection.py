@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import platform
 import socket
-import time
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import Deferred
@@ -23,7 +22,7 @@ from zope.interface import implementer
 from pcci import __version__
 from pcci.clock import StallWatch
 from pcci.handshake import WorkerHandshake, is_version_refusal
-from pcci.identity import EXIT_STATUSES, IdentityError, WorkerIdentity
+from pcci.identity import EXIT_STATUSES, WorkerIdentity
 from pcci.labels import default_labels
 from pcci.wire import (
     END_NOT_STARTED,
@@ -34,9 +33,11 @@ from pcci.wire import (
     peer_address,
     run_options,
 )
+from pcci.worker.certificates import CertificateFrames
 from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
 from pcci.worker.settings import WorkerSettings
+from pcci.worker.shells import ShellFrames
 from pcci.worker.transfers import TransferFrames
 from pcci.worker.upgrade import Upgrader
 
@@ -57,7 +58,7 @@ def default_name() -> str:
 
 
 @implementer(IPushProducer)
-class MasterConnection(TransferFrames):
+class MasterConnection(TransferFrames, ShellFrames, CertificateFrames):
     """
     The worker's connection to its master, and the job table's link to it.
 
@@ -71,7 +72,9 @@ class MasterConnection(TransferFrames):
     factory: WorkerFactory
 
     def __init__(self) -> None:
-        super().__init__()
+        TransferFrames.__init__(self)
+        ShellFrames.__init__(self)
+        CertificateFrames.__init__(self)
         self.paused = False
         self._last_frame = 0.0
         self._beat: LoopingCall | None = None
@@ -84,10 +87,6 @@ class MasterConnection(TransferFrames):
         #: The master takes output as raw bytes after an C{output_data} frame
         #: (its welcome says so); else as the C{data} of C{output} frames.
         self.output_data = False
-        #: The master signs keys (its welcome says so): renewals, enrollment.
-        self.identities = False
-        #: The identity whose key the master was asked to sign.
-        self._asked: WorkerIdentity | None = None
         #: Fires when the master welcomes this worker; fails if it never does.
         self.joined: Deferred[MasterConnection] = Deferred()
         #: Fires when the connection is closed, what was written sent.
@@ -134,6 +133,7 @@ class MasterConnection(TransferFrames):
             self.factory.connection = None
             self.jobs.disconnected()
         self.abort_transfers("the connection to the master closed")
+        self.hang_up_shells("the connection to the master closed")
         self.factory.on_lost(self)
         self.closed.callback(None)
 
@@ -216,38 +216,6 @@ class MasterConnection(TransferFrames):
             if not message["reconnect"]:
                 self.factory.dismissed(message["reason"])
         self.close()
-
-    def _ask(self, code: str, identity: WorkerIdentity) -> None:
-        """Ask the master to sign this worker's key: C{enroll} (by the secret) or C{renew}."""
-        self._asked = identity
-        self.sendMessage(code, csr=identity.request())
-
-    def _renew_if_due(self) -> None:
-        identity = self.factory.identity
-        if self.identities and self._asked is None and identity is not None and identity.needs_renewal(time.time()):
-            self.log.info("this worker's certificate ends soon: asking the master for a new one")
-            self._ask("renew", identity)
-
-    def handle_certificate(self, message: dict[str, Any]) -> None:
-        identity, self._asked = self._asked, None
-        if identity is None:
-            self.protocolViolation("a certificate not asked for")
-            return
-        if message["reason"]:
-            self.log.error("the master refused to sign this worker's key: {reason}", reason=message["reason"])
-            return
-        enrolled = self.factory.identity is None
-        try:
-            identity.keep(message["certificate"], message["ca"])
-        except IdentityError as e:
-            self.log.error("{why}", why=str(e))
-            return
-        self.factory.identity = identity
-        if enrolled:
-            self.log.info("worker {name} enrolled: reconnecting with its own identity", name=identity.name)
-            self.close()
-        else:
-            self.log.info("worker {name}'s certificate renewed", name=identity.name)
 
     def close(self) -> None:
         """

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import pytest
-from fakes import started
+from fakes import FakeShellClient, started
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -18,10 +16,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from pcci.auth import check_proof, proof
 from pcci.master.cluster.dispatch import PoolOrder
 from pcci.master.cluster.jobspec import JobOptions
+from pcci.master.cluster.shells import ShellOrder, ShellRefused
 from pcci.master.cluster.state import ClusterState
 from pcci.master.links.admission import Gate
 from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
-from pcci.master.transfers.pushes import Destination, Push, Spool, read_archive
 from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
 
 #: What this master says to a worker it admits.
@@ -258,8 +256,8 @@ def test_a_version_not_accepted_is_refused_but_may_come_back(version: int) -> No
     assert state.roster.links == {}
 
 
-def test_a_worker_one_version_back_runs_jobs_but_gets_no_files() -> None:
-    """Protocol 3 knew no pushes: such a worker runs jobs, and a push to it fails, saying why."""
+def test_a_worker_one_version_back_runs_jobs_but_gets_no_shell() -> None:
+    """Protocol 4 knew no shells: such a worker runs jobs, and a shell on it is refused, saying why."""
     state, clock = setup()
     protocol, transport = connect(state, clock)
     protocol.dataReceived(hello(version=PROTOCOL_VERSION - 1))
@@ -268,15 +266,10 @@ def test_a_worker_one_version_back_runs_jobs_but_gets_no_files() -> None:
     protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
     clock.advance(0)
     assert [f["code"] for f in frames(transport)] == ["run", "ack"]
-    spool = io.BytesIO()
-    with tarfile.open(fileobj=spool, mode="w") as archive:
-        archive.addfile(tarfile.TarInfo("empty"))
-    push = Push(state.reports, Spool(spool), read_archive(Spool(spool)), Destination("/tmp/"), state.pushes)
-    pushed = started(state.dispatcher.submit(PoolOrder("push", start=push.start), ["node1"]))
+    with pytest.raises(ShellRefused, match="node1's pcci is too old for shells; upgrade it") as refused:
+        state.shells.open(ShellOrder("node1"), FakeShellClient())
+    assert refused.value.status == 409 and state.shells.sessions == {}
     assert frames(transport) == []
-    job = pushed.jobs["node1"]
-    assert job.state == "failed" and "speaks protocol 3: upgrade it" in job.output.text()
-    assert state.pushes == {} and spool.closed
 
 
 def test_garbage_drops_only_that_connection() -> None:

@@ -112,7 +112,7 @@ class TestScope:
             Scope(labels=("no spaces",))
         with pytest.raises(ScopeError, match="workers"):
             Scope(workers=("pi[9-1]",))
-        with pytest.raises(ScopeError, match="only workers, labels, commands, stdin, cwd, notify, not hosts"):
+        with pytest.raises(ScopeError, match="only workers, labels, commands, stdin, cwd, notify, shell, not hosts"):
             Scope.from_json({"hosts": ["a"]})
         assert Scope.from_json({"workers": []}) is None
 

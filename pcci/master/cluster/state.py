@@ -35,6 +35,7 @@ from pcci.master.cluster.roster import (
     DEFAULT_RECONNECT_GRACE,
     Roster,
 )
+from pcci.master.cluster.shells import Shells, ShellSettings
 from pcci.master.cluster.upgrades import Upgrades
 from pcci.master.store.base import PoolStore
 
@@ -59,6 +60,7 @@ class Settings:
     history: float = DEFAULT_HISTORY
     forget_after: float = DEFAULT_FORGET_AFTER
     reconnect_grace: float = DEFAULT_RECONNECT_GRACE
+    shells: ShellSettings = ShellSettings()
 
 
 class ClusterState:
@@ -99,6 +101,8 @@ class ClusterState:
         #: their archives (L{pcci.master.transfers.fetches}), by pool id.
         self.pushes: dict[str, Push] = {}
         self.fetches: dict[str, Fetch] = {}
+        #: Shells open through this master (see L{pcci.master.cluster.shells}).
+        self.shells = Shells(clock, self.wall, self.roster, settings.shells)
         self.dispatcher.pool_end_hooks.append(self._transfer_ended)
         self.peers.attach(self)
 
@@ -115,5 +119,6 @@ class ClusterState:
         self.dispatcher.stop()
         self.roster.stop()
         self.history.stop()
+        self.shells.stop("the master is shutting down")
         for fetch in list(self.fetches.values()):
             fetch.forget()

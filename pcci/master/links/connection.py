@@ -13,6 +13,7 @@ from pcci.clock import StallWatch
 from pcci.handshake import HELD_JOBS, Hello
 from pcci.master.cluster.state import ClusterState
 from pcci.master.links.admission import Admission, Gate
+from pcci.master.links.shells import ShellFrames
 from pcci.transfer import CHUNK
 from pcci.wire import (
     END_REASONS,
@@ -22,7 +23,6 @@ from pcci.wire import (
     PROTOCOL_VERSION,
     STREAMS,
     WORKER_MESSAGES,
-    FramedJSONProtocol,
     ProtocolError,
     peer_address,
 )
@@ -31,7 +31,7 @@ from pcci.wire import (
 HANDSHAKE_TIMEOUT = 10.0
 
 
-class WorkerConnection(FramedJSONProtocol):
+class WorkerConnection(ShellFrames):
     """
     A connected worker, as the master sees it.
 
@@ -49,6 +49,7 @@ class WorkerConnection(FramedJSONProtocol):
         self.factory = factory
         self.roster = factory.state.roster
         self.reports = factory.state.reports
+        self.shells = factory.state.shells
         self.clock = factory.clock
         self.handshake_timeout = factory.handshake_timeout
         self.MAX_LENGTH = factory.max_frame
@@ -95,6 +96,7 @@ class WorkerConnection(FramedJSONProtocol):
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         if self.name:
+            self.shells.link_lost(self, self.name)
             self.roster.leave(self, "disconnected")
         elif self._hello is not None and not self._refused and self.admission.handshake is not None:
             self.log.warn(

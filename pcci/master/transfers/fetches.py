@@ -52,7 +52,7 @@ class Fetch:
         """Ask one worker for the files (the pool's way of starting a job)."""
         self.pool_id = job.pool_id
         self.registry[job.pool_id] = self
-        refusal = transfer_refusal(link, "fetch through it", "send files")
+        refusal = transfer_refusal(link, "fetch through it")
         if refusal is not None:
             self.reports.fail(job, refusal)
             return

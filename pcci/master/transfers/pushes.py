@@ -23,7 +23,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from pcci.handshake import FILES
 from pcci.master.cluster.model import Job, WorkerLink
 from pcci.master.cluster.reports import JobReports
 from pcci.transfer import CHUNK, WINDOW, Entry, UnsafePath, batches, safe_path
@@ -150,13 +149,14 @@ def _entry(member: tarfile.TarInfo, spool: Spool, uploaded: int) -> Entry:
     return Entry(path, "file", member.size, mode, mtime, digest.hexdigest())
 
 
-def transfer_refusal(link: WorkerLink, elsewhere: str, upgrade: str) -> str | None:
-    """Why files cannot go to or come from this worker through this master, if they cannot."""
+def transfer_refusal(link: WorkerLink, elsewhere: str) -> str | None:
+    """
+    Why files cannot go to or come from this worker through this master, if
+    they cannot.  (Every protocol a master accepts has files: see
+    L{pcci.handshake.FILES}.)
+    """
     if link.master is not None:
         return f"worker {link.name} is held by master {link.master}: {elsewhere}"
-    version = getattr(link, "version", FILES)
-    if version < FILES:
-        return f"worker {link.name} speaks protocol {version}: upgrade it to {upgrade}"
     return None
 
 
@@ -245,7 +245,7 @@ class Push:
             self.frames = FrameCache(job.pool_id, self.spool, self.archive)
             self.put_frames = self._encode_entries(job.pool_id)
             self.registry[job.pool_id] = self  # its workers' answers find it
-        refusal = transfer_refusal(link, "push through it", "receive files")
+        refusal = transfer_refusal(link, "push through it")
         if refusal is not None:
             self.reports.fail(job, refusal)
             return
