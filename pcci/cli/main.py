@@ -404,10 +404,16 @@ def token_revoke(cfg: Config, name: str) -> None:
 @click.option("-u", "--user", metavar="USER", help="Who the shell runs as (where the worker runs as root).")
 @click.option("-t/-T", "--tty/--no-tty", "tty", default=None,
               help="A pseudo-terminal on the worker, or none; by default, one when this standard input is a terminal.")
-@click.argument("node")
+@click.option("--replay", metavar="SHELL", help="Play back a kept shell's recording instead (pcci shells lists them).")
+@click.option("--speed", type=click.FloatRange(min=0.1, max=100), default=1.0, show_default=True,
+              help="With --replay: how much faster than it happened.")
+@click.argument("node", required=False)
 @click.argument("command", nargs=-1)
 @click.pass_obj
-def shell(cfg: Config, node: str, command: tuple[str, ...], user: str | None, tty: bool | None) -> None:
+def shell(
+    cfg: Config, node: str | None, command: tuple[str, ...], user: str | None, tty: bool | None,
+    replay: str | None, speed: float,
+) -> None:
     """
     A login shell on NODE, or COMMAND run by its shell, through the master.
     ~. at the start of a line disconnects; the remote exit status is pcci's.
@@ -417,7 +423,16 @@ def shell(cfg: Config, node: str, command: tuple[str, ...], user: str | None, tt
       pcci shell -u root db1
       pcci shell db1 -- tail -f /var/log/syslog
       pcci shell db1 -- 'ls /srv | wc -l' > count.txt
+      pcci shell --replay 5f0c9a1e2b3d4c6f
     """
+    if replay is not None:
+        if node is not None:
+            raise click.UsageError("--replay plays a kept shell: give no NODE")
+        from pcci.cli.sessions import replay_shell
+
+        go(replay_shell, cfg, replay, speed)
+    if node is None:
+        raise click.UsageError("which NODE? (pcci workers lists them)")
     import os
 
     from pcci.cli.shell import open_shell
@@ -428,6 +443,18 @@ def shell(cfg: Config, node: str, command: tuple[str, ...], user: str | None, tt
     # As ssh does: the words of COMMAND are joined by spaces, for the remote shell.
     options = {"cmd": " ".join(command), "user": user or "", "pty": pty}
     raise SystemExit(open_shell(cfg.url, cfg.token, cfg.ca_file, node, options))
+
+
+@cli.command()
+@click.option("-n", "--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="How many, newest first.")
+@json_option("the shells")
+@click.pass_obj
+def shells(cfg: Config, limit: int, as_json: bool) -> None:
+    """The shells open and those kept: who, where, as whom, how they ended, their recordings."""
+    from pcci.cli.sessions import show_shells
+
+    go(show_shells, cfg, limit, as_json)
 
 
 @cli.group(invoke_without_command=True)

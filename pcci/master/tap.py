@@ -28,8 +28,10 @@ from pcci.master.access.enrollment import Enrollment
 from pcci.master.access.tokens import TokenBook
 from pcci.master.cluster.history import DEFAULT_MAX_POOLS
 from pcci.master.cluster.jobspec import NOTIFY_ON
+from pcci.master.cluster.recordings import DEFAULT_RECORD_MAX
 from pcci.master.cluster.roster import DEFAULT_FORGET_AFTER, DEFAULT_HISTORY, DEFAULT_RECONNECT_GRACE
 from pcci.master.cluster.schedules import Scheduler
+from pcci.master.cluster.shells import DEFAULT_IDLE, DEFAULT_MAX_SHELLS, ShellSettings
 from pcci.master.cluster.state import ClusterState, Settings
 from pcci.master.http.api import MasterAPI
 from pcci.master.http.base import APIParts
@@ -101,6 +103,7 @@ class Options(usage.Options):
         ["approve-workers", None, "Every worker that joins waits for a person: pcci workers approve NAME."],
         ["webhook-output", None, "Webhook deliveries carry the last 20 lines of each failed job's output (it may hold "
             "secrets)."],
+        ["no-shell-record", None, "Keep no recording of shells (pcci shell); they are still listed and audited."],
     ]
     optParameters = [
         ["api", None, "tcp:8080", "Endpoint of the REST API."],
@@ -147,6 +150,11 @@ class Options(usage.Options):
             "join-token create prints (default: this host's name and the --listen port)."],
         ["public-url", None, None, "The API's address as people and new machines reach it, for the links in "
             "deliveries and the install line of join tokens (default: http://<this host>:<API port>/)."],
+        ["shell-idle", None, DEFAULT_IDLE, "Seconds a shell may pass without a byte either way before it is "
+            "closed.", seconds],
+        ["max-shells", None, DEFAULT_MAX_SHELLS, "Shells open at once on one worker.", positive_int],
+        ["shell-record-max", None, DEFAULT_RECORD_MAX, "Bytes of each shell's recording kept (asciicast, in the "
+            "store, for --retention).", positive_int],
         ["wheelhouse", None, None, "A directory of wheels served at /wheelhouse/: the dependencies new workers install "
             "from, for labs with no route to a package index (see docs/offline.md)."],
     ]
@@ -392,6 +400,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             history=options["history"],
             forget_after=options["forget-after"],
             reconnect_grace=options["reconnect-grace"],
+            shells=ShellSettings(
+                idle=options["shell-idle"],
+                max_per_worker=options["max-shells"],
+                record_max=0 if options["no-shell-record"] else options["shell-record-max"],
+            ),
         ),
         store,
         wall=time.time,

@@ -7,6 +7,7 @@ the ends a shell meets when its worker or its master goes.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -200,3 +201,35 @@ def test_a_master_stopping_ends_its_shells_cleanly(own_cluster: Cluster) -> None
     own_cluster.master.stop()
     child.expect_exact("pcci: the master is shutting down")
     assert ended(child) == 255
+
+
+def test_shells_are_listed_recorded_and_replayed(cluster: Cluster) -> None:
+    done = pcci(cluster, "shell", "w1", "--", "printf 'recorded \\033[1mbold\\033[0m\\n'", token=SHELLER)
+    assert done.returncode == 0
+    listed = pcci(cluster, "shells", "--json", token=SHELLER)
+    shells = json.loads(listed.stdout)
+    assert {s["by"] for s in shells} == {"sheller"}  # a scoped token sees its own
+    mine = shells[0]
+    assert (mine["open"], mine["status"], mine["cmd"], mine["bytes_out"]) == (
+        False, 0, "printf 'recorded \\033[1mbold\\033[0m\\n'", len("recorded \033[1mbold\033[0m\n"))
+    assert mine["recorded"] > 0
+    replayed = pcci(cluster, "shell", "--replay", mine["id"], "--speed", "100", token=SHELLER)
+    assert replayed.returncode == 0 and replayed.stdout == b"recorded \033[1mbold\033[0m\n"
+    # The admin sees every shell; a reader may list them, never read what they showed.
+    assert mine["id"] in {s["id"] for s in cluster.request("GET", "/shells")[1]}
+    code, answer = cluster.request("GET", f"/shells/{mine['id']}/recording", token=READER)
+    assert (code, answer["message"]) == (403, "a read-only token may not read recordings: they hold all a shell showed")
+    code, answer = cluster.request("GET", f"/shells/{mine['id']}", token=SCOPED)
+    assert code == 404  # another token's shell is as unknown to a scoped one
+
+
+def test_a_shell_kept_across_a_master_restart(own_cluster: Cluster) -> None:
+    own_cluster.start_master("--shell-record-max", "300")
+    own_cluster.start_worker("w5")
+    assert pcci(own_cluster, "shell", "w5", "--", "seq 1 1000").returncode == 0
+    own_cluster.master.stop()
+    own_cluster.start_master("--shell-record-max", "300")
+    (kept,) = own_cluster.request("GET", "/shells")[1]
+    assert kept["truncated"] and kept["recorded"] < 400
+    replayed = pcci(own_cluster, "shell", "--replay", kept["id"], "--speed", "100")
+    assert replayed.stdout.startswith(b"1\n2\n") and b"the recording stops here" in replayed.stdout

@@ -6,15 +6,19 @@ a real worker connection on a StringTransport, time on a Clock.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 from fakes import FakeShellClient
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
+from pcci.cli.sessions import IDLE_LIMIT, play
+from pcci.master.cluster.recordings import FLUSH_EVERY, PIECE, Recording
 from pcci.master.cluster.shells import ShellOrder, ShellRefused, ShellSettings
 from pcci.master.cluster.state import ClusterState, Settings
 from pcci.master.links.admission import Gate
@@ -192,3 +196,85 @@ def test_a_bad_shell_frame_drops_only_that_connection() -> None:
     protocol, transport = worker(state, clock)
     protocol.dataReceived(encode({"code": "shell_output", "shell": "x", "stream": "stdout", "size": 10**9}))
     assert transport.disconnecting
+
+
+class MemoryShells:
+    """A shell table in memory (L{pcci.master.store.base.ShellTable}), answering at once."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+        self.pieces: dict[str, list[bytes]] = {}
+
+    def opened(self, shell_id, opened_at, by, record):
+        self.records[shell_id] = record
+        return succeed(None)
+
+    def record(self, shell_id, seq, data):
+        pieces = self.pieces.setdefault(shell_id, [])
+        assert seq == len(pieces), "pieces come in order"
+        pieces.append(data)
+        return succeed(None)
+
+    def ended(self, shell_id, ended_at, record):
+        self.records[shell_id] = record
+        return succeed(None)
+
+    def recording(self, shell_id) -> bytes:
+        return b"".join(self.pieces.get(shell_id, []))
+
+    def expire(self, before):
+        return succeed(0)
+
+
+def test_a_shell_is_kept_with_its_recording_in_asciicast() -> None:
+    clock = Clock()
+    table = MemoryShells()
+    state = ClusterState(clock, wall=lambda: 1_700_000_000.0)
+    state.shells.table = table
+    protocol, transport = worker(state, clock)
+    session = state.shells.open(ShellOrder("node1", rows=24, cols=80, who="alice"), FakeShellClient())
+    assert table.records[session.id]["open"] is True
+    clock.advance(0.5)
+    # A character cut between two pieces of output is recorded whole.
+    protocol.dataReceived(output(session.id, "é".encode()[:1]) + output(session.id, "é".encode()[1:] + b"\r\n"))
+    session.resize(30, 100)
+    assert session.id not in table.pieces  # gathered, not yet written
+    clock.advance(FLUSH_EVERY)
+    protocol.dataReceived(encode({"code": "shell_ended", "shell": session.id, "status": 0, "reason": ""}))
+    lines = [json.loads(line) for line in table.recording(session.id).decode().splitlines()]
+    assert lines[0] == {"version": 2, "width": 80, "height": 24, "timestamp": 1_700_000_000,
+                        "title": "alice on node1 as the worker's user", "env": {"TERM": "xterm-256color"}}
+    assert lines[1:] == [[0.5, "o", "é\r\n"], [0.5, "r", "100x30"]]
+    kept = table.records[session.id]
+    assert (kept["open"], kept["status"], kept["recorded"], kept["truncated"]) == (
+        False, 0, len(table.recording(session.id)), False)
+
+
+def test_a_recording_stops_at_its_cap_saying_so() -> None:
+    clock = Clock()
+    table = MemoryShells()
+    recording = Recording(clock, table, "s1", 1000, {"width": 80, "height": 24})
+    for _ in range(100):
+        recording.output(b"y" * 50)
+    recording.close()
+    data = table.recording("s1")
+    assert recording.truncated and recording.size == len(data)
+    assert len(data) < 1000 + 200 and data.count(b"y") > 500  # all that fits is kept
+    assert "the recording stops here, at its cap of 1000 bytes" in data.decode().splitlines()[-1]
+
+
+def test_a_big_output_is_written_in_pieces_as_it_comes() -> None:
+    clock = Clock()
+    table = MemoryShells()
+    recording = Recording(clock, table, "s1", 10 * PIECE, {"width": 80, "height": 24})
+    recording.output(b"x" * PIECE)
+    assert len(table.pieces["s1"]) == 1  # at once, not at the timer
+
+
+def test_replay_plays_output_at_its_pace_with_silences_cut() -> None:
+    cast = (b'{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "a"]\n[0.5, "r", "100x30"]\n'
+            b'[60.5, "o", "b"]\n[60.6, "o", "c"]\n[61')
+    out, slept = io.StringIO(), []
+    play(cast, out, speed=2.0, sleep=slept.append)
+    assert out.getvalue() == "abc"
+    assert slept == [0.25, IDLE_LIMIT / 2, pytest.approx(0.05)]

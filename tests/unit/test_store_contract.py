@@ -210,3 +210,21 @@ def test_a_single_use_token_joins_one_worker_when_two_masters_join_at_once(engin
 
 def test_the_store_answers_a_ping(engine: Any) -> None:
     assert result(engine().ping()) is None
+
+
+def test_shells_are_kept_with_their_recordings_and_expired(engine: Any) -> None:
+    store = engine()
+    result(store.shells.opened("s1", 10.0, "alice", {"id": "s1", "by": "alice", "open": True}))
+    result(store.shells.opened("s2", 20.0, "bob", {"id": "s2", "by": "bob", "open": True}))
+    for seq, piece in enumerate([b'{"version": 2}\n', b'[0.1, "o", "EOM\\u0000"]\n']):
+        result(store.shells.record("s1", seq, piece))
+    result(store.shells.ended("s1", 30.0, {"id": "s1", "by": "alice", "open": False, "status": 0}))
+    other = engine("m2")
+    assert [s["id"] for s in result(other.shells.page(10))] == ["s2", "s1"]  # newest first, from any master
+    assert result(other.shells.page(10, by="alice")) == [{"id": "s1", "by": "alice", "open": False, "status": 0}]
+    assert result(other.shells.get("s1"))["status"] == 0 and result(other.shells.get("nope")) is None
+    assert result(other.shells.recording("s1")) == b'{"version": 2}\n[0.1, "o", "EOM\\u0000"]\n'
+    assert result(store.shells.expire(25.0)) == 0  # s1 ended at 30, s2 is open
+    assert result(store.shells.expire(31.0)) == 1
+    assert [s["id"] for s in result(store.shells.page(10))] == ["s2"]
+    assert result(store.shells.recording("s1")) == b""

@@ -11,7 +11,9 @@ is in flight to the worker.  Input and output go different ways on each
 connection, so a Ctrl-C passes a flood of output at once.
 
 Every session writes an audit line when it opens and when it ends: who,
-which worker, as whom, how long, and the bytes each way.
+which worker, as whom, how long, and the bytes each way.  With a store,
+each is kept there with its recording (L{pcci.master.cluster.recordings})
+for the pools' retention.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pcci.handshake import SHELLS
+from pcci.master.cluster.model import rfc3339
+from pcci.master.cluster.recordings import DEFAULT_RECORD_MAX, Recording
 from pcci.master.cluster.roster import Roster
+from pcci.master.store.base import ShellTable
 from pcci.wire import SHELL_WINDOW
 
 audit = Logger(namespace="pcci.audit")
+log = Logger()
 
 #: Seconds without a byte either way before a shell is closed, by default.
 DEFAULT_IDLE = 3600.0
@@ -35,13 +42,18 @@ DEFAULT_IDLE = 3600.0
 #: Shells open at once on one worker, at most, by default.
 DEFAULT_MAX_SHELLS = 16
 
+#: Seconds between two deletions of the shells past their retention.
+EXPIRE_EVERY = 600.0
+
 
 @dataclass(frozen=True)
 class ShellSettings:
-    """The master's options for shells (C{--shell-idle}, C{--max-shells})."""
+    """The master's options for shells (C{--shell-idle}, C{--max-shells}, C{--shell-record-max})."""
 
     idle: float = DEFAULT_IDLE
     max_per_worker: int = DEFAULT_MAX_SHELLS
+    #: Bytes of each shell's recording kept; 0 records none (C{--no-shell-record}).
+    record_max: int = DEFAULT_RECORD_MAX
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,11 @@ class ShellOrder:
     term: str = ""
     #: The token's name (C{admin} without tokens), for the audit log.
     who: str = "admin"
+
+    @property
+    def account(self) -> str:
+        """Who it runs as, in words."""
+        return self.user or "the worker's user"
 
 
 class ShellRefused(Exception):
@@ -114,8 +131,12 @@ class ShellSession:
         self.client = client
         self._shells = shells
         self.opened_at = shells.wall()
+        self.ended_at: float | None = None
         self._opened = shells.clock.seconds()
         self.pid: int | None = None
+        self.status: int | None = None
+        self.reason = ""
+        self.recording: Recording | None = None
         #: Bytes from the user to the shell, and from the shell to the user.
         self.bytes_in = self.bytes_out = 0
         self._input_acked = 0
@@ -126,10 +147,14 @@ class ShellSession:
         self._idle: IDelayedCall | None = None
 
     def to_json(self) -> dict[str, object]:
+        recording = self.recording
         return {
             "id": self.id, "worker": self.order.worker, "user": self.order.user, "by": self.order.who,
-            "pty": self.order.pty, "cmd": self.order.cmd, "pid": self.pid, "opened_at": self.opened_at,
-            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "pty": self.order.pty, "cmd": self.order.cmd, "pid": self.pid, "open": not self.over,
+            "opened_at": rfc3339(self.opened_at), "ended_at": rfc3339(self.ended_at), "status": self.status,
+            "reason": self.reason, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "recorded": None if recording is None else recording.size,
+            "truncated": recording is not None and recording.truncated,
         }
 
     def _active(self) -> None:
@@ -163,6 +188,8 @@ class ShellSession:
     def resize(self, rows: int, cols: int) -> None:
         if not self.over:
             self.link.shell_resize(self.id, rows, cols)
+            if self.recording is not None:
+                self.recording.resize(rows, cols)
 
     def client_paused(self) -> None:
         """The user's side reads slower than the shell prints: stop acknowledging output."""
@@ -191,6 +218,8 @@ class ShellSession:
             return
         self._active()
         self.bytes_out += len(data)
+        if self.recording is not None:
+            self.recording.output(data)
         self.client.output(stream, data)
         if not self._client_paused:
             self.link.shell_ack(self.id, self.bytes_out)
@@ -211,13 +240,16 @@ class ShellSession:
         if self.over:
             return
         self.over = True
+        self.status, self.reason, self.ended_at = status, reason, self._shells.wall()
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
+        if self.recording is not None:
+            self.recording.close()
         self._shells.forget(self)
         audit.info(
             "shell {id} of {who} on {worker} as {user} ended after {seconds:.1f} s ({how}):"
             " {bytes_in} bytes in, {bytes_out} bytes out",
-            id=self.id, who=self.order.who, worker=self.order.worker, user=self.order.user or "the worker's user",
+            id=self.id, who=self.order.who, worker=self.order.worker, user=self.order.account,
             seconds=self._shells.clock.seconds() - self._opened,
             how=f"status {status}" if status is not None else reason,
             bytes_in=self.bytes_in, bytes_out=self.bytes_out,
@@ -234,12 +266,27 @@ class Shells:
         wall: Callable[[], float],
         roster: Roster,
         settings: ShellSettings = ShellSettings(),
+        table: ShellTable | None = None,
+        retention: float = 0.0,
     ) -> None:
         self.clock = clock
         self.wall = wall
         self.roster = roster
         self.settings = settings
+        #: Where shells and their recordings are kept (None: nowhere).
+        self.table = table
+        self.retention = retention
         self.sessions: dict[str, ShellSession] = {}
+        self._expiry: IDelayedCall | None = None
+        if table is not None:
+            self._expiry = clock.callLater(EXPIRE_EVERY, self._expire)
+
+    def _expire(self) -> None:
+        assert self.table is not None
+        self.table.expire(self.wall() - self.retention).addErrback(
+            lambda f: log.warn("old shells not deleted: {why}", why=f.getErrorMessage())
+        )
+        self._expiry = self.clock.callLater(EXPIRE_EVERY, self._expire)
 
     def open(self, order: ShellOrder, client: ShellClient) -> ShellSession:
         """
@@ -250,9 +297,17 @@ class Shells:
         link = self.link(order.worker)
         session = ShellSession(secrets.token_hex(8), order, link, client, self)
         self.sessions[session.id] = session
+        if self.table is not None:
+            self._stored(self.table.opened(session.id, session.opened_at, order.who, session.to_json()))
+            if self.settings.record_max:
+                session.recording = Recording(self.clock, self.table, session.id, self.settings.record_max, {
+                    "width": order.cols, "height": order.rows, "timestamp": int(session.opened_at),
+                    "title": f"{order.who} on {order.worker} as {order.account}",
+                    "env": {"TERM": order.term or "xterm-256color"},
+                })
         audit.info(
             "shell {id} opened by {who} on {worker} as {user}{what}",
-            id=session.id, who=order.who, worker=order.worker, user=order.user or "the worker's user",
+            id=session.id, who=order.who, worker=order.worker, user=order.account,
             what=f": {order.cmd}" if order.cmd else "",
         )
         link.shell_open(session.id, order)
@@ -285,7 +340,14 @@ class Shells:
         return session if session is not None and session.link is link else None
 
     def forget(self, session: ShellSession) -> None:
+        """It ended: no longer open, and kept as it ended."""
         self.sessions.pop(session.id, None)
+        if self.table is not None:
+            assert session.ended_at is not None
+            self._stored(self.table.ended(session.id, session.ended_at, session.to_json()))
+
+    def _stored(self, d: Deferred[None]) -> None:
+        d.addErrback(lambda f: log.warn("a shell's record was not stored: {why}", why=f.getErrorMessage()))
 
     def link_lost(self, link: object, name: str) -> None:
         """A worker's connection closed: its sessions end, saying so."""
@@ -294,5 +356,7 @@ class Shells:
 
     def stop(self, why: str) -> None:
         """The master stops: every session ends, saying so."""
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
         for session in list(self.sessions.values()):
             session.close(why)

@@ -102,7 +102,9 @@ class ClusterState:
         self.pushes: dict[str, Push] = {}
         self.fetches: dict[str, Fetch] = {}
         #: Shells open through this master (see L{pcci.master.cluster.shells}).
-        self.shells = Shells(clock, self.wall, self.roster, settings.shells)
+        self.shells = Shells(
+            clock, self.wall, self.roster, settings.shells, None if store is None else store.shells, settings.retention
+        )
         self.dispatcher.pool_end_hooks.append(self._transfer_ended)
         self.peers.attach(self)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -77,12 +78,67 @@ class ShellRoutes(APIBase):
         return WebSocketResource(ShellSocketFactory(self.state.shells, order))
 
     @app.route("/shells", methods=["GET"])
-    def shells(self, request: IRequest) -> bytes:
-        """The shells open through this master (a scoped token sees its own)."""
-        sessions = [
-            s.to_json() for s in self.state.shells.sessions.values() if self._may_see(request, s.order.who)
-        ]
-        return json_answer(request, sessions)
+    def shells(self, request: IRequest) -> Deferred[bytes]:
+        """The shells open and those kept (a scoped token sees its own), newest first."""
+        limit = int_arg(request, "limit", 100, 1, 1000)
+        token = request_token(request)
+        by = token.name if token is not None and token.scope is not None else None
+        shells = self.state.shells
+        open_now = [s.to_json() for s in shells.sessions.values() if by is None or s.order.who == by]
+
+        def merged(kept: list[dict[str, Any]]) -> bytes:
+            ids = {s["id"] for s in open_now}
+            every = open_now + [s for s in kept if s["id"] not in ids]
+            every.sort(key=lambda s: s["opened_at"], reverse=True)
+            return json_answer(request, every[:limit])
+
+        if shells.table is None:
+            return succeed(merged([]))
+        return shells.table.page(limit, by).addCallback(merged)
+
+    @app.route("/shells/<string:shell_id>", methods=["GET"])
+    def shell_record(self, request: IRequest, shell_id: str) -> Deferred[bytes]:
+        """One shell: who, where, as whom, when, how it ended, the bytes each way."""
+        return self._shell(request, shell_id).addCallback(lambda record: json_answer(request, record))
+
+    @app.route("/shells/<string:shell_id>/recording", methods=["GET"])
+    def shell_recording(self, request: IRequest, shell_id: str) -> Deferred[bytes]:
+        """A shell's recording as asciicast v2 (what it showed; what was typed is not kept)."""
+        token = request_token(request)
+        if token is not None and token.read_only:
+            raise self._refuse(request, "a read-only token may not read recordings: they hold all a shell showed")
+        table = self.state.shells.table
+
+        def recorded(record: dict[str, Any]) -> Deferred[bytes]:
+            if table is None or record.get("recorded") is None:
+                raise APIError(404, f"shell {shell_id} was not recorded")
+            return table.recording(shell_id)
+
+        def answer(data: bytes) -> bytes:
+            request.setHeader(b"Content-Type", b"application/x-asciicast")
+            return data
+
+        return self._shell(request, shell_id).addCallback(recorded).addCallback(answer)
+
+    def _shell(self, request: IRequest, shell_id: str) -> Deferred[dict[str, Any]]:
+        """A shell open or kept that the request's token may see."""
+        shells = self.state.shells
+        session = shells.sessions.get(shell_id)
+        found: Deferred[dict[str, Any] | None] = succeed(None)
+        if session is not None:
+            found = succeed(session.to_json())
+        elif shells.table is not None:
+            found = shells.table.get(shell_id)
+
+        def seen(record: dict[str, Any] | None) -> dict[str, Any]:
+            missing = f"no shell {shell_id} (unknown, or expired)"
+            if record is None:
+                raise APIError(404, missing)
+            if not self._may_see(request, record["by"]):
+                raise self._refuse(request, missing, 404)
+            return record
+
+        return found.addCallback(seen)
 
 
 def _command(request: IRequest) -> str:

@@ -189,6 +189,28 @@ class DeliveryTable(Protocol):
     def later(self, delivery_id: int, attempts: int, at: float) -> Deferred[None]: ...
 
 
+class ShellTable(Protocol):
+    """Shells and their recordings (see L{pcci.master.store.shells})."""
+
+    def opened(self, shell_id: str, opened_at: float, by: str, record: dict[str, Any]) -> Deferred[None]: ...
+
+    def record(self, shell_id: str, seq: int, data: bytes) -> Deferred[None]:
+        """The recording's next piece."""
+
+    def ended(self, shell_id: str, ended_at: float, record: dict[str, Any]) -> Deferred[None]: ...
+
+    def page(self, limit: int, by: str | None = None) -> Deferred[list[dict[str, Any]]]:
+        """The latest shells (of the token C{by}), newest first."""
+
+    def get(self, shell_id: str) -> Deferred[dict[str, Any] | None]: ...
+
+    def recording(self, shell_id: str) -> Deferred[bytes]:
+        """Its pieces, joined in order."""
+
+    def expire(self, before: float) -> Deferred[int]:
+        """Forget the shells that ended before this time, and their recordings."""
+
+
 class PoolStore(Protocol):
     """
     What the master needs of storage: a table each, whose calls run in order,
@@ -209,6 +231,9 @@ class PoolStore(Protocol):
 
     @property
     def identities(self) -> IdentityTable: ...
+
+    @property
+    def shells(self) -> ShellTable: ...
 
     def open(self) -> list[dict[str, Any]]:
         """Open the store (at the master's start); the records of the pools not ended."""

@@ -14,6 +14,7 @@ from pcci.master.store.deliveries import Deliveries
 from pcci.master.store.identities import Identities
 from pcci.master.store.pools import Pools
 from pcci.master.store.schedules import Schedules
+from pcci.master.store.shells import ShellRecords
 from pcci.master.store.tokens import Tokens
 
 
@@ -25,6 +26,7 @@ class Store:
         self.schedules = Schedules(db)
         self.deliveries = Deliveries(db)
         self.identities = Identities(db)
+        self.shells = ShellRecords(db)
 
     def open(self) -> list[dict[str, Any]]:
         """

@@ -1,4 +1,4 @@
--- The tables of a new PostgreSQL store, schema version 4 (see pcci/master/store/schema.py).
+-- The tables of a new PostgreSQL store, schema version 5 (see pcci/master/store/schema.py).
 -- An older store is brought here by upgrade-to-v<N>.sql, one version at a time.
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE pools (
@@ -79,4 +79,20 @@ CREATE TABLE identities (
     fingerprint TEXT NOT NULL,
     state TEXT NOT NULL,
     record TEXT NOT NULL
+);
+-- Shells (pcci shell): one row each, and its recording in pieces, in order
+-- (see pcci/master/store/shells.py).
+CREATE TABLE shells (
+    id TEXT PRIMARY KEY,
+    opened_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    opened_by TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX shells_opened ON shells (opened_at);
+CREATE TABLE shell_recordings (
+    shell TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (shell, seq)
 );

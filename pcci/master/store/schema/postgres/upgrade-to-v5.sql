@@ -1,0 +1,15 @@
+-- PostgreSQL store, schema 4 to 5: shells and their recordings.
+CREATE TABLE shells (
+    id TEXT PRIMARY KEY,
+    opened_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    opened_by TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX shells_opened ON shells (opened_at);
+CREATE TABLE shell_recordings (
+    shell TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (shell, seq)
+);

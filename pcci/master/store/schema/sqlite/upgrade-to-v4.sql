@@ -1,0 +1,15 @@
+-- SQLite store, schema 3 to 4: shells and their recordings.
+CREATE TABLE shells (
+    id TEXT PRIMARY KEY,
+    opened_at REAL NOT NULL,
+    ended_at REAL,
+    opened_by TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX shells_opened ON shells (opened_at);
+CREATE TABLE shell_recordings (
+    shell TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (shell, seq)
+);
