@@ -102,7 +102,7 @@ def page(web: Cluster, browser: WebDriver, tmp_path: Path) -> Iterator[Page]:
         if entry["level"] == "SEVERE"
         and not any(expected in entry["message"] for expected in shown.expected_errors)
     ]
-    assert errors == []
+    assert errors == [], '\n'.join(errors)
 
 
 class Page:
@@ -601,3 +601,34 @@ def test_a_pool_page_carries_on_across_a_master_restart(page: Page, tmp_path: Pa
     # Resumed after the last event seen: nothing twice, nothing missing.
     assert page.text("section[data-worker=node1] pre") == "before\nafter\n"
     assert page.text("#pool-status") == ""
+
+
+def test_a_shell_in_the_page_answers_what_is_typed_and_is_replayed(page: Page) -> None:
+    page.sign_in(ADMIN)
+    page.wait_text(".who", "alice")
+    # The card is drawn again as figures come: click it in one step.
+    click = "const a = document.querySelector('[data-worker=node1] .shell-link'); if (a) a.click(); return !!a"
+    page.wait(lambda d: d.execute_script(click), "node1's Shell button")
+    page.wait_text("#shell-status", "Connected to node1")
+    page.wait(lambda d: page.text(".xterm-rows").rstrip().endswith(("$", "#")), "the shell's prompt")
+    # xterm.js's theme reached the page (mirrored: the policy refused no style, see the fixture).
+    color = page.driver.execute_script("return getComputedStyle(document.querySelector('.xterm-rows')).color")
+    assert color == "rgb(255, 255, 255)"
+    typing = page.find(".xterm-helper-textarea")
+    typing.send_keys("echo the answer is $((6*7))\n")
+    page.wait_text(".xterm-rows", "the answer is 42")
+    page.shoot("shell")
+    typing.send_keys("exit 5\n")
+    page.wait_text("#shell-status", "The shell ended (status 5)")
+    page.wait_text(".xterm-rows", "[pcci: the shell ended: status 5]")
+    # Kept, and played back as it was shown.
+    page.go("#/shells")
+    page.find("#shells tbody tr a").click()
+    page.wait_text("#replay-status", "the end of the recording")
+    page.wait_text(".xterm-rows", "the answer is 42")
+
+
+def test_a_read_only_token_has_no_shell(page: Page) -> None:
+    page.sign_in(VIEWER)
+    page.wait_text("[data-worker=node1]", "online")
+    assert page.driver.find_elements(By.CSS_SELECTOR, ".shell-link") == []

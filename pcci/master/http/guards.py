@@ -165,6 +165,23 @@ def bearer_token(tokens: TokenBook, header: bytes | None) -> APIToken | None:
     return tokens.lookup(presented.strip())
 
 
+#: A browser's WebSocket cannot send an Authorization header: it offers its
+#: token as a subprotocol of this prefix (as Kubernetes' exec does), beside
+#: the one the master answers with.
+WEBSOCKET_BEARER = b"pcci.bearer."
+
+
+def websocket_bearer(request: IRequest) -> bytes | None:
+    """C{Bearer TOKEN} from a WebSocket request's offered subprotocols, if it offers one."""
+    if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
+        return None
+    for offered in (request.getHeader(b"sec-websocket-protocol") or b"").split(b","):
+        offered = offered.strip()
+        if offered.startswith(WEBSOCKET_BEARER):
+            return b"Bearer " + offered[len(WEBSOCKET_BEARER):]
+    return None
+
+
 def refused(request: IRequest, status: int, message: str, token: APIToken | None) -> bytes:
     """Refuse a request, and write down who was refused what: an audit line."""
     audit.info(
@@ -206,7 +223,7 @@ class TokenGuard(Resource):
         except UnicodeDecodeError:
             return json_error(request, 400, "the path is not UTF-8 once unquoted")
         if self.tokens is not None and not is_public(request):
-            token = bearer_token(self.tokens, request.getHeader(b"authorization"))
+            token = bearer_token(self.tokens, request.getHeader(b"authorization") or websocket_bearer(request))
             if token is None:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="pcci"')
                 return refused(

@@ -34,6 +34,9 @@ log = Logger()
 STDIN, STDOUT, STDERR = 0, 1, 2
 STREAM_BYTES = {"stdout": bytes([STDOUT]), "stderr": bytes([STDERR])}
 
+#: The subprotocol a browser asks for (see L{pcci.master.http.guards.WEBSOCKET_BEARER}).
+SUBPROTOCOL = "pcci.shell"
+
 #: Longest WebSocket message taken from the user (a paste is cut in such pieces).
 MAX_MESSAGE = 1024 * 1024
 
@@ -74,7 +77,7 @@ class ShellRoutes(APIBase):
         except ShellRefused as e:
             raise APIError(e.status, e.message) from None
         if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
-            raise APIError(400, "this is a WebSocket: open it with pcci shell, or the dashboard")
+            raise APIError(426, "this is a WebSocket: open it with pcci shell, or the dashboard")
         return WebSocketResource(ShellSocketFactory(self.state.shells, order))
 
     @app.route("/shells", methods=["GET"])
@@ -192,6 +195,10 @@ class ShellSocket(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.session: ShellSession | None = None
+
+    def onConnect(self, request: Any) -> str | None:
+        # A browser offers its token as a subprotocol beside this one: answer this one.
+        return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
 
     def onOpen(self) -> None:
         # The web server's channel was this connection's producer: reading

@@ -1,5 +1,6 @@
 // The dashboard: signing in, the views' addresses (#/nodes, #/pools,
-// #/pools/<id>, #/run, #/schedules, #/schedules/<name>) and the bar at the top.
+// #/pools/<id>, #/run, #/schedules, #/schedules/<name>, #/shell/<name>,
+// #/shells, #/shells/<id>) and the bar at the top.
 
 import { APIError, call, saveToken, savedToken } from "./api.js";
 import { ageTimes, fill, h, notice, scopeText } from "./dom.js";
@@ -8,6 +9,7 @@ import { showPool } from "./pool.js";
 import { showPools } from "./pools.js";
 import { showRun } from "./run.js";
 import { showSchedule, showSchedules } from "./schedules.js";
+import { showReplay, showShell, showShells } from "./terminal.js";
 
 const main = document.getElementById("main");
 let session = null; // {auth, name, read_only, admin, scope} from GET /whoami
@@ -37,12 +39,15 @@ function route() {
   const parts = path.split("/").filter(Boolean);
   const params = new URLSearchParams(query);
   let view = parts[0] || "nodes";
-  if (view === "run" && session.read_only) view = "nodes";
+  if ((view === "run" || view === "shell") && session.read_only) view = "nodes";
   for (const link of document.querySelectorAll("#nav a")) {
     link.classList.toggle("current", link.dataset.view === view);
   }
   main.replaceChildren();
-  const titles = { nodes: "Nodes", pools: parts[1] ? "Pool" : "Pools", run: "Run", schedules: parts[1] ? "Schedule" : "Schedules" };
+  const titles = {
+    nodes: "Nodes", pools: parts[1] ? "Pool" : "Pools", run: "Run", schedules: parts[1] ? "Schedule" : "Schedules",
+    shell: "Shell", shells: parts[1] ? "Shell" : "Shells",
+  };
   document.title = `${titles[view] || "Nodes"} · pcci`;
   if (view === "pools" && parts[1]) {
     stopView = showPool(main, context, decodeURIComponent(parts[1]));
@@ -54,6 +59,12 @@ function route() {
     stopView = showSchedules(main, context);
   } else if (view === "run") {
     stopView = showRun(main, context, params);
+  } else if (view === "shell" && parts[1]) {
+    stopView = showShell(main, context, decodeURIComponent(parts[1]));
+  } else if (view === "shells" && parts[1]) {
+    stopView = showReplay(main, context, decodeURIComponent(parts[1]));
+  } else if (view === "shells") {
+    stopView = showShells(main, context);
   } else {
     stopView = showNodes(main, context);
   }

@@ -69,7 +69,13 @@ function figure(name, value, chart) {
   return h("div", { class: "figure" }, h("span", { class: "figure-name" }, name), h("span", { class: "figure-value" }, value), chart);
 }
 
-function card(worker, history) {
+// Whether this session's token may open shells (a scoped one needs shell=yes;
+// the master checks the worker too).
+function mayShell(session) {
+  return Boolean(session && !session.read_only && (!session.auth || session.admin || session.scope?.shell));
+}
+
+function card(worker, history, shell = false) {
   const health = worker.health || {};
   const memory =
     health.memory_total_bytes
@@ -102,6 +108,9 @@ function card(worker, history) {
       {},
       h("h2", {}, h("a", { href: `#/pools?worker=${encodeURIComponent(worker.id)}`, title: `Pools that ran on ${worker.id}` }, worker.id)),
       badge(worker.online ? "online" : "offline"),
+      shell && worker.online
+        ? h("a", { class: "button small quiet shell-link", href: `#/shell/${encodeURIComponent(worker.id)}`, title: `A shell on ${worker.id}` }, "Shell")
+        : null,
     ),
     h(
       "p",
@@ -162,14 +171,15 @@ export function showNodes(main, context) {
   // A worker's card, with its history's charts once they are here.
   function draw(worker) {
     const known = histories.get(worker.id);
-    const element = card(worker, known?.columns);
+    const shell = mayShell(context.session);
+    const element = card(worker, known?.columns, shell);
     const fresh = known && Date.now() - known.at < HISTORY_REFRESH && known.columns.time.length >= 2;
     if (worker.online && !fresh && !asked.has(worker.id)) {
       asked.add(worker.id);
       call(`/workers/${encodeURIComponent(worker.id)}`, { signal: controller.signal })
         .then((body) => {
           histories.set(worker.id, { at: Date.now(), columns: body.history });
-          if (element.isConnected) element.replaceWith(card(worker, body.history));
+          if (element.isConnected) element.replaceWith(card(worker, body.history, shell));
         })
         .catch(() => undefined)
         .finally(() => asked.delete(worker.id));
