@@ -29,7 +29,7 @@ import sys
 import termios
 import tty
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import reactor
@@ -120,7 +120,7 @@ class _Keyboard(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.socket.factory.finished()
+        self.socket.session.finished()
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -134,32 +134,36 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 class ShellClient(WebSocketClientProtocol):
-    """The user's side of one shell."""
+    """The user's side of one shell, on one connection of its L{Session}."""
 
     factory: ShellClientFactory
 
+    @property
+    def session(self) -> Session:
+        return self.factory.session
+
     def onOpen(self) -> None:
-        factory = self.factory
-        if factory.settings["pty"] and os.isatty(0):
-            factory.terminal = Terminal(0)
-            factory.terminal.raw()
+        session = self.session
+        if session.pty and os.isatty(0):
+            session.terminal = Terminal(0)
+            session.terminal.raw()
             signal.signal(signal.SIGWINCH, lambda *_: _reactor.callFromThread(self._resized))
-        factory.stdio = StandardIO(_Keyboard(self))
-        factory.stdio.registerProducer(self.transport, True)
+        session.stdio = StandardIO(_Keyboard(self))
+        session.stdio.registerProducer(self.transport, True)
 
     def _resized(self) -> None:
-        size = shutil.get_terminal_size()
-        self._control(type="resize", rows=size.lines, cols=size.columns)
+        rows, cols = window_size()
+        self._control(type="resize", rows=rows, cols=cols)
 
     def typed(self, data: bytes) -> None:
         if not data:
-            if not self.factory.settings["pty"]:
+            if not self.session.pty:
                 self._control(type="eof")
             return
-        if self.factory.terminal is not None:
-            data, leave = self.factory.escape.feed(data)
+        if self.session.terminal is not None:
+            data, leave = self.session.escape.feed(data)
             if leave:
-                self.factory.reason = "disconnected (~.)"
+                self.session.reason = "disconnected (~.)"
                 self.sendClose(1000)
                 return
         if data:
@@ -172,117 +176,162 @@ class ShellClient(WebSocketClientProtocol):
         if isBinary:
             if payload[:1] == STDERR:
                 write_all(2, payload[1:])
-            elif self.factory.stdio is not None:
-                self.factory.stdio.write(payload[1:])
+            elif self.session.stdio is not None:
+                self.session.stdio.write(payload[1:])
             return
         message = json.loads(payload.decode("utf-8"))
         if message.get("type") == "ended":
-            self.factory.status = message.get("status")
-            self.factory.reason = message.get("reason") or ""
+            self.session.status = message.get("status")
+            self.session.reason = message.get("reason") or ""
 
     def failHandshake(self, reason: str) -> None:
-        self.factory.reason = _refusal(getattr(self, "data", b""), reason)
+        answer = _refusal(getattr(self, "data", b""))
+        self.session.reason = str(answer.get("message", reason))
+        if isinstance(answer.get("url"), str):
+            self.session.elsewhere = answer["url"]
         super().failHandshake(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        factory = self.factory
-        if not factory.reason and factory.status is None:
-            factory.reason = (
-                "the connection to the master closed" if factory.stdio is not None else
+        session = self.session
+        if session.stdio is None and session.elsewhere and not session.followed:
+            # Another master holds the worker: its shell opens there.
+            session.followed = True
+            session.reason = ""
+            session.connect(session.elsewhere)
+            return
+        if not session.reason and session.status is None:
+            session.reason = (
+                "the connection to the master closed" if session.stdio is not None else
                 f"cannot open a shell: {reason or 'the master did not answer'}"
             )
-        if factory.stdio is None:
-            factory.finished()
+        if session.stdio is None:
+            session.finished()
         else:
             # What is left of the output is written before pcci ends.
-            factory.stdio.unregisterProducer()
-            factory.stdio.loseConnection()
+            session.stdio.unregisterProducer()
+            session.stdio.loseConnection()
 
 
-def _refusal(data: bytes, fallback: str) -> str:
-    """The master's JSON C{message} in a refused handshake's answer, if it came whole."""
+def _refusal(data: bytes) -> dict[str, Any]:
+    """The master's JSON answer to a refused handshake (C{message}, maybe C{url}), if it came whole."""
     head, _, body = data.partition(b"\r\n\r\n")
     if b"chunked" in head.lower():
         size, _, rest = body.partition(b"\r\n")
         try:
             body = rest[: int(size, 16)]
         except ValueError:
-            return fallback
+            return {}
     try:
-        return str(json.loads(body.decode("utf-8"))["message"])
-    except (ValueError, KeyError, TypeError):
-        return fallback
+        answer = json.loads(body.decode("utf-8"))
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 class ShellClientFactory(WebSocketClientFactory):
-    """One shell's connection: its settings, and how it ended."""
+    """One connection of a L{Session}."""
 
     protocol = ShellClient  # type: ignore[assignment]
 
-    def __init__(self, url: str, headers: dict[str, str], settings: dict[str, Any]) -> None:
-        super().__init__(url, headers=headers)
-        self.settings = settings
+    def __init__(self, url: str, session: Session) -> None:
+        super().__init__(url, headers=session.headers)
+        self.session = session
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.session.reason = f"cannot reach the master: {reason.getErrorMessage()}"
+        self.session.finished()
+
+
+class Session:
+    """
+    One shell, from its first connection to its end: this terminal, and
+    how the shell ended.  A master that does not hold the worker says which
+    does (its C{url}): the session follows, once.
+    """
+
+    def __init__(self, headers: dict[str, str], ca_file: str | None, pty: bool) -> None:
+        self.headers = headers
+        self.ca_file = ca_file
+        self.pty = pty
         self.terminal: Terminal | None = None
         self.stdio: StandardIO | None = None
         self.escape = EscapeReader()
-        self.opened = False
         self.status: int | None = None
         self.reason = ""
+        self.elsewhere = ""
+        self.followed = False
         self.done: Deferred[None] = Deferred()
+
+    def connect(self, url: str) -> None:
+        factory = ShellClientFactory(_websocket(url), self)
+        context = None
+        if factory.isSecure:
+            trust = Certificate.loadPEM(open(self.ca_file, "rb").read()) if self.ca_file else platformTrust()
+            context = optionsForClientTLS(factory.host, trustRoot=trust)
+        connectWS(factory, context)
 
     def finished(self) -> None:
         if not self.done.called:
             self.done.callback(None)
 
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.reason = f"cannot reach the master: {reason.getErrorMessage()}"
-        self.finished()
+
+def window_size() -> tuple[int, int]:
+    """This terminal's rows and columns, as it is now (not as C{LINES} and C{COLUMNS} said once)."""
+    for fd in (0, 1, 2):
+        try:
+            size = os.get_terminal_size(fd)
+            return size.lines, size.columns
+        except OSError:
+            continue
+    size = shutil.get_terminal_size()
+    return size.lines, size.columns
+
+
+def _websocket(url: str) -> str:
+    """An http(s) URL as the ws(s) one of the same place."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return parts._replace(scheme=scheme).geturl()
 
 
 def shell_url(base: str, node: str, query: dict[str, str]) -> str:
-    """The WebSocket URL of a shell on C{node}, from the master's HTTP URL."""
+    """The URL of a shell on C{node}, from the master's."""
     parts = urlsplit(base)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    path = parts.path.rstrip("/") + f"/workers/{node}/shell"
-    return f"{scheme}://{parts.netloc}{path}?{urlencode(query)}"
+    path = parts.path.rstrip("/") + f"/workers/{quote(node, safe='')}/shell"
+    return parts._replace(path=path, query=urlencode(query)).geturl()
 
 
 def open_shell(url: str, token: str | None, ca_file: str | None, node: str, options: dict[str, Any]) -> int:
     """Run a shell on C{node} to its end; its exit status (L{EXIT_LOST} when lost)."""
     pty = options["pty"]
-    size = shutil.get_terminal_size()
-    query = {"pty": "true" if pty else "false", "rows": str(size.lines), "cols": str(size.columns)}
+    rows, cols = window_size()
+    query = {"pty": "true" if pty else "false", "rows": str(rows), "cols": str(cols)}
     if options["cmd"]:
         query["cmd"] = options["cmd"]
     if options["user"]:
         query["user"] = options["user"]
     if pty:
         query["term"] = os.environ.get("TERM", "xterm-256color")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    factory = ShellClientFactory(shell_url(url, node, query), headers, {"pty": pty})
-    context = None
-    if factory.isSecure:
-        trust = Certificate.loadPEM(open(ca_file, "rb").read()) if ca_file else platformTrust()
-        context = optionsForClientTLS(factory.host, trustRoot=trust)
-    connectWS(factory, context)
-    factory.done.addBoth(lambda _: _reactor.stop())
+    session = Session({"Authorization": f"Bearer {token}"} if token else {}, ca_file, pty)
+    session.connect(shell_url(url, node, query))
+    session.done.addBoth(lambda _: _reactor.stop())
     blocking = {fd: os.get_blocking(fd) for fd in (0, 1)}
     try:
         # Ctrl-C where this terminal is not raw (or without one) stops the
         # reactor: the connection drops, and the remote side hangs up.
         _reactor.run()
     finally:
-        if factory.terminal is not None:
-            factory.terminal.restore()
+        if session.terminal is not None:
+            session.terminal.restore()
         for fd, was in blocking.items():
             with contextlib.suppress(OSError):  # closed: all was written
                 os.set_blocking(fd, was)
-    if factory.status is not None:
-        if factory.reason:  # a shell that could not start says why
-            sys.stderr.write(f"pcci: {factory.reason}\n")
-        return factory.status
-    if not factory.done.called:
+    if session.status is not None:
+        if session.reason:  # a shell that could not start says why
+            sys.stderr.write(f"pcci: {session.reason}\n")
+        return session.status
+    if not session.done.called:
         sys.stderr.write("pcci: interrupted\n")
         return EXIT_INTERRUPTED
-    sys.stderr.write(f"pcci: {factory.reason}\n")
+    sys.stderr.write(f"pcci: {session.reason}\n")
     return EXIT_LOST

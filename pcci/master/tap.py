@@ -326,7 +326,13 @@ def public_url(api: str, port: IListeningPort) -> str:
     """The dashboard's address as another machine reaches C{port}, the API's."""
     scheme = "https" if api.split(":", 1)[0] in ("ssl", "tls") else "http"
     where = port.getHost()
-    return f"{scheme}://{socket.gethostname()}:{getattr(where, 'port', '')}/"
+    # Bound to one address, that is where it is reached; else by this host's name.
+    host = getattr(where, "host", "")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{getattr(where, 'port', '')}/"
 
 
 def _pool_link(base: str) -> Callable[[str], str]:
@@ -500,6 +506,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     def reached_at(url: str) -> None:
         notifier.link = _pool_link(url)
         api.public_url = url
+        state.peers.announce(url)
 
     if options["public-url"]:
         reached_at(options["public-url"])

@@ -5,8 +5,11 @@ cluster, and a master killed loses nothing and runs nothing twice.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +195,20 @@ def test_no_output_is_dropped_or_doubled_across_a_take_over(tmp_path: Path, pg_u
     finally:
         m2.stop()
         m1.stop()
+
+
+def test_a_shell_on_another_master_s_worker_is_opened_there(two: tuple[Cluster, Cluster]) -> None:
+    m1, m2 = two
+    # Asked of m1, a shell on w2 (held by m2) says where it opens...
+    poll(lambda: m1.request("GET", "/workers/w2/shell")[1].get("url"), what="m2's address, from its lease")
+    code, answer = m1.request("GET", "/workers/w2/shell?cmd=true")
+    assert (code, answer["master"]) == (409, "m2")
+    assert answer["url"] == f"http://127.0.0.1:{m2.api_port}/workers/w2/shell?cmd=true"
+    # ... and pcci shell goes there.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PCCI_")}
+    env.update(PCCI_URL=f"http://127.0.0.1:{m1.api_port}", PCCI_TOKEN=m1.token or "")
+    done = subprocess.run([str(Path(sys.executable).parent / "pcci"), "shell", "w2", "--", "echo", "$PCCI_SHELL"],
+                          env=env, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    (kept,) = m2.request("GET", "/shells")[1]
+    assert done.stdout == f"{kept['id']}\n".encode() and kept["worker"] == "w2"

@@ -66,6 +66,12 @@ class IPeers(Protocol):
         @raise LookupError: (in the Deferred) no master alive runs it.
         """
 
+    def announce(self, url: str) -> None:
+        """This master's API as people reach it: where the others send those who ask them for it."""
+
+    def url_of(self, master: str) -> Deferred[str | None]:
+        """Where another master's API is reached, if it said (see L{announce})."""
+
 
 class SingleMaster:
     """The peers of a master alone on its store: none."""
@@ -101,3 +107,9 @@ class SingleMaster:
 
     def kill_elsewhere(self, pool: Pool, workers: list[str] | None) -> Deferred[list[str]]:
         return fail(LookupError(f"pool {pool.id} runs on no master this one knows"))
+
+    def announce(self, url: str) -> None:
+        pass
+
+    def url_of(self, master: str) -> Deferred[str | None]:
+        return succeed(None)

@@ -77,12 +77,13 @@ class ShellOrder:
 
 
 class ShellRefused(Exception):
-    """A shell this master cannot open: an HTTP status and why."""
+    """A shell this master cannot open: an HTTP status, why, and the master that can (if another)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, master: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.master = master
 
 
 class ShellClient(Protocol):
@@ -324,7 +325,8 @@ class Shells:
         if link is None:
             raise ShellRefused(404, f"worker {worker} is not connected")
         if link.master is not None:
-            raise ShellRefused(409, f"worker {worker} is held by master {link.master}: open its shell there")
+            raise ShellRefused(409, f"worker {worker} is held by master {link.master}: open its shell there",
+                               link.master)
         if getattr(link, "version", 0) < SHELLS:
             raise ShellRefused(409, f"worker {worker}'s pcci is too old for shells; upgrade it")
         open_here = sum(1 for s in self.sessions.values() if s.order.worker == worker)

@@ -207,7 +207,7 @@ class APIBase:
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, APIError)
-        return json_answer(request, {"message": error.message}, error.status)
+        return json_answer(request, {"message": error.message, **error.more}, error.status)
 
     @app.handle_errors(NotFound, MethodNotAllowed, HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:

@@ -66,12 +66,13 @@ class APILimits:
 
 
 class APIError(Exception):
-    """An error answered as C{{"message": ...}} with an HTTP status."""
+    """An error answered as C{{"message": ...}} (and C{more} fields) with an HTTP status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, **more: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.more = more
 
 
 def json_answer(request: IRequest, body: Any, status: int = 200) -> bytes:

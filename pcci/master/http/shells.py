@@ -14,7 +14,7 @@ the master.  See C{docs/api.md}, "Shells".
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -75,10 +75,24 @@ class ShellRoutes(APIBase):
         try:
             self.state.shells.link(name)
         except ShellRefused as e:
-            raise APIError(e.status, e.message) from None
+            if e.master is None:
+                raise APIError(e.status, e.message) from None
+            return self.state.peers.url_of(e.master).addCallback(self._elsewhere, e, request)
         if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
             raise APIError(426, "this is a WebSocket: open it with pcci shell, or the dashboard")
         return WebSocketResource(ShellSocketFactory(self.state.shells, order))
+
+    @staticmethod
+    def _elsewhere(url: str | None, refused: ShellRefused, request: IRequest) -> NoReturn:
+        """
+        A shell on a worker another master holds is opened there: the answer
+        says where (C{url}), and C{pcci shell} goes.  Its bytes then take one
+        hop, not two, and no master needs to act for a user on another.
+        """
+        if url is None:
+            raise APIError(409, refused.message, master=refused.master)
+        address = url.rstrip("/") + request.uri.decode("ascii", "replace")
+        raise APIError(409, f"{refused.message} ({url})", master=refused.master, url=address)
 
     @app.route("/shells", methods=["GET"])
     def shells(self, request: IRequest) -> Deferred[bytes]:

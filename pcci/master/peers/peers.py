@@ -131,6 +131,12 @@ class Peers:
     def mirror(self, pool: Pool, event: Event) -> None:
         self.replicas.mirror(pool, event)
 
+    def announce(self, url: str) -> None:
+        self.store.shared.url = url  # written with the next lease
+
+    def url_of(self, master: str) -> Deferred[str | None]:
+        return self.store.shared.url_of(master)
+
     @property
     def alone(self) -> bool:
         """No other master uses the database: nobody to show events to."""

@@ -15,7 +15,7 @@ from typing import Any, Callable
 #: SQLite: 2 pools' C{submitted_by} and C{schedule}, tokens, schedules, deliveries;
 #: 3 deliveries' C{owner}, join tokens, identities; 4 shells and their recordings.
 #: PostgreSQL: 2 masters, workers, mail, events; 3 as SQLite's 2; 4 as SQLite's 3;
-#: 5 as SQLite's 4.
+#: 5 as SQLite's 4, and each master's URL.
 LATEST = {"sqlite": 4, "postgres": 5}
 
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)

@@ -61,6 +61,8 @@ class Shared:
     def __init__(self, db: Database, master: str) -> None:
         self._db = db
         self.master = master
+        #: This master's API as people reach it, written with each lease.
+        self.url: str | None = None
 
     def send(
         self,
@@ -161,6 +163,15 @@ class Shared:
 
         return self._db.run(read)
 
+    def url_of(self, master: str) -> Deferred[str | None]:
+        """Where master C{master}'s API is reached, as it said (see L{url})."""
+
+        def read(cursor: Any, d: Dialect) -> str | None:
+            row = d.execute(cursor, "SELECT url FROM masters WHERE id = ?", (master,)).fetchone()
+            return None if row is None else row[0]
+
+        return self._db.run(read)
+
     def lease(self, lease: float, judge: bool) -> Deferred[Lease]:
         """
         Renew this master's lease; with C{judge}, find the masters dead
@@ -173,7 +184,8 @@ class Shared:
         """
 
         def lease_(cursor: Any, d: Dialect) -> Lease:
-            cursor.execute("UPDATE masters SET seen = now() WHERE id = %s", (self.master,))
+            cursor.execute("UPDATE masters SET seen = now(), url = coalesce(%s, url) WHERE id = %s",
+                           (self.url, self.master))
             if cursor.rowcount == 0:
                 return False, 0, []
             claimed: list[tuple[dict[str, Any], list[Any]]] = []

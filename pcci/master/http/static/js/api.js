@@ -5,9 +5,10 @@
 const TOKEN_KEY = "pcci.token";
 
 export class APIError extends Error {
-  constructor(status, message) {
+  constructor(status, message, body = null) {
     super(message);
     this.status = status;
+    this.body = body; // the answer's other fields, if it was JSON
   }
 }
 
@@ -28,13 +29,14 @@ function headers(token, extra = {}) {
 
 async function failure(response) {
   let message = `${response.status} ${response.statusText}`;
+  let body = null;
   try {
-    const body = await response.json();
+    body = await response.json();
     if (body && typeof body.message === "string") message = body.message;
   } catch (_) {
     // Not JSON (a proxy's page, say): the status line says enough.
   }
-  return new APIError(response.status, message);
+  return new APIError(response.status, message, body);
 }
 
 async function send(path, { method = "GET", body, token = savedToken(), signal } = {}) {

@@ -106,12 +106,19 @@ function socketFor(name, term) {
 
 // Why a shell did not open, in the master's words (a refused WebSocket
 // tells a page nothing): the same address without the upgrade answers 426
-// when it would have opened, else the refusal.
+// when it would have opened, else the refusal.  A worker another master
+// holds opens there: its dashboard, one click away (this page may only
+// connect to its own master, and its token is this page's).
 async function refusal(name) {
   try {
     await call(`/workers/${encodeURIComponent(name)}/shell`);
   } catch (error) {
-    if (!(error instanceof APIError && error.status === 426)) return error.message;
+    if (!(error instanceof APIError && error.status === 426)) {
+      const there = error.body?.url ? new URL(error.body.url) : null;
+      if (!there) return error.message;
+      const link = `${there.origin}/#/shell/${encodeURIComponent(name)}`;
+      return [error.message, " ", h("a", { href: link, id: "shell-elsewhere" }, `Open it on master ${error.body.master}`)];
+    }
   }
   return "the master closed the connection";
 }

@@ -1,4 +1,6 @@
--- PostgreSQL store, schema 4 to 5: shells and their recordings.
+-- PostgreSQL store, schema 4 to 5: shells and their recordings; where each
+-- master's API is reached (for a shell asked of the wrong one).
+ALTER TABLE masters ADD COLUMN url TEXT;
 CREATE TABLE shells (
     id TEXT PRIMARY KEY,
     opened_at DOUBLE PRECISION NOT NULL,

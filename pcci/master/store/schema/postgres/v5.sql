@@ -23,7 +23,8 @@ CREATE TABLE masters (
     id TEXT PRIMARY KEY,
     lock INTEGER NOT NULL,
     pid INTEGER NOT NULL,
-    seen TIMESTAMPTZ NOT NULL DEFAULT now()
+    seen TIMESTAMPTZ NOT NULL DEFAULT now(),
+    url TEXT
 );
 CREATE SEQUENCE workers_version;
 CREATE TABLE workers (
