@@ -22,10 +22,10 @@ pytestmark = pytest.mark.e2e
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
-#: The last commit whose workers speak protocol 2, two before this.
-PROTOCOL_2 = "6b48596cbe0ff81b090e5a7328a68b2fec25efac"
-#: A released state speaking protocol 3, the one before this (4 brought pushes).
+#: A released state speaking protocol 3, two before this.
 PROTOCOL_3 = "e8c0c12a6dda7b072020a73b097b9d4f65f3babb"
+#: The last landing speaking protocol 4, the one before this (5 brought shells).
+PROTOCOL_4 = "75609aa28bb55ae3ec4fa4d981cdc914269659da"
 #: The landing before identities: every worker held the cluster secret.
 BEFORE_IDENTITIES = "eb8d179e4348abd84e813fabd7daa5eae5158246"
 
@@ -65,18 +65,20 @@ def test_a_worker_of_the_previous_protocol_runs_kills_and_carries_on(
     c = own_cluster
     c.worker_auth = "both"  # identities, and the secret of before
     c.start_master()
-    old_worker(c, PROTOCOL_3, tmp_path, "old")
-    assert "worker old speaks protocol 3, one version back" in c.master.log_text()
+    old_worker(c, PROTOCOL_4, tmp_path, "old")
+    assert "worker old speaks protocol 4, one version back" in c.master.log_text()
     pool = c.run("sh -c 'echo out; echo err >&2; exit 3'", ["old"])
     job = pool["jobs"][0]
     assert (job["state"], job["status"], job["result"]) == ("failed", 3, "out\nerr\n")
     kill_a_job(c, "old", marker)
-    # A push to it fails, saying why; the old worker never saw a frame it does not know.
+    # Files go to it; a shell on it is refused, saying why: it never sees a frame it does not know.
     code, answer = c.request(
         "POST", f"/files?workers=old&dest={tmp_path}/&wait=20", raw=tar_of("x", b"x"),
         headers={"Content-Type": "application/x-tar"},
     )
-    assert code == 200 and "speaks protocol 3: upgrade it" in answer["pool"]["jobs"][0]["result"]
+    assert code == 200 and answer["pool"]["state"] == "ok" and (tmp_path / "x").read_bytes() == b"x"
+    code, answer = c.request("GET", "/workers/old/shell")
+    assert (code, answer["message"]) == (409, "worker old's pcci is too old for shells; upgrade it")
     # Carried on across a master restart: the new master attaches the old worker's job.
     go = tmp_path / "go"
     pool_id = c.submit(f"sh -c 'echo a; while [ ! -e {go} ]; do sleep 0.05; done; echo b'", ["old"])
@@ -94,9 +96,9 @@ def test_a_worker_of_the_previous_protocol_runs_kills_and_carries_on(
 def test_a_worker_two_protocols_back_is_refused(own_cluster: Cluster, tmp_path: Path) -> None:
     c = own_cluster
     c.start_master()
-    tree = checkout(PROTOCOL_2, tmp_path / PROTOCOL_2[:7])
+    tree = checkout(PROTOCOL_3, tmp_path / PROTOCOL_3[:7])
     c.start_worker("older", env={"PYTHONPATH": str(tree)}, wait=False)
-    poll(lambda: "speaks protocol 2: refused" in c.master.log_text(), what="the refusal")
+    poll(lambda: "speaks protocol 3: refused" in c.master.log_text(), what="the refusal")
     assert "older" not in c.workers()
 
 
