@@ -11,7 +11,8 @@ reaches inside it, and nowhere else does:
     Twisted's own C{_listOpenFDs} and C{_getFileActions}, so every job gets
     a new group (C{setpgroup=0}) at posix_spawn's speed.  Its output pipes
     are read by a C{ProcessReader} of pcci's (C{processReaderFactory}),
-    64 KiB at a time rather than 8.
+    64 KiB at a time rather than 8; a shell's terminal (C{PTYProcess}),
+    as long as it has output, up to 64 KiB.
   - B{The reactor keeps monotonic time.}  Its timers live in
     C{_pendingTimedCalls} and C{_newTimedCalls}; moving the reactor to
     C{time.monotonic} rebases those already scheduled.
@@ -64,6 +65,7 @@ HOOKS: dict[str, tuple[str, ...]] = {
     "reapProcessHandlers": (),
     "Process.processReaderFactory": (),
     "ProcessReader.doRead": (),
+    "PTYProcess.doRead": (),
 }
 
 #: The reactor's lists of timed calls, rebased when its clock changes.
@@ -133,6 +135,34 @@ class WideProcessReader(_process.ProcessReader):
         if not output:
             return CONNECTION_DONE
         self.dataReceived(output)
+        return None
+
+
+class WidePTYProcess(_process.PTYProcess):
+    """
+    A child in a pseudo-terminal (a shell), its output read as long as
+    there is some, up to C{PIPE_READ} bytes at once: a terminal hands out
+    a few KiB a read, where Twisted reads once, 8 KiB at most.
+    """
+
+    def doRead(self) -> Any:
+        chunks: list[bytes] = []
+        size = 0
+        while size < PIPE_READ:
+            try:
+                data = os.read(self.fd, PIPE_READ - size)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EINTR) or chunks:
+                    break  # what was read goes first; an error comes back at the next read
+                return CONNECTION_LOST  # EIO: every process left the terminal
+            if not data:
+                if chunks:
+                    break
+                return CONNECTION_DONE
+            chunks.append(data)
+            size += len(data)
+        if chunks:
+            self.proto.childDataReceived(1, b"".join(chunks))
         return None
 
 

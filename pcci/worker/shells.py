@@ -30,7 +30,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pcci.twisted_internals import GroupLeaderProcess
+from pcci.twisted_internals import GroupLeaderProcess, WidePTYProcess
 from pcci.wire import MAX_SHELL_DATA, SHELL_WINDOW, STATUS_NOT_STARTED, FramedJSONProtocol
 from pcci.worker.process import exit_status
 
@@ -213,8 +213,8 @@ class Shell:
         try:
             # Sized before the shell starts: it reads the size once, first thing.
             set_window(slave, self.request.rows, self.request.cols)
-            return self._reactor.spawnProcess(
-                protocol, shell, argv, env, home, usePTY=(master, slave, os.ttyname(slave)), **ids
+            return WidePTYProcess(
+                self._reactor, shell, argv, env, home, protocol, usePTY=(master, slave, os.ttyname(slave)), **ids
             )
         except BaseException:
             os.close(master)
@@ -254,7 +254,8 @@ class Shell:
     def delivered_to(self, read: int) -> None:
         """The master delivered C{read} bytes of output: read the terminal again if they were too many."""
         self.delivered = max(self.delivered, min(read, self.sent))
-        if self._reading_paused and self.sent - self.delivered < SHELL_WINDOW:
+        # Half the window delivered before reading again: not a pause and a resume every piece.
+        if self._reading_paused and self.sent - self.delivered <= SHELL_WINDOW // 2:
             self._reading_paused = False
             self._transport.resumeProducing()
 
