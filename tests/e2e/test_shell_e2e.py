@@ -101,12 +101,25 @@ def test_a_login_shell_sized_resized_interrupted_and_its_status(cluster: Cluster
     child.sendintr()
     child.expect_exact(PROMPT, timeout=5)
     assert "after" not in child.before
+    # Ctrl-Z stops a job, Ctrl-D ends a cat's input: both reach the remote terminal.
+    child.sendline("sleep 200")
+    time.sleep(0.3)
+    child.sendcontrol("z")
+    child.expect("Stopped")
+    child.expect_exact(PROMPT)
+    child.sendline("kill -9 %1; cat")
+    child.sendline("typed")
+    child.expect_exact("typed\r\ntyped")  # the terminal's echo, then cat's
+    child.sendeof()
+    child.expect_exact(PROMPT)
     child.sendline("exit 3")
     assert ended(child) == 3
 
 
-def test_tilde_dot_disconnects_and_the_shell_hangs_up(cluster: Cluster) -> None:
-    child = shell(cluster, "w2")
+def test_tilde_dot_disconnects_the_shell_hangs_up_and_this_terminal_is_restored(cluster: Cluster) -> None:
+    # pcci in a shell here, so that the terminal can be looked at once pcci is gone.
+    child = pexpect.spawn("/bin/sh", ["-c", f"{PCCI} shell w2; echo status=$?; stty -a"], env=environment(cluster),
+                          dimensions=(24, 80), timeout=20, encoding="utf-8", codec_errors="replace")
     at_prompt(child)
     child.sendline("echo pid=$$")
     child.expect(r"pid=(\d+)")
@@ -114,7 +127,10 @@ def test_tilde_dot_disconnects_and_the_shell_hangs_up(cluster: Cluster) -> None:
     child.expect_exact(PROMPT)
     child.send("\r~.")
     child.expect_exact("pcci: disconnected (~.)")
-    assert ended(child) == 255
+    child.expect_exact("status=255")
+    child.expect(r"speed \d+ baud")
+    modes = child.read()
+    assert " icanon" in modes and " echo" in modes  # cooked again, not raw
     poll(lambda: not psutil.pid_exists(pid), what="the remote shell's end")
 
 
