@@ -96,6 +96,8 @@ class Hello:
     python_version: str = ""
     #: It can upgrade itself when the master asks (C{upgrade}).
     upgrades: bool = False
+    #: It tells its machine's facts, and looks again when asked (C{facts_refresh}).
+    facts: bool = False
 
     @classmethod
     def parse(cls, message: dict[str, Any], secret: bytes | None) -> Hello:
@@ -129,6 +131,7 @@ class Hello:
             pcci_version=_version(message.get("pcci_version")),
             python_version=_version(message.get("python_version")),
             upgrades=message.get("upgrades") is True,
+            facts=message.get("facts") is True,
         )
 
 

@@ -42,6 +42,11 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("labels", _STRINGS, "Only workers with every one of these labels (key or key=value)."),
     Field("exclude", _STRINGS, "Names, node sets or globs taken out of the selection."),
+    Field(
+        "query",
+        {"type": "string", "minLength": 1, "maxLength": 4096},
+        "Only workers whose facts and labels match this query (os.id=debian and cpus>=4; see docs/api.md).",
+    ),
     Field("timeout", _SECONDS_OVER_0, "Kill a job that runs longer (it ends timed_out, status 124)."),
     Field(
         "env",

@@ -161,7 +161,7 @@ class WidePTYProcess(_process.PTYProcess):
                 return CONNECTION_DONE
             chunks.append(data)
             size += len(data)
-        if chunks:
+        if chunks and self.proto is not None:
             self.proto.childDataReceived(1, b"".join(chunks))
         return None
 

@@ -105,6 +105,8 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "enroll": {"csr": str},
     # How an upgrade the master asked for goes (see pcci.worker.upgrade).
     "upgrade_status": {"state": str, "reason": str},
+    # This machine's facts, to a master whose welcome asked (see pcci.worker.facts).
+    "facts": {"facts": dict},
     # A shell (see pcci.worker.shells): its process exists, its output (raw
     # bytes follow), input written to it, its end.
     "shell_started": {"shell": str, "pid": int},
@@ -141,6 +143,8 @@ MASTER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "shell_resize": {"shell": str, "rows": int, "cols": int},
     "shell_ack": {"shell": str, "read": int},
     "shell_close": {"shell": str},
+    # Look at this machine's facts now, and send them (to a worker whose hello said facts).
+    "facts_refresh": {},
 }
 
 #: The most raw bytes a C{shell_data} or C{shell_output} frame announces.

@@ -22,6 +22,7 @@ from pcci.cli.options import (
     duration,
     job_options,
     json_option,
+    query_option,
     targets,
     wait_offline_option,
 )
@@ -52,6 +53,7 @@ def cli(ctx: click.Context, url: str, token_file: str | None, ca_file: str | Non
 
 @cli.command(context_settings={"allow_interspersed_args": False})
 @targets
+@query_option
 @job_options
 @click.option(
     "-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it."
@@ -81,11 +83,12 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
       pcci run -n -l gpu -x 'gpu[3-4]' -- true
       pcci run -w 'pi*' --wait-offline 1h -- apt-get -y upgrade
       pcci run -l rack=3 --notify https://hooks.example/pcci -- make deploy
+      pcci run -q 'os.id=debian and cpus>=4 and not gpu.count=0' -- nproc
     """
     from pcci.cli.run import RunRequest, run_pool
 
-    if not options["targets"] and not options["labels"]:
-        raise click.UsageError("choose workers with -w TARGET or -l LABEL")
+    if not options["targets"] and not options["labels"] and not options["query"]:
+        raise click.UsageError("choose workers with -w TARGET, -l LABEL or -q QUERY")
     if options["diff"]:
         options["gather"] = True
     request = RunRequest(command=list(command), **_read_stdin(options))
@@ -231,6 +234,7 @@ def schedule() -> None:
     help="The IANA time zone the cron line is read in (default UTC), e.g. Europe/Berlin.",
 )
 @targets
+@query_option
 @job_options
 @click.option(
     "--overlap", is_flag=True, help="Start a run even while the previous one still runs (else it is skipped)."
@@ -250,9 +254,9 @@ def schedule_add(cfg: Config, name: str, command: tuple[str, ...], **options: An
     from pcci.cli.run import RunRequest
     from pcci.cli.views import add_schedule
 
-    if not options["targets"] and not options["labels"]:
-        raise click.UsageError("choose workers with -w TARGET or -l LABEL")
-    job = {k: options.pop(k) for k in ("targets", "labels", "exclude", *JOB_OPTIONS)}
+    if not options["targets"] and not options["labels"] and not options["query"]:
+        raise click.UsageError("choose workers with -w TARGET, -l LABEL or -q QUERY")
+    job = {k: options.pop(k) for k in ("targets", "labels", "exclude", "query", *JOB_OPTIONS)}
     body = RunRequest(command=list(command), **_read_stdin(job)).body()
     body.update(name=name, cron=options["cron"], overlap=options["overlap"], catch_up=options["catch_up"],
                 paused=options["paused"])
@@ -443,6 +447,43 @@ def shell(
     # As ssh does: the words of COMMAND are joined by spaces, for the remote shell.
     options = {"cmd": " ".join(command), "user": user or "", "pty": pty}
     raise SystemExit(open_shell(cfg.url, cfg.token, cfg.ca_file, node, options))
+
+
+@cli.group(invoke_without_command=True)
+@targets
+@query_option
+@click.option("--fields", metavar="A,B", help="Only these facts (dotted paths: os.id,memory,gpu.models).")
+@click.option("--count-by", metavar="A,B", help="Count the workers by these facts, each group's names folded.")
+@click.option("--all", "every", is_flag=True, help="Also the workers offline, with their facts as last told.")
+@json_option("the facts")
+@click.pass_context
+def facts(ctx: click.Context, **options: Any) -> None:
+    """
+    What each worker told of its machine: OS, kernel, CPUs, memory, disks,
+    GPUs, virtualisation, addresses, versions, and its own facts.d.
+
+    \b
+      pcci facts
+      pcci facts -q 'cpus>=8 and gpu.count>0' --fields cpus,memory,gpu.models
+      pcci facts --count-by os.id,os.version
+      pcci facts -w pi07 --json
+      pcci facts refresh -l rack=3
+    """
+    if ctx.invoked_subcommand is None:
+        from pcci.cli.facts import show_facts
+
+        go(show_facts, ctx.obj, options)
+
+
+@facts.command("refresh")
+@targets
+@query_option
+@click.pass_obj
+def facts_refresh(cfg: Config, **options: Any) -> None:
+    """Ask the workers (all of them by default) to look at their facts now."""
+    from pcci.cli.facts import refresh_facts
+
+    go(refresh_facts, cfg, options)
 
 
 @cli.command()

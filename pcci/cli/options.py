@@ -38,6 +38,11 @@ def targets(command: Callable[..., Any]) -> Callable[..., Any]:
     ], command)
 
 
+def query_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """C{-q}: a query over the workers' facts and labels, with the targets or alone."""
+    return click.option("-q", "--query", metavar="QUERY", help=JOB_FIELDS["query"].help)(command)
+
+
 def _env(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     env = {}
     for value in values:

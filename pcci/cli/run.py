@@ -29,6 +29,7 @@ class RunRequest:
     targets: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    query: str | None = None
     timeout: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
@@ -57,7 +58,7 @@ class RunRequest:
             body["notify_on"] = self.notify_on
         if self.env:
             body["env"] = self.env
-        for key in ("timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures", "wait_offline"):
+        for key in ("query", "timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures", "wait_offline"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
         return body

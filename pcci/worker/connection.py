@@ -34,6 +34,7 @@ from pcci.wire import (
     run_options,
 )
 from pcci.worker.certificates import CertificateFrames
+from pcci.worker.facts import FactFrames, gather
 from pcci.worker.health import collect_figures
 from pcci.worker.jobs import JobTable
 from pcci.worker.settings import WorkerSettings
@@ -58,7 +59,7 @@ def default_name() -> str:
 
 
 @implementer(IPushProducer)
-class MasterConnection(TransferFrames, ShellFrames, CertificateFrames):
+class MasterConnection(TransferFrames, ShellFrames, CertificateFrames, FactFrames):
     """
     The worker's connection to its master, and the job table's link to it.
 
@@ -75,6 +76,7 @@ class MasterConnection(TransferFrames, ShellFrames, CertificateFrames):
         TransferFrames.__init__(self)
         ShellFrames.__init__(self)
         CertificateFrames.__init__(self)
+        FactFrames.__init__(self)
         self.paused = False
         self._last_frame = 0.0
         self._beat: LoopingCall | None = None
@@ -116,6 +118,7 @@ class MasterConnection(TransferFrames, ShellFrames, CertificateFrames):
             pcci_version=__version__,
             python_version=platform.python_version(),
             upgrades=factory.upgrader is not None,
+            facts=True,
         )
         self.sendMessage("hello", **hello)
 
@@ -134,6 +137,7 @@ class MasterConnection(TransferFrames, ShellFrames, CertificateFrames):
             self.jobs.disconnected()
         self.abort_transfers("the connection to the master closed")
         self.hang_up_shells("the connection to the master closed")
+        self.stop_facts()
         self.factory.on_lost(self)
         self.closed.callback(None)
 
@@ -178,6 +182,7 @@ class MasterConnection(TransferFrames, ShellFrames, CertificateFrames):
         if self.identities and self.factory.identity is None and self.factory.settings.enroll:
             self._ask("enroll", self.factory.new_identity())
         self.jobs.connected(self)
+        self.start_facts(message.get("facts") is True)
         if self.factory.upgrader is not None:
             self.factory.upgrader.welcomed(message.get("upgrades") is True)
         self.joined.callback(self)
@@ -367,6 +372,10 @@ class WorkerFactory(_Factory):
         self.jobs = jobs
         self.collect = collect or (
             lambda disk, jobs: deferToThread(collect_figures, disk, jobs)
+        )
+        #: This machine's facts, gathered in a thread (blocking reads, programs).
+        self.gather_facts: Callable[[], Deferred[dict[str, Any]]] = (
+            lambda: deferToThread(gather, settings.state_dir)
         )
         self.on_dismissed = on_dismissed
         #: What this worker says of itself, for targeting.

@@ -23,7 +23,7 @@ from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
 
 #: What this master says to a worker it admits.
-WELCOME = {"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True, "upgrades": True}
+WELCOME = {"code": "welcome", "version": PROTOCOL_VERSION, "output_data": True, "upgrades": True, "facts": True}
 
 
 def frames(transport: StringTransport) -> list[dict]:

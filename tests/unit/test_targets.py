@@ -87,7 +87,7 @@ def test_exclude_takes_out_names_ranges_and_globs() -> None:
         (["pi*"], ["gpu"], [], "no worker selected: workers pi\\* with labels gpu"),
         (["pi01"], [], ["pi01"], "no worker selected: workers pi01 less pi01"),
         (None, ["os=plan9"], [], "no worker selected: the online workers with labels os=plan9"),
-        (None, [], [], "give workers, labels, or both"),
+        (None, [], [], "give workers, labels, a query, or some of them"),
     ],
 )
 def test_a_request_that_selects_nobody_says_so(workers, labels, exclude, why) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from pcci.auth import APIToken
 from pcci.master.cluster.jobspec import JobOptions
+from pcci.master.cluster.queries import Query
 from pcci.master.cluster.roster import Roster
 from pcci.master.cluster.targets import select
 from pcci.master.webhooks.outbound import AddressPolicy, RefusedURL, check_url
@@ -47,17 +48,21 @@ def select_workers(
     exclude: list[str],
     most: int,
     offline: bool = False,
+    query: Query | None = None,
 ) -> list[str]:
     """
     The workers a request selects among those C{token} may use (and, with
-    C{offline}, those known but offline).
+    C{offline}, those known but offline), whose facts match C{query}.
 
     @raise Forbidden: a worker named outside the token's scope.
     @raise TargetError: a malformed request, or one that selects nobody.
     """
     if names:
         check_names(token, roster, names, most)
-    return select(names, labels, exclude, workers_in_scope(token, roster, not offline), most)
+    return select(
+        names, labels, exclude, workers_in_scope(token, roster, not offline), most, query,
+        lambda name: roster.records[name].document(),
+    )
 
 
 def check_names(token: APIToken | None, roster: Roster, items: list[str], most: int) -> None:

@@ -18,6 +18,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from pcci.master.cluster import queries
+from pcci.master.cluster.queries import Query, QueryError
 from pcci.master.cluster.targets import POOL_LIMIT
 from pcci.request import no_such_fields, unknown_fields
 
@@ -91,6 +93,8 @@ class Submission:
     #: URLs told of the pool's end, and on which ends (C{failed}, C{ended}).
     notify: list[str] = field(default_factory=list)
     notify_on: str = "failed"
+    #: Only workers whose facts and labels match it (see L{pcci.master.cluster.queries}).
+    query: Query | None = None
 
 
 def _text(value: Any, name: str) -> str:
@@ -210,14 +214,28 @@ def parse_submission(body: Any, max_command: int, max_workers: int) -> Submissio
         if not workers:
             raise SpecError("workers must name at least one worker")
     labels = _strings(body.get("labels") or [], "labels", 64)
-    if workers is None and not labels:
-        raise SpecError("workers must be a non-empty list of workers (or give labels)")
+    query = parse_query(body)
+    if workers is None and not labels and query is None:
+        raise SpecError("workers must be a non-empty list of workers (or give labels, or a query)")
     exclude = _strings(body.get("exclude") or [], "exclude", max_workers, POOL_LIMIT)
     notify, notify_on = parse_notify(body)
     return Submission(
         cmd, workers, labels, exclude, parse_options(body), parse_rollout(body),
-        parse_wait_offline(body), notify, notify_on,
+        parse_wait_offline(body), notify, notify_on, query,
     )
+
+
+def parse_query(body: dict[str, Any]) -> Query | None:
+    """A request's C{query}, parsed (None: none given)."""
+    text = body.get("query")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise SpecError("query must be a string")
+    try:
+        return queries.parse(text)
+    except QueryError as e:
+        raise SpecError(str(e)) from None
 
 
 #: Most URLs one pool (or schedule) tells, and the longest.

@@ -61,7 +61,7 @@ class Launcher:
         permits.check_run(token, asked.cmd, asked.options, asked.notify, limits.notify_policy)
         workers = permits.select_workers(
             token, self.roster, asked.workers, asked.labels, asked.exclude, limits.max_workers,
-            asked.wait_offline is not None,
+            asked.wait_offline is not None, asked.query,
         )
         return Launch(asked, workers)
 

@@ -152,6 +152,13 @@ class WorkerRecord:
     #: The pcci and Python it runs, as it said when it connected.
     pcci_version: str = ""
     python_version: str = ""
+    #: Its machine's facts, as it last told them (see L{pcci.worker.facts}), and when.
+    facts: dict[str, Any] = field(default_factory=dict)
+    facts_at: float | None = None
+
+    def document(self) -> dict[str, Any]:
+        """What a query reads of it (see L{pcci.master.cluster.queries}): its facts, labels and name."""
+        return {**self.facts, "labels": self.labels, "name": self.name}
 
     def to_json(self, jobs_running: int) -> dict[str, Any]:
         return {

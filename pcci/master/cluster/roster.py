@@ -63,6 +63,8 @@ class Roster:
         #: Called with the jobs of a worker that did not come back in time,
         #: and why it left.
         self.on_give_up: Callable[[list[Job], str], None] = lambda jobs, reason: None
+        #: Called with each worker's facts as it tells them (the store keeps them).
+        self.facts_hooks: list[Callable[[str, dict[str, Any]], None]] = []
         self._running: dict[str, dict[str, Job]] = {}
         self._forgets: dict[str, IDelayedCall] = {}
         self._graces: dict[str, IDelayedCall] = {}
@@ -189,6 +191,17 @@ class Roster:
     def known_labels(self) -> dict[str, dict[str, str]]:
         """Every worker known, online or not, each with its labels."""
         return {name: record.labels for name, record in self.records.items()}
+
+    def set_facts(self, name: str, facts: dict[str, Any], at: float | None = None) -> None:
+        """Keep what a worker told of its machine (the other masters are told too)."""
+        record = self.records.get(name)
+        if record is None:
+            return
+        record.facts, record.facts_at = facts, self.wall() if at is None else at
+        if at is None and record.master == self.peers.name:
+            self.peers.worker_changed(name)
+        for hook in self.facts_hooks:
+            hook(name, facts)
 
     def heartbeat(self, name: str, figures: dict[str, Any]) -> None:
         """Keep a worker's latest figures, and add them to its history."""

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
+from typing import Any, Callable
 
 from pcci.labels import has_labels, parse_label
+from pcci.master.cluster import queries
+from pcci.master.cluster.queries import Query
 from pcci.nodes import TargetError, TooMany, expand, is_glob
 from pcci.wire import VALID_NAME
 
@@ -73,13 +76,19 @@ def select(
     exclude: list[str],
     online: Mapping[str, Mapping[str, str]],
     most: int,
+    query: Query | None = None,
+    documents: Callable[[str], Mapping[str, Any]] = lambda name: {},
+    empty_ok: bool = False,
 ) -> list[str]:
     """
     The workers of a pool request: those C{workers} name (every online one
-    when C{None}), holding all C{labels}, less C{exclude}.
+    when C{None}), holding all C{labels}, whose facts match C{query}, less
+    C{exclude}.
 
     @param online: the connected workers and their labels.
-    @raise TargetError: when the request is malformed or selects nobody.
+    @param documents: a worker's facts, labels and name, as a query reads them.
+    @raise TargetError: when the request is malformed or selects nobody
+        (unless C{empty_ok}), or its query reads a fact none of the workers has.
     """
     for label in labels:
         try:
@@ -87,13 +96,20 @@ def select(
         except ValueError as e:
             raise TargetError(str(e)) from None
     if workers is None:
-        if not labels:
-            raise TargetError("give workers, labels, or both")
+        if not labels and query is None:
+            raise TargetError("give workers, labels, a query, or some of them")
         chosen = list(online)
     else:
         chosen = resolve(workers, online, most)
     if labels:
         chosen = [name for name in chosen if has_labels(online[name], labels)]
+    if query is not None:
+        found = {name: documents(name) for name in online}
+        unknown = [p for p in dict.fromkeys(queries.paths(query))
+                   if p[0] not in ("labels", "name") and not any(queries.has_path(d, p) for d in found.values())]
+        if unknown:
+            raise TargetError("query: no worker has a fact " + ", ".join(".".join(p) for p in unknown))
+        chosen = [name for name in chosen if queries.matches(query, found[name])]
     if exclude:
         # Excluding a worker that is not there is no error: it is excluded.
         out: set[str] = set()
@@ -104,14 +120,14 @@ def select(
                 else:
                     out.add(name)
         chosen = [name for name in chosen if name not in out]
-    if not chosen:
-        raise TargetError(_nobody(workers, labels, exclude))
+    if not chosen and not empty_ok:
+        raise TargetError(_nobody(workers, labels, exclude, query))
     if len(chosen) > most:
         raise TargetError(f"the request selects {len(chosen)} workers, more than {most}" + POOL_LIMIT)
     return chosen
 
 
-def _nobody(workers: list[str] | None, labels: list[str], exclude: list[str]) -> str:
+def _nobody(workers: list[str] | None, labels: list[str], exclude: list[str], query: Query | None) -> str:
     parts = []
     if workers is not None:
         parts.append("workers " + ", ".join(workers))
@@ -119,6 +135,8 @@ def _nobody(workers: list[str] | None, labels: list[str], exclude: list[str]) ->
         parts.append("the online workers")
     if labels:
         parts.append("with labels " + ", ".join(labels))
+    if query is not None:
+        parts.append(f"matching {queries.unparse(query)}")
     if exclude:
         parts.append("less " + ", ".join(exclude))
     return "no worker selected: " + " ".join(parts)

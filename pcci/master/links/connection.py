@@ -13,6 +13,7 @@ from pcci.clock import StallWatch
 from pcci.handshake import HELD_JOBS, Hello
 from pcci.master.cluster.state import ClusterState
 from pcci.master.links.admission import Admission, Gate
+from pcci.master.links.facts import FactFrames
 from pcci.master.links.shells import ShellFrames
 from pcci.transfer import CHUNK
 from pcci.wire import (
@@ -31,7 +32,7 @@ from pcci.wire import (
 HANDSHAKE_TIMEOUT = 10.0
 
 
-class WorkerConnection(ShellFrames):
+class WorkerConnection(ShellFrames, FactFrames):
     """
     A connected worker, as the master sees it.
 
@@ -61,6 +62,7 @@ class WorkerConnection(ShellFrames):
         self.held_jobs: list[dict[str, Any]] = []
         self.pcci_version = self.python_version = ""
         self.upgrades = False
+        self.facts = False
         self.master: str | None = None  # connected here
         #: The protocol version spoken on this connection: the worker's.
         self.version = PROTOCOL_VERSION
@@ -124,6 +126,7 @@ class WorkerConnection(ShellFrames):
         self.labels = hello.labels
         self.pcci_version, self.python_version = hello.pcci_version, hello.python_version
         self.upgrades = hello.upgrades
+        self.facts = hello.facts
         self.held_jobs = hello.jobs
         self.remembers_jobs = hello.remembers_jobs
         self.contiguous_seq = hello.contiguous_seq
@@ -164,7 +167,8 @@ class WorkerConnection(ShellFrames):
         self.factory.joined(self)
         # Welcomed first: adding the worker may send it attach, ack and kill.
         # upgrades: it may say how an upgrade went (upgrade_status).
-        welcome: dict[str, Any] = {"version": self.version, "output_data": True, "upgrades": True}
+        # facts: it may tell its machine's facts (see pcci.worker.facts).
+        welcome: dict[str, Any] = {"version": self.version, "output_data": True, "upgrades": True, "facts": True}
         if self.admission.identities:
             welcome["identities"] = True  # it may renew, or enroll
         self.sendMessage("welcome", **welcome)

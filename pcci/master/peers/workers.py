@@ -167,6 +167,8 @@ class RemoteWorkers:
                 "pcci_version": record.pcci_version,
                 "python_version": record.python_version,
                 "upgrades": bool(getattr(link, "upgrades", False)),
+                "facts": record.facts,
+                "facts_at": record.facts_at,
             }
             if link is None:  # its connection is gone: so are the jobs carried on it
                 for key in [key for key in self.relays if key[0] == name]:
@@ -196,6 +198,8 @@ class RemoteWorkers:
                     self.peers.roster.join(RemoteLink(self.peers, name, master, row))
                 record = self.peers.roster.records[name]
                 record.jobs_elsewhere = row["jobs_running"]
+                if row.get("facts_at") != record.facts_at:
+                    self.peers.roster.set_facts(name, row.get("facts") or {}, row.get("facts_at"))
                 if row["figures"] and row["last_seen"] != record.last_seen:
                     self.peers.roster.heartbeat(name, row["figures"])
             elif link is not None and link.master == master:

@@ -1,0 +1,132 @@
+"""
+Workers' facts (C{GET /facts}) and asking workers to look again
+(C{POST /facts/refresh}); queries over them (L{pcci.master.cluster.queries}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from pcci.master.access import permits
+from pcci.master.cluster import queries
+from pcci.master.cluster.model import WorkerRecord, rfc3339
+from pcci.master.cluster.queries import Query, QueryError
+from pcci.master.cluster.targets import select
+from pcci.master.http.base import APIBase, app
+from pcci.master.http.common import (
+    APIError,
+    bool_arg,
+    json_answer,
+    list_arg,
+    read_object,
+    request_token,
+    string_list,
+    text_arg,
+)
+from pcci.nodes import TargetError
+from pcci.request import no_such_fields, unknown_fields
+
+#: Facts a C{fields} may name at most.
+MAX_FIELDS = 32
+
+
+class FactRoutes(APIBase):
+    """What each worker told of its machine, and queries over it."""
+
+    @app.route("/facts", methods=["GET"])
+    def facts(self, request: IRequest) -> bytes:
+        """
+        Each worker's facts (with C{?all=true}, offline ones' too, as last
+        told), chosen by C{workers}, C{labels}, C{exclude} and C{query};
+        with C{fields}, only those facts (dotted paths).
+        """
+        every = bool_arg(request, "all", False)
+        names = _items(list_arg(request, "workers"))
+        fields = [tuple(f.split(".")) for f in _items(list_arg(request, "fields"))]
+        if len(fields) > MAX_FIELDS:
+            raise APIError(400, f"fields names at most {MAX_FIELDS} facts")
+        chosen = self._chosen(
+            request, names or None, _items(list_arg(request, "labels")), _items(list_arg(request, "exclude")),
+            _query(text_arg(request, "query")), every,
+        )
+        return json_answer(request, [_shown(self.roster.records[name], fields) for name in chosen])
+
+    @app.route("/facts/refresh", methods=["POST"])
+    def facts_refresh(self, request: IRequest) -> bytes:
+        """Ask the chosen workers connected here to look at their facts now: 202."""
+        body = read_object(request, self.limits.max_body, required=False)
+        unknown = unknown_fields(body, ("workers", "labels", "exclude", "query"))
+        if unknown:
+            raise APIError(400, no_such_fields("a refresh", unknown))
+        names = None if body.get("workers") is None else string_list(body["workers"], "workers", 10_000)
+        labels = [] if body.get("labels") is None else string_list(body["labels"], "labels", 64)
+        exclude = [] if body.get("exclude") is None else string_list(body["exclude"], "exclude", 10_000)
+        query = _query(body["query"] if isinstance(body.get("query"), str) else None)
+        asked, elsewhere = [], {}
+        for name in self._chosen(request, names, labels, exclude, query, False):
+            link = self.roster.links.get(name)
+            if link is None:
+                continue
+            if link.master is not None:
+                elsewhere[name] = f"held by master {link.master}: ask it there"
+            elif getattr(link, "refresh_facts", lambda: False)():
+                asked.append(name)
+            else:
+                elsewhere[name] = "its pcci tells no facts: upgrade it"
+        return json_answer(request, {"asked": asked, "not_asked": elsewhere}, 202)
+
+    def _chosen(
+        self, request: IRequest, names: list[str] | None, labels: list[str], exclude: list[str],
+        query: Query | None, every: bool,
+    ) -> list[str]:
+        """The workers a request means within its token's scope: all of them when it names none."""
+        token = request_token(request)
+        candidates = permits.workers_in_scope(token, self.roster, online=not every)
+        if names is None and not labels and query is None:
+            return sorted(n for n in candidates if n not in exclude)
+        try:
+            if names:
+                permits.check_names(token, self.roster, names, self.limits.max_workers)
+            return sorted(select(
+                names, labels, exclude, candidates, self.limits.max_workers, query,
+                lambda name: self.roster.records[name].document(), empty_ok=True,
+            ))
+        except permits.Forbidden as e:
+            raise self._refuse(request, str(e)) from None
+        except TargetError as e:
+            raise APIError(400, str(e)) from None
+
+
+def _items(values: list[str]) -> list[str]:
+    """Query arguments given once or more, each a comma list."""
+    return [item for value in values for item in value.split(",") if item]
+
+
+def _query(text: str | None) -> Query | None:
+    if text is None:
+        return None
+    try:
+        return queries.parse(text)
+    except QueryError as e:
+        raise APIError(400, str(e)) from None
+
+
+def _shown(record: WorkerRecord, fields: list[tuple[str, ...]]) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "name": record.name, "online": record.online, "labels": record.labels,
+        "facts_at": rfc3339(record.facts_at),
+    }
+    if fields:
+        document = record.document()
+        shown["fields"] = {".".join(path): _value(document, path) for path in fields}
+    else:
+        shown["facts"] = record.facts
+    return shown
+
+
+def _value(document: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at a dotted path: one value, a list of them (through lists), or None."""
+    found = list(queries.values(document, path))
+    return None if not found else found[0] if len(found) == 1 else found
