@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import socket
 import stat
 import subprocess
@@ -188,13 +189,7 @@ def custom(directory: Path, errors: dict[str, str]) -> Facts:
         try:
             mode = path.stat().st_mode
             if mode & stat.S_IXUSR:
-                done = subprocess.run(
-                    [str(path)], capture_output=True, timeout=PROGRAM_TIMEOUT, stdin=subprocess.DEVNULL,
-                )
-                if done.returncode != 0:
-                    why = done.stderr.decode(errors="replace").strip()[-200:]
-                    raise ValueError(f"exited {done.returncode}" + (f": {why}" if why else ""))
-                text = done.stdout[:MAX_CUSTOM].decode(errors="replace")
+                text = _run(path)
             else:
                 text = path.read_bytes()[:MAX_CUSTOM].decode(errors="replace")
             found[name] = _value(text)
@@ -203,6 +198,32 @@ def custom(directory: Path, errors: dict[str, str]) -> Facts:
         except (OSError, ValueError) as e:
             errors[f"facts.d/{path.name}"] = str(e)
     return found
+
+
+def _run(program: Path) -> str:
+    """
+    What a custom fact's program prints.  It runs in a session of its own:
+    past its time, all it started is killed, and nothing is left behind.
+    """
+    child = subprocess.Popen(
+        [str(program)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = child.communicate(timeout=PROGRAM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # what it left running in the background
+        except OSError:
+            pass
+    if child.returncode != 0:
+        why = err.decode(errors="replace").strip()[-200:]
+        raise ValueError(f"exited {child.returncode}" + (f": {why}" if why else ""))
+    return out[:MAX_CUSTOM].decode(errors="replace")
 
 
 def _value(text: str) -> Any:

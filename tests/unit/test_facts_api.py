@@ -1,0 +1,58 @@
+"""Facts and queries through the REST routes (StubTreq): GET /facts, POST /facts/refresh, POST /job's query."""
+
+from __future__ import annotations
+
+import pytest
+from test_api import Client
+
+DEBIAN = {"os": {"id": "debian", "version": "12"}, "cpus": 4, "memory": 8 * 2**30, "gpu": {"count": 0}}
+ROCKY = {"os": {"id": "rocky", "version": "9.3"}, "cpus": 16, "memory": 64 * 2**30, "gpu": {"count": 2}}
+
+
+@pytest.fixture
+def client() -> Client:
+    c = Client()
+    c.state.roster.set_facts("a", DEBIAN)
+    c.state.roster.set_facts("b", ROCKY)
+    return c
+
+
+def test_facts_of_every_worker_or_some_of_them(client: Client) -> None:
+    code, _, every = client.request("GET", "/facts")
+    assert code == 200 and [(w["name"], w["facts"]) for w in every] == [("a", DEBIAN), ("b", ROCKY)]
+    client.state.roster.records["b"].labels["rack"] = "3"
+    code, _, some = client.request("GET", "/facts?query=cpus>=8&fields=os.id,cpus,labels.rack,gpu")
+    assert [(w["name"], w["fields"]) for w in some] == [
+        ("b", {"os.id": "rocky", "cpus": 16, "labels.rack": "3", "gpu": {"count": 2}}),
+    ]
+    code, _, none = client.request("GET", "/facts?query=cpus>100")
+    assert (code, none) == (200, [])
+
+
+def test_a_query_selects_a_pool_s_workers(client: Client) -> None:
+    code, _, body = client.request("POST", "/job", {"cmd": "nvidia-smi", "query": "gpu.count>0 and memory>=32G"})
+    assert code == 200, body
+    assert [run for run in client.links["b"].runs if run[1] == "nvidia-smi"] and not client.links["a"].runs
+    code, _, body = client.request("POST", "/job?dry_run=true",
+                                   {"cmd": "true", "workers": ["a", "b"], "query": "os.id=debian"})
+    assert (code, body["workers"]) == (200, ["a"])
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("os.id=", "query: expected a value at character 7:\n  os.id=\n        ^"),
+    ("os.idd=debian", "query: no worker has a fact os.idd"),
+    ("os.id=arch", "no worker selected: the online workers matching os.id=arch"),
+])
+def test_a_query_that_cannot_be_or_selects_nobody_is_a_400(client: Client, query: str, message: str) -> None:
+    code, _, body = client.request("POST", "/job", {"cmd": "true", "query": query})
+    assert (code, body["message"]) == (400, message)
+    code, _, body = client.request("GET", "/facts", params={"query": query})
+    assert code == (200 if query == "os.id=arch" else 400)
+
+
+def test_a_refresh_asks_the_workers_connected_here(client: Client) -> None:
+    code, _, body = client.request("POST", "/facts/refresh", {"query": "os.id=rocky"})
+    assert (code, body) == (202, {"asked": [], "not_asked": {"b": "its pcci tells no facts: upgrade it"}})
+    client.links["b"].refresh_facts = lambda: True  # type: ignore[attr-defined]
+    code, _, body = client.request("POST", "/facts/refresh", {})
+    assert body["asked"] == ["b"]
