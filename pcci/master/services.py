@@ -158,6 +158,21 @@ class StateService(Service):
         self.scheduler = scheduler
         self.notifier = notifier
 
+    def _keep_facts(self) -> None:
+        """Workers' facts: those kept read back, those told from now on written."""
+        facts = self.store.facts
+        facts.all().addCallbacks(
+            self.state.roster.remember_facts,
+            lambda f: log.error("cannot read the workers' facts kept in the store: {why}", why=f.getErrorMessage()),
+        )
+
+        def keep(name: str, told_at: float, told: dict[str, Any]) -> None:
+            facts.put(name, told_at, told).addErrback(
+                lambda f: log.warn("worker {name}'s facts not stored: {why}", name=name, why=f.getErrorMessage())
+            )
+
+        self.state.roster.facts_hooks.append(keep)
+
     def startService(self) -> None:
         super().startService()
         try:
@@ -172,6 +187,7 @@ class StateService(Service):
                      " may carry on with them", count=carried)
         self.state.history.start()
         self.state.peers.start()
+        self._keep_facts()
         if self.tokens is not None:
             self.tokens.refresh().addErrback(
                 lambda f: log.error("cannot read the tokens kept in the store: {why}", why=f.getErrorMessage())

@@ -63,8 +63,10 @@ class Roster:
         #: Called with the jobs of a worker that did not come back in time,
         #: and why it left.
         self.on_give_up: Callable[[list[Job], str], None] = lambda jobs, reason: None
-        #: Called with each worker's facts as it tells them (the store keeps them).
-        self.facts_hooks: list[Callable[[str, dict[str, Any]], None]] = []
+        #: Called with each worker's facts as it tells them, and when (the store keeps them).
+        self.facts_hooks: list[Callable[[str, float, dict[str, Any]], None]] = []
+        #: The facts each worker last told, and when, kept while its record comes and goes.
+        self.known_facts: dict[str, tuple[float, dict[str, Any]]] = {}
         self._running: dict[str, dict[str, Job]] = {}
         self._forgets: dict[str, IDelayedCall] = {}
         self._graces: dict[str, IDelayedCall] = {}
@@ -99,6 +101,8 @@ class Roster:
         record.labels = dict(link.labels)
         record.auth = link.auth
         record.pcci_version, record.python_version = link.pcci_version, link.python_version
+        if record.facts_at is None and link.name in self.known_facts:
+            record.facts_at, record.facts = self.known_facts[link.name]
         record.online, record.last_seen = True, now
         record.master, record.jobs_elsewhere = link.master or self.peers.name, None
         if link.master is None:
@@ -193,15 +197,26 @@ class Roster:
         return {name: record.labels for name, record in self.records.items()}
 
     def set_facts(self, name: str, facts: dict[str, Any], at: float | None = None) -> None:
-        """Keep what a worker told of its machine (the other masters are told too)."""
+        """Keep what a worker told of its machine (the store, and the other masters, are told too)."""
         record = self.records.get(name)
         if record is None:
             return
+        told = at is None
         record.facts, record.facts_at = facts, self.wall() if at is None else at
-        if at is None and record.master == self.peers.name:
+        self.known_facts[name] = (record.facts_at, facts)
+        if told and record.master == self.peers.name:
             self.peers.worker_changed(name)
-        for hook in self.facts_hooks:
-            hook(name, facts)
+        if told:
+            for hook in self.facts_hooks:
+                hook(name, record.facts_at, facts)
+
+    def remember_facts(self, known: dict[str, tuple[float, dict[str, Any]]]) -> None:
+        """Facts kept from before this master started: each worker's until it tells them anew."""
+        for name, told in known.items():
+            self.known_facts.setdefault(name, told)
+            record = self.records.get(name)
+            if record is not None and record.facts_at is None:
+                record.facts_at, record.facts = told
 
     def heartbeat(self, name: str, figures: dict[str, Any]) -> None:
         """Keep a worker's latest figures, and add them to its history."""

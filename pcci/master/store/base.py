@@ -211,6 +211,14 @@ class ShellTable(Protocol):
         """Forget the shells that ended before this time, and their recordings."""
 
 
+class FactTable(Protocol):
+    """Workers' facts (see L{pcci.master.store.facts})."""
+
+    def put(self, name: str, told_at: float, facts: dict[str, Any]) -> Deferred[None]: ...
+
+    def all(self) -> Deferred[dict[str, tuple[float, dict[str, Any]]]]: ...
+
+
 class PoolStore(Protocol):
     """
     What the master needs of storage: a table each, whose calls run in order,
@@ -234,6 +242,9 @@ class PoolStore(Protocol):
 
     @property
     def shells(self) -> ShellTable: ...
+
+    @property
+    def facts(self) -> FactTable: ...
 
     def open(self) -> list[dict[str, Any]]:
         """Open the store (at the master's start); the records of the pools not ended."""

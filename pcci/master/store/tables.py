@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 
 from pcci.master.store.database import Database
 from pcci.master.store.deliveries import Deliveries
+from pcci.master.store.facts import Facts
 from pcci.master.store.identities import Identities
 from pcci.master.store.pools import Pools
 from pcci.master.store.schedules import Schedules
@@ -27,6 +28,7 @@ class Store:
         self.deliveries = Deliveries(db)
         self.identities = Identities(db)
         self.shells = ShellRecords(db)
+        self.facts = Facts(db)
 
     def open(self) -> list[dict[str, Any]]:
         """

@@ -1,4 +1,4 @@
--- SQLite store, schema 3 to 4: shells and their recordings.
+-- SQLite store, schema 3 to 4: shells and their recordings; workers' facts.
 CREATE TABLE shells (
     id TEXT PRIMARY KEY,
     opened_at REAL NOT NULL,
@@ -12,4 +12,10 @@ CREATE TABLE shell_recordings (
     seq INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (shell, seq)
+);
+-- What each worker told of its machine (see pcci/master/store/facts.py).
+CREATE TABLE facts (
+    name TEXT PRIMARY KEY,
+    told_at REAL NOT NULL,
+    facts TEXT NOT NULL
 );

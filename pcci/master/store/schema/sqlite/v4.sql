@@ -66,3 +66,9 @@ CREATE TABLE shell_recordings (
     data BLOB NOT NULL,
     PRIMARY KEY (shell, seq)
 );
+-- What each worker told of its machine (see pcci/master/store/facts.py).
+CREATE TABLE facts (
+    name TEXT PRIMARY KEY,
+    told_at REAL NOT NULL,
+    facts TEXT NOT NULL
+);
