@@ -61,7 +61,17 @@ FIELDS: tuple[Field, ...] = (
         "Run at most N jobs at once (or N% of the workers).",
     ),
     Field("batch_wait", {"type": "number", "minimum": 0}, "Seconds between a job's end and the next start."),
-    Field("max_failures", {"type": "integer", "minimum": 1}, "Start no more jobs once N have failed."),
+    Field(
+        "max_failures",
+        {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^([1-9][0-9]?|100)%$"}]},
+        "Start no more jobs once N have failed (or N% of the jobs).",
+    ),
+    Field("canary", {"type": "integer", "minimum": 1}, "Run N jobs first; the rest start only if all of them end ok."),
+    Field(
+        "pause_every",
+        {"type": "integer", "minimum": 1},
+        "Pause after every N jobs have ended, until POST /pools/<id>/continue (pcci continue).",
+    ),
     Field(
         "wait_offline",
         _SECONDS_OVER_0,

@@ -84,6 +84,7 @@ def run(cfg: Config, command: tuple[str, ...], **options: Any) -> None:
       pcci run -w 'pi*' --wait-offline 1h -- apt-get -y upgrade
       pcci run -l rack=3 --notify https://hooks.example/pcci -- make deploy
       pcci run -q 'os.id=debian and cpus>=4 and not gpu.count=0' -- nproc
+      pcci run -w 'web*' --canary 1 --batch 10 --max-failures 5% --pause-every 50 -- deploy
     """
     from pcci.cli.run import RunRequest, run_pool
 
@@ -176,6 +177,16 @@ def cp(cfg: Config, paths: tuple[str, ...], **options: Any) -> None:
     if not paths[-1].startswith("/"):
         raise click.UsageError("the destination is a path on the workers: give it absolute")
     go(push_files, cfg, CopyRequest(list(paths[:-1]), paths[-1], **options))
+
+
+@cli.command("continue")
+@click.argument("pool")
+@click.pass_obj
+def continue_(cfg: Config, pool: str) -> None:
+    """Let POOL, paused by its rollout (--pause-every), go on."""
+    from pcci.cli.views import continue_pool
+
+    go(continue_pool, cfg, pool)
 
 
 @cli.command()

@@ -93,7 +93,8 @@ def wait_offline_option() -> Decorator:
 
 #: The names the job options fill, as C{POST /job} calls them.
 JOB_OPTIONS = (
-    "timeout", "env", "cwd", "stdin", "batch", "batch_wait", "max_failures", "wait_offline", "notify", "notify_on",
+    "timeout", "env", "cwd", "stdin", "batch", "batch_wait", "max_failures", "canary", "pause_every", "wait_offline",
+    "notify", "notify_on",
 )
 
 
@@ -109,7 +110,9 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help=_help("stdin", "Read from FILE (- for this terminal's input).")),
         click.option("--batch", callback=_batch, metavar="N|N%", help=_help("batch")),
         click.option("--batch-wait", type=click.FloatRange(min=0), metavar="SECONDS", help=_help("batch_wait")),
-        click.option("--max-failures", type=click.IntRange(min=1), metavar="N", help=_help("max_failures")),
+        click.option("--max-failures", callback=_batch, metavar="N|N%", help=_help("max_failures")),
+        click.option("--canary", type=click.IntRange(min=1), metavar="N", help=_help("canary")),
+        click.option("--pause-every", type=click.IntRange(min=1), metavar="N", help=_help("pause_every")),
         wait_offline_option(),
         click.option("--notify", multiple=True, metavar="URL", help=_help("notify", "Repeatable.")),
         click.option("--notify-on", type=click.Choice(["failed", "ended"]), default="failed", show_default=True,

@@ -36,7 +36,9 @@ class RunRequest:
     stdin: str | None = None
     batch: int | str | None = None
     batch_wait: float | None = None
-    max_failures: int | None = None
+    max_failures: int | str | None = None
+    canary: int | None = None
+    pause_every: int | None = None
     wait_offline: float | None = None
     notify: tuple[str, ...] = ()
     notify_on: str = "failed"
@@ -58,7 +60,8 @@ class RunRequest:
             body["notify_on"] = self.notify_on
         if self.env:
             body["env"] = self.env
-        for key in ("query", "timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures", "wait_offline"):
+        for key in ("query", "timeout", "cwd", "stdin", "batch", "batch_wait", "max_failures", "canary", "pause_every",
+                    "wait_offline"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
         return body

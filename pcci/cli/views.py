@@ -304,3 +304,9 @@ async def remove_schedule(cfg: Config, name: str) -> int:
     answer = await cfg.client().call("DELETE", "/schedules/" + quote(name, safe=""))
     cfg.err.write(f"pcci: {answer['message']}\n")
     return 0
+
+
+async def continue_pool(cfg: Config, pool_id: str) -> int:
+    answer = await cfg.client().call("POST", _pool_path(pool_id) + "/continue", {})
+    cfg.err.write(f"pcci: {answer['message']}\n")
+    return 0

@@ -126,3 +126,68 @@ def test_a_timed_out_job_reads_124() -> None:
     state.reports.job_started("w1", pool.id, 100)
     state.reports.job_ended("w1", pool.id, 143, "timed_out")
     assert (pool.jobs["w1"].status, pool.jobs["w1"].state) == (124, "timed_out")
+
+
+def test_a_canary_that_ends_ok_lets_the_rest_start() -> None:
+    state, _, links = cluster()
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(canary=2, batch=2)), NAMES))
+    assert sent(links) == ["w1", "w2"]
+    finish(state, pool.id, "w1")
+    assert sent(links) == ["w1", "w2"]  # the other canary still runs
+    finish(state, pool.id, "w2")
+    assert sent(links) == ["w1", "w2", "w3", "w4"]  # then a window of 2
+    assert pool.canary_passed and pool.state == "running"
+
+
+def test_a_canary_that_fails_stops_the_pool_saying_so() -> None:
+    state, _, links = cluster()
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(canary=1)), NAMES))
+    assert sent(links) == ["w1"]
+    finish(state, pool.id, "w1", status=3)
+    assert sent(links) == ["w1"]
+    assert pool.state == "failed" and pool.stopped == "its canary failed: 1 of 1 canary jobs did not end ok"
+    assert pool.counts() == {"failed": 1, "cancelled": 4}
+    assert pool.summary()["stopped"] == pool.stopped
+
+
+def test_a_failure_budget_in_percent_stops_the_rest() -> None:
+    state, _, links = cluster()
+    names = [f"w{i}" for i in range(1, 6)]
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=1, max_failures="40%")), names))
+    finish(state, pool.id, "w1", status=1)
+    assert sent(links) == ["w1", "w2"]  # 1 of the 2 allowed (40% of 5)
+    finish(state, pool.id, "w2", status=1)
+    assert pool.stopped == "its failure budget is spent: 2 jobs failed, the most it allows (40% of the jobs)"
+    assert pool.counts() == {"failed": 2, "cancelled": 3}
+
+
+def test_a_pool_pauses_after_every_n_ends_until_continued() -> None:
+    state, clock, links = cluster()
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=1, pause_every=2)), NAMES))
+    finish(state, pool.id, "w1")
+    finish(state, pool.id, "w2")
+    assert sent(links) == ["w1", "w2"] and pool.state == "paused"
+    clock.advance(3600)
+    assert sent(links) == ["w1", "w2"]  # it waits for a person, however long
+    assert state.dispatcher.resume(pool.id) == 1
+    assert sent(links) == ["w1", "w2", "w3"] and pool.state == "running"
+    finish(state, pool.id, "w3")
+    finish(state, pool.id, "w4")
+    assert pool.state == "paused"
+    state.dispatcher.kill(pool.id)  # a kill ends a paused pool: what waits is cancelled
+    assert pool.state == "failed" and pool.counts() == {"ok": 4, "cancelled": 1}
+
+
+def test_the_rollout_s_place_is_in_the_pool_s_record() -> None:
+    from pcci.master.cluster.model import Pool
+
+    state, _, links = cluster()
+    pool = started(state.dispatcher.submit(
+        PoolOrder("x", rollout=Rollout(batch=1, canary=1, pause_every=1, max_failures="50%")), NAMES[:3]))
+    finish(state, pool.id, "w1")
+    finish(state, pool.id, "w2")
+    record = pool.snapshot().record
+    again = Pool.from_record(record, lambda _: state.history.new_output())
+    assert (again.canary_passed, again.paused, again.ended_since_pause, again.rollout) == (
+        True, True, 1, Rollout(batch=1, canary=1, pause_every=1, max_failures="50%"))
+    assert again.state == "paused"

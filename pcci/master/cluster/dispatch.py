@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pcci.ids import UUID7Generator
+from pcci.master.cluster import rollouts
 from pcci.master.cluster.events import Event, output_data
 from pcci.master.cluster.history import PoolHistory
 from pcci.master.cluster.jobspec import JobOptions, Rollout
@@ -26,7 +27,6 @@ from pcci.master.cluster.model import (
     CANCELLED,
     LOST,
     NOT_STARTED,
-    OK,
     PENDING,
     STATUS_CANCELLED,
     STATUS_LOST,
@@ -149,7 +149,7 @@ class Dispatcher:
                 pool.waiting.append(job)
         self.expect(pool)
         self.history.add(pool)
-        self.send(pool, pool.rollout.window(len(names)))
+        self.send(pool, rollouts.slots(pool))
         return self.history.stored(pool.id).addCallback(lambda _: pool)
 
     # Jobs waiting for their workers (wait_offline)
@@ -177,8 +177,7 @@ class Dispatcher:
             pool = self.history.pools[pool_id]
             job.state = PENDING
             pool.waiting.append(job)
-            in_flight = sum(1 for j in pool.jobs.values() if j.sent and j.status is None)
-            self.send(pool, pool.rollout.window(len(pool.jobs)) - in_flight)
+            self.send(pool, rollouts.slots(pool))
             self.history.changed(pool)
 
     def _waited_out(self, pool: Pool) -> None:
@@ -207,26 +206,41 @@ class Dispatcher:
             slots -= 1
 
     def _next_turn(self, pool: Pool, job: Job) -> None:
-        """A job of a rolling pool ended: count failures, start the next job."""
-        if job.state not in (OK, CANCELLED):
-            pool.failures += 1
-        limit = pool.rollout.max_failures
-        if limit is not None and pool.failures >= limit and not pool.halted:
-            log.info(
-                "pool {pool}: {failures} jobs failed: cancelling the rest",
-                pool=pool.id,
-                failures=pool.failures,
-            )
+        """A job ended: its pool's rollout says what comes next (see L{rollouts})."""
+        decided = rollouts.turn(pool, job)
+        if decided.stop:
+            log.info("pool {pool} stops: {why}: cancelling the rest", pool=pool.id, why=decided.stop)
+            pool.stopped = decided.stop
             self._halt(pool)
             return
-        if not job.sent or not pool.waiting:
+        if pool.paused:
+            log.info("pool {pool} paused after {n} ends: it goes on when continued", pool=pool.id,
+                     n=pool.ended_since_pause)
+        if decided.send <= 0 or not pool.waiting:
             return
         wait = pool.rollout.batch_wait
         if wait > 0:
             pool.timers = [t for t in pool.timers if t.active()]
-            pool.timers.append(self.clock.callLater(wait, self.send, pool, 1))
+            pool.timers.append(self.clock.callLater(wait, lambda: self.send(pool, min(decided.send,
+                                                                                       rollouts.slots(pool)))))
         else:
-            self.send(pool, 1)
+            self.send(pool, decided.send)
+
+    def resume(self, pool_id: str) -> int:
+        """
+        A paused pool goes on (C{POST /pools/<id>/continue}): how many jobs start.
+
+        @raise KeyError: a pool not in memory.
+        @raise SubmitError: it is not paused.
+        """
+        pool = self.history.pools[pool_id]
+        if not pool.paused:
+            raise SubmitError(f"pool {pool_id} is not paused")
+        slots = rollouts.resume(pool)
+        log.info("pool {pool} continues", pool=pool.id)
+        self.send(pool, slots)
+        self.history.changed(pool)
+        return slots
 
     def _halt(self, pool: Pool) -> None:
         """No more jobs of C{pool} start: those held back end cancelled, and

@@ -63,11 +63,18 @@ class JobOptions:
 
 @dataclass(frozen=True)
 class Rollout:
-    """How a pool's jobs start: all at once, or a sliding window of C{batch}."""
+    """
+    How a pool's jobs start: all at once, or a sliding window of C{batch};
+    C{canary} jobs first, the rest only if they all end ok; a pause after
+    every C{pause_every} ends; none once C{max_failures} (a count, or a
+    share: C{"5%"}) failed.  See L{pcci.master.cluster.rollouts}.
+    """
 
     batch: int | str | None = None
     batch_wait: float = 0.0
-    max_failures: int | None = None
+    max_failures: int | str | None = None
+    canary: int | None = None
+    pause_every: int | None = None
 
     def window(self, jobs: int) -> int:
         """How many of C{jobs} may run at once."""
@@ -76,6 +83,17 @@ class Rollout:
         if isinstance(self.batch, str):
             return max(1, math.ceil(jobs * int(self.batch[:-1]) / 100))
         return self.batch
+
+    def failure_limit(self, jobs: int) -> int | None:
+        """How many of C{jobs} may fail before the rest are cancelled (None: any number)."""
+        if isinstance(self.max_failures, str):
+            return max(1, math.ceil(jobs * int(self.max_failures[:-1]) / 100))
+        return self.max_failures
+
+    @property
+    def rolling(self) -> bool:
+        """Whether it is more than all at once."""
+        return any(v is not None for v in (self.batch, self.max_failures, self.canary, self.pause_every))
 
 
 @dataclass(frozen=True)
@@ -191,9 +209,14 @@ def parse_rollout(body: dict[str, Any]) -> Rollout:
     batch_wait = body.get("batch_wait")
     batch_wait = 0.0 if batch_wait is None else _seconds(batch_wait, "batch_wait", low_open=False)
     max_failures = body.get("max_failures")
-    if max_failures is not None:
+    if isinstance(max_failures, str):
+        if not _PERCENT.match(max_failures):
+            raise SpecError('max_failures must be a whole number or "N%" with N from 1 to 100')
+    elif max_failures is not None:
         max_failures = _count(max_failures, "max_failures")
-    return Rollout(batch, batch_wait, max_failures)
+    canary = None if body.get("canary") is None else _count(body["canary"], "canary")
+    pause_every = None if body.get("pause_every") is None else _count(body["pause_every"], "pause_every")
+    return Rollout(batch, batch_wait, max_failures, canary, pause_every)
 
 
 def parse_submission(body: Any, max_command: int, max_workers: int) -> Submission:

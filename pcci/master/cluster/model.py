@@ -43,6 +43,9 @@ NOT_STARTED = "not_started"
 CANCELLED = "cancelled"
 JOB_STATES = (PENDING, WAITING, RUNNING, OK, FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
 
+#: A pool's state while its rollout waits for a person (C{pause_every}).
+PAUSED = "paused"
+
 #: The states of the jobs a retry runs again, by default: every end but ok.
 RETRIED_STATES = (FAILED, KILLED, TIMED_OUT, LOST, NOT_STARTED, CANCELLED)
 
@@ -309,8 +312,14 @@ class Pool:
     #: workers are offline are L{WAITING}); jobs that ended other than ok.
     waiting: deque[Job] = field(default_factory=deque)
     failures: int = 0
-    #: It reached C{max_failures}: no more of its jobs start.
+    #: No more of its jobs start (its C{max_failures}, its canary, a kill); why, when its rollout stopped it.
     halted: bool = False
+    stopped: str = ""
+    #: Its rollout's place (see L{pcci.master.cluster.rollouts}): paused after
+    #: C{pause_every} ends, ends since it last went on, its canary ended ok.
+    paused: bool = False
+    ended_since_pause: int = 0
+    canary_passed: bool = False
     timers: list[IDelayedCall] = field(default_factory=list)
     #: How its jobs start, when not by running its command (a push's
     #: transfers: see L{pcci.master.transfers.pushes}); not kept across restarts.
@@ -343,9 +352,9 @@ class Pool:
 
     @property
     def state(self) -> str:
-        """C{running}, then C{ok} when every job is ok, else C{failed}."""
+        """C{running} (or C{paused}), then C{ok} when every job is ok, else C{failed}."""
         if not self.finished:
-            return RUNNING
+            return PAUSED if self.paused else RUNNING
         return OK if all(job.state == OK for job in self.jobs.values()) else FAILED
 
     def counts(self) -> dict[str, int]:
@@ -370,10 +379,11 @@ class Pool:
             body["wait_offline"] = self.wait_offline
             body["wait_until"] = rfc3339(self.wait_until)
         rollout = self.rollout
-        if rollout.batch is not None or rollout.max_failures is not None:
-            body["batch"] = rollout.batch
-            body["batch_wait"] = rollout.batch_wait
-            body["max_failures"] = rollout.max_failures
+        if rollout.rolling:
+            body.update(vars(rollout))
+            body["failures"] = self.failures
+        if self.stopped:
+            body["stopped"] = self.stopped
         if self.options.timeout is not None:
             body["timeout"] = self.options.timeout
         return body
@@ -432,6 +442,10 @@ class Pool:
                 "end_event": self.end_event,
                 "failures": self.failures,
                 "halted": self.halted,
+                "stopped": self.stopped,
+                "paused": self.paused,
+                "ended_since_pause": self.ended_since_pause,
+                "canary_passed": self.canary_passed,
                 "jobs": [job.to_record() for job in self.jobs.values()],
             },
         )
@@ -460,6 +474,11 @@ class Pool:
             end_event=record["end_event"],
             failures=record["failures"],
             halted=record["halted"],
+            # Absent from records written before canaries and pauses.
+            stopped=record.get("stopped", ""),
+            paused=record.get("paused", False),
+            ended_since_pause=record.get("ended_since_pause", 0),
+            canary_passed=record.get("canary_passed", False),
         )
         for job_record in record["jobs"]:
             job = Job.from_record(pool.id, pool.cmd, job_record, make_output(job_record["output"]))

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from pcci.master.cluster import rollouts
 from pcci.master.cluster.dispatch import Dispatcher
 from pcci.master.cluster.model import (
     FAILED,
@@ -59,13 +60,12 @@ class JobReports:
                 link = self.roster.links.get(job.worker_id)
                 if job.state == WAITING and link is not None:  # connected to another master already
                     self.dispatcher.arrived(link)
-            in_flight = self._adopt_in_flight(pool)
+            self._adopt_in_flight(pool)
             if pool.waiting and not pool.halted:
                 # Its workers have to come back first.
-                slots = pool.rollout.window(len(pool.jobs)) - in_flight
-                pool.timers.append(
-                    self.clock.callLater(self.roster.reconnect_grace, self.dispatcher.send, pool, slots)
-                )
+                pool.timers.append(self.clock.callLater(
+                    self.roster.reconnect_grace, lambda p=pool: self.dispatcher.send(p, rollouts.slots(p))
+                ))
         return len(records)
 
     def _adopt_in_flight(self, pool: Pool) -> int:

@@ -50,7 +50,7 @@ MAX_PAGE = 1000
 SCHEDULE_FIELDS = {"name", "cron", "timezone", "paused", "overlap", "catch_up"}
 
 #: What C{GET /pools?state=} may ask for.
-POOL_STATES = ("running", "ok", "failed")
+POOL_STATES = ("running", "paused", "ok", "failed")
 
 
 @dataclass(frozen=True)

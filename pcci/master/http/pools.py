@@ -156,6 +156,23 @@ class PoolRoutes(APIBase):
             )
             yield loading
 
+    @app.route("/pools/<string:pool_id>/continue", methods=["POST"])
+    def continue_pool(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
+        """A pool paused by its rollout (C{pause_every}) goes on."""
+
+        def go_on(pool: Pool) -> bytes:
+            if self.history.is_elsewhere(pool):
+                raise APIError(409, f"pool {pool_id} runs on another master: continue it there")
+            try:
+                started = self.dispatcher.resume(pool_id)
+            except SubmitError as e:
+                raise APIError(409, str(e)) from None
+            audit.info("{who} continued pool {pool}", who=who_asks(request) or "anyone (no auth)", pool=pool_id)
+            return json_answer(request, {"pool_id": pool_id, "started": started,
+                                         "message": f"pool {pool_id} continues: {started} jobs started"})
+
+        return self._pool(request, pool_id).addCallback(go_on)
+
     @app.route("/kill/<string:pool_id>", methods=["PUT"])
     def kill(self, request: IRequest, pool_id: str) -> Deferred[bytes]:
         """Kill a pool's jobs: all, or those its C{workers} select."""
