@@ -211,11 +211,13 @@ class Dispatcher:
         if decided.stop:
             log.info("pool {pool} stops: {why}: cancelling the rest", pool=pool.id, why=decided.stop)
             pool.stopped = decided.stop
+            self._rollout_changed(pool)
             self._halt(pool)
             return
         if pool.paused:
             log.info("pool {pool} paused after {n} ends: it goes on when continued", pool=pool.id,
                      n=pool.ended_since_pause)
+            self._rollout_changed(pool)
         if decided.send <= 0 or not pool.waiting:
             return
         wait = pool.rollout.batch_wait
@@ -238,6 +240,7 @@ class Dispatcher:
             raise SubmitError(f"pool {pool_id} is not paused")
         slots = rollouts.resume(pool)
         log.info("pool {pool} continues", pool=pool.id)
+        self._rollout_changed(pool)
         self.send(pool, slots)
         self.history.changed(pool)
         return slots
@@ -353,6 +356,10 @@ class Dispatcher:
         # Logged once those waiting have their answer.
         log.info("pool {pool} ended with status {status}", pool=pool.id, status=pool.status)
         self.history.trim()
+
+    def _rollout_changed(self, pool: Pool) -> None:
+        """Its rollout paused, went on, or stopped it: those following the pool are told."""
+        self.announce(pool, pool.event("rollout", {"state": pool.state, "stopped": pool.stopped}))
 
     def announce(self, pool: Pool, event: Event) -> None:
         pool.announce(event)

@@ -33,6 +33,7 @@ const STATE_WORDS = {
   ok: "ok",
   failed: "failed",
   running: "running",
+  paused: "paused",
   pending: "pending",
   waiting: "waiting for worker",
   killed: "killed",

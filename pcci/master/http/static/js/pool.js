@@ -69,6 +69,18 @@ export function showPool(main, context, poolId) {
     }
   }
 
+  async function goOn() {
+    title.goOn.disabled = true;
+    try {
+      const answer = await call(`/pools/${encodeURIComponent(poolId)}/continue`, { method: "POST", signal });
+      fill(status, notice(answer.message));
+    } catch (error) {
+      context.failed(error, status);
+    } finally {
+      title.goOn.disabled = false;
+    }
+  }
+
   async function kill(workers) {
     try {
       const body = workers ? { workers } : undefined;
@@ -84,6 +96,7 @@ export function showPool(main, context, poolId) {
   const title = {
     state: h("span", { id: "pool-state" }),
     kill: readOnly ? null : confirming("Kill all", "Really kill all?", () => kill(null), { id: "kill-all" }),
+    goOn: readOnly ? null : h("button", { type: "button", id: "continue-pool", onclick: () => goOn() }, "Continue"),
     again: readOnly ? null : h("a", { class: "button quiet", id: "run-again" }, "Run again"),
     retry: readOnly ? null : h("button", { type: "button", class: "quiet", id: "retry-failed", onclick: () => retry() }, "Retry failed"),
     meta: h("p", { class: "muted" }),
@@ -92,7 +105,7 @@ export function showPool(main, context, poolId) {
   function drawHead() {
     fill(
       head,
-      h("div", { class: "pool-title" }, h("h1", {}, "Pool ", h("span", { class: "mono" }, pool.id)), title.state, title.kill, title.retry, title.again),
+      h("div", { class: "pool-title" }, h("h1", {}, "Pool ", h("span", { class: "mono" }, pool.id)), title.state, title.goOn, title.kill, title.retry, title.again),
       h("pre", { class: "cmd-line mono" }, pool.cmd),
       title.meta,
     );
@@ -111,7 +124,8 @@ export function showPool(main, context, poolId) {
 
   function updateHead() {
     fill(title.state, badge(pool.state));
-    if (title.kill) title.kill.hidden = pool.state !== "running";
+    if (title.kill) title.kill.hidden = pool.state !== "running" && pool.state !== "paused";
+    if (title.goOn) title.goOn.hidden = pool.state !== "paused";
     // A pool of files is sent again with pcci cp or fetch, not retried.
     if (title.retry) title.retry.hidden = pool.kind !== "run" || ![...jobs.values()].some((job) => RETRIED.has(job.state));
     fill(
@@ -123,6 +137,7 @@ export function showPool(main, context, poolId) {
       pool.schedule ? h("span", {}, " · schedule ", h("a", { id: "pool-schedule", href: `#/schedules/${encodeURIComponent(pool.schedule)}` }, pool.schedule)) : "",
       pool.retry_of ? h("span", {}, " · retry of ", h("a", { class: "mono", href: `#/pools/${encodeURIComponent(pool.retry_of)}` }, pool.retry_of)) : "",
       ` · ${counts(pool.counts)}`,
+      pool.stopped ? h("span", { id: "pool-stopped" }, ` · stopped: ${pool.stopped}`) : "",
       pool.timeout ? ` · timeout ${pool.timeout} s` : "",
       pool.batch ? ` · batch ${pool.batch}` : "",
     );
@@ -319,6 +334,11 @@ export function showPool(main, context, poolId) {
     lastEvent = event.id ?? lastEvent;
     const data = event.data;
     const job = jobs.get(data.worker);
+    if (event.name === "rollout") {
+      pool = { ...pool, state: data.state, stopped: data.stopped };
+      updateHead();
+      return;
+    }
     if (event.name === "pool") {
       ended = true;
       const { jobs: _, ...summary } = data;
