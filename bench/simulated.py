@@ -26,7 +26,7 @@ from pcci.worker.jobs import JobTable
 
 async def connect(
     reactor: Any, cluster: Cluster, names: list[str], heartbeat: float,
-    jobs: type[JobTable] = JobTable,
+    jobs: type[JobTable] = JobTable, facts: bool = True,
 ) -> list[WorkerFactory]:
     """
     Workers C{names} joined to the cluster's master: with the cluster
@@ -35,12 +35,14 @@ async def connect(
     """
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", cluster.worker_port)
     if cluster.worker_auth != "identity":
-        return await swarm.connect(reactor, endpoint, read_secret(cluster.secret_file), names, heartbeat, jobs)
+        return await swarm.connect(
+            reactor, endpoint, read_secret(cluster.secret_file), names, heartbeat, jobs, facts=facts,
+        )
     token = cluster.join_token("*", uses=len(names), ttl=3600)
     began = time.perf_counter()
     made = await swarm.identities(reactor, f"tls:127.0.0.1:{cluster.worker_port}", token, names)
     print(f"  {len(names)} identities joined in {time.perf_counter() - began:.1f} s")
-    return await swarm.connect(reactor, endpoint, None, names, heartbeat, jobs, identities=made)
+    return await swarm.connect(reactor, endpoint, None, names, heartbeat, jobs, identities=made, facts=facts)
 
 
 def with_master(

@@ -45,6 +45,26 @@ FIGURES = {
     "jobs_running": 0,
 }
 
+#: The kinds of machine the swarm's workers are, in turn.
+MACHINES = (
+    {"os": {"id": "debian", "family": "debian", "version": "12"}, "arch": "x86_64", "cpus": 8,
+     "memory": 32 * 2**30, "gpu": {"count": 0, "vendor": "", "models": []}, "virtualization": "kvm"},
+    {"os": {"id": "ubuntu", "family": "debian", "version": "22.04"}, "arch": "x86_64", "cpus": 64,
+     "memory": 512 * 2**30, "gpu": {"count": 8, "vendor": "nvidia", "models": ["NVIDIA H100"] * 8},
+     "virtualization": "none"},
+    {"os": {"id": "raspbian", "family": "debian", "version": "11"}, "arch": "aarch64", "cpus": 4,
+     "memory": 4 * 2**30, "gpu": {"count": 0, "vendor": "", "models": []}, "virtualization": "none"},
+    {"os": {"id": "rocky", "family": "rhel", "version": "9.3"}, "arch": "x86_64", "cpus": 16,
+     "memory": 64 * 2**30, "gpu": {"count": 0, "vendor": "", "models": []}, "virtualization": "vmware"},
+)
+
+
+def facts_of(index: int) -> dict[str, Any]:
+    """A simulated worker's facts: one of the kinds of machine, its rack, a kernel and a Python."""
+    return {**MACHINES[index % len(MACHINES)], "kernel": "6.1.0-18-amd64", "python": "3.11.2",
+            "pcci": "2.0.0", "rack": index // 40, "filesystems": [{"mount": "/", "type": "ext4", "size": 2**38}]}
+
+
 #: Workers joining at once: below the master's --max-connections (64) of
 #: connections from one address still in their handshake.
 AT_ONCE = 32
@@ -105,15 +125,17 @@ async def identities(reactor: Any, description: str, token: str, names: list[str
 async def connect(
     reactor: Any, endpoint: IStreamClientEndpoint, secret: bytes | None, names: list[str],
     heartbeat: float, jobs: type[JobTable] = JobTable,
-    identities: dict[str, WorkerIdentity] | None = None,
+    identities: dict[str, WorkerIdentity] | None = None, facts: bool = True,
 ) -> list[WorkerFactory]:
     """
     Workers C{names} joined to the master at C{endpoint} (with the secret,
     or over mutual TLS with C{identities}), C{AT_ONCE} at a time.  They
     share one stall watch, as one process stalls as a whole (10,000 of
-    them ticking twice a second would be the simulator's load).
+    them ticking twice a second would be the simulator's load).  Each tells
+    the facts of one of L{MACHINES} (none without C{facts}).
     """
     stall = StallWatch(reactor)
+    position = {name: i for i, name in enumerate(names)}
 
     async def join(name: str) -> WorkerFactory:
         identity = None if identities is None else identities[name]
@@ -123,6 +145,8 @@ async def connect(
             collect=lambda disk, running: defer.succeed(dict(FIGURES)),
         )
         factory.stall = stall
+        canned = facts_of(position[name]) if facts else {}
+        factory.gather_facts = lambda: defer.succeed(canned)
         dial = endpoint if identity is None else wrapClientTLS(identity.client_tls(), endpoint)
         connection = await dial.connect(factory)
         await connection.joined

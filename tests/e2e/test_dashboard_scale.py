@@ -139,8 +139,12 @@ def showing_the_ended_pool(page: Page, pool: str) -> None:
     print(f"page of a pool on {FLEET} workers painted in {took:.2f} s")
     rows = count(page, "#pool-jobs tbody tr")
     assert 0 < rows <= 200
-    assert count(page, "#outputs section") <= 100
+    # A large pool opens on its outputs gathered: one group here, not 10,000 boxes.
+    assert page.find("#tab-gathered").get_attribute("aria-selected") == "true"
+    page.wait_text("#outputs .gathered h3", f"({FLEET} workers)")
     page.shoot("pool-fleet")
+    page.find("#tab-workers").click()
+    assert count(page, "#outputs section") <= 100
 
     # The rows scroll in a box of their own: scrolled to its end, more are
     # drawn, and what is below it (the tabs, the outputs) stays in place.
@@ -184,3 +188,21 @@ def test_a_pool_on_ten_thousand_workers_as_it_runs(page: Page, fleet: tuple[Clus
     assert page.driver.execute_script(
         "return [...document.querySelectorAll('#pool-jobs tbody tr')].every((tr) => tr.dataset.state === 'ok')"
     )
+
+
+def test_the_fleet_table_sorted_filtered_and_grouped(page: Page) -> None:
+    took = painted(page, "#/fleet", "document.querySelector('#fleet tr[data-worker=sim-00000]')")
+    print(f"fleet table of {FLEET} workers painted in {took:.2f} s")
+    assert 0 < count(page, "#fleet tbody tr") <= 200
+    page.wait_text("#fleet-summary", f"{FLEET} workers: {FLEET} online")
+    # Sorted by a fact: the fewest CPUs first (the Pis: every fourth worker from sim-00002).
+    page.find("th[data-column=cpus]").click()
+    page.wait(lambda d: page.text("#fleet tbody tr:first-child td:first-child") == "sim-00002", "the Pis first")
+    page.shoot("fleet")
+    # Filtered by a query, then grouped by a fact, with counts and node sets.
+    page.find("#fleet-query").send_keys("gpu.count>0 or os.id=rocky\n")
+    page.wait_text("#fleet-summary", f"{FLEET // 2} workers match")
+    page.find("#fleet-group").send_keys("os.id\n")
+    page.wait(lambda d: count(page, ".fleet-groups tbody tr") == 2, "two groups")
+    assert page.text(".fleet-groups tbody tr:first-child").split("\t")[1:2] == [str(FLEET // 4)]
+    page.shoot("fleet-groups")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -159,9 +159,12 @@ class WorkerRecord:
     facts: dict[str, Any] = field(default_factory=dict)
     facts_at: float | None = None
 
-    def document(self) -> dict[str, Any]:
-        """What a query reads of it (see L{pcci.master.cluster.queries}): its facts, labels and name."""
-        return {**self.facts, "labels": self.labels, "name": self.name}
+    def document(self) -> WorkerDocument:
+        """
+        What a query reads of it (see L{pcci.master.cluster.queries}): its
+        facts, labels, name, whether it is online, and its latest health figures.
+        """
+        return WorkerDocument(self)
 
     def to_json(self, jobs_running: int) -> dict[str, Any]:
         return {
@@ -179,6 +182,46 @@ class WorkerRecord:
             "python_version": self.python_version,
             "health": self.figures,
         }
+
+
+class WorkerDocument(Mapping[str, Any]):
+    """A worker's facts, with C{labels}, C{name}, C{online} and C{health}: a view, not a copy (a fleet is large)."""
+
+    __slots__ = ("_record",)
+    OWN = ("labels", "name", "online", "health")
+
+    def __init__(self, record: WorkerRecord) -> None:
+        self._record = record
+
+    def get(self, key: str, default: Any = None) -> Any:
+        record = self._record
+        if key == "labels":
+            return record.labels
+        if key == "name":
+            return record.name
+        if key == "online":
+            return record.online
+        if key == "health":
+            return record.figures or {}
+        return record.facts.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        found = self.get(key, _MISSING)
+        if found is _MISSING:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.OWN or key in self._record.facts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*(k for k in self._record.facts if k not in self.OWN), *self.OWN])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+_MISSING = object()
 
 
 @dataclass(eq=False)

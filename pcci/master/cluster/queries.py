@@ -29,7 +29,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 #: The longest query taken.
 MAX_QUERY = 4096
@@ -242,15 +242,131 @@ def paths(query: Query) -> Iterable[tuple[str, ...]]:
 
 def matches(query: Query, worker: Mapping[str, Any]) -> bool:
     """Whether a worker (its facts, with C{labels} and C{name}) is one the query means."""
+    return compiled(query)(worker)
+
+
+Test = Callable[[Mapping[str, Any]], bool]
+
+
+def compiled(query: Query) -> Test:
+    """
+    The query as one function of a worker's document: each value parsed
+    once, not at every worker (a fleet is 10,000 of them).
+    """
     if isinstance(query, Compare):
-        return any(_compare(found, query.op, query.value) for found in _lookup(worker, query.path))
+        return _leaf(query.path, _Wanted(query.op, query.value).holds)
     if isinstance(query, In):
-        return any(_compare(found, "=", v) for found in _lookup(worker, query.path) for v in query.values)
+        return _leaf(query.path, _one_of(query.values))
     if isinstance(query, Not):
-        return not matches(query.term, worker)
+        inner = compiled(query.term)
+        return lambda worker: not inner(worker)
+    tests = tuple(compiled(term) for term in query.terms)
     if isinstance(query, And):
-        return all(matches(term, worker) for term in query.terms)
-    return any(matches(term, worker) for term in query.terms)
+
+        def every(worker: Mapping[str, Any]) -> bool:
+            for test in tests:
+                if not test(worker):
+                    return False
+            return True
+
+        return every
+
+    def some(worker: Mapping[str, Any]) -> bool:
+        for test in tests:
+            if test(worker):
+                return True
+        return False
+
+    return some
+
+
+def _one_of(values: tuple[str, ...]) -> Callable[[Any], bool]:
+    """C{in (…)}: equal to one of the values, as text or as a number."""
+    texts = set(values)
+    numbers = {n for n in map(_number, values) if n is not None}
+
+    def holds(found: Any) -> bool:
+        kind = type(found)
+        if kind is bool:
+            return ("true" if found else "false") in texts
+        if kind is int or kind is float:
+            return float(found) in numbers or str(found) in texts
+        return (found if kind is str else str(found)) in texts
+
+    return holds
+
+
+def _leaf(path: tuple[str, ...], holds: Callable[[Any], bool]) -> Test:
+    def test(worker: Mapping[str, Any]) -> bool:
+        value: Any = worker
+        for part in path:
+            kind = type(value)
+            if kind is dict:
+                value = value.get(part)
+            elif kind is list:  # through a list: any item
+                return any(holds(found) for found in _lookup(value, path[path.index(part):]))
+            else:
+                get = getattr(value, "get", None)  # a worker's document, or nothing to look into
+                if get is None:
+                    return False
+                value = get(part)
+            if value is None:
+                return False
+        if isinstance(value, (dict, Mapping)):
+            return False
+        if isinstance(value, list):
+            return any(holds(found) for found in _lookup(value, ()))
+        return holds(value)
+
+    return test
+
+
+class _Wanted:
+    """One side of a comparison, parsed once: the text, and what it is as a number and a version."""
+
+    __slots__ = ("op", "text", "number", "version")
+
+    def __init__(self, op: str, text: str) -> None:
+        self.op = op
+        self.text = text
+        self.number = _number(text)
+        self.version = _version(text) if _VERSION.match(text) else None
+
+    def holds(self, found: Any) -> bool:
+        op = self.op
+        kind = type(found)
+        if kind is str:
+            if op == "=":
+                return found == self.text  # the most common test: first, and short
+        elif kind is bool:
+            found = "true" if found else "false"
+        elif (kind is int or kind is float) and self.number is not None and op != "~":
+            number = float(found)
+            if op == "=":
+                return number == self.number
+            if op == "!=":
+                return number != self.number
+            return _ordered(op, number, self.number)
+        text = found if isinstance(found, str) else str(found)
+        if op == "~":
+            return fnmatch.fnmatchcase(text, self.text)
+        if op == "=":
+            return text == self.text
+        if op == "!=":
+            return text != self.text
+        if self.version is not None and _VERSION.match(text):
+            return _ordered(op, _version(text), self.version)
+        return _ordered(op, text, self.text)
+
+
+def _ordered(op: str, left: Any, right: Any) -> bool:
+    if op == "<":
+        return bool(left < right)
+    if op == "<=":
+        return bool(left <= right)
+    if op == ">":
+        return bool(left > right)
+    return bool(left >= right)
 
 
 def has_path(document: Mapping[str, Any], path: tuple[str, ...]) -> bool:
@@ -290,36 +406,6 @@ def _number(text: str) -> float | None:
         return None
     unit = found.group(2)
     return float(text[:-1] if unit else text) * (_UNITS[unit] if unit else 1)
-
-
-def _compare(found: Any, op: str, wanted: str) -> bool:
-    if isinstance(found, bool):
-        found = "true" if found else "false"
-    text = str(found)
-    if op == "~":
-        return fnmatch.fnmatchcase(text, wanted)
-    if op in ("=", "!="):
-        equal = text == wanted
-        if not equal and isinstance(found, (int, float)):
-            number = _number(wanted)
-            equal = number is not None and float(found) == number
-        return equal == (op == "=")
-    left: Any
-    right: Any
-    number = _number(wanted)
-    if isinstance(found, (int, float)) and number is not None:
-        left, right = float(found), number
-    elif _VERSION.match(text) and _VERSION.match(wanted):
-        left, right = _version(text), _version(wanted)
-    else:
-        left, right = text, wanted
-    if op == "<":
-        return bool(left < right)
-    if op == "<=":
-        return bool(left <= right)
-    if op == ">":
-        return bool(left > right)
-    return bool(left >= right)
 
 
 def _version(text: str) -> tuple[int, ...]:

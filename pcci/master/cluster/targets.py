@@ -106,10 +106,12 @@ def select(
     if query is not None:
         found = {name: documents(name) for name in online}
         unknown = [p for p in dict.fromkeys(queries.paths(query))
-                   if p[0] not in ("labels", "name") and not any(queries.has_path(d, p) for d in found.values())]
+                   if p[0] not in ("labels", "name", "online", "health")
+                   and not any(queries.has_path(d, p) for d in found.values())]
         if unknown:
             raise TargetError("query: no worker has a fact " + ", ".join(".".join(p) for p in unknown))
-        chosen = [name for name in chosen if queries.matches(query, found[name])]
+        test = queries.compiled(query)
+        chosen = [name for name in chosen if test(found[name])]
     if exclude:
         # Excluding a worker that is not there is no error: it is excluded.
         out: set[str] = set()

@@ -5,6 +5,7 @@ Workers' facts (C{GET /facts}) and asking workers to look again
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -126,7 +127,7 @@ def _shown(record: WorkerRecord, fields: list[tuple[str, ...]]) -> dict[str, Any
     return shown
 
 
-def _value(document: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _value(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     """The value at a dotted path: one value, a list of them (through lists), or None."""
     found = list(queries.values(document, path))
     return None if not found else found[0] if len(found) == 1 else found

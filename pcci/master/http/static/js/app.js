@@ -1,9 +1,10 @@
 // The dashboard: signing in, the views' addresses (#/nodes, #/pools,
 // #/pools/<id>, #/run, #/schedules, #/schedules/<name>, #/shell/<name>,
-// #/shells, #/shells/<id>) and the bar at the top.
+// #/shells, #/shells/<id>, #/fleet) and the bar at the top.
 
 import { APIError, call, saveToken, savedToken } from "./api.js";
 import { ageTimes, fill, h, notice, scopeText } from "./dom.js";
+import { showFleet } from "./fleet.js";
 import { showNodes } from "./nodes.js";
 import { showPool } from "./pool.js";
 import { showPools } from "./pools.js";
@@ -46,7 +47,7 @@ function route() {
   main.replaceChildren();
   const titles = {
     nodes: "Nodes", pools: parts[1] ? "Pool" : "Pools", run: "Run", schedules: parts[1] ? "Schedule" : "Schedules",
-    shell: "Shell", shells: parts[1] ? "Shell" : "Shells",
+    shell: "Shell", shells: parts[1] ? "Shell" : "Shells", fleet: "Fleet",
   };
   document.title = `${titles[view] || "Nodes"} · pcci`;
   if (view === "pools" && parts[1]) {
@@ -65,6 +66,8 @@ function route() {
     stopView = showReplay(main, context, decodeURIComponent(parts[1]));
   } else if (view === "shells") {
     stopView = showShells(main, context);
+  } else if (view === "fleet") {
+    stopView = showFleet(main, context, params);
   } else {
     stopView = showNodes(main, context);
   }

@@ -21,6 +21,9 @@ function piece(part) {
 const BEFORE_START = new Set(["pending", "waiting"]);
 
 // The ends a retry runs again: every one but ok.
+// Jobs past which a pool's page opens on the gathered outputs.
+const GATHER_FROM = 50;
+
 const RETRIED = new Set(["failed", "killed", "timed_out", "lost", "not_started", "cancelled"]);
 
 export function showPool(main, context, poolId) {
@@ -392,6 +395,8 @@ export function showPool(main, context, poolId) {
       context.failed(error, head);
       return;
     }
+    // A large pool opens on its outputs gathered: a few groups, not thousands of boxes.
+    if (jobs.size > GATHER_FROM) mode = "gathered";
     drawHead();
     drawJobs();
     drawTabs();
