@@ -199,6 +199,7 @@ def continue_(cfg: Config, pool: str) -> None:
     "not_started, cancelled.",
 )
 @wait_offline_option()
+@query_option
 @click.option(
     "-b", "--gather", is_flag=True, help="At the end, each distinct output once, with the workers that printed it."
 )

@@ -136,6 +136,8 @@ async def retry_pool(cfg: Config, pool_id: str | None, states: list[str] | None,
         body["states"] = states
     if options["wait_offline"] is not None:
         body["wait_offline"] = options["wait_offline"]
+    if options.get("query"):
+        body["query"] = options["query"]
     path = f"/pools/{quote(pool_id, safe='')}/retry"
     if options["detach"]:
         answer = await client.call("POST", path, body)

@@ -56,3 +56,15 @@ def test_a_refresh_asks_the_workers_connected_here(client: Client) -> None:
     client.links["b"].refresh_facts = lambda: True  # type: ignore[attr-defined]
     code, _, body = client.request("POST", "/facts/refresh", {})
     assert body["asked"] == ["b"]
+
+
+def test_a_retry_narrowed_by_a_query(client: Client) -> None:
+    pool_id = client.submit("false", ["a", "b"])
+    for name in ("a", "b"):
+        client.state.reports.job_ended(name, pool_id, 1)
+    code, _, body = client.request("POST", f"/pools/{pool_id}/retry", {"query": "os.id=rocky"})
+    assert code == 200, body
+    assert client.links["b"].runs[-1][1] == "false" and len(client.links["a"].runs) == 1
+    code, _, body = client.request("POST", f"/pools/{pool_id}/retry", {"query": "cpus>100"})
+    assert (code, body["message"]) == (409, f"nothing to retry: no job of pool {pool_id} is failed or killed"
+                                             " or timed_out or lost or not_started or cancelled matching the query")

@@ -148,6 +148,11 @@ def test_a_canary_that_fails_stops_the_pool_saying_so() -> None:
     assert pool.state == "failed" and pool.stopped == "its canary failed: 1 of 1 canary jobs did not end ok"
     assert pool.counts() == {"failed": 1, "cancelled": 4}
     assert pool.summary()["stopped"] == pool.stopped
+    # Webhooks say so too.
+    from pcci.master.webhooks.notifier import pool_message, slack_message
+
+    message = pool_message(pool, None, False)
+    assert message["stopped"] == pool.stopped and f"stopped: {pool.stopped}" in slack_message(message)["text"]
 
 
 def test_a_failure_budget_in_percent_stops_the_rest() -> None:

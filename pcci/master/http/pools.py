@@ -15,8 +15,9 @@ from twisted.web.iweb import IRequest
 
 from pcci.master.access import permits
 from pcci.master.cluster.dispatch import PoolOrder, SubmitError
-from pcci.master.cluster.jobspec import SpecError, parse_wait_offline
+from pcci.master.cluster.jobspec import SpecError, parse_query, parse_wait_offline
 from pcci.master.cluster.model import RETRIED_STATES, Pool
+from pcci.master.cluster.queries import Query, compiled
 from pcci.master.cluster.targets import TargetError, resolve
 from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import (
@@ -226,9 +227,9 @@ class PoolRoutes(APIBase):
         as C{POST /job} answers, that carries C{retry_of}.
         """
         body = read_object(request, self.limits.max_body, required=False)
-        unknown = set(body) - {"states", "wait_offline"}
+        unknown = set(body) - {"states", "wait_offline", "query"}
         if unknown:
-            raise APIError(400, "a retry takes only states and wait_offline, not " + ", ".join(sorted(unknown)))
+            raise APIError(400, "a retry takes only states, wait_offline and query, not " + ", ".join(sorted(unknown)))
         states = body.get("states", list(RETRIED_STATES))
         if (
             not isinstance(states, list)
@@ -238,21 +239,27 @@ class PoolRoutes(APIBase):
             raise APIError(400, "states must be a non-empty list of: " + ", ".join(RETRIED_STATES))
         try:
             wait_offline = parse_wait_offline(body)
+            query = parse_query(body)
         except SpecError as e:
             raise APIError(400, str(e)) from None
         wait = wait_seconds(request)
         return self._pool(request, pool_id).addCallback(
-            self._retry, request, states, wait_offline, wait
+            self._retry, request, states, wait_offline, wait, query
         )
 
     def _retry(
-        self, pool: Pool, request: IRequest, states: list[str], wait_offline: float | None, wait: float
+        self, pool: Pool, request: IRequest, states: list[str], wait_offline: float | None, wait: float,
+        query: Query | None,
     ) -> Deferred[bytes]:
         if pool.kind != "run":
             raise APIError(409, f"pool {pool.id} moved files: run pcci cp or pcci fetch again instead")
         workers = [name for name, job in pool.jobs.items() if job.state in states]
+        if query is not None:  # only those whose facts match, of those
+            test, records = compiled(query), self.roster.records
+            workers = [name for name in workers if name in records and test(records[name].document())]
         if not workers:
-            raise APIError(409, f"nothing to retry: no job of pool {pool.id} is {' or '.join(states)}")
+            matching = " matching the query" if query is not None else ""
+            raise APIError(409, f"nothing to retry: no job of pool {pool.id} is {' or '.join(states)}{matching}")
         if wait_offline is None:
             wait_offline = pool.wait_offline
         offline = [name for name in workers if name not in self.roster.links]

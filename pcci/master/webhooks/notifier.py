@@ -94,6 +94,8 @@ def pool_message(pool: Pool, link: str | None, output: bool) -> dict[str, Any]:
         "ended_at": rfc3339(pool.ended_at),
         "link": link,
     }
+    if pool.stopped:  # its rollout stopped it: its canary, its failure budget
+        message["stopped"] = pool.stopped
     if output:
         message["output"] = {
             job.worker_id: "".join(job.output.text().splitlines(keepends=True)[-OUTPUT_LINES:])
@@ -110,6 +112,8 @@ def slack_message(message: dict[str, Any]) -> dict[str, str]:
     if message["schedule"]:
         head += f", schedule {message['schedule']}"
     lines = [head]
+    if message.get("stopped"):
+        lines.append(f"stopped: {message['stopped']}")
     for state, names in sorted(message["workers"].items()):
         lines.append(f"{state}: {', '.join(names)}")
     if message["link"]:
