@@ -52,7 +52,8 @@ class FactRoutes(APIBase):
             request, names or None, _items(list_arg(request, "labels")), _items(list_arg(request, "exclude")),
             _query(text_arg(request, "query")), every,
         )
-        return json_answer(request, [_shown(self.roster.records[name], fields) for name in chosen])
+        dotted = [".".join(path) for path in fields]
+        return json_answer(request, [_shown(self.roster.records[name], fields, dotted) for name in chosen])
 
     @app.route("/facts/refresh", methods=["POST"])
     def facts_refresh(self, request: IRequest) -> bytes:
@@ -114,20 +115,26 @@ def _query(text: str | None) -> Query | None:
         raise APIError(400, str(e)) from None
 
 
-def _shown(record: WorkerRecord, fields: list[tuple[str, ...]]) -> dict[str, Any]:
-    shown: dict[str, Any] = {
-        "name": record.name, "online": record.online, "labels": record.labels,
-        "facts_at": rfc3339(record.facts_at),
-    }
+def _shown(record: WorkerRecord, fields: list[tuple[str, ...]], dotted: list[str]) -> dict[str, Any]:
+    """A worker's facts, or only the C{fields} asked for (and then not its labels: a fleet is large)."""
+    shown: dict[str, Any] = {"name": record.name, "online": record.online, "facts_at": rfc3339(record.facts_at)}
     if fields:
         document = record.document()
-        shown["fields"] = {".".join(path): _value(document, path) for path in fields}
+        shown["fields"] = {name: _value(document, path) for name, path in zip(dotted, fields)}
     else:
+        shown["labels"] = record.labels
         shown["facts"] = record.facts
     return shown
 
 
 def _value(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     """The value at a dotted path: one value, a list of them (through lists), or None."""
-    found = list(queries.values(document, path))
-    return None if not found else found[0] if len(found) == 1 else found
+    value: Any = document
+    for part in path:  # objects all the way, the common case: no list to go through
+        if isinstance(value, list):
+            found = list(queries.values(value, path[path.index(part):]))
+            return None if not found else found[0] if len(found) == 1 else found
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value

@@ -19,13 +19,21 @@ function shown(column, value) {
   return String(value);
 }
 
-// Numbers as numbers, versions part by part, the rest as text; none last.
+const collator = new Intl.Collator(undefined, { numeric: true });
+
+// Numbers as numbers, versions and names part by part, the rest as text; none last.
 function compare(a, b) {
   if (a === b) return 0;
   if (a === null || a === undefined) return 1;
   if (b === null || b === undefined) return -1;
   if (typeof a === "number" && typeof b === "number") return a - b;
-  return String(a).localeCompare(String(b), undefined, { numeric: true });
+  return collator.compare(String(a), String(b));
+}
+
+// A group's workers as a node set, cut short past a few lines (all of it on hover).
+function folded(names) {
+  const text = nodeSet(names);
+  return text.length <= 400 ? text : h("span", { title: text }, `${text.slice(0, 400)}…`);
 }
 
 export function showFleet(main, context, params) {
@@ -101,7 +109,7 @@ export function showFleet(main, context, params) {
         h("td", {}, group.value === undefined || group.value === null ? "–" : h("button", { type: "button", class: "link", onclick: () => narrow(group.value) }, key)),
         h("td", { class: "number" }, String(group.names.length)),
         h("td", {}, group.online ? [badge("online"), ` ${group.online} `] : null, group.names.length > group.online ? [badge("offline"), ` ${group.names.length - group.online}`] : null),
-        h("td", { class: "mono" }, nodeSet(group.names)))))));
+        h("td", { class: "mono names" }, folded(group.names)))))));
   }
 
   async function load() {
