@@ -32,7 +32,6 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
@@ -48,8 +47,13 @@ EXIT_LOST = 255
 
 STDIN, STDERR = b"\x00", b"\x02"
 
-#: The reactor, untyped: its interfaces are many, its module one object.
-_reactor: Any = reactor
+
+
+def _reactor() -> Any:
+    """Twisted's reactor, installed only when a shell runs (untyped: its interfaces are many)."""
+    from twisted.internet import reactor
+
+    return reactor
 
 
 class Terminal:
@@ -147,7 +151,7 @@ class ShellClient(WebSocketClientProtocol):
         if session.pty and os.isatty(0):
             session.terminal = Terminal(0)
             session.terminal.raw()
-            signal.signal(signal.SIGWINCH, lambda *_: _reactor.callFromThread(self._resized))
+            signal.signal(signal.SIGWINCH, lambda *_: _reactor().callFromThread(self._resized))
         session.stdio = StandardIO(_Keyboard(self))
         session.stdio.registerProducer(self.transport, True)
 
@@ -314,12 +318,12 @@ def open_shell(url: str, token: str | None, ca_file: str | None, node: str, opti
         query["term"] = os.environ.get("TERM", "xterm-256color")
     session = Session({"Authorization": f"Bearer {token}"} if token else {}, ca_file, pty)
     session.connect(shell_url(url, node, query))
-    session.done.addBoth(lambda _: _reactor.stop())
+    session.done.addBoth(lambda _: _reactor().stop())
     blocking = {fd: os.get_blocking(fd) for fd in (0, 1)}
     try:
         # Ctrl-C where this terminal is not raw (or without one) stops the
         # reactor: the connection drops, and the remote side hangs up.
-        _reactor.run()
+        _reactor().run()
     finally:
         if session.terminal is not None:
             session.terminal.restore()

@@ -127,10 +127,10 @@ class ShellProtocol(ProcessProtocol):
         self.shell.output_received("stderr" if childFD == 2 else "stdout", data)
 
     def processExited(self, reason: Failure) -> None:
-        self.shell.exited(reason)
+        self.shell.process_exited(reason)
 
     def processEnded(self, reason: Failure) -> None:
-        self.shell.ended_(reason)
+        self.shell.process_ended(reason)
 
 
 class _InputPace:
@@ -294,13 +294,13 @@ class Shell:
             self._reading_paused = True
             self._transport.pauseProducing()
 
-    def exited(self, reason: Failure) -> None:
+    def process_exited(self, reason: Failure) -> None:
         """The shell is gone; what is still on its terminal is read for a moment, then it ends."""
         self._status = exit_status(reason)
         if self._drain is None and not self.over:
             self._drain = self._reactor.callLater(DRAIN_TIMEOUT, self._end)
 
-    def ended_(self, reason: Failure) -> None:
+    def process_ended(self, reason: Failure) -> None:
         if self._status is None:
             self._status = exit_status(reason)
         self._end()

@@ -23,6 +23,7 @@ const BEFORE_START = new Set(["pending", "waiting"]);
 // The ends a retry runs again: every one but ok.
 // Jobs past which a pool's page opens on the gathered outputs.
 const GATHER_FROM = 50;
+const GATHER_EVERY = 1000; // ms between two gatherings of a running pool's outputs
 
 const RETRIED = new Set(["failed", "killed", "timed_out", "lost", "not_started", "cancelled"]);
 
@@ -37,6 +38,7 @@ export function showPool(main, context, poolId) {
   let interrupted = false; // the event stream was cut, and is being resumed
   let mode = "workers"; // or "gathered"
   let redraw = null;
+  let gatherTimer = null;
   let ticker = null;
   let shown = []; // the jobs the filter lets through
   let drawnChoices = ""; // the state filter's choices, as last drawn
@@ -313,8 +315,17 @@ export function showPool(main, context, poolId) {
       }
       dirty.clear();
       if (moved) refilter();
-      else if (mode === "gathered") drawOutputs();
+      else if (mode === "gathered") gatherSoon();
     });
+  }
+
+  // Gathering reads every job's output: while events pour in, at most once a GATHER_EVERY.
+  function gatherSoon() {
+    if (gatherTimer) return;
+    gatherTimer = setTimeout(() => {
+      gatherTimer = null;
+      if (mode === "gathered") drawOutputs();
+    }, ended ? 0 : GATHER_EVERY);
   }
 
   function append(job, part) {
@@ -416,6 +427,7 @@ export function showPool(main, context, poolId) {
     rowList.stop();
     outputList.stop();
     clearInterval(ticker);
+    clearTimeout(gatherTimer);
     if (redraw) cancelAnimationFrame(redraw);
   };
 }
