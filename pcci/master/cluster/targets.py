@@ -104,14 +104,13 @@ def select(
     if labels:
         chosen = [name for name in chosen if has_labels(online[name], labels)]
     if query is not None:
-        found = {name: documents(name) for name in online}
         unknown = [p for p in dict.fromkeys(queries.paths(query))
                    if p[0] not in ("labels", "name", "online", "health")
-                   and not any(queries.has_path(d, p) for d in found.values())]
+                   and not any(queries.has_path(documents(name), p) for name in online)]
         if unknown:
             raise TargetError("query: no worker has a fact " + ", ".join(".".join(p) for p in unknown))
         test = queries.compiled(query)
-        chosen = [name for name in chosen if test(found[name])]
+        chosen = [name for name in chosen if test(documents(name))]
     if exclude:
         # Excluding a worker that is not there is no error: it is excluded.
         out: set[str] = set()
