@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from pcci.master.cluster.schedules import Scheduler
     from pcci.master.webhooks.notifier import Notifier
 
+#: Seconds workers' facts are gathered before they are written, in one transaction.
+FACTS_WRITE_DELAY = 1.0
+
 log = Logger()
 
 
@@ -159,17 +162,30 @@ class StateService(Service):
         self.notifier = notifier
 
     def _keep_facts(self) -> None:
-        """Workers' facts: those kept read back, those told from now on written."""
+        """
+        Workers' facts: those kept read back, those told from now on
+        written, gathered for a second into one transaction (a master's
+        start brings its whole fleet's at once).
+        """
         facts = self.store.facts
         facts.all().addCallbacks(
             self.state.roster.remember_facts,
             lambda f: log.error("cannot read the workers' facts kept in the store: {why}", why=f.getErrorMessage()),
         )
+        waiting: dict[str, tuple[float, dict[str, Any]]] = {}
+
+        def write() -> None:
+            told = [(name, at, found) for name, (at, found) in waiting.items()]
+            waiting.clear()
+            facts.put(told).addErrback(
+                lambda f: log.warn("{count} workers' facts not stored: {why}", count=len(told),
+                                   why=f.getErrorMessage())
+            )
 
         def keep(name: str, told_at: float, told: dict[str, Any]) -> None:
-            facts.put(name, told_at, told).addErrback(
-                lambda f: log.warn("worker {name}'s facts not stored: {why}", name=name, why=f.getErrorMessage())
-            )
+            if not waiting:
+                self.reactor.callLater(FACTS_WRITE_DELAY, write)
+            waiting[name] = (told_at, told)
 
         self.state.roster.facts_hooks.append(keep)
 

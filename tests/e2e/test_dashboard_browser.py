@@ -113,9 +113,9 @@ class Page:
         #: Parts of console errors a test expects (and the page handles).
         self.expected_errors = ["status of 401"]
 
-    def wait(self, check: Callable[[WebDriver], Any], what: str) -> Any:
+    def wait(self, check: Callable[[WebDriver], Any], what: str, deadline: float = DEADLINE) -> Any:
         try:
-            return WebDriverWait(self.driver, DEADLINE, poll_frequency=0.05).until(check)
+            return WebDriverWait(self.driver, deadline, poll_frequency=0.05).until(check)
         except TimeoutException:
             shown = self.driver.execute_script("return document.body.innerText").strip()[:600]
             raise TimeoutException(f"timed out waiting for {what}; the page showed:\n{shown}") from None
@@ -129,9 +129,9 @@ class Page:
         script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''"
         return self.driver.execute_script(script, css)
 
-    def wait_text(self, css: str, expected: str) -> None:
+    def wait_text(self, css: str, expected: str, deadline: float = DEADLINE) -> None:
         try:
-            self.wait(lambda d: expected in self.text(css), f"{expected!r} in {css}")
+            self.wait(lambda d: expected in self.text(css), f"{expected!r} in {css}", deadline)
         except TimeoutException as e:
             raise TimeoutException(f"{e.msg}\n{css} showed: {self.text(css)[:300]!r}") from None
 

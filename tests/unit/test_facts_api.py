@@ -68,3 +68,15 @@ def test_a_retry_narrowed_by_a_query(client: Client) -> None:
     code, _, body = client.request("POST", f"/pools/{pool_id}/retry", {"query": "cpus>100"})
     assert (code, body["message"]) == (409, f"nothing to retry: no job of pool {pool_id} is failed or killed"
                                              " or timed_out or lost or not_started or cancelled matching the query")
+
+
+def test_facts_kept_from_before_are_a_worker_s_until_it_tells_them_again() -> None:
+    from fakes import FakeLink
+
+    c = Client()
+    c.state.roster.remember_facts({"c": (5.0, {"cpus": 2}), "a": (1.0, {"cpus": 1})})
+    c.state.roster.join(FakeLink("c"))
+    assert c.state.roster.records["c"].facts == {"cpus": 2}
+    c.state.roster.set_facts("c", {"cpus": 3})
+    assert c.state.roster.records["c"].facts == {"cpus": 3}
+    assert c.state.roster.known_facts["c"][1] == {"cpus": 3}

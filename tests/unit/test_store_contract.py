@@ -232,9 +232,8 @@ def test_shells_are_kept_with_their_recordings_and_expired(engine: Any) -> None:
 
 def test_workers_facts_are_kept_by_name(engine: Any) -> None:
     store = engine()
-    result(store.facts.put("pi01", 10.0, {"cpus": 4, "os": {"id": "debian"}}))
-    result(store.facts.put("pi02", 11.0, {"cpus": 8}))
-    result(store.facts.put("pi01", 12.0, {"cpus": 4, "os": {"id": "debian", "version": "12"}}))
+    result(store.facts.put([("pi01", 10.0, {"cpus": 4, "os": {"id": "debian"}}), ("pi02", 11.0, {"cpus": 8})]))
+    result(store.facts.put([("pi01", 12.0, {"cpus": 4, "os": {"id": "debian", "version": "12"}})]))
     assert result(engine("m2").facts.all()) == {
         "pi01": (12.0, {"cpus": 4, "os": {"id": "debian", "version": "12"}}), "pi02": (11.0, {"cpus": 8}),
     }

@@ -214,7 +214,8 @@ class ShellTable(Protocol):
 class FactTable(Protocol):
     """Workers' facts (see L{pcci.master.store.facts})."""
 
-    def put(self, name: str, told_at: float, facts: dict[str, Any]) -> Deferred[None]: ...
+    def put(self, told: list[tuple[str, float, dict[str, Any]]]) -> Deferred[None]:
+        """Workers' facts, each (name, when told, facts), in one transaction."""
 
     def all(self) -> Deferred[dict[str, tuple[float, dict[str, Any]]]]: ...
 

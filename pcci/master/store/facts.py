@@ -19,13 +19,16 @@ class Facts:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def put(self, name: str, told_at: float, facts: dict[str, Any]) -> Deferred[None]:
+    def put(self, told: list[tuple[str, float, dict[str, Any]]]) -> Deferred[None]:
+        """Workers' facts (name, when told, facts), in one transaction: 10,000 join at once."""
+
         def put(cursor: Any, d: Dialect) -> None:
-            d.execute(
-                cursor, "INSERT INTO facts (name, told_at, facts) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
-                " SET told_at = excluded.told_at, facts = excluded.facts",
-                (name, told_at, json.dumps(facts)),
-            )
+            for name, told_at, facts in told:
+                d.execute(
+                    cursor, "INSERT INTO facts (name, told_at, facts) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                    " SET told_at = excluded.told_at, facts = excluded.facts",
+                    (name, told_at, json.dumps(facts)),
+                )
 
         return self._db.run(put)
 
