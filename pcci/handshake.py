@@ -30,10 +30,8 @@ from pcci.wire import HEARTBEAT_RANGE, PROTOCOL_VERSION, VALID_NAME, ProtocolErr
 #: The oldest protocol a master of this version accepts from a worker.
 OLDEST_ACCEPTED = PROTOCOL_VERSION - 1
 
-#: The protocol that brought each feature a master uses only with the
-#: workers that speak it.
-HELD_JOBS = 3  # hello's jobs, output seq, attach and ack
-FILES = 4  # put, put_data, put_end, get, get_ack; put_need, put_ack, get_entries, get_data
+#: The protocol that brought a feature a master uses only with the workers
+#: that speak it (those of the version before have the rest: see docs/protocol.md).
 SHELLS = 5  # shell_open and the frames of a shell
 
 #: Longest nonce accepted from a worker.

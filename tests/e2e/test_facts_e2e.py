@@ -7,23 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cluster import Cluster, poll
+from test_cli_e2e import pcci
 
 pytestmark = pytest.mark.e2e
-
-PCCI = str(Path(sys.executable).parent / "pcci")
-
-
-def pcci(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PCCI_")}
-    env.update(PCCI_URL=f"http://127.0.0.1:{cluster.api_port}", PCCI_TOKEN=cluster.token or "")
-    return subprocess.run([PCCI, *args], env=env, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
 
 
 def worker_with_facts(cluster: Cluster, name: str, files: dict[str, str]) -> Path:

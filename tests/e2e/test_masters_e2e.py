@@ -5,17 +5,15 @@ cluster, and a master killed loses nothing and runs nothing twice.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cluster import Cluster, open_events, poll, read_events
+from test_cli_e2e import pcci
 
 pytestmark = pytest.mark.e2e
 
@@ -205,10 +203,7 @@ def test_a_shell_on_another_master_s_worker_is_opened_there(two: tuple[Cluster, 
     assert (code, answer["master"]) == (409, "m2")
     assert answer["url"] == f"http://127.0.0.1:{m2.api_port}/workers/w2/shell?cmd=true"
     # ... and pcci shell goes there.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PCCI_")}
-    env.update(PCCI_URL=f"http://127.0.0.1:{m1.api_port}", PCCI_TOKEN=m1.token or "")
-    done = subprocess.run([str(Path(sys.executable).parent / "pcci"), "shell", "w2", "--", "echo", "$PCCI_SHELL"],
-                          env=env, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    done = pcci(m1, "shell", "w2", "--", "echo", "$PCCI_SHELL")
     assert done.returncode == 0, done.stderr
     (kept,) = m2.request("GET", "/shells")[1]
-    assert done.stdout == f"{kept['id']}\n".encode() and kept["worker"] == "w2"
+    assert done.stdout == f"{kept['id']}\n" and kept["worker"] == "w2"

@@ -49,19 +49,21 @@ def select_workers(
     most: int,
     offline: bool = False,
     query: Query | None = None,
+    empty_ok: bool = False,
 ) -> list[str]:
     """
     The workers a request selects among those C{token} may use (and, with
     C{offline}, those known but offline), whose facts match C{query}.
 
     @raise Forbidden: a worker named outside the token's scope.
-    @raise TargetError: a malformed request, or one that selects nobody.
+    @raise TargetError: a malformed request, or one that selects nobody
+        (unless C{empty_ok}).
     """
     if names:
         check_names(token, roster, names, most)
     return select(
         names, labels, exclude, workers_in_scope(token, roster, not offline), most, query,
-        lambda name: roster.records[name].document(),
+        lambda name: roster.records[name].document(), empty_ok,
     )
 
 

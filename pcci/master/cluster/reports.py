@@ -68,18 +68,16 @@ class JobReports:
                 ))
         return len(records)
 
-    def _adopt_in_flight(self, pool: Pool) -> int:
+    def _adopt_in_flight(self, pool: Pool) -> None:
         """
         A pool this master did not start (it was running when this master
         started, or another master ran it): carry on with its jobs sent and
         not ended, on their workers connected (here or to another master);
-        the others wait the grace for theirs.  How many are in flight.
+        the others wait the grace for theirs.
         """
-        in_flight = 0
         for job in pool.jobs.values():
             if not job.sent or job.status is not None:
                 continue
-            in_flight += 1
             running = self.roster.running(job.worker_id)
             if running.get(pool.id) is job:
                 continue  # carried on already
@@ -94,7 +92,6 @@ class JobReports:
             else:
                 self.dispatcher.note(job, "pcci: job lost: its worker does not hold it\n")
                 self.dispatcher.end_job(job, STATUS_LOST, LOST)
-        return in_flight
 
     # Workers coming and going
 

@@ -55,8 +55,9 @@ def turn(pool: Pool, job: Job) -> Turn:
         share = f" ({rollout.max_failures} of the jobs)" if isinstance(rollout.max_failures, str) else ""
         return Turn(stop=f"its failure budget is spent: {pool.failures} jobs failed, the most it allows{share}")
     if rollout.canary is not None and not pool.canary_passed:
-        if in_flight(pool) or slots(pool):
-            return Turn(send=slots(pool))  # canaries still running, or still to start
+        left = slots(pool)
+        if left or in_flight(pool):
+            return Turn(send=left)  # canaries still to start, or still running
         if pool.failures:
             return Turn(stop=f"its canary failed: {pool.failures} of {rollout.canary} canary jobs did not end ok")
         pool.canary_passed = True

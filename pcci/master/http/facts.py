@@ -14,7 +14,6 @@ from pcci.master.access import permits
 from pcci.master.cluster import queries
 from pcci.master.cluster.model import WorkerRecord, rfc3339
 from pcci.master.cluster.queries import Query, QueryError
-from pcci.master.cluster.targets import select
 from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import (
     APIError,
@@ -85,15 +84,12 @@ class FactRoutes(APIBase):
     ) -> list[str]:
         """The workers a request means within its token's scope: all of them when it names none."""
         token = request_token(request)
-        candidates = permits.workers_in_scope(token, self.roster, online=not every)
         if names is None and not labels and query is None:
+            candidates = permits.workers_in_scope(token, self.roster, online=not every)
             return sorted(n for n in candidates if n not in exclude)
         try:
-            if names:
-                permits.check_names(token, self.roster, names, self.limits.max_workers)
-            return sorted(select(
-                names, labels, exclude, candidates, self.limits.max_workers, query,
-                lambda name: self.roster.records[name].document(), empty_ok=True,
+            return sorted(permits.select_workers(
+                token, self.roster, names, labels, exclude, self.limits.max_workers, every, query, empty_ok=True,
             ))
         except permits.Forbidden as e:
             raise self._refuse(request, str(e)) from None

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pcci.clock import StallWatch
-from pcci.handshake import HELD_JOBS, Hello
+from pcci.handshake import Hello
 from pcci.master.cluster.state import ClusterState
 from pcci.master.links.admission import Admission, Gate
 from pcci.master.links.facts import FactFrames
@@ -306,12 +306,10 @@ class WorkerConnection(ShellFrames, FactFrames):
             self.factory.state.upgrades.status(self.name, message["state"], message["reason"][:1000])
 
     def attach_job(self, pool_id: str, after: int) -> None:
-        if self.version >= HELD_JOBS:  # an older worker holds no job across connections
-            self.sendMessage("attach", pool=pool_id, after=after)
+        self.sendMessage("attach", pool=pool_id, after=after)
 
     def ack_job(self, pool_id: str) -> None:
-        if self.version >= HELD_JOBS:
-            self.sendMessage("ack", pool=pool_id)
+        self.sendMessage("ack", pool=pool_id)
 
     def dismiss(self, reason: str) -> None:
         # Not reconnect=False: an impostor holding the secret must not stop

@@ -152,8 +152,7 @@ def _entry(member: tarfile.TarInfo, spool: Spool, uploaded: int) -> Entry:
 def transfer_refusal(link: WorkerLink, elsewhere: str) -> str | None:
     """
     Why files cannot go to or come from this worker through this master, if
-    they cannot.  (Every protocol a master accepts has files: see
-    L{pcci.handshake.FILES}.)
+    they cannot.  (Every protocol a master accepts has files.)
     """
     if link.master is not None:
         return f"worker {link.name} is held by master {link.master}: {elsewhere}"
