@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pcci.master.cluster.factindex import FactIndex
 from pcci.master.cluster.queries import (
     KEYWORDS,
     OPERATORS,
@@ -96,3 +97,67 @@ queries = st.recursive(
 @given(queries)
 def test_a_query_and_its_printed_form_round_trip(query) -> None:
     assert parse(unparse(query)) == query
+
+
+# The index answers as the walk does (L{pcci.master.cluster.factindex})
+
+FIELDS = ("os", "cpus", "rack", "tags", "disks")
+scalars = st.one_of(
+    st.sampled_from(["debian", "rhel", "7", "12", "a*", "true"]), st.integers(-2, 16), st.booleans(),
+    st.sampled_from([0.5, 4.0]),
+)
+documents = st.fixed_dictionaries({}, optional={
+    "os": st.fixed_dictionaries({}, optional={"id": scalars, "version": scalars}),
+    "cpus": scalars,
+    "rack": scalars,
+    "tags": st.lists(scalars, max_size=3),
+    "disks": st.lists(st.fixed_dictionaries({}, optional={"size": scalars}), max_size=2),
+    "labels": st.dictionaries(st.sampled_from(["rack", "role"]), st.sampled_from(["a", "b", "1"]), max_size=2),
+})
+fleet_paths = st.sampled_from([
+    ("os", "id"), ("os", "version"), ("os",), ("cpus",), ("rack",), ("tags",), ("disks", "size"), ("labels", "rack"),
+    ("name",), ("missing",),
+])
+fleet_values = st.sampled_from(["debian", "7", "12", "4", "0.5", "a*", "true", "false", "-1", "a", "w1"])
+fleet_leaves = st.one_of(
+    st.builds(Compare, fleet_paths, st.sampled_from(OPERATORS), fleet_values),
+    st.builds(In, fleet_paths, st.lists(fleet_values, min_size=1, max_size=3).map(tuple)),
+)
+fleet_queries = st.recursive(
+    fleet_leaves,
+    lambda inner: st.one_of(
+        st.builds(Not, inner),
+        st.builds(And, st.lists(inner, min_size=2, max_size=3).map(tuple)),
+        st.builds(Or, st.lists(inner, min_size=2, max_size=3).map(tuple)),
+    ),
+    max_leaves=6,
+)
+
+
+@given(st.lists(documents, max_size=8), fleet_queries, st.lists(documents, max_size=3))
+def test_the_index_chooses_as_the_walk_does(fleet, query, changed) -> None:
+    """Before and after some workers' facts change, and one is forgotten."""
+    workers = {f"w{i}": {**facts, "name": f"w{i}"} for i, facts in enumerate(fleet)}
+    index = FactIndex(lambda: workers, workers.get)
+
+    def walked() -> list[str]:
+        return [name for name, document in workers.items() if matches(query, document)]
+
+    assert index.chosen(query, workers) == walked()
+    for i, facts in enumerate(changed):
+        workers[f"w{i}"] = {**facts, "name": f"w{i}"}
+        index.changed(f"w{i}")
+    if workers:
+        gone = next(iter(workers))
+        del workers[gone]
+        index.changed(gone)
+    assert index.chosen(query, workers) == walked()
+
+
+def test_the_index_reads_online_and_health_from_the_documents() -> None:
+    workers = {"a": {"name": "a", "online": True, "health": {"load": 3}}, "b": {"name": "b", "online": False}}
+    index = FactIndex(lambda: workers, workers.get)
+    assert index.chosen(parse("online=true"), workers) == ["a"]
+    workers["b"] = {"name": "b", "online": True, "health": {"load": 0.5}}  # no changed(): a heartbeat
+    assert index.chosen(parse("online=true and health.load<1"), workers) == ["b"]
+    assert index.has(("cpus",)) is False and index.has(("name",)) is True

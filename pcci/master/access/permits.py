@@ -63,7 +63,7 @@ def select_workers(
         check_names(token, roster, names, most)
     return select(
         names, labels, exclude, workers_in_scope(token, roster, not offline), most, query,
-        lambda name: roster.records[name].document(), empty_ok,
+        roster.index, empty_ok,
     )
 
 

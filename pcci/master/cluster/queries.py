@@ -253,10 +253,8 @@ def compiled(query: Query) -> Test:
     The query as one function of a worker's document: each value parsed
     once, not at every worker (a fleet is 10,000 of them).
     """
-    if isinstance(query, Compare):
-        return _leaf(query.path, _Wanted(query.op, query.value).holds)
-    if isinstance(query, In):
-        return _leaf(query.path, _one_of(query.values))
+    if isinstance(query, (Compare, In)):
+        return _leaf(query.path, holds_of(query))
     if isinstance(query, Not):
         inner = compiled(query.term)
         return lambda worker: not inner(worker)
@@ -278,6 +276,13 @@ def compiled(query: Query) -> Test:
         return False
 
     return some
+
+
+def holds_of(leaf: Compare | In) -> Callable[[Any], bool]:
+    """Whether one value found at a leaf's path is one it means."""
+    if isinstance(leaf, Compare):
+        return _Wanted(leaf.op, leaf.value).holds
+    return _one_of(leaf.values)
 
 
 def _one_of(values: tuple[str, ...]) -> Callable[[Any], bool]:
@@ -304,7 +309,7 @@ def _leaf(path: tuple[str, ...], holds: Callable[[Any], bool]) -> Test:
             if kind is dict:
                 value = value.get(part)
             elif kind is list:  # through a list: any item
-                return any(holds(found) for found in _lookup(value, path[path.index(part):]))
+                return any(holds(found) for found in scalars(value, path[path.index(part):]))
             else:
                 get = getattr(value, "get", None)  # a worker's document, or nothing to look into
                 if get is None:
@@ -315,7 +320,7 @@ def _leaf(path: tuple[str, ...], holds: Callable[[Any], bool]) -> Test:
         if isinstance(value, (dict, Mapping)):
             return False
         if isinstance(value, list):
-            return any(holds(found) for found in _lookup(value, ()))
+            return any(holds(found) for found in scalars(value, ()))
         return holds(value)
 
     return test
@@ -369,11 +374,6 @@ def _ordered(op: str, left: Any, right: Any) -> bool:
     return bool(left >= right)
 
 
-def has_path(document: Mapping[str, Any], path: tuple[str, ...]) -> bool:
-    """Whether the document holds C{path} (through lists: in any item)."""
-    return any(True for _ in _lookup(document, path))
-
-
 def values(document: Any, path: tuple[str, ...]) -> Iterable[Any]:
     """What is at C{path} (through lists: in each item), objects included."""
     if isinstance(document, list):
@@ -386,18 +386,18 @@ def values(document: Any, path: tuple[str, ...]) -> Iterable[Any]:
         yield from values(document[path[0]], path[1:])
 
 
-def _lookup(value: Any, path: tuple[str, ...]) -> Iterable[Any]:
-    """The values at C{path}, going into every item of a list on the way."""
+def scalars(value: Any, path: tuple[str, ...]) -> Iterable[Any]:
+    """The values at C{path} a comparison reads (not objects), going into every item of a list on the way."""
     if isinstance(value, list):
         for item in value:
-            yield from _lookup(item, path)
+            yield from scalars(item, path)
         return
     if not path:
         if value is not None and not isinstance(value, dict):
             yield value
         return
     if isinstance(value, Mapping) and path[0] in value:
-        yield from _lookup(value[path[0]], path[1:])
+        yield from scalars(value[path[0]], path[1:])
 
 
 def _number(text: str) -> float | None:

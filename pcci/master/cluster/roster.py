@@ -11,11 +11,13 @@ forgotten.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from pcci.master.cluster.factindex import FactIndex
 from pcci.master.cluster.health import HealthHistory, clean_figures
 from pcci.master.cluster.model import Job, WorkerLink, WorkerRecord
 from pcci.master.cluster.peering import IPeers
@@ -67,6 +69,8 @@ class Roster:
         self.facts_hooks: list[Callable[[str, float, dict[str, Any]], None]] = []
         #: The facts each worker last told, and when, kept while its record comes and goes.
         self.known_facts: dict[str, tuple[float, dict[str, Any]]] = {}
+        #: Every known worker's facts and labels by value, for queries.
+        self.index = FactIndex(lambda: self.records, self._document)
         self._running: dict[str, dict[str, Job]] = {}
         self._forgets: dict[str, IDelayedCall] = {}
         self._graces: dict[str, IDelayedCall] = {}
@@ -104,6 +108,7 @@ class Roster:
         if record.facts_at is None and link.name in self.known_facts:
             record.facts_at, record.facts = self.known_facts[link.name]
         record.online, record.last_seen = True, now
+        self.index.changed(link.name)
         record.master, record.jobs_elsewhere = link.master or self.peers.name, None
         if link.master is None:
             log.info("worker {name} joined from {peer}", name=link.name, peer=link.address)
@@ -164,6 +169,7 @@ class Roster:
         """An offline worker unseen for C{forget_after}: its record goes."""
         del self._forgets[name]
         record = self.records.pop(name, None)
+        self.index.changed(name)
         if record is not None and record.master == self.peers.name:
             self.peers.worker_changed(name)
         log.info("forgot worker {name}: offline since long", name=name)
@@ -204,6 +210,7 @@ class Roster:
         told = at is None
         record.facts, record.facts_at = facts, self.wall() if at is None else at
         self.known_facts[name] = (record.facts_at, facts)
+        self.index.changed(name)
         if told and record.master == self.peers.name:
             self.peers.worker_changed(name)
         if told:
@@ -217,6 +224,11 @@ class Roster:
             record = self.records.get(name)
             if record is not None and record.facts_at is None:
                 record.facts_at, record.facts = told
+                self.index.changed(name)
+
+    def _document(self, name: str) -> Mapping[str, Any] | None:
+        record = self.records.get(name)
+        return None if record is None else record.document()
 
     def heartbeat(self, name: str, figures: dict[str, Any]) -> None:
         """Keep a worker's latest figures, and add them to its history."""

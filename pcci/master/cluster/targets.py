@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable
 
 from pcci.labels import has_labels, parse_label
 from pcci.master.cluster import queries
+from pcci.master.cluster.factindex import FactIndex
 from pcci.master.cluster.queries import Query
 from pcci.nodes import TargetError, TooMany, expand, is_glob
 from pcci.wire import VALID_NAME
@@ -77,7 +77,7 @@ def select(
     online: Mapping[str, Mapping[str, str]],
     most: int,
     query: Query | None = None,
-    documents: Callable[[str], Mapping[str, Any]] = lambda name: {},
+    index: FactIndex | None = None,
     empty_ok: bool = False,
 ) -> list[str]:
     """
@@ -86,7 +86,7 @@ def select(
     C{exclude}.
 
     @param online: the connected workers and their labels.
-    @param documents: a worker's facts, labels and name, as a query reads them.
+    @param index: the workers' facts and labels, which a query reads.
     @raise TargetError: when the request is malformed or selects nobody
         (unless C{empty_ok}), or its query reads a fact none of the workers has.
     """
@@ -104,13 +104,13 @@ def select(
     if labels:
         chosen = [name for name in chosen if has_labels(online[name], labels)]
     if query is not None:
+        if index is None:
+            raise TargetError("this master keeps no facts to query")
         unknown = [p for p in dict.fromkeys(queries.paths(query))
-                   if p[0] not in ("labels", "name", "online", "health")
-                   and not any(queries.has_path(documents(name), p) for name in online)]
+                   if p[0] not in ("labels", "name") and not index.has(p)]
         if unknown:
             raise TargetError("query: no worker has a fact " + ", ".join(".".join(p) for p in unknown))
-        test = queries.compiled(query)
-        chosen = [name for name in chosen if test(documents(name))]
+        chosen = index.chosen(query, chosen)
     if exclude:
         # Excluding a worker that is not there is no error: it is excluded.
         out: set[str] = set()

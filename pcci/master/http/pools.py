@@ -17,7 +17,7 @@ from pcci.master.access import permits
 from pcci.master.cluster.dispatch import PoolOrder, SubmitError
 from pcci.master.cluster.jobspec import SpecError, parse_query, parse_wait_offline
 from pcci.master.cluster.model import RETRIED_STATES, Pool
-from pcci.master.cluster.queries import Query, compiled
+from pcci.master.cluster.queries import Query
 from pcci.master.cluster.targets import TargetError, resolve
 from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import (
@@ -255,8 +255,7 @@ class PoolRoutes(APIBase):
             raise APIError(409, f"pool {pool.id} moved files: run pcci cp or pcci fetch again instead")
         workers = [name for name, job in pool.jobs.items() if job.state in states]
         if query is not None:  # only those whose facts match, of those
-            test, records = compiled(query), self.roster.records
-            workers = [name for name in workers if name in records and test(records[name].document())]
+            workers = self.roster.index.chosen(query, (name for name in workers if name in self.roster.records))
         if not workers:
             matching = " matching the query" if query is not None else ""
             raise APIError(409, f"nothing to retry: no job of pool {pool.id} is {' or '.join(states)}{matching}")
