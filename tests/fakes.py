@@ -32,6 +32,8 @@ class FakeLink:
     pcci_version: str = "2.0.0"
     python_version: str = "3.11.2"
     upgrades: bool = False
+    tells_facts: bool = False
+    facts_refreshes: int = 0
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
         self.runs.append((pool_id, cmd))
@@ -42,6 +44,10 @@ class FakeLink:
 
     def upgrade(self, order: dict[str, Any]) -> None:
         self.upgrade_orders.append(order)
+
+    def refresh_facts(self) -> bool:
+        self.facts_refreshes += self.tells_facts
+        return self.tells_facts
 
     def attach_job(self, pool_id: str, after: int) -> None:
         self.attached.append((pool_id, after))

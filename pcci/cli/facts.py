@@ -12,11 +12,14 @@ from collections import defaultdict
 from typing import Any
 
 from pcci.cli.config import Config
-from pcci.cli.render import json_out, table
+from pcci.cli.render import json_out, size_text, table
 from pcci.nodes import fold
 
 #: The facts a table shows when no --fields are given.
 DEFAULT_FIELDS = ("os.id", "os.version", "arch", "cpus", "memory", "gpu.count", "virtualization", "pcci")
+
+#: Facts in bytes, shown as sizes (C{--json} keeps the bytes).
+SIZES = ("memory", "filesystems.size")
 
 
 def _targets(options: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +45,7 @@ async def show_facts(cfg: Config, options: dict[str, Any]) -> int:
     if count_by:
         return _counted(cfg, workers, count_by, options.get("as_json", False))
     columns = fields or list(DEFAULT_FIELDS)
-    rows = [[w["name"], *(_text(w["fields"].get(f)) for f in columns)] for w in workers]
+    rows = [[w["name"], *(_text(w["fields"].get(f), f) for f in columns)] for w in workers]
     cfg.terminal().print_table(table(["NAME", *(c.upper() for c in columns)], rows))
     if not workers:
         cfg.err.write("pcci: no worker selected\n")
@@ -52,7 +55,7 @@ async def show_facts(cfg: Config, options: dict[str, Any]) -> int:
 def _counted(cfg: Config, workers: list[dict[str, Any]], fields: list[str], as_json: bool) -> int:
     groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for worker in workers:
-        groups[tuple(_text(worker["fields"].get(f)) for f in fields)].append(worker["name"])
+        groups[tuple(_text(worker["fields"].get(f), f) for f in fields)].append(worker["name"])
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
     if as_json:
         return json_out(cfg.out, [
@@ -63,9 +66,13 @@ def _counted(cfg: Config, workers: list[dict[str, Any]], fields: list[str], as_j
     return 0
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, path: str) -> str:
     if value is None:
         return "-"
+    if path in SIZES and isinstance(value, (int, float, list)):
+        sizes = value if isinstance(value, list) else [value]
+        if all(isinstance(size, (int, float)) and not isinstance(size, bool) for size in sizes):
+            return ",".join(size_text(size) for size in sizes)
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)

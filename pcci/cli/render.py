@@ -66,6 +66,17 @@ def exit_status(pool: dict[str, Any]) -> int:
     return worst
 
 
+def size_text(value: float | None) -> str:
+    """A size in bytes as a person reads it: C{7.8GiB}."""
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return "-"  # pragma: no cover
+
+
 def _isatty(stream: IO[str]) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())

@@ -9,7 +9,16 @@ from urllib.parse import quote
 
 from pcci.cli.client import Event
 from pcci.cli.config import Config
-from pcci.cli.render import LinePrinter, counts_text, json_out, labels_text, print_gathered, print_summary, table
+from pcci.cli.render import (
+    LinePrinter,
+    counts_text,
+    json_out,
+    labels_text,
+    print_gathered,
+    print_summary,
+    size_text,
+    table,
+)
 from pcci.nodes import TargetError, fold, select_among
 
 if TYPE_CHECKING:
@@ -30,21 +39,11 @@ def _ago(stamp: str | None, now: datetime) -> str:
     return f"{max(0, seconds):.0f}s ago"
 
 
-def _size(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return "-"  # pragma: no cover
-
-
 def _used(health: dict[str, Any] | None, what: str) -> str:
     if not health or health.get(f"{what}_total_bytes") is None:
         return "-"
     used, total = health[f"{what}_used_bytes"], health[f"{what}_total_bytes"]
-    return f"{_size(used)}/{_size(total)}"
+    return f"{size_text(used)}/{size_text(total)}"
 
 
 def _figure(health: dict[str, Any] | None, key: str, form: str) -> str:

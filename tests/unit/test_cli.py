@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from pcci.cli import main as cli_main
 from pcci.cli.client import EXIT_UNREACHABLE, CLIError, Event, EventParser, MasterClient
 from pcci.cli.config import Config
+from pcci.cli.facts import show_facts
 from pcci.cli.main import cli
 from pcci.cli.render import (
     LinePrinter,
@@ -487,3 +488,15 @@ def test_a_scope_is_written_as_a_tokens_line_grants_included() -> None:
 
     scope = {"workers": ["lab*"], "labels": [], "commands": ["make test"], "stdin": True, "cwd": ["/srv/app"]}
     assert _scope_text(scope) == "workers='lab*' commands='make test' stdin=yes cwd=/srv/app"
+
+
+def test_facts_table_shows_sizes_and_json_keeps_bytes() -> None:
+    client = Client(tokens=True)
+    client.state.roster.set_facts("a", {"memory": 8 * 2**30, "filesystems": [{"size": 2**40}, {"size": 2**29}]})
+    cfg, out, _ = config(client)
+    fields = "memory,filesystems.size"
+    assert drive(client, show_facts(cfg, {"targets": ["a"], "fields": fields})) == 0
+    assert out.getvalue().splitlines()[1].split() == ["a", "8.0GiB", "1.0TiB,512.0MiB"]
+    cfg, out, _ = config(client)
+    assert drive(client, show_facts(cfg, {"targets": ["a"], "fields": fields, "as_json": True})) == 0
+    assert json.loads(out.getvalue())[0]["fields"]["memory"] == 8 * 2**30

@@ -53,9 +53,9 @@ def test_a_query_that_cannot_be_or_selects_nobody_is_a_400(client: Client, query
 def test_a_refresh_asks_the_workers_connected_here(client: Client) -> None:
     code, _, body = client.request("POST", "/facts/refresh", {"query": "os.id=rocky"})
     assert (code, body) == (202, {"asked": [], "not_asked": {"b": "its pcci tells no facts: upgrade it"}})
-    client.links["b"].refresh_facts = lambda: True  # type: ignore[attr-defined]
+    client.links["b"].tells_facts = True
     code, _, body = client.request("POST", "/facts/refresh", {})
-    assert body["asked"] == ["b"]
+    assert body["asked"] == ["b"] and client.links["b"].facts_refreshes == 1
 
 
 def test_a_retry_narrowed_by_a_query(client: Client) -> None:

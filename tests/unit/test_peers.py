@@ -18,6 +18,7 @@ from test_upgrades import ORDER
 from twisted.internet.task import Clock
 
 from pcci.master.cluster.dispatch import PoolOrder
+from pcci.master.cluster.queries import parse
 from pcci.master.cluster.state import ClusterState
 from pcci.master.peers.peers import FIGURES_INTERVAL, Notices, Peers
 from pcci.master.store.postgres import PostgresStore
@@ -120,6 +121,23 @@ def test_a_job_on_the_other_masters_worker_runs_there_and_ends_here(
     assert (job.state, job.pid, job.output.text()) == ("ok", 42, "Linux\n")
     assert w2.acked == [pool.id]  # once m1 stored the end
     assert m2.peers.workers.relays == {}
+
+
+def test_the_other_masters_worker_is_queried_by_its_facts_and_refreshed_through_it(
+    pair: tuple[Master, Master]
+) -> None:
+    m1, m2 = pair
+    w2 = m2.connect("w2", tells_facts=True)
+    m2.state.roster.set_facts("w2", {"os": {"id": "debian"}, "cpus": 8})
+    settle(m1, m2)
+    roster = m1.state.roster
+    assert roster.index.chosen(parse("os.id=debian and cpus>=8"), roster.links) == ["w2"]
+    assert roster.links["w2"].refresh_facts() is True
+    settle(m1, m2)
+    assert w2.facts_refreshes == 1
+    m2.state.roster.set_facts("w2", {"os": {"id": "debian"}, "cpus": 4})  # what the worker then told
+    settle(m1, m2)
+    assert roster.index.chosen(parse("cpus>=8"), roster.links) == []
 
 
 def upgrade_held_by_the_other(m1: Master, m2: Master) -> tuple[FakeLink, Any]:

@@ -130,6 +130,9 @@ class WorkerLink(Protocol):
     def upgrade(self, order: dict[str, Any]) -> None:
         """Tell the worker to install this version and restart into it (see L{pcci.master.cluster.upgrades})."""
 
+    def refresh_facts(self) -> bool:
+        """Ask the worker to look at its facts now; whether it can (its pcci tells facts)."""
+
 
 @dataclass(eq=False)
 class WorkerRecord:

@@ -65,18 +65,16 @@ class FactRoutes(APIBase):
         labels = [] if body.get("labels") is None else string_list(body["labels"], "labels", 64)
         exclude = [] if body.get("exclude") is None else string_list(body["exclude"], "exclude", 10_000)
         query = _query(body["query"] if isinstance(body.get("query"), str) else None)
-        asked, elsewhere = [], {}
+        asked, too_old = [], {}
         for name in self._chosen(request, names, labels, exclude, query, False):
             link = self.roster.links.get(name)
             if link is None:
                 continue
-            if link.master is not None:
-                elsewhere[name] = f"held by master {link.master}: ask it there"
-            elif getattr(link, "refresh_facts", lambda: False)():
+            if link.refresh_facts():
                 asked.append(name)
             else:
-                elsewhere[name] = "its pcci tells no facts: upgrade it"
-        return json_answer(request, {"asked": asked, "not_asked": elsewhere}, 202)
+                too_old[name] = "its pcci tells no facts: upgrade it"
+        return json_answer(request, {"asked": asked, "not_asked": too_old}, 202)
 
     def _chosen(
         self, request: IRequest, names: list[str] | None, labels: list[str], exclude: list[str],

@@ -289,6 +289,8 @@ class Peers:
             self.workers.upgrade(letter)
         elif kind == "upgrade_status":
             self.state.upgrades.status(worker, letter["state"], letter["reason"])
+        elif kind == "facts_refresh":
+            self.workers.refresh_facts(letter)
         elif kind == "kill_pool" and pool_id in self.history.pools:
             self.dispatcher.kill(pool_id, letter["workers"])
 

@@ -41,6 +41,8 @@ class RemoteLink:
         self.python_version = str(row.get("python_version", ""))
         #: Whether it can upgrade itself: a rollout here orders it through its holder.
         self.upgrades = bool(row.get("upgrades"))
+        #: Whether it tells facts (a pcci too old to leaves them empty).
+        self.tells_facts = bool(row.get("facts"))
         self.held_jobs: list[dict[str, Any]] = []
 
     def run_job(self, pool_id: str, cmd: str, options: dict[str, Any]) -> None:
@@ -63,6 +65,11 @@ class RemoteLink:
 
     def upgrade(self, order: dict[str, Any]) -> None:
         self.peers.mail(self.master, "upgrade", worker=self.name, order=order)
+
+    def refresh_facts(self) -> bool:
+        if self.tells_facts:
+            self.peers.mail(self.master, "facts_refresh", worker=self.name)
+        return self.tells_facts
 
 
 class RemoteWorkers:
@@ -90,6 +97,12 @@ class RemoteWorkers:
             return
         self.upgrade_orders[worker] = sender
         found.upgrade(letter["order"])
+
+    def refresh_facts(self, letter: dict[str, Any]) -> None:
+        """Another master asks a worker held here to look at its facts now (they reach it through the store)."""
+        found = self.peers.roster.links.get(letter["worker"])
+        if found is not None and found.master is None:
+            found.refresh_facts()
 
     def forward_upgrade(self, worker: str, state: str, reason: str) -> bool:
         """A worker's news of an upgrade another master ordered: relayed to that master."""
