@@ -123,12 +123,14 @@ def _shown(record: WorkerRecord, fields: list[tuple[str, ...]], dotted: list[str
 
 def _value(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     """The value at a dotted path: one value, a list of them (through lists), or None."""
-    value: Any = document
-    for part in path:  # objects all the way, the common case: no list to go through
-        if isinstance(value, list):
-            found = list(queries.values(value, path[path.index(part):]))
+    value: Any = document.get(path[0])
+    for at in range(1, len(path)):  # objects all the way, the common case: no list to go through
+        kind = type(value)
+        if kind is dict:
+            value = value.get(path[at])
+        elif kind is list:
+            found = list(queries.values(value, path[at:]))
             return None if not found else found[0] if len(found) == 1 else found
-        if not isinstance(value, Mapping):
+        else:
             return None
-        value = value.get(part)
     return value
