@@ -196,3 +196,18 @@ def test_the_rollout_s_place_is_in_the_pool_s_record() -> None:
     assert (again.canary_passed, again.paused, again.ended_since_pause, again.rollout) == (
         True, True, 1, Rollout(batch=1, canary=1, pause_every=1, max_failures="50%"))
     assert again.state == "paused"
+
+
+def test_the_jobs_in_flight_are_counted_as_they_are_sent_and_end() -> None:
+    """The window reads a count kept at each send and end (not a walk of every job at every end)."""
+    state, _, links = cluster()
+    pool = started(state.dispatcher.submit(PoolOrder("x", rollout=Rollout(batch=2)), NAMES))
+    walked = lambda: sum(1 for job in pool.jobs.values() if job.sent and job.status is None)  # noqa: E731
+    assert pool.in_flight() == walked() == 2
+    state.dispatcher.kill(pool.id, ["w1"])
+    state.reports.job_ended("w1", pool.id, 137)
+    finish(state, pool.id, "w2")
+    assert pool.in_flight() == walked() == 2 and sent(links) == ["w1", "w2", "w3", "w4"]
+    state.reports.job_ended("w3", pool.id, 0)  # ended without a start seen
+    state.reports.job_ended("w3", pool.id, 0)  # twice
+    assert pool.in_flight() == walked() == 2

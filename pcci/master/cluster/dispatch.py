@@ -197,7 +197,8 @@ class Dispatcher:
                 self.note(job, f"pcci: job lost: worker {job.worker_id} left before its turn\n")
                 self.end_job(job, STATUS_LOST, LOST)
                 continue
-            job.sent, job.sent_at = True, self.wall()
+            pool.job_sent(job)
+            job.sent_at = self.wall()
             self.roster.running(job.worker_id)[pool.id] = job
             if pool.start is not None:
                 pool.start(job, link)
@@ -331,8 +332,9 @@ class Dispatcher:
         self.add_output(job, on_own_line(text, job.output.last_text), "stderr")
 
     def end_job(self, job: Job, status: int, state: str) -> None:
-        job.end(status, state, self.wall(), self.clock.seconds())
         pool = self.history.pools[job.pool_id]
+        pool.job_ending(job)
+        job.end(status, state, self.wall(), self.clock.seconds())
         event = pool.event("ended", job.ended_data())
         job.ended_event = event.id
         self.announce(pool, event)

@@ -378,6 +378,25 @@ class Pool:
     #: jobs are replaced by those of its stored end).
     _ended_through: int = field(default=0, repr=False)
     _workers: list[str] = field(default_factory=list, repr=False)
+    #: Its jobs sent and not ended, counted once (C{None}: not yet), then
+    #: kept as they are sent and end: a rollout's window is read at every end.
+    _flying: int | None = field(default=None, repr=False)
+
+    def in_flight(self) -> int:
+        """How many of its jobs were sent and have not ended."""
+        if self._flying is None:
+            self._flying = sum(1 for job in self.jobs.values() if job.sent and job.status is None)
+        return self._flying
+
+    def job_sent(self, job: Job) -> None:
+        job.sent = True
+        if self._flying is not None:
+            self._flying += 1
+
+    def job_ending(self, job: Job) -> None:
+        """Its job is about to end (once)."""
+        if job.sent and job.status is None and self._flying is not None:
+            self._flying -= 1
 
     @property
     def finished(self) -> bool:

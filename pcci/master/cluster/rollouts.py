@@ -29,18 +29,14 @@ class Turn:
     stop: str = ""
 
 
-def in_flight(pool: Pool) -> int:
-    return sum(1 for job in pool.jobs.values() if job.sent and job.status is None)
-
-
 def slots(pool: Pool) -> int:
     """How many more of the pool's jobs may start now."""
-    if pool.halted or pool.paused:
+    if pool.halted or pool.paused or not pool.waiting:
         return 0
     rollout = pool.rollout
     if rollout.canary is not None and not pool.canary_passed:
         return max(0, rollout.canary - sum(1 for job in pool.jobs.values() if job.sent))
-    return max(0, rollout.window(len(pool.jobs)) - in_flight(pool))
+    return max(0, rollout.window(len(pool.jobs)) - pool.in_flight())
 
 
 def turn(pool: Pool, job: Job) -> Turn:
@@ -56,7 +52,7 @@ def turn(pool: Pool, job: Job) -> Turn:
         return Turn(stop=f"its failure budget is spent: {pool.failures} jobs failed, the most it allows{share}")
     if rollout.canary is not None and not pool.canary_passed:
         left = slots(pool)
-        if left or in_flight(pool):
+        if left or pool.in_flight():
             return Turn(send=left)  # canaries still to start, or still running
         if pool.failures:
             return Turn(stop=f"its canary failed: {pool.failures} of {rollout.canary} canary jobs did not end ok")
