@@ -195,7 +195,6 @@ def test_a_pool_on_ten_thousand_workers_as_it_runs(page: Page, fleet: tuple[Clus
 def test_the_fleet_table_sorted_filtered_and_grouped(page: Page) -> None:
     took = painted(page, "#/fleet", "document.querySelector('#fleet tr[data-worker=sim-00000]')")
     print(f"fleet table of {FLEET} workers painted in {took:.2f} s")
-    print(page.driver.execute_script("return JSON.stringify(performance.getEntries().map(e => [e.name.slice(-60), Math.round(e.startTime), Math.round(e.requestStart||0), Math.round(e.responseStart||0), Math.round(e.responseEnd||0), e.transferSize||0]))"))
     assert 0 < count(page, "#fleet tbody tr") <= 200
     page.wait_text("#fleet-summary", f"{FLEET} workers: {FLEET} online")
     # Sorted by a fact: the fewest CPUs first (the Pis: every fourth worker from sim-00002).
