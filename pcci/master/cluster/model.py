@@ -187,26 +187,33 @@ class WorkerRecord:
         }
 
 
+#: What a worker's document holds beside its facts, read from its record.
+_OWN: dict[str, Callable[[WorkerRecord], Any]] = {
+    "labels": lambda record: record.labels,
+    "name": lambda record: record.name,
+    "online": lambda record: record.online,
+    "health": lambda record: record.figures or {},
+}
+
+
+def document_key(key: str) -> Callable[[WorkerRecord], Any]:
+    """What C{key} of a worker's document is, as one function of its record (to read it of 10,000)."""
+    own = _OWN.get(key)
+    return own if own is not None else lambda record: record.facts.get(key)
+
+
 class WorkerDocument(Mapping[str, Any]):
     """A worker's facts, with C{labels}, C{name}, C{online} and C{health}: a view, not a copy (a fleet is large)."""
 
     __slots__ = ("_record",)
-    OWN = ("labels", "name", "online", "health")
+    OWN = tuple(_OWN)
 
     def __init__(self, record: WorkerRecord) -> None:
         self._record = record
 
     def get(self, key: str, default: Any = None) -> Any:
-        record = self._record
-        if key == "labels":
-            return record.labels
-        if key == "name":
-            return record.name
-        if key == "online":
-            return record.online
-        if key == "health":
-            return record.figures or {}
-        return record.facts.get(key, default)
+        own = _OWN.get(key)
+        return own(self._record) if own is not None else self._record.facts.get(key, default)
 
     def __getitem__(self, key: str) -> Any:
         found = self.get(key, _MISSING)

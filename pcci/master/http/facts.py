@@ -5,14 +5,13 @@ Workers' facts (C{GET /facts}) and asking workers to look again
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 from twisted.web.iweb import IRequest
 
 from pcci.master.access import permits
 from pcci.master.cluster import queries
-from pcci.master.cluster.model import WorkerRecord, rfc3339
+from pcci.master.cluster.model import WorkerRecord, document_key, rfc3339
 from pcci.master.cluster.queries import Query, QueryError
 from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import (
@@ -51,8 +50,9 @@ class FactRoutes(APIBase):
             request, names or None, _items(list_arg(request, "labels")), _items(list_arg(request, "exclude")),
             _query(text_arg(request, "query")), every,
         )
-        dotted = [".".join(path) for path in fields]
-        return json_answer(request, [_shown(self.roster.records[name], fields, dotted) for name in chosen])
+        readers = [(".".join(path), _reader(path)) for path in fields]
+        records = self.roster.records
+        return json_answer(request, [_shown(records[name], readers) for name in chosen])
 
     @app.route("/facts/refresh", methods=["POST"])
     def facts_refresh(self, request: IRequest) -> bytes:
@@ -109,28 +109,37 @@ def _query(text: str | None) -> Query | None:
         raise APIError(400, str(e)) from None
 
 
-def _shown(record: WorkerRecord, fields: list[tuple[str, ...]], dotted: list[str]) -> dict[str, Any]:
+def _shown(record: WorkerRecord, fields: list[tuple[str, Callable[[WorkerRecord], Any]]]) -> dict[str, Any]:
     """A worker's facts, or only the C{fields} asked for (and then not its labels: a fleet is large)."""
     shown: dict[str, Any] = {"name": record.name, "online": record.online, "facts_at": rfc3339(record.facts_at)}
     if fields:
-        document = record.document()
-        shown["fields"] = {name: _value(document, path) for name, path in zip(dotted, fields)}
+        shown["fields"] = {name: read(record) for name, read in fields}
     else:
         shown["labels"] = record.labels
         shown["facts"] = record.facts
     return shown
 
 
-def _value(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    """The value at a dotted path: one value, a list of them (through lists), or None."""
-    value: Any = document.get(path[0])
-    for at in range(1, len(path)):  # objects all the way, the common case: no list to go through
-        kind = type(value)
-        if kind is dict:
-            value = value.get(path[at])
-        elif kind is list:
-            found = list(queries.values(value, path[at:]))
-            return None if not found else found[0] if len(found) == 1 else found
-        else:
-            return None
-    return value
+def _reader(path: tuple[str, ...]) -> Callable[[WorkerRecord], Any]:
+    """
+    The value at a dotted path of a worker's document, as one function of
+    its record: one value, a list of them (through lists), or None.
+    """
+    head, rest = document_key(path[0]), path[1:]
+    if not rest:
+        return head
+
+    def read(record: WorkerRecord) -> Any:
+        value = head(record)
+        for at, part in enumerate(rest):  # objects all the way, the common case: no list to go through
+            kind = type(value)
+            if kind is dict:
+                value = value.get(part)
+            elif kind is list:
+                found = list(queries.values(value, rest[at:]))
+                return None if not found else found[0] if len(found) == 1 else found
+            else:
+                return None
+        return value
+
+    return read
