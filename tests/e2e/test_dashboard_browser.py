@@ -342,6 +342,13 @@ def test_on_a_phone_nothing_runs_off_the_screen(page: Page) -> None:
     page.wait_text("#pool-state", "ok")
     assert page.driver.execute_script(fits)
     page.shoot("phone-pool")
+    page.go("#/fleet")
+    page.wait_text("#fleet tr[data-worker=node1]", "node1")
+    named = ("return getComputedStyle(document.querySelector('#fleet tr[data-worker=node1] td[data-label=cpus]'),"
+             " '::before').content")
+    assert page.driver.execute_script(named) == '"cpus: "'  # each fact named on its card
+    assert page.driver.execute_script(fits)
+    page.shoot("phone-fleet")
 
 
 def test_pools_page_back_in_time_and_filter(page: Page) -> None:

@@ -80,7 +80,7 @@ export function showFleet(main, context, params) {
     list = new LazyList(rows, (w) => h("tr", { dataset: { worker: w.name } },
       h("td", {}, h("a", { href: `#/pools?worker=${encodeURIComponent(w.name)}` }, w.name)),
       h("td", {}, badge(w.online ? "online" : "offline")),
-      names.map((c) => h("td", { class: typeof w.fields[c] === "number" ? "number" : "" }, shown(c, w.fields[c])))), { page: 100, noun: "workers" });
+      names.map((c) => h("td", { class: typeof w.fields[c] === "number" ? "number" : "", dataset: { label: c } }, shown(c, w.fields[c])))), { page: 100, noun: "workers" });
     fill(body, table, list.more);
     list.show(sorted);
   }
@@ -107,7 +107,7 @@ export function showFleet(main, context, params) {
       h("thead", {}, h("tr", {}, h("th", {}, fact), h("th", {}, "Workers"), h("th", {}, "States"), h("th", {}, "Names"))),
       h("tbody", {}, ordered.map(([key, group]) => h("tr", { dataset: { group: key } },
         h("td", {}, group.value === undefined || group.value === null ? "–" : h("button", { type: "button", class: "link", onclick: () => narrow(group.value) }, key)),
-        h("td", { class: "number" }, String(group.names.length)),
+        h("td", { class: "number", dataset: { label: "workers" } }, String(group.names.length)),
         h("td", {}, group.online ? [badge("online"), ` ${group.online} `] : null, group.names.length > group.online ? [badge("offline"), ` ${group.names.length - group.online}`] : null),
         h("td", { class: "mono names" }, folded(group.names)))))));
   }
