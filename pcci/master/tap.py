@@ -456,7 +456,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         on_joined=lambda connection: worker_limit.prove(connection.outer_transport),
     )
     worker_limit = ConnectionLimit(
-        SniffingFactory(workers, options.ca.server_tls() if identities and options.ca else None, reactor),
+        SniffingFactory(workers, options.ca.server_tls if identities and options.ca else None, reactor),
         options["max-connections"],
         reactor,
         budget,

@@ -486,7 +486,7 @@ def test_the_port_tells_tls_from_plain_by_the_first_byte_and_drops_the_silent(ca
 
     clock = Clock()
     workers = WorkerPortFactory(ClusterState(clock), clock, Gate("identity", None, None, None))
-    port = SniffingFactory(workers, ca.server_tls(), clock)
+    port = SniffingFactory(workers, ca.server_tls, clock)
     address = IPv4Address("TCP", "192.0.2.1", 5000)
 
     def connected() -> tuple[Any, StringTransport]:
@@ -519,3 +519,27 @@ def test_writes_through_fall_back_to_the_transport_beneath() -> None:
     through.writeSequence([b" and", b" more"])
     assert beneath.value() == b"record and more"
     assert through.getPeer() == beneath.getPeer()
+
+
+def test_the_master_serves_a_new_certificate_every_month_while_it_runs(ca: ClusterCA) -> None:
+    from pcci.master.cluster.state import ClusterState
+    from pcci.master.links.admission import Gate
+    from pcci.master.links.connection import WorkerPortFactory
+    from pcci.master.links.tls import RENEW_EVERY, SniffingFactory
+
+    clock = Clock()
+    workers = WorkerPortFactory(ClusterState(clock), clock, Gate("identity", None, None, None))
+    port = SniffingFactory(workers, ca.server_tls, clock)
+    port.doStart()
+
+    def served() -> x509.Certificate:
+        return port.tls_options.certificate.to_cryptography()
+
+    first = served()
+    clock.advance(RENEW_EVERY)
+    second = served()
+    assert second.serial_number != first.serial_number
+    assert second.issuer == first.issuer  # the same CA: workers trust it as they did
+    port.doStop()
+    clock.advance(RENEW_EVERY)
+    assert served().serial_number == second.serial_number and not clock.getDelayedCalls()

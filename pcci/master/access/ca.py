@@ -36,7 +36,8 @@ CA_CERTIFICATE_FILE = "ca.crt"
 #: Years the CA is good for.
 CA_YEARS = 10
 
-#: Days a master's certificate is good for: made again at every start.
+#: Days a master's certificate is good for: made again at every start, and
+#: every month while it runs (L{pcci.master.links.tls.SniffingFactory}).
 MASTER_DAYS = 365
 
 #: Requests signed are for keys of these kinds and sizes.

@@ -9,10 +9,11 @@ plain connection with a C{bye} that says why.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -23,6 +24,9 @@ from pcci.twisted_internals import write_now
 from pcci.wire import peer_address
 
 log = Logger()
+
+#: Seconds between two certificates of the master's on the worker port (each is good for a year).
+RENEW_EVERY = 30 * 86400.0
 
 #: The first byte of a TLS handshake record.
 TLS_HANDSHAKE = b"\x16"
@@ -100,20 +104,46 @@ class TLSOverSocket(TLSMemoryBIOProtocol):
 
 
 class SniffingFactory(Factory[Sniffer]):
-    """The worker port: L{WorkerConnection}s, over TLS with C{tls} settings when a worker speaks it."""
+    """
+    The worker port: L{WorkerConnection}s, over TLS when a worker speaks
+    it, with the settings C{make_tls} gives (the master's certificate),
+    made again every C{renew_every} seconds so that a master running for
+    years never serves an expired one.  Connections keep the settings they
+    began with.
+    """
 
     noisy = False
 
-    def __init__(self, workers: WorkerPortFactory, tls: Any, clock: IReactorTime) -> None:
+    def __init__(
+        self, workers: WorkerPortFactory, make_tls: Callable[[], Any] | None, clock: IReactorTime,
+        renew_every: float = RENEW_EVERY,
+    ) -> None:
         self.workers = workers
         self.clock = clock
-        self.tls = None if tls is None else TLSMemoryBIOFactory(tls, False, workers)
+        self.tls: TLSMemoryBIOFactory | None = None
+        #: The TLS settings new connections get (C{CertificateOptions}).
+        self.tls_options: Any = None
+        self._make_tls = make_tls
+        self._renewals = None if make_tls is None else LoopingCall(self.renew)
+        if self._renewals is not None:
+            self._renewals.clock = clock
+            self._renew_every = renew_every
+            self.renew()
+
+    def renew(self) -> None:
+        assert self._make_tls is not None
+        self.tls_options = self._make_tls()
+        self.tls = TLSMemoryBIOFactory(self.tls_options, False, self.workers)
 
     def doStart(self) -> None:
         super().doStart()
         self.workers.doStart()
+        if self._renewals is not None and not self._renewals.running:
+            self._renewals.start(self._renew_every, now=False)
 
     def doStop(self) -> None:
+        if self._renewals is not None and self._renewals.running:
+            self._renewals.stop()
         self.workers.doStop()
         super().doStop()
 
