@@ -138,6 +138,25 @@ def common_name(certificate: x509.Certificate) -> str | None:
     return str(names[0].value) if len(names) == 1 else None
 
 
+#: How a worker's certificate carries each label its token bound: a URI
+#: among its subject's alternative names (C{pcci-label:rack=b}).
+LABEL_URI = "pcci-label:"
+
+
+def certificate_labels(certificate: x509.Certificate) -> dict[str, str]:
+    """The labels a worker's certificate binds (see L{LABEL_URI})."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return {}
+    bound = {}
+    for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(LABEL_URI) and "=" in uri:
+            key, _, value = uri[len(LABEL_URI):].partition("=")
+            bound[key] = value
+    return bound
+
+
 def is_worker_certificate(certificate: x509.Certificate) -> bool:
     """Whether a certificate is a worker's (for TLS clients), not a master's."""
     try:

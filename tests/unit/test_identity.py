@@ -24,6 +24,7 @@ from pcci.identity import (
     IdentityError,
     JoinToken,
     WorkerIdentity,
+    certificate_labels,
     certificate_pin,
     check_pinned_chain,
     common_name,
@@ -212,6 +213,7 @@ def test_a_token_joins_once_binds_its_labels_and_is_then_used_up(ca: ClusterCA, 
     assert signed.state == "approved" and signed.ca == ca.pem
     certificate = x509.load_pem_x509_certificate(signed.certificate.encode())
     assert common_name(certificate) == "pi01"
+    assert certificate_labels(certificate) == {"room": "b12"}  # the certificate binds them too
     identity = result(e.store.get("pi01"))
     assert identity.record["labels"] == {"room": "b12"}  # the token's: the worker's own come with each hello
     assert refusal(join(e, token, "pi02")).reason == "join token used up"

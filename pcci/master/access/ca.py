@@ -9,6 +9,7 @@ both files: see docs/security.md, "The cluster CA".
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from twisted.internet import ssl
 
 from pcci.files import write_atomically
 from pcci.identity import (
+    LABEL_URI,
     MASTER_HOSTNAME,
     WORKER_DAYS,
     IdentityError,
@@ -159,11 +161,17 @@ class ClusterCA:
 
     def sign_worker(
         self, request: x509.CertificateSigningRequest, name: str, now: datetime.datetime | None = None,
-        days: int = WORKER_DAYS,
+        days: int = WORKER_DAYS, labels: Mapping[str, str] | None = None,
     ) -> x509.Certificate:
-        """A worker's certificate: C{name} (whatever the request says) for the request's key."""
+        """
+        A worker's certificate: C{name} (whatever the request says) for the
+        request's key, binding C{labels} (its join token's: see L{LABEL_URI}).
+        """
         now = now or datetime.datetime.now(datetime.timezone.utc)
-        return self._sign(name, request.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH, now, [])
+        bound: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(f"{LABEL_URI}{key}={value}") for key, value in sorted((labels or {}).items())
+        ]
+        return self._sign(name, request.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH, now, bound)
 
     def server_tls(self, now: datetime.datetime | None = None) -> ssl.CertificateOptions:
         """

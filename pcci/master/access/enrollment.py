@@ -209,7 +209,7 @@ class Enrollment:
         return fail(refusal)
 
     def _sign(self, request: x509.CertificateSigningRequest, identity: StoredIdentity) -> Signed:
-        certificate = self.ca.sign_worker(request, identity.name, self._now())
+        certificate = self.ca.sign_worker(request, identity.name, self._now(), labels=identity.record.get("labels"))
         return Signed(certificate_pem(certificate), self.ca.pem, identity.state)
 
     def enroll(self, name: str, request_text: str, peer: str) -> Deferred[Signed]:

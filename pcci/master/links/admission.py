@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pcci.handshake import OLDEST_ACCEPTED, Hello, MasterHandshake, accepts, refusal
-from pcci.identity import common_name, is_worker_certificate, key_fingerprint
+from pcci.identity import certificate_labels, common_name, is_worker_certificate, key_fingerprint
 from pcci.master.access.enrollment import Enrollment, Refused, Signed
 from pcci.wire import PROTOCOL_VERSION
 
@@ -225,7 +225,9 @@ class Admission:
             why, identity = outcome
             if why is None:
                 self.how, self.fingerprint = "identity", fingerprint
-                connection.labels = {**connection.labels, **identity.record.get("labels", {})}
+                # Its token's labels, which its certificate binds too, win over those it tells.
+                bound = {**certificate_labels(certificate), **identity.record.get("labels", {})}
+                connection.labels = {**connection.labels, **bound}
                 connection.admitted()
             elif why == "pending":
                 log.info("worker {name} at {peer} waits for approval", name=owner, peer=connection.address)
