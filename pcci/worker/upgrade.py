@@ -50,6 +50,9 @@ log = Logger()
 MARK = ".pcci-install"
 #: What a restart into a new version (or back) must know, in the prefix.
 RECORD = "upgrade.json"
+
+#: Where the launcher counts the starts of a version an upgrade restarted into.
+STARTS = "upgrade.starts"
 #: Seconds between looks at the jobs, while waiting for them to end.
 DRAIN_INTERVAL = 0.5
 #: What an order's version, wheel and hash look like (they name files here).
@@ -79,13 +82,22 @@ def read_record(prefix: Path) -> dict[str, Any] | None:
 
 
 def write_record(prefix: Path, record: dict[str, Any] | None) -> None:
-    if record is None:
-        try:
-            (prefix / RECORD).unlink()
-        except FileNotFoundError:
-            pass
+    if record is None:  # and the launcher's count of its starts, if it kept one
+        for name in (RECORD, STARTS):
+            try:
+                (prefix / name).unlink()
+            except FileNotFoundError:
+                pass
     else:
         write_atomically(prefix / RECORD, json.dumps(record))
+
+
+def _starts(prefix: Path) -> str:
+    """How many times the launcher started a new version that died (its count, as it wrote it)."""
+    try:
+        return (prefix / STARTS).read_text().strip() or "several"
+    except OSError:
+        return "several"
 
 
 def point_current(prefix: Path, version_dir: str) -> None:
@@ -309,7 +321,10 @@ class Upgrader:
         record = read_record(self.prefix)
         if record is None:
             return
-        handed = record.get("jobs") if record.get("to") == self.venv.name else None
+        # The launcher (PREFIX/bin/pcci-worker) went back to this version when
+        # the new one kept dying before it reached a master: it never ran them.
+        fell_back = record.get("state") == "restarting" and record.get("from") == self.venv.name
+        handed = record.get("jobs") if record.get("to") == self.venv.name or fell_back else None
         for job in handed if isinstance(handed, list) else []:
             self.jobs.run(job["pool"], job["cmd"], job["options"], handed_over=True)
         if record.get("state") == "restarting" and record.get("to") == self.venv.name:
@@ -320,6 +335,8 @@ class Upgrader:
             self._before = str(record.get("from", ""))
             return
         reason = str(record.get("reason") or f"pcci {record.get('version')} did not start")
+        if fell_back:
+            reason = f"pcci {record.get('version')} stopped before reaching a master, {_starts(self.prefix)} times"
         log.warn("back in this version after an upgrade that did not hold: {reason}", reason=reason)
         self.to_tell = ("rolled_back", reason)
         write_record(self.prefix, None)

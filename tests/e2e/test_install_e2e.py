@@ -12,6 +12,7 @@ master, a Python older than 3.9.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -208,6 +209,26 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
          what="the oldest version removed")
     assert c.run("echo upgraded", ["node1"])["jobs"][0]["result"] == "upgraded\n"
     assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint
+
+    # An upgrade into a version that dies at once, as systemd restarts it:
+    # the launcher goes back to the version before it after three tries.
+    worker.stop()
+    here = os.readlink(prefix / "current").split("/")[1]
+    broken = prefix / "versions" / "9.9.9-broken" / "bin"
+    broken.mkdir(parents=True)
+    (broken / "twistd").write_text("#!/bin/sh\nexit 3\n")
+    (broken / "twistd").chmod(0o755)
+    (prefix / "upgrade.json").write_text(json.dumps(
+        {"state": "restarting", "from": here, "to": "9.9.9-broken", "version": "9.9.9", "deadline": 60}))
+    os.unlink(prefix / "current")
+    os.symlink("versions/9.9.9-broken", prefix / "current")
+    for _ in range(3):
+        assert subprocess.run([str(prefix / "bin" / "pcci-worker")], timeout=30).returncode == 3
+    worker = start_installed(c, prefix)
+    poll(lambda: online(c, "node1")["pcci_version"] == pcci.__version__, what="the version before, back")
+    assert os.readlink(prefix / "current") == f"versions/{here}"
+    poll(lambda: not (prefix / "upgrade.json").exists() and not (prefix / "upgrade.starts").exists(),
+         what="the upgrade's record let go")
 
     # Uninstalled: the running worker stopped, the prefix gone.
     gone = subprocess.run(

@@ -18,7 +18,7 @@ from pcci.master.cluster.state import ClusterState
 from pcci.master.cluster.upgrades import INSTALL_TIME, batch_size
 from pcci.worker.jobs import JobTable
 from pcci.worker.settings import WorkerSettings
-from pcci.worker.upgrade import MARK, RECORD, Upgrader, installed_prefix, point_current
+from pcci.worker.upgrade import MARK, RECORD, STARTS, Upgrader, installed_prefix, point_current
 
 ORDER = {"version": "2.1.0", "wheel": "pcci-2.1.0-py3-none-any.whl", "url": "http://m/dist/x", "sha256": "ab" * 32,
          "wheelhouse": {}, "find_links": "", "deadline": 60.0}
@@ -192,6 +192,26 @@ def test_a_new_version_that_reaches_no_master_goes_back_and_the_old_one_says_why
     old.welcomed(True)
     old.welcomed(True)
     assert seen.said == [("rolled_back", "pcci 2.1.0 reached no master within 30 s")]
+
+
+def test_back_in_the_old_version_by_the_launcher_it_runs_the_jobs_handed_over_and_says_why(tmp_path: Path) -> None:
+    """The new version died at every start: PREFIX/bin/pcci-worker pointed current back, the record untouched."""
+    prefix = installed(tmp_path, "2.0.0-aaa", "2.1.0-bbb")
+    handed = [{"pool": "p1", "cmd": "true", "options": {}}]
+    record = {"state": "restarting", "from": "2.0.0-aaa", "to": "2.1.0-bbb", "version": "2.1.0", "deadline": 30,
+              "jobs": handed}
+    (prefix / RECORD).write_text(json.dumps(record))
+    (prefix / STARTS).write_text("4\n")
+    clock, seen = Clock(), Restarts()
+    old = upgrader(clock, prefix, "2.0.0-aaa", seen)
+    old.jobs.holding = True  # it would start it: not in a unit test
+    old.restarted()
+    assert list(old.jobs.held) == ["p1"]
+    assert not (prefix / RECORD).exists() and not (prefix / STARTS).exists()
+    old.welcomed(True)
+    clock.advance(60)
+    assert seen.into == []  # no deadline: it is the old version
+    assert seen.said == [("rolled_back", "pcci 2.1.0 stopped before reaching a master, 4 times")]
 
 
 @pytest.mark.parametrize("field", [{"version": "../../etc"}, {"wheel": "../pcci.whl"}, {"sha256": "beef"}])

@@ -35,6 +35,9 @@ PCCI_WHEEL_SHA256='@WHEEL_SHA256@'
 PCCI_WHEELHOUSE='@WHEELHOUSE@'
 UNIT=/etc/systemd/system/pcci-worker.service
 MARK=.pcci-install
+# Restarts of a version an upgrade restarted into that dies before reaching a
+# master, after which the launcher goes back to the version before it.
+CRASHES_MAX=3
 
 say() { printf 'pcci: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -231,6 +234,20 @@ ln -sfn "versions/${here##*/}" "$prefix/current"
 cat >"$prefix/bin/pcci-worker" <<EOF
 #!/bin/sh
 # Starts the pcci worker $name (written by pcci's install.sh; run again, it rewrites this).
+# A version an upgrade restarted into that stops before it reaches a master,
+# $CRASHES_MAX times over (it cannot even start), gives way to the one before it.
+record="$prefix/upgrade.json" starts="$prefix/upgrade.starts"
+if grep -q '"state": "restarting"' "\$record" 2>/dev/null; then
+    n=\$(( \$(cat "\$starts" 2>/dev/null || echo 0) + 1 ))
+    echo "\$n" >"\$starts"
+    from=\$(sed -n 's/.*"from": "\([^"]*\)".*/\1/p' "\$record")
+    if [ "\$n" -gt $CRASHES_MAX ] && [ -n "\$from" ] && [ -d "$prefix/versions/\$from" ]; then
+        echo "pcci: the upgraded worker stopped \$n times before reaching a master: back to \$from" >&2
+        ln -sfn "versions/\$from" "$prefix/current"
+    fi
+else
+    rm -f "\$starts"
+fi
 exec "$prefix/current/bin/twistd" --nodaemon --pidfile="$state/worker.pid" pcci-worker \\
     --join "$join" --name "$name" --state-dir "$state"$labels "\$@"
 EOF
@@ -250,6 +267,9 @@ if [ "$service" = yes ] && has_systemd; then
 [Unit]
 Description=pcci worker $name
 After=network-online.target
+# Room for the launcher to go back from an upgrade that cannot start ($CRASHES_MAX restarts).
+StartLimitIntervalSec=60
+StartLimitBurst=10
 Wants=network-online.target
 
 [Service]
