@@ -225,6 +225,52 @@ class GroupLeaderProcess(_process.Process):
             pass  # the child already exec'ed, in its group
 
 
+class AdoptedProcess(_process.Process):
+    """
+    A child this process spawned before it exec'ed a new version of itself
+    (the same pid, so still its child): its output pipes, inherited across
+    the exec, read again, and its end reaped, as if Twisted had spawned it.
+    """
+
+    processReaderFactory = WideProcessReader
+
+    def __init__(self, reactor: Any, pid: int, pipes: dict[int, int], proto: Any) -> None:
+        """
+        @param pipes: the child's fd to this process's end of its pipe, for
+            each output pipe kept (its input was closed before).
+        """
+        _process._BaseProcess.__init__(self, proto)
+        self._reactor = reactor
+        self.pid = self.spawned_pid = pid
+        self.pipes = {}
+        for child_fd, fd in pipes.items():
+            os.set_inheritable(fd, False)
+            os.set_blocking(fd, False)
+            self.pipes[child_fd] = self.processReaderFactory(reactor, self, child_fd, fd)
+        proto.makeConnection(self)
+        _process.registerReapProcessHandler(pid, self)
+
+    spawned_pid: int
+
+
+def let_go(process: Any) -> dict[int, int]:
+    """
+    Stop watching a running child: its output pipes are left open, no longer
+    read and kept across an exec (the child's fd to this process's end), and
+    its end is no longer reaped here.  The child runs on; see L{AdoptedProcess}.
+    """
+    kept = {}
+    for child_fd, pipe in list(process.pipes.items()):
+        pipe.stopReading()
+        fd = pipe.fileno()
+        os.set_inheritable(fd, True)
+        kept[child_fd] = fd
+    process.pipes = {}
+    if process.pid is not None:
+        _process.unregisterReapProcessHandler(process.pid, process)
+    return kept
+
+
 @functools.cache
 def _ignored_signals() -> list[int]:
     """

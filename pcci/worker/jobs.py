@@ -151,14 +151,19 @@ class JobTable:
             self.received.add(pool_id)  # before it starts: a restart then knows it had it
         held = HeldJob(pool_id, self.max_output, cmd, options)
         held.attached = not handed_over  # until the master attaches it
-        self.held[pool_id] = held
+        self.enqueue(self._hold(held))
+        log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
 
+    def _hold(self, held: HeldJob) -> JobProcess:
+        """Keep a job, and make the process that runs it."""
+        self.held[held.pool_id] = held
+        options = held.options
         process = JobProcess(
             self.reactor,
             Command(
-                cmd,
+                held.cmd,
                 env={**self.environment, **options.get("env", {})},
-                marker=self.marker_prefix + pool_id,
+                marker=self.marker_prefix + held.pool_id,
                 stdin=options.get("stdin", "").encode("utf-8"),
                 cwd=options.get("cwd"),
                 timeout=options.get("timeout"),
@@ -169,8 +174,7 @@ class JobTable:
         held.process = process
         if self.link is not None and self.link.paused:
             process.pause()
-        self.enqueue(process)
-        log.info("pool {pool}: running {cmd}", pool=pool_id, cmd=cmd)
+        return process
 
     def _had(self, pool_id: str, sent_ago: float | None) -> str | None:
         """Why a job may have run here before (None: it surely did not)."""
@@ -292,20 +296,55 @@ class JobTable:
             for d in idle:
                 d.callback(None)
 
-    def only_waiting(self) -> bool:
-        """Whether every job held waits for a slot (none runs, no end waits for the master)."""
-        return all(held.waiting for held in self.held.values())
+    def ready_to_hand_over(self) -> bool:
+        """
+        Whether every job held waits for a slot or runs on as it is (see
+        L{pcci.worker.handover}), and no end waits for the master.
+        """
+        return all(
+            held.waiting or (held.process is not None and held.process.can_hand_over())
+            for held in self.held.values()
+        )
 
-    def hand_over(self) -> list[dict[str, Any]]:
+    def hand_over(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """
-        Let go of the jobs that wait, quietly (they do not end): this
-        worker's next version runs them (see L{pcci.worker.upgrade}).
+        Let go of the jobs that wait and of those running, quietly (they do
+        not end): this worker's next version runs the first and carries on
+        with the others (see L{pcci.worker.upgrade}).  Those running that
+        cannot go as they are stay.
         """
-        waiting = [held for held in self.held.values() if held.waiting]
-        for held in waiting:
+        waiting, running = [], []
+        for held in list(self.held.values()):
+            process = held.process
+            if held.waiting:
+                waiting.append({"pool": held.pool_id, "cmd": held.cmd, "options": held.options})
+            elif process is not None and process.can_hand_over():
+                handed = process.hand_over()  # its output so far told first
+                self.running.discard(process)
+                running.append({**handed, "pool": held.pool_id, "cmd": held.cmd, "options": held.options,
+                                "seq": held.seq, "output": held.output.to_record()})
+            else:
+                continue
             del self.held[held.pool_id]
         self.queue.clear()  # theirs, and those cancelled while they waited
-        return [{"pool": held.pool_id, "cmd": held.cmd, "options": held.options} for held in waiting]
+        return waiting, running
+
+    def adopt(self, handed: dict[str, Any]) -> None:
+        """Carry on with a job the version before this one ran, and handed over running."""
+        held = HeldJob(handed["pool"], self.max_output, handed["cmd"], handed["options"])
+        held.seq, held.pid, held.attached = int(handed["seq"]), int(handed["pid"]), False
+        held.output = OutputBuffer.from_record(handed["output"], self.max_output)
+        process = self._hold(held)
+        self.running.add(process)
+        if self.journal is not None:
+            self.journal.add(held.pid, process.marker)
+        process.adopt(handed)
+        log.info("pool {pool}: carrying on with {cmd} (pid {pid}) from the version before",
+                 pool=held.pool_id, cmd=held.cmd, pid=held.pid)
+
+    def adopted_markers(self) -> set[str]:
+        """The markers of the jobs running here: the processes a start must not take for leftovers."""
+        return {held.process.marker for held in self.held.values() if held.process is not None}
 
     def kill_all(self) -> Deferred[None]:
         """Cancel every waiting job, kill every running one; fire when all have ended."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from pcci.files import write_atomically
-from pcci.worker.reaper import find_processes
+from pcci.worker.reaper import find_processes, marker_of
 
 log = Logger()
 
@@ -158,11 +159,12 @@ class JobJournal:
         d.addBoth(written)
 
 
-def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
+def kill_leftovers(path: Path, marker_prefix: str, grace: float, keep: Collection[str] = ()) -> int:
     """
     Kill what a previous run of this worker left running, as its journal at
-    C{path} and the marker prefix tell: TERM, then KILL after C{grace}.
-    Blocks: run it in a thread, at start.
+    C{path} and the marker prefix tell: TERM, then KILL after C{grace}; but
+    the processes of the jobs whose markers are in C{keep} (carried on with,
+    across an upgrade's exec).  Blocks: run it in a thread, at start.
 
     @return: how many processes were signalled.
     """
@@ -184,7 +186,7 @@ def kill_leftovers(path: Path, marker_prefix: str, grace: float) -> int:
         if now is not None and then is not None and now != then:
             continue  # the pid was reused by a stranger: not ours
         pgids.add(pgid)
-    victims = find_processes(pgids, marker_prefix, prefix=True)
+    victims = [proc for proc in find_processes(pgids, marker_prefix, prefix=True) if marker_of(proc.pid) not in keep]
     if victims:
         log.warn(
             "killing {count} processes left running by this worker's last run",

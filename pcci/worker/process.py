@@ -45,6 +45,7 @@ from pcci.wire import (
     STATUS_NOT_STARTED,
     STATUS_TIMED_OUT,
 )
+from pcci.worker.handover import HandsOver
 from pcci.worker.reaper import MARKER, find_processes, marker_of, reap_orphans
 
 log = Logger()
@@ -195,6 +196,17 @@ class OutputBatches:
         """A note of pcci's on stderr, on a line of its own."""
         self.queue("stderr", on_own_line(text, self._last_text))
 
+    def partial(self) -> dict[str, str]:
+        """The bytes of a character cut between two reads, by stream (hex), for the worker's next version."""
+        return {stream: decoder.getstate()[0].hex() for stream, decoder in self._decoders.items()
+                if decoder.getstate()[0]}
+
+    def carry_on(self, partial: dict[str, str]) -> None:
+        """Go on from where another version's reading stopped (L{partial})."""
+        for stream, held in partial.items():
+            if stream in self._decoders:
+                self._decoders[stream].setstate((bytes.fromhex(held), 0))
+
     def finish(self) -> None:
         """The streams are closed: what their decoders hold goes too."""
         for stream, decoder in self._decoders.items():
@@ -228,7 +240,7 @@ class OutputBatches:
                 self._reporter.output(text[start : start + OUTPUT_CHUNK], stream)
 
 
-class JobProcess:
+class JobProcess(HandsOver):
     """
     One command run as the leader of its own process group, telling its
     C{reporter} (see L{JobReporter}).
@@ -306,7 +318,7 @@ class JobProcess:
         fds = None if self._stdin else {0: null_input(), 1: "r", 2: "r"}
         try:
             self._transport = GroupLeaderProcess(
-                self._reactor, executable, argv, self._env, self.cwd, JobProtocol(self), childFDs=fds
+                self._reactor, executable, argv, self._env, self.cwd, self.process_protocol(), childFDs=fds
             )
         except OSError as e:
             self._not_started(f"{argv[0]}: cannot start: {e}")
@@ -321,6 +333,9 @@ class JobProcess:
             self._transport.pauseProducing()
         self.start_timeout()
         self._reporter.started(self.pid)
+
+    def process_protocol(self) -> JobProtocol:
+        return JobProtocol(self)
 
     def start_timeout(self) -> None:
         """From now on the job has C{timeout} seconds to end."""

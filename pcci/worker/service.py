@@ -94,7 +94,9 @@ class WorkerService(MultiService):
         if journal is None:
             self._connect()
             return
-        d: Deferred[Any] = deferToThread(kill_leftovers, journal.path, self.jobs.marker_prefix, self.kill_grace)
+        d: Deferred[Any] = deferToThread(
+            kill_leftovers, journal.path, self.jobs.marker_prefix, self.kill_grace, self.jobs.adopted_markers(),
+        )
         d.addErrback(lambda f: log.failure("cannot clean up after the last run", f))
         received = self.jobs.received
         if received is not None:

@@ -42,6 +42,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
 from pcci.files import sha256_of, write_atomically
+from pcci.worker.handover import my_child
 from pcci.worker.jobs import JobTable
 
 log = Logger()
@@ -241,9 +242,10 @@ class Upgrader:
             raise UpgradeFailed(f"the installed pcci says it is {said.strip()!r}, not {version}")
         self.say("draining", "")
         yield self._drained()
+        waiting, running = self.jobs.hand_over()
         write_record(self.prefix, {
             "state": "restarting", "from": self.venv.name, "to": target, "version": version,
-            "deadline": float(order["deadline"]), "jobs": self.jobs.hand_over(),
+            "deadline": float(order["deadline"]), "jobs": waiting, "running": running,
         })
         point_current(self.prefix, target)
         log.info("restarting into pcci {version}", version=version)
@@ -294,18 +296,19 @@ class Upgrader:
 
     def _drained(self) -> Deferred[None]:
         """
-        Fires once no job runs here and the master has every end: the jobs
-        sent meanwhile wait, for the next version to run.
+        Fires once every job runs on as it is (see L{pcci.worker.handover})
+        and the master has every end: the jobs sent meanwhile wait, for the
+        next version to run.
         """
         jobs = self.jobs
         jobs.holding = True
-        if jobs.only_waiting():
+        if jobs.ready_to_hand_over():
             return succeed(None)
-        log.info("upgrade: waiting for {count} jobs to end", count=len(jobs.held))
+        log.info("upgrade: waiting for jobs being killed or fed to end, and for the master to have every end")
         done: Deferred[None] = Deferred()
 
         def look() -> None:
-            if jobs.only_waiting():
+            if jobs.ready_to_hand_over():
                 loop.stop()
                 done.callback(None)
 
@@ -321,10 +324,12 @@ class Upgrader:
         record = read_record(self.prefix)
         if record is None:
             return
+        self._adopt(record.get("running"))
         # The launcher (PREFIX/bin/pcci-worker) went back to this version when
         # the new one kept dying before it reached a master: it never ran them.
         fell_back = record.get("state") == "restarting" and record.get("from") == self.venv.name
-        handed = record.get("jobs") if record.get("to") == self.venv.name or fell_back else None
+        back = record.get("state") == "rolled_back" and record.get("from") == self.venv.name
+        handed = record.get("jobs") if record.get("to") == self.venv.name or fell_back or back else None
         for job in handed if isinstance(handed, list) else []:
             self.jobs.run(job["pool"], job["cmd"], job["options"], handed_over=True)
         if record.get("state") == "restarting" and record.get("to") == self.venv.name:
@@ -340,6 +345,18 @@ class Upgrader:
         log.warn("back in this version after an upgrade that did not hold: {reason}", reason=reason)
         self.to_tell = ("rolled_back", reason)
         write_record(self.prefix, None)
+
+    def _adopt(self, running: Any) -> None:
+        """Carry on with the jobs the image before this one ran: still this process's children after its exec."""
+        for handed in running if isinstance(running, list) else []:
+            try:
+                if my_child(int(handed["pid"])):
+                    self.jobs.adopt(handed)
+                else:
+                    log.warn("pool {pool}: its process {pid} is not this worker's any more: not carried on",
+                             pool=handed.get("pool"), pid=handed.get("pid"))
+            except (KeyError, TypeError, ValueError, OSError) as e:
+                log.warn("a job handed over that cannot be carried on: {why}", why=e)
 
     def welcomed(self, may_tell: bool) -> None:
         """A master welcomed this worker: an upgrade holds, or the master hears why it did not."""
@@ -365,6 +382,8 @@ class Upgrader:
             return
         reason = f"pcci {record.get('version')} reached no master within {record.get('deadline', 60):.0f} s"
         log.error("{reason}: going back to {old}", reason=reason, old=old)
-        write_record(self.prefix, {**record, "state": "rolled_back", "reason": reason})
+        waiting, running = self.jobs.hand_over()
+        write_record(self.prefix, {**record, "state": "rolled_back", "reason": reason, "jobs": waiting,
+                                   "running": running})
         point_current(self.prefix, old)
         self.restart(self.prefix / "versions" / old)

@@ -230,9 +230,9 @@ def test_a_worker_about_to_restart_starts_no_job_and_hands_those_that_wait_to_it
     jobs = JobTable(clock, WorkerSettings("w", max_jobs=4))
     jobs.holding = True
     jobs.run("p1", "true", {"env": {"A": "1"}})
-    assert jobs.only_waiting() and not jobs.running
-    handed = jobs.hand_over()
-    assert handed == [{"pool": "p1", "cmd": "true", "options": {"env": {"A": "1"}}}]
+    assert jobs.ready_to_hand_over() and not jobs.running
+    handed, running = jobs.hand_over()
+    assert handed == [{"pool": "p1", "cmd": "true", "options": {"env": {"A": "1"}}}] and running == []
     assert not jobs.held and not jobs.queue
     # The next version runs it, though it was sent to the one before.
     prefix = installed(tmp_path, "2.1.0-bbb", "2.0.0-aaa")
