@@ -8,10 +8,12 @@ Told to upgrade, it fetches the master's wheel and checks its hash,
 installs it in a venv of its own beside the running one (the
 dependencies from the index, or from the master's wheelhouse, each file
 checked against its hash), checks the new version imports and says the
-version asked for, then starts no job any more and waits until none runs
-and the master has every end, points C{current} at the new version and
-restarts into it (the same process, C{exec}); the jobs sent meanwhile are
-handed to the new version, which runs them.
+version asked for, then starts no job any more and waits until the master
+has every end (and a job being killed or fed its input has ended), points
+C{current} at the new version and restarts into it (the same process,
+C{exec}).  The jobs running carry on across the exec (see
+L{pcci.worker.handover}); those sent meanwhile are handed to the new
+version, which runs them.
 
 The new version must reach a master within the order's C{deadline}:
 else it points C{current} back and restarts into the old version, which
