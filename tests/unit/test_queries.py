@@ -79,19 +79,26 @@ values = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_
     lambda v: not ("'" in v and '"' in v)
 )
 paths = st.lists(names, min_size=1, max_size=3).map(tuple)
-leaves = st.one_of(
-    st.builds(Compare, paths, st.sampled_from(OPERATORS), values),
-    st.builds(In, paths, st.lists(values, min_size=1, max_size=3).map(tuple)),
-)
-queries = st.recursive(
-    leaves,
-    lambda inner: st.one_of(
-        st.builds(Not, inner),
-        st.builds(And, st.lists(inner, min_size=2, max_size=3).map(tuple)),
-        st.builds(Or, st.lists(inner, min_size=2, max_size=3).map(tuple)),
-    ),
-    max_leaves=8,
-)
+
+
+def queries_of(paths: st.SearchStrategy, values: st.SearchStrategy, most: int) -> st.SearchStrategy:
+    """Queries of comparisons of these paths and values, combined by not, and, or."""
+    leaves = st.one_of(
+        st.builds(Compare, paths, st.sampled_from(OPERATORS), values),
+        st.builds(In, paths, st.lists(values, min_size=1, max_size=3).map(tuple)),
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.builds(Not, inner),
+            st.builds(And, st.lists(inner, min_size=2, max_size=3).map(tuple)),
+            st.builds(Or, st.lists(inner, min_size=2, max_size=3).map(tuple)),
+        ),
+        max_leaves=most,
+    )
+
+
+queries = queries_of(paths, values, 8)
 
 
 @given(queries)
@@ -119,19 +126,7 @@ fleet_paths = st.sampled_from([
     ("name",), ("missing",),
 ])
 fleet_values = st.sampled_from(["debian", "7", "12", "4", "0.5", "a*", "true", "false", "-1", "a", "w1"])
-fleet_leaves = st.one_of(
-    st.builds(Compare, fleet_paths, st.sampled_from(OPERATORS), fleet_values),
-    st.builds(In, fleet_paths, st.lists(fleet_values, min_size=1, max_size=3).map(tuple)),
-)
-fleet_queries = st.recursive(
-    fleet_leaves,
-    lambda inner: st.one_of(
-        st.builds(Not, inner),
-        st.builds(And, st.lists(inner, min_size=2, max_size=3).map(tuple)),
-        st.builds(Or, st.lists(inner, min_size=2, max_size=3).map(tuple)),
-    ),
-    max_leaves=6,
-)
+fleet_queries = queries_of(fleet_paths, fleet_values, 6)
 
 
 @given(st.lists(documents, max_size=8), fleet_queries, st.lists(documents, max_size=3))
