@@ -343,7 +343,7 @@ class JobTable:
                  pool=held.pool_id, cmd=held.cmd, pid=held.pid)
 
     def adopted_markers(self) -> set[str]:
-        """The markers of the jobs running here: the processes a start must not take for leftovers."""
+        """The markers of the jobs held here (at a start: those carried on with), whose processes are no leftovers."""
         return {held.process.marker for held in self.held.values() if held.process is not None}
 
     def kill_all(self) -> Deferred[None]:
