@@ -21,7 +21,7 @@ def test_a_short_chaos_run_keeps_every_promise() -> None:
             pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
         pytest.skip("needs PostgreSQL (apt-get install postgresql)")
     done = subprocess.run(
-        [sys.executable, str(CHAOS), "--seconds", "30"], capture_output=True, text=True, timeout=400
+        [sys.executable, str(CHAOS), "--seconds", "20"], capture_output=True, text=True, timeout=400
     )
     report = done.stdout + done.stderr[-3000:]
     assert done.returncode == 0, report

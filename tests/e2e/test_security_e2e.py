@@ -302,9 +302,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(tmp_path: Path) 
                 "--phases", "examples,coverage,fuzzing",
                 # One worker: hypothesis describing lambdas from two threads trips
                 # a CPython 3.11 ast bug (SystemError) now and then.
-                # 40 examples an operation: 47 operations in about 40 s alone
-                # (it is one of the suite's longest tests).
-                "--max-examples", "40", "--workers", "1", "--request-timeout", "10",
+                # 25 examples an operation: 47 operations in about 30 s alone
+                # (one of the suite's longest tests).
+                "--max-examples", "25", "--workers", "1", "--request-timeout", "10",
                 # It cannot make tar bodies: test_files_e2e.py sends real ones.
                 "--exclude-path", "/files",
                 "--no-color",
