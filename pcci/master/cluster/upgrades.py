@@ -5,9 +5,9 @@ until it is back with the master's version, or says why it is not.
 
 A worker installed by C{install.sh} (it says C{upgrades} in its hello)
 fetches the master's wheel, installs it beside the version it runs, waits
-until no job runs (running jobs run to their end, and their ends reach the
-master; jobs sent meanwhile wait, for the new version), and restarts into
-the new version; one that does not reach a
+until the master has every job's end, and restarts into the new version,
+its running jobs carried on across the restart (jobs sent meanwhile wait,
+for the new version); one that does not reach a
 master within the order's C{deadline} goes back to the old version by
 itself and says why once it is back (see L{pcci.worker.upgrade}).  The
 next batch starts when every worker of this one has ended, one way or
