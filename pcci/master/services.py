@@ -5,7 +5,7 @@ listening ports, and the way its own worker dials in.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -22,10 +22,13 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pcci.daemon import stop_with_error
 from pcci.master.cluster.state import ClusterState
+from pcci.master.cluster.upgrades import KEPT as KEPT_ROLLOUTS
+from pcci.master.cluster.upgrades import Rollout
 from pcci.master.store.base import PoolStore, StoreError
 
 if TYPE_CHECKING:
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
     from pcci.master.cluster.schedules import Scheduler
     from pcci.master.webhooks.notifier import Notifier
 
-#: Seconds workers' facts are gathered before they are written, in one transaction.
-FACTS_WRITE_DELAY = 1.0
+#: Seconds workers' facts (and rollouts' changes) are gathered before they are written at once.
+GATHER_DELAY = 1.0
 
 log = Logger()
 
@@ -160,6 +163,7 @@ class StateService(Service):
         self.tokens = tokens
         self.scheduler = scheduler
         self.notifier = notifier
+        self._write_upgrades: Callable[[], None] | None = None
 
     def _keep_facts(self) -> None:
         """
@@ -184,10 +188,40 @@ class StateService(Service):
 
         def keep(name: str, told_at: float, told: dict[str, Any]) -> None:
             if not waiting:
-                self.reactor.callLater(FACTS_WRITE_DELAY, write)
+                self.reactor.callLater(GATHER_DELAY, write)
             waiting[name] = (told_at, told)
 
         self.state.roster.facts_hooks.append(keep)
+
+    def _keep_upgrades(self) -> None:
+        """
+        Workers' upgrade rollouts: those this master ran before it stopped
+        read back and carried on; each change written (a second's worth of
+        them at once).
+        """
+        upgrades, table, name = self.state.upgrades, self.store.upgrades, self.state.peers.name or ""
+        table.of(name, KEPT_ROLLOUTS).addCallbacks(
+            upgrades.resume,
+            lambda f: log.error("cannot read the upgrades kept in the store: {why}", why=f.getErrorMessage()),
+        )
+        waiting: dict[str, Rollout] = {}
+
+        def failed(failure: Failure, rollout_id: str) -> None:
+            log.warn("upgrade {id} not stored: {why}", id=rollout_id, why=failure.getErrorMessage())
+
+        def write() -> None:
+            changed = list(waiting.values())
+            waiting.clear()
+            for rollout in changed:
+                table.put(name, rollout.record()).addErrback(failed, rollout.id)
+
+        def keep(rollout: Rollout) -> None:
+            if not waiting:
+                self.reactor.callLater(GATHER_DELAY, write)
+            waiting[rollout.id] = rollout
+
+        upgrades.change_hooks.append(keep)
+        self._write_upgrades = write
 
     def startService(self) -> None:
         super().startService()
@@ -204,6 +238,7 @@ class StateService(Service):
         self.state.history.start()
         self.state.peers.start()
         self._keep_facts()
+        self._keep_upgrades()
         if self.tokens is not None:
             self.tokens.refresh().addErrback(
                 lambda f: log.error("cannot read the tokens kept in the store: {why}", why=f.getErrorMessage())
@@ -217,6 +252,8 @@ class StateService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._write_upgrades is not None:
+            self._write_upgrades()  # before the store closes
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.notifier is not None:

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from fakes import started as result
 from postgres import SyncStore
-from test_store import check_schedules_in
+from test_store import check_schedules_in, check_upgrades_in
 
 from pcci.master.store.base import PoolQuery, StoredPool, StoreError
 from pcci.master.store.postgres import SCHEMA_VERSION, check_database, is_postgres_url
@@ -117,3 +117,12 @@ def test_schedules_are_kept_and_each_run_claimed_once_among_masters(pg_url: str)
     finally:
         store.close()
         other.close()
+
+
+def test_upgrades_are_kept_by_master(pg_url: str) -> None:
+    store = SyncStore(pg_url, None, "m1")
+    store.open()
+    try:
+        check_upgrades_in(store)
+    finally:
+        store.close()

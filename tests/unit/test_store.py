@@ -432,3 +432,25 @@ def test_schedules_are_kept_and_each_run_claimed_once(tmp_path: Path) -> None:
     finally:
         store.close()
         other.close()
+
+
+def check_upgrades_in(store) -> None:
+    """Rollouts kept by master: those not ended and the latest ended, oldest first; a change replaces its row."""
+    def rollout(rollout_id: str, started: float, ended: float | None) -> dict:
+        return {"id": rollout_id, "started_at": started, "ended_at": ended, "workers": {"w1": {"state": "sent"}}}
+
+    for record in (rollout("u1", 1.0, 2.0), rollout("u2", 3.0, 4.0), rollout("u3", 5.0, None)):
+        result(store.upgrades.put("m1", record))
+    result(store.upgrades.put("m2", rollout("u4", 6.0, None)))
+    result(store.upgrades.put("m1", {**rollout("u3", 5.0, None), "workers": {"w1": {"state": "done"}}}))
+    found = result(store.upgrades.of("m1", 1))
+    assert [r["id"] for r in found] == ["u2", "u3"] and found[1]["workers"]["w1"]["state"] == "done"
+    assert [r["id"] for r in result(store.upgrades.of("m2", 5))] == ["u4"]
+
+
+def test_upgrades_are_kept_by_master(tmp_path: Path) -> None:
+    store = SyncStore(open_database(str(tmp_path / "pcci.db")))
+    try:
+        check_upgrades_in(store)
+    finally:
+        store.close()

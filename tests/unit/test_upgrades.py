@@ -76,6 +76,36 @@ def test_workers_upgrade_a_batch_at_a_time_the_next_when_this_one_is_back() -> N
     assert rollout.to_json()["counts"] == {"done": 5}
 
 
+def test_a_rollout_goes_on_after_its_master_restarts_from_what_the_store_kept() -> None:
+    links = [upgradable(f"w{i}") for i in range(3)]
+    state, _ = cluster(*links)
+    kept: list[dict[str, Any]] = []
+    state.upgrades.change_hooks.append(lambda rollout: kept.append(json.loads(json.dumps(rollout.record()))))
+    rollout = state.upgrades.start(["w0", "w1", "w2"], 1, ORDER, "alice")
+    state.upgrades.status("w0", "restarting", "")
+    assert kept[-1]["workers"]["w0"]["state"] == "restarting" and kept[-1]["waiting"] == ["w1", "w2"]
+    # The master restarts; its workers come back to it, w0 with the new version.
+    again, clock = cluster()
+    again.upgrades.resume([kept[-1]])
+    resumed = again.upgrades.rollouts[rollout.id]
+    assert resumed.to_json()["workers"]["w0"]["state"] == "restarting"
+    w0 = upgradable("w0", "2.1.0")
+    again.roster.join(w0)
+    assert resumed.workers["w0"].state == "done"
+    w1, w2 = upgradable("w1"), upgradable("w2")
+    clock.advance(again.roster.reconnect_grace - 1)
+    again.roster.join(w1)
+    again.roster.join(w2)
+    assert not w1.upgrade_orders  # the workers had their time to come back first
+    clock.advance(1)
+    assert w1.upgrade_orders == [ORDER] and not w2.upgrade_orders
+    come_back(again, w1, "2.1.0")
+    assert w2.upgrade_orders == [ORDER]
+    # Under way when the master stopped and never back: failed in its time.
+    clock.advance(INSTALL_TIME + ORDER["deadline"])
+    assert resumed.ended and resumed.to_json()["counts"] == {"done": 2, "failed": 1}
+
+
 def test_a_worker_that_comes_back_with_its_old_version_is_still_under_way() -> None:
     link = upgradable("w0")
     state, _ = cluster(link)
@@ -120,7 +150,8 @@ def test_a_failed_or_rolled_back_upgrade_says_why_and_a_silent_one_times_out() -
     assert rollout.workers["w2"].state == "failed"
     assert rollout.workers["w2"].reason == (
         f"not back with 2.1.0 after {INSTALL_TIME + 60:.0f} s"
-        " (it waits for its jobs to end: it restarts into 2.1.0 when they do)"
+        " (it waits for the master to have its jobs' ends, or for a job being killed:"
+        " it restarts into 2.1.0 when it may)"
     )
     assert rollout.ended and rollout.ended_at is not None
     # A late word changes nothing.

@@ -94,6 +94,32 @@ class Rollout:
         self.ended_at: float | None = None
         self.workers = {name: WorkerUpgrade(name) for name in names}
         self._waiting = list(names)
+        #: No batch starts before (on the monotonic clock): a master back from a restart lets its workers return.
+        self.hold_until = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """All it is, for the store (see L{from_record})."""
+        return {
+            "id": self.id, "version": self.version, "size": self.size, "order": self.order, "who": self.who,
+            "started_at": self.started_at, "ended_at": self.ended_at, "waiting": self._waiting,
+            "workers": {name: {"state": w.state, "before": w.before, "now": w.now, "reason": w.reason}
+                        for name, w in self.workers.items()},
+        }
+
+    @classmethod
+    def from_record(cls, upgrades: Upgrades, record: dict[str, Any]) -> Rollout:
+        """A rollout kept before this master's restart: those under way given their time again."""
+        kept = record["workers"]
+        rollout = cls(upgrades, record["id"], list(kept), int(record["size"]), record["order"], record["who"])
+        rollout.started_at, rollout.ended_at = record["started_at"], record["ended_at"]
+        rollout._waiting = list(record["waiting"])
+        for name, was in kept.items():
+            worker = rollout.workers[name]
+            worker.state, worker.before, worker.now, worker.reason = was["state"], was["before"], was["now"], \
+                was["reason"]
+            if worker.state in UNDER_WAY:
+                rollout._give_time(worker)
+        return rollout
 
     @property
     def ended(self) -> bool:
@@ -116,8 +142,14 @@ class Rollout:
         }
 
     def next_batch(self) -> None:
-        """Send the next workers their order, once none of the last batch is under way."""
+        """Send the next workers their order, once none of the last batch is under way; the store is told."""
+        self._next_batch()
+        self.upgrades.changed(self)
+
+    def _next_batch(self) -> None:
         if any(worker.state in UNDER_WAY for worker in self.workers.values()):
+            return
+        if self.upgrades.clock.seconds() < self.hold_until:
             return
         sent = 0
         while self._waiting and sent < self.size:
@@ -149,12 +181,15 @@ class Rollout:
             return False
         worker.state = "sent"
         link.upgrade(self.order)
-        worker.timer = self.upgrades.clock.callLater(
-            INSTALL_TIME + float(self.order["deadline"]), self._timed_out, worker
-        )
+        self._give_time(worker)
         log.info("worker {name}: upgrading from {old} to {new}", name=worker.name, old=worker.before,
                  new=self.version)
         return True
+
+    def _give_time(self, worker: WorkerUpgrade) -> None:
+        worker.timer = self.upgrades.clock.callLater(
+            INSTALL_TIME + float(self.order["deadline"]), self._timed_out, worker
+        )
 
     def _timed_out(self, worker: WorkerUpgrade) -> None:
         worker.timer = None
@@ -162,7 +197,8 @@ class Rollout:
             waited = INSTALL_TIME + float(self.order["deadline"])
             why = f"not back with {self.version} after {waited:.0f} s"
             if worker.state == "draining":
-                why += f" (it waits for its jobs to end: it restarts into {self.version} when they do)"
+                why += (f" (it waits for the master to have its jobs' ends, or for a job being killed:"
+                        f" it restarts into {self.version} when it may)")
             self._end(worker, "failed", why)
             self.next_batch()
 
@@ -182,6 +218,7 @@ class Rollout:
             return
         if state in UNDER_WAY:
             worker.state = state
+            self.upgrades.changed(self)
             return
         self._end(worker, state if state in ("failed", "rolled_back") else "failed", reason)
         self.next_batch()
@@ -206,6 +243,31 @@ class Upgrades:
         self.rollouts: dict[str, Rollout] = {}
         self._ids = itertools.count(1)
         roster.join_hooks.append(self._joined)
+        #: Called with each rollout that changed (the store keeps it).
+        self.change_hooks: list[Callable[[Rollout], None]] = []
+
+    def changed(self, rollout: Rollout) -> None:
+        for hook in self.change_hooks:
+            hook(rollout)
+
+    def resume(self, records: list[dict[str, Any]]) -> None:
+        """
+        The rollouts kept from before this master's restart: each not ended
+        goes on once its workers have had C{reconnect_grace} to come back.
+        """
+        for record in records:
+            try:
+                rollout = Rollout.from_record(self, record)
+            except (KeyError, TypeError, ValueError) as e:
+                log.warn("an upgrade kept in the store cannot go on: {why}", why=e)
+                continue
+            self.rollouts.setdefault(rollout.id, rollout)
+            if not rollout.ended:
+                wait = self.roster.reconnect_grace
+                rollout.hold_until = self.clock.seconds() + wait
+                self.clock.callLater(wait, rollout.next_batch)
+                log.info("upgrade {id} to {version} goes on from where it was: {counts}", id=rollout.id,
+                         version=rollout.version, counts=rollout.to_json()["counts"])
 
     def start(self, names: list[str], size: int, order: dict[str, Any], who: str) -> Rollout:
         rollout_id = f"u{int(self.wall())}-{next(self._ids)}"

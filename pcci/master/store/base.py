@@ -220,6 +220,15 @@ class FactTable(Protocol):
     def all(self) -> Deferred[dict[str, tuple[float, dict[str, Any]]]]: ...
 
 
+class UpgradeTable(Protocol):
+    """Workers' upgrade rollouts (see L{pcci.master.store.upgrades})."""
+
+    def put(self, master: str, record: dict[str, Any]) -> Deferred[None]: ...
+
+    def of(self, master: str, ended: int) -> Deferred[list[dict[str, Any]]]:
+        """A master's rollouts not ended, and its last C{ended} that did, oldest first."""
+
+
 class PoolStore(Protocol):
     """
     What the master needs of storage: a table each, whose calls run in order,
@@ -246,6 +255,9 @@ class PoolStore(Protocol):
 
     @property
     def facts(self) -> FactTable: ...
+
+    @property
+    def upgrades(self) -> UpgradeTable: ...
 
     def open(self) -> list[dict[str, Any]]:
         """Open the store (at the master's start); the records of the pools not ended."""

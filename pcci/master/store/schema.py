@@ -13,10 +13,11 @@ from typing import Any, Callable
 
 #: The schema version each engine's files reach; a database of a newer one is refused.
 #: SQLite: 2 pools' C{submitted_by} and C{schedule}, tokens, schedules, deliveries;
-#: 3 deliveries' C{owner}, join tokens, identities; 4 shells and their recordings.
+#: 3 deliveries' C{owner}, join tokens, identities; 4 shells and their recordings,
+#: facts; 5 workers' upgrade rollouts.
 #: PostgreSQL: 2 masters, workers, mail, events; 3 as SQLite's 2; 4 as SQLite's 3;
-#: 5 as SQLite's 4, and each master's URL.
-LATEST = {"sqlite": 4, "postgres": 5}
+#: 5 as SQLite's 4, and each master's URL; 6 as SQLite's 5.
+LATEST = {"sqlite": 5, "postgres": 6}
 
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
 

@@ -17,6 +17,7 @@ from pcci.master.store.pools import Pools
 from pcci.master.store.schedules import Schedules
 from pcci.master.store.shells import ShellRecords
 from pcci.master.store.tokens import Tokens
+from pcci.master.store.upgrades import UpgradeRollouts
 
 
 class Store:
@@ -29,6 +30,7 @@ class Store:
         self.identities = Identities(db)
         self.shells = ShellRecords(db)
         self.facts = Facts(db)
+        self.upgrades = UpgradeRollouts(db)
 
     def open(self) -> list[dict[str, Any]]:
         """

@@ -1,4 +1,4 @@
--- The tables of a new PostgreSQL store, schema version 5 (see pcci/master/store/schema.py).
+-- The tables of a new PostgreSQL store, schema version 6 (see pcci/master/store/schema.py).
 -- An older store is brought here by upgrade-to-v<N>.sql, one version at a time.
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE pools (
@@ -103,3 +103,12 @@ CREATE TABLE facts (
     told_at DOUBLE PRECISION NOT NULL,
     facts TEXT NOT NULL
 );
+-- Workers' upgrade rollouts (see pcci/master/store/upgrades.py).
+CREATE TABLE upgrades (
+    id TEXT PRIMARY KEY,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    master TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX upgrades_started ON upgrades (started_at);

@@ -1,4 +1,4 @@
--- The tables of a new SQLite store, schema version 4 (see pcci/master/store/schema.py).
+-- The tables of a new SQLite store, schema version 5 (see pcci/master/store/schema.py).
 -- An older store is brought here by upgrade-to-v<N>.sql, one version at a time.
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE pools (
@@ -72,3 +72,12 @@ CREATE TABLE facts (
     told_at REAL NOT NULL,
     facts TEXT NOT NULL
 );
+-- Workers' upgrade rollouts (see pcci/master/store/upgrades.py).
+CREATE TABLE upgrades (
+    id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    master TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX upgrades_started ON upgrades (started_at);
