@@ -253,3 +253,33 @@ def test_a_dead_masters_pool_is_taken_over_once(pg_url: str, claimant: str) -> N
     finally:
         for master in (m2, m3):
             master.stop()
+
+
+def test_a_dead_masters_upgrade_goes_on_on_a_survivor(pg_url: str) -> None:
+    """m1 upgrades w2 and w3 (held by m2), one at a time; m1 dies with w2 under way; m2 takes the rollout on."""
+    m1, m2 = Master("m1", pg_url), Master("m2", pg_url)
+    try:
+        w2 = m2.connect("w2", pcci_version="2.0.0", upgrades=True)
+        w3 = m2.connect("w3", pcci_version="2.0.0", upgrades=True)
+        m1.clock.advance(1)
+        settle(m1, m2)
+        rollout = m1.state.upgrades.start(["w2", "w3"], 1, ORDER, "alice")
+        settle(m1, m2)
+        assert w2.upgrade_orders == [ORDER] and not w3.upgrade_orders
+        m1.store.upgrades.put("m1", rollout.record())  # as its StateService writes it
+        m1.stop()
+        with psycopg.connect(pg_url, autocommit=True) as connection:
+            connection.execute("UPDATE masters SET seen = now() - interval '1 hour' WHERE id = 'm1'")
+        for _ in range(12):  # a master judges only once its own lease is steady
+            m2.clock.advance(1)
+            m2.turn()
+        taken = m2.state.upgrades.rollouts[rollout.id]
+        assert taken.workers["w2"].state == "sent"
+        m2.state.roster.leave(w2, "disconnected")  # w2 restarts into the new version
+        m2.connect("w2", pcci_version="2.1.0", upgrades=True)
+        assert taken.workers["w2"].state == "done" and not w3.upgrade_orders  # its workers' time to come back
+        m2.clock.advance(m2.state.roster.reconnect_grace)
+        assert w3.upgrade_orders == [ORDER]
+        assert [r["id"] for r in started(m2.store.upgrades.of("m2", 5))] == [rollout.id]  # now m2's
+    finally:
+        m2.stop()

@@ -52,6 +52,7 @@ from pcci.master.peers.listener import NotifyListener
 from pcci.master.peers.replicas import REPLICA_IDLE, Replicas
 from pcci.master.peers.workers import RemoteWorkers
 from pcci.master.store.postgres import PostgresStore
+from pcci.master.store.shared import Lease
 from pcci.master.store.writer import RETRY_INTERVAL, WRITE_DELAY
 
 log = Logger()
@@ -319,8 +320,8 @@ class Peers:
         now = self.clock.seconds()
         judge = self._leased_since is not None and now - self._leased_since >= 2 * self.lease
 
-        def renewed(result: tuple[bool, int, list[tuple[dict[str, Any], list[Any]]]]) -> None:
-            kept, others, claimed = result
+        def renewed(result: Lease) -> None:
+            kept, others, claimed, rollouts = result
             if not kept:
                 log.critical(
                     "the other masters judged this one dead (cut off from the database"
@@ -342,6 +343,9 @@ class Peers:
                     [record for record, _ in claimed],
                     lambda pool: _resume(pool, events[pool.id]),
                 )
+            if rollouts:
+                log.info("took over {count} workers' upgrades of masters gone", count=len(rollouts))
+                self.state.upgrades.resume(rollouts)
 
         def failed(failure: Any) -> None:
             if self._leased_since is not None:

@@ -50,9 +50,9 @@ WHERE master = %s
 """
 
 #: What a renewal of the lease finds: whether this master still has its
-#: row, how many other masters there are, and the pools taken over from
-#: dead ones (each record with its events).
-Lease = tuple[bool, int, list[tuple[dict[str, Any], list[Any]]]]
+#: row, how many other masters there are, the pools taken over from dead
+#: ones (each record with its events), and their workers' upgrade rollouts.
+Lease = tuple[bool, int, list[tuple[dict[str, Any], list[Any]]], list[dict[str, Any]]]
 
 
 class Shared:
@@ -175,20 +175,23 @@ class Shared:
     def lease(self, lease: float, judge: bool) -> Deferred[Lease]:
         """
         Renew this master's lease; with C{judge}, find the masters dead
-        and take their running pools (one master at a time, and each pool
-        by exactly one: the C{UPDATE} moves it from its owner).
+        and take their running pools and workers' upgrade rollouts (one
+        master at a time, and each by exactly one: the C{UPDATE} moves it
+        from its owner).
 
         @return: whether this master still has its row (none: another
-            judged it dead), how many other masters there are, and the
-            records of the pools taken over, each with its events written.
+            judged it dead), how many other masters there are, the records
+            of the pools taken over, each with its events written, and those
+            of the rollouts taken over.
         """
 
         def lease_(cursor: Any, d: Dialect) -> Lease:
             cursor.execute("UPDATE masters SET seen = now(), url = coalesce(%s, url) WHERE id = %s",
                            (self.url, self.master))
             if cursor.rowcount == 0:
-                return False, 0, []
+                return False, 0, [], []
             claimed: list[tuple[dict[str, Any], list[Any]]] = []
+            rollouts: list[dict[str, Any]] = []
             if judge and d.once(cursor):
                 cursor.execute(DEAD_MASTERS, {"me": self.master, "lease": lease})
                 for dead, pid in cursor.fetchall():
@@ -209,11 +212,16 @@ class Shared:
                         # keep their ids: this one numbers on from the last.
                         record["last_event"] = max([record["last_event"], *(e[0] for e in events)])
                         claimed.append((record, events))
+                    cursor.execute(
+                        "UPDATE upgrades SET master = %s WHERE master = %s AND ended_at IS NULL RETURNING record",
+                        (self.master, dead),
+                    )
+                    rollouts += [json.loads(text) for (text,) in cursor.fetchall()]
                     cursor.execute("DELETE FROM mail WHERE dest = %s", (dead,))
                     cursor.execute(OFFLINE, (dead,))
                     cursor.execute("DELETE FROM masters WHERE id = %s", (dead,))
                     cursor.execute("SELECT pg_notify(%s, 'w')", (CHANNEL,))
             cursor.execute("SELECT count(*) FROM masters WHERE id <> %s", (self.master,))
-            return True, cursor.fetchone()[0], claimed
+            return True, cursor.fetchone()[0], claimed, rollouts
 
         return self._db.run(lease_)
