@@ -6,7 +6,9 @@ simulated workers and a pool on all of them, against their goals (2 s, and
 
 It runs tests/e2e/test_dashboard_scale.py (which checks what is drawn and
 prints each page's time) and reads those figures: speed goals are a bench's,
-never a test's, on a machine shared with others.
+never a test's, on a machine shared with others.  The fleet table's time is
+the page's own mark (User Timing, the frame its first rows are drawn); the
+others are polled for from here.
 
     python bench/dashboard.py
 """

@@ -29,6 +29,14 @@ class TooMany(TargetError):
     """An item that stands for more names than allowed."""
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Names in the order people read them: C{node2} before C{node10} (numbers as numbers)."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))
+
+
 def is_glob(item: str) -> bool:
     return "*" in item or "?" in item
 

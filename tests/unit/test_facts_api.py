@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fakes import FakeLink
 from test_api import Client
 
 DEBIAN = {"os": {"id": "debian", "version": "12"}, "cpus": 4, "memory": 8 * 2**30, "gpu": {"count": 0}}
@@ -71,7 +72,6 @@ def test_a_retry_narrowed_by_a_query(client: Client) -> None:
 
 
 def test_facts_kept_from_before_are_a_worker_s_until_it_tells_them_again() -> None:
-    from fakes import FakeLink
 
     c = Client()
     c.state.roster.remember_facts({"c": (5.0, {"cpus": 2}), "a": (1.0, {"cpus": 1})})
@@ -80,3 +80,14 @@ def test_facts_kept_from_before_are_a_worker_s_until_it_tells_them_again() -> No
     c.state.roster.set_facts("c", {"cpus": 3})
     assert c.state.roster.records["c"].facts == {"cpus": 3}
     assert c.state.roster.known_facts["c"][1] == {"cpus": 3}
+
+
+def test_workers_are_listed_by_name_numbers_as_numbers_and_a_limit_cuts_the_list(client: Client) -> None:
+    for name in ("b10", "b9", "b100"):
+        client.state.roster.join(FakeLink(name))
+    code, _, body = client.request("GET", "/facts", params={"fields": "cpus"})
+    assert code == 200 and [w["name"] for w in body] == ["a", "b", "b9", "b10", "b100"]
+    code, _, body = client.request("GET", "/facts", params={"fields": "cpus", "limit": "2"})
+    assert [w["name"] for w in body] == ["a", "b"]
+    code, _, body = client.request("GET", "/facts", params={"limit": "0"})
+    assert code == 400

@@ -17,6 +17,7 @@ from pcci.master.http.base import APIBase, app
 from pcci.master.http.common import (
     APIError,
     bool_arg,
+    int_arg,
     json_answer,
     list_arg,
     read_object,
@@ -24,11 +25,13 @@ from pcci.master.http.common import (
     string_list,
     text_arg,
 )
-from pcci.nodes import TargetError
+from pcci.nodes import TargetError, natural_key
 from pcci.request import no_such_fields, unknown_fields
 
 #: Facts a C{fields} may name at most.
 MAX_FIELDS = 32
+#: Workers' rows an answer holds at most (C{limit}).
+MAX_LISTED = 1_000_000
 
 
 class FactRoutes(APIBase):
@@ -38,10 +41,12 @@ class FactRoutes(APIBase):
     def facts(self, request: IRequest) -> bytes:
         """
         Each worker's facts (with C{?all=true}, offline ones' too, as last
-        told), chosen by C{workers}, C{labels}, C{exclude} and C{query};
+        told), chosen by C{workers}, C{labels}, C{exclude} and C{query}, in
+        the order of their names (numbers as numbers), the first C{limit};
         with C{fields}, only those facts (dotted paths).
         """
         every = bool_arg(request, "all", False)
+        limit = int_arg(request, "limit", MAX_LISTED, 1, MAX_LISTED)
         names = _items(list_arg(request, "workers"))
         fields = [tuple(f.split(".")) for f in _items(list_arg(request, "fields"))]
         if len(fields) > MAX_FIELDS:
@@ -52,7 +57,7 @@ class FactRoutes(APIBase):
         )
         readers = [(".".join(path), _reader(path)) for path in fields]
         records = self.roster.records
-        return json_answer(request, [_shown(records[name], readers) for name in chosen])
+        return json_answer(request, [_shown(records[name], readers) for name in chosen[:limit]])
 
     @app.route("/facts/refresh", methods=["POST"])
     def facts_refresh(self, request: IRequest) -> bytes:
@@ -84,11 +89,11 @@ class FactRoutes(APIBase):
         token = request_token(request)
         if names is None and not labels and query is None:
             candidates = permits.workers_in_scope(token, self.roster, online=not every)
-            return sorted(n for n in candidates if n not in exclude)
+            return sorted((n for n in candidates if n not in exclude), key=natural_key)
         try:
             return sorted(permits.select_workers(
                 token, self.roster, names, labels, exclude, self.limits.max_workers, every, query, empty_ok=True,
-            ))
+            ), key=natural_key)
         except permits.Forbidden as e:
             raise self._refuse(request, str(e)) from None
         except TargetError as e:
