@@ -5,9 +5,9 @@ L{pcci.master.cluster.upgrades}).
 Only a worker that C{install.sh} installed upgrades itself: it runs from
 C{PREFIX/versions/<version>-<hash>}, and C{PREFIX/current} points there.
 Told to upgrade, it fetches the master's wheel and checks its hash,
-installs it in a venv of its own beside the running one (the
-dependencies from the index, or from the master's wheelhouse, each file
-checked against its hash), checks the new version imports and says the
+installs it in a venv of its own beside the running one (with a copy
+of the running one's dependencies; those it lacks from the index, or
+from the master's wheelhouse, each file checked against its hash), checks the new version imports and says the
 version asked for, then starts no job any more and waits until the master
 has every end (and a job being killed or fed its input has ended), points
 C{current} at the new version and restarts into it (the same process,
@@ -25,7 +25,6 @@ Python 3.9: a worker imports this.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -146,21 +145,38 @@ def fetch(url: str, dest: Path, sha256: str) -> None:
         raise UpgradeFailed(f"{url} does not match its hash")
 
 
-def own_pip() -> list[Path] | None:
-    """This venv's pip: its package and its .dist-info (None without one)."""
-    try:
-        dist = importlib.metadata.distribution("pip")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    found = [Path(str(dist.locate_file("pip"))), Path(str(dist.locate_file(f"pip-{dist.version}.dist-info")))]
-    return found if all(path.is_dir() for path in found) else None
+def site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
 
 
-def copy_pip(pip: list[Path], venv: Path) -> None:
-    """Give C{venv} (of this Python, made without pip) this venv's C{pip} (blocking: in a thread)."""
-    site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    for path in pip:
-        shutil.copytree(path, site / path.name, ignore=shutil.ignore_patterns("__pycache__"))
+def has_pip(venv: Path) -> bool:
+    return (site_packages(venv) / "pip").is_dir()
+
+
+def copy_packages(old: Path, new: Path) -> None:
+    """
+    Give C{new} (a venv of this Python) every package of C{old} but pcci's,
+    and their scripts, with C{old}'s path in them made C{new}'s: an upgrade
+    that keeps its dependencies then installs one wheel (blocking: in a
+    thread).
+    """
+    here, there = site_packages(old), site_packages(new)
+    for path in here.iterdir():
+        if path.name == "pcci" or (path.name.startswith("pcci-") and path.name.endswith(".dist-info")):
+            continue
+        if path.is_dir():
+            shutil.copytree(path, there / path.name, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, there / path.name)
+    was, now = str(old).encode(), str(new).encode()
+    for script in (old / "bin").iterdir():
+        target = new / "bin" / script.name
+        if script.is_symlink() or not script.is_file() or os.path.lexists(target):
+            continue
+        text = script.read_bytes()
+        if text.startswith(b"#!") and was in text[:1024]:  # pip's scripts name their venv's python
+            target.write_bytes(text.replace(was, now, 1))
+            shutil.copymode(script, target)
 
 
 def remove(directories: list[Path]) -> None:
@@ -260,28 +276,35 @@ class Upgrader:
         wheel = work / order["wheel"]
         yield deferToThread(fetch, order["url"], wheel, order["sha256"])
         try:
-            pip_here = own_pip()
-            if pip_here is None:
-                yield self._run(sys.executable, "-m", "venv", str(new))
-            else:  # pip copied from this venv: no ensurepip, 7 s of CPU saved
-                yield self._run(sys.executable, "-m", "venv", "--without-pip", str(new))
-                yield deferToThread(copy_pip, pip_here, new)
+            # The running version's packages first: they are what the new one
+            # needs, unless it asks for others, which pip then adds.
+            without = ["--without-pip"] if has_pip(self.venv) else []
+            yield self._run(sys.executable, "-m", "venv", *without, str(new))
+            yield deferToThread(copy_packages, self.venv, new)
             pip = [str(new / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
-            source: list[str] = []
-            if order["find_links"]:
-                wheels = work / "wheels"
-                host = urlsplit(order["find_links"]).hostname or ""
-                yield self._run(*pip, "download", "--dest", str(wheels), "--no-index", "--find-links",
-                                order["find_links"], "--trusted-host", host, str(wheel))
-                unknown = yield deferToThread(unknown_files, wheels, order["wheelhouse"], wheel.name)
-                if unknown:
-                    raise UpgradeFailed(f"{unknown[0]} from the wheelhouse does not match its hash")
-                source = ["--no-index", "--find-links", str(wheels)]
-            yield self._run(*pip, "install", "--no-compile", *source, str(wheel))
+            install = [*pip, "install", "--no-compile"]
+            if not order["find_links"]:
+                yield self._run(*install, str(wheel))
+            else:
+                try:  # nothing from the wheelhouse when the dependencies are as they were
+                    yield self._run(*install, "--no-index", "--find-links", str(work), str(wheel))
+                except UpgradeFailed:  # the new version asks for others
+                    yield self._from_wheelhouse(order, pip, wheel, work / "wheels")
             (new / ".complete").touch()
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)
             raise
+
+    @inlineCallbacks
+    def _from_wheelhouse(self, order: dict[str, Any], pip: list[str], wheel: Path, wheels: Path) -> Any:
+        """Install C{wheel} with what it needs from the master's wheelhouse, each file checked against its hash."""
+        host = urlsplit(order["find_links"]).hostname or ""
+        yield self._run(*pip, "download", "--dest", str(wheels), "--no-index", "--find-links", order["find_links"],
+                        "--trusted-host", host, str(wheel))
+        unknown = yield deferToThread(unknown_files, wheels, order["wheelhouse"], wheel.name)
+        if unknown:
+            raise UpgradeFailed(f"{unknown[0]} from the wheelhouse does not match its hash")
+        yield self._run(*pip, "install", "--no-compile", "--no-index", "--find-links", str(wheels), str(wheel))
 
     def _run(self, program: str, *args: str) -> Deferred[str]:
         """Run a program to its end: its output, or L{UpgradeFailed} with its last lines."""

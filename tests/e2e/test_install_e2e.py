@@ -172,6 +172,12 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     c.master.stop()
     install_master(c, wheelhouse)
     online(c, "node1")
+    # The new version is installed with the running one's packages; one the
+    # running version lacks (as one a new version asks for) comes from the
+    # master's wheelhouse.
+    running_site = next((prefix / "current" / "lib").glob("python3.*/site-packages"))
+    for path in running_site.glob("constantly*"):
+        shutil.rmtree(path)
     go = tmp_path / "go"  # the job runs until told to end
     pool_id = c.submit(f"sh -c 'i=0; until [ -e {go} ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; echo end'",
                        ["node1"])
@@ -195,6 +201,8 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     late_job = c.wait_pool(late)["jobs"][0]
     assert (late_job["state"], late_job["result"]) == ("ok", "sent after the upgrade\n")
     assert os.readlink(prefix / "current").startswith(f"versions/{pcci.__version__}-")
+    new_site = next((prefix / "current" / "lib").glob("python3.*/site-packages"))
+    assert list(new_site.glob("constantly-*.dist-info")) and (new_site / "twisted").is_dir()
     # Once the new version holds, only it and the one before it are kept.
     poll(lambda: sorted(v.name.split("-")[0] for v in (prefix / "versions").iterdir()) == [OLDER, pcci.__version__],
          what="the oldest version removed")

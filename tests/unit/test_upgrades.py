@@ -18,7 +18,16 @@ from pcci.master.cluster.state import ClusterState
 from pcci.master.cluster.upgrades import INSTALL_TIME, batch_size
 from pcci.worker.jobs import JobTable
 from pcci.worker.settings import WorkerSettings
-from pcci.worker.upgrade import MARK, RECORD, STARTS, Upgrader, installed_prefix, point_current
+from pcci.worker.upgrade import (
+    MARK,
+    RECORD,
+    STARTS,
+    Upgrader,
+    copy_packages,
+    installed_prefix,
+    point_current,
+    site_packages,
+)
 
 ORDER = {"version": "2.1.0", "wheel": "pcci-2.1.0-py3-none-any.whl", "url": "http://m/dist/x", "sha256": "ab" * 32,
          "wheelhouse": {}, "find_links": "", "deadline": 60.0}
@@ -276,3 +285,31 @@ def test_a_worker_about_to_restart_starts_no_job_and_hands_those_that_wait_to_it
     new.restarted()
     held = new.jobs.held["p1"]
     assert (held.cmd, held.options, held.attached) == ("true", {"env": {"A": "1"}}, False)
+
+
+def test_a_new_version_starts_with_the_running_ones_packages_and_scripts_but_not_its_pcci(tmp_path: Path) -> None:
+    old, new = tmp_path / "versions" / "2.0.0-a", tmp_path / "versions" / "2.1.0-b"
+    for venv in (old, new):
+        site_packages(venv).mkdir(parents=True)
+        (venv / "bin").mkdir()
+    for package in ("twisted", "twisted-24.1.dist-info", "pcci", "pcci-2.0.0.dist-info"):
+        (site_packages(old) / package).mkdir()
+        (site_packages(old) / package / "a.py").write_text(package)
+    (site_packages(old) / "zope.interface-nspkg.pth").write_text("import x")
+    (old / "bin" / "twistd").write_text(f"#!{old}/bin/python\nfrom twisted.scripts.twistd import run\n")
+    (old / "bin" / "twistd").chmod(0o755)
+    (old / "bin" / "activate").write_text(f'VIRTUAL_ENV="{old}"\n')
+    (new / "bin" / "activate").write_text(f'VIRTUAL_ENV="{new}"\n')
+    (old / "bin" / "python").symlink_to("/usr/bin/python3")
+    (old / "bin" / "README").write_text("no script")
+
+    copy_packages(old, new)
+
+    assert sorted(path.name for path in site_packages(new).iterdir()) == [
+        "twisted", "twisted-24.1.dist-info", "zope.interface-nspkg.pth"]
+    assert (site_packages(new) / "twisted" / "a.py").read_text() == "twisted"
+    twistd = new / "bin" / "twistd"
+    assert twistd.read_text().splitlines()[0] == f"#!{new}/bin/python"
+    assert twistd.stat().st_mode & 0o777 == 0o755
+    assert (new / "bin" / "activate").read_text() == f'VIRTUAL_ENV="{new}"\n'  # the new venv's own, kept
+    assert sorted(path.name for path in (new / "bin").iterdir()) == ["activate", "twistd"]
