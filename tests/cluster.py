@@ -9,13 +9,16 @@ polling against a deadline.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +30,9 @@ T = TypeVar("T")
 
 DEADLINE = 20.0
 
+#: This repository, whose history holds the earlier versions tests upgrade from.
+REPOSITORY = Path(__file__).resolve().parents[1]
+
 #: The twistd of the environment running the tests, where pcci is installed.
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -35,6 +41,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def checkout(commit: str, into: Path) -> Path:
+    """The package of an earlier commit, as its source tree (no install needed)."""
+    import pytest
+
+    if shutil.which("git") is None or not (REPOSITORY / ".git").exists():
+        if os.environ.get("CI"):
+            pytest.fail("the upgrade tests need this repository's git history")
+        pytest.skip("needs this repository's git history")
+    archive = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "archive", commit, "pcci", "twisted"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
 
 
 def poll(check: Callable[[], T], timeout: float = DEADLINE, what: str = "") -> T:

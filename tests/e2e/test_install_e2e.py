@@ -2,8 +2,10 @@
 The one line a join token comes with, run for real: the master serves
 C{install.sh}, its wheel and a wheelhouse; the script installs a worker in
 a prefix of its own (C{--no-service}: no systemd here), which joins with
-its identity and runs a job; run again from a master of a newer version,
-it upgrades in place and keeps the identity; a master of this version
+its identity and runs a job. The first master and worker are the last
+landing's: a newer master upgrades that worker (the landing's own upgrade
+code) while a job runs; run again from a master of a newer version, the
+script upgrades in place and keeps the identity; a master of this version
 upgrades it while a job runs (C{pcci workers upgrade}); C{--uninstall}
 leaves nothing.
 Each refusal is one line: a token that is not one, a pin of another
@@ -22,16 +24,18 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from cluster import Cluster, Daemon, poll, processes_with
+from cluster import REPOSITORY, Cluster, Daemon, checkout, poll, processes_with
 
 import pcci
 from pcci.master.install.wheel import build
 
 pytestmark = pytest.mark.e2e
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-#: Older versions of this tree, as workers and masters run them.
-OLDEST, OLDER = "1.99.0", "1.99.1"
+#: Older versions, as workers and masters run them: the last landing
+#: (whose workers upgrade themselves from the master, their jobs running on),
+#: then this tree twice.
+OLDEST, OLDER, OLD = "1.99.0", "1.99.1", "1.99.2"
+LANDING = "bc5c3df96102b171238d0d069276e280e2414cc1"
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +54,21 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def older(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """This tree as an older version: on PYTHONPATH, a master of it serves a wheel of that version."""
+def older(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """
+    This tree, or an earlier commit's, as an older version: on PYTHONPATH,
+    a master of it serves a wheel of that version.
+    """
 
-    def tree(version: str) -> Path:
+    def tree(version: str, commit: str = "") -> Path:
         where = tmp_path_factory.mktemp(f"pcci-{version}")
-        for package in ("pcci", "twisted"):
-            shutil.copytree(REPOSITORY / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
+        if commit:
+            checkout(commit, where)
+        else:
+            for package in ("pcci", "twisted"):
+                shutil.copytree(REPOSITORY / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
         init = where / "pcci" / "__init__.py"
-        init.write_text(init.read_text().replace(f'"{pcci.__version__}"', f'"{version}"'))
+        init.write_text(re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text()))
         return where
 
     return tree
@@ -103,6 +113,18 @@ def online(c: Cluster, name: str) -> dict:
     return poll(found, what=f"worker {name} online")
 
 
+def upgrade_from_master(c: Cluster, name: str) -> subprocess.CompletedProcess[str]:
+    """C{pcci workers upgrade} of one worker, to its end: what it printed."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "pcci"), "workers", "upgrade", "-w", name, "--batch", "1"],
+        env={**os.environ, "PCCI_URL": f"http://127.0.0.1:{c.api_port}", "PCCI_TOKEN": c.token or ""},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"{name}: installing" in done.stderr and f"{name}: done" in done.stderr
+    return done
+
+
 def refusals(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The lines of a refusal: the script's own (pcci: …) but its progress."""
     return [line for line in result.stderr.splitlines() if not re.match(r"pcci: (installing|joining) ", line)]
@@ -110,12 +132,12 @@ def refusals(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the install line uses curl")
 def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_and_uninstalls(
-    own_cluster: Cluster, wheelhouse: Path, older: Callable[[str], Path], tmp_path: Path
+    own_cluster: Cluster, wheelhouse: Path, older: Callable[..., Path], tmp_path: Path
 ) -> None:
     c = own_cluster
     c.worker_auth = "identity"
     prefix = tmp_path / "opt"
-    install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLDEST))})
+    install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLDEST, LANDING))})
     # The one line, as pcci join-token create prints it: installed from the
     # master's wheel and wheelhouse, joined, ready to start.
     made = subprocess.run(
@@ -136,6 +158,18 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     assert pool["jobs"][0]["result"] == "installed by one line\n"
     fingerprint = {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"]
 
+    # The landing's worker upgraded by a newer master, its upgrade code doing
+    # it: a job running through, the worker back with the new version.
+    c.master.stop()
+    install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLDER))})
+    online(c, "node1")
+    through = c.submit("sh -c 'for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done'", ["node1"])
+    poll(lambda: c.request("GET", f"/pools/{through}")[1]["jobs"][0]["pid"], what="the job's start")
+    done = upgrade_from_master(c, "node1")
+    assert re.search(rf"node1 +done +{OLDEST} +{OLDER}", done.stdout), done.stdout
+    job = c.wait_pool(through)["jobs"][0]
+    assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, 7)))
+
     # A token of another master's CA: refused in one line, and nothing is left of the try.
     code, made2 = c.request("POST", "/join-tokens", {"name": "node2"})
     assert made2["join_command"].startswith("twistd -n pcci-worker --join")
@@ -151,7 +185,7 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
 
     # A master of a newer version: the script run again upgrades in place, keeping the identity.
     c.master.stop()
-    install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLDER))})
+    install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLD))})
     again = subprocess.run(
         ["sh", str(script(c, tmp_path)), "--url", f"http://127.0.0.1:{c.api_port}",
          "--join", f"tls:127.0.0.1:{c.worker_port}", "--name", "node1", "--prefix", str(prefix), "--no-service"],
@@ -159,11 +193,11 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     )
     assert again.returncode == 0, again.stderr
     assert "keeps its version until it is started again" in again.stderr
-    assert os.readlink(prefix / "current").startswith(f"versions/{OLDER}-")
+    assert os.readlink(prefix / "current").startswith(f"versions/{OLD}-")
     assert len(list((prefix / "versions").iterdir())) == 2  # the one before is kept
     worker.stop()
     worker = start_installed(c, prefix)
-    poll(lambda: online(c, "node1")["pcci_version"] == OLDER, what="the upgraded worker")
+    poll(lambda: online(c, "node1")["pcci_version"] == OLD, what="the upgraded worker")
     assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint
 
     # A master of this version upgrades it while a job runs: the job runs
@@ -182,14 +216,8 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     pool_id = c.submit(f"sh -c 'i=0; until [ -e {go} ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; echo end'",
                        ["node1"])
     pid = poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the job's start")
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "pcci"), "workers", "upgrade", "-w", "node1", "--batch", "1"],
-        env={**os.environ, "PCCI_URL": f"http://127.0.0.1:{c.api_port}", "PCCI_TOKEN": c.token or ""},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert "node1: installing" in done.stderr and "node1: done" in done.stderr
-    assert re.search(rf"node1 +done +{OLDER} +{re.escape(pcci.__version__)}", done.stdout)
+    done = upgrade_from_master(c, "node1")
+    assert re.search(rf"node1 +done +{OLD} +{re.escape(pcci.__version__)}", done.stdout)
     assert online(c, "node1")["pcci_version"] == pcci.__version__
     running = c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]
     assert (running["state"], running["pid"]) == ("running", pid)  # the same process, never waited for
@@ -204,7 +232,7 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     new_site = next((prefix / "current" / "lib").glob("python3.*/site-packages"))
     assert list(new_site.glob("constantly-*.dist-info")) and (new_site / "twisted").is_dir()
     # Once the new version holds, only it and the one before it are kept.
-    poll(lambda: sorted(v.name.split("-")[0] for v in (prefix / "versions").iterdir()) == [OLDER, pcci.__version__],
+    poll(lambda: sorted(v.name.split("-")[0] for v in (prefix / "versions").iterdir()) == [OLD, pcci.__version__],
          what="the oldest version removed")
     assert c.run("echo upgraded", ["node1"])["jobs"][0]["result"] == "upgraded\n"
     assert {i["name"]: i["fingerprint"] for i in c.request("GET", "/identities")[1]}["node1"] == fingerprint

@@ -7,20 +7,15 @@ carries on with jobs; one two protocols back is refused, and told so.
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, poll
+from cluster import Cluster, checkout, poll
 
 from pcci.identity import EXIT_NAME
 
 pytestmark = pytest.mark.e2e
-
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 #: A released state speaking protocol 3, two before this.
 PROTOCOL_3 = "e8c0c12a6dda7b072020a73b097b9d4f65f3babb"
@@ -28,21 +23,6 @@ PROTOCOL_3 = "e8c0c12a6dda7b072020a73b097b9d4f65f3babb"
 PROTOCOL_4 = "75609aa28bb55ae3ec4fa4d981cdc914269659da"
 #: The landing before identities: every worker held the cluster secret.
 BEFORE_IDENTITIES = "eb8d179e4348abd84e813fabd7daa5eae5158246"
-
-
-def checkout(commit: str, into: Path) -> Path:
-    """The package of an earlier commit, as its source tree (no install needed)."""
-    if shutil.which("git") is None or not (REPOSITORY / ".git").exists():
-        if os.environ.get("CI"):
-            pytest.fail("the upgrade tests need this repository's git history")
-        pytest.skip("needs this repository's git history")
-    archive = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "archive", commit, "pcci", "twisted"],
-        capture_output=True, check=True, timeout=60,
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return into
 
 
 def old_worker(cluster: Cluster, commit: str, tmp_path: Path, name: str) -> None:
