@@ -7,11 +7,11 @@ C{PREFIX/versions/<version>-<hash>}, and C{PREFIX/current} points there.
 Told to upgrade, it fetches the master's wheel and checks its hash,
 installs it in a venv of its own beside the running one (with a copy
 of the running one's dependencies; those it lacks from the index, or
-from the master's wheelhouse, each file checked against its hash), checks the new version imports and says the
-version asked for, then starts no job any more and waits until the master
-has every end (and a job being killed or fed its input has ended), points
-C{current} at the new version and restarts into it (the same process,
-C{exec}).  The jobs running carry on across the exec (see
+from the master's wheelhouse, each file checked against its hash),
+checks the new version imports and says the version asked for, then
+starts no job any more and waits until the master has every end (and a
+job being killed or fed its input has ended), points C{current} at the
+new version and restarts into it (the same process, C{exec}).  The jobs running carry on across the exec (see
 L{pcci.worker.handover}); those sent meanwhile are handed to the new
 version, which runs them.
 

@@ -125,6 +125,23 @@ def upgrade_from_master(c: Cluster, name: str) -> subprocess.CompletedProcess[st
     return done
 
 
+def ticking(c: Cluster, name: str, go: Path) -> tuple[str, int]:
+    """A job on C{name} that ticks until C{go} exists: its pool and pid, once started."""
+    pool_id = c.submit(f"sh -c 'i=0; until [ -e {go} ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; echo end'",
+                       [name])
+    return pool_id, poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the job's start")
+
+
+def ends_whole(c: Cluster, pool_id: str, pid: int, go: Path) -> None:
+    """The ticking job is still running in the same process; told to end, it ends ok with every tick."""
+    running = c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]
+    assert (running["state"], running["pid"]) == ("running", pid)  # the same process, never waited for
+    go.touch()
+    job = c.wait_pool(pool_id)["jobs"][0]
+    ticks = int(re.findall(r"tick (\d+)\n", job["result"])[-1])
+    assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, ticks + 1)) + "end\n")
+
+
 def refusals(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The lines of a refusal: the script's own (pcci: …) but its progress."""
     return [line for line in result.stderr.splitlines() if not re.match(r"pcci: (installing|joining) ", line)]
@@ -163,12 +180,10 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     c.master.stop()
     install_master(c, wheelhouse, env={"PYTHONPATH": str(older(OLDER))})
     online(c, "node1")
-    through = c.submit("sh -c 'for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done'", ["node1"])
-    poll(lambda: c.request("GET", f"/pools/{through}")[1]["jobs"][0]["pid"], what="the job's start")
+    through, pid = ticking(c, "node1", tmp_path / "go-landing")
     done = upgrade_from_master(c, "node1")
     assert re.search(rf"node1 +done +{OLDEST} +{OLDER}", done.stdout), done.stdout
-    job = c.wait_pool(through)["jobs"][0]
-    assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, 7)))
+    ends_whole(c, through, pid, tmp_path / "go-landing")
 
     # A token of another master's CA: refused in one line, and nothing is left of the try.
     code, made2 = c.request("POST", "/join-tokens", {"name": "node2"})
@@ -212,20 +227,12 @@ def test_one_line_installs_a_worker_that_upgrades_in_place_then_from_the_master_
     running_site = next((prefix / "current" / "lib").glob("python3.*/site-packages"))
     for path in running_site.glob("constantly*"):
         shutil.rmtree(path)
-    go = tmp_path / "go"  # the job runs until told to end
-    pool_id = c.submit(f"sh -c 'i=0; until [ -e {go} ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; echo end'",
-                       ["node1"])
-    pid = poll(lambda: c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]["pid"], what="the job's start")
+    pool_id, pid = ticking(c, "node1", tmp_path / "go")
     done = upgrade_from_master(c, "node1")
     assert re.search(rf"node1 +done +{OLD} +{re.escape(pcci.__version__)}", done.stdout)
     assert online(c, "node1")["pcci_version"] == pcci.__version__
-    running = c.request("GET", f"/pools/{pool_id}")[1]["jobs"][0]
-    assert (running["state"], running["pid"]) == ("running", pid)  # the same process, never waited for
     late = c.submit("echo sent after the upgrade", ["node1"])
-    go.touch()
-    job = c.wait_pool(pool_id)["jobs"][0]
-    ticks = int(re.findall(r"tick (\d+)\n", job["result"])[-1])
-    assert (job["state"], job["result"]) == ("ok", "".join(f"tick {i}\n" for i in range(1, ticks + 1)) + "end\n")
+    ends_whole(c, pool_id, pid, tmp_path / "go")
     late_job = c.wait_pool(late)["jobs"][0]
     assert (late_job["state"], late_job["result"]) == ("ok", "sent after the upgrade\n")
     assert os.readlink(prefix / "current").startswith(f"versions/{pcci.__version__}-")
