@@ -160,6 +160,8 @@ class ShellClient(WebSocketClientProtocol):
         self._control(type="resize", rows=rows, cols=cols)
 
     def typed(self, data: bytes) -> None:
+        if self.state != self.STATE_OPEN:  # the shell has ended (or the master gone) as this was typed
+            return
         if not data:
             if not self.session.pty:
                 self._control(type="eof")
@@ -174,6 +176,8 @@ class ShellClient(WebSocketClientProtocol):
             self.sendMessage(STDIN + data, isBinary=True)
 
     def _control(self, **message: Any) -> None:
+        if self.state != self.STATE_OPEN:
+            return
         self.sendMessage(json.dumps(message).encode(), isBinary=False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:

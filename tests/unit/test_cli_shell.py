@@ -1,10 +1,16 @@
-"""The pieces of pcci shell that need no terminal: ~. as ssh reads it, the URLs, a refusal's words."""
+"""
+The pieces of pcci shell that need no terminal: ~. as ssh reads it, the
+URLs, a refusal's words, what is typed after the shell has ended.
+"""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
-from pcci.cli.shell import EscapeReader, _refusal, _websocket, shell_url
+from pcci.cli.shell import EscapeReader, Session, ShellClient, _refusal, _websocket, shell_url
 
 
 @pytest.mark.parametrize(("typed", "sent", "leave"), [
@@ -43,3 +49,20 @@ def test_a_refused_handshake_s_json_answer_is_read() -> None:
     assert _refusal(chunked) == {"message": "no"}
     assert _refusal(head + b"\r\n<html>") == {}
     assert _refusal(b"") == {}
+
+
+def test_what_is_typed_after_the_shell_has_ended_is_dropped() -> None:
+    client = ShellClient()
+    client.factory = SimpleNamespace(session=Session({}, None, pty=False))  # type: ignore[assignment]
+    sent: list[tuple[Any, ...]] = []
+    client.sendMessage = lambda *args, **kwargs: sent.append(args)  # type: ignore[method-assign]
+    client.state = ShellClient.STATE_OPEN
+    client.typed(b"ls\n")
+    client.typed(b"")  # standard input at its end: said once, as eof
+    assert sent == [(b"\x00ls\n",), (b'{"type": "eof"}',)]
+    for state in (ShellClient.STATE_CLOSING, ShellClient.STATE_CLOSED):
+        client.state = state
+        client.typed(b"late\n")
+        client.typed(b"")  # as when the master closed before the pipe's end was read
+        client._resized()
+    assert len(sent) == 2
