@@ -11,7 +11,6 @@ every job ended ok with its whole output.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,24 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cluster import Cluster, Daemon, poll
+from cluster import Cluster, Daemon, older_tree, poll
 from install import install_master, wheelhouse_in
 
 import pcci
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 OLD = "1.99.0"
 TICKS = 40  # the job: a line every half second
 #: The jobs wait for their workers across the master's restart.
 GRACE = ("--reconnect-grace", "120")
-
-
-def older_tree(where: Path) -> Path:
-    for package in ("pcci", "twisted"):
-        shutil.copytree(REPOSITORY / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
-    init = where / "pcci" / "__init__.py"
-    init.write_text(init.read_text().replace(f'"{pcci.__version__}"', f'"{OLD}"'))
-    return where
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
         c = Cluster(root / "cluster", worker_auth="identity")
         names = [f"up{i:02d}" for i in range(args.workers)]
         try:
-            install_master(c, wheelhouse, *GRACE, env={"PYTHONPATH": str(older_tree(root / "older"))})
+            install_master(c, wheelhouse, *GRACE, env={"PYTHONPATH": str(older_tree(root / "older", OLD))})
             code, made = c.request("POST", "/join-tokens", {"name": "up*", "uses": args.workers})
             assert code == 201, made
 

@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -58,6 +59,21 @@ def checkout(commit: str, into: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
+
+
+def older_tree(where: Path, version: str, commit: str = "") -> Path:
+    """
+    This tree, or an earlier commit's, with its version set to C{version},
+    in C{where}: on PYTHONPATH, a master of it serves a wheel of that version.
+    """
+    if commit:
+        checkout(commit, where)
+    else:
+        for package in ("pcci", "twisted"):
+            shutil.copytree(REPOSITORY / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
+    init = where / "pcci" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text()))
+    return where
 
 
 def poll(check: Callable[[], T], timeout: float = DEADLINE, what: str = "") -> T:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from cluster import REPOSITORY, Cluster, Daemon, checkout, poll, processes_with
+from cluster import Cluster, Daemon, older_tree, poll, processes_with
 
 import pcci
 from pcci.master.install.wheel import build
@@ -55,23 +55,8 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def older(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """
-    This tree, or an earlier commit's, as an older version: on PYTHONPATH,
-    a master of it serves a wheel of that version.
-    """
-
-    def tree(version: str, commit: str = "") -> Path:
-        where = tmp_path_factory.mktemp(f"pcci-{version}")
-        if commit:
-            checkout(commit, where)
-        else:
-            for package in ("pcci", "twisted"):
-                shutil.copytree(REPOSITORY / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
-        init = where / "pcci" / "__init__.py"
-        init.write_text(re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text()))
-        return where
-
-    return tree
+    """This tree, or an earlier commit's, as an older version (see L{older_tree})."""
+    return lambda version, commit="": older_tree(tmp_path_factory.mktemp(f"pcci-{version}"), version, commit)
 
 
 def install_master(c: Cluster, wheelhouse: Path, env: dict[str, str] | None = None) -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from cluster import REPOSITORY
 
 from pcci.identity import EXIT_STATUSES
 
 Verify = Callable[[str, str], str]
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPOSITORY / "pcci" / "master" / "install" / "install.sh"
 EXAMPLES = sorted((REPOSITORY / "examples" / "systemd").glob("*.service"))
 
