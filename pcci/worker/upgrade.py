@@ -11,9 +11,9 @@ from the master's wheelhouse, each file checked against its hash),
 checks the new version imports and says the version asked for, then
 starts no job any more and waits until the master has every end (and a
 job being killed or fed its input has ended), points C{current} at the
-new version and restarts into it (the same process, C{exec}).  The jobs running carry on across the exec (see
-L{pcci.worker.handover}); those sent meanwhile are handed to the new
-version, which runs them.
+new version and restarts into it (the same process, C{exec}).  The jobs
+running carry on across the exec (see L{pcci.worker.handover}); those
+sent meanwhile are handed to the new version, which runs them.
 
 The new version must reach a master within the order's C{deadline}:
 else it points C{current} back and restarts into the old version, which
@@ -282,29 +282,31 @@ class Upgrader:
             yield self._run(sys.executable, "-m", "venv", *without, str(new))
             yield deferToThread(copy_packages, self.venv, new)
             pip = [str(new / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
-            install = [*pip, "install", "--no-compile"]
             if not order["find_links"]:
-                yield self._run(*install, str(wheel))
+                yield self._run(*pip, "install", "--no-compile", str(wheel))
             else:
-                try:  # nothing from the wheelhouse when the dependencies are as they were
-                    yield self._run(*install, "--no-index", "--find-links", str(work), str(wheel))
-                except UpgradeFailed:  # the new version asks for others
-                    yield self._from_wheelhouse(order, pip, wheel, work / "wheels")
+                # From the wheel's folder alone: nothing from the wheelhouse when the
+                # dependencies are as they were; else what it lacks, fetched beside it.
+                install = [*pip, "install", "--no-compile", "--no-index", "--find-links", str(work), str(wheel)]
+                try:
+                    yield self._run(*install)
+                except UpgradeFailed:
+                    yield self._from_wheelhouse(order, pip, wheel)
+                    yield self._run(*install)
             (new / ".complete").touch()
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)
             raise
 
     @inlineCallbacks
-    def _from_wheelhouse(self, order: dict[str, Any], pip: list[str], wheel: Path, wheels: Path) -> Any:
-        """Install C{wheel} with what it needs from the master's wheelhouse, each file checked against its hash."""
+    def _from_wheelhouse(self, order: dict[str, Any], pip: list[str], wheel: Path) -> Any:
+        """Fetch what C{wheel} needs from the master's wheelhouse beside it, each file checked against its hash."""
         host = urlsplit(order["find_links"]).hostname or ""
-        yield self._run(*pip, "download", "--dest", str(wheels), "--no-index", "--find-links", order["find_links"],
-                        "--trusted-host", host, str(wheel))
-        unknown = yield deferToThread(unknown_files, wheels, order["wheelhouse"], wheel.name)
+        yield self._run(*pip, "download", "--dest", str(wheel.parent), "--no-index", "--find-links",
+                        order["find_links"], "--trusted-host", host, str(wheel))
+        unknown = yield deferToThread(unknown_files, wheel.parent, order["wheelhouse"], wheel.name)
         if unknown:
             raise UpgradeFailed(f"{unknown[0]} from the wheelhouse does not match its hash")
-        yield self._run(*pip, "install", "--no-compile", "--no-index", "--find-links", str(wheels), str(wheel))
 
     def _run(self, program: str, *args: str) -> Deferred[str]:
         """Run a program to its end: its output, or L{UpgradeFailed} with its last lines."""
