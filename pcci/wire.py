@@ -291,10 +291,13 @@ class FramedJSONProtocol(LineReceiver):
             except OSError:
                 pass  # not a TCP socket after all (TLS over unix, say)
 
+    #: Frames nobody waits for, held to go out with the next one (L{send_later}).
+    _later: list[bytes] | None = None
+
     def sendMessage(self, code: str, **fields: Any) -> None:
         if self.transport is None:
             return
-        data = encode({"code": code, **fields})
+        data = self._after_later(encode({"code": code, **fields}))
         if code in URGENT:
             write_now(self.transport, data)
         else:
@@ -319,7 +322,35 @@ class FramedJSONProtocol(LineReceiver):
     def send_raw(self, header: dict[str, Any], data: bytes) -> None:
         """A frame, then C{data} as raw bytes (its C{size}): no encoding to pay."""
         if self.transport is not None:
-            self.transport.writeSequence([encode({**header, "size": len(data)}), data])
+            self.transport.writeSequence([self._after_later(encode({**header, "size": len(data)})), data])
+
+    def send_later(self, code: str, **fields: Any) -> bool:
+        """
+        Hold a frame nobody waits for (an acknowledgement) to go out with
+        the next frame sent, or at L{flush_later}: both in one write, and
+        over TLS in one record.  True for the first frame held, whose
+        sender is to see that L{flush_later} comes.
+        """
+        data = encode({"code": code, **fields})
+        if self._later is None:
+            self._later = [data]
+            return True
+        self._later.append(data)
+        return False
+
+    def flush_later(self) -> None:
+        """Send the frames held by L{send_later} now, if any."""
+        if self._later is not None and self.transport is not None:
+            self.transport.write(self._after_later(b""))
+        self._later = None
+
+    def _after_later(self, data: bytes) -> bytes:
+        """C{data}, after the frames held, which it takes along."""
+        if self._later is None:
+            return data
+        self._later.append(data)
+        data, self._later = b"".join(self._later), None
+        return data
 
     def receive_raw(self, size: int, then: Callable[[bytes], None]) -> None:
         """
@@ -363,8 +394,9 @@ class FramedJSONProtocol(LineReceiver):
         self.abort_connection()
 
     def close_connection(self) -> None:
-        """Close the connection once what is written is sent."""
+        """Close the connection once what is written (and held) is sent."""
         if self.transport is not None:
+            self.flush_later()
             self.transport.loseConnection()
 
     def abort_connection(self) -> None:

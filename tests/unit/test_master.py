@@ -19,7 +19,7 @@ from pcci.master.cluster.jobspec import JobOptions
 from pcci.master.cluster.shells import ShellOrder, ShellRefused
 from pcci.master.cluster.state import ClusterState
 from pcci.master.links.admission import Gate
-from pcci.master.links.connection import HANDSHAKE_TIMEOUT, WorkerPortFactory
+from pcci.master.links.connection import ACK_DELAY, HANDSHAKE_TIMEOUT, WorkerPortFactory
 from pcci.wire import MAX_OUTPUT_DATA, PROTOCOL_VERSION, TERMINATOR, encode
 
 #: What this master says to a worker it admits.
@@ -81,10 +81,36 @@ def test_a_job_from_submit_to_end() -> None:
     )
     job = pool.jobs["node1"]
     assert (job.pid, job.output.text(), job.status, pool.status) == (99, "EOM\n", 0, 0)
-    # Without a store, the end is acknowledged at once: the worker may forget the job.
+    # Without a store, the end is kept at once; the worker hears so within ACK_DELAY.
+    assert frames(transport) == []
+    clock.advance(ACK_DELAY)
     assert frames(transport) == [{"code": "ack", "pool": pool.id}]
     state.dispatcher.kill(pool.id)
     assert frames(transport) == []  # nothing left to kill
+
+
+def test_an_ack_goes_with_the_next_frame_in_one_write() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    frames(transport)
+    writes: list[bytes] = []
+    write = transport.write
+    transport.write = lambda data: (writes.append(data), write(data))  # type: ignore[method-assign]
+    first = started(state.dispatcher.submit(PoolOrder("true"), ["node1"]))
+    protocol.dataReceived(encode({"code": "ended", "pool": first.id, "status": 0}))
+    second = started(state.dispatcher.submit(PoolOrder("true"), ["node1"]))
+    assert len(writes) == 2  # the first run, then the ack and the second run together
+    assert frames(transport) == [
+        {"code": "run", "pool": first.id, "cmd": "true"},
+        {"code": "ack", "pool": first.id},
+        {"code": "run", "pool": second.id, "cmd": "true"},
+    ]
+    protocol.dataReceived(encode({"code": "ended", "pool": second.id, "status": 0}))
+    clock.advance(ACK_DELAY - 0.001)
+    assert frames(transport) == []
+    clock.advance(0.001)  # nothing else to go with: the ack goes alone
+    assert frames(transport) == [{"code": "ack", "pool": second.id}]
 
 
 def test_kill_is_sent_to_the_worker() -> None:
@@ -163,7 +189,8 @@ def test_a_worker_back_within_the_grace_carries_on_with_its_jobs() -> None:
     again.dataReceived(hello(jobs=jobs))
     sent = frames(transport)
     assert {"code": "attach", "pool": kept.id, "after": 1} in sent
-    assert {"code": "ack", "pool": "forgotten"} in sent
+    clock.advance(ACK_DELAY)
+    assert frames(transport) == [{"code": "ack", "pool": "forgotten"}]
     assert dropped.jobs["node1"].state == "lost"
     assert "came back without it" in dropped.jobs["node1"].output.text()
     # Output it sends again is not kept twice; what is new is.
@@ -264,7 +291,7 @@ def test_a_worker_one_version_back_runs_jobs_but_gets_no_shell() -> None:
     assert frames(transport) == [{**WELCOME, "version": PROTOCOL_VERSION - 1}]
     pool = started(state.dispatcher.submit(PoolOrder("true"), ["node1"]))
     protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
-    clock.advance(0)
+    clock.advance(ACK_DELAY)
     assert [f["code"] for f in frames(transport)] == ["run", "ack"]
     with pytest.raises(ShellRefused, match="node1's pcci is too old for shells; upgrade it") as refused:
         state.shells.open(ShellOrder("node1"), FakeShellClient())

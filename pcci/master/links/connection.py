@@ -31,6 +31,12 @@ from pcci.wire import (
 #: Seconds a new connection has to complete the handshake before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
 
+#: Seconds an acknowledgement waits, at most, for a frame to go out with:
+#: a worker running pool after pool hears of each end with its next job,
+#: in the same write (a TLS record and a send() less a job).  Until then it
+#: keeps the end, and would send it again to a master that came after.
+ACK_DELAY = 1.0
+
 
 class WorkerConnection(ShellFrames, FactFrames):
     """
@@ -309,7 +315,9 @@ class WorkerConnection(ShellFrames, FactFrames):
         self.sendMessage("attach", pool=pool_id, after=after)
 
     def ack_job(self, pool_id: str) -> None:
-        self.sendMessage("ack", pool=pool_id)
+        """The job's end is kept: the worker hears it with the next frame, or within L{ACK_DELAY}."""
+        if self.send_later("ack", pool=pool_id):
+            self.factory.flush_later(self)
 
     def dismiss(self, reason: str) -> None:
         # Not reconnect=False: an impostor holding the secret must not stop
@@ -357,12 +365,30 @@ class WorkerPortFactory(Factory["WorkerConnection"]):
         self.max_frame = max_frame
         self.stall = StallWatch(clock)
         self._on_joined = on_joined
+        #: Connections holding frames (L{WorkerConnection.send_later}) to flush.
+        self._holding: list[WorkerConnection] = []
+        self._flush_call: IDelayedCall | None = None
 
     def startFactory(self) -> None:
         self.stall.start()
 
     def stopFactory(self) -> None:
         self.stall.stop()
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+        self._flush_held()
+
+    def flush_later(self, connection: WorkerConnection) -> None:
+        """C{connection} holds frames: they go within L{ACK_DELAY} at the latest."""
+        self._holding.append(connection)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(ACK_DELAY, self._flush_held)
+
+    def _flush_held(self) -> None:
+        self._flush_call = None
+        holding, self._holding = self._holding, []
+        for connection in holding:
+            connection.flush_later()  # nothing, if a frame took them along already
 
     def joined(self, connection: WorkerConnection) -> None:
         """A worker proved itself: it no longer counts as a stranger."""
