@@ -14,6 +14,22 @@ if TYPE_CHECKING:
     from postgres import Postgres
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    The long modules first, then the other end-to-end ones, the unit tests
+    last: handed out in this order, a module at a time, the long ones do
+    not start late and keep one process busy after the others are done.
+    """
+
+    def rank(item: pytest.Item) -> tuple[int, float]:
+        long = item.get_closest_marker("long")
+        if long is not None:
+            return 0, -long.args[0]  # the longest first
+        return (1 if item.get_closest_marker("e2e") else 2), 0
+
+    items.sort(key=rank)  # stable: each module's tests keep their order
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A master with two workers, w1 and w2, shared by a module's tests."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from postgres import binaries
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(40)]
 
 CHAOS = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 

@@ -22,7 +22,7 @@ import pytest
 from cluster import Cluster
 from test_dashboard_browser import DESKTOP, Page, WebDriver, chromium
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(75)]
 
 FLEET = 10_000
 SWARM = Path(__file__).parents[1] / "swarm.py"

@@ -17,7 +17,7 @@ from cluster import Cluster, poll, processes_with
 
 from pcci.wire import MAX_FRAME, TERMINATOR
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(45)]
 
 
 def only_job(pool: dict) -> dict:

@@ -29,7 +29,7 @@ from cluster import Cluster, Daemon, older_tree, poll, processes_with
 import pcci
 from pcci.master.install.wheel import build
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(120)]
 
 #: Older versions, as workers and masters run them: the last landing
 #: (whose workers upgrade themselves from the master, their jobs running on),

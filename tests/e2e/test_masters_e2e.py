@@ -15,7 +15,7 @@ import pytest
 from cluster import Cluster, open_events, poll, read_events
 from test_cli_e2e import pcci
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(60)]
 
 
 def masters(tmp_path: Path, pg_url: str) -> tuple[Cluster, Cluster]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cluster import TWISTD, Cluster, free_port, poll
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(45)]
 
 
 def restart_master(cluster: Cluster, *args: str, kill: bool = False) -> None:

@@ -20,7 +20,7 @@ from cluster import Cluster, free_port, poll
 from pcci.auth import proof
 from pcci.wire import PROTOCOL_VERSION, TERMINATOR, encode
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(80)]
 
 
 def read_frames(sock: socket.socket, count: int) -> list[dict]:

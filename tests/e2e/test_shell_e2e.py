@@ -22,7 +22,7 @@ import psutil
 import pytest
 from cluster import Cluster, poll
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long(50)]
 
 PCCI = str(Path(sys.executable).parent / "pcci")
 
