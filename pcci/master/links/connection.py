@@ -317,7 +317,7 @@ class WorkerConnection(ShellFrames, FactFrames):
     def ack_job(self, pool_id: str) -> None:
         """The job's end is kept: the worker hears it with the next frame, or within L{ACK_DELAY}."""
         if self.send_later("ack", pool=pool_id):
-            self.factory.flush_later(self)
+            self.factory.flush_soon(self)
 
     def dismiss(self, reason: str) -> None:
         # Not reconnect=False: an impostor holding the secret must not stop
@@ -378,7 +378,7 @@ class WorkerPortFactory(Factory["WorkerConnection"]):
             self._flush_call.cancel()
         self._flush_held()
 
-    def flush_later(self, connection: WorkerConnection) -> None:
+    def flush_soon(self, connection: WorkerConnection) -> None:
         """C{connection} holds frames: they go within L{ACK_DELAY} at the latest."""
         self._holding.append(connection)
         if self._flush_call is None:
