@@ -113,6 +113,18 @@ def test_an_ack_goes_with_the_next_frame_in_one_write() -> None:
     assert frames(transport) == [{"code": "ack", "pool": second.id}]
 
 
+def test_a_held_ack_goes_before_the_master_closes_the_connection() -> None:
+    state, clock = setup()
+    protocol, transport = connect(state, clock)
+    protocol.dataReceived(hello())
+    pool = started(state.dispatcher.submit(PoolOrder("true"), ["node1"]))
+    protocol.dataReceived(encode({"code": "ended", "pool": pool.id, "status": 0}))
+    frames(transport)
+    protocol.close_connection()
+    assert frames(transport) == [{"code": "ack", "pool": pool.id}]
+    assert transport.disconnecting
+
+
 def test_kill_is_sent_to_the_worker() -> None:
     state, clock = setup()
     protocol, transport = connect(state, clock)
