@@ -340,9 +340,9 @@ class FramedJSONProtocol(LineReceiver):
 
     def flush_later(self) -> None:
         """Send the frames held by L{send_later} now, if any."""
-        if self._later is not None and self.transport is not None:
-            self.transport.write(self._after_later(b""))
-        self._later = None
+        data = self._after_later(b"")
+        if data and self.transport is not None:
+            self.transport.write(data)
 
     def _after_later(self, data: bytes) -> bytes:
         """C{data}, after the frames held, which it takes along."""
